@@ -1,0 +1,128 @@
+"""Activation functions sigma of the Liu-Markowich model (LM 2.1), in numpy and UFL.
+
+Each activation provides ``sigma``, ``dsigma`` (sigma') and ``d2sigma`` (sigma'') on numpy
+arrays (used by the batched solves) and ``ufl(s)`` returning the UFL expression (used by
+the weak forms). The numpy derivatives are checked against UFL differentiation of
+``ufl(s)`` in the tests, so the weak forms remain the single definition.
+"""
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import ufl
+
+from fem_dnn.errors import InputError
+
+__all__ = ["Activation", "ACTIVATIONS", "get_activation"]
+
+_LEAK = 0.1  # leaky ReLU slope: max(0.1 s, s)
+
+
+@dataclass(frozen=True)
+class Activation:
+    """An activation function sigma with its first two derivatives.
+
+    Attributes:
+        name: registry name.
+        sigma: numpy sigma(s).
+        dsigma: numpy sigma'(s).
+        d2sigma: numpy sigma''(s) (zero almost everywhere for piecewise-linear sigma).
+        ufl: UFL expression sigma(s) for a UFL operand s.
+        lipschitz: Lipschitz constant of sigma (LM Thm 3.1).
+    """
+
+    name: str
+    sigma: Callable[[np.ndarray], np.ndarray]
+    dsigma: Callable[[np.ndarray], np.ndarray]
+    d2sigma: Callable[[np.ndarray], np.ndarray]
+    ufl: Callable
+    lipschitz: float
+
+
+def _logistic(s):
+    return 0.5 * (1.0 + np.tanh(0.5 * s))  # overflow-free form of 1/(1+exp(-s))
+
+
+def _dlogistic(s):
+    p = _logistic(s)
+    return p * (1.0 - p)
+
+
+def _d2logistic(s):
+    p = _logistic(s)
+    return p * (1.0 - p) * (1.0 - 2.0 * p)
+
+
+def _elu(s):
+    return np.where(s > 0, s, np.expm1(np.minimum(s, 0.0)))
+
+
+def _delu(s):
+    return np.where(s > 0, 1.0, np.exp(np.minimum(s, 0.0)))
+
+
+def _d2elu(s):
+    return np.where(s > 0, 0.0, np.exp(np.minimum(s, 0.0)))
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    "tanh": Activation(
+        "tanh",
+        np.tanh,
+        lambda s: 1.0 - np.tanh(s) ** 2,
+        lambda s: -2.0 * np.tanh(s) * (1.0 - np.tanh(s) ** 2),
+        ufl.tanh,
+        1.0,
+    ),
+    "arctan": Activation(
+        "arctan",
+        np.arctan,
+        lambda s: 1.0 / (1.0 + s * s),
+        lambda s: -2.0 * s / (1.0 + s * s) ** 2,
+        ufl.atan,
+        1.0,
+    ),
+    "sigmoid": Activation(
+        "sigmoid", _logistic, _dlogistic, _d2logistic, lambda s: 1.0 / (1.0 + ufl.exp(-s)), 0.25
+    ),
+    "relu": Activation(
+        "relu",
+        lambda s: np.maximum(s, 0.0),
+        lambda s: (s > 0).astype(float),
+        np.zeros_like,
+        lambda s: ufl.max_value(s, 0.0),
+        1.0,
+    ),
+    "leaky_relu": Activation(
+        "leaky_relu",
+        lambda s: np.maximum(_LEAK * s, s),
+        lambda s: np.where(s > 0, 1.0, _LEAK),
+        np.zeros_like,
+        lambda s: ufl.max_value(_LEAK * s, s),
+        1.0,
+    ),
+    "elu": Activation(
+        "elu", _elu, _delu, _d2elu, lambda s: ufl.conditional(ufl.gt(s, 0), s, ufl.exp(s) - 1.0), 1.0
+    ),
+}
+ACTIVATIONS["logistic"] = ACTIVATIONS["sigmoid"]
+ACTIVATIONS["identity"] = Activation(
+    "identity", lambda s: np.array(s, dtype=float), np.ones_like, np.zeros_like, lambda s: s, 1.0
+)
+
+
+def get_activation(name: str | Activation) -> Activation:
+    """Look up an activation by name.
+
+    Raises:
+        InputError: for an unknown name, listing the known ones.
+    """
+    if isinstance(name, Activation):
+        return name
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise InputError(
+            f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}"
+        ) from None

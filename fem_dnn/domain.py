@@ -1,0 +1,599 @@
+"""Domains of the model: node mesh and node space, depth mesh, (depth, node) mesh.
+
+- The **node domain** Y (the width of the network) is a DOLFINx mesh: built-in
+  interval/rectangle/box, or read from gmsh ``.msh`` or XDMF. The **node space** V_h on it
+  is DG0 (a cell is a neuron) or P1/P2 (a dof is a neuron) with node weights omega_j
+  (lumped mass) or the consistent mass matrix (MODEL.md §4).
+- The **depth** [0,T] is an interval mesh with N cells; depth cell k is layer k and the
+  controls are constant on it.
+- The **(depth, node) mesh** [0,T] x Y is a real DOLFINx mesh (quadrilaterals over an
+  interval, prisms over triangles, hexahedra over quadrilaterals) with depth as the last
+  coordinate, partitioned like the node mesh; trajectories live on it for output and
+  for the space-time residual of :func:`fem_dnn.forms.state_residual`.
+
+Parallel layout: the node mesh is partitioned by DOLFINx over ``node_comm``; owned dofs
+of rank r are the global indices ``offsets[r]:offsets[r+1]``. A batch of S samples is a
+Fortran-ordered ``(n_local, S)`` array (one PETSc dense matrix without copy). Samples may
+in addition be split across groups of ranks (:func:`split_comm`).
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fem_dnn import _dolfinx  # noqa: F401
+from mpi4py import MPI
+from petsc4py import PETSc
+
+import basix.ufl
+import dolfinx.fem.petsc
+import dolfinx.graph
+import dolfinx.io
+import ufl
+from dolfinx import fem, mesh as dmesh
+
+from fem_dnn import forms
+from fem_dnn.errors import InputError
+
+__all__ = [
+    "Layout",
+    "split_comm",
+    "create_node_mesh",
+    "read_node_mesh",
+    "NodeSpace",
+    "Depth",
+    "ProductMesh",
+]
+
+
+# --------------------------------------------------------------------------- layout
+@dataclass
+class Layout:
+    """How ranks are used: ``node_comm`` partitions the node mesh, ``sample_comm``
+    connects the groups that split the samples (rank i of each node group)."""
+
+    world: MPI.Comm
+    node_comm: MPI.Comm
+    sample_comm: MPI.Comm
+
+    @property
+    def sample_groups(self) -> int:
+        return self.sample_comm.size
+
+    def sample_range(self, S: int) -> tuple[int, int]:
+        """Half-open range of the global samples handled by this rank's group."""
+        g, G = self.sample_comm.rank, self.sample_comm.size
+        counts = np.full(G, S // G) + (np.arange(G) < S % G)
+        start = int(counts[:g].sum())
+        return start, start + int(counts[g])
+
+
+def split_comm(comm: MPI.Comm = MPI.COMM_WORLD, sample_groups: int = 1) -> Layout:
+    """Split ``comm`` into ``sample_groups`` groups of ranks.
+
+    Each group holds the whole node mesh (partitioned over its ``comm.size //
+    sample_groups`` ranks) and a contiguous share of the samples. ``sample_groups=1``
+    is pure node parallelism, ``sample_groups=comm.size`` pure data parallelism.
+    """
+    if sample_groups < 1 or comm.size % sample_groups:
+        raise InputError(
+            f"sample_groups={sample_groups} must divide the number of ranks {comm.size}"
+        )
+    per = comm.size // sample_groups
+    node_comm = comm.Split(color=comm.rank // per, key=comm.rank)
+    sample_comm = comm.Split(color=comm.rank % per, key=comm.rank)
+    return Layout(comm, node_comm, sample_comm)
+
+
+# --------------------------------------------------------------------------- node meshes
+_CELLS = {
+    "triangle": dmesh.CellType.triangle,
+    "quadrilateral": dmesh.CellType.quadrilateral,
+    "tetrahedron": dmesh.CellType.tetrahedron,
+    "hexahedron": dmesh.CellType.hexahedron,
+}
+
+
+def create_node_mesh(
+    comm: MPI.Comm, shape: str = "interval", n=16, bounds=None, cell: str | None = None
+) -> dmesh.Mesh:
+    """Built-in node domain.
+
+    Args:
+        comm: communicator of the node partition (``Layout.node_comm``).
+        shape: ``"interval"``, ``"rectangle"`` or ``"box"``.
+        n: number of cells per direction (int or a tuple, one per direction).
+        bounds: ``[lo, hi]`` corners; default the unit interval/square/cube.
+        cell: ``"triangle"``/``"quadrilateral"`` (rectangle), ``"tetrahedron"``/
+            ``"hexahedron"`` (box).
+    """
+    dims = {"interval": 1, "rectangle": 2, "box": 3}
+    if shape not in dims:
+        raise InputError(f"unknown node domain shape {shape!r}; choose one of {list(dims)}")
+    d = dims[shape]
+    nn = [int(n)] * d if np.isscalar(n) else [int(k) for k in n]
+    if len(nn) != d or min(nn) < 1:
+        raise InputError(f"node mesh needs {d} positive cell counts, got n={n!r}")
+    lo, hi = (np.zeros(d), np.ones(d)) if bounds is None else map(np.atleast_1d, bounds)
+    if len(lo) != d or len(hi) != d or np.any(np.asarray(hi) <= np.asarray(lo)):
+        raise InputError(f"bounds {bounds!r} must be [lo, hi] with lo < hi in {d}D")
+    if d == 1:
+        return dmesh.create_interval(comm, nn[0], [float(lo[0]), float(hi[0])])
+    if d == 2:
+        ct = _CELLS.get(cell or "triangle")
+        if ct not in (dmesh.CellType.triangle, dmesh.CellType.quadrilateral):
+            raise InputError(f"rectangle cells must be triangle or quadrilateral, not {cell!r}")
+        return dmesh.create_rectangle(comm, [list(lo), list(hi)], nn, ct)
+    ct = _CELLS.get(cell or "tetrahedron")
+    if ct not in (dmesh.CellType.tetrahedron, dmesh.CellType.hexahedron):
+        raise InputError(f"box cells must be tetrahedron or hexahedron, not {cell!r}")
+    return dmesh.create_box(comm, [list(lo), list(hi)], nn, ct)
+
+
+def read_node_mesh(path, comm: MPI.Comm, name: str = "mesh") -> dmesh.Mesh:
+    """Read a node domain from a gmsh ``.msh`` file or an XDMF file.
+
+    The gmsh model must have a physical group on its cells (of the highest dimension);
+    its geometric dimension is that dimension (2D meshes drop z).
+
+    Raises:
+        InputError: missing file, unknown suffix, or a file that cannot be read as a mesh.
+    """
+    path = Path(path)
+    ok = comm.bcast(path.is_file() if comm.rank == 0 else None, root=0)
+    if not ok:
+        raise InputError(f"node mesh file {str(path)!r} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".msh":
+        return _read_msh(path, comm)
+    if suffix in (".xdmf", ".xmf"):
+        try:
+            with dolfinx.io.XDMFFile(comm, str(path), "r") as xf:
+                return xf.read_mesh(name=name)
+        except Exception as e:  # HDF5/XML errors surface as RuntimeError
+            raise InputError(f"cannot read XDMF mesh {str(path)!r} (grid {name!r}): {e}") from None
+    raise InputError(f"node mesh file {str(path)!r}: expected .msh or .xdmf")
+
+
+def _read_msh(path: Path, comm: MPI.Comm) -> dmesh.Mesh:
+    import gmsh
+    import dolfinx.io.gmsh as dgmsh
+
+    err, dim = None, 0
+    if comm.rank == 0:
+        gmsh.initialize(interruptible=False)
+        gmsh.option.setNumber("General.Terminal", 0)
+        try:
+            gmsh.open(str(path))
+            dim = gmsh.model.getDimension()
+            if dim < 1 or not gmsh.model.getPhysicalGroups(dim):
+                err = f"gmsh file {str(path)!r} has no physical group of cells (dimension {dim})"
+        except Exception as e:
+            err = f"cannot read gmsh file {str(path)!r}: {e}"
+    err, dim = comm.bcast((err, dim), root=0)
+    try:
+        if err is not None:
+            raise InputError(err)
+        data = dgmsh.model_to_mesh(gmsh.model if comm.rank == 0 else None, comm, 0, gdim=dim)
+    finally:
+        if comm.rank == 0:
+            gmsh.finalize()
+    return data.mesh
+
+
+# --------------------------------------------------------------------------- node space
+class NodeSpace:
+    """The node space V_h on the node mesh, with node weights and mass operators.
+
+    Args:
+        mesh: node mesh (its communicator is the node communicator).
+        family: ``"DG"`` (degree 0: cells are neurons) or ``"P"`` (degree 1 or 2).
+        degree: polynomial degree.
+        mass: ``"lumped"`` (node weights omega_j, vertex quadrature; the ResNet form) or
+            ``"consistent"`` (mass matrix, sigma term by Gauss quadrature: the
+            higher-accuracy Galerkin scheme).
+        quadrature_degree: quadrature degree of the sigma term (consistent mass);
+            default ``2*degree + 2``.
+        petsc_options_prefix: prefix of the mass and diffusion solvers' options.
+
+    The kernel and the readout integrate against ``apply_mass`` (``W f`` lumped,
+    ``M f`` consistent); the sigma term of the state equation is ``sigma_load``
+    (``W sigma(u)`` lumped, ``Q sigma(P u)`` consistent).
+    """
+
+    def __init__(
+        self,
+        mesh: dmesh.Mesh,
+        family: str = "DG",
+        degree: int = 0,
+        mass: str = "lumped",
+        quadrature_degree: int | None = None,
+        petsc_options_prefix: str = "fem_dnn_",
+    ):
+        family = {"DG": "DG", "P": "P", "Lagrange": "P", "CG": "P"}.get(family)
+        if family is None or (family, degree) not in (("DG", 0), ("P", 1), ("P", 2)):
+            raise InputError(f"node space must be DG0, P1 or P2, got {family}{degree}")
+        if mass not in ("lumped", "consistent"):
+            raise InputError(f"mass must be 'lumped' or 'consistent', not {mass!r}")
+        if family == "DG":
+            mass = "lumped"  # DG0: the mass matrix is diagonal, both options coincide
+        if degree == 2 and mass == "lumped":
+            raise InputError("P2 has no positive lumped mass; use mass='consistent'")
+        self.mesh, self.family, self.degree, self.mass = mesh, family, degree, mass
+        self.comm = mesh.comm
+        self.prefix = petsc_options_prefix
+        self.V = fem.functionspace(mesh, (family, degree))
+        imap = self.V.dofmap.index_map
+        self.n_local, self.n = imap.size_local, imap.size_global
+        self.offset = imap.local_range[0]
+        self.counts = np.array(self.comm.allgather(self.n_local))
+        self.offsets = np.concatenate([[0], np.cumsum(self.counts)])
+        x = self.V.tabulate_dof_coordinates()
+        self.x_owned = np.ascontiguousarray(x[: self.n_local].T)  # (3, n_local)
+        self.x_all = np.concatenate(self.comm.allgather(x[: self.n_local]), axis=0).T
+        self.nat_of_global = _natural_order(self.x_all)  # global dof -> natural index
+        self.nat_owned = self.nat_of_global[self.offset : self.offset + self.n_local]
+
+        v = ufl.TestFunction(self.V)
+        w = dolfinx.fem.petsc.assemble_vector(fem.form(forms.lumped_mass(v)))
+        w.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
+        self.weights = w.array.copy()
+        w.destroy()
+        self.volume = self.comm.allreduce(self.weights.sum())
+        self.qdeg = quadrature_degree if quadrature_degree else 2 * degree + 2
+        self._M = self._Q = self._P = self._K = None
+        self._mass_ksp = None
+        self._diff = {}
+        if mass == "consistent":
+            self._build_consistent()
+
+    # ---- assembled operators (once)
+    def _build_consistent(self):
+        u, v = ufl.TrialFunction(self.V), ufl.TestFunction(self.V)
+        self._M = dolfinx.fem.petsc.assemble_matrix(fem.form(forms.mass(u, v)))
+        self._M.assemble()
+        qe = basix.ufl.quadrature_element(self.mesh.basix_cell(), value_shape=(), degree=self.qdeg)
+        self.Vq = fem.functionspace(self.mesh, qe)
+        q, qt = ufl.TrialFunction(self.Vq), ufl.TestFunction(self.Vq)
+        self._Q = dolfinx.fem.petsc.assemble_matrix(
+            fem.form(forms.quadrature_mass(q, v, self.qdeg))
+        )
+        self._Q.assemble()
+        d = dolfinx.fem.petsc.assemble_vector(fem.form(forms.quadrature_weights(qt, self.qdeg)))
+        d.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
+        d.reciprocal()
+        self._P = self._Q.transpose(PETSc.Mat())  # P = D^-1 Q^T: values at quadrature points
+        self._P.diagonalScale(L=d)
+        d.destroy()
+        self._mass_ksp = self._direct_solver(self._M, "mass_")
+
+    def _direct_solver(self, A: PETSc.Mat, name: str) -> PETSc.KSP:
+        ksp = PETSc.KSP().create(self.comm)
+        ksp.setOptionsPrefix(self.prefix + name)
+        ksp.setOperators(A)
+        ksp.setType("preonly")
+        pc = ksp.getPC()
+        pc.setType("cholesky")
+        if self.comm.size > 1:
+            pc.setFactorSolverType("mumps")
+        ksp.setFromOptions()
+        return ksp
+
+    @property
+    def M(self) -> PETSc.Mat:
+        """Mass matrix used for time derivatives: consistent, or diag(omega) when lumped."""
+        if self._M is None:
+            A = PETSc.Mat().createAIJ(((self.n_local, self.n), (self.n_local, self.n)), nnz=1, comm=self.comm)
+            A.setDiagonal(PETSc.Vec().createWithArray(self.weights, size=(self.n_local, self.n), comm=self.comm))
+            A.assemble()
+            self._M = A
+        return self._M
+
+    @property
+    def K(self) -> PETSc.Mat:
+        """Stiffness of the node diffusion (eps = 1), assembled from :func:`forms.diffusion`."""
+        if self._K is None:
+            u, v = ufl.TrialFunction(self.V), ufl.TestFunction(self.V)
+            centres = None
+            if self.family == "DG":
+                centres = fem.Function(fem.functionspace(self.mesh, ("DG", 0, (self.mesh.geometry.dim,))))
+                centres.interpolate(lambda x: x[: self.mesh.geometry.dim])
+            self._K = dolfinx.fem.petsc.assemble_matrix(fem.form(forms.diffusion(u, v, 1.0, centres)))
+            self._K.assemble()
+        return self._K
+
+    # ---- batched operators on (n_local, S) Fortran arrays
+    def dense(self, F: np.ndarray) -> PETSc.Mat:
+        """Wrap a Fortran-ordered ``(n_local, S)`` array as a PETSc dense matrix (no copy)."""
+        S = F.shape[1]
+        return PETSc.Mat().createDense(((self.n_local, self.n), (None, S)), array=F, comm=self.comm)
+
+    def _matmat(self, A: PETSc.Mat, F: np.ndarray, rows: int) -> np.ndarray:
+        B = self.dense(np.asfortranarray(F))
+        C = A.matMult(B)
+        out = np.array(C.getDenseArray(), order="F", copy=True).reshape(rows, F.shape[1], order="F")
+        B.destroy(), C.destroy()
+        return out
+
+    def apply_mass(self, F: np.ndarray) -> np.ndarray:
+        """``(omega_j f_j)`` (lumped) or ``M f`` (consistent): the measure the kernel and
+        readout integrate against."""
+        if self.mass == "lumped":
+            return self.weights[:, None] * F
+        return self._matmat(self._M, F, self.n_local)
+
+    def solve_mass(self, R: np.ndarray) -> np.ndarray:
+        """``M^{-1} r`` (a direct solve, prefix ``<prefix>mass_``) or ``r / omega``."""
+        if self.mass == "lumped":
+            return R / self.weights[:, None]
+        B = self.dense(np.asfortranarray(R))
+        X = B.duplicate()
+        self._mass_ksp.matSolve(B, X)
+        out = np.array(X.getDenseArray(), order="F", copy=True)
+        B.destroy(), X.destroy()
+        return out
+
+    def quad_values(self, U: np.ndarray) -> np.ndarray:
+        """Values of u_h at the sigma-term quadrature points (consistent) or nodes (lumped)."""
+        if self.mass == "lumped":
+            return U
+        return self._matmat(self._P, U, self._P.getLocalSize()[0])
+
+    def quad_load(self, Sq: np.ndarray) -> np.ndarray:
+        """``int_Y s phi_i`` for s given at quadrature points (consistent) or nodes (lumped)."""
+        if self.mass == "lumped":
+            return self.weights[:, None] * Sq
+        Bq = PETSc.Mat().createDense(
+            (self._Q.getSizes()[1], (None, Sq.shape[1])), array=np.asfortranarray(Sq), comm=self.comm
+        )
+        C = self._Q.matMult(Bq)
+        out = np.array(C.getDenseArray(), order="F", copy=True)
+        Bq.destroy(), C.destroy()
+        return out
+
+    def diffusion_solver(self, theta_tau_eps: float) -> tuple[PETSc.KSP, PETSc.Mat]:
+        """Cached direct solver of ``M + c K`` (prefix ``<prefix>diffusion_``)."""
+        key = float(theta_tau_eps)
+        if key not in self._diff:
+            A = self.M.duplicate(copy=True)
+            A.axpy(key, self.K, structure=PETSc.Mat.Structure.DIFFERENT_NONZERO_PATTERN)
+            self._diff[key] = (self._direct_solver(A, "diffusion_"), A)
+        return self._diff[key]
+
+    def mat_solve(self, ksp: PETSc.KSP, R: np.ndarray) -> np.ndarray:
+        B = self.dense(np.asfortranarray(R))
+        X = B.duplicate()
+        ksp.matSolve(B, X)
+        out = np.array(X.getDenseArray(), order="F", copy=True)
+        B.destroy(), X.destroy()
+        return out
+
+    def apply(self, A: PETSc.Mat, F: np.ndarray) -> np.ndarray:
+        """Apply an assembled node-space matrix (e.g. K) to a batch."""
+        return self._matmat(A, F, self.n_local)
+
+    # ---- data in and out
+    def interpolate(self, fn) -> np.ndarray:
+        """Owned node values of a vectorised callable ``fn(y)``, y of shape (3, p).
+
+        ``fn`` may return shape (p,) (one function) or (S, p) (a batch); returns
+        ``(n_local,)`` or a Fortran ``(n_local, S)`` array.
+        """
+        vals = np.asarray(fn(self.x_owned), dtype=float)
+        if vals.ndim == 1 and vals.shape == (self.n_local,):
+            return vals
+        if vals.ndim == 2 and vals.shape[1] == self.n_local:
+            return np.asfortranarray(vals.T)
+        raise InputError(
+            f"callable returned shape {vals.shape}; expected ({self.n_local},) or (S, {self.n_local})"
+        )
+
+    def from_natural(self, arr, axis: int = 0) -> np.ndarray:
+        """Owned part of an array indexed by node in *natural order* along ``axis``.
+
+        Natural order sorts the dofs by coordinate (x first, then y, z), so it does not
+        depend on the number of ranks: DG0 on an interval is left to right.
+        """
+        arr = np.asarray(arr, dtype=float)
+        if arr.shape[axis] != self.n:
+            raise InputError(
+                f"array has {arr.shape[axis]} node values along axis {axis}; the node space has {self.n}"
+            )
+        return np.take(arr, self.nat_owned, axis=axis)
+
+    def to_natural(self, local: np.ndarray, axis: int = 0) -> np.ndarray:
+        """Gather owned values (along ``axis``) on every rank, in natural order."""
+        local = np.moveaxis(np.asarray(local), axis, 0)
+        full = np.concatenate(self.comm.allgather(np.ascontiguousarray(local)), axis=0)
+        out = np.empty_like(full)
+        out[self.nat_of_global] = full
+        return np.moveaxis(out, 0, axis)
+
+    def gather(self, G: np.ndarray) -> list[np.ndarray]:
+        """All ranks' owned blocks of a Fortran ``(n_local, S)`` batch, as ``(S, n_r)``
+        C arrays in rank order (one Allgatherv)."""
+        S = G.shape[1]
+        if self.comm.size == 1:
+            return [np.ascontiguousarray(G.T)]
+        buf = np.empty(self.n * S)
+        send = np.ascontiguousarray(G.T)
+        self.comm.Allgatherv(send, [buf, self.counts * S, self.offsets[:-1] * S, MPI.DOUBLE])
+        return [buf[self.offsets[r] * S : self.offsets[r + 1] * S].reshape(S, -1) for r in range(self.comm.size)]
+
+    def function(self, values: np.ndarray | None = None, name: str = "f") -> fem.Function:
+        """A DOLFINx function of V_h with the given owned values (ghosts updated)."""
+        fn = fem.Function(self.V, name=name)
+        if values is not None:
+            fn.x.array[: self.n_local] = values
+            fn.x.scatter_forward()
+        return fn
+
+    def destroy(self):
+        """Destroy PETSc objects (collective)."""
+        for obj in (self._M, self._Q, self._P, self._K, self._mass_ksp):
+            if obj is not None:
+                obj.destroy()
+        for ksp, A in self._diff.values():
+            ksp.destroy(), A.destroy()
+        self._diff = {}
+
+
+def _natural_order(x_all: np.ndarray) -> np.ndarray:
+    """Rank of every dof in lexicographic coordinate order (x primary), rank independent."""
+    scale = max(np.abs(x_all).max(), 1.0)
+    xr = np.round(x_all / scale, 9)
+    order = np.lexsort(xr[::-1])  # lexsort's last key is primary: x
+    nat = np.empty_like(order)
+    nat[order] = np.arange(len(order))
+    return nat
+
+
+# --------------------------------------------------------------------------- depth
+class Depth:
+    """The depth interval [0,T] with N cells (layers); controls are constant per layer.
+
+    Args:
+        T: final depth (> 0), with ``N`` uniform layers; or
+        points: strictly increasing depth points starting at 0 (graded layers).
+    """
+
+    def __init__(self, T: float = 1.0, N: int | None = None, points=None):
+        if points is None:
+            if N is None or int(N) != N or N < 1:
+                raise InputError(f"number of layers N must be a positive integer, got {N!r}")
+            if not (np.isfinite(T) and T > 0):
+                raise InputError(f"final depth T must be positive, got {T!r}")
+            points = np.linspace(0.0, float(T), int(N) + 1)
+        points = np.asarray(points, dtype=float)
+        if points.ndim != 1 or len(points) < 2:
+            raise InputError("depth points must be a 1D array with at least 2 points (one layer)")
+        if not np.all(np.isfinite(points)) or points[0] != 0.0 or np.any(np.diff(points) <= 0):
+            raise InputError("depth points must be finite, start at 0 and increase strictly")
+        self.points = points
+        self.T = float(points[-1])
+        self.N = len(points) - 1
+        self.tau = np.diff(points)
+        self.mid = 0.5 * (points[1:] + points[:-1])
+
+    def layer_of(self, t: float) -> int:
+        """Index of the layer containing depth t (the last layer for t = T)."""
+        if not (0.0 <= t <= self.T):
+            raise InputError(f"depth t={t} is outside [0, {self.T}]")
+        return int(min(np.searchsorted(self.points, t, side="right") - 1, self.N - 1))
+
+    def mesh(self, comm: MPI.Comm = MPI.COMM_SELF) -> dmesh.Mesh:
+        """The depth mesh as a DOLFINx interval mesh."""
+        cells = np.array([[k, k + 1] for k in range(self.N)], dtype=np.int64)
+        el = basix.ufl.element("Lagrange", "interval", 1, shape=(1,))
+        x = self.points[:, None] if comm.rank == 0 else np.zeros((0, 1))
+        return dmesh.create_mesh(comm, cells if comm.rank == 0 else cells[:0], el, x)
+
+
+# --------------------------------------------------------------------------- (depth, node)
+_PRODUCT = {"interval": "quadrilateral", "triangle": "prism", "quadrilateral": "hexahedron"}
+
+
+class ProductMesh:
+    """The (depth, node) mesh [0,T] x Y as a DOLFINx mesh; depth is the last coordinate.
+
+    Each node cell c times each layer k is one product cell, kept on the rank that owns
+    c (so the product mesh is partitioned like the node mesh). Node-space trajectories
+    (N+1 depth levels) are transferred to functions on it by :meth:`function`:
+    continuous P1 (Q1 / prism P1) for P1 node spaces; discontinuous P1 for DG0 (constant
+    in y on each node cell, linear in depth); P2 states are written at vertices.
+    Layer-wise controls (constant in depth) use :meth:`layer_function`.
+    """
+
+    def __init__(self, space: NodeSpace, depth: Depth):
+        msh = space.mesh
+        cname = msh.topology.cell_name()
+        if cname not in _PRODUCT:
+            raise InputError(f"no (depth, node) mesh over {cname} node cells (3D node domains)")
+        self.space, self.depth = space, depth
+        comm = msh.comm
+        gdim = msh.geometry.dim
+        N = depth.N
+        tdim = msh.topology.dim
+        ncell = msh.topology.index_map(tdim).size_local
+        gmap = msh.geometry.index_map()
+        nown = gmap.size_local
+        gx = msh.geometry.x
+        cg = msh.geometry.dofmaps[0][:ncell]  # node cell -> local geometry nodes
+        nv = cg.shape[1]
+        if nv != {"interval": 2, "triangle": 3, "quadrilateral": 4}[cname]:
+            raise InputError("the (depth, node) mesh needs a first-order node mesh geometry")
+        # product geometry node (k, g) on its owner o: off_o*(N+1) + k*nown_o + (g - off_o)
+        own_counts = np.array(comm.allgather(nown))
+        own_offsets = np.concatenate([[0], np.cumsum(own_counts)])
+        glob = gmap.local_to_global(np.arange(nown + gmap.num_ghosts, dtype=np.int32))
+        owner = np.concatenate([np.full(nown, comm.rank), gmap.owners()]).astype(np.int64)
+        base = own_offsets[owner] * (N + 1) + (glob - own_offsets[owner])
+        stride = own_counts[owner]
+
+        def pid(k, g):  # local geometry node g at depth level k
+            return base[g] + k * stride[g]
+
+        cells = np.empty((ncell * N, 2 * nv), dtype=np.int64)
+        for k in range(N):
+            cells[k::N, :nv] = pid(k, cg)
+            cells[k::N, nv:] = pid(k + 1, cg)
+        xs = np.zeros(((N + 1) * nown, gdim + 1))
+        for k in range(N + 1):
+            xs[k * nown : (k + 1) * nown, :gdim] = gx[:nown, :gdim]
+            xs[k * nown : (k + 1) * nown, gdim] = depth.points[k]
+        el = basix.ufl.element("Lagrange", _PRODUCT[cname], 1, shape=(gdim + 1,))
+
+        def keep_local(comm_, nparts, cell_types, cells_):
+            return dolfinx.graph.adjacencylist(
+                np.full(len(cells_[0]) // (2 * nv), comm_.rank, dtype=np.int32)
+            )._cpp_object
+
+        self.mesh = dmesh.create_mesh(comm, cells, el, xs, partitioner=keep_local)
+        ptdim = self.mesh.topology.dim
+        npc = self.mesh.topology.index_map(ptdim).size_local
+        cell_offset = comm.exscan(ncell * N) or 0
+        orig = self.mesh.topology.original_cell_index[:npc] - cell_offset
+        self.node_cell, self.layer = orig // N, orig % N  # product cell -> (c, k)
+        if np.any(self.node_cell >= ncell) or np.any(self.node_cell < 0):
+            raise RuntimeError("product mesh cells left their rank; partitioner not respected")
+        self.nv = nv
+        self.gdim = gdim
+        self.continuous = space.family == "P"
+        fam = "Lagrange" if self.continuous else "DG"
+        self.W = fem.functionspace(self.mesh, (fam, 1))
+        # node dof of (node cell c, reference vertex j): node DOF at that vertex (P),
+        # or the cell dof (DG0)
+        nd = space.V.dofmap.list[self.node_cell]
+        pd = self.W.dofmap.list[:npc]
+        self._pdofs = pd  # (npc, 2 nv)
+        jj = np.arange(2 * nv) % nv
+        self._ndofs = nd[:, jj] if self.continuous else np.repeat(nd[:, :1], 2 * nv, axis=1)
+        self._level = self.layer[:, None] + (np.arange(2 * nv) >= nv)[None, :]
+
+    def _node_values(self, level_values: np.ndarray) -> np.ndarray:
+        """(L, n_local) owned node values per level -> (L, n_local + ghosts)."""
+        fn = self.space.function()
+        out = np.empty((level_values.shape[0], fn.x.array.size))
+        for i, row in enumerate(level_values):
+            fn.x.array[: self.space.n_local] = row
+            fn.x.scatter_forward()
+            out[i] = fn.x.array
+        return out
+
+    def function(self, trajectory: np.ndarray, name: str = "f") -> fem.Function:
+        """Function on the (depth, node) mesh from ``(N+1, n_local)`` node values."""
+        vals = self._node_values(np.asarray(trajectory))
+        fn = fem.Function(self.W, name=name)
+        fn.x.array[self._pdofs] = vals[self._level, self._ndofs]
+        fn.x.scatter_forward()
+        return fn
+
+    def layer_function(self, layers: np.ndarray, name: str = "a") -> fem.Function:
+        """Discontinuous-in-depth function from ``(N, n_local)`` per-layer node values."""
+        vals = self._node_values(np.asarray(layers))
+        fn = fem.Function(fem.functionspace(self.mesh, ("DG", 1)), name=name)
+        pd = fn.function_space.dofmap.list[: len(self.layer)]
+        fn.x.array[pd] = vals[self.layer[:, None], self._ndofs]
+        fn.x.scatter_forward()
+        return fn

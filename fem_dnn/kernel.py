@@ -1,0 +1,55 @@
+"""The nonlocal operator B_b of the state equation and its transpose.
+
+On layer k the selection weight is ``b_h(y,z) = sum_ij b^k_ij phi_i(y) phi_j(z)`` (the
+tensor product V_h (x) V_h), so
+
+    (B_b f)_i = sum_j b^k_ij (M_w f)_j,     M_w = diag(omega) (lumped) or M (consistent),
+
+a dense n x n matrix per layer (MODEL.md §4). Rows of b^k live on the rank that owns the
+node dof (``b_local`` has shape ``(n_local, n)``, columns in the global dof order), and a
+whole batch (n_local x S) is applied with one Allgatherv and one GEMM per rank block.
+"""
+
+import numpy as np
+
+from fem_dnn import _dolfinx  # noqa: F401
+from mpi4py import MPI
+
+from fem_dnn.domain import NodeSpace
+
+__all__ = ["Kernel"]
+
+
+class Kernel:
+    """``B_b`` and ``B_b^T`` on batches for kernel coefficients ``b_local``.
+
+    Args:
+        space: the node space (its mass option decides M_w).
+    """
+
+    def __init__(self, space: NodeSpace):
+        self.space = space
+
+    def apply(self, b_local: np.ndarray, F: np.ndarray) -> np.ndarray:
+        """``(B_b f)`` for a Fortran ``(n_local, S)`` batch; returns the same layout."""
+        sp = self.space
+        blocks = sp.gather(sp.apply_mass(F))
+        out = blocks[0] @ b_local[:, sp.offsets[0] : sp.offsets[1]].T
+        for r in range(1, len(blocks)):
+            out += blocks[r] @ b_local[:, sp.offsets[r] : sp.offsets[r + 1]].T
+        return out.T  # (n_local, S), Fortran-ordered view
+
+    def apply_transpose(self, b_local: np.ndarray, V: np.ndarray) -> np.ndarray:
+        """``(B_b^T v)_j = (M_w b^T v)_j``: the adjoint of :meth:`apply` in the Euclidean
+        pairing of coefficient vectors (one GEMM, one Reduce_scatter)."""
+        sp = self.space
+        part = np.ascontiguousarray(V.T) @ b_local  # (S, n): rank's contribution to b^T v
+        S = V.shape[1]
+        if sp.comm.size > 1:
+            send = np.concatenate(
+                [part[:, sp.offsets[r] : sp.offsets[r + 1]].ravel() for r in range(sp.comm.size)]
+            )
+            recv = np.empty(sp.n_local * S)
+            sp.comm.Reduce_scatter(send, recv, recvcounts=list(sp.counts * S), op=MPI.SUM)
+            part = recv.reshape(S, sp.n_local)
+        return sp.apply_mass(np.asfortranarray(part.T))

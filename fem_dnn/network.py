@@ -1,0 +1,471 @@
+"""The continuum residual network: controls, depth schemes, forward solve, readout.
+
+State equation (LM 2.1, MODEL.md §1), semi-discretised in the node space V_h:
+
+    M df/dt = Q sigma(P u) - eps K f,     u = a^k - B_{b^k} f   on layer k,
+
+with M, Q, P, K from :class:`fem_dnn.domain.NodeSpace` (lumped: M = Q = diag(omega),
+P = I) and B from :class:`fem_dnn.kernel.Kernel`. Depth schemes (each one a different
+network architecture built from the same PDE):
+
+- ``euler``: explicit Euler, the ResNet ``f + tau sigma(a - B f)``;
+- ``heun``: Heun's RK2; ``rk4``: classical Runge-Kutta;
+- ``midpoint``: implicit midpoint, a PETSc SNES Newton solve per layer (prefix
+  ``<prefix>midpoint_``), diffusion included in the implicit system.
+
+With ``eps > 0`` the diffusion is implicit: Euler is IMEX Euler (backward Euler for the
+diffusion, Lie splitting); Heun and RK4 use Strang splitting with Crank-Nicolson half
+steps (order 2 overall); midpoint is fully implicit (order 2).
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fem_dnn import _dolfinx  # noqa: F401
+from mpi4py import MPI
+from petsc4py import PETSc
+
+import dolfinx.geometry
+
+from fem_dnn.activation import Activation, get_activation
+from fem_dnn.domain import Depth, Layout, NodeSpace
+from fem_dnn.errors import InputError, NonFiniteError, SolverError
+from fem_dnn.kernel import Kernel
+
+__all__ = ["SCHEMES", "Controls", "Readout", "Trajectory", "Network", "softmax", "logistic"]
+
+SCHEMES = ("euler", "heun", "rk4", "midpoint")
+ORDER = {"euler": 1, "heun": 2, "rk4": 4, "midpoint": 2}
+
+
+@dataclass
+class Controls:
+    """Layer-wise controls of the state equation (the network's parameters).
+
+    Attributes:
+        a: bias, ``(N, n_local)`` owned node values per layer.
+        b: selection weight, ``(N, n_local, n)``: owned rows, columns in global dof order.
+    """
+
+    a: np.ndarray
+    b: np.ndarray
+
+
+@dataclass
+class Readout:
+    """Readout ``O = int_Y W(., z) f(z,T) dz + mu`` and prediction ``h(O)`` (LM 2.2).
+
+    Attributes:
+        kind: ``"classes"`` (Y_out = {1..K}, h = softmax) or ``"function"``
+            (Y_out = Y, h = logistic).
+        W: ``(K, n_local)`` (classes) or ``(n_local, n)`` kernel rows (function).
+        mu: ``(K,)`` (classes) or ``(n_local,)`` (function).
+    """
+
+    kind: str
+    W: np.ndarray
+    mu: np.ndarray
+
+
+def logistic(O):
+    return 0.5 * (1.0 + np.tanh(0.5 * O))
+
+
+def softmax(O, axis=0):
+    e = np.exp(O - O.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+@dataclass
+class Trajectory:
+    """States at the N+1 depth points for a batch of S samples.
+
+    ``states[k]`` is ``(S, n_local)`` so that ``state(k)`` is a Fortran ``(n_local, S)``
+    view. Use :meth:`Network.state_at` / :meth:`Network.evaluate` for depths between
+    layers and points of Y, :meth:`natural` for gathered arrays.
+    """
+
+    network: "Network"
+    controls: Controls
+    states: np.ndarray
+    extra: dict = field(default_factory=dict)
+
+    def state(self, k: int) -> np.ndarray:
+        return self.states[k].T
+
+    @property
+    def final(self) -> np.ndarray:
+        return self.states[-1].T
+
+    def natural(self, k: int = -1) -> np.ndarray:
+        """``(S_total, n)`` state at depth level k in natural node order, all samples."""
+        net = self.network
+        local = net.space.to_natural(self.states[k], axis=1)
+        return np.concatenate(net.layout.sample_comm.allgather(local), axis=0)
+
+
+class Network:
+    """Continuum ResNet on a node space and a depth mesh.
+
+    Args:
+        space: node space V_h.
+        depth: depth mesh of [0,T].
+        activation: name or :class:`Activation` (tanh, arctan, sigmoid, relu,
+            leaky_relu, elu, identity).
+        scheme: ``euler``, ``heun``, ``rk4`` or ``midpoint``.
+        eps: node diffusion coefficient (>= 0, default 0: exactly LM 2.1).
+        layout: rank layout (default: node-parallel over the space's communicator).
+        petsc_options_prefix: prefix of every PETSc solver the network creates.
+    """
+
+    def __init__(
+        self,
+        space: NodeSpace,
+        depth: Depth,
+        activation: str | Activation = "tanh",
+        scheme: str = "euler",
+        eps: float = 0.0,
+        layout: Layout | None = None,
+        petsc_options_prefix: str = "fem_dnn_",
+    ):
+        if scheme not in SCHEMES:
+            raise InputError(f"unknown depth scheme {scheme!r}; choose one of {list(SCHEMES)}")
+        if not (np.isfinite(eps) and eps >= 0):
+            raise InputError(f"diffusion eps must be >= 0, got {eps!r}")
+        self.space, self.depth = space, depth
+        self.sigma = get_activation(activation)
+        self.scheme, self.eps = scheme, float(eps)
+        self.kernel = Kernel(space)
+        self.layout = layout or Layout(space.comm, space.comm, MPI.COMM_SELF)
+        self.prefix = petsc_options_prefix
+        self._snes = None
+
+    # ------------------------------------------------------------------ parameters
+    def controls(self, a=0.0, b=0.0) -> Controls:
+        """Controls from scalars, callables or natural-order arrays.
+
+        ``a``: scalar, callable ``a(y, t)`` (y of shape (3, p), returns (p,)), array
+        ``(n,)`` (all layers) or ``(N, n)``. ``b``: scalar, callable ``b(y, z, t)``
+        (returns (p, q)), array ``(n, n)`` or ``(N, n, n)``. Callables are sampled at
+        the dofs and at the layer midpoints t_{k+1/2}.
+        """
+        sp, d = self.space, self.depth
+        N, nl, n = d.N, sp.n_local, sp.n
+        A = np.empty((N, nl))
+        B = np.empty((N, nl, n))
+        for k in range(N):
+            t = d.mid[k]
+            if callable(a):
+                A[k] = np.broadcast_to(np.asarray(a(sp.x_owned, t), dtype=float), (nl,))
+            else:
+                arr = np.asarray(a, dtype=float)
+                A[k] = arr if arr.ndim == 0 else sp.from_natural(arr if arr.ndim == 1 else _layer(arr, k, N, "a"))
+            if callable(b):
+                B[k] = np.broadcast_to(np.asarray(b(sp.x_owned, sp.x_all, t), dtype=float), (nl, n))
+            else:
+                arr = np.asarray(b, dtype=float)
+                if arr.ndim == 0:
+                    B[k] = arr
+                else:
+                    bk = arr if arr.ndim == 2 else _layer(arr, k, N, "b")
+                    if bk.shape != (n, n):
+                        raise InputError(f"b has shape {bk.shape} per layer; expected ({n}, {n})")
+                    B[k] = bk[sp.nat_owned][:, sp.nat_of_global]
+        _check_finite(self.layout.world, "controls a", A)
+        _check_finite(self.layout.world, "controls b", B)
+        return Controls(A, B)
+
+    def inputs(self, f_I) -> np.ndarray:
+        """Initial data (the network input) as a Fortran ``(n_local, S_local)`` batch.
+
+        ``f_I``: callable ``f_I(y)`` returning (p,) or (S, p), or an array ``(S, n)``
+        (or ``(n,)``) in natural node order; with sample groups each group keeps its
+        share of the S samples.
+        """
+        sp = self.space
+        if callable(f_I):
+            F = sp.interpolate(f_I)
+        else:
+            arr = np.asarray(f_I, dtype=float)
+            if arr.ndim == 1:
+                arr = arr[None, :]
+            if arr.ndim != 2 or arr.shape[1] != sp.n:
+                raise InputError(
+                    f"input data has shape {np.shape(f_I)}; expected (S, {sp.n}) for a node space of {sp.n} dofs"
+                )
+            F = sp.from_natural(arr, axis=1).T
+        F = np.asfortranarray(F if F.ndim == 2 else F[:, None])
+        s0, s1 = self.layout.sample_range(F.shape[1])
+        F = np.asfortranarray(F[:, s0:s1])
+        _check_finite(self.layout.world, "input data f_I", F)
+        return F
+
+    # ------------------------------------------------------------------ the scheme
+    def preactivation(self, k: int, F: np.ndarray, c: Controls) -> np.ndarray:
+        """``u = a^k - B_{b^k} f`` for a batch."""
+        return c.a[k][:, None] - self.kernel.apply(c.b[k], F)
+
+    def rhs(self, k: int, F: np.ndarray, c: Controls) -> np.ndarray:
+        """Activation part of df/dt: ``M^{-1} Q sigma(P u)`` (lumped: ``sigma(u)``)."""
+        sp = self.space
+        U = self.preactivation(k, F, c)
+        if sp.mass == "lumped":
+            return np.asfortranarray(self.sigma.sigma(U))
+        return sp.solve_mass(sp.quad_load(self.sigma.sigma(sp.quad_values(U))))
+
+    def _diffuse(self, F: np.ndarray, h: float, theta: float) -> np.ndarray:
+        """``(M + theta h eps K)^{-1} (M - (1-theta) h eps K) f``."""
+        sp = self.space
+        R = sp.apply_mass(F)
+        if theta != 1.0:
+            R = R - (1.0 - theta) * h * self.eps * sp.apply(sp.K, F)
+        ksp, _ = sp.diffusion_solver(theta * h * self.eps)
+        return sp.mat_solve(ksp, R)
+
+    def step(self, k: int, F: np.ndarray, c: Controls, tau: float | None = None) -> np.ndarray:
+        """Advance a batch over (part of) layer k with the network's scheme."""
+        h = self.depth.tau[k] if tau is None else tau
+        if self.scheme == "midpoint":
+            return self._midpoint(k, F, c, h)
+        diff = self.eps > 0
+        if diff and self.scheme != "euler":
+            F = self._diffuse(F, 0.5 * h, 0.5)
+        if self.scheme == "euler":
+            F = F + h * self.rhs(k, F, c)
+        elif self.scheme == "heun":
+            k1 = self.rhs(k, F, c)
+            k2 = self.rhs(k, F + h * k1, c)
+            F = F + 0.5 * h * (k1 + k2)
+        else:  # rk4
+            k1 = self.rhs(k, F, c)
+            k2 = self.rhs(k, F + 0.5 * h * k1, c)
+            k3 = self.rhs(k, F + 0.5 * h * k2, c)
+            k4 = self.rhs(k, F + h * k3, c)
+            F = F + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+        if diff:
+            F = self._diffuse(F, h, 1.0) if self.scheme == "euler" else self._diffuse(F, 0.5 * h, 0.5)
+        return np.asfortranarray(F)
+
+    # ---- implicit midpoint: M(f1 - f0) - h Q sigma(P u(fm)) + h eps K fm = 0
+    def _midpoint(self, k, F0, c, h):
+        sp = self.space
+        S = F0.shape[1]
+        snes = self._midpoint_snes(S)
+        ctx = snes.getApplicationContext()
+        ctx.update(k=k, F0=F0, c=c, h=h)
+        x = snes.getSolution() if snes.getSolution() is not None else None
+        x = ctx["x"]
+        X = x.array.reshape(S, sp.n_local).T
+        X[:] = F0 + h * self.rhs(k, F0, c)  # explicit Euler predictor
+        scale = np.sqrt(sp.comm.allreduce(float(np.sum(sp.apply_mass(F0) ** 2)))) + 1e-300
+        snes.setTolerances(atol=1e-14 * scale)
+        snes.solve(None, x)
+        reason = snes.getConvergedReason()
+        if reason <= 0:
+            raise SolverError(
+                f"implicit midpoint Newton solve failed in layer {k} (SNES reason {reason}); "
+                f"try a smaller depth step or -{self.prefix}midpoint_snes_monitor"
+            )
+        return np.asfortranarray(x.array.reshape(S, sp.n_local).T.copy())
+
+    def _midpoint_snes(self, S):
+        if self._snes is not None and self._snes[1] == S:
+            return self._snes[0]
+        if self._snes is not None:
+            for obj in self._snes[2]:
+                obj.destroy()
+        sp, comm = self.space, self.space.comm
+        sizes = (sp.n_local * S, sp.n * S)
+        x = PETSc.Vec().createMPI(sizes, comm=comm)
+        r = x.duplicate()
+        ctx = {"x": x}
+        net = self
+
+        def batch(v):
+            return v.array_r.reshape(S, sp.n_local).T
+
+        def residual(snes, xv, rv):
+            F1 = batch(xv)
+            Fm = np.asfortranarray(0.5 * (ctx["F0"] + F1))
+            U = net.preactivation(ctx["k"], Fm, ctx["c"])
+            Uq = sp.quad_values(U)
+            ctx["dsig"] = net.sigma.dsigma(Uq)
+            R = sp.apply_mass(F1 - ctx["F0"]) - ctx["h"] * sp.quad_load(net.sigma.sigma(Uq))
+            if net.eps > 0:
+                R = R + ctx["h"] * net.eps * sp.apply(sp.K, Fm)
+            rv.array.reshape(S, sp.n_local).T[:] = R
+
+        class Jacobian:
+            def mult(self, mat, dv, yv):
+                D = np.asfortranarray(batch(dv))
+                BD = net.kernel.apply(ctx["c"].b[ctx["k"]], D)
+                Y = sp.apply_mass(D) + 0.5 * ctx["h"] * sp.quad_load(ctx["dsig"] * sp.quad_values(BD))
+                if net.eps > 0:
+                    Y = Y + 0.5 * ctx["h"] * net.eps * sp.apply(sp.K, D)
+                yv.array.reshape(S, sp.n_local).T[:] = Y
+
+        class MassPC:
+            def apply(self, pc, xv, yv):
+                yv.array.reshape(S, sp.n_local).T[:] = sp.solve_mass(np.asfortranarray(batch(xv)))
+
+        J = PETSc.Mat().createPython((sizes, sizes), Jacobian(), comm=comm)
+        J.setUp()
+        snes = PETSc.SNES().create(comm)
+        snes.setOptionsPrefix(self.prefix + "midpoint_")
+        snes.setFunction(residual, r)
+        snes.setJacobian(lambda *args: None, J, J)
+        snes.setApplicationContext(ctx)
+        snes.setTolerances(rtol=1e-12, stol=0.0, max_it=50)
+        snes.getLineSearch().setType("basic")
+        ksp = snes.getKSP()
+        ksp.setType("gmres")
+        ksp.setTolerances(rtol=1e-13, atol=0.0)
+        pc = ksp.getPC()
+        pc.setType("python")
+        pc.setPythonContext(MassPC())
+        snes.setFromOptions()
+        self._snes = (snes, S, (snes, J, x, r))
+        return snes
+
+    # ------------------------------------------------------------------ forward solve
+    def forward(self, f_I, controls: Controls) -> Trajectory:
+        """Solve the state equation from the input f_I through all N layers.
+
+        Raises:
+            NonFiniteError: on every rank, naming the first layer whose output is not
+                finite (e.g. ReLU growing exponentially).
+        """
+        F = f_I if isinstance(f_I, np.ndarray) and f_I.ndim == 2 and f_I.flags.f_contiguous and f_I.shape[0] == self.space.n_local else self.inputs(f_I)
+        N = self.depth.N
+        states = np.empty((N + 1, F.shape[1], F.shape[0]))
+        states[0] = F.T
+        for k in range(N):
+            F = self.step(k, F, controls)
+            ok = self.layout.world.allreduce(bool(np.isfinite(F).all()), op=MPI.LAND)
+            if not ok:
+                raise NonFiniteError(
+                    f"the state is not finite after layer {k} (depth t={self.depth.points[k + 1]:g}); "
+                    f"activation {self.sigma.name} may grow exponentially: reduce T, the controls or the data",
+                    layer=k,
+                )
+            states[k + 1] = F.T
+        return Trajectory(self, controls, states)
+
+    def state_at(self, traj: Trajectory, t: float) -> np.ndarray:
+        """State at any depth t: one sub-step of the scheme from the last depth point
+        (the scheme's own continuous extension, of its order)."""
+        k = self.depth.layer_of(t)
+        dt = t - self.depth.points[k]
+        if dt == 0.0:
+            return traj.state(k).copy(order="F")
+        if abs(dt - self.depth.tau[k]) <= 1e-14 * self.depth.T:
+            return traj.state(k + 1).copy(order="F")
+        return self.step(k, np.asfortranarray(traj.state(k)), traj.controls, tau=dt)
+
+    def evaluate(self, traj: Trajectory, points, t: float | None = None) -> np.ndarray:
+        """Values ``f(y_p, t)`` at arbitrary points y_p of Y, shape ``(S_local, p)``.
+
+        ``points`` has shape (p, gdim) or (p, 3). Every rank gets every value.
+        """
+        F = traj.final if t is None else self.state_at(traj, t)
+        sp = self.space
+        pts = np.zeros((len(points), 3))
+        P = np.asarray(points, dtype=float).reshape(len(points), -1)
+        pts[:, : P.shape[1]] = P
+        msh = sp.mesh
+        tdim = msh.topology.dim
+        tree = dolfinx.geometry.bb_tree(msh, tdim, padding=1e-12)
+        cand = dolfinx.geometry.compute_collisions_points(tree, pts)
+        coll = dolfinx.geometry.compute_colliding_cells(msh, cand, pts)
+        ncell = msh.topology.index_map(tdim).size_local
+        found = np.full(len(pts), -1, dtype=np.int32)
+        for i in range(len(pts)):
+            cells = [c for c in coll.links(i) if c < ncell]
+            if cells:
+                found[i] = cells[0]
+        comm = sp.comm
+        mine = np.where(found >= 0, comm.rank, comm.size)
+        owner = np.empty_like(mine)
+        comm.Allreduce(mine, owner, op=MPI.MIN)
+        if np.any(owner == comm.size):
+            bad = np.flatnonzero(owner == comm.size)[0]
+            raise InputError(f"point {pts[bad, :tdim]} is outside the node domain")
+        sel = np.flatnonzero(owner == comm.rank)
+        out = np.zeros((F.shape[1], len(pts)))
+        fn = sp.function()
+        for s in range(F.shape[1]):
+            fn.x.array[: sp.n_local] = F[:, s]
+            fn.x.scatter_forward()
+            if len(sel):
+                out[s, sel] = fn.eval(pts[sel], found[sel]).ravel()
+        comm.Allreduce(MPI.IN_PLACE, out, op=MPI.SUM)
+        return out
+
+    # ------------------------------------------------------------------ readout
+    def readout(self, F: np.ndarray, r: Readout) -> np.ndarray:
+        """``O = int W f(T) + mu``: ``(K, S)`` (classes, on every rank) or
+        ``(n_local, S)`` (function)."""
+        G = self.space.apply_mass(F)
+        if r.kind == "classes":
+            O = r.W @ G
+            self.space.comm.Allreduce(MPI.IN_PLACE, O, op=MPI.SUM)
+            return O + r.mu[:, None]
+        return np.asfortranarray(self.kernel.apply(r.W, F) + r.mu[:, None])
+
+    def predict(self, F: np.ndarray, r: Readout) -> np.ndarray:
+        """``C_pre = h(O)``: softmax over classes, or logistic for function outputs."""
+        O = self.readout(F, r)
+        return softmax(O, axis=0) if r.kind == "classes" else logistic(O)
+
+    def make_readout(self, kind: str = "classes", W=0.0, mu=0.0, K: int | None = None) -> Readout:
+        """Readout from natural-order arrays or callables.
+
+        classes: ``W`` of shape (K, n) or callable ``W(z)`` returning (K, p); ``mu`` (K,).
+        function: ``W`` of shape (n, n) or callable ``W(y, z)``; ``mu`` (n,) or callable.
+        """
+        sp = self.space
+        if kind == "classes":
+            if callable(W):
+                Wl = np.asarray(W(sp.x_owned), dtype=float)
+            else:
+                Wa = np.asarray(W, dtype=float)
+                if Wa.ndim == 0:
+                    if K is None:
+                        raise InputError("classes readout needs K or a (K, n) weight array")
+                    Wa = np.full((K, sp.n), float(Wa))
+                if Wa.ndim != 2 or Wa.shape[1] != sp.n:
+                    raise InputError(f"readout W has shape {Wa.shape}; expected (K, {sp.n})")
+                Wl = sp.from_natural(Wa, axis=1)
+            mu_a = np.broadcast_to(np.asarray(mu, dtype=float), (Wl.shape[0],)).copy()
+            return Readout("classes", np.ascontiguousarray(Wl), mu_a)
+        if kind != "function":
+            raise InputError(f"readout kind must be 'classes' or 'function', not {kind!r}")
+        if callable(W):
+            Wl = np.asarray(W(sp.x_owned, sp.x_all), dtype=float)
+        else:
+            Wa = np.asarray(W, dtype=float)
+            Wl = np.full((sp.n_local, sp.n), float(Wa)) if Wa.ndim == 0 else Wa[sp.nat_owned][:, sp.nat_of_global]
+        mu_l = sp.interpolate(mu) if callable(mu) else (
+            np.full(sp.n_local, float(mu)) if np.ndim(mu) == 0 else sp.from_natural(mu)
+        )
+        return Readout("function", Wl, mu_l)
+
+    def destroy(self):
+        """Destroy the network's PETSc objects (collective)."""
+        if self._snes is not None:
+            for obj in self._snes[2]:
+                obj.destroy()
+            self._snes = None
+
+
+def _layer(arr, k, N, name):
+    if arr.shape[0] != N:
+        raise InputError(f"{name} has {arr.shape[0]} layers; the depth mesh has N={N}")
+    return arr[k]
+
+
+def _check_finite(comm, what, arr):
+    ok = comm.allreduce(bool(np.isfinite(arr).all()), op=MPI.LAND)
+    if not ok:
+        raise InputError(f"{what} contains NaN or Inf")
