@@ -254,7 +254,6 @@ class Network:
         snes = self._midpoint_snes(S)
         ctx = snes.getApplicationContext()
         ctx.update(k=k, F0=F0, c=c, h=h)
-        x = snes.getSolution() if snes.getSolution() is not None else None
         x = ctx["x"]
         X = x.array.reshape(S, sp.n_local).T
         X[:] = F0 + h * self.rhs(k, F0, c)  # explicit Euler predictor
@@ -341,7 +340,8 @@ class Network:
         states = np.empty((N + 1, F.shape[1], F.shape[0]))
         states[0] = F.T
         for k in range(N):
-            F = self.step(k, F, controls)
+            with np.errstate(over="ignore", invalid="ignore"):  # checked just below
+                F = self.step(k, F, controls)
             ok = self.layout.world.allreduce(bool(np.isfinite(F).all()), op=MPI.LAND)
             if not ok:
                 raise NonFiniteError(
