@@ -527,7 +527,7 @@ class ProductMesh:
         own_counts = np.array(comm.allgather(nown))
         own_offsets = np.concatenate([[0], np.cumsum(own_counts)])
         glob = gmap.local_to_global(np.arange(nown + gmap.num_ghosts, dtype=np.int32))
-        owner = np.concatenate([np.full(nown, comm.rank), gmap.owners()]).astype(np.int64)
+        owner = np.concatenate([np.full(nown, comm.rank), gmap.owners]).astype(np.int64)
         base = own_offsets[owner] * (N + 1) + (glob - own_offsets[owner])
         stride = own_counts[owner]
 

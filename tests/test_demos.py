@@ -1,0 +1,33 @@
+"""Every demo runs as a test case, serially and on 2 ranks (as DOLFINx's demo/test.py).
+
+Demos assert their own claims; ``--quick`` shrinks their sizes. Run from the serial test
+session only (a demo under mpirun is launched from here)."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mpi4py import MPI
+
+DEMOS = sorted((Path(__file__).resolve().parents[1] / "demos").glob("demo_*.py"))
+
+
+def mpirun():
+    local = Path(sys.executable).parent / "mpirun"
+    return str(local) if local.exists() else shutil.which("mpirun") or shutil.which("mpiexec")
+
+
+@pytest.mark.skipif(MPI.COMM_WORLD.size > 1, reason="demos are launched from the serial session")
+@pytest.mark.parametrize("ranks", [1, 2])
+@pytest.mark.parametrize("demo", DEMOS, ids=[d.stem for d in DEMOS])
+def test_demo(demo, ranks, tmp_path):
+    cmd = [sys.executable, str(demo), "--quick"]
+    if ranks > 1:
+        cmd = [mpirun(), "-n", str(ranks)] + cmd
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "All claims verified." in res.stdout
