@@ -30,6 +30,7 @@ import basix.ufl
 import dolfinx.fem.petsc
 import dolfinx.graph
 import dolfinx.io
+import dolfinx.la
 import ufl
 from dolfinx import fem, mesh as dmesh
 
@@ -150,7 +151,7 @@ def read_node_mesh(path, comm: MPI.Comm, name: str = "mesh") -> dmesh.Mesh:
     if suffix in (".xdmf", ".xmf"):
         try:
             with dolfinx.io.XDMFFile(comm, str(path), "r") as xf:
-                return xf.read_mesh(name=name)
+                return xf.read_mesh(name=name, ghost_mode=dmesh.GhostMode.shared_facet)
         except Exception as e:  # HDF5/XML errors surface as RuntimeError
             raise InputError(f"cannot read XDMF mesh {str(path)!r} (grid {name!r}): {e}") from None
     raise InputError(f"node mesh file {str(path)!r}: expected .msh or .xdmf")
@@ -175,7 +176,8 @@ def _read_msh(path: Path, comm: MPI.Comm) -> dmesh.Mesh:
     try:
         if err is not None:
             raise InputError(err)
-        data = dgmsh.model_to_mesh(gmsh.model if comm.rank == 0 else None, comm, 0, gdim=dim)
+        part = dmesh.create_cell_partitioner(dmesh.GhostMode.shared_facet, 2)
+        data = dgmsh.model_to_mesh(gmsh.model if comm.rank == 0 else None, comm, 0, gdim=dim, partitioner=part)
     finally:
         if comm.rank == 0:
             gmsh.finalize()
@@ -544,10 +546,17 @@ class ProductMesh:
             xs[k * nown : (k + 1) * nown, gdim] = depth.points[k]
         el = basix.ufl.element("Lagrange", _PRODUCT[cname], 1, shape=(gdim + 1,))
 
+        # product cells stay with their node cell's owner and are ghosted where the
+        # node cell is (shared-facet ghosting: facet integrals across ranks work)
+        dest = msh.topology.index_map(tdim).index_to_dest_ranks(0)
+        links = [np.concatenate([[comm.rank], dest.links(c)]).astype(np.int32) for c in range(ncell)]
+        offs = np.concatenate([[0], np.cumsum([len(lk) for lk in links])])
+        data = np.concatenate(links) if links else np.zeros(0, dtype=np.int32)
+        pdata = np.concatenate([data[offs[c] : offs[c + 1]] for c in range(ncell) for _ in range(N)]) if ncell else data
+        poffs = np.concatenate([[0], np.cumsum(np.repeat(np.diff(offs), N))]).astype(np.int32)
+
         def keep_local(comm_, nparts, cell_types, cells_):
-            return dolfinx.graph.adjacencylist(
-                np.full(len(cells_[0]) // (2 * nv), comm_.rank, dtype=np.int32)
-            )._cpp_object
+            return dolfinx.graph.adjacencylist(pdata.astype(np.int32), poffs)._cpp_object
 
         self.mesh = dmesh.create_mesh(comm, cells, el, xs, partitioner=keep_local)
         ptdim = self.mesh.topology.dim
@@ -590,10 +599,41 @@ class ProductMesh:
         return fn
 
     def layer_function(self, layers: np.ndarray, name: str = "a") -> fem.Function:
-        """Discontinuous-in-depth function from ``(N, n_local)`` per-layer node values."""
-        vals = self._node_values(np.asarray(layers))
-        fn = fem.Function(fem.functionspace(self.mesh, ("DG", 1)), name=name)
-        pd = fn.function_space.dofmap.list[: len(self.layer)]
-        fn.x.array[pd] = vals[self.layer[:, None], self._ndofs]
+        """Discontinuous-in-depth function from per-layer node values: ``(N, n_local)``
+        (constant in depth on each layer) or ``(N, 2, n_local)`` (values at the bottom
+        and top of each layer, linear in between)."""
+        layers = np.asarray(layers)
+        if layers.ndim == 2:
+            layers = np.stack([layers, layers], axis=1)
+        N = self.depth.N
+        vals = self._node_values(layers.reshape(2 * N, -1)).reshape(N, 2, -1)
+        fn = fem.Function(self.layer_space, name=name)
+        pd = self.layer_space.dofmap.list[: len(self.layer)]
+        top = (np.arange(2 * self.nv) >= self.nv)[None, :].astype(int)
+        fn.x.array[pd] = vals[self.layer[:, None], top, self._ndofs]
         fn.x.scatter_forward()
         return fn
+
+    @property
+    def layer_space(self) -> fem.FunctionSpace:
+        """Discontinuous P1 on the (depth, node) mesh: holds layer-wise data exactly."""
+        if getattr(self, "_layer_space", None) is None:
+            self._layer_space = fem.functionspace(self.mesh, ("DG", 1))
+        return self._layer_space
+
+    def layer_sums(self, values: np.ndarray) -> np.ndarray:
+        """Sum a vector on :attr:`layer_space` (e.g. an assembled residual) per (layer,
+        node dof): the test function ``phi_i(y) chi_k(t)`` is the sum of the
+        discontinuous P1 basis functions at node dof i in layer k. Returns ``(N, n_local)``."""
+        sp = self.space
+        fn = sp.function()
+        nloc = fn.x.array.size
+        acc = np.zeros((self.depth.N, nloc))
+        pd = self.layer_space.dofmap.list[: len(self.layer)]
+        np.add.at(acc, (np.broadcast_to(self.layer[:, None], pd.shape), self._ndofs), values[pd])
+        out = np.empty((self.depth.N, sp.n_local))
+        for k in range(self.depth.N):
+            fn.x.array[:] = acc[k]
+            fn.x.scatter_reverse(dolfinx.la.InsertMode.add)
+            out[k] = fn.x.array[: sp.n_local]
+        return out
