@@ -132,15 +132,15 @@ def state_residual(f, a, Bf, v, sigma, eps=0.0, centres=None, degree=None):
     return R
 
 
-def readout(W, fT, mu=None, measure=None):
-    """Readout ``O = int_Y W(z) f(z,T) dz + mu`` (LM 2.2) for one output y'.
+def readout(W, fT, measure=None):
+    """Readout integral ``int_Y W(z) f(z,T) dz`` for one output y' (LM 2.2).
 
-    A linear functional of f(T): for Y_out = {1..K} use one form per class k with
-    ``W = W_k``; for Y_out = Y the weight is a kernel and the readout has the same
-    structure as B_b.
+    The readout is ``O = int_Y W f(T) dz + mu``: the bias mu is a number per output and
+    is added to the assembled value (it is not integrated over Y). For
+    Y_out = {1..K} use one form per class k with ``W = W_k``; for Y_out = Y the weight
+    is a kernel and the readout has the same structure as B_b.
     """
-    form = W * fT * _dx(measure)
-    return form if mu is None else form + mu * _dx(measure)
+    return W * fT * _dx(measure)
 
 
 def logistic(O):

