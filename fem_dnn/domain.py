@@ -170,6 +170,9 @@ def _read_msh(path: Path, comm: MPI.Comm) -> dmesh.Mesh:
             dim = gmsh.model.getDimension()
             if dim < 1 or not gmsh.model.getPhysicalGroups(dim):
                 err = f"gmsh file {str(path)!r} has no physical group of cells (dimension {dim})"
+            elif len(gmsh.model.mesh.getElementTypes(dim)) > 1:
+                names = [gmsh.model.mesh.getElementProperties(t)[0] for t in gmsh.model.mesh.getElementTypes(dim)]
+                err = f"gmsh file {str(path)!r} mixes cell types {names}; use one cell type"
         except Exception as e:
             err = f"cannot read gmsh file {str(path)!r}: {e}"
     err, dim = comm.bcast((err, dim), root=0)
