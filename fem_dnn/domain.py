@@ -248,6 +248,9 @@ class NodeSpace:
         self.volume = self.comm.allreduce(self.weights.sum())
         self.qdeg = quadrature_degree if quadrature_degree else 2 * degree + 2
         self._M = self._Q = self._P = self._K = None
+        self._Qt = self._Pt = None
+        self._M_all = None
+        self.weights_all = np.concatenate(self.comm.allgather(self.weights[: self.n_local]))
         self._mass_ksp = None
         self._diff = {}
         if mass == "consistent":
@@ -272,6 +275,8 @@ class NodeSpace:
         self._P.diagonalScale(L=d)
         d.destroy()
         self._mass_ksp = self._direct_solver(self._M, "mass_")
+        self._Qt = self._Q.transpose(PETSc.Mat())
+        self._Pt = self._P.transpose(PETSc.Mat())
 
     def _direct_solver(self, A: PETSc.Mat, name: str) -> PETSc.KSP:
         ksp = PETSc.KSP().create(self.comm)
@@ -357,6 +362,42 @@ class NodeSpace:
         Bq.destroy(), C.destroy()
         return out
 
+    def quad_values_T(self, Zq: np.ndarray) -> np.ndarray:
+        """``P^T z``: the transpose of :meth:`quad_values` (quadrature points -> nodes)."""
+        if self.mass == "lumped":
+            return Zq
+        return self._mult(self._Pt, Zq)
+
+    def quad_load_T(self, Y: np.ndarray) -> np.ndarray:
+        """``Q^T y``: the transpose of :meth:`quad_load` (nodes -> quadrature points)."""
+        if self.mass == "lumped":
+            return self.weights[:, None] * Y
+        return self._mult(self._Qt, Y)
+
+    def _mult(self, A: PETSc.Mat, X: np.ndarray) -> np.ndarray:
+        Bx = PETSc.Mat().createDense((A.getSizes()[1], (None, X.shape[1])), array=np.asfortranarray(X), comm=self.comm)
+        C = A.matMult(Bx)
+        out = np.array(C.getDenseArray(), order="F", copy=True).reshape(A.getLocalSize()[0], X.shape[1], order="F")
+        Bx.destroy(), C.destroy()
+        return out
+
+    def mass_columns(self, X: np.ndarray) -> np.ndarray:
+        """``X M`` for rows X indexed by *global* dofs along the last axis (kernel
+        coefficients b_ij: owned rows i, all columns j). The consistent mass is kept as a
+        sequential copy on every rank for this (it is sparse)."""
+        if self.mass == "lumped":
+            return X * self.weights_all
+        if self._M_all is None:
+            rows = PETSc.IS().createStride(self.n, 0, 1, comm=PETSc.COMM_SELF)
+            self._M_all = self._M.createSubMatrices(rows, rows)[0]
+            rows.destroy()
+        Xt = np.asfortranarray(np.asarray(X).reshape(-1, self.n).T)
+        B = PETSc.Mat().createDense((self.n, Xt.shape[1]), array=Xt, comm=PETSc.COMM_SELF)
+        C = self._M_all.matMult(B)
+        out = np.array(C.getDenseArray(), copy=True).T.reshape(X.shape)
+        B.destroy(), C.destroy()
+        return out
+
     def diffusion_solver(self, theta_tau_eps: float) -> tuple[PETSc.KSP, PETSc.Mat]:
         """Cached direct solver of ``M + c K`` (prefix ``<prefix>diffusion_``)."""
         key = float(theta_tau_eps)
@@ -436,7 +477,7 @@ class NodeSpace:
 
     def destroy(self):
         """Destroy PETSc objects (collective)."""
-        for obj in (self._M, self._Q, self._P, self._K, self._mass_ksp):
+        for obj in (self._M, self._Q, self._P, self._K, self._mass_ksp, self._Qt, self._Pt, self._M_all):
             if obj is not None:
                 obj.destroy()
         for ksp, A in self._diff.values():

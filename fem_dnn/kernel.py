@@ -30,10 +30,13 @@ class Kernel:
     def __init__(self, space: NodeSpace):
         self.space = space
 
-    def apply(self, b_local: np.ndarray, F: np.ndarray) -> np.ndarray:
-        """``(B_b f)`` for a Fortran ``(n_local, S)`` batch; returns the same layout."""
+    def apply(self, b_local: np.ndarray, F: np.ndarray, MF: np.ndarray | None = None) -> np.ndarray:
+        """``(B_b f)`` for a Fortran ``(n_local, S)`` batch; returns the same layout.
+
+        ``MF`` is ``M_w f`` when the caller already has it (it is then used instead of F).
+        """
         sp = self.space
-        blocks = sp.gather(sp.apply_mass(F))
+        blocks = sp.gather(sp.apply_mass(F) if MF is None else MF)
         out = blocks[0] @ b_local[:, sp.offsets[0] : sp.offsets[1]].T
         for r in range(1, len(blocks)):
             out += blocks[r] @ b_local[:, sp.offsets[r] : sp.offsets[r + 1]].T
@@ -53,3 +56,13 @@ class Kernel:
             sp.comm.Reduce_scatter(send, recv, recvcounts=list(sp.counts * S), op=MPI.SUM)
             part = recv.reshape(S, sp.n_local)
         return sp.apply_mass(np.asfortranarray(part.T))
+
+    def outer(self, Z: np.ndarray, MF: np.ndarray) -> np.ndarray:
+        """``sum_s Z[:, s] (M_w f_s)^T``: the derivative of ``<Z, B_b f>`` with respect to
+        the kernel coefficients b (owned rows, all columns), given ``MF = M_w f``."""
+        sp = self.space
+        blocks = sp.gather(MF)
+        out = np.empty((Z.shape[0], sp.n))
+        for r, blk in enumerate(blocks):
+            out[:, sp.offsets[r] : sp.offsets[r + 1]] = Z @ blk
+        return out

@@ -33,10 +33,27 @@ from fem_dnn.domain import Depth, Layout, NodeSpace
 from fem_dnn.errors import InputError, NonFiniteError, SolverError
 from fem_dnn.kernel import Kernel
 
-__all__ = ["SCHEMES", "Controls", "Readout", "Trajectory", "Network", "softmax", "logistic"]
+__all__ = ["SCHEMES", "Controls", "Costate", "Readout", "Stage", "Trajectory", "Network", "softmax", "logistic"]
 
 SCHEMES = ("euler", "heun", "rk4", "midpoint")
 ORDER = {"euler": 1, "heun": 2, "rk4": 4, "midpoint": 2}
+#: Butcher tableaux (A, weights) of the activation stages; midpoint is implicit.
+TABLEAU = {
+    "euler": ([[0.0]], [1.0]),
+    "heun": ([[0.0, 0.0], [1.0, 0.0]], [0.5, 0.5]),
+    "rk4": ([[0, 0, 0, 0], [0.5, 0, 0, 0], [0, 0.5, 0, 0], [0, 0, 1.0, 0]], [1 / 6, 1 / 3, 1 / 3, 1 / 6]),
+    "midpoint": ([[0.5]], [1.0]),
+}
+
+
+@dataclass
+class Stage:
+    """Linearisation data of one stage X of a layer: ``Uq``, the pre-activation
+    ``u = a - B_b X`` at the sigma-term quadrature points (nodes when lumped), and
+    ``MX = M_w X``. For a tangent, the same fields hold their increments."""
+
+    Uq: np.ndarray
+    MX: np.ndarray
 
 
 @dataclass
@@ -89,6 +106,7 @@ class Trajectory:
     network: "Network"
     controls: Controls
     states: np.ndarray
+    tape: list | None = None
     extra: dict = field(default_factory=dict)
 
     def state(self, k: int) -> np.ndarray:
@@ -140,6 +158,7 @@ class Network:
         self.layout = layout or Layout(space.comm, space.comm, MPI.COMM_SELF)
         self.prefix = petsc_options_prefix
         self._snes = None
+        self._lin = None
 
     # ------------------------------------------------------------------ parameters
     def controls(self, a=0.0, b=0.0) -> Controls:
@@ -208,44 +227,207 @@ class Network:
 
     def rhs(self, k: int, F: np.ndarray, c: Controls) -> np.ndarray:
         """Activation part of df/dt: ``M^{-1} Q sigma(P u)`` (lumped: ``sigma(u)``)."""
+        return self._g(k, F, c)[0]
+
+    # ---- the stage function g and its derivatives. Every scheme is built from
+    #   g(X) = M^{-1} [ Q sigma(P u) - c_K K X ],   u = a^k - B_{b^k} X
+    # (c_K = eps for the implicit midpoint rule, 0 when diffusion is split off), so its
+    # tangent, transpose and second derivative below give every scheme's linearised,
+    # costate and second-order costate solve (discretise-then-optimise).
+    def _g(self, k, X, c, cK=0.0):
+        """Stage value g(X) and its linearisation data (u at the quadrature points, M_w X)."""
         sp = self.space
-        U = self.preactivation(k, F, c)
+        MX = sp.apply_mass(X)
+        U = c.a[k][:, None] - self.kernel.apply(c.b[k], X, MX)
+        Uq = sp.quad_values(U)
+        if sp.mass == "lumped" and not cK:
+            G = np.asfortranarray(self.sigma.sigma(Uq))
+        else:
+            L = sp.quad_load(self.sigma.sigma(Uq))
+            if cK:
+                L -= cK * sp.apply(sp.K, X)
+            G = sp.solve_mass(L)
+        return G, Stage(Uq, MX)
+
+    def _g_tangent(self, k, st, dX, c, dc, cK=0.0):
+        """``g'(X)[dX, dm]`` at a stage; returns it and the stage's incremental data."""
+        sp = self.space
+        dMX = sp.apply_mass(dX)
+        dU = -self.kernel.apply(c.b[k], None, dMX)
+        if dc is not None:
+            dU += dc.a[k][:, None] - self.kernel.apply(dc.b[k], None, st.MX)
+        dUq = sp.quad_values(dU)
+        if sp.mass == "lumped" and not cK:
+            return np.asfortranarray(self.sigma.dsigma(st.Uq) * dUq), Stage(dUq, dMX)
+        L = sp.quad_load(self.sigma.dsigma(st.Uq) * dUq)
+        if cK:
+            L -= cK * sp.apply(sp.K, dX)
+        return sp.solve_mass(L), Stage(dUq, dMX)
+
+    def _g_adjoint(self, k, st, kappa, c, grad, cK=0.0):
+        """Transpose of g'(X): returns ``g_X^T kappa`` and ``z = Q^T M^{-1} kappa`` (kept
+        for second-order solves) and adds ``g_m^T kappa`` to ``grad`` (dual, Euclidean)."""
+        sp = self.space
         if sp.mass == "lumped":
-            return np.asfortranarray(self.sigma.sigma(U))
-        return sp.solve_mass(sp.quad_load(self.sigma.sigma(sp.quad_values(U))))
+            y, z = None, kappa
+        else:
+            y = sp.solve_mass(kappa)
+            z = sp.quad_load_T(y)
+        zeta = sp.quad_values_T(self.sigma.dsigma(st.Uq) * z)
+        xi = -self.kernel.apply_transpose(c.b[k], zeta)
+        if cK:
+            xi -= cK * sp.apply(sp.K, kappa / sp.weights[:, None] if y is None else y)
+        grad.a[k] += zeta.sum(axis=1)
+        grad.b[k] -= self.kernel.outer(zeta, st.MX)
+        return xi, z
 
-    def _diffuse(self, F: np.ndarray, h: float, theta: float) -> np.ndarray:
-        """``(M + theta h eps K)^{-1} (M - (1-theta) h eps K) f``."""
+    def _g_second(self, k, st, z, dst, c, dc, hess):
+        """Second-order term: the derivative of ``g_X^T kappa`` and ``g_m^T kappa`` (kappa
+        fixed, given through z) along the tangent (dX, dm); adds the m part to ``hess``."""
         sp = self.space
-        R = sp.apply_mass(F)
-        if theta != 1.0:
-            R = R - (1.0 - theta) * h * self.eps * sp.apply(sp.K, F)
-        ksp, _ = sp.diffusion_solver(theta * h * self.eps)
-        return sp.mat_solve(ksp, R)
+        zeta = sp.quad_values_T(self.sigma.dsigma(st.Uq) * z)
+        zeta2 = sp.quad_values_T(self.sigma.d2sigma(st.Uq) * dst.Uq * z)
+        eta = -self.kernel.apply_transpose(c.b[k], zeta2)
+        if dc is not None:
+            eta -= self.kernel.apply_transpose(dc.b[k], zeta)
+        hess.a[k] += zeta2.sum(axis=1)
+        hess.b[k] -= self.kernel.outer(zeta2, st.MX) + self.kernel.outer(zeta, dst.MX)
+        return eta
 
-    def step(self, k: int, F: np.ndarray, c: Controls, tau: float | None = None) -> np.ndarray:
-        """Advance a batch over (part of) layer k with the network's scheme."""
-        h = self.depth.tau[k] if tau is None else tau
-        if self.scheme == "midpoint":
-            return self._midpoint(k, F, c, h)
-        diff = self.eps > 0
-        if diff and self.scheme != "euler":
-            F = self._diffuse(F, 0.5 * h, 0.5)
+    def _diffuse(self, F: np.ndarray, h: float, theta: float, transpose: bool = False) -> np.ndarray:
+        """``D = (M + theta h eps K)^{-1} (M - (1-theta) h eps K)`` applied to f, or its
+        transpose ``(M - (1-theta) h eps K)(M + theta h eps K)^{-1}`` (M, K symmetric)."""
+        sp = self.space
+        ksp, _ = sp.diffusion_solver(theta * h * self.eps)
+
+        def explicit(V):
+            R = sp.apply_mass(V)
+            if theta != 1.0:
+                R = R - (1.0 - theta) * h * self.eps * sp.apply(sp.K, V)
+            return R
+
+        if transpose:
+            return explicit(sp.mat_solve(ksp, F))
+        return sp.mat_solve(ksp, explicit(F))
+
+    def _splitting(self, h):
+        """Diffusion sub-steps (before, after) the activation stages: Lie (IMEX Euler),
+        Strang with Crank-Nicolson half steps (Heun, RK4), none (eps = 0 or midpoint)."""
+        if self.eps == 0 or self.scheme == "midpoint":
+            return None, None
         if self.scheme == "euler":
-            F = F + h * self.rhs(k, F, c)
-        elif self.scheme == "heun":
-            k1 = self.rhs(k, F, c)
-            k2 = self.rhs(k, F + h * k1, c)
-            F = F + 0.5 * h * (k1 + k2)
-        else:  # rk4
-            k1 = self.rhs(k, F, c)
-            k2 = self.rhs(k, F + 0.5 * h * k1, c)
-            k3 = self.rhs(k, F + 0.5 * h * k2, c)
-            k4 = self.rhs(k, F + h * k3, c)
-            F = F + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
-        if diff:
-            F = self._diffuse(F, h, 1.0) if self.scheme == "euler" else self._diffuse(F, 0.5 * h, 0.5)
+            return None, (h, 1.0)
+        return (0.5 * h, 0.5), (0.5 * h, 0.5)
+
+    def step(self, k: int, F: np.ndarray, c: Controls, tau: float | None = None, tape: list | None = None) -> np.ndarray:
+        """Advance a batch over (part of) layer k with the network's scheme.
+
+        If ``tape`` is a list, the stages' linearisation data are appended to it.
+        """
+        h = self.depth.tau[k] if tau is None else tau
+        before, after = self._splitting(h)
+        if before:
+            F = self._diffuse(F, *before)
+        A, bw = TABLEAU[self.scheme]
+        if self.scheme == "midpoint":
+            F1 = self._midpoint(k, F, c, h)
+            if tape is not None:
+                tape.append(self._g(k, np.asfortranarray(0.5 * (F + F1)), c, self.eps)[1])
+            F = F1
+        else:
+            G = []
+            for i in range(len(bw)):
+                X = F
+                for j in range(i):
+                    if A[i][j]:
+                        X = X + (h * A[i][j]) * G[j]
+                Gi, st = self._g(k, X, c)
+                G.append(Gi)
+                if tape is not None:
+                    tape.append(st)
+            for i in range(len(bw)):
+                F = F + (h * bw[i]) * G[i]
+        if after:
+            F = self._diffuse(F, *after)
         return np.asfortranarray(F)
+
+    # ---- linearised (tangent) step, its transpose, and the second-order transpose
+    def _step_tangent(self, k, stages, dF, c, dc):
+        h = self.depth.tau[k]
+        before, after = self._splitting(h)
+        if before:
+            dF = self._diffuse(dF, *before)
+        A, bw = TABLEAU[self.scheme]
+        dstages = []
+        if self.scheme == "midpoint":
+            st = stages[0]
+            # J dX = M dF + h/2 M g_m dm,  J = M - h/2 M g_X (the Newton matrix)
+            src = dF if dc is None else dF + 0.5 * h * self._g_tangent(k, st, np.zeros_like(dF), c, dc, self.eps)[0]
+            dX = self._midpoint_linear(k, st, c, h, self.space.apply_mass(src), transpose=False)
+            dG, dst = self._g_tangent(k, st, dX, c, dc, self.eps)
+            dF = dF + h * dG
+            dstages.append(dst)
+        else:
+            dG = []
+            for i in range(len(bw)):
+                dX = dF
+                for j in range(i):
+                    if A[i][j]:
+                        dX = dX + (h * A[i][j]) * dG[j]
+                dGi, dst = self._g_tangent(k, stages[i], dX, c, dc)
+                dG.append(dGi)
+                dstages.append(dst)
+            for i in range(len(bw)):
+                dF = dF + (h * bw[i]) * dG[i]
+        if after:
+            dF = self._diffuse(dF, *after)
+        return np.asfortranarray(dF), dstages
+
+    def _step_adjoint(self, k, stages, lam, c, grad, dstages=None, zs=None, dc=None, second=True):
+        """Transpose of the step's linearisation applied to ``lam``; adds the control
+        part to ``grad``. Returns the costate at the layer's start and the stages' z.
+
+        With ``dstages``/``zs``/``dc`` (a tangent and the costate's z) this is the
+        second-order (incremental) costate step: ``lam`` is then the incremental costate
+        and the second-derivative terms are added (unless ``second`` is False: the
+        Gauss-Newton variant)."""
+        h = self.depth.tau[k]
+        before, after = self._splitting(h)
+        if after:
+            lam = self._diffuse(lam, *after, transpose=True)
+        A, bw = TABLEAU[self.scheme]
+        s = len(bw)
+        soa = dstages is not None and second
+        out_z = [None] * s
+        if self.scheme == "midpoint":
+            st = stages[0]
+            rhs = h * lam
+            eta = None
+            if soa:
+                eta = self._g_second(k, st, zs[0], dstages[0], c, dc, grad)
+                rhs = rhs + 0.5 * h * eta
+            # (I - h/2 g_X^T) kappa = rhs  <=>  J^T (M^{-1} kappa) = rhs
+            kappa = self.space.apply_mass(self._midpoint_linear(k, st, c, h, rhs, transpose=True))
+            xi, out_z[0] = self._g_adjoint(k, st, kappa, c, grad, self.eps)
+            if eta is not None:
+                xi = xi + eta
+            lam = lam + xi
+        else:
+            xis = [None] * s
+            for i in reversed(range(s)):
+                kappa = (h * bw[i]) * lam if bw[i] else np.zeros_like(lam)
+                for l in range(i + 1, s):
+                    if A[l][i]:
+                        kappa = kappa + (h * A[l][i]) * xis[l]
+                xi, out_z[i] = self._g_adjoint(k, stages[i], kappa, c, grad)
+                if soa:
+                    xi = xi + self._g_second(k, stages[i], zs[i], dstages[i], c, dc, grad)
+                xis[i] = xi
+            for xi in xis:
+                lam = lam + xi
+        if before:
+            lam = self._diffuse(lam, *before, transpose=True)
+        return np.asfortranarray(lam), out_z
 
     # ---- implicit midpoint: M(f1 - f0) - h Q sigma(P u(fm)) + h eps K fm = 0
     def _midpoint(self, k, F0, c, h):
@@ -327,9 +509,84 @@ class Network:
         self._snes = (snes, S, (snes, J, x, r))
         return snes
 
+    def _midpoint_linear(self, k, st, c, h, rhs, transpose):
+        """Solve ``J x = rhs`` or ``J^T x = rhs`` with the implicit midpoint Newton matrix
+        ``J = M + h/2 (Q sigma'(u) P B_b + eps K)`` at a stored stage (KSP prefix
+        ``<prefix>midpoint_linear_``, GMRES preconditioned by the mass matrix)."""
+        sp = self.space
+        S = rhs.shape[1]
+        if self._lin is None or self._lin[1] != S:
+            self._destroy_lin()
+            self._lin = (self._midpoint_ksp(S), S)
+        ksp = self._lin[0]
+        ctx = ksp.getOperators()[0].getPythonContext().ctx
+        ctx.update(k=k, dsig=self.sigma.dsigma(st.Uq), c=c, h=h, transpose=transpose)
+        b, x = ksp.getOperators()[0].createVecs()
+        b.array.reshape(S, sp.n_local).T[:] = rhs
+        scale = b.norm()
+        ksp.setTolerances(rtol=1e-14, atol=1e-300)
+        if scale > 0:
+            ksp.solve(b, x)
+            if ksp.getConvergedReason() <= 0:
+                raise SolverError(
+                    f"midpoint {'costate' if transpose else 'tangent'} solve failed in layer {k} "
+                    f"(KSP reason {ksp.getConvergedReason()}); see -{self.prefix}midpoint_linear_ksp_monitor"
+                )
+        out = np.asfortranarray(x.array.reshape(S, sp.n_local).T.copy())
+        b.destroy(), x.destroy()
+        return out
+
+    def _midpoint_ksp(self, S):
+        sp, net = self.space, self
+        sizes = (sp.n_local * S, sp.n * S)
+
+        def batch(v):
+            return np.asfortranarray(v.array_r.reshape(S, sp.n_local).T)
+
+        class Newton:
+            def __init__(self):
+                self.ctx = {}
+
+            def mult(self, mat, dv, yv):
+                c, k, h, dsig = self.ctx["c"], self.ctx["k"], self.ctx["h"], self.ctx["dsig"]
+                D = batch(dv)
+                if self.ctx["transpose"]:
+                    Z = sp.quad_values_T(dsig * sp.quad_load_T(D))
+                    Y = sp.apply_mass(D) + 0.5 * h * net.kernel.apply_transpose(c.b[k], Z)
+                else:
+                    BD = net.kernel.apply(c.b[k], D)
+                    Y = sp.apply_mass(D) + 0.5 * h * sp.quad_load(dsig * sp.quad_values(BD))
+                if net.eps > 0:
+                    Y = Y + 0.5 * h * net.eps * sp.apply(sp.K, D)
+                yv.array.reshape(S, sp.n_local).T[:] = Y
+
+        class MassPC:
+            def apply(self, pc, xv, yv):
+                yv.array.reshape(S, sp.n_local).T[:] = sp.solve_mass(batch(xv))
+
+        J = PETSc.Mat().createPython((sizes, sizes), Newton(), comm=sp.comm)
+        J.setUp()
+        ksp = PETSc.KSP().create(sp.comm)
+        ksp.setOptionsPrefix(self.prefix + "midpoint_linear_")
+        ksp.setOperators(J)
+        ksp.setType("gmres")
+        ksp.getPC().setType("python")
+        ksp.getPC().setPythonContext(MassPC())
+        ksp.setFromOptions()
+        J.destroy()
+        return ksp
+
+    def _destroy_lin(self):
+        if self._lin is not None:
+            self._lin[0].destroy()
+            self._lin = None
+
     # ------------------------------------------------------------------ forward solve
-    def forward(self, f_I, controls: Controls) -> Trajectory:
+    def forward(self, f_I, controls: Controls, tape: bool = False) -> Trajectory:
         """Solve the state equation from the input f_I through all N layers.
+
+        With ``tape=True`` the stages' linearisation data are kept (``traj.tape[k]``), as
+        the costate and incremental solves need them.
 
         Raises:
             NonFiniteError: on every rank, naming the first layer whose output is not
@@ -339,9 +596,13 @@ class Network:
         N = self.depth.N
         states = np.empty((N + 1, F.shape[1], F.shape[0]))
         states[0] = F.T
+        stages = [] if tape else None
         for k in range(N):
+            layer = [] if tape else None
             with np.errstate(over="ignore", invalid="ignore"):  # checked just below
-                F = self.step(k, F, controls)
+                F = self.step(k, F, controls, tape=layer)
+            if tape:
+                stages.append(layer)
             ok = self.layout.world.allreduce(bool(np.isfinite(F).all()), op=MPI.LAND)
             if not ok:
                 raise NonFiniteError(
@@ -350,7 +611,66 @@ class Network:
                     layer=k,
                 )
             states[k + 1] = F.T
-        return Trajectory(self, controls, states)
+        return Trajectory(self, controls, states, stages)
+
+    # ------------------------------------------------------------------ derivatives
+    def zero_controls(self) -> Controls:
+        sp, N = self.space, self.depth.N
+        return Controls(np.zeros((N, sp.n_local)), np.zeros((N, sp.n_local, sp.n)))
+
+    def tangent(self, traj: Trajectory, dc: Controls | None, dF0: np.ndarray | None = None) -> Trajectory:
+        """Linearised (incremental) forward solve: the derivative of the trajectory in the
+        control direction ``dc`` (and input direction ``dF0``), about ``traj`` (which must
+        carry a tape). ``result.tape`` holds the stages' increments."""
+        _need_tape(traj)
+        c, N = traj.controls, self.depth.N
+        S, nl = traj.states.shape[1], traj.states.shape[2]
+        dF = np.zeros((nl, S), order="F") if dF0 is None else np.asfortranarray(dF0)
+        states = np.empty_like(traj.states)
+        states[0] = dF.T
+        dtape = []
+        for k in range(N):
+            dF, dst = self._step_tangent(k, traj.tape[k], dF, c, dc)
+            states[k + 1] = dF.T
+            dtape.append(dst)
+        return Trajectory(self, dc, states, dtape)
+
+    def costate(self, traj: Trajectory, lam_T: np.ndarray) -> tuple["Costate", Controls]:
+        """Costate (discrete adjoint) solve backward in depth from ``lam_T = dPhi/df(T)``
+        (a dual vector: ``M r(T)``), the exact transpose of the forward scheme.
+
+        Returns the costate and ``dPhi/dm`` for the layer controls (dual, Euclidean
+        coefficients; sums over this rank's samples).
+        """
+        _need_tape(traj)
+        c, N = traj.controls, self.depth.N
+        grad = self.zero_controls()
+        lam = np.asfortranarray(lam_T)
+        lams = np.empty_like(traj.states)
+        lams[N] = lam.T
+        zs = [None] * N
+        for k in reversed(range(N)):
+            lam, zs[k] = self._step_adjoint(k, traj.tape[k], lam, c, grad)
+            lams[k] = lam.T
+        return Costate(self, lams, zs), grad
+
+    def costate_incremental(
+        self, traj: Trajectory, costate: "Costate", tangent: Trajectory, dlam_T: np.ndarray, gauss_newton: bool = False
+    ) -> tuple[np.ndarray, Controls]:
+        """Second-order (incremental) costate solve for the direction of ``tangent``.
+
+        ``dlam_T`` is the terminal incremental costate (the loss Hessian part). Returns
+        the incremental costate at depth 0 and the control part of the Hessian action
+        (dual). ``gauss_newton=True`` drops the second derivatives of the scheme.
+        """
+        c, N = traj.controls, self.depth.N
+        hess = self.zero_controls()
+        dlam = np.asfortranarray(dlam_T)
+        for k in reversed(range(N)):
+            dlam, _ = self._step_adjoint(
+                k, traj.tape[k], dlam, c, hess, tangent.tape[k], costate.z[k], tangent.controls, second=not gauss_newton
+            )
+        return dlam, hess
 
     def state_at(self, traj: Trajectory, t: float) -> np.ndarray:
         """State at any depth t: one sub-step of the scheme from the last depth point
@@ -453,10 +773,34 @@ class Network:
 
     def destroy(self):
         """Destroy the network's PETSc objects (collective)."""
+        self._destroy_lin()
         if self._snes is not None:
             for obj in self._snes[2]:
                 obj.destroy()
             self._snes = None
+
+
+@dataclass
+class Costate:
+    """Discrete costate: ``lam[k]`` (``(S, n_local)`` per depth level) is the dual
+    vector ``M r(t_k)``; :meth:`r` gives the costate function's node values.
+    ``z[k]`` holds the stages' ``Q^T M^{-1} kappa`` for second-order solves."""
+
+    network: "Network"
+    lam: np.ndarray
+    z: list
+
+    def r(self, k: int | None = None) -> np.ndarray:
+        """Node values of the costate r = M^{-1} lam: ``(N+1, S, n_local)`` or at level k."""
+        sp = self.network.space
+        if k is not None:
+            return sp.solve_mass(np.asfortranarray(self.lam[k].T)).T
+        return np.stack([self.r(j) for j in range(self.lam.shape[0])])
+
+
+def _need_tape(traj):
+    if traj.tape is None:
+        raise InputError("this trajectory has no tape: run Network.forward(..., tape=True)")
 
 
 def _layer(arr, k, N, name):
