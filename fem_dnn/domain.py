@@ -249,7 +249,7 @@ class NodeSpace:
         self.qdeg = quadrature_degree if quadrature_degree else 2 * degree + 2
         self._M = self._Q = self._P = self._K = None
         self._Qt = self._Pt = None
-        self._M_all = None
+        self._M_all = self._cols_ksp = None
         self.weights_all = np.concatenate(self.comm.allgather(self.weights[: self.n_local]))
         self._mass_ksp = None
         self._diff = {}
@@ -381,19 +381,30 @@ class NodeSpace:
         Bx.destroy(), C.destroy()
         return out
 
-    def mass_columns(self, X: np.ndarray) -> np.ndarray:
-        """``X M`` for rows X indexed by *global* dofs along the last axis (kernel
-        coefficients b_ij: owned rows i, all columns j). The consistent mass is kept as a
-        sequential copy on every rank for this (it is sparse)."""
+    def mass_columns(self, X: np.ndarray, inverse: bool = False) -> np.ndarray:
+        """``X M`` (or ``X M^{-1}``) for X indexed by *global* dofs along the last axis
+        (kernel coefficients b_ij: owned rows i, all columns j). The consistent mass is
+        kept as a sequential copy on every rank for this (it is sparse)."""
         if self.mass == "lumped":
-            return X * self.weights_all
+            return X / self.weights_all if inverse else X * self.weights_all
         if self._M_all is None:
             rows = PETSc.IS().createStride(self.n, 0, 1, comm=PETSc.COMM_SELF)
             self._M_all = self._M.createSubMatrices(rows, rows)[0]
             rows.destroy()
+            ksp = PETSc.KSP().create(PETSc.COMM_SELF)
+            ksp.setOptionsPrefix(self.prefix + "mass_columns_")
+            ksp.setOperators(self._M_all)
+            ksp.setType("preonly")
+            ksp.getPC().setType("cholesky")
+            ksp.setFromOptions()
+            self._cols_ksp = ksp
         Xt = np.asfortranarray(np.asarray(X).reshape(-1, self.n).T)
         B = PETSc.Mat().createDense((self.n, Xt.shape[1]), array=Xt, comm=PETSc.COMM_SELF)
-        C = self._M_all.matMult(B)
+        if inverse:
+            C = B.duplicate()
+            self._cols_ksp.matSolve(B, C)
+        else:
+            C = self._M_all.matMult(B)
         out = np.array(C.getDenseArray(), copy=True).T.reshape(X.shape)
         B.destroy(), C.destroy()
         return out
@@ -477,7 +488,7 @@ class NodeSpace:
 
     def destroy(self):
         """Destroy PETSc objects (collective)."""
-        for obj in (self._M, self._Q, self._P, self._K, self._mass_ksp, self._Qt, self._Pt, self._M_all):
+        for obj in (self._M, self._Q, self._P, self._K, self._mass_ksp, self._Qt, self._Pt, self._M_all, self._cols_ksp):
             if obj is not None:
                 obj.destroy()
         for ksp, A in self._diff.values():

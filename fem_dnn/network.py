@@ -733,6 +733,41 @@ class Network:
             return O + r.mu[:, None]
         return np.asfortranarray(self.kernel.apply(r.W, F) + r.mu[:, None])
 
+    def readout_tangent(self, F, dF, r: Readout, dr: Readout | None) -> np.ndarray:
+        """Derivative of the readout O along (dF, dW, dmu)."""
+        sp = self.space
+        if r.kind == "classes":
+            dO = r.W @ sp.apply_mass(dF)
+            if dr is not None:
+                dO += dr.W @ sp.apply_mass(F)
+            sp.comm.Allreduce(MPI.IN_PLACE, dO, op=MPI.SUM)
+            return dO if dr is None else dO + dr.mu[:, None]
+        dO = self.kernel.apply(r.W, dF)
+        if dr is not None:
+            dO = dO + self.kernel.apply(dr.W, F) + dr.mu[:, None]
+        return np.asfortranarray(dO)
+
+    def readout_adjoint(self, F, r: Readout, gO) -> tuple[np.ndarray, Readout]:
+        """Transpose of the readout's derivative applied to ``gO = dloss/dO`` (dual): the
+        terminal costate ``lam_T = M r(T)`` (MODEL.md §3: ``r(z,T) = int gO W(., z)``)
+        and the readout part of the derivative (sums over this rank's samples)."""
+        sp = self.space
+        MF = sp.apply_mass(F)
+        if r.kind == "classes":
+            lam = sp.apply_mass(np.asfortranarray(r.W.T @ gO))
+            return lam, Readout("classes", gO @ MF.T, gO.sum(axis=1))
+        lam = self.kernel.apply_transpose(r.W, gO)
+        return np.asfortranarray(lam), Readout("function", self.kernel.outer(gO, MF), gO.sum(axis=1))
+
+    def readout_second(self, F, dF, r: Readout, dr: Readout, gO) -> tuple[np.ndarray, np.ndarray]:
+        """Second-order cross terms of the bilinear readout (W, f) -> int W f, with gO
+        fixed: the derivative of :meth:`readout_adjoint` along (dF, dW). Returns the
+        terminal incremental-costate term and the W term."""
+        sp = self.space
+        if r.kind == "classes":
+            return sp.apply_mass(np.asfortranarray(dr.W.T @ gO)), gO @ sp.apply_mass(dF).T
+        return np.asfortranarray(self.kernel.apply_transpose(dr.W, gO)), self.kernel.outer(gO, sp.apply_mass(dF))
+
     def predict(self, F: np.ndarray, r: Readout) -> np.ndarray:
         """``C_pre = h(O)``: softmax over classes, or logistic for function outputs."""
         O = self.readout(F, r)

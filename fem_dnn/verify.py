@@ -8,6 +8,8 @@
   in depth, which caps the check at 2).
 """
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from fem_dnn import _dolfinx  # noqa: F401
@@ -22,7 +24,69 @@ from fem_dnn import forms
 from fem_dnn.domain import ProductMesh
 from fem_dnn.network import Network, Trajectory
 
-__all__ = ["state_residual_norm"]
+__all__ = ["TaylorResult", "state_residual_norm", "taylor_test"]
+
+
+@dataclass
+class TaylorResult:
+    """Remainders of a Taylor test and their observed rates.
+
+    ``remainders[0]`` is ``|J(m + e dm) - J(m)|`` (rate 1), ``remainders[1]`` subtracts
+    ``e dJ.dm`` (rate 2), ``remainders[2]`` also ``e^2/2 dm.H dm`` (rate 3).
+    """
+
+    steps: np.ndarray
+    remainders: list
+    rates: list
+
+    def min_rate(self, order: int) -> float:
+        """Smallest observed rate of remainder ``order`` (0, 1 or 2) over the steps."""
+        return float(np.min(self.rates[order]))
+
+    def __str__(self):
+        lines = ["step        " + "  ".join(f"remainder{i}  rate" for i in range(len(self.remainders)))]
+        for j, e in enumerate(self.steps):
+            cols = []
+            for rem, rate in zip(self.remainders, self.rates):
+                cols.append(f"{rem[j]:.3e} " + (f"{rate[j - 1]:5.2f}" if j else "  -  "))
+            lines.append(f"{e:.3e}   " + "  ".join(cols))
+        return "\n".join(lines)
+
+
+def taylor_test(J, m, dm, derivative=None, hessian=None, step: float = 1e-2, n_steps: int = 5) -> TaylorResult:
+    """Taylor test of any functional J on PETSc Vecs.
+
+    Args:
+        J: callable ``J(x) -> float`` (collective).
+        m, dm: the point and the direction (PETSc Vecs).
+        derivative: the derivative dJ(m) as a *dual* vector (paired with dm by the
+            Euclidean dot product), or None.
+        hessian: the Hessian action ``H dm`` as a dual vector, or None.
+        step, n_steps: first step e and number of halvings.
+
+    Returns:
+        The remainders and observed rates: 1 without derivative, 2 with a correct
+        derivative, 3 with a correct Hessian action.
+    """
+    J0 = J(m)
+    dJ = derivative.dot(dm) if derivative is not None else None
+    d2J = hessian.dot(dm) if hessian is not None else None
+    x = m.duplicate()
+    steps = step * 0.5 ** np.arange(n_steps)
+    rem = [[] for _ in range(1 + (dJ is not None) + (d2J is not None))]
+    for e in steps:
+        m.copy(x)
+        x.axpy(e, dm)
+        d = J(x) - J0
+        rem[0].append(abs(d))
+        if dJ is not None:
+            rem[1].append(abs(d - e * dJ))
+            if d2J is not None:
+                rem[2].append(abs(d - e * dJ - 0.5 * e * e * d2J))
+    x.destroy()
+    rem = [np.array(r) for r in rem]
+    rates = [np.log2(r[:-1] / np.maximum(r[1:], 1e-300)) for r in rem]
+    return TaylorResult(steps, rem, rates)
 
 
 def state_residual_norm(net: Network, traj: Trajectory, sample: int = 0, product: ProductMesh | None = None) -> float:
