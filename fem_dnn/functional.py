@@ -275,6 +275,7 @@ class FunctionLoss:
 class _Point:
     m: np.ndarray
     traj: object
+    readout: Readout
     O: np.ndarray
     gO: np.ndarray
     J: float
@@ -361,7 +362,7 @@ class ReducedFunctional:
             O = net.readout(traj.final, r)
             J = self.network.layout.world.allreduce(self.loss.value(O, self.C, net.space)) / self.S
             J += 0.5 * self._reg_dot(m)
-            p = self._point = _Point(arr.copy(), traj, O, self.loss.grad(O, self.C, net.space) / self.S, J)
+            p = self._point = _Point(arr.copy(), traj, r, O, self.loss.grad(O, self.C, net.space) / self.S, J)
         if costate and p.costate is None:
             self._costate(m, p)
         return p
@@ -384,8 +385,7 @@ class ReducedFunctional:
 
     def _costate(self, m, p):
         net = self.network
-        c, r = p.traj.controls, self.controls.split(m)[1]
-        lam_T, dr = net.readout_adjoint(p.traj.final, r, p.gO)
+        lam_T, dr = net.readout_adjoint(p.traj.final, p.readout, p.gO)
         costate, dc = net.costate(p.traj, lam_T)
         self.counts["costate"] += 1
         dual = self._reduce(dc, dr, self.controls.create_vec())
@@ -421,7 +421,7 @@ class ReducedFunctional:
         net = self.network
         p = self._at(m, costate=True)
         dc, dr = self.controls.split(dm)
-        r = self.controls.split(m)[1]
+        r = p.readout
         tan = net.tangent(p.traj, dc)
         self.counts["incremental_forward"] += 1
         FT, dFT = p.traj.final, tan.final
