@@ -6,6 +6,7 @@ objects (trial/test functions, coefficients, expressions); measures default to `
 on the arguments' domain. Notation follows MODEL.md and Liu-Markowich (LM):
 
 - f: state (node values at one depth), r: costate, u = a - B_b f: pre-activation,
+- BTsr: the nonlocal term ``B_b^T(sigma'(u) r)`` of the costate equation,
 - a: bias function, b: selection weight, W, mu: readout weight and bias,
 - sigma: an :class:`fem_dnn.activation.Activation`.
 
@@ -26,6 +27,7 @@ __all__ = [
     "sigma_term",
     "state_rhs",
     "state_residual",
+    "costate_residual",
     "readout",
     "logistic",
     "l2_loss",
@@ -114,22 +116,44 @@ def state_residual(f, a, Bf, v, sigma, eps=0.0, centres=None, degree=None):
     space pass ``centres`` (DG0 vector of cell midpoints of the product cells); the
     two-point flux then acts only across facets parallel to depth.
     """
-    x = ufl.SpatialCoordinate(f.ufl_function_space().mesh)
-    t_axis = len(x) - 1
-    dtf = f.dx(t_axis)
+    t_axis = len(ufl.SpatialCoordinate(f.ufl_function_space().mesh)) - 1
     dx = _dx(None, degree)
-    R = (dtf - sigma.ufl(a - Bf)) * v * dx
-    if eps != 0.0:
-        if centres is None:
-            gy = ufl.as_vector([f.dx(i) for i in range(t_axis)])
-            gv = ufl.as_vector([v.dx(i) for i in range(t_axis)])
-            R += eps * ufl.inner(gy, gv) * dx
-        else:
-            n = ufl.FacetNormal(f.ufl_function_space().mesh)
-            across_nodes = 1.0 - n("+")[t_axis] ** 2  # 1 on facets parallel to depth, else 0
-            d = ufl.sqrt(ufl.inner(ufl.jump(centres), ufl.jump(centres)))
-            R += eps * across_nodes * ufl.jump(f) * ufl.jump(v) / d * ufl.dS
-    return R
+    return (f.dx(t_axis) - sigma.ufl(a - Bf)) * v * dx + _node_diffusion(f, v, eps, centres, t_axis, dx)
+
+
+def _node_diffusion(f, v, eps, centres, t_axis, dx):
+    """``eps int grad_y f . grad_y v`` on the (depth, node) mesh (gradient in the node
+    variables only), or the two-point flux across depth-parallel facets for DG0."""
+    if eps == 0.0:
+        return 0
+    if centres is None:
+        gy = ufl.as_vector([f.dx(i) for i in range(t_axis)])
+        gv = ufl.as_vector([v.dx(i) for i in range(t_axis)])
+        return eps * ufl.inner(gy, gv) * dx
+    n = ufl.FacetNormal(f.ufl_function_space().mesh)
+    across_nodes = 1.0 - n("+")[t_axis] ** 2  # 1 on facets parallel to depth, else 0
+    d = ufl.sqrt(ufl.inner(ufl.jump(centres), ufl.jump(centres)))
+    return eps * across_nodes * ufl.jump(f) * ufl.jump(v) / d * ufl.dS
+
+
+def costate_residual(r, BTsr, v, eps=0.0, centres=None, degree=None):
+    """Space-time residual of the costate equation on the (depth, node) mesh (MODEL.md §3).
+
+    The costate solves ``d_t r = B_b^T(sigma'(u) r) - eps Lap_y r`` backward in depth
+    (homogeneous Neumann), so with depth t the *last* coordinate
+
+    ``R(v) = int_0^T int_Y (d_t r - BTsr) v - eps grad_y r . grad_y v``
+
+    (the diffusion enters with the opposite sign to :func:`state_residual`). The whole
+    nonlocal term ``B_b^T(sigma'(a - B_b f) r)`` is one coefficient ``BTsr`` on the
+    product mesh (data, like ``Bf`` in :func:`state_residual`), so the state, the
+    controls and sigma do not enter the form. For a DG0 node space pass ``centres`` (DG0
+    vector of cell midpoints of the product cells); the two-point flux then acts only
+    across facets parallel to depth.
+    """
+    t_axis = len(ufl.SpatialCoordinate(r.ufl_function_space().mesh)) - 1
+    dx = _dx(None, degree)
+    return (r.dx(t_axis) - BTsr) * v * dx - _node_diffusion(r, v, eps, centres, t_axis, dx)
 
 
 def readout(W, fT, measure=None):

@@ -6,6 +6,9 @@
   indicator). For a scheme of order p the residual of its trajectory vanishes at order
   ``min(p, 2)`` under depth refinement (the trajectory is represented piecewise linearly
   in depth, which caps the check at 2).
+- :func:`costate_residual_norm`: the same for the costate equation
+  (:func:`fem_dnn.forms.costate_residual`) and a computed discrete costate (the exact
+  transpose of the scheme), which is consistent with it at order ``min(p, 2)`` too.
 """
 
 from dataclasses import dataclass
@@ -22,9 +25,9 @@ from dolfinx import fem
 
 from fem_dnn import forms
 from fem_dnn.domain import ProductMesh
-from fem_dnn.network import Network, Trajectory
+from fem_dnn.network import Costate, Network, Trajectory
 
-__all__ = ["TaylorResult", "state_residual_norm", "taylor_test"]
+__all__ = ["TaylorResult", "costate_residual_norm", "state_residual_norm", "taylor_test"]
 
 
 @dataclass
@@ -107,16 +110,27 @@ def state_residual_norm(net: Network, traj: Trajectory, sample: int = 0, product
             bf[k, j] = net.kernel.apply(c.b[k], np.asfortranarray(traj.state(k + j)[:, sample : sample + 1]))[:, 0]
     Bf = pm.layer_function(bf, "Bf")
     a = pm.layer_function(c.a, "a")
-    centres = None
-    if sp.family == "DG":
-        Vt = fem.functionspace(pm.mesh, ("DG", 0))
-        gd = pm.mesh.geometry.dim
-        centres = fem.Function(fem.functionspace(pm.mesh, ("DG", 0, (gd,))))
-        centres.interpolate(lambda x: x[:gd])
-    else:
-        Vt = pm.layer_space
-    v = ufl.TestFunction(Vt)
+    centres, v = _residual_test_space(pm)
     R = forms.state_residual(f, a, Bf, v, net.sigma, net.eps, centres, degree=max(sp.qdeg, 4))
+    return _residual_norm(net, pm, R)
+
+
+def _residual_test_space(pm):
+    """Test functions phi_i(y) chi_k(t) on the (depth, node) mesh, and the DG0 cell
+    centres of the two-point flux (None for P1)."""
+    sp = pm.space
+    if sp.family != "DG":
+        return None, ufl.TestFunction(pm.layer_space)
+    gd = pm.mesh.geometry.dim
+    centres = fem.Function(fem.functionspace(pm.mesh, ("DG", 0, (gd,))))
+    centres.interpolate(lambda x: x[:gd])
+    return centres, ufl.TestFunction(fem.functionspace(pm.mesh, ("DG", 0)))
+
+
+def _residual_norm(net, pm, R):
+    """Assemble a space-time residual form R and return ``sqrt(sum R_ik^2/(omega_i tau_k))``."""
+    sp, depth, N = net.space, net.depth, net.depth.N
+    Vt = R.arguments()[0].ufl_function_space()
     vec = dolfinx.fem.petsc.assemble_vector(fem.form(R))
     vec.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
     vals = vec.array.copy()
@@ -132,3 +146,35 @@ def state_residual_norm(net: Network, traj: Trajectory, sample: int = 0, product
         Rk = pm.layer_sums(full)
     s = float(np.sum(Rk**2 / (sp.weights[None, :] * depth.tau[:, None])))
     return float(np.sqrt(sp.comm.allreduce(s, op=MPI.SUM)))
+
+
+def costate_residual_norm(
+    net: Network, traj: Trajectory, costate: Costate, sample: int = 0, product: ProductMesh | None = None
+) -> float:
+    """Discrete L2 norm ``sqrt(sum_ik R_ik^2 / (omega_i tau_k))`` of the space-time residual
+    ``R_ik = R(phi_i chi_k)`` of the costate equation (:func:`forms.costate_residual`)
+    for one sample's discrete costate ``r = M^{-1} lam`` (from :meth:`Network.costate`).
+
+    The nonlocal term enters as data: on each layer k, at its two depth points
+    ``t_{k+j}`` (j = 0, 1), the node values of ``B_{b_k}^T(sigma'(u) r)`` with
+    ``u = a_k - B_{b_k} f_{k+j}`` and the layer-k controls are computed with the
+    node-space quadrature (``M^{-1} M_w b_k^T Q(sigma'(P u) P r)``) and interpolated
+    linearly in depth on the layer. Use a 1D node domain with DG0 or consistent-mass P1.
+    """
+    sp, depth, c = net.space, net.depth, traj.controls
+    pm = product or ProductMesh(sp, depth)
+    rr = costate.r()[:, sample, :]
+    r = pm.function(rr, "r")
+    N = depth.N
+    btsr = np.empty((N, 2, sp.n_local))
+    for k in range(N):
+        for j in (0, 1):
+            F = np.asfortranarray(traj.state(k + j)[:, sample : sample + 1])
+            U = c.a[k][:, None] - net.kernel.apply(c.b[k], F)
+            Rq = sp.quad_values(np.asfortranarray(rr[k + j][:, None]))
+            load = sp.quad_load(np.asfortranarray(net.sigma.dsigma(sp.quad_values(U)) * Rq))
+            btsr[k, j] = sp.solve_mass(net.kernel.apply_transpose(c.b[k], load))[:, 0]
+    BTsr = pm.layer_function(btsr, "BTsr")
+    centres, v = _residual_test_space(pm)
+    R = forms.costate_residual(r, BTsr, v, net.eps, centres, degree=max(sp.qdeg, 4))
+    return _residual_norm(net, pm, R)
