@@ -30,6 +30,9 @@ class Activation:
         d2sigma: numpy sigma''(s) (zero almost everywhere for piecewise-linear sigma).
         ufl: UFL expression sigma(s) for a UFL operand s.
         lipschitz: Lipschitz constant of sigma (LM Thm 3.1).
+        dsigma_from: optional ``(s, sigma(s)) -> sigma'(s)`` that reuses sigma(s) (tanh:
+            ``1 - sigma^2``, logistic: ``sigma (1 - sigma)``), so the forward solve can
+            keep sigma' for the costate at the price of a multiplication.
     """
 
     name: str
@@ -38,6 +41,12 @@ class Activation:
     d2sigma: Callable[[np.ndarray], np.ndarray]
     ufl: Callable
     lipschitz: float
+    dsigma_from: Callable | None = None
+
+    def both(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(sigma(s), sigma'(s))``, sharing work where the activation allows it."""
+        val = self.sigma(s)
+        return val, (self.dsigma(s) if self.dsigma_from is None else self.dsigma_from(s, val))
 
 
 def _logistic(s):
@@ -74,6 +83,7 @@ ACTIVATIONS: dict[str, Activation] = {
         lambda s: -2.0 * np.tanh(s) * (1.0 - np.tanh(s) ** 2),
         ufl.tanh,
         1.0,
+        lambda s, v: 1.0 - v * v,
     ),
     "arctan": Activation(
         "arctan",
@@ -84,7 +94,8 @@ ACTIVATIONS: dict[str, Activation] = {
         1.0,
     ),
     "sigmoid": Activation(
-        "sigmoid", _logistic, _dlogistic, _d2logistic, lambda s: 1.0 / (1.0 + ufl.exp(-s)), 0.25
+        "sigmoid", _logistic, _dlogistic, _d2logistic, lambda s: 1.0 / (1.0 + ufl.exp(-s)), 0.25,
+        lambda s, v: v * (1.0 - v),
     ),
     "relu": Activation(
         "relu",

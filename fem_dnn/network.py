@@ -50,10 +50,12 @@ TABLEAU = {
 class Stage:
     """Linearisation data of one stage X of a layer: ``Uq``, the pre-activation
     ``u = a - B_b X`` at the sigma-term quadrature points (nodes when lumped), and
-    ``MX = M_w X``. For a tangent, the same fields hold their increments."""
+    ``MX = M_w X``, and ``dsig = sigma'(Uq)``. For a tangent, ``Uq`` and ``MX`` hold
+    their increments."""
 
     Uq: np.ndarray
     MX: np.ndarray
+    dsig: np.ndarray | None = None
 
 
 @dataclass
@@ -227,27 +229,29 @@ class Network:
 
     def rhs(self, k: int, F: np.ndarray, c: Controls) -> np.ndarray:
         """Activation part of df/dt: ``M^{-1} Q sigma(P u)`` (lumped: ``sigma(u)``)."""
-        return self._g(k, F, c)[0]
+        return self._g(k, F, c, linearise=False)[0]
 
     # ---- the stage function g and its derivatives. Every scheme is built from
     #   g(X) = M^{-1} [ Q sigma(P u) - c_K K X ],   u = a^k - B_{b^k} X
     # (c_K = eps for the implicit midpoint rule, 0 when diffusion is split off), so its
     # tangent, transpose and second derivative below give every scheme's linearised,
     # costate and second-order costate solve (discretise-then-optimise).
-    def _g(self, k, X, c, cK=0.0):
-        """Stage value g(X) and its linearisation data (u at the quadrature points, M_w X)."""
+    def _g(self, k, X, c, cK=0.0, linearise=True):
+        """Stage value g(X) and its linearisation data (u at the quadrature points, M_w X,
+        sigma'(u)); without ``linearise`` sigma' is not computed."""
         sp = self.space
         MX = sp.apply_mass(X)
         U = c.a[k][:, None] - self.kernel.apply(c.b[k], X, MX)
         Uq = sp.quad_values(U)
+        sig, dsig = self.sigma.both(Uq) if linearise else (self.sigma.sigma(Uq), None)
         if sp.mass == "lumped" and not cK:
-            G = np.asfortranarray(self.sigma.sigma(Uq))
+            G = np.asfortranarray(sig)
         else:
-            L = sp.quad_load(self.sigma.sigma(Uq))
+            L = sp.quad_load(sig)
             if cK:
                 L -= cK * sp.apply(sp.K, X)
             G = sp.solve_mass(L)
-        return G, Stage(Uq, MX)
+        return G, Stage(Uq, MX, dsig)
 
     def _g_tangent(self, k, st, dX, c, dc, cK=0.0):
         """``g'(X)[dX, dm]`` at a stage; returns it and the stage's incremental data."""
@@ -258,8 +262,8 @@ class Network:
             dU += dc.a[k][:, None] - self.kernel.apply(dc.b[k], None, st.MX)
         dUq = sp.quad_values(dU)
         if sp.mass == "lumped" and not cK:
-            return np.asfortranarray(self.sigma.dsigma(st.Uq) * dUq), Stage(dUq, dMX)
-        L = sp.quad_load(self.sigma.dsigma(st.Uq) * dUq)
+            return np.asfortranarray(st.dsig * dUq), Stage(dUq, dMX)
+        L = sp.quad_load(st.dsig * dUq)
         if cK:
             L -= cK * sp.apply(sp.K, dX)
         return sp.solve_mass(L), Stage(dUq, dMX)
@@ -273,7 +277,7 @@ class Network:
         else:
             y = sp.solve_mass(kappa)
             z = sp.quad_load_T(y)
-        zeta = sp.quad_values_T(self.sigma.dsigma(st.Uq) * z)
+        zeta = sp.quad_values_T(st.dsig * z)
         xi = -self.kernel.apply_transpose(c.b[k], zeta)
         if cK:
             xi -= cK * sp.apply(sp.K, kappa / sp.weights[:, None] if y is None else y)
@@ -285,7 +289,7 @@ class Network:
         """Second-order term: the derivative of ``g_X^T kappa`` and ``g_m^T kappa`` (kappa
         fixed, given through z) along the tangent (dX, dm); adds the m part to ``hess``."""
         sp = self.space
-        zeta = sp.quad_values_T(self.sigma.dsigma(st.Uq) * z)
+        zeta = sp.quad_values_T(st.dsig * z)
         zeta2 = sp.quad_values_T(self.sigma.d2sigma(st.Uq) * dst.Uq * z)
         eta = -self.kernel.apply_transpose(c.b[k], zeta2)
         if dc is not None:
@@ -341,7 +345,7 @@ class Network:
                 for j in range(i):
                     if A[i][j]:
                         X = X + (h * A[i][j]) * G[j]
-                Gi, st = self._g(k, X, c)
+                Gi, st = self._g(k, X, c, linearise=tape is not None)
                 G.append(Gi)
                 if tape is not None:
                     tape.append(st)
@@ -520,7 +524,7 @@ class Network:
             self._lin = (self._midpoint_ksp(S), S)
         ksp = self._lin[0]
         ctx = ksp.getOperators()[0].getPythonContext().ctx
-        ctx.update(k=k, dsig=self.sigma.dsigma(st.Uq), c=c, h=h, transpose=transpose)
+        ctx.update(k=k, dsig=st.dsig, c=c, h=h, transpose=transpose)
         b, x = ksp.getOperators()[0].createVecs()
         b.array.reshape(S, sp.n_local).T[:] = rhs
         scale = b.norm()
