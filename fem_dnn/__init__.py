@@ -12,7 +12,10 @@ on the (depth, node) domain [0,T] x Y. The modules follow the data flow:
 - :mod:`fem_dnn.domain`      node mesh and node space, depth mesh, (depth, node) mesh
 - :mod:`fem_dnn.forms`       every local weak form, in UFL
 - :mod:`fem_dnn.kernel`      the nonlocal operator B_b and its transpose
-- :mod:`fem_dnn.network`     controls, depth schemes, the forward solve, the readout
+- :mod:`fem_dnn.network`     controls, depth schemes, the forward, tangent, costate and
+                              second-order costate solves, the readout
+- :mod:`fem_dnn.functional`  the reduced functional J(m), gradient, Hessian action
+- :mod:`fem_dnn.verify`      Taylor tests, space-time residuals
 - :mod:`fem_dnn.io`          XDMF/VTX output over the (depth, node) mesh, figures
 """
 
