@@ -1,0 +1,324 @@
+"""Training: reduced-space gradient, quasi-Newton and Newton methods on PETSc TAO.
+
+The learning problem ``min_m J(m)`` (:class:`fem_dnn.functional.ReducedFunctional`) is
+handed to TAO in *L2-orthonormal coordinates* ``x = T m`` with
+
+    T = C^T (x) D^{1/2},   C C^T = the depth part of the inner product (diag(tau_k) for
+                           L2, plus l^2 D_t^T D_t for H1 in depth),
+                           D = node weights omega (lumped mass; diag(M) for P2),
+
+applied to a (N x nodes), b (N x nodes x nodes, D on both node indices), W and mu. In
+these coordinates the Euclidean geometry TAO uses *is* the L2 (or H1-in-depth) geometry
+of the controls up to constants independent of h and tau: TAO's gradient is
+``T^{-T} dJ`` (its 2-norm is the L2 norm of the Riesz gradient for lumped mass), its
+Hessian ``T^{-T} H T^{-1}``. So every TAO method (steepest descent, nonlinear CG,
+L-BFGS, Newton-CG with line search or trust region, and their bound-constrained
+versions) is mesh-independent, with nothing method-specific to set up. ``riesz=False``
+gives TAO the raw coefficients instead (the negative control of the mesh-independence
+study).
+
+Every setting is reachable through the options database with the solver's prefix
+(default ``fem_dnn_``): ``-fem_dnn_tao_type nls -fem_dnn_tao_monitor
+-fem_dnn_tao_nls_ksp_type stcg ...``.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fem_dnn import _dolfinx  # noqa: F401
+from mpi4py import MPI
+from petsc4py import PETSc
+
+from fem_dnn.errors import InputError
+from fem_dnn.functional import ControlSpace, ReducedFunctional
+
+__all__ = ["METHODS", "Coordinates", "Optimizer", "Result"]
+
+#: method name -> (TAO type, extra options). Bounded methods accept a box.
+METHODS = {
+    "gd": ("bncg", {"tao_bncg_type": "gd"}),
+    "cg": ("bncg", {"tao_bncg_type": "prp"}),
+    "lbfgs": ("bqnls", {}),
+    "newton": ("nls", {}),
+    "trust": ("ntr", {}),
+    "blbfgs": ("bqnls", {}),
+    "bnewton": ("bnls", {}),
+    "btrust": ("bntr", {}),
+}
+BOUNDED = ("gd", "cg", "lbfgs", "blbfgs", "bnewton", "btrust")
+
+
+class Coordinates:
+    """The map ``x = T m`` between controls m and TAO's coordinates x (see module doc).
+
+    Args:
+        controls: the control space.
+        riesz: False for the identity (raw coefficients).
+    """
+
+    def __init__(self, controls: ControlSpace, riesz: bool = True):
+        self.controls, self.riesz = controls, riesz
+        sp = controls.space
+        if sp.mass == "lumped" or sp.degree == 1:
+            w = np.asarray(sp.weights[: sp.n_local])
+        else:  # P2: the diagonal of the consistent mass is positive and spectrally equivalent
+            w = sp.M.getDiagonal().array_r.copy()
+        w_all = np.concatenate(sp.comm.allgather(w))
+        self.s, self.s_all = np.sqrt(w), np.sqrt(w_all)
+        C = np.linalg.cholesky(controls.depth_riesz)  # depth_riesz = C C^T
+        self.Ct, self.Ct_inv, self.C_inv = C.T, np.linalg.inv(C.T), np.linalg.inv(C)
+        self.diagonal_depth = np.allclose(C, np.diag(np.diag(C)))
+
+    def _map(self, x, out, depth, power):
+        """Blockwise ``depth (x) D^{power/2}`` (power = +1 or -1)."""
+        cs = self.controls
+        s, s_all = self.s**power, self.s_all**power
+        a, b, W, mu = cs.blocks(x.array_r)
+        oa, ob, oW, omu = cs.blocks(out)
+        N, nl, n = b.shape
+        oa[:] = depth @ (a * s)
+        ob[:] = (depth @ (b * s[:, None] * s_all).reshape(N, nl * n)).reshape(N, nl, n)
+        if cs.kind == "classes":
+            oW[:] = W * s
+            omu[:] = mu
+        else:
+            oW[:] = W * s[:, None] * s_all
+            omu[:] = mu * s
+        return out
+
+    def to_coordinates(self, m: PETSc.Vec, out: PETSc.Vec | None = None) -> PETSc.Vec:
+        """``x = T m``."""
+        out = out or m.duplicate()
+        return self._map(m, out, self.Ct, 1) if self.riesz else _copy(m, out)
+
+    def from_coordinates(self, x: PETSc.Vec, out: PETSc.Vec | None = None) -> PETSc.Vec:
+        """``m = T^{-1} x``."""
+        out = out or x.duplicate()
+        return self._map(x, out, self.Ct_inv, -1) if self.riesz else _copy(x, out)
+
+    def dual_to_coordinates(self, g: PETSc.Vec, out: PETSc.Vec | None = None) -> PETSc.Vec:
+        """``T^{-T} g`` for a dual vector g (a derivative or a Hessian action)."""
+        out = out or g.duplicate()
+        return self._map(g, out, self.C_inv, -1) if self.riesz else _copy(g, out)
+
+
+def _copy(x, out):
+    x.copy(out)
+    return out
+
+
+@dataclass
+class Result:
+    """Outcome of a training run."""
+
+    m: PETSc.Vec
+    iterations: int
+    reason: int
+    J: float
+    gnorm: float
+    history: list = field(default_factory=list)
+    counts: dict = field(default_factory=dict)
+
+    @property
+    def converged(self) -> bool:
+        return self.reason > 0
+
+
+class Optimizer:
+    """A TAO solver on a reduced functional.
+
+    Args:
+        J: the reduced functional.
+        method: one of :data:`METHODS` (``gd``, ``cg``, ``lbfgs``, ``newton``, ``trust``,
+            ``blbfgs``, ``bnewton``, ``btrust``); ``-<prefix>tao_type`` overrides it.
+        riesz: True: TAO works in L2 (H1 in depth) orthonormal coordinates; False: raw
+            coefficients.
+        bounds: optional box ``{"a": (lo, hi), "b": (lo, hi)}`` of admissible controls
+            (pointwise; W and mu stay free). Needs a bounded method and the L2 depth
+            inner product.
+        gauss_newton: Newton methods use the Gauss-Newton Hessian.
+        gttol: stop when the gradient norm has dropped by this factor.
+        max_it: iteration limit.
+        monitor: print one line per iteration on rank 0 (or a callable(dict)).
+        petsc_options_prefix: options prefix of the TAO solver.
+    """
+
+    def __init__(
+        self,
+        J: ReducedFunctional,
+        method: str = "lbfgs",
+        riesz: bool = True,
+        bounds: dict | None = None,
+        gauss_newton: bool = False,
+        gttol: float = 1e-6,
+        max_it: int = 500,
+        monitor=True,
+        petsc_options_prefix: str = "fem_dnn_",
+    ):
+        if method not in METHODS:
+            raise InputError(f"unknown training method {method!r}; choose one of {list(METHODS)}")
+        if bounds and method not in BOUNDED:
+            raise InputError(f"method {method!r} does not take bounds; use one of {list(BOUNDED)}")
+        self.J, self.method, self.gauss_newton = J, method, gauss_newton
+        self.coords = Coordinates(J.controls, riesz)
+        if bounds and riesz and not self.coords.diagonal_depth:
+            raise InputError("a box of controls needs the L2 depth inner product (gamma = 0 or riesz='l2')")
+        self.comm = J.controls.comm
+        self.world = J.network.layout.world
+        self.monitor = monitor
+        self.history = []
+        cs = J.controls
+        self._x = cs.create_vec()
+        self._m = cs.create_vec()
+        self._g = cs.create_vec()
+        self._tmp = cs.create_vec()
+        self._prev = None
+        tao = PETSc.TAO().create(self.comm)
+        tao.setOptionsPrefix(petsc_options_prefix)
+        tao_type, extra = METHODS[method]
+        tao.setType(tao_type)
+        opts = PETSc.Options()
+        if tao_type == "bqnls":
+            # PETSc gives the L-BFGS matrix the fixed prefix "tao_lmvm_": put it under ours.
+            # Its default J0 is a per-coordinate (diagonal) rescaling, which is not
+            # mesh-independent; in L2 coordinates the scalar (Barzilai-Borwein) one is.
+            tao.getLMVMMat().setOptionsPrefix(petsc_options_prefix + "tao_bqnls_")
+            extra = {"tao_bqnls_mat_lmvm_scale_type": "scalar", **extra}
+        for key, val in extra.items():
+            if not opts.hasName(petsc_options_prefix + key):
+                opts[petsc_options_prefix + key] = val
+        tao.setObjective(self._objective)
+        tao.setGradient(self._gradient, self._g.duplicate())
+        tao.setObjectiveGradient(self._objective_gradient, self._g.duplicate())
+        n_local, n = self._x.getLocalSize(), self._x.getSize()
+        self._H = PETSc.Mat().createPython(((n_local, n), (n_local, n)), _Hessian(self), comm=self.comm)
+        self._H.setUp()
+        tao.setHessian(self._hessian, self._H)
+        tao.setTolerances(gatol=0.0, grtol=0.0, gttol=gttol)
+        tao.setMaximumIterations(max_it)
+        tao.setMonitor(self._monitor)
+        if bounds:
+            lb, ub = cs.create_vec(), cs.create_vec()
+            lb.set(PETSc.NINFINITY), ub.set(PETSc.INFINITY)
+            la, lbb = cs.blocks(lb)[:2]
+            ua, ubb = cs.blocks(ub)[:2]
+            for key, lo_v, hi_v in (("a", la, ua), ("b", lbb, ubb)):
+                if key in bounds:
+                    lo, hi = bounds[key]
+                    if not lo < hi:
+                        raise InputError(f"bounds on {key} must satisfy lo < hi, got {bounds[key]}")
+                    lo_v[:], hi_v[:] = lo, hi
+            # the map is a positive diagonal scaling for the L2 depth product: boxes stay boxes
+            self._lb = self._scale_bounds(lb)
+            self._ub = self._scale_bounds(ub)
+            tao.setVariableBounds(self._lb, self._ub)
+            lb.destroy(), ub.destroy()
+        if tao_type in ("nls", "ntr", "bnls", "bntr"):
+            ksp = tao.getKSP()
+            if ksp is not None:
+                ksp.setType("stcg" if tao_type in ("ntr", "bntr") else "cg")
+                ksp.getPC().setType("none")  # the coordinates are the L2 preconditioner
+        tao.setFromOptions()
+        self.tao = tao
+
+    def _scale_bounds(self, v):
+        """The box in coordinates (a positive diagonal scaling; infinite entries kept)."""
+        out = v.duplicate()
+        vals = v.array_r.copy()
+        inf = np.abs(vals) >= 1e300
+        v.array[inf] = 0.0
+        self.coords.to_coordinates(v, out)
+        out.array[inf] = vals[inf]
+        return out
+
+    # ---- TAO callbacks (in coordinates x)
+    def _point(self, x):
+        return self.coords.from_coordinates(x, self._m)
+
+    def _objective(self, tao, x):
+        return self.J(self._point(x))
+
+    def _gradient(self, tao, x, g):
+        self.coords.dual_to_coordinates(self.J.derivative(self._point(x), self._tmp), g)
+
+    def _objective_gradient(self, tao, x, g):
+        m = self._point(x)
+        f = self.J(m)
+        self.coords.dual_to_coordinates(self.J.derivative(m, self._tmp), g)
+        return f
+
+    def _hessian(self, tao, x, H, P):
+        H.getPythonContext().shift_value = 0.0
+        self._hess_at = self.coords.from_coordinates(x, self._hess_at if hasattr(self, "_hess_at") else None)
+
+    def _hess_mult(self, v, y):
+        dm = self.coords.from_coordinates(v)
+        Hd = self.J.hessian(self._hess_at, dm, gauss_newton=self.gauss_newton)
+        self.coords.dual_to_coordinates(Hd, y)
+        dm.destroy(), Hd.destroy()
+
+    def _monitor(self, tao):
+        its, f, gnorm, _, _, reason = tao.getSolutionStatus()
+        x = tao.getSolution()
+        step = 0.0
+        if self._prev is not None:
+            self._tmp.waxpy(-1.0, self._prev, x)
+            step = self._tmp.norm()
+        else:
+            self._prev = x.duplicate()
+        x.copy(self._prev)
+        row = {"iteration": its, "J": f, "gnorm": gnorm, "step": step, **self.J.counts}
+        if self.J.kind == "classes":
+            row["accuracy"] = self.J.accuracy(self._point(x))
+        self.history.append(row)
+        if callable(self.monitor):
+            self.monitor(row)
+        elif self.monitor and self.world.rank == 0:
+            acc = f"  acc {row['accuracy']:.4f}" if "accuracy" in row else ""
+            print(
+                f"it {its:4d}  J {f:.10e}  |g| {gnorm:.3e}  step {step:.3e}{acc}  "
+                f"solves fwd {row['forward']} adj {row['costate']} inc {row['incremental_forward']}",
+                flush=True,
+            )
+
+    # ---- public
+    def solve(self, m0: PETSc.Vec) -> Result:
+        """Train from m0 (not modified); returns the result with the trained controls."""
+        x = self.coords.to_coordinates(m0, self._x)
+        self.tao.setSolution(x)
+        self.tao.solve(x)
+        its, f, gnorm, _, _, reason = self.tao.getSolutionStatus()
+        m = self.coords.from_coordinates(x, self.J.controls.create_vec())
+        if self.world.rank == 0 and self.monitor is True:
+            print(
+                f"{self.method} ({self.tao.getType()}): {its} iterations, reason {reason}, J {f:.10e}, "
+                f"|g| {gnorm:.3e}, solves {self.J.counts}",
+                flush=True,
+            )
+        return Result(m, its, reason, f, gnorm, list(self.history), dict(self.J.counts))
+
+    def destroy(self):
+        for obj in (self.tao, self._H, self._x, self._m, self._g, self._tmp, self._prev, getattr(self, "_lb", None), getattr(self, "_ub", None)):
+            if obj is not None:
+                obj.destroy()
+        if hasattr(self, "_hess_at"):
+            self._hess_at.destroy()
+
+
+class _Hessian:
+    """Shell Hessian ``T^{-T} H T^{-1} + shift I`` (TAO's Newton methods may shift it)."""
+
+    def __init__(self, opt):
+        self.opt, self.shift_value = opt, 0.0
+
+    def mult(self, mat, v, y):
+        self.opt._hess_mult(v, y)
+        if self.shift_value:
+            y.axpy(self.shift_value, v)
+
+    def shift(self, mat, s):
+        self.shift_value += s
+
+    def zeroEntries(self, mat):
+        self.shift_value = 0.0
