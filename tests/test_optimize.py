@@ -1,0 +1,149 @@
+"""Training with TAO: the coordinate map, mesh independence of L-BFGS and Newton-CG in the
+L2 geometry (and its absence on raw coefficients), Newton's solve counts, a box of
+admissible controls, and the same iterates on 1, 2 and 3 ranks."""
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+from fem_dnn.domain import Depth, NodeSpace, create_node_mesh, split_comm
+from fem_dnn.errors import InputError
+from fem_dnn.functional import ReducedFunctional
+from fem_dnn.network import Network
+from fem_dnn.optimize import Coordinates, Optimizer
+
+S = 8
+CENTRES = np.linspace(0.15, 0.85, S)
+
+
+def inputs(y):
+    return np.exp(-20.0 * (y[0][None, :] - CENTRES[:, None]) ** 2)
+
+
+def targets(y):
+    return 1.0 / (1.0 + np.exp(-2.0 * np.exp(-20.0 * (y[0][None, :] - CENTRES[:, None] - 0.1) ** 2) + 0.5))
+
+
+def problem(comm, n, N, family="DG", scheme="heun", lam=1e-2, gamma=0.0, sample_groups=1):
+    layout = split_comm(comm, sample_groups)
+    space = NodeSpace(create_node_mesh(layout.node_comm, "interval", n), family, 0 if family == "DG" else 1, "lumped")
+    net = Network(space, Depth(T=1.0, N=N), "tanh", scheme, layout=layout)
+    return net, ReducedFunctional(net, inputs, targets, "function", lam=lam, gamma=gamma)
+
+
+def train(comm, n, N, method, riesz=True, **kw):
+    net, J = problem(comm, n, N, **kw.pop("problem", {}))
+    opt = Optimizer(J, method, riesz=riesz, monitor=False, **kw)
+    res = opt.solve(J.controls.create_vec())
+    out = {"its": res.iterations, "reason": res.reason, "J": res.J, "counts": res.counts,
+           "history": [h["J"] for h in res.history], "m": J.controls.natural(res.m)}
+    opt.destroy(), J.destroy(), net.destroy()
+    return out
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("gamma", [0.0, 0.1])
+def test_coordinates(comm, gamma):
+    """x = T m is invertible, and the dual map is its adjoint: <T^{-T} g, T m> = <g, m>.
+    With lumped mass the 2-norm in coordinates is the L2 (H1) norm of the controls."""
+    net, J = problem(comm, 8, 4, gamma=gamma, lam=0.1)
+    cs = J.controls
+    co = Coordinates(cs)
+    m, g = cs.random(1), cs.random(2)
+    x = co.to_coordinates(m)
+    back = co.from_coordinates(x)
+    back.axpy(-1.0, m)
+    assert back.norm() <= 1e-13 * m.norm()
+    assert abs(co.dual_to_coordinates(g).dot(x) - g.dot(m)) <= 1e-12 * abs(g.dot(m))
+    assert abs(x.norm() ** 2 - cs.inner(m, m)) <= 1e-12 * cs.inner(m, m)
+    J.destroy(), net.destroy()
+
+
+def test_mesh_independence(comm):
+    """Three refinements of width and depth together: L-BFGS in L2 coordinates and
+    Newton-CG need the same number of iterations (within 20%) to reduce the gradient by
+    1e-6; L-BFGS on raw coefficients grows."""
+    sizes = [(8, 4), (16, 8), (32, 16)]
+    its = {}
+    for method, riesz in (("lbfgs", True), ("newton", True), ("lbfgs", False)):
+        runs = [train(comm, n, N, method, riesz) for n, N in sizes]
+        assert all(r["reason"] > 0 for r in runs), [(r["its"], r["reason"]) for r in runs]
+        its[(method, riesz)] = [r["its"] for r in runs]
+    for key in (("lbfgs", True), ("newton", True)):
+        assert max(its[key]) <= 1.2 * min(its[key]), its
+    raw = its[("lbfgs", False)]
+    assert raw[1] > 1.3 * raw[0] and raw[2] > 1.3 * raw[1], its
+
+
+def test_newton_needs_fewest_forward_and_costate_solves(comm):
+    runs = {m: train(comm, 16, 8, m) for m in ("gd", "lbfgs", "newton")}
+    solves = {m: r["counts"]["forward"] + r["counts"]["costate"] for m, r in runs.items()}
+    assert all(r["reason"] > 0 for r in runs.values())
+    assert solves["newton"] < solves["lbfgs"] < solves["gd"], solves
+    # they find the same minimiser
+    assert abs(runs["newton"]["J"] - runs["lbfgs"]["J"]) < 1e-9 * runs["newton"]["J"]
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("method", ["lbfgs", "newton", "trust"])
+def test_parallel_same_iterates(comm, method):
+    """The same iterates on 1, 2, 3 ranks (node-parallel; and sample-parallel on 2), run
+    to convergence. L-BFGS iterates agree to 1e-10; the inexact Newton steps' inner CG
+    amplifies the different summation order of parallel reductions, so their iterates
+    agree to about 1e-8, and the converged J and controls to round-off again."""
+    ser = train(MPI.COMM_SELF, 12, 6, method, gttol=1e-8)
+    variants = [{}]
+    if comm.size == 2:
+        variants.append({"sample_groups": 2})
+    rtol = 1e-10 if method == "lbfgs" else 1e-6
+    for problem_kw in variants:
+        par = train(comm, 12, 6, method, gttol=1e-8, problem=problem_kw)
+        assert abs(par["its"] - ser["its"]) <= (0 if method == "lbfgs" else 1)
+        k = min(par["its"], ser["its"])
+        assert np.allclose(par["history"][:k], ser["history"][:k], rtol=rtol, atol=0)
+        assert abs(par["J"] - ser["J"]) <= 1e-12 * ser["J"]
+        for key in ser["m"]:
+            assert np.allclose(par["m"][key], ser["m"][key], rtol=1e-7, atol=1e-9 * np.abs(ser["m"][key]).max()), key
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("method", ["blbfgs", "bnewton"])
+def test_box_of_controls(comm, method):
+    """A box A = [a-, a+] x [b-, b+]: the result stays in it, some bounds are active, and
+    J is no lower than the unconstrained minimum."""
+    net, J = problem(comm, 12, 6, lam=1e-3)
+    box = {"a": (-0.05, 0.05), "b": (-0.2, 0.2)}
+    opt = Optimizer(J, method, bounds=box, monitor=False, max_it=60)
+    res = opt.solve(J.controls.create_vec())
+    nat = J.controls.natural(res.m)
+    assert nat["a"].min() >= -0.05 - 1e-12 and nat["a"].max() <= 0.05 + 1e-12
+    assert nat["b"].min() >= -0.2 - 1e-12 and nat["b"].max() <= 0.2 + 1e-12
+    assert np.isclose(np.abs(nat["a"]).max(), 0.05) or np.isclose(np.abs(nat["b"]).max(), 0.2)
+    free = Optimizer(J, "lbfgs", monitor=False, max_it=60).solve(J.controls.create_vec())
+    assert res.J >= free.J - 1e-12
+    opt.destroy(), J.destroy(), net.destroy()
+
+
+def test_monitor_lines(comm, capsys):
+    net, J = problem(comm, 8, 4)
+    rows = []
+    Optimizer(J, "lbfgs", monitor=rows.append, max_it=3).solve(J.controls.create_vec())
+    assert [r["iteration"] for r in rows] == [0, 1, 2, 3]
+    assert all({"J", "gnorm", "step", "forward", "costate"} <= set(r) for r in rows)
+    assert rows[-1]["J"] < rows[0]["J"]
+    Optimizer(J, "newton", max_it=2).solve(J.controls.create_vec())
+    out = capsys.readouterr().out
+    if comm.rank == 0:
+        assert out.count("it ") >= 3 and "newton (nls)" in out
+    J.destroy(), net.destroy()
+
+
+def test_bad_options(comm):
+    net, J = problem(comm, 8, 4)
+    with pytest.raises(InputError, match="unknown training method"):
+        Optimizer(J, "adamw")
+    with pytest.raises(InputError, match="does not take bounds"):
+        Optimizer(J, "newton", bounds={"a": (-1, 1)})
+    with pytest.raises(InputError, match="lo < hi"):
+        Optimizer(J, "blbfgs", bounds={"a": (1, -1)})
+    J.destroy(), net.destroy()
