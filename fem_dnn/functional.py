@@ -316,29 +316,32 @@ class ReducedFunctional:
         if not (np.isfinite(lam) and lam >= 0 and np.isfinite(gamma) and gamma >= 0):
             raise InputError(f"lambda and gamma must be finite and >= 0, got {lam!r}, {gamma!r}")
         self.network, self.lam, self.gamma = network, float(lam), float(gamma)
-        layout = network.layout
-        self.F0 = network.inputs(inputs)
-        S_local = self.F0.shape[1]
-        self.S = layout.sample_comm.allreduce(S_local)
+        self._point = None
+        # every sample group keeps all samples (node-local); the active ones (all, or a
+        # mini-batch) are split between the groups, so results do not depend on the layout
+        self._F0_all = network.inputs(inputs, split=False)
+        S = self._F0_all.shape[1]
         if kind == "classes":
             labels = np.asarray(targets)
-            if labels.ndim != 1 or labels.shape[0] != self.S or not np.issubdtype(labels.dtype, np.integer):
-                raise InputError(f"class labels must be {self.S} integers, got an array of shape {labels.shape} ({labels.dtype})")
+            if labels.ndim != 1 or labels.shape[0] != S or not np.issubdtype(labels.dtype, np.integer):
+                raise InputError(f"class labels must be {S} integers, got an array of shape {labels.shape} ({labels.dtype})")
             K = int(labels.max()) + 1 if K is None else int(K)
             if labels.min() < 0 or labels.max() >= K:
                 raise InputError(f"class labels must lie in 0..{K - 1}, got {labels.min()}..{labels.max()}")
-            s0, s1 = layout.sample_range(self.S)
-            self.labels = labels[s0:s1]
-            self.C = np.zeros((K, S_local))
-            self.C[self.labels, np.arange(S_local)] = 1.0
+            self._labels_all = labels.astype(np.int64)
+            self._C_all = np.zeros((K, S))
+            self._C_all[labels, np.arange(S)] = 1.0
             self.loss = ClassesLoss()
         elif kind == "function":
-            self.C = network.inputs(targets)
-            if self.C.shape != self.F0.shape:
-                raise InputError(f"targets have {self.C.shape[1]} samples for {S_local} inputs")
+            self._C_all = network.inputs(targets, split=False)
+            if self._C_all.shape != self._F0_all.shape:
+                raise InputError(f"targets have {self._C_all.shape[1]} samples for {S} inputs")
+            self._labels_all = None
             self.loss = FunctionLoss()
         else:
             raise InputError(f"learning problem must be 'classes' or 'function', not {kind!r}")
+        self.n_samples = S
+        self.set_batch(None)
         if riesz is None:
             riesz = "h1" if gamma > 0 else "l2"
         if h1_length is None and gamma > 0 and lam > 0:
@@ -347,6 +350,22 @@ class ReducedFunctional:
         self.kind = kind
         self.counts = {"forward": 0, "costate": 0, "incremental_forward": 0, "incremental_costate": 0}
         self._point = None
+
+    def set_batch(self, indices=None):
+        """Restrict J to the samples ``indices`` (a mini-batch; None: all samples). The
+        indices are global and must be the same on every rank; each sample group takes
+        its contiguous share of them."""
+        S = self.n_samples
+        idx = np.arange(S) if indices is None else np.asarray(indices, dtype=np.int64)
+        if idx.ndim != 1 or idx.size == 0 or idx.min() < 0 or idx.max() >= S:
+            raise InputError(f"a batch must be a non-empty list of sample indices in 0..{S - 1}")
+        s0, s1 = self.network.layout.sample_range(idx.size)
+        mine = idx[s0:s1]
+        self.S = int(idx.size)
+        self.F0 = np.asfortranarray(self._F0_all[:, mine])
+        self.C = np.asfortranarray(self._C_all[:, mine])
+        self.labels = None if self._labels_all is None else self._labels_all[mine]
+        self.destroy()
 
     # ---- the point of linearisation
     def _at(self, m: PETSc.Vec, costate: bool = False) -> _Point:

@@ -197,8 +197,10 @@ class Network:
         _check_finite(self.layout.world, "controls b", B)
         return Controls(A, B)
 
-    def inputs(self, f_I) -> np.ndarray:
+    def inputs(self, f_I, split: bool = True) -> np.ndarray:
         """Initial data (the network input) as a Fortran ``(n_local, S_local)`` batch.
+
+        With ``split=False`` every sample group keeps all samples.
 
         ``f_I``: callable ``f_I(y)`` returning (p,) or (S, p), or an array ``(S, n)``
         (or ``(n,)``) in natural node order; with sample groups each group keeps its
@@ -217,8 +219,9 @@ class Network:
                 )
             F = sp.from_natural(arr, axis=1).T
         F = np.asfortranarray(F if F.ndim == 2 else F[:, None])
-        s0, s1 = self.layout.sample_range(F.shape[1])
-        F = np.asfortranarray(F[:, s0:s1])
+        if split:
+            s0, s1 = self.layout.sample_range(F.shape[1])
+            F = np.asfortranarray(F[:, s0:s1])
         _check_finite(self.layout.world, "input data f_I", F)
         return F
 

@@ -33,7 +33,7 @@ from petsc4py import PETSc
 from fem_dnn.errors import InputError
 from fem_dnn.functional import ControlSpace, ReducedFunctional
 
-__all__ = ["METHODS", "Coordinates", "Optimizer", "Result"]
+__all__ = ["METHODS", "Coordinates", "Optimizer", "Result", "batches", "minibatch"]
 
 #: method name -> (TAO type, extra options). Bounded methods accept a box.
 METHODS = {
@@ -322,3 +322,103 @@ class _Hessian:
 
     def zeroEntries(self, mat):
         self.shift_value = 0.0
+
+
+def batches(n_samples: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """The mini-batches of one epoch: a permutation drawn from ``(seed, epoch)``, so any
+    epoch can be regenerated (on restart) and every rank draws the same."""
+    perm = np.random.default_rng([seed, epoch]).permutation(n_samples)
+    return [perm[i : i + batch_size] for i in range(0, n_samples, batch_size)]
+
+
+def minibatch(
+    J: ReducedFunctional,
+    m0: PETSc.Vec,
+    method: str = "adam",
+    lr: float = 1e-2,
+    batch_size: int = 32,
+    epochs: int = 10,
+    seed: int = 0,
+    riesz: bool = True,
+    betas: tuple = (0.9, 0.999),
+    eps: float = 1e-8,
+    monitor=True,
+    start_epoch: int = 0,
+    state: dict | None = None,
+    on_epoch=None,
+) -> Result:
+    """Stochastic gradient descent or Adam on mini-batches of the same reduced gradient.
+
+    Each epoch shuffles the samples by ``(seed, epoch)`` (:func:`batches`); a step uses
+    ``J`` restricted to one batch (:meth:`ReducedFunctional.set_batch`: mean loss over the
+    batch plus the regulariser). Steps are taken in the coordinates of
+    :class:`Coordinates` (L2-orthonormal with ``riesz=True``), so the step size means the
+    same on every discretisation. The result is the same on any number of ranks.
+
+    Args:
+        J: the reduced functional (its batch is reset to all samples at the end).
+        m0: initial controls.
+        method: ``"sgd"`` or ``"adam"``.
+        lr: step size (learning rate).
+        batch_size, epochs, seed: mini-batching.
+        start_epoch, state: resume at an epoch boundary with the optimiser state of a
+            checkpoint (``{"x": Vec, "m1": Vec, "m2": Vec, "step": int}``: the
+            coordinates, Adam's moments, the step count); m0 is then ignored.
+        on_epoch: callable ``(epoch, m, state, row)`` after each epoch (e.g. to write a
+            checkpoint).
+        monitor: print one line per epoch on rank 0 (full-batch J, gradient norm,
+            accuracy, solves), or a callable(dict).
+    """
+    if method not in ("sgd", "adam"):
+        raise InputError(f"mini-batch method must be 'sgd' or 'adam', not {method!r}")
+    if not (lr > 0 and batch_size >= 1 and epochs >= 0):
+        raise InputError(f"need lr > 0, batch_size >= 1, epochs >= 0; got {lr}, {batch_size}, {epochs}")
+    coords = Coordinates(J.controls, riesz)
+    state = state or {}
+    x = state["x"].copy() if "x" in state else coords.to_coordinates(m0)  # exact resume
+    m, g, gx = x.duplicate(), x.duplicate(), x.duplicate()
+    m1 = state.get("m1") or x.duplicate()
+    m2 = state.get("m2") or x.duplicate()
+    if "m1" not in state:
+        m1.set(0.0), m2.set(0.0)
+    step = int(state.get("step", 0))
+    b1, b2 = betas
+    history = []
+    world = J.network.layout.world
+    for epoch in range(start_epoch, epochs):
+        for idx in batches(J.n_samples, batch_size, seed, epoch):
+            J.set_batch(idx)
+            coords.from_coordinates(x, m)
+            coords.dual_to_coordinates(J.derivative(m, g), gx)
+            step += 1
+            if method == "sgd":
+                x.axpy(-lr, gx)
+            else:
+                m1.scale(b1), m1.axpy(1.0 - b1, gx)
+                m2.scale(b2)
+                m2.array[:] += (1.0 - b2) * gx.array_r**2
+                mh = m1.array_r / (1.0 - b1**step)
+                vh = m2.array_r / (1.0 - b2**step)
+                x.array[:] -= lr * mh / (np.sqrt(vh) + eps)
+        J.set_batch(None)
+        coords.from_coordinates(x, m)
+        f = J(m)
+        coords.dual_to_coordinates(J.derivative(m, g), gx)
+        row = {"epoch": epoch + 1, "J": f, "gnorm": gx.norm(), "step": step, **J.counts}
+        if J.kind == "classes":
+            row["accuracy"] = J.accuracy(m)
+        history.append(row)
+        if callable(monitor):
+            monitor(row)
+        elif monitor and world.rank == 0:
+            acc = f"  acc {row['accuracy']:.4f}" if "accuracy" in row else ""
+            print(f"epoch {epoch + 1:4d}  J {f:.10e}  |g| {row['gnorm']:.3e}{acc}  solves fwd {J.counts['forward']} adj {J.counts['costate']}", flush=True)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, m, {"x": x, "m1": m1, "m2": m2, "step": step}, row)
+    J.set_batch(None)
+    out = coords.from_coordinates(x, J.controls.create_vec())
+    f = J(out)
+    for v in (x, m, g, gx, m1, m2):
+        v.destroy()
+    last = history[-1]["gnorm"] if history else float("nan")
+    return Result(out, step, 1, f, last, history, dict(J.counts))

@@ -147,3 +147,57 @@ def test_bad_options(comm):
     with pytest.raises(InputError, match="lo < hi"):
         Optimizer(J, "blbfgs", bounds={"a": (1, -1)})
     J.destroy(), net.destroy()
+
+
+def run_minibatch(comm, method, sample_groups=1, epochs=6, split_at=None):
+    from fem_dnn.optimize import minibatch
+
+    net, J = problem(comm, 12, 6, sample_groups=sample_groups)
+    lr = 0.5 if method == "sgd" else 0.02
+    kw = dict(lr=lr, batch_size=3, seed=7, monitor=False)
+    if split_at is None:
+        res = minibatch(J, J.controls.create_vec(), method, epochs=epochs, **kw)
+    else:  # stop after split_at epochs, keep the state, resume
+        saved = {}
+
+        def keep(epoch, m, state, row):
+            saved.update(epoch=epoch, m=m.copy(), state={k: (v.copy() if hasattr(v, "copy") else v) for k, v in state.items()})
+
+        minibatch(J, J.controls.create_vec(), method, epochs=split_at, on_epoch=keep, **kw)
+        res = minibatch(J, saved["m"], method, epochs=epochs, start_epoch=saved["epoch"], state=saved["state"], **kw)
+    out = {"J": res.J, "history": [h["J"] for h in res.history], "m": J.controls.natural(res.m)}
+    J.destroy(), net.destroy()
+    return out
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("method", ["sgd", "adam"])
+def test_minibatch_same_on_any_ranks(comm, method):
+    """Shuffling by seed gives the same training on 1, 2, 3 ranks (node- and
+    sample-parallel), and it decreases J."""
+    ser = run_minibatch(MPI.COMM_SELF, method)
+    assert ser["history"][-1] < ser["history"][0]
+    for groups in {1, comm.size} if comm.size > 1 else {1}:
+        par = run_minibatch(comm, method, sample_groups=groups)
+        assert abs(par["J"] - ser["J"]) <= 1e-10 * ser["J"]
+        for key in ser["m"]:
+            assert np.allclose(par["m"][key], ser["m"][key], rtol=1e-9, atol=1e-12), key
+
+
+@pytest.mark.parametrize("method", ["sgd", "adam"])
+def test_minibatch_resume_is_exact(comm, method):
+    """Resuming at an epoch boundary with the optimiser state gives the uninterrupted run."""
+    whole = run_minibatch(comm, method)
+    resumed = run_minibatch(comm, method, split_at=3)
+    assert resumed["J"] == whole["J"]
+    assert resumed["history"] == whole["history"][3:]
+
+
+def test_batches_are_a_partition(comm):
+    from fem_dnn.optimize import batches
+
+    b = batches(10, 3, seed=1, epoch=2)
+    assert [len(x) for x in b] == [3, 3, 3, 1]
+    assert sorted(np.concatenate(b)) == list(range(10))
+    assert all((x == y).all() for x, y in zip(b, batches(10, 3, seed=1, epoch=2)))
+    assert not all((x == y).all() for x, y in zip(b, batches(10, 3, seed=1, epoch=3)))
