@@ -43,6 +43,7 @@ __all__ = [
     "hamiltonian_minimiser",
     "minibatch",
     "msa",
+    "multilevel",
     "proximal_point",
 ]
 
@@ -150,6 +151,7 @@ class Optimizer:
             inner product.
         gauss_newton: Newton methods use the Gauss-Newton Hessian.
         gttol: stop when the gradient norm has dropped by this factor.
+        gatol: or when it is below this absolute value.
         max_it: iteration limit.
         monitor: print one line per iteration on rank 0 (or a callable(dict)).
         petsc_options_prefix: options prefix of the TAO solver.
@@ -163,6 +165,7 @@ class Optimizer:
         bounds: dict | None = None,
         gauss_newton: bool = False,
         gttol: float = 1e-6,
+        gatol: float = 0.0,
         max_it: int = 500,
         monitor=True,
         petsc_options_prefix: str = "fem_dnn_",
@@ -206,7 +209,7 @@ class Optimizer:
         self._H = PETSc.Mat().createPython(((n_local, n), (n_local, n)), _Hessian(self), comm=self.comm)
         self._H.setUp()
         tao.setHessian(self._hessian, self._H)
-        tao.setTolerances(gatol=0.0, grtol=0.0, gttol=gttol)
+        tao.setTolerances(gatol=gatol, grtol=0.0, gttol=gttol)
         tao.setMaximumIterations(max_it)
         tao.setMonitor(self._monitor)
         if bounds:
@@ -333,6 +336,34 @@ class _Hessian:
 
     def zeroEntries(self, mat):
         self.shift_value = 0.0
+
+
+def multilevel(levels: list, method: str = "lbfgs", m0: PETSc.Vec | None = None, gttol: float = 1e-6, monitor=True, **kw) -> list:
+    """Grid sequencing: train on ``levels[0]`` (the coarsest (depth, node)
+    discretisation), transfer the controls to the next level by interpolation in the
+    node and depth spaces (:func:`fem_dnn.transfer.transfer_controls`), continue training
+    there, and so on. The stopping tolerance is the absolute gradient norm
+    ``gttol * |g_0|`` of the coarsest level on every level (the L2 norms are comparable
+    across levels). Returns one :class:`Result` per level."""
+    from fem_dnn.transfer import transfer_controls
+
+    results, m = [], m0
+    gatol = None
+    for i, J in enumerate(levels):
+        if m is None:
+            m = J.controls.create_vec()
+        elif i > 0:
+            m = transfer_controls(levels[i - 1].controls, m, J.controls)
+        if gatol is None:
+            x = Coordinates(J.controls, kw.get("riesz", True)).dual_to_coordinates(J.derivative(m))
+            gatol = gttol * x.norm()
+            x.destroy()
+        opt = Optimizer(J, method, gttol=0.0, gatol=gatol, monitor=monitor, **kw)
+        res = opt.solve(m)
+        opt.destroy()
+        results.append(res)
+        m = res.m
+    return results
 
 
 def batches(n_samples: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
