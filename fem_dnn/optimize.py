@@ -23,6 +23,7 @@ Every setting is reachable through the options database with the solver's prefix
 """
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -155,6 +156,12 @@ class Optimizer:
         max_it: iteration limit.
         monitor: print one line per iteration on rank 0 (or a callable(dict)).
         petsc_options_prefix: options prefix of the TAO solver.
+        checkpoint: a folder: every ``checkpoint_every`` iterations the controls, the
+            iteration, the history and the initial gradient norm are written atomically
+            to ``checkpoint/checkpoint.npz`` (:mod:`fem_dnn.checkpoint`);
+            ``solve(m0, resume=True)`` continues from it. TAO's internal state (the
+            L-BFGS memory) is not restorable: a resumed run rebuilds it, and stops at the
+            same absolute gradient norm as the uninterrupted run would.
     """
 
     def __init__(
@@ -169,6 +176,8 @@ class Optimizer:
         max_it: int = 500,
         monitor=True,
         petsc_options_prefix: str = "fem_dnn_",
+        checkpoint=None,
+        checkpoint_every: int = 1,
     ):
         if method not in METHODS:
             raise InputError(f"unknown training method {method!r}; choose one of {list(METHODS)}")
@@ -182,6 +191,9 @@ class Optimizer:
         self.world = J.network.layout.world
         self.monitor = monitor
         self.history = []
+        self.checkpoint = None if checkpoint is None else Path(checkpoint) / "checkpoint.npz"
+        self.checkpoint_every = max(int(checkpoint_every), 1)
+        self._offset, self._g0, self._gttol = 0, None, gttol
         cs = J.controls
         self._x = cs.create_vec()
         self._m = cs.create_vec()
@@ -282,10 +294,18 @@ class Optimizer:
         else:
             self._prev = x.duplicate()
         x.copy(self._prev)
+        its += self._offset
+        if self._g0 is None:
+            self._g0 = gnorm
         row = {"iteration": its, "J": f, "gnorm": gnorm, "step": step, **self.J.counts}
         if self.J.kind == "classes":
             row["accuracy"] = self.J.accuracy(self._point(x))
         self.history.append(row)
+        if self.checkpoint is not None and its % self.checkpoint_every == 0:
+            from fem_dnn.checkpoint import save_checkpoint
+
+            state = {"method": self.method, "iteration": its, "g0": self._g0, "history": self.history}
+            save_checkpoint(self.checkpoint, self.J.controls, self._point(x), state)
         if callable(self.monitor):
             self.monitor(row)
         elif self.monitor and self.world.rank == 0:
@@ -297,12 +317,25 @@ class Optimizer:
             )
 
     # ---- public
-    def solve(self, m0: PETSc.Vec) -> Result:
-        """Train from m0 (not modified); returns the result with the trained controls."""
+    def solve(self, m0: PETSc.Vec, resume: bool = False) -> Result:
+        """Train from m0 (not modified); returns the result with the trained controls.
+
+        With ``resume=True`` and an existing checkpoint, continue from it instead (m0 is
+        then ignored)."""
+        if resume and self.checkpoint is not None and self.checkpoint.exists():
+            from fem_dnn.checkpoint import load_checkpoint
+
+            m0, state, _ = load_checkpoint(self.checkpoint, self.J.controls)
+            self._offset, self._g0 = int(state["iteration"]), float(state["g0"])
+            self.history = list(state["history"])[:-1]  # its last row is recomputed now
+            # stop where the uninterrupted run would: the same absolute gradient norm
+            gatol = max(self.tao.getTolerances()[0], self._gttol * self._g0)
+            self.tao.setTolerances(gatol=gatol, gttol=0.0)
         x = self.coords.to_coordinates(m0, self._x)
         self.tao.setSolution(x)
         self.tao.solve(x)
         its, f, gnorm, _, _, reason = self.tao.getSolutionStatus()
+        its += self._offset
         m = self.coords.from_coordinates(x, self.J.controls.create_vec())
         if self.world.rank == 0 and self.monitor is True:
             print(

@@ -286,3 +286,38 @@ def test_multilevel_saves_fine_iterations(comm):
     assert abs(res[-1].J - scratch.J) < 1e-9 * scratch.J
     for n_, J_ in levels + [(net, J)]:
         J_.destroy(), n_.destroy()
+
+
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("method", ["lbfgs", "newton"])
+def test_restart_from_checkpoint(comm, tmp_shared, method):
+    """A run interrupted at iteration 4 resumes from its checkpoint and reaches the same
+    final J as the uninterrupted run; the checkpoint on disk is intact."""
+    from fem_dnn.checkpoint import load_checkpoint
+
+    net, J = problem(comm, 12, 6)
+    whole = Optimizer(J, method, gttol=1e-8, monitor=False).solve(J.controls.create_vec())
+
+    def kill(row):
+        if row["iteration"] == 4:
+            raise _Killed("simulated crash")
+
+    folder = f"{tmp_shared}/{method}"
+    first = Optimizer(J, method, gttol=1e-8, monitor=kill, checkpoint=folder)
+    with pytest.raises(Exception):
+        first.solve(J.controls.create_vec())
+    m4, state, _ = load_checkpoint(f"{folder}/checkpoint.npz", J.controls)
+    assert state["iteration"] == 4 and state["method"] == method
+    resumed = Optimizer(J, method, gttol=1e-8, monitor=False, checkpoint=folder).solve(J.controls.create_vec(), resume=True)
+    assert resumed.converged
+    its = [row["iteration"] for row in resumed.history]
+    assert its == list(range(len(its))) and resumed.iterations == its[-1]
+    assert abs(resumed.history[4]["J"] - J(m4)) <= 1e-14 * J(m4)
+    assert resumed.history[:4] == first.history[:4] or all(
+        abs(a["J"] - b["J"]) <= 1e-15 * a["J"] for a, b in zip(resumed.history[:4], first.history[:4]))
+    assert abs(resumed.J - whole.J) <= 1e-10 * whole.J
+    J.destroy(), net.destroy()
