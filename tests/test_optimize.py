@@ -321,3 +321,12 @@ def test_restart_from_checkpoint(comm, tmp_shared, method):
         abs(a["J"] - b["J"]) <= 1e-15 * a["J"] for a, b in zip(resumed.history[:4], first.history[:4]))
     assert abs(resumed.J - whole.J) <= 1e-10 * whole.J
     J.destroy(), net.destroy()
+
+
+def test_gauss_newton_training(comm):
+    """Newton-CG with the Gauss-Newton Hessian reaches the same minimiser."""
+    net, J = problem(comm, 16, 8)
+    full = Optimizer(J, "newton", monitor=False).solve(J.controls.create_vec())
+    gn = Optimizer(J, "newton", gauss_newton=True, monitor=False, max_it=50).solve(J.controls.create_vec())
+    assert gn.converged and abs(gn.J - full.J) < 1e-9 * full.J
+    J.destroy(), net.destroy()
