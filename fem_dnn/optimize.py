@@ -211,8 +211,12 @@ class Optimizer:
             # mesh-independent; in L2 coordinates the scalar (Barzilai-Borwein) one is.
             tao.getLMVMMat().setOptionsPrefix(petsc_options_prefix + "tao_bqnls_")
             extra = {"tao_bqnls_mat_lmvm_scale_type": "scalar", **extra}
+        # the method's defaults go into the options database only for this solver's
+        # setFromOptions (user options win), then out again: a default left there would
+        # change every later solver with the same prefix
+        inserted = [petsc_options_prefix + key for key in extra if not opts.hasName(petsc_options_prefix + key)]
         for key, val in extra.items():
-            if not opts.hasName(petsc_options_prefix + key):
+            if petsc_options_prefix + key in inserted:
                 opts[petsc_options_prefix + key] = val
         tao.setObjective(self._objective)
         tao.setGradient(self._gradient, self._g.duplicate())
@@ -246,6 +250,8 @@ class Optimizer:
                 ksp.setType("stcg" if tao_type in ("ntr", "bntr") else "cg")
                 ksp.getPC().setType("none")  # the coordinates are the L2 preconditioner
         tao.setFromOptions()
+        for key in inserted:
+            opts.delValue(key)
         self.tao = tao
 
     def _scale_bounds(self, v):
