@@ -427,6 +427,8 @@ def minibatch(
     start_epoch: int = 0,
     state: dict | None = None,
     on_epoch=None,
+    checkpoint=None,
+    resume: bool = False,
 ) -> Result:
     """Stochastic gradient descent or Adam on mini-batches of the same reduced gradient.
 
@@ -445,8 +447,11 @@ def minibatch(
         start_epoch, state: resume at an epoch boundary with the optimiser state of a
             checkpoint (``{"x": Vec, "m1": Vec, "m2": Vec, "step": int}``: the
             coordinates, Adam's moments, the step count); m0 is then ignored.
-        on_epoch: callable ``(epoch, m, state, row)`` after each epoch (e.g. to write a
-            checkpoint).
+        on_epoch: callable ``(epoch, m, state, row)`` after each epoch.
+        checkpoint: a folder: after every epoch the controls, the optimiser state (the
+            coordinates and Adam's moments, in natural order) and the history are written
+            atomically to ``checkpoint/checkpoint.npz``; with ``resume=True`` training
+            continues from it, bitwise as if it had not been interrupted.
         monitor: print one line per epoch on rank 0 (full-batch J, gradient norm,
             accuracy, solves), or a callable(dict).
     """
@@ -455,6 +460,21 @@ def minibatch(
     if not (lr > 0 and batch_size >= 1 and epochs >= 0):
         raise InputError(f"need lr > 0, batch_size >= 1, epochs >= 0; got {lr}, {batch_size}, {epochs}")
     coords = Coordinates(J.controls, riesz)
+    cs = J.controls
+    ckpt = None if checkpoint is None else Path(checkpoint) / "checkpoint.npz"
+    history = []
+    if resume and ckpt is not None and ckpt.exists():
+        from fem_dnn.checkpoint import load_checkpoint
+
+        m0, saved, arrays = load_checkpoint(ckpt, cs)
+        if saved.get("method") != method or saved.get("seed") != seed or saved.get("batch_size") != batch_size:
+            raise InputError(f"checkpoint {ckpt} is from another mini-batch run ({saved.get('method')}, seed "
+                             f"{saved.get('seed')}, batch size {saved.get('batch_size')})")
+        state = {"step": saved["step"]}
+        for key in ("x", "m1", "m2"):
+            nat = {k: arrays[f"{key}_{k}"] for k in ("a", "b", "W", "mu")}
+            state[key] = cs.from_natural(nat["a"], nat["b"], nat["W"], nat["mu"])
+        start_epoch, history = int(saved["epoch"]), list(saved["history"])
     state = state or {}
     x = state["x"].copy() if "x" in state else coords.to_coordinates(m0)  # exact resume
     m, g, gx = x.duplicate(), x.duplicate(), x.duplicate()
@@ -464,7 +484,6 @@ def minibatch(
         m1.set(0.0), m2.set(0.0)
     step = int(state.get("step", 0))
     b1, b2 = betas
-    history = []
     world = J.network.layout.world
     for epoch in range(start_epoch, epochs):
         for idx in batches(J.n_samples, batch_size, seed, epoch):
@@ -496,6 +515,12 @@ def minibatch(
             print(f"epoch {epoch + 1:4d}  J {f:.10e}  |g| {row['gnorm']:.3e}{acc}  solves fwd {J.counts['forward']} adj {J.counts['costate']}", flush=True)
         if on_epoch is not None:
             on_epoch(epoch + 1, m, {"x": x, "m1": m1, "m2": m2, "step": step}, row)
+        if ckpt is not None:
+            from fem_dnn.checkpoint import save_checkpoint
+
+            arrays = {f"{key}_{k}": v for key, vec in (("x", x), ("m1", m1), ("m2", m2)) for k, v in cs.natural(vec).items()}
+            meta = {"method": method, "seed": seed, "batch_size": batch_size, "epoch": epoch + 1, "step": step, "history": history}
+            save_checkpoint(ckpt, cs, m, meta, arrays)
     J.set_batch(None)
     out = coords.from_coordinates(x, J.controls.create_vec())
     f = J(out)

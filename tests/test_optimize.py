@@ -330,3 +330,28 @@ def test_gauss_newton_training(comm):
     gn = Optimizer(J, "newton", gauss_newton=True, monitor=False, max_it=50).solve(J.controls.create_vec())
     assert gn.converged and abs(gn.J - full.J) < 1e-9 * full.J
     J.destroy(), net.destroy()
+
+
+@pytest.mark.mpi
+def test_minibatch_checkpoint_resume(comm, tmp_shared):
+    """Adam interrupted after epoch 3 resumes from its checkpoint file and ends exactly
+    where the uninterrupted run ends (moments, coordinates and history restored)."""
+    from fem_dnn.optimize import minibatch
+
+    net, J = problem(comm, 12, 6)
+    kw = dict(lr=0.02, batch_size=3, seed=5, monitor=False)
+    whole = minibatch(J, J.controls.create_vec(), "adam", epochs=6, **kw)
+
+    def crash(epoch, m, state, row):
+        if epoch == 3:
+            raise _Killed("simulated crash")
+
+    folder = f"{tmp_shared}/adam"
+    with pytest.raises(_Killed):
+        minibatch(J, J.controls.create_vec(), "adam", epochs=6, checkpoint=folder, on_epoch=crash, **kw)
+    resumed = minibatch(J, J.controls.create_vec(), "adam", epochs=6, checkpoint=folder, resume=True, **kw)
+    assert resumed.J == whole.J
+    assert [h["J"] for h in resumed.history] == [h["J"] for h in whole.history]
+    with pytest.raises(InputError, match="another mini-batch run"):
+        minibatch(J, J.controls.create_vec(), "adam", epochs=6, checkpoint=folder, resume=True, **{**kw, "seed": 6})
+    J.destroy(), net.destroy()
