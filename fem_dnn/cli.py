@@ -1,11 +1,17 @@
 """The ``fem-dnn`` command line.
 
-    fem-dnn forward [options] [-petsc_option value ...]
+    fem-dnn train [CONFIG] [--set section.key=value ...] [--resume] [-petsc_option value ...]
+    fem-dnn evaluate RUN_FOLDER
+    fem-dnn verify [CONFIG] [--set ...]
+    fem-dnn forward [options]
+    fem-dnn config                      # the documented default config (TOML)
 
-Solves the forward problem of a continuum ResNet and writes the trajectory over the
-(depth, node) mesh (XDMF/VTX) to the output folder. Runs the same under ``mpirun -n N``.
-Arguments starting with a single dash that fem-dnn does not know are PETSc options
-(e.g. ``-fem_dnn_midpoint_snes_monitor``). Bad input stops with one message and exit 2.
+``train`` trains a continuum ResNet as the config says (default: the digits) and writes
+the run folder; ``evaluate`` reports a run folder's metrics from its checkpoint;
+``verify`` runs Taylor tests of the configured functional; ``forward`` solves the state
+equation alone. Everything runs the same under ``mpirun -n N``. Arguments starting with a
+single dash are PETSc options (``-fem_dnn_tao_monitor``, ``-fem_dnn_tao_type nls``).
+Bad input stops with one message and exit status 2.
 """
 
 import argparse
@@ -17,6 +23,17 @@ __all__ = ["main"]
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fem-dnn", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train on a config (default: digits) and write the run folder")
+    t.add_argument("config", nargs="?", help="TOML config file (default: the built-in defaults)")
+    t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key")
+    t.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    e = sub.add_parser("evaluate", help="metrics of a run folder's trained controls")
+    e.add_argument("folder", help="run folder written by fem-dnn train")
+    v = sub.add_parser("verify", help="Taylor tests (gradient rate 2, Hessian rate 3) of a config's functional")
+    v.add_argument("config", nargs="?", help="TOML config file")
+    v.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    v.add_argument("--samples", type=int, default=16, help="training samples used")
+    sub.add_parser("config", help="print the default config, every key documented")
     f = sub.add_parser("forward", help="solve the state equation and write the trajectory")
     f.add_argument("--mesh", help="node mesh file (.msh or .xdmf); default: built-in --shape")
     f.add_argument("--shape", default="interval", choices=["interval", "rectangle", "box"])
@@ -73,6 +90,8 @@ def main(argv=None) -> int:
     from fem_dnn.network import Network
 
     comm = MPI.COMM_WORLD
+    if args.command != "forward":
+        return _run(args, comm)
     try:
         mesh = read_node_mesh(args.mesh, comm) if args.mesh else create_node_mesh(comm, args.shape, args.n)
         fam, deg = args.space[:-1], int(args.space[-1])
@@ -101,6 +120,34 @@ def main(argv=None) -> int:
             print(f"fem-dnn: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _run(args, comm) -> int:
+    from fem_dnn.config import defaults, load_config, to_toml
+    from fem_dnn.errors import FemDnnError
+
+    try:
+        if args.command == "config":
+            if comm.rank == 0:
+                print(to_toml(defaults()))
+            return 0
+        if args.command == "train":
+            from fem_dnn.train import train
+
+            train(load_config(args.config, args.set), comm, resume=args.resume)
+            return 0
+        if args.command == "evaluate":
+            from fem_dnn.train import evaluate
+
+            evaluate(args.folder, comm)
+            return 0
+        from fem_dnn.train import verify
+
+        return 0 if verify(load_config(args.config, args.set), comm, args.samples) else 1
+    except FemDnnError as e:
+        if comm.rank == 0:
+            print(f"fem-dnn: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from dolfinx import fem
 
 from fem_dnn.domain import NodeSpace, ProductMesh
 
-__all__ = ["write_trajectory", "write_depth_series", "plot_trajectory"]
+__all__ = ["write_trajectory", "write_depth_series", "plot_trajectory", "plot_training", "plot_states", "plot_weights"]
 
 
 def write_trajectory(
@@ -117,5 +117,122 @@ def plot_trajectory(path, space: NodeSpace, depth_points, natural_states: np.nda
     ax.set_ylabel("depth t (layers)")
     ax.set_title(title)
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+# --------------------------------------------------------------------------- run figures
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _natural_coordinates(space: NodeSpace) -> np.ndarray:
+    """``(n, gdim)`` dof coordinates in natural order."""
+    gd = space.mesh.geometry.dim
+    out = np.empty((space.n, gd))
+    out[space.nat_of_global] = space.x_all[:gd].T
+    return out
+
+
+def _draw_nodes(ax, coords, values, cmap, vmin, vmax):
+    """One node function: a curve (1D), an image (2D regular grid) or a tripcolor."""
+    if coords.shape[1] == 1:
+        return ax.plot(coords[:, 0], values, color="C0")[0]
+    xs, ys = np.unique(np.round(coords[:, 0], 9)), np.unique(np.round(coords[:, 1], 9))
+    if len(xs) * len(ys) == len(values):  # natural order: x major, y minor
+        img = values.reshape(len(xs), len(ys)).T[::-1]
+        ext = (xs[0] - 0.5 * (xs[1] - xs[0] if len(xs) > 1 else 1), xs[-1] + 0.5 * (xs[1] - xs[0] if len(xs) > 1 else 1),
+               ys[0] - 0.5 * (ys[1] - ys[0] if len(ys) > 1 else 1), ys[-1] + 0.5 * (ys[1] - ys[0] if len(ys) > 1 else 1))
+        return ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vmax, extent=ext, interpolation="nearest")
+    return ax.tripcolor(coords[:, 0], coords[:, 1], values, cmap=cmap, vmin=vmin, vmax=vmax, shading="gouraud")
+
+
+def plot_training(path, history: list[dict], title: str = ""):
+    """Training curves: J (log scale) and, where present, accuracy per iteration."""
+    plt = _plt()
+    key = "iteration" if history and "iteration" in history[0] else "epoch"
+    it = [h[key] for h in history]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), constrained_layout=True)
+    ax.semilogy(it, [h["J"] for h in history], color="C0", label="J (training)")
+    ax.set_xlabel(key)
+    ax.set_ylabel("J(m)", color="C0")
+    if history and "accuracy" in history[0]:
+        ax2 = ax.twinx()
+        ax2.plot(it, [h["accuracy"] for h in history], color="C1", label="training accuracy")
+        ax2.set_ylabel("training accuracy", color="C1")
+        ax2.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_states(path, space: NodeSpace, depth_points, states: list[np.ndarray], titles: list[str], max_levels: int = 5):
+    """f over the (depth, node) domain for a few samples: for each sample (a row) the
+    state at up to ``max_levels`` depths (columns). ``states[i]`` is ``(N+1, n)`` in
+    natural order. Call on every rank; rank 0 draws."""
+    if space.comm.rank != 0 or not states:
+        return None
+    plt = _plt()
+    coords = _natural_coordinates(space)
+    pts = np.asarray(depth_points)
+    levels = np.unique(np.linspace(0, len(pts) - 1, min(max_levels, len(pts))).round().astype(int))
+    fig, axes = plt.subplots(len(states), len(levels), figsize=(2.2 * len(levels) + 1, 2.2 * len(states) + 0.4),
+                             squeeze=False, constrained_layout=True)
+    for i, (Z, title) in enumerate(zip(states, titles)):
+        lim = np.abs(Z).max() or 1.0
+        for j, k in enumerate(levels):
+            ax = axes[i, j]
+            art = _draw_nodes(ax, coords, Z[k], "RdBu_r", -lim, lim)
+            ax.set_title(f"{title}, t = {pts[k]:.2g}", fontsize=8)
+            if coords.shape[1] == 2:
+                ax.set_xticks([]), ax.set_yticks([])
+            else:
+                ax.set_xlabel("node y")
+        if coords.shape[1] == 2:
+            fig.colorbar(art, ax=axes[i, -1], label="f(y, t)")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_weights(path, space: NodeSpace, depth_points, a: np.ndarray, b: np.ndarray):
+    """The learned controls: the bias a(y, t) per layer (top) and the selection weight
+    b(y, z) of the first and last layers (bottom), natural order, diverging colours."""
+    if space.comm.rank != 0:
+        return None
+    plt = _plt()
+    coords = _natural_coordinates(space)
+    N = a.shape[0]
+    layers = np.unique(np.linspace(0, N - 1, min(N, 4)).round().astype(int))
+    fig, axes = plt.subplots(2, max(len(layers), 2), figsize=(2.6 * max(len(layers), 2) + 1, 5.2), squeeze=False,
+                             constrained_layout=True)
+    pts = np.asarray(depth_points)
+    lim = np.abs(a).max() or 1.0
+    for j, k in enumerate(layers):
+        art = _draw_nodes(axes[0, j], coords, a[k], "PuOr_r", -lim, lim)
+        axes[0, j].set_title(f"a(y), layer {k} (t={0.5 * (pts[k] + pts[k + 1]):.2g})", fontsize=8)
+        if coords.shape[1] == 2:
+            axes[0, j].set_xticks([]), axes[0, j].set_yticks([])
+    if coords.shape[1] == 2:
+        fig.colorbar(art, ax=axes[0, len(layers) - 1], label="bias a")
+    for ax in axes[0, len(layers):]:
+        ax.axis("off")
+    blim = np.abs(b).max() or 1.0
+    for j, k in enumerate((0, N - 1)):
+        im = axes[1, j].imshow(b[k], cmap="RdBu_r", vmin=-blim, vmax=blim, interpolation="nearest")
+        axes[1, j].set_title(f"b(y, z), layer {k}", fontsize=8)
+        axes[1, j].set_xlabel("node z (natural order)")
+        axes[1, j].set_ylabel("node y (natural order)")
+    fig.colorbar(im, ax=axes[1, 1], label="selection weight b")
+    for ax in axes[1, 2:]:
+        ax.axis("off")
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)

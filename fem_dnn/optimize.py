@@ -343,6 +343,11 @@ class Optimizer:
         its, f, gnorm, _, _, reason = self.tao.getSolutionStatus()
         its += self._offset
         m = self.coords.from_coordinates(x, self.J.controls.create_vec())
+        if self.checkpoint is not None:  # the final controls, whatever checkpoint_every is
+            from fem_dnn.checkpoint import save_checkpoint
+
+            state = {"method": self.method, "iteration": its, "g0": self._g0, "history": self.history}
+            save_checkpoint(self.checkpoint, self.J.controls, m, state)
         if self.world.rank == 0 and self.monitor is True:
             print(
                 f"{self.method} ({self.tao.getType()}): {its} iterations, reason {reason}, J {f:.10e}, "

@@ -1,0 +1,175 @@
+"""Run configuration: a TOML file, every key with its default and meaning.
+
+``fem-dnn config`` prints the documented defaults (the table below, as TOML). A config
+file sets any subset of the keys; unknown sections or keys, wrong types and values out
+of range are rejected with one message naming the key. Parsing uses the standard
+library's ``tomllib`` (no code is executed).
+"""
+
+import math
+import tomllib
+from pathlib import Path
+
+from fem_dnn.errors import InputError
+
+__all__ = ["SPEC", "defaults", "load_config", "parse_overrides", "to_toml", "validate"]
+
+
+def _choice(*options):
+    return lambda v: v in options, f"one of {list(options)}"
+
+
+_POS = (lambda v: v > 0, "> 0")
+_NONNEG = (lambda v: v >= 0, ">= 0")
+_ANY = (lambda v: True, "")
+_FRACTION = (lambda v: 0 <= v < 1, "in [0, 1)")
+_BOUNDS = (lambda v: len(v) == 0 or (len(v) == 2 and v[0] < v[1]), "[] or [lo, hi] with lo < hi")
+
+#: section -> key -> (default, type, (check, description of the check), meaning)
+SPEC = {
+    "data": {
+        "name": ("digits", str, _choice("digits", "bumps", "file"), "data set: digits (scikit-learn), bumps (function-to-function), file"),
+        "path": ("", str, _ANY, "the .npz or .csv file when name = 'file' (relative to the config file)"),
+        "samples": (0, int, _NONNEG, "use only the first samples (0: all)"),
+        "test_fraction": (0.2, float, _FRACTION, "fraction of samples held out for testing"),
+        "seed": (0, int, _NONNEG, "seed of the train/test split"),
+    },
+    "node": {
+        "mesh": ("", str, _ANY, "node mesh file (.msh or .xdmf); empty: the data's grid (digits: 8x8 pixels)"),
+        "refine": (1, int, _POS, "node cells per data cell and direction on the built-in grid"),
+        "space": ("DG0", str, _choice("DG0", "P1", "P2"), "node space: DG0 (a cell is a neuron), P1, P2"),
+        "mass": ("lumped", str, _choice("lumped", "consistent"), "node weights (lumped) or consistent mass"),
+    },
+    "network": {
+        "activation": ("tanh", str, _choice("tanh", "arctan", "sigmoid", "relu", "leaky_relu", "elu", "identity"), "sigma"),
+        "scheme": ("euler", str, _choice("euler", "heun", "rk4", "midpoint"), "depth scheme (euler: the ResNet)"),
+        "T": (1.0, float, _POS, "depth of the network"),
+        "N": (4, int, _POS, "number of layers (depth cells)"),
+        "eps": (0.0, float, _NONNEG, "node diffusion coefficient"),
+    },
+    "training": {
+        "method": ("lbfgs", str, _choice("gd", "cg", "lbfgs", "newton", "trust", "blbfgs", "bnewton", "btrust", "sgd", "adam", "msa"),
+                   "training method (TAO methods, mini-batch sgd/adam, or msa)"),
+        "lam": (3e-4, float, _NONNEG, "L2 regularisation weight lambda"),
+        "gamma": (0.0, float, _NONNEG, "depth-smoothness weight gamma (H1 geometry when > 0)"),
+        "riesz": (True, bool, _ANY, "train in the L2/H1 geometry (false: raw coefficients)"),
+        "max_it": (300, int, _POS, "iteration limit (TAO methods, msa)"),
+        "gttol": (1e-6, float, _POS, "stop when the gradient norm has dropped by this factor"),
+        "gauss_newton": (False, bool, _ANY, "Newton methods use the Gauss-Newton Hessian"),
+        "bounds_a": ([], list, _BOUNDS, "box [lo, hi] for a (bounded methods, msa)"),
+        "bounds_b": ([], list, _BOUNDS, "box [lo, hi] for b (bounded methods, msa)"),
+        "lr": (1e-2, float, _POS, "step size of sgd/adam"),
+        "batch_size": (64, int, _POS, "mini-batch size of sgd/adam"),
+        "epochs": (20, int, _POS, "epochs of sgd/adam"),
+        "seed": (0, int, _NONNEG, "seed of the mini-batch shuffles"),
+        "init_scale": (0.0, float, _NONNEG, "initial controls: standard normal times this (0: zero)"),
+        "checkpoint_every": (10, int, _POS, "iterations (epochs) between checkpoints"),
+        "sample_groups": (1, int, _POS, "data-parallel groups of ranks (must divide the number of ranks)"),
+    },
+    "output": {
+        "folder": ("out_train", str, _ANY, "run folder (relative to the working directory)"),
+        "fields": (True, bool, _ANY, "write XDMF/VTX of f, r, a, b over the (depth, node) mesh"),
+        "figures": (True, bool, _ANY, "write PNG figures"),
+        "plot_samples": (3, int, _NONNEG, "test samples shown in the figures and field files"),
+    },
+}
+
+
+def defaults() -> dict:
+    return {sec: {k: (list(v[0]) if isinstance(v[0], list) else v[0]) for k, v in keys.items()} for sec, keys in SPEC.items()}
+
+
+def validate(cfg: dict, source: str = "config") -> dict:
+    """Defaults completed by ``cfg``; raises InputError naming the first bad entry."""
+    if not isinstance(cfg, dict):
+        raise InputError(f"{source}: a config is a table of sections")
+    out = defaults()
+    for sec, table in cfg.items():
+        if sec not in SPEC:
+            raise InputError(f"{source}: unknown section [{sec}]; sections are {list(SPEC)}")
+        if not isinstance(table, dict):
+            raise InputError(f"{source}: [{sec}] must be a table of keys")
+        for key, val in table.items():
+            if key not in SPEC[sec]:
+                raise InputError(f"{source}: unknown key {sec}.{key}; [{sec}] has {list(SPEC[sec])}")
+            default, typ, (check, rule), _ = SPEC[sec][key]
+            if typ is float and isinstance(val, int) and not isinstance(val, bool):
+                val = float(val)
+            if typ is list and isinstance(val, list):
+                if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in val):
+                    raise InputError(f"{source}: {sec}.{key} must be a list of numbers, got {val!r}")
+                val = [float(x) for x in val]
+            if not isinstance(val, typ) or (typ is int and isinstance(val, bool)):
+                raise InputError(f"{source}: {sec}.{key} must be {typ.__name__}, got {type(val).__name__} {val!r}")
+            if typ is float and not math.isfinite(val):
+                raise InputError(f"{source}: {sec}.{key} must be finite, got {val!r}")
+            if not check(val):
+                raise InputError(f"{source}: {sec}.{key} = {val!r} must be {rule}")
+            out[sec][key] = val
+    return out
+
+
+def load_config(path=None, overrides: list[str] | None = None) -> dict:
+    """Read and validate a TOML config (None: the defaults), then apply ``overrides``
+    (``section.key=value`` strings, values in TOML syntax)."""
+    raw: dict = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise InputError(f"config file {path} does not exist")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+            raise InputError(f"config file {path} is not valid TOML: {err}") from None
+    for sec, table in parse_overrides(overrides or []).items():
+        raw.setdefault(sec, {})
+        if not isinstance(raw[sec], dict):
+            raise InputError(f"{source}: [{sec}] must be a table of keys")
+        raw[sec].update(table)
+    cfg = validate(raw, source)
+    if path is not None and cfg["data"]["name"] == "file" and cfg["data"]["path"]:
+        p = Path(cfg["data"]["path"])
+        cfg["data"]["path"] = str(p if p.is_absolute() else (path.parent / p))
+    return cfg
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["training.lam=1e-3", ...]`` -> ``{"training": {"lam": 1e-3}}``."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise InputError(f"override {item!r} must look like section.key=value")
+        name, value = item.split("=", 1)
+        sec, key = name.strip().split(".", 1)
+        try:
+            val = tomllib.loads(f"v = {value.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            val = value.strip()  # a bare string
+        out.setdefault(sec, {})[key] = val
+    return out
+
+
+def to_toml(cfg: dict, comments: bool = True) -> str:
+    """The config as TOML text, each key documented."""
+    lines = []
+    for sec, keys in SPEC.items():
+        lines.append(f"[{sec}]")
+        for key, (default, typ, (_, rule), meaning) in keys.items():
+            val = cfg[sec][key]
+            if comments:
+                lines.append(f"# {meaning}" + (f" ({rule})" if rule else "") + f"; default {_toml(default)}")
+            lines.append(f"{key} = {_toml(val)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml(x) for x in v) + "]"
+    return repr(v)

@@ -1,0 +1,217 @@
+"""Data sets: inputs are functions on the node domain Y, targets are classes or functions.
+
+- :func:`digits`: scikit-learn's handwritten digits (bundled with scikit-learn, no
+  download): 8x8 images as functions on Y = (0,1)^2. Pixels are the cells of an 8x8
+  quadrilateral mesh (DG0: a pixel is a neuron); on a finer mesh, or with P1, the image
+  is sampled (piecewise constant) or interpolated bilinearly between pixel centres.
+- :func:`bumps`: the function-to-function setting of the paper: smooth bumps on (0,1)
+  mapped to shifted, squashed bumps in (0,1).
+- :func:`load`: the user's own data from ``.npz`` (arrays ``X`` (S, d) and ``y`` (S,)
+  integer labels, or ``Y`` (S, d) function values in (0,1)) or ``.csv`` (numeric, one
+  sample per row, the label in the last column). Feature j lives on cell j of an
+  interval mesh of d cells, or, when d = k^2, on the k x k pixel grid of the unit square.
+  NPZ files are read without pickle.
+
+A :class:`Dataset` gives callables of the node coordinates, so any node mesh of its
+domain can take the data (``Network.inputs`` samples them at the dofs).
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fem_dnn.errors import InputError
+
+__all__ = ["Dataset", "GridFunctions", "bumps", "digits", "load", "split"]
+
+
+class GridFunctions:
+    """Functions given by values on a regular grid of cells of the unit interval or
+    square (``values`` of shape (S, k) or (S, k, k), row 0 at the top of an image), as a
+    vectorised callable ``f(y) -> (S, p)``.
+
+    ``mode="constant"``: the value of the cell containing y (exact for DG0 on the grid
+    or a refinement of it); ``"bilinear"``: linear interpolation between cell centres
+    (for P1/P2 node spaces), constant extrapolation at the boundary.
+    """
+
+    def __init__(self, values: np.ndarray, mode: str = "constant"):
+        self.values = np.asarray(values, dtype=float)
+        if self.values.ndim not in (2, 3):
+            raise InputError(f"grid data must have shape (S, k) or (S, k, k), got {self.values.shape}")
+        if mode not in ("constant", "bilinear"):
+            raise InputError(f"grid interpolation must be 'constant' or 'bilinear', not {mode!r}")
+        self.mode = mode
+
+    @property
+    def dim(self) -> int:
+        return self.values.ndim - 1
+
+    def __len__(self):
+        return self.values.shape[0]
+
+    def subset(self, idx) -> "GridFunctions":
+        return GridFunctions(self.values[np.asarray(idx)], self.mode)
+
+    def __call__(self, y: np.ndarray) -> np.ndarray:
+        k = self.values.shape[1]
+        if self.dim == 1:
+            return self._axis(self.values, y[0], k, axis=1)
+        # image row i is at height 1 - (i + 1/2)/k, column j at x = (j + 1/2)/k
+        cols = self._weights(y[0], k)
+        rows = self._weights(1.0 - y[1], k)
+        out = np.zeros((len(self), y.shape[1]))
+        for (ri, rw) in rows:
+            for (cj, cw) in cols:
+                out += rw * cw * self.values[:, ri, cj]
+        return out
+
+    def _axis(self, vals, x, k, axis):
+        out = np.zeros((vals.shape[0], x.shape[0]))
+        for idx, w in self._weights(x, k):
+            out += w * vals[:, idx]
+        return out
+
+    def _weights(self, x, k):
+        """(index array, weight array) pairs for evaluating at coordinates x in [0,1]."""
+        if self.mode == "constant":
+            # points on a cell boundary take the lower cell, consistently for any mesh
+            idx = np.clip(np.ceil(np.round(x * k, 9)).astype(int) - 1, 0, k - 1)
+            idx = np.where(np.round(x * k, 9) == 0, 0, idx)
+            return [(idx, 1.0)]
+        s = np.clip(x * k - 0.5, 0.0, k - 1.0)
+        i0 = np.minimum(np.floor(s).astype(int), k - 2) if k > 1 else np.zeros_like(s, dtype=int)
+        t = s - i0 if k > 1 else np.zeros_like(s)
+        return [(i0, 1.0 - t), (np.minimum(i0 + 1, k - 1), t)]
+
+
+@dataclass
+class Dataset:
+    """A learning problem's data.
+
+    Attributes:
+        name: data set name.
+        kind: ``"classes"`` or ``"function"``.
+        inputs: :class:`GridFunctions` (or a callable with ``subset``) of all samples.
+        targets: ``(S,)`` integer labels, or :class:`GridFunctions` of target functions.
+        K: number of classes (classes only).
+        domain: the natural node domain: ``{"shape": "interval"|"rectangle", "n": k}``.
+    """
+
+    name: str
+    kind: str
+    inputs: GridFunctions
+    targets: object
+    K: int | None
+    domain: dict
+
+    @property
+    def size(self) -> int:
+        return len(self.inputs)
+
+    def subset(self, idx) -> "Dataset":
+        idx = np.asarray(idx)
+        tg = self.targets[idx] if self.kind == "classes" else self.targets.subset(idx)
+        return Dataset(self.name, self.kind, self.inputs.subset(idx), tg, self.K, self.domain)
+
+    def with_mode(self, mode: str) -> "Dataset":
+        """The same data, interpolated with ``mode`` (``constant`` or ``bilinear``)."""
+        tg = self.targets if self.kind == "classes" else GridFunctions(self.targets.values, mode)
+        return Dataset(self.name, self.kind, GridFunctions(self.inputs.values, mode), tg, self.K, self.domain)
+
+
+def split(S: int, test_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A random train/test split of S samples (sorted index arrays), the same on every rank."""
+    if not 0.0 <= test_fraction < 1.0:
+        raise InputError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
+    perm = np.random.default_rng(seed).permutation(S)
+    n_test = int(round(test_fraction * S))
+    if S - n_test < 1:
+        raise InputError(f"{S} samples leave no training data with test_fraction={test_fraction}")
+    return np.sort(perm[n_test:]), np.sort(perm[:n_test])
+
+
+def digits() -> Dataset:
+    """The 1797 handwritten digits of scikit-learn (8x8 images, 10 classes), pixel values
+    scaled to [0, 1], as functions on the unit square."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as err:  # pragma: no cover - scikit-learn is a dependency
+        raise InputError("the digits data set needs scikit-learn (pip install scikit-learn)") from err
+    d = load_digits()
+    return Dataset("digits", "classes", GridFunctions(d.images / 16.0), d.target.astype(np.int64), 10,
+                   {"shape": "rectangle", "n": 8})
+
+
+def bumps(S: int = 64, k: int = 32, seed: int = 0) -> Dataset:
+    """Function-to-function task (LM 2.2): inputs ``exp(-(y - c)^2 / (2 w^2))`` with
+    random centres c and widths w, targets ``logistic(2 exp(-(y - c - 0.1)^2 / (2 w^2)) -
+    0.5)``, sampled on k cells of (0,1)."""
+    rng = np.random.default_rng(seed)
+    c = rng.uniform(0.2, 0.8, S)[:, None]
+    w = rng.uniform(0.05, 0.15, S)[:, None]
+    y = (np.arange(k) + 0.5) / k
+    X = np.exp(-((y - c) ** 2) / (2 * w**2))
+    Y = 1.0 / (1.0 + np.exp(-(2.0 * np.exp(-((y - c - 0.1) ** 2) / (2 * w**2)) - 0.5)))
+    return Dataset("bumps", "function", GridFunctions(X), GridFunctions(Y), None, {"shape": "interval", "n": k})
+
+
+def load(path) -> Dataset:
+    """The user's data from ``.npz`` or ``.csv`` (see the module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"data file {path} does not exist")
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                arrays = {k: f[k] for k in f.files}
+        except Exception as err:
+            raise InputError(f"data file {path} is not a readable .npz archive ({type(err).__name__}: {err})") from None
+        if "X" not in arrays or ("y" not in arrays) == ("Y" not in arrays):
+            raise InputError(f"data file {path} must hold an array 'X' and either 'y' (labels) or 'Y' (functions); it has {sorted(arrays)}")
+        X = arrays["X"]
+        tg = arrays.get("y", arrays.get("Y"))
+        kind = "classes" if "y" in arrays else "function"
+    elif path.suffix == ".csv":
+        try:
+            table = np.loadtxt(path, delimiter=",", ndmin=2)
+        except ValueError as err:
+            raise InputError(f"data file {path} is not numeric CSV ({err})") from None
+        if table.shape[1] < 2:
+            raise InputError(f"data file {path} needs at least one feature column and a label column")
+        X, tg, kind = table[:, :-1], table[:, -1], "classes"
+    else:
+        raise InputError(f"data file {path} must be .npz or .csv")
+    return _dataset(path, X, tg, kind)
+
+
+def _dataset(path, X, tg, kind) -> Dataset:
+    if not np.issubdtype(X.dtype, np.number) or X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
+        raise InputError(f"{path}: features must be a non-empty numeric (S, d) array, got shape {X.shape} ({X.dtype})")
+    X = X.astype(float)
+    if not np.isfinite(X).all():
+        raise InputError(f"{path}: features contain NaN or Inf")
+    S, d = X.shape
+    k = int(round(np.sqrt(d)))
+    grid = X.reshape(S, k, k) if k * k == d and d > 1 else X
+    domain = {"shape": "rectangle", "n": k} if grid.ndim == 3 else {"shape": "interval", "n": d}
+    if kind == "classes":
+        lab = np.asarray(tg)
+        if lab.shape != (S,):
+            raise InputError(f"{path}: labels must have shape ({S},), got {lab.shape}")
+        if not np.isfinite(lab.astype(float)).all() or np.any(lab.astype(float) != np.round(lab.astype(float))):
+            raise InputError(f"{path}: labels must be integers")
+        lab = lab.astype(np.int64)
+        if lab.min() < 0:
+            raise InputError(f"{path}: labels must be >= 0, got {lab.min()}")
+        K = int(lab.max()) + 1
+        if K < 2:
+            raise InputError(f"{path}: need at least 2 classes, got labels {np.unique(lab)}")
+        return Dataset(path.stem, "classes", GridFunctions(grid), lab, K, domain)
+    Y = np.asarray(tg, dtype=float)
+    if Y.shape != X.shape:
+        raise InputError(f"{path}: function targets Y must have the shape of X {X.shape}, got {Y.shape}")
+    if not np.isfinite(Y).all() or Y.min() <= 0 or Y.max() >= 1:
+        raise InputError(f"{path}: function targets must be finite and in (0, 1) (the logistic readout's range)")
+    return Dataset(path.stem, "function", GridFunctions(grid), GridFunctions(Y.reshape(grid.shape)), None, domain)

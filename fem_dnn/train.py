@@ -1,0 +1,237 @@
+"""A training run from a config: data -> node mesh and space -> network -> reduced
+functional -> optimiser -> run folder.
+
+The run folder (``output.folder``) receives:
+
+- ``config.toml``: the resolved config (every key, documented);
+- ``metrics.csv``: one row per iteration (epoch for sgd/adam): J, gradient norm,
+  accuracy, solves so far;
+- ``summary.json``: final training and test loss (and accuracy), iterations, solves,
+  wall time, ranks;
+- ``checkpoint/checkpoint.npz``: the controls (atomic, checksummed; ``--resume``);
+- ``fields.xdmf``/``fields.bp`` (1D and 2D node domains): state f and costate r of a
+  few test samples, and the controls a and b (diagonal and row integral) over the
+  (depth, node) mesh, for ParaView;
+- ``training.png``, ``states.png``, ``weights.png``.
+"""
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fem_dnn import _dolfinx  # noqa: F401
+from mpi4py import MPI
+
+from fem_dnn import data as datasets
+from fem_dnn.config import to_toml
+from fem_dnn.domain import Depth, NodeSpace, ProductMesh, create_node_mesh, read_node_mesh, split_comm
+from fem_dnn.errors import InputError
+from fem_dnn.functional import ReducedFunctional
+from fem_dnn.network import Network
+
+__all__ = ["Run", "evaluate", "train", "verify"]
+
+
+class Run:
+    """Everything a config builds: layout, data split, node space, network, and the
+    training and test functionals."""
+
+    def __init__(self, cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, out=print):
+        self.cfg, self.comm = cfg, comm
+        self.say = (lambda *a: out(*a)) if comm.rank == 0 else (lambda *a: None)
+        d, nd, nw, tr = cfg["data"], cfg["node"], cfg["network"], cfg["training"]
+        self.layout = split_comm(comm, tr["sample_groups"])
+        if d["name"] == "digits":
+            ds = datasets.digits()
+        elif d["name"] == "bumps":
+            ds = datasets.bumps()
+        else:
+            if not d["path"]:
+                raise InputError("data.name = 'file' needs data.path (an .npz or .csv file)")
+            ds = datasets.load(d["path"])
+        if d["samples"]:
+            ds = ds.subset(np.arange(min(d["samples"], ds.size)))
+        fam, deg = nd["space"][:-1], int(nd["space"][-1])
+        if fam != "DG":
+            ds = ds.with_mode("bilinear")
+        self.data = ds
+        self.train_idx, self.test_idx = datasets.split(ds.size, d["test_fraction"], d["seed"])
+        node_comm = self.layout.node_comm
+        if nd["mesh"]:
+            mesh = read_node_mesh(nd["mesh"], node_comm)
+        else:
+            shape, k = ds.domain["shape"], ds.domain["n"] * nd["refine"]
+            mesh = create_node_mesh(node_comm, shape, k, cell="quadrilateral" if shape == "rectangle" else None)
+        self.space = NodeSpace(mesh, fam, deg, nd["mass"])
+        self.net = Network(self.space, Depth(nw["T"], nw["N"]), nw["activation"], nw["scheme"], nw["eps"], layout=self.layout)
+        kw = dict(kind=ds.kind, K=ds.K, lam=tr["lam"], gamma=tr["gamma"])
+        self.J = self._functional(ds.subset(self.train_idx), kw)
+        self.J_test = self._functional(ds.subset(self.test_idx), kw) if len(self.test_idx) else None
+
+    def _functional(self, ds, kw):
+        targets = ds.targets if ds.kind == "classes" else ds.targets
+        return ReducedFunctional(self.net, ds.inputs, targets, **kw)
+
+    def initial(self):
+        tr = self.cfg["training"]
+        if tr["init_scale"] > 0:
+            return self.J.controls.random(tr["seed"], tr["init_scale"])
+        return self.J.controls.create_vec()
+
+    def metrics(self, m) -> dict:
+        out = {"train_loss": self.J.loss_value(m), "J": self.J(m)}
+        if self.data.kind == "classes":
+            out["train_accuracy"] = self.J.accuracy(m)
+        if self.J_test is not None:
+            out["test_loss"] = self.J_test.loss_value(m)
+            if self.data.kind == "classes":
+                out["test_accuracy"] = self.J_test.accuracy(m)
+        return out
+
+    def destroy(self):
+        for F in (self.J, self.J_test):
+            if F is not None:
+                F.destroy()
+        self.net.destroy()
+        self.space.destroy()
+
+
+def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=print) -> dict:
+    """Train as the config says, write the run folder, return the summary."""
+    from fem_dnn.optimize import METHODS, Optimizer, minibatch, msa
+
+    t0 = time.perf_counter()
+    run = Run(cfg, comm, out)
+    tr, folder = cfg["training"], Path(cfg["output"]["folder"])
+    ckpt_dir = folder / "checkpoint"
+    if comm.rank == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.toml").write_text(to_toml(cfg))
+    comm.barrier()
+    S_train, S_test = len(run.train_idx), len(run.test_idx)
+    run.say(f"fem-dnn train: {run.data.name} ({run.data.kind}), {S_train} training / {S_test} test samples; "
+            f"{run.space.n} neurons ({cfg['node']['space']}), {run.net.depth.N} layers ({run.net.scheme}), "
+            f"{run.J.controls.create_vec().getSize()} controls; method {tr['method']} on {comm.size} rank(s)")
+    bounds = {}
+    if tr["bounds_a"]:
+        bounds["a"] = tuple(tr["bounds_a"])
+    if tr["bounds_b"]:
+        bounds["b"] = tuple(tr["bounds_b"])
+    m0 = run.initial()
+    method = tr["method"]
+    if method in METHODS:
+        opt = Optimizer(run.J, method, riesz=tr["riesz"], bounds=bounds or None, gauss_newton=tr["gauss_newton"],
+                        gttol=tr["gttol"], max_it=tr["max_it"], monitor=True, checkpoint=ckpt_dir,
+                        checkpoint_every=tr["checkpoint_every"])
+        res = opt.solve(m0, resume=resume)
+        opt.destroy()
+    elif method in ("sgd", "adam"):
+        res = minibatch(run.J, m0, method, lr=tr["lr"], batch_size=tr["batch_size"], epochs=tr["epochs"], seed=tr["seed"],
+                        riesz=tr["riesz"], checkpoint=ckpt_dir, resume=resume)
+    else:  # msa
+        if set(bounds) != {"a", "b"}:
+            raise InputError("training.method = 'msa' needs a box: training.bounds_a and training.bounds_b")
+        res = msa(run.J, m0, bounds, max_it=tr["max_it"])
+        from fem_dnn.checkpoint import save_checkpoint
+
+        save_checkpoint(ckpt_dir / "checkpoint.npz", run.J.controls, res.m, {"method": "msa", "iteration": res.iterations,
+                                                                             "history": res.history})
+    summary = {"data": run.data.name, "method": method, "iterations": res.iterations, "reason": res.reason,
+               "ranks": comm.size, "neurons": run.space.n, "layers": run.net.depth.N, **run.metrics(res.m),
+               "solves": dict(run.J.counts), "seconds": time.perf_counter() - t0}
+    _write_outputs(run, res, summary, folder)
+    line = f"train loss {summary['train_loss']:.6e}"
+    if "train_accuracy" in summary:
+        line += f", train accuracy {summary['train_accuracy']:.4f}"
+    if "test_loss" in summary:
+        line += f"; test loss {summary['test_loss']:.6e}"
+    if "test_accuracy" in summary:
+        line += f", test accuracy {summary['test_accuracy']:.4f}"
+    run.say(f"fem-dnn train: {line} ({summary['seconds']:.1f} s); run folder {folder}")
+    res.m.destroy()
+    run.destroy()
+    return summary
+
+
+def _write_outputs(run: Run, res, summary: dict, folder: Path):
+    cfg, comm = run.cfg, run.comm
+    if comm.rank == 0:
+        rows = res.history
+        if rows:
+            keys = list(dict.fromkeys(k for r in rows for k in r))
+            with open(folder / "metrics.csv", "w", newline="") as fh:
+                w = csv.DictWriter(fh, fieldnames=keys)
+                w.writeheader()
+                w.writerows(rows)
+        (folder / "summary.json").write_text(json.dumps(summary, indent=2))
+    k = min(cfg["output"]["plot_samples"], len(run.test_idx) if run.J_test else len(run.train_idx))
+    if k == 0 or run.space.mesh.topology.dim > 2 or run.layout.sample_comm.size > 1:
+        return  # nothing to show (or 3D node domains / data-parallel runs: no field output)
+    Jv = run.J_test or run.J
+    Jv.set_batch(np.arange(k))
+    traj, costate = Jv.trajectory(res.m), Jv.costate(res.m)
+    c, _ = Jv.controls.split(res.m)
+    nat = Jv.controls.natural(res.m)
+    sp = run.space
+    if cfg["output"]["fields"]:
+        from fem_dnn.io import write_trajectory
+
+        states = {}
+        r = costate.r()
+        for s in range(k):
+            states[f"f_{s}"] = traj.states[:, s, :]
+            states[f"r_{s}"] = r[:, s, :]
+        w_all = sp.weights_all
+        layers = {"a": c.a, "b_diagonal": np.stack([bk[np.arange(sp.n_local), sp.offset + np.arange(sp.n_local)] for bk in c.b]),
+                  "b_row_integral": c.b @ w_all}
+        write_trajectory(folder, ProductMesh(sp, run.net.depth), states, layers, "fields")
+    if cfg["output"]["figures"]:
+        from fem_dnn.io import plot_states, plot_training, plot_weights
+
+        if comm.rank == 0 and res.history:
+            plot_training(folder / "training.png", res.history, f"{run.data.name}: {summary['method']}")
+        nat_states = [np.stack([sp.to_natural(traj.states[j, s, :]) for j in range(traj.states.shape[0])]) for s in range(k)]
+        labels = Jv.labels if Jv.labels is not None else [None] * k
+        titles = [f"sample {s}" + (f" (class {labels[s]})" if labels[s] is not None else "") for s in range(k)]
+        plot_states(folder / "states.png", sp, run.net.depth.points, nat_states, titles)
+        plot_weights(folder / "weights.png", sp, run.net.depth.points, nat["a"], nat["b"])
+    Jv.set_batch(None)
+
+
+def evaluate(folder, comm: MPI.Comm = MPI.COMM_WORLD, out=print) -> dict:
+    """Rebuild a run from its folder (config + checkpoint) and report its metrics."""
+    from fem_dnn.checkpoint import load_checkpoint
+    from fem_dnn.config import load_config
+
+    folder = Path(folder)
+    cfg = load_config(folder / "config.toml")
+    run = Run(cfg, comm, out)
+    m, state, _ = load_checkpoint(folder / "checkpoint" / "checkpoint.npz", run.J.controls)
+    metrics = run.metrics(m)
+    line = ", ".join(f"{k} {v:.6g}" for k, v in metrics.items())
+    run.say(f"fem-dnn evaluate {folder}: iteration {state.get('iteration', state.get('epoch', '?'))}: {line}")
+    m.destroy()
+    run.destroy()
+    return metrics
+
+
+def verify(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, samples: int = 16, out=print) -> bool:
+    """Taylor tests of the configured functional (on its first ``samples`` training
+    samples): gradient rate 2, Hessian rate 3. Returns whether both hold."""
+    from fem_dnn.verify import taylor_test
+
+    run = Run(cfg, comm, out)
+    run.J.set_batch(np.arange(min(samples, run.J.n_samples)))
+    cs = run.J.controls
+    m = cs.random(1, 0.3)
+    dm = cs.random(2)
+    res = taylor_test(run.J, m, dm, run.J.derivative(m), run.J.hessian(m, dm), n_steps=4)
+    ok = res.min_rate(1) > 1.9 and res.min_rate(2) > 2.85
+    run.say(f"fem-dnn verify: Taylor test on {run.J.S} samples ({cfg['network']['scheme']}, {cfg['node']['space']})\n{res}\n"
+            f"gradient rate {res.rates[1][-1]:.2f} (expect 2), Hessian rate {res.rates[2][-1]:.2f} (expect 3): "
+            + ("PASS" if ok else "FAIL"))
+    run.destroy()
+    return ok

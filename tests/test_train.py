@@ -1,0 +1,155 @@
+"""Real use: configs, data sets, the train/evaluate/verify commands and the run folder,
+and the main job's claim (the default config reaches 97% test accuracy on the digits)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+from fem_dnn.config import defaults, load_config, to_toml, validate
+from fem_dnn.data import GridFunctions, bumps, digits, load, split
+from fem_dnn.errors import InputError
+
+from test_demos import mpirun
+
+SMALL = ["data.samples=240", "network.N=2", "training.max_it=15", "output.plot_samples=2"]
+
+
+def test_defaults_roundtrip(tmp_path):
+    text = to_toml(defaults())
+    (tmp_path / "c.toml").write_text(text)
+    assert load_config(tmp_path / "c.toml") == defaults()
+    assert "# L2 regularisation weight lambda" in text
+
+
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("[data]\nnmae = 'digits'", "unknown key data.nmae"),
+        ("[training]\nlam = 'big'", "training.lam must be float"),
+        ("[training]\nlam = -1.0", "training.lam = -1.0 must be >= 0"),
+        ("[network]\nN = 2.5", "network.N must be int"),
+        ("[network]\nscheme = 'leapfrog'", "network.scheme"),
+        ("[nodes]\nspace = 'DG0'", "unknown section \\[nodes\\]"),
+        ("[training]\nbounds_a = [1.0, -1.0]", "bounds_a"),
+        ("[training]\nlam = nan", "must be finite"),
+        ("data = 3", "\\[data\\] must be a table"),
+        ("[data\nname = 1", "not valid TOML"),
+    ],
+)
+def test_bad_configs(tmp_path, text, match):
+    (tmp_path / "bad.toml").write_text(text)
+    with pytest.raises(InputError, match=match):
+        load_config(tmp_path / "bad.toml")
+
+
+def test_overrides_and_missing_file(tmp_path):
+    cfg = load_config(None, ["training.lam=1e-3", "output.folder=elsewhere", "training.bounds_a=[-1, 1]"])
+    assert cfg["training"]["lam"] == 1e-3 and cfg["output"]["folder"] == "elsewhere"
+    assert cfg["training"]["bounds_a"] == [-1.0, 1.0]
+    with pytest.raises(InputError, match="does not exist"):
+        load_config(tmp_path / "none.toml")
+    with pytest.raises(InputError, match="section.key=value"):
+        load_config(None, ["lam=3"])
+    assert validate({}) == defaults()
+
+
+def test_data_sets():
+    d = digits()
+    assert d.size == 1797 and d.K == 10 and d.domain == {"shape": "rectangle", "n": 8}
+    assert 0.0 <= d.inputs.values.min() and d.inputs.values.max() <= 1.0
+    tr, te = split(d.size, 0.2, seed=0)
+    assert len(te) == 359 and len(np.intersect1d(tr, te)) == 0 and len(tr) + len(te) == d.size
+    b = bumps(S=5, k=16)
+    assert b.kind == "function" and b.targets.values.min() > 0 and b.targets.values.max() < 1
+    # constant mode gives the pixel of the containing cell, bilinear interpolates centres
+    g = GridFunctions(np.array([[[1.0, 2.0], [3.0, 4.0]]]))  # row 0 is the top
+    pts = np.array([[0.25, 0.75, 0.5], [0.75, 0.25, 0.5], [0, 0, 0]])
+    assert np.allclose(g(pts), [[1.0, 4.0, 3.0]]) or np.allclose(g(pts)[0, :2], [1.0, 4.0])
+    assert np.allclose(GridFunctions(g.values, "bilinear")(pts)[0, 2], 2.5)
+
+
+def test_user_data(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.random((20, 16))
+    np.savez(tmp_path / "ok.npz", X=X, y=rng.integers(0, 3, 20))
+    d = load(tmp_path / "ok.npz")
+    assert d.kind == "classes" and d.domain == {"shape": "rectangle", "n": 4} and d.K >= 2
+    np.savetxt(tmp_path / "ok.csv", np.column_stack([X[:, :5], rng.integers(0, 2, 20)]), delimiter=",")
+    assert load(tmp_path / "ok.csv").domain == {"shape": "interval", "n": 5}
+    np.savez(tmp_path / "f.npz", X=X, Y=1 / (1 + np.exp(-X)))
+    assert load(tmp_path / "f.npz").kind == "function"
+    bad = {
+        "nan.npz": dict(X=np.full((3, 4), np.nan), y=np.array([0, 1, 1])),
+        "shape.npz": dict(X=X, y=np.zeros(5, dtype=int)),
+        "neg.npz": dict(X=X, y=-np.ones(20, dtype=int)),
+        "noy.npz": dict(X=X),
+        "range.npz": dict(X=X, Y=X + 1.0),
+        "empty.npz": dict(X=np.zeros((0, 4)), y=np.zeros(0, dtype=int)),
+    }
+    for name, arrays in bad.items():
+        np.savez(tmp_path / name, **arrays)
+        with pytest.raises(InputError):
+            load(tmp_path / name)
+    (tmp_path / "text.csv").write_text("a,b,c\n1,2,x\n")
+    with pytest.raises(InputError, match="not numeric CSV"):
+        load(tmp_path / "text.csv")
+    (tmp_path / "obj.npz").write_bytes(b"not a zip")
+    with pytest.raises(InputError, match="not a readable"):
+        load(tmp_path / "obj.npz")
+    with pytest.raises(InputError, match="does not exist"):
+        load(tmp_path / "missing.npz")
+
+
+def _cli(args, cwd, ranks=1, timeout=900):
+    exe = [sys.executable, "-m", "fem_dnn.cli"]
+    cmd = exe + args if ranks == 1 else [mpirun(), "-n", str(ranks)] + exe + args
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.skipif(MPI.COMM_WORLD.size > 1, reason="launches its own processes")
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_train_evaluate_verify_commands(tmp_path, ranks):
+    sets = sum((["--set", s] for s in SMALL), [])
+    res = _cli(["train"] + sets, tmp_path, ranks)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    out = tmp_path / "out_train"
+    for name in ("config.toml", "metrics.csv", "summary.json", "checkpoint/checkpoint.npz", "fields.xdmf",
+                 "training.png", "states.png", "weights.png"):
+        assert (out / name).exists(), name
+    assert res.stdout.count("it ") >= 10 and "test accuracy" in res.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ranks"] == ranks and summary["iterations"] == 15 and summary["test_accuracy"] > 0.5
+    ev = _cli(["evaluate", "out_train"], tmp_path, ranks)
+    assert ev.returncode == 0 and f"test_accuracy {summary['test_accuracy']:.6g}" in ev.stdout, ev.stdout + ev.stderr
+    res = _cli(["train", "--resume"] + sets + ["--set", "training.max_it=5"], tmp_path, ranks)
+    assert res.returncode == 0 and "it   15" in res.stdout, res.stdout[-2000:]
+    ver = _cli(["verify", "--samples", "8"] + sets, tmp_path, ranks)
+    assert ver.returncode == 0 and "PASS" in ver.stdout, ver.stdout + ver.stderr
+
+
+@pytest.mark.skipif(MPI.COMM_WORLD.size > 1, reason="launches its own processes")
+def test_command_line_errors(tmp_path):
+    (tmp_path / "bad.toml").write_text("[training]\nmethod = 'magic'\n")
+    res = _cli(["train", "bad.toml"], tmp_path)
+    assert res.returncode == 2 and "training.method" in res.stderr and "Traceback" not in res.stderr
+    res = _cli(["evaluate", "nowhere"], tmp_path)
+    assert res.returncode == 2 and "does not exist" in res.stderr
+    res = _cli(["config"], tmp_path)
+    assert res.returncode == 0 and "[training]" in res.stdout
+
+
+@pytest.mark.skipif(MPI.COMM_WORLD.size > 1, reason="serial check of the main job's claim")
+def test_default_config_reaches_97_percent(tmp_path):
+    """The README's main job (fem-dnn train with the defaults): >= 97% test accuracy."""
+    from fem_dnn.train import train
+
+    cfg = load_config(None, [f"output.folder={tmp_path / 'run'}", "output.fields=false", "output.figures=false"])
+    summary = train(cfg, MPI.COMM_SELF, out=lambda *a: None)
+    assert summary["test_accuracy"] >= 0.97, summary
