@@ -1,9 +1,11 @@
 # fem_dnn: reproduce everything in a container.
 #
 #   docker build -t fem-dnn .
-#   docker run --rm fem-dnn                   # the main job (./run main: mpirun -n 2)
+#   docker run --rm fem-dnn                   # the main job (./run main: digits, mpirun -n 2)
 #   docker run --rm fem-dnn ./run test        # the whole test suite, serial and MPI
-#   docker run --rm -v "$PWD/out:/fem_dnn/out_forward" fem-dnn   # keep the output
+#   docker run --rm -v "$PWD/out:/fem_dnn/out_train" fem-dnn      # keep the run folder
+#   docker run --rm fem-dnn ./run demo pmp 2  # a demo under mpirun -n 2
+#   docker run --rm fem-dnn .venv/bin/mpirun -n 4 .venv/bin/fem-dnn train --set training.method='"newton"' 
 #
 # The image performs exactly the install steps CI runs (./run setup, called by
 # ./run test): a virtual environment with the dolfinx-solver-real wheel, and the Debian
