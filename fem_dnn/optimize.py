@@ -532,7 +532,7 @@ def minibatch(
     for v in (x, m, g, gx, m1, m2):
         v.destroy()
     last = history[-1]["gnorm"] if history else float("nan")
-    return Result(out, step, 1, f, last, history, dict(J.counts))
+    return Result(out, step, 0, f, last, history, dict(J.counts))  # reason 0: ran its epochs
 
 
 # --------------------------------------------------------------------------- LM §5
@@ -694,7 +694,9 @@ def msa(
     the box (:func:`hamiltonian_minimiser`, no parameter gradients), then the safeguard:
     the step ``m + theta (m_H - m)`` with theta = 1, 1/2, 1/4, ... until J decreases
     (plain MSA can increase J). Stops when no theta >= 2^-10 decreases J, or when the
-    relative decrease falls below ``rtol``. W and mu are not updated by the PMP step.
+    relative decrease falls below ``rtol`` (reason 1); reason 2 when the PMP step gives
+    no descent or returns m itself (a PMP point). ``iterations`` counts accepted steps.
+    W and mu are not updated by the PMP step.
     """
     cs, world = J.controls, J.network.layout.world
     m = m0.copy()
@@ -702,19 +704,28 @@ def msa(
     history, reason, its = [{"iteration": 0, "J": f, "theta": 0.0, **J.counts}], -1, 0
     for its in range(1, max_it + 1):
         mH = hamiltonian_minimiser(J, m, box)
+        d = mH.copy()
+        d.axpy(-1.0, m)
+        da, db, dW, dmu = cs.blocks(d)
+        dW[:], dmu[:] = 0.0, 0.0  # the PMP step changes a and b only
+        moved = world.allreduce(bool(np.any(da != 0) or np.any(db != 0)), op=MPI.LOR)
+        mH.destroy()
+        if not moved:  # m minimises the Hamiltonian: a PMP point
+            d.destroy()
+            reason, its = 2, its - 1
+            break
         theta, trial = 1.0, m.duplicate()
         while theta >= 2.0**-10:
             m.copy(trial)
-            trial.axpy(theta, mH)
-            trial.axpy(-theta, m)
+            trial.axpy(theta, d)
             ft = J(trial)
             if ft < f:
                 break
             theta *= 0.5
-        mH.destroy()
+        d.destroy()
         if theta < 2.0**-10:
             trial.destroy()
-            reason = 2  # no descent along the PMP direction: a PMP point (to the safeguard)
+            reason, its = 2, its - 1  # no descent along the PMP direction (to the safeguard)
             break
         decrease = (f - ft) / max(abs(f), 1e-300)
         trial.copy(m)
