@@ -249,6 +249,9 @@ class Optimizer:
             if ksp is not None:
                 ksp.setType("stcg" if tao_type in ("ntr", "bntr") else "cg")
                 ksp.getPC().setType("none")  # the coordinates are the L2 preconditioner
+                # a singular Hessian (lambda = 0) must not run CG forever: cap the inner
+                # iterations (-<prefix>tao_<type>_ksp_max_it overrides)
+                ksp.setTolerances(max_it=100)
         tao.setFromOptions()
         for key in inserted:
             opts.delValue(key)
