@@ -135,10 +135,29 @@ def test_train_evaluate_verify_commands(tmp_path, ranks):
 
 
 @pytest.mark.skipif(MPI.COMM_WORLD.size > 1, reason="launches its own processes")
-def test_command_line_errors(tmp_path):
-    (tmp_path / "bad.toml").write_text("[training]\nmethod = 'magic'\n")
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("[training]\nmethod = 'magic'\n", "training.method"),  # out of range
+        ("[network]\nlayers = 4\n", "unknown key network.layers"),  # unknown key
+        ("[network]\nN = 'four'\n", "network.N must be int"),  # wrong type
+        ("[data]\nname = 'file'\npath = 'missing.npz'\n", "does not exist"),  # missing file
+        (None, "does not exist"),  # missing config
+    ],
+)
+def test_wrong_config_one_line_exit_2(tmp_path, text, match):
+    """A wrong config stops before any computation with one line naming the problem,
+    exit status 2, no traceback, and nothing written."""
+    if text is not None:
+        (tmp_path / "bad.toml").write_text(text)
     res = _cli(["train", "bad.toml"], tmp_path)
-    assert res.returncode == 2 and "training.method" in res.stderr and "Traceback" not in res.stderr
+    assert res.returncode == 2, res.stderr
+    assert match in res.stderr and "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out_train").exists()
+
+
+@pytest.mark.skipif(MPI.COMM_WORLD.size > 1, reason="launches its own processes")
+def test_command_line_errors(tmp_path):
     res = _cli(["evaluate", "nowhere"], tmp_path)
     assert res.returncode == 2 and "does not exist" in res.stderr
     res = _cli(["config"], tmp_path)
