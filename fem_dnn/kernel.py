@@ -30,16 +30,21 @@ class Kernel:
     def __init__(self, space: NodeSpace):
         self.space = space
 
-    def apply(self, b_local: np.ndarray, F: np.ndarray, MF: np.ndarray | None = None) -> np.ndarray:
-        """``(B_b f)`` for a Fortran ``(n_local, S)`` batch; returns the same layout.
+    def weighted(self, b_local: np.ndarray) -> np.ndarray:
+        """``b M_w``: the kernel coefficients with the measure folded into the columns
+        (diagonal scaling when lumped), so that ``B_b f = (b M_w) f``."""
+        return self.space.mass_columns(b_local)
 
-        ``MF`` is ``M_w f`` when the caller already has it (it is then used instead of F).
-        """
+    def apply(self, b_local: np.ndarray, F: np.ndarray) -> np.ndarray:
+        """``(B_b f)`` for a Fortran ``(n_local, S)`` batch; returns the same layout (a
+        fresh array the caller may overwrite). One Allgatherv of f and one GEMM per rank
+        block with ``b M_w`` (:meth:`weighted`, n^2 work against the GEMM's n^2 S)."""
         sp = self.space
-        blocks = sp.gather(sp.apply_mass(F) if MF is None else MF)
-        out = blocks[0] @ b_local[:, sp.offsets[0] : sp.offsets[1]].T
+        bw = self.weighted(b_local)
+        blocks = sp.gather(np.asfortranarray(F))
+        out = blocks[0] @ bw[:, sp.offsets[0] : sp.offsets[1]].T
         for r in range(1, len(blocks)):
-            out += blocks[r] @ b_local[:, sp.offsets[r] : sp.offsets[r + 1]].T
+            out += blocks[r] @ bw[:, sp.offsets[r] : sp.offsets[r + 1]].T
         return out.T  # (n_local, S), Fortran-ordered view
 
     def apply_transpose(self, b_local: np.ndarray, V: np.ndarray) -> np.ndarray:
@@ -57,12 +62,12 @@ class Kernel:
             part = recv.reshape(S, sp.n_local)
         return sp.apply_mass(np.asfortranarray(part.T))
 
-    def outer(self, Z: np.ndarray, MF: np.ndarray) -> np.ndarray:
-        """``sum_s Z[:, s] (M_w f_s)^T``: the derivative of ``<Z, B_b f>`` with respect to
-        the kernel coefficients b (owned rows, all columns), given ``MF = M_w f``."""
+    def outer(self, Z: np.ndarray, F: np.ndarray) -> np.ndarray:
+        """``sum_s Z[:, s] (M_w f_s)^T = (Z F^T) M_w``: the derivative of ``<Z, B_b f>``
+        with respect to the kernel coefficients b (owned rows, all columns)."""
         sp = self.space
-        blocks = sp.gather(MF)
+        blocks = sp.gather(np.asfortranarray(F))
         out = np.empty((Z.shape[0], sp.n))
         for r, blk in enumerate(blocks):
             out[:, sp.offsets[r] : sp.offsets[r + 1]] = Z @ blk
-        return out
+        return sp.mass_columns(out)

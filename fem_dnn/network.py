@@ -50,11 +50,11 @@ TABLEAU = {
 class Stage:
     """Linearisation data of one stage X of a layer: ``Uq``, the pre-activation
     ``u = a - B_b X`` at the sigma-term quadrature points (nodes when lumped), and
-    ``MX = M_w X``, and ``dsig = sigma'(Uq)``. For a tangent, ``Uq`` and ``MX`` hold
-    their increments."""
+    ``X`` (the stage input itself: for Euler a view of the stored state), and
+    ``dsig = sigma'(Uq)``. For a tangent, ``Uq`` and ``X`` hold their increments."""
 
     Uq: np.ndarray
-    MX: np.ndarray
+    X: np.ndarray
     dsig: np.ndarray | None = None
 
 
@@ -243,8 +243,8 @@ class Network:
         """Stage value g(X) and its linearisation data (u at the quadrature points, M_w X,
         sigma'(u)); without ``linearise`` sigma' is not computed."""
         sp = self.space
-        MX = sp.apply_mass(X)
-        U = c.a[k][:, None] - self.kernel.apply(c.b[k], X, MX)
+        U = self.kernel.apply(c.b[k], X)
+        np.subtract(c.a[k][:, None], U, out=U)
         Uq = sp.quad_values(U)
         sig, dsig = self.sigma.both(Uq) if linearise else (self.sigma.sigma(Uq), None)
         if sp.mass == "lumped" and not cK:
@@ -254,22 +254,21 @@ class Network:
             if cK:
                 L -= cK * sp.apply(sp.K, X)
             G = sp.solve_mass(L)
-        return G, Stage(Uq, MX, dsig)
+        return G, Stage(Uq, X, dsig)
 
     def _g_tangent(self, k, st, dX, c, dc, cK=0.0):
         """``g'(X)[dX, dm]`` at a stage; returns it and the stage's incremental data."""
         sp = self.space
-        dMX = sp.apply_mass(dX)
-        dU = -self.kernel.apply(c.b[k], None, dMX)
+        dU = -self.kernel.apply(c.b[k], dX)
         if dc is not None:
-            dU += dc.a[k][:, None] - self.kernel.apply(dc.b[k], None, st.MX)
+            dU += dc.a[k][:, None] - self.kernel.apply(dc.b[k], st.X)
         dUq = sp.quad_values(dU)
         if sp.mass == "lumped" and not cK:
-            return np.asfortranarray(st.dsig * dUq), Stage(dUq, dMX)
+            return np.asfortranarray(st.dsig * dUq), Stage(dUq, dX)
         L = sp.quad_load(st.dsig * dUq)
         if cK:
             L -= cK * sp.apply(sp.K, dX)
-        return sp.solve_mass(L), Stage(dUq, dMX)
+        return sp.solve_mass(L), Stage(dUq, dX)
 
     def _g_adjoint(self, k, st, kappa, c, grad, cK=0.0):
         """Transpose of g'(X): returns ``g_X^T kappa`` and ``z = Q^T M^{-1} kappa`` (kept
@@ -285,7 +284,7 @@ class Network:
         if cK:
             xi -= cK * sp.apply(sp.K, kappa / sp.weights[:, None] if y is None else y)
         grad.a[k] += zeta.sum(axis=1)
-        grad.b[k] -= self.kernel.outer(zeta, st.MX)
+        grad.b[k] -= self.kernel.outer(zeta, st.X)
         return xi, z
 
     def _g_second(self, k, st, z, dst, c, dc, hess):
@@ -298,7 +297,7 @@ class Network:
         if dc is not None:
             eta -= self.kernel.apply_transpose(dc.b[k], zeta)
         hess.a[k] += zeta2.sum(axis=1)
-        hess.b[k] -= self.kernel.outer(zeta2, st.MX) + self.kernel.outer(zeta, dst.MX)
+        hess.b[k] -= self.kernel.outer(zeta2, st.X) + self.kernel.outer(zeta, dst.X)
         return eta
 
     def _diffuse(self, F: np.ndarray, h: float, theta: float, transpose: bool = False) -> np.ndarray:
@@ -326,10 +325,13 @@ class Network:
             return None, (h, 1.0)
         return (0.5 * h, 0.5), (0.5 * h, 0.5)
 
-    def step(self, k: int, F: np.ndarray, c: Controls, tau: float | None = None, tape: list | None = None) -> np.ndarray:
+    def step(self, k: int, F: np.ndarray, c: Controls, tau: float | None = None, tape: list | None = None,
+             out: np.ndarray | None = None) -> np.ndarray:
         """Advance a batch over (part of) layer k with the network's scheme.
 
-        If ``tape`` is a list, the stages' linearisation data are appended to it.
+        If ``tape`` is a list, the stages' linearisation data are appended to it. The
+        result is written to ``out`` (a Fortran ``(n_local, S)`` array not aliasing F)
+        when given.
         """
         h = self.depth.tau[k] if tau is None else tau
         before, after = self._splitting(h)
@@ -352,10 +354,17 @@ class Network:
                 G.append(Gi)
                 if tape is not None:
                     tape.append(st)
-            for i in range(len(bw)):
-                F = F + (h * bw[i]) * G[i]
+            new = out if (out is not None and not after) else np.empty_like(F, order="F")
+            np.multiply(G[0], h * bw[0], out=new)
+            for i in range(1, len(bw)):
+                new += (h * bw[i]) * G[i]
+            new += F
+            F = new
         if after:
             F = self._diffuse(F, *after)
+        if out is not None and F is not out:
+            out[...] = F
+            return out
         return np.asfortranarray(F)
 
     # ---- linearised (tangent) step, its transpose, and the second-order transpose
@@ -603,11 +612,12 @@ class Network:
         N = self.depth.N
         states = np.empty((N + 1, F.shape[1], F.shape[0]))
         states[0] = F.T
+        F = states[0].T  # each layer writes into the trajectory: the tape's X are views of it
         stages = [] if tape else None
         for k in range(N):
             layer = [] if tape else None
             with np.errstate(over="ignore", invalid="ignore"):  # checked just below
-                F = self.step(k, F, controls, tape=layer)
+                F = self.step(k, F, controls, tape=layer, out=states[k + 1].T)
             if tape:
                 stages.append(layer)
             ok = self.layout.world.allreduce(bool(np.isfinite(F).all()), op=MPI.LAND)
@@ -617,7 +627,6 @@ class Network:
                     f"activation {self.sigma.name} may grow exponentially: reduce T, the controls or the data",
                     layer=k,
                 )
-            states[k + 1] = F.T
         return Trajectory(self, controls, states, stages)
 
     # ------------------------------------------------------------------ derivatives
@@ -759,12 +768,11 @@ class Network:
         terminal costate ``lam_T = M r(T)`` (MODEL.md §3: ``r(z,T) = int gO W(., z)``)
         and the readout part of the derivative (sums over this rank's samples)."""
         sp = self.space
-        MF = sp.apply_mass(F)
         if r.kind == "classes":
             lam = sp.apply_mass(np.asfortranarray(r.W.T @ gO))
-            return lam, Readout("classes", gO @ MF.T, gO.sum(axis=1))
+            return lam, Readout("classes", gO @ sp.apply_mass(F).T, gO.sum(axis=1))
         lam = self.kernel.apply_transpose(r.W, gO)
-        return np.asfortranarray(lam), Readout("function", self.kernel.outer(gO, MF), gO.sum(axis=1))
+        return np.asfortranarray(lam), Readout("function", self.kernel.outer(gO, F), gO.sum(axis=1))
 
     def readout_second(self, F, dF, r: Readout, dr: Readout, gO) -> tuple[np.ndarray, np.ndarray]:
         """Second-order cross terms of the bilinear readout (W, f) -> int W f, with gO
@@ -773,7 +781,7 @@ class Network:
         sp = self.space
         if r.kind == "classes":
             return sp.apply_mass(np.asfortranarray(dr.W.T @ gO)), gO @ sp.apply_mass(dF).T
-        return np.asfortranarray(self.kernel.apply_transpose(dr.W, gO)), self.kernel.outer(gO, sp.apply_mass(dF))
+        return np.asfortranarray(self.kernel.apply_transpose(dr.W, gO)), self.kernel.outer(gO, dF)
 
     def predict(self, F: np.ndarray, r: Readout) -> np.ndarray:
         """``C_pre = h(O)``: softmax over classes, or logistic for function outputs."""

@@ -645,7 +645,6 @@ def hamiltonian_minimiser(J: ReducedFunctional, m: PETSc.Vec, box: dict, inner_i
         tau = net.depth.tau[k]
         F = np.asfortranarray(traj.state(k))  # (n_local, S)
         L = np.asfortranarray(costate.lam[k + 1].T)
-        MF = sp.apply_mass(F)
         if one_sample:
             rs = L[:, 0]  # lam = M r: the sign of r
             f_all = np.concatenate(sp.gather(F), axis=1)[0]  # f_k in global dof order
@@ -659,12 +658,12 @@ def hamiltonian_minimiser(J: ReducedFunctional, m: PETSc.Vec, box: dict, inner_i
             continue
 
         def H_and_grad(a, b):
-            U = a[:, None] - kern.apply(b, None, MF)
+            U = a[:, None] - kern.apply(b, F)
             s, ds = sig.both(U)
             val = tau * float(np.sum(L * s)) + 0.5 * lam_reg * tau * float(np.sum(w * a * a) + np.sum(w[:, None] * b * b * sp.weights_all))
             Z = tau * ds * L
             ga = Z.sum(axis=1) + lam_reg * tau * w * a
-            gb = -kern.outer(Z, MF) + lam_reg * tau * w[:, None] * b * sp.weights_all
+            gb = -kern.outer(Z, F) + lam_reg * tau * w[:, None] * b * sp.weights_all
             return sp.comm.allreduce(val), ga, gb
 
         a, b = A[k], B[k]
