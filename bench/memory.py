@@ -1,0 +1,72 @@
+"""Peak memory of one gradient against the stored trajectory plus the controls.
+
+Prints one table, per depth scheme: the memory a gradient adds to the process (peak
+resident set during the gradient minus the resident set before it, Linux VmHWM/VmRSS)
+divided by the size of the stored trajectory ((N+1) S n doubles) plus the controls.
+Each case runs in a fresh process.
+
+    python bench/memory.py [--n 256] [--N 32] [--S 1797]
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+
+
+def _status(key):
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def worker(n, N, S, scheme):
+    import fem_dnn  # noqa: F401
+    import numpy as np
+    from mpi4py import MPI
+
+    from fem_dnn.domain import Depth, NodeSpace, create_node_mesh
+    from fem_dnn.functional import ReducedFunctional
+    from fem_dnn.network import Network
+
+    space = NodeSpace(create_node_mesh(MPI.COMM_SELF, "interval", n), "DG", 0)
+    net = Network(space, Depth(1.0, N), "tanh", scheme)
+    rng = np.random.default_rng(0)
+    J = ReducedFunctional(net, rng.standard_normal((S, n)), rng.integers(0, 10, S), "classes", K=10)
+    m = J.controls.random(0, 0.3)
+    before = _status("VmRSS")
+    J.derivative(m)
+    peak = _status("VmHWM")
+    traj = (N + 1) * S * n * 8
+    controls = m.getSize() * 8
+    print(json.dumps({"added": peak - before, "trajectory": traj, "controls": controls}))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=256)
+    p.add_argument("--N", type=int, default=32)
+    p.add_argument("--S", type=int, default=1797)
+    p.add_argument("--worker", nargs=4)
+    args = p.parse_args()
+    if args.worker:
+        n, N, S, scheme = args.worker
+        return worker(int(n), int(N), int(S), scheme)
+    print(f"peak memory of a gradient, DG0 n={args.n} N={args.N} S={args.S}, one rank")
+    print("| scheme | trajectory MB | controls MB | gradient adds MB | ratio to trajectory + controls |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for scheme in ("euler", "heun", "rk4", "midpoint"):
+        res = subprocess.run([sys.executable, __file__, "--worker", str(args.n), str(args.N), str(args.S), scheme],
+                             capture_output=True, text=True)
+        if res.returncode != 0:
+            sys.exit(res.stderr[-2000:])
+        r = json.loads(res.stdout.strip().splitlines()[-1])
+        base = r["trajectory"] + r["controls"]
+        print(f"| {scheme} | {r['trajectory'] / 2**20:.1f} | {r['controls'] / 2**20:.1f} | {r['added'] / 2**20:.1f} | "
+              f"{r['added'] / base:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
