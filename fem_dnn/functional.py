@@ -179,6 +179,23 @@ class ControlSpace:
         sp = self.space
         a, b, W, mu = self.blocks(x.array_r)
         oa, ob, oW, omu = self.blocks(out)
+        if sp.mass == "lumped" and np.count_nonzero(depth - np.diag(np.diag(depth))) == 0:
+            # diagonal in depth and nodes: an elementwise scaling, no copies of b
+            w, w_all, dd = sp.weights[: sp.n_local], sp.weights_all, np.diag(depth)
+            if inverse:
+                w, w_all = 1.0 / w, 1.0 / w_all
+            np.multiply(a, dd[:, None] * w, out=oa)
+            np.multiply(b, dd[:, None, None] * w[None, :, None], out=ob)
+            ob *= w_all
+            if self.kind == "classes":
+                np.multiply(W, readout_scale * w, out=oW)
+                if mu.size:
+                    omu[:] = readout_scale * mu
+            else:
+                np.multiply(W, readout_scale * w[:, None], out=oW)
+                oW *= w_all
+                np.multiply(mu, readout_scale * w, out=omu)
+            return out
         rows = (lambda X: sp.solve_mass(np.asfortranarray(X))) if inverse else (lambda X: sp.apply_mass(np.asfortranarray(X)))
         N, nl, n = b.shape
         oa[:] = depth @ rows(a.T).T
@@ -281,6 +298,7 @@ class _Point:
     J: float
     costate: object = None
     dual: PETSc.Vec | None = None
+    Rm: PETSc.Vec | None = None
 
 
 class ReducedFunctional:
@@ -374,22 +392,31 @@ class ReducedFunctional:
         same = p is not None and p.m.shape == arr.shape and np.array_equal(p.m, arr)
         same = self.network.layout.world.allreduce(same, op=MPI.LAND)
         if not same:
+            self.destroy()  # the previous point's Vecs
             c, r = self.controls.split(m)
             net = self.network
             traj = net.forward(self.F0, c, tape=True)
             self.counts["forward"] += 1
             O = net.readout(traj.final, r)
             J = self.network.layout.world.allreduce(self.loss.value(O, self.C, net.space)) / self.S
-            J += 0.5 * self._reg_dot(m)
+            Rm = self._reg(m)
+            J += 0.5 * (m.dot(Rm) if Rm is not None else 0.0)
             p = self._point = _Point(arr.copy(), traj, r, O, self.loss.grad(O, self.C, net.space) / self.S, J)
+            p.Rm = Rm
         if costate and p.costate is None:
             self._costate(m, p)
         return p
 
-    def _reg_dot(self, m):
+    def _reg(self, m):
+        """``(lambda L2 + gamma D_t^T D_t) m`` (None without regularisation)."""
         if self.lam == 0 and self.gamma == 0:
+            return None
+        return self.controls.regularisation_operator(self.lam, self.gamma, m)
+
+    def _reg_dot(self, m):
+        Rm = self._reg(m)
+        if Rm is None:
             return 0.0
-        Rm = self.controls.regularisation_operator(self.lam, self.gamma, m)
         val = m.dot(Rm)
         Rm.destroy()
         return val
@@ -408,10 +435,8 @@ class ReducedFunctional:
         costate, dc = net.costate(p.traj, lam_T)
         self.counts["costate"] += 1
         dual = self._reduce(dc, dr, self.controls.create_vec())
-        if self.lam or self.gamma:
-            R = self.controls.regularisation_operator(self.lam, self.gamma, m)
-            dual.axpy(1.0, R)
-            R.destroy()
+        if p.Rm is not None:
+            dual.axpy(1.0, p.Rm)
         _finite(dual, "gradient")
         p.costate, p.dual = costate, dual
 
@@ -483,8 +508,10 @@ class ReducedFunctional:
         return self.network.layout.sample_comm.allreduce(right) / self.S
 
     def destroy(self):
-        if self._point is not None and self._point.dual is not None:
-            self._point.dual.destroy()
+        if self._point is not None:
+            for v in (self._point.dual, self._point.Rm):
+                if v is not None:
+                    v.destroy()
         self._point = None
 
 
