@@ -22,7 +22,7 @@ def _status(key):
     return 0
 
 
-def worker(n, N, S, scheme):
+def worker(n, N, S, scheme, every=0):
     import fem_dnn  # noqa: F401
     import numpy as np
     from mpi4py import MPI
@@ -34,7 +34,8 @@ def worker(n, N, S, scheme):
     space = NodeSpace(create_node_mesh(MPI.COMM_SELF, "interval", n), "DG", 0)
     net = Network(space, Depth(1.0, N), "tanh", scheme)
     rng = np.random.default_rng(0)
-    J = ReducedFunctional(net, rng.standard_normal((S, n)), rng.integers(0, 10, S), "classes", K=10)
+    J = ReducedFunctional(net, rng.standard_normal((S, n)), rng.integers(0, 10, S), "classes", K=10,
+                          checkpoint_every=every or None)
     m = J.controls.random(0, 0.3)
     before = _status("VmRSS")
     J.derivative(m)
@@ -49,23 +50,27 @@ def main():
     p.add_argument("--n", type=int, default=256)
     p.add_argument("--N", type=int, default=32)
     p.add_argument("--S", type=int, default=1797)
-    p.add_argument("--worker", nargs=4)
+    p.add_argument("--every", type=int, default=0, help="also with depth checkpointing every k levels (0: sqrt(N))")
+    p.add_argument("--worker", nargs=5)
     args = p.parse_args()
     if args.worker:
-        n, N, S, scheme = args.worker
-        return worker(int(n), int(N), int(S), scheme)
+        n, N, S, scheme, every = args.worker
+        return worker(int(n), int(N), int(S), scheme, int(every))
     print(f"peak memory of a gradient, DG0 n={args.n} N={args.N} S={args.S}, one rank")
-    print("| scheme | trajectory MB | controls MB | gradient adds MB | ratio to trajectory + controls |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+    every = args.every or max(int(round(args.N**0.5)), 1)
+    print("| scheme | storage | trajectory MB | controls MB | gradient adds MB | ratio to trajectory + controls |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
     for scheme in ("euler", "heun", "rk4", "midpoint"):
-        res = subprocess.run([sys.executable, __file__, "--worker", str(args.n), str(args.N), str(args.S), scheme],
-                             capture_output=True, text=True)
-        if res.returncode != 0:
-            sys.exit(res.stderr[-2000:])
-        r = json.loads(res.stdout.strip().splitlines()[-1])
-        base = r["trajectory"] + r["controls"]
-        print(f"| {scheme} | {r['trajectory'] / 2**20:.1f} | {r['controls'] / 2**20:.1f} | {r['added'] / 2**20:.1f} | "
-              f"{r['added'] / base:.2f} |", flush=True)
+        for k in (0, every):
+            res = subprocess.run([sys.executable, __file__, "--worker", str(args.n), str(args.N), str(args.S), scheme, str(k)],
+                                 capture_output=True, text=True)
+            if res.returncode != 0:
+                sys.exit(res.stderr[-2000:])
+            r = json.loads(res.stdout.strip().splitlines()[-1])
+            base = r["trajectory"] + r["controls"]
+            label = "full tape" if k == 0 else f"checkpoint every {k}"
+            print(f"| {scheme} | {label} | {r['trajectory'] / 2**20:.1f} | {r['controls'] / 2**20:.1f} | "
+                  f"{r['added'] / 2**20:.1f} | {r['added'] / base:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

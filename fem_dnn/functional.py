@@ -299,6 +299,7 @@ class _Point:
     costate: object = None
     dual: PETSc.Vec | None = None
     Rm: PETSc.Vec | None = None
+    full: tuple | None = None  # (trajectory, costate) with the whole tape (checkpointing)
 
 
 class ReducedFunctional:
@@ -317,6 +318,10 @@ class ReducedFunctional:
         gamma: depth-smoothness weight gamma >= 0.
         riesz: ``"l2"`` or ``"h1"`` (default: h1 when gamma > 0).
         h1_length: length of the H1 term (default sqrt(gamma/lambda) when both > 0, else T).
+        checkpoint_every: depth checkpointing for gradients (keep the states every k
+            levels, recompute the rest in the costate solve; the same gradients, one
+            extra forward solve). Hessian actions then rebuild the full tape once per
+            point.
     """
 
     def __init__(
@@ -330,10 +335,12 @@ class ReducedFunctional:
         gamma: float = 0.0,
         riesz: str | None = None,
         h1_length: float | None = None,
+        checkpoint_every: int | None = None,
     ):
         if not (np.isfinite(lam) and lam >= 0 and np.isfinite(gamma) and gamma >= 0):
             raise InputError(f"lambda and gamma must be finite and >= 0, got {lam!r}, {gamma!r}")
         self.network, self.lam, self.gamma = network, float(lam), float(gamma)
+        self.checkpoint_every = checkpoint_every
         self._point = None
         # every sample group keeps all samples (node-local); the active ones (all, or a
         # mini-batch) are split between the groups, so results do not depend on the layout
@@ -395,7 +402,8 @@ class ReducedFunctional:
             self.destroy()  # the previous point's Vecs
             c, r = self.controls.split(m)
             net = self.network
-            traj = net.forward(self.F0, c, tape=True)
+            ck = self.checkpoint_every
+            traj = net.forward(self.F0, c, tape=ck is None, checkpoint_every=ck)
             self.counts["forward"] += 1
             O = net.readout(traj.final, r)
             J = self.network.layout.world.allreduce(self.loss.value(O, self.C, net.space)) / self.S
@@ -466,9 +474,16 @@ class ReducedFunctional:
         p = self._at(m, costate=True)
         dc, dr = self.controls.split(dm)
         r = p.readout
-        tan = net.tangent(p.traj, dc)
+        traj, costate = p.traj, p.costate
+        if traj.tape is None:  # depth checkpointing: the Hessian needs the whole tape
+            if p.full is None:
+                full = net.forward(self.F0, traj.controls, tape=True)
+                lam_T, _ = net.readout_adjoint(full.final, r, p.gO)
+                p.full = (full, net.costate(full, lam_T)[0])
+            traj, costate = p.full
+        tan = net.tangent(traj, dc)
         self.counts["incremental_forward"] += 1
-        FT, dFT = p.traj.final, tan.final
+        FT, dFT = traj.final, tan.final
         dO = net.readout_tangent(FT, dFT, r, dr)
         HdO = self.loss.hess(p.O, self.C, dO, net.space, gauss_newton) / self.S
         dlam_T, hr = net.readout_adjoint(FT, r, HdO)
@@ -476,7 +491,7 @@ class ReducedFunctional:
             eta_F, eta_W = net.readout_second(FT, dFT, r, dr, p.gO)
             dlam_T = dlam_T + eta_F
             hr.W = hr.W + eta_W
-        _, hc = net.costate_incremental(p.traj, p.costate, tan, dlam_T, gauss_newton)
+        _, hc = net.costate_incremental(traj, costate, tan, dlam_T, gauss_newton)
         self.counts["incremental_costate"] += 1
         out = self._reduce(hc, hr, out or self.controls.create_vec())
         if self.lam or self.gamma:

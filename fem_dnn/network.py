@@ -110,6 +110,7 @@ class Trajectory:
     states: np.ndarray
     tape: list | None = None
     extra: dict = field(default_factory=dict)
+    levels: list | None = None  # depth checkpointing: the levels of ``states``
 
     def state(self, k: int) -> np.ndarray:
         return self.states[k].T
@@ -598,11 +599,16 @@ class Network:
             self._lin = None
 
     # ------------------------------------------------------------------ forward solve
-    def forward(self, f_I, controls: Controls, tape: bool = False) -> Trajectory:
+    def forward(self, f_I, controls: Controls, tape: bool = False, checkpoint_every: int | None = None) -> Trajectory:
         """Solve the state equation from the input f_I through all N layers.
 
         With ``tape=True`` the stages' linearisation data are kept (``traj.tape[k]``), as
         the costate and incremental solves need them.
+
+        With ``checkpoint_every=k`` (depth checkpointing, a memory budget) only the states
+        at the depth levels 0, k, 2k, ..., N are kept (``traj.levels``) and no tape: the
+        costate solve recomputes each segment's states and tape from its checkpoint
+        (one extra forward solve in all), with results identical to the stored ones.
 
         Raises:
             NonFiniteError: on every rank, naming the first layer whose output is not
@@ -610,6 +616,8 @@ class Network:
         """
         F = f_I if isinstance(f_I, np.ndarray) and f_I.ndim == 2 and f_I.flags.f_contiguous and f_I.shape[0] == self.space.n_local else self.inputs(f_I)
         N = self.depth.N
+        if checkpoint_every is not None:
+            return self._forward_checkpointed(F, controls, int(checkpoint_every))
         states = np.empty((N + 1, F.shape[1], F.shape[0]))
         states[0] = F.T
         F = states[0].T  # each layer writes into the trajectory: the tape's X are views of it
@@ -620,14 +628,49 @@ class Network:
                 F = self.step(k, F, controls, tape=layer, out=states[k + 1].T)
             if tape:
                 stages.append(layer)
-            ok = self.layout.world.allreduce(bool(np.isfinite(F).all()), op=MPI.LAND)
-            if not ok:
-                raise NonFiniteError(
-                    f"the state is not finite after layer {k} (depth t={self.depth.points[k + 1]:g}); "
-                    f"activation {self.sigma.name} may grow exponentially: reduce T, the controls or the data",
-                    layer=k,
-                )
+            self._check_layer(k, F)
         return Trajectory(self, controls, states, stages)
+
+    def _check_layer(self, k, F):
+        ok = self.layout.world.allreduce(bool(np.isfinite(F).all()), op=MPI.LAND)
+        if not ok:
+            raise NonFiniteError(
+                f"the state is not finite after layer {k} (depth t={self.depth.points[k + 1]:g}); "
+                f"activation {self.sigma.name} may grow exponentially: reduce T, the controls or the data",
+                layer=k,
+            )
+
+    def _forward_checkpointed(self, F, controls, every):
+        N = self.depth.N
+        if every < 1:
+            raise InputError(f"checkpoint_every must be >= 1, got {every}")
+        levels = sorted(set(range(0, N + 1, every)) | {N})
+        store = np.empty((len(levels), F.shape[1], F.shape[0]))
+        work = np.empty((2, F.shape[1], F.shape[0]))
+        store[0] = F.T
+        F = store[0].T
+        for k in range(N):
+            with np.errstate(over="ignore", invalid="ignore"):
+                F = self.step(k, F, controls, out=work[k % 2].T)
+            self._check_layer(k, F)
+            if k + 1 in levels:
+                store[levels.index(k + 1)] = F.T
+        traj = Trajectory(self, controls, store, None)
+        traj.levels = levels
+        return traj
+
+    def _segment(self, traj, s0, s1):
+        """States and tape of layers s0..s1-1 recomputed from the checkpoint at level s0."""
+        c = traj.controls
+        states = np.empty((s1 - s0 + 1,) + traj.states.shape[1:])
+        states[0] = traj.states[traj.levels.index(s0)]
+        F = states[0].T
+        tapes = []
+        for k in range(s0, s1):
+            layer = []
+            F = self.step(k, F, c, tape=layer, out=states[k - s0 + 1].T)
+            tapes.append(layer)
+        return tapes
 
     # ------------------------------------------------------------------ derivatives
     def zero_controls(self) -> Controls:
@@ -658,10 +701,20 @@ class Network:
         Returns the costate and ``dPhi/dm`` for the layer controls (dual, Euclidean
         coefficients; sums over this rank's samples).
         """
-        _need_tape(traj)
         c, N = traj.controls, self.depth.N
         grad = self.zero_controls()
         lam = np.asfortranarray(lam_T)
+        if traj.levels is not None:  # depth checkpointing: recompute segment by segment
+            lams = np.empty_like(traj.states)
+            lams[-1] = lam.T
+            for i in reversed(range(len(traj.levels) - 1)):
+                s0, s1 = traj.levels[i], traj.levels[i + 1]
+                tapes = self._segment(traj, s0, s1)
+                for k in reversed(range(s0, s1)):
+                    lam, _ = self._step_adjoint(k, tapes[k - s0], lam, c, grad)
+                lams[i] = lam.T
+            return Costate(self, lams, None, traj.levels), grad
+        _need_tape(traj)
         lams = np.empty_like(traj.states)
         lams[N] = lam.T
         zs = [None] * N
@@ -838,7 +891,8 @@ class Costate:
 
     network: "Network"
     lam: np.ndarray
-    z: list
+    z: list | None
+    levels: list | None = None  # depth checkpointing: lam is kept at these levels only
 
     def r(self, k: int | None = None) -> np.ndarray:
         """Node values of the costate r = M^{-1} lam: ``(N+1, S, n_local)`` or at level k."""
