@@ -33,6 +33,8 @@ class Activation:
         dsigma_from: optional ``(s, sigma(s)) -> sigma'(s)`` that reuses sigma(s) (tanh:
             ``1 - sigma^2``, logistic: ``sigma (1 - sigma)``), so the forward solve can
             keep sigma' for the costate at the price of a multiplication.
+        from_sigma: optional ``sigma(s) -> (sigma'(s), sigma''(s))``: when present the
+            forward tape keeps sigma(u) alone (tanh and logistic).
     """
 
     name: str
@@ -42,6 +44,7 @@ class Activation:
     ufl: Callable
     lipschitz: float
     dsigma_from: Callable | None = None
+    from_sigma: Callable | None = None
 
     def both(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(sigma(s), sigma'(s))``, sharing work where the activation allows it."""
@@ -84,6 +87,7 @@ ACTIVATIONS: dict[str, Activation] = {
         ufl.tanh,
         1.0,
         lambda s, v: 1.0 - v * v,
+        lambda v: (1.0 - v * v, -2.0 * v * (1.0 - v * v)),
     ),
     "arctan": Activation(
         "arctan",
@@ -96,6 +100,7 @@ ACTIVATIONS: dict[str, Activation] = {
     "sigmoid": Activation(
         "sigmoid", _logistic, _dlogistic, _d2logistic, lambda s: 1.0 / (1.0 + ufl.exp(-s)), 0.25,
         lambda s, v: v * (1.0 - v),
+        lambda v: (v * (1.0 - v), v * (1.0 - v) * (1.0 - 2.0 * v)),
     ),
     "relu": Activation(
         "relu",

@@ -53,9 +53,10 @@ class Stage:
     ``X`` (the stage input itself: for Euler a view of the stored state), and
     ``dsig = sigma'(Uq)``. For a tangent, ``Uq`` and ``X`` hold their increments."""
 
-    Uq: np.ndarray
+    Uq: np.ndarray | None
     X: np.ndarray
     dsig: np.ndarray | None = None
+    sig: np.ndarray | None = None  # kept instead of Uq and dsig when sigma' follows from sigma
 
 
 @dataclass
@@ -247,7 +248,8 @@ class Network:
         U = self.kernel.apply(c.b[k], X)
         np.subtract(c.a[k][:, None], U, out=U)
         Uq = sp.quad_values(U)
-        sig, dsig = self.sigma.both(Uq) if linearise else (self.sigma.sigma(Uq), None)
+        compact = linearise and self.sigma.from_sigma is not None
+        sig, dsig = self.sigma.both(Uq) if linearise and not compact else (self.sigma.sigma(Uq), None)
         if sp.mass == "lumped" and not cK:
             G = np.asfortranarray(sig)
         else:
@@ -255,7 +257,15 @@ class Network:
             if cK:
                 L -= cK * sp.apply(sp.K, X)
             G = sp.solve_mass(L)
+        if compact:  # tanh, logistic: sigma(u) alone gives sigma' and sigma''
+            return G, Stage(None, X, None, sig)
         return G, Stage(Uq, X, dsig)
+
+    def _dsig(self, st):
+        return st.dsig if st.sig is None else self.sigma.from_sigma(st.sig)[0]
+
+    def _d2sig(self, st):
+        return self.sigma.d2sigma(st.Uq) if st.sig is None else self.sigma.from_sigma(st.sig)[1]
 
     def _g_tangent(self, k, st, dX, c, dc, cK=0.0):
         """``g'(X)[dX, dm]`` at a stage; returns it and the stage's incremental data."""
@@ -265,8 +275,8 @@ class Network:
             dU += dc.a[k][:, None] - self.kernel.apply(dc.b[k], st.X)
         dUq = sp.quad_values(dU)
         if sp.mass == "lumped" and not cK:
-            return np.asfortranarray(st.dsig * dUq), Stage(dUq, dX)
-        L = sp.quad_load(st.dsig * dUq)
+            return np.asfortranarray(self._dsig(st) * dUq), Stage(dUq, dX)
+        L = sp.quad_load(self._dsig(st) * dUq)
         if cK:
             L -= cK * sp.apply(sp.K, dX)
         return sp.solve_mass(L), Stage(dUq, dX)
@@ -280,7 +290,7 @@ class Network:
         else:
             y = sp.solve_mass(kappa)
             z = sp.quad_load_T(y)
-        zeta = sp.quad_values_T(st.dsig * z)
+        zeta = sp.quad_values_T(self._dsig(st) * z)
         xi = -self.kernel.apply_transpose(c.b[k], zeta)
         if cK:
             xi -= cK * sp.apply(sp.K, kappa / sp.weights[:, None] if y is None else y)
@@ -292,8 +302,9 @@ class Network:
         """Second-order term: the derivative of ``g_X^T kappa`` and ``g_m^T kappa`` (kappa
         fixed, given through z) along the tangent (dX, dm); adds the m part to ``hess``."""
         sp = self.space
-        zeta = sp.quad_values_T(st.dsig * z)
-        zeta2 = sp.quad_values_T(self.sigma.d2sigma(st.Uq) * dst.Uq * z)
+        dsig, d2sig = (self._dsig(st), self._d2sig(st)) if st.sig is None else self.sigma.from_sigma(st.sig)
+        zeta = sp.quad_values_T(dsig * z)
+        zeta2 = sp.quad_values_T(d2sig * dst.Uq * z)
         eta = -self.kernel.apply_transpose(c.b[k], zeta2)
         if dc is not None:
             eta -= self.kernel.apply_transpose(dc.b[k], zeta)
@@ -537,7 +548,7 @@ class Network:
             self._lin = (self._midpoint_ksp(S), S)
         ksp = self._lin[0]
         ctx = ksp.getOperators()[0].getPythonContext().ctx
-        ctx.update(k=k, dsig=st.dsig, c=c, h=h, transpose=transpose)
+        ctx.update(k=k, dsig=self._dsig(st), c=c, h=h, transpose=transpose)
         b, x = ksp.getOperators()[0].createVecs()
         b.array.reshape(S, sp.n_local).T[:] = rhs
         scale = b.norm()
