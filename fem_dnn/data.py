@@ -57,7 +57,7 @@ class GridFunctions:
     def __call__(self, y: np.ndarray) -> np.ndarray:
         k = self.values.shape[1]
         if self.dim == 1:
-            return self._axis(self.values, y[0], k, axis=1)
+            return self._axis(self.values, y[0], k)
         # image row i is at height 1 - (i + 1/2)/k, column j at x = (j + 1/2)/k
         cols = self._weights(y[0], k)
         rows = self._weights(1.0 - y[1], k)
@@ -67,7 +67,7 @@ class GridFunctions:
                 out += rw * cw * self.values[:, ri, cj]
         return out
 
-    def _axis(self, vals, x, k, axis):
+    def _axis(self, vals, x, k):
         out = np.zeros((vals.shape[0], x.shape[0]))
         for idx, w in self._weights(x, k):
             out += w * vals[:, idx]
@@ -78,7 +78,6 @@ class GridFunctions:
         if self.mode == "constant":
             # points on a cell boundary take the lower cell, consistently for any mesh
             idx = np.clip(np.ceil(np.round(x * k, 9)).astype(int) - 1, 0, k - 1)
-            idx = np.where(np.round(x * k, 9) == 0, 0, idx)
             return [(idx, 1.0)]
         s = np.clip(x * k - 0.5, 0.0, k - 1.0)
         i0 = np.minimum(np.floor(s).astype(int), k - 2) if k > 1 else np.zeros_like(s, dtype=int)

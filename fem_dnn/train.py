@@ -72,8 +72,7 @@ class Run:
         self.J_test = self._functional(ds.subset(self.test_idx), kw) if len(self.test_idx) else None
 
     def _functional(self, ds, kw):
-        targets = ds.targets if ds.kind == "classes" else ds.targets
-        return ReducedFunctional(self.net, ds.inputs, targets, **kw)
+        return ReducedFunctional(self.net, ds.inputs, ds.targets, **kw)
 
     def initial(self):
         tr = self.cfg["training"]
