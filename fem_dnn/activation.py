@@ -35,6 +35,8 @@ class Activation:
             keep sigma' for the costate at the price of a multiplication.
         from_sigma: optional ``sigma(s) -> (sigma'(s), sigma''(s))``: when present the
             forward tape keeps sigma(u) alone (tanh and logistic).
+        sigma_out: optional ``(s, out) -> out`` computing sigma(s) into ``out`` (which
+            may be s itself) without temporaries of the batch's size.
     """
 
     name: str
@@ -45,6 +47,14 @@ class Activation:
     lipschitz: float
     dsigma_from: Callable | None = None
     from_sigma: Callable | None = None
+    sigma_out: Callable | None = None
+
+    def evaluate(self, s: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """sigma(s) written into ``out`` (may be ``s``); returns ``out``."""
+        if self.sigma_out is not None:
+            return self.sigma_out(s, out)
+        out[...] = self.sigma(s)
+        return out
 
     def both(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(sigma(s), sigma'(s))``, sharing work where the activation allows it."""
@@ -52,8 +62,27 @@ class Activation:
         return val, (self.dsigma(s) if self.dsigma_from is None else self.dsigma_from(s, val))
 
 
+def _tanh(s, out=None):
+    """tanh as ``2 / (1 + exp(-2 s)) - 1``, in place on one temporary.
+
+    numpy's exp is vectorised (SIMD) and its tanh is not: this form costs about 40% of
+    ``np.tanh`` on large batches, where tanh would otherwise cost as much as the layer's
+    GEMM. The absolute error is at most a few ulp of 1 (about 4e-16, the tests check
+    it), which is what the state update ``f + tau sigma(u)`` resolves anyway; relative
+    accuracy for tiny |s| is not kept. exp(-2s) overflows to inf for s < -354 and
+    gives exactly -1; the form is exactly 0 at 0 and +-1 in the tails.
+    """
+    t = np.multiply(s, -2.0, out=out)
+    with np.errstate(over="ignore"):
+        np.exp(t, out=t)
+    t += 1.0
+    np.divide(2.0, t, out=t)
+    t -= 1.0
+    return t
+
+
 def _logistic(s):
-    return 0.5 * (1.0 + np.tanh(0.5 * s))  # overflow-free form of 1/(1+exp(-s))
+    return 0.5 * (1.0 + _tanh(0.5 * s))  # overflow-free form of 1/(1+exp(-s))
 
 
 def _dlogistic(s):
@@ -81,13 +110,14 @@ def _d2elu(s):
 ACTIVATIONS: dict[str, Activation] = {
     "tanh": Activation(
         "tanh",
-        np.tanh,
-        lambda s: 1.0 - np.tanh(s) ** 2,
-        lambda s: -2.0 * np.tanh(s) * (1.0 - np.tanh(s) ** 2),
+        _tanh,
+        lambda s: 1.0 - _tanh(s) ** 2,
+        lambda s: -2.0 * _tanh(s) * (1.0 - _tanh(s) ** 2),
         ufl.tanh,
         1.0,
         lambda s, v: 1.0 - v * v,
         lambda v: (1.0 - v * v, -2.0 * v * (1.0 - v * v)),
+        _tanh,
     ),
     "arctan": Activation(
         "arctan",

@@ -249,7 +249,10 @@ class Network:
         np.subtract(c.a[k][:, None], U, out=U)
         Uq = sp.quad_values(U)
         compact = linearise and self.sigma.from_sigma is not None
-        sig, dsig = self.sigma.both(Uq) if linearise and not compact else (self.sigma.sigma(Uq), None)
+        if linearise and not compact:
+            sig, dsig = self.sigma.both(Uq)
+        else:  # u is not kept: sigma(u) overwrites it
+            sig, dsig = self.sigma.evaluate(Uq, out=Uq), None
         if sp.mass == "lumped" and not cK:
             G = np.asfortranarray(sig)
         else:
