@@ -2,8 +2,10 @@
 
 Prints one table, per depth scheme: the memory a gradient adds to the process (peak
 resident set during the gradient minus the resident set before it, Linux VmHWM/VmRSS)
-divided by the size of the stored trajectory ((N+1) S n doubles) plus the controls.
-Each case runs in a fresh process.
+divided by the size of the trajectory ((N+1) S n doubles) plus the controls, and divided
+by what the forward solve stores (``Trajectory.nbytes``: the states, or only the
+checkpointed levels, plus the tape the costate needs: one sigma(u) per stage, and the
+stage inputs of Heun and RK4) plus the controls. Each case runs in a fresh process.
 
     python bench/memory.py [--n 256] [--N 32] [--S 1797]
 """
@@ -42,7 +44,8 @@ def worker(n, N, S, scheme, every=0):
     peak = _status("VmHWM")
     traj = (N + 1) * S * n * 8
     controls = m.getSize() * 8
-    print(json.dumps({"added": peak - before, "trajectory": traj, "controls": controls}))
+    stored = J.trajectory(m).nbytes  # what the forward solve keeps: states (or checkpoints) + tape
+    print(json.dumps({"added": peak - before, "trajectory": traj, "controls": controls, "stored": stored}))
 
 
 def main():
@@ -58,8 +61,9 @@ def main():
         return worker(int(n), int(N), int(S), scheme, int(every))
     print(f"peak memory of a gradient, DG0 n={args.n} N={args.N} S={args.S}, one rank")
     every = args.every or max(int(round(args.N**0.5)), 1)
-    print("| scheme | storage | trajectory MB | controls MB | gradient adds MB | ratio to trajectory + controls |")
-    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    print("| scheme | storage | trajectory MB | stored (states + tape) MB | controls MB | gradient adds MB | "
+          "ratio to trajectory + controls | ratio to stored + controls |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for scheme in ("euler", "heun", "rk4", "midpoint"):
         for k in (0, every):
             res = subprocess.run([sys.executable, __file__, "--worker", str(args.n), str(args.N), str(args.S), scheme, str(k)],
@@ -69,8 +73,9 @@ def main():
             r = json.loads(res.stdout.strip().splitlines()[-1])
             base = r["trajectory"] + r["controls"]
             label = "full tape" if k == 0 else f"checkpoint every {k}"
-            print(f"| {scheme} | {label} | {r['trajectory'] / 2**20:.1f} | {r['controls'] / 2**20:.1f} | "
-                  f"{r['added'] / 2**20:.1f} | {r['added'] / base:.2f} |", flush=True)
+            print(f"| {scheme} | {label} | {r['trajectory'] / 2**20:.1f} | {r['stored'] / 2**20:.1f} | "
+                  f"{r['controls'] / 2**20:.1f} | {r['added'] / 2**20:.1f} | {r['added'] / base:.2f} | "
+                  f"{r['added'] / (r['stored'] + r['controls']):.2f} |", flush=True)
 
 
 if __name__ == "__main__":

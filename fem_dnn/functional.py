@@ -411,8 +411,8 @@ class ReducedFunctional:
             J += 0.5 * (m.dot(Rm) if Rm is not None else 0.0)
             p = self._point = _Point(arr.copy(), traj, r, O, self.loss.grad(O, self.C, net.space) / self.S, J)
             p.Rm = Rm
-        if costate and p.costate is None:
-            self._costate(m, p)
+        if costate == "full" and p.costate is None or costate and p.dual is None:
+            self._costate(m, p, keep=costate == "full")
         return p
 
     def _reg(self, m):
@@ -437,16 +437,21 @@ class ReducedFunctional:
                 comm.Allreduce(MPI.IN_PLACE, arr, op=MPI.SUM)
         return self.controls.join(c, r, out)
 
-    def _costate(self, m, p):
+    def _costate(self, m, p, keep):
+        """The costate solve and the derivative. A gradient keeps only the current
+        layer's costate (``keep=False``); the Hessian and :meth:`costate` need all of
+        it, and solve again if the gradient came first."""
         net = self.network
         lam_T, dr = net.readout_adjoint(p.traj.final, p.readout, p.gO)
-        costate, dc = net.costate(p.traj, lam_T)
+        costate, dc = net.costate(p.traj, lam_T, keep=keep)
         self.counts["costate"] += 1
-        dual = self._reduce(dc, dr, self.controls.create_vec())
-        if p.Rm is not None:
-            dual.axpy(1.0, p.Rm)
-        _finite(dual, "gradient")
-        p.costate, p.dual = costate, dual
+        p.costate = costate
+        if p.dual is None:
+            dual = self._reduce(dc, dr, self.controls.create_vec())
+            if p.Rm is not None:
+                dual.axpy(1.0, p.Rm)
+            _finite(dual, "gradient")
+            p.dual = dual
 
     # ---- public API
     def __call__(self, m: PETSc.Vec) -> float:
@@ -471,13 +476,15 @@ class ReducedFunctional:
         gives the Gauss-Newton approximation (no second derivatives of the network or of
         the bilinear readout; the loss Hessian is kept)."""
         net = self.network
-        p = self._at(m, costate=True)
+        p = self._at(m)
         dc, dr = self.controls.split(dm)
         r = p.readout
-        traj, costate = p.traj, p.costate
-        if traj.tape is None:  # depth checkpointing: the Hessian needs the whole tape
+        if p.traj.tape is not None:
+            p = self._at(m, costate="full")
+            traj, costate = p.traj, p.costate
+        else:  # depth checkpointing: the Hessian needs the whole tape
             if p.full is None:
-                full = net.forward(self.F0, traj.controls, tape=True)
+                full = net.forward(self.F0, p.traj.controls, tape=True)
                 lam_T, _ = net.readout_adjoint(full.final, r, p.gO)
                 p.full = (full, net.costate(full, lam_T)[0])
             traj, costate = p.full
@@ -508,7 +515,7 @@ class ReducedFunctional:
 
     def costate(self, m: PETSc.Vec):
         """The costate at m (:class:`fem_dnn.network.Costate`; ``.r()`` gives r)."""
-        return self._at(m, costate=True).costate
+        return self._at(m, costate="full").costate
 
     def loss_value(self, m: PETSc.Vec) -> float:
         """Mean loss without the regularisation."""

@@ -120,6 +120,20 @@ class Trajectory:
     def final(self) -> np.ndarray:
         return self.states[-1].T
 
+    @property
+    def nbytes(self) -> int:
+        """Memory this rank holds for the trajectory: the stored states and the tape's
+        arrays (views of the states, such as Euler's stage inputs, counted once)."""
+        seen, total = set(), self.states.nbytes
+        for layer in self.tape or []:
+            for st in layer:
+                for arr in (st.Uq, st.X, st.dsig, st.sig):
+                    if arr is None or id(arr) in seen or np.shares_memory(arr, self.states):
+                        continue
+                    seen.add(id(arr))
+                    total += arr.nbytes
+        return total
+
     def natural(self, k: int = -1) -> np.ndarray:
         """``(S_total, n)`` state at depth level k in natural node order, all samples."""
         net = self.network
@@ -708,34 +722,39 @@ class Network:
             dtape.append(dst)
         return Trajectory(self, dc, states, dtape)
 
-    def costate(self, traj: Trajectory, lam_T: np.ndarray) -> tuple["Costate", Controls]:
+    def costate(self, traj: Trajectory, lam_T: np.ndarray, keep: bool = True) -> tuple["Costate | None", Controls]:
         """Costate (discrete adjoint) solve backward in depth from ``lam_T = dPhi/df(T)``
         (a dual vector: ``M r(T)``), the exact transpose of the forward scheme.
 
         Returns the costate and ``dPhi/dm`` for the layer controls (dual, Euclidean
-        coefficients; sums over this rank's samples).
+        coefficients; sums over this rank's samples). With ``keep=False`` only the
+        current layer's costate is held (a gradient needs no more) and None is returned
+        in place of the costate.
         """
         c, N = traj.controls, self.depth.N
         grad = self.zero_controls()
         lam = np.asfortranarray(lam_T)
-        if traj.levels is not None:  # depth checkpointing: recompute segment by segment
-            lams = np.empty_like(traj.states)
+        lams = zs = None
+        if keep:
+            lams = np.empty((len(traj.levels) if traj.levels is not None else N + 1,) + traj.states.shape[1:])
             lams[-1] = lam.T
+        if traj.levels is not None:  # depth checkpointing: recompute segment by segment
             for i in reversed(range(len(traj.levels) - 1)):
                 s0, s1 = traj.levels[i], traj.levels[i + 1]
                 tapes = self._segment(traj, s0, s1)
                 for k in reversed(range(s0, s1)):
                     lam, _ = self._step_adjoint(k, tapes[k - s0], lam, c, grad)
-                lams[i] = lam.T
-            return Costate(self, lams, None, traj.levels), grad
+                if keep:
+                    lams[i] = lam.T
+            return (Costate(self, lams, None, traj.levels) if keep else None), grad
         _need_tape(traj)
-        lams = np.empty_like(traj.states)
-        lams[N] = lam.T
-        zs = [None] * N
+        if keep:
+            zs = [None] * N
         for k in reversed(range(N)):
-            lam, zs[k] = self._step_adjoint(k, traj.tape[k], lam, c, grad)
-            lams[k] = lam.T
-        return Costate(self, lams, zs), grad
+            lam, z = self._step_adjoint(k, traj.tape[k], lam, c, grad)
+            if keep:
+                lams[k], zs[k] = lam.T, z
+        return (Costate(self, lams, zs) if keep else None), grad
 
     def costate_incremental(
         self, traj: Trajectory, costate: "Costate", tangent: Trajectory, dlam_T: np.ndarray, gauss_newton: bool = False
