@@ -48,10 +48,11 @@ class Kernel:
         return out.T  # (n_local, S), Fortran-ordered view
 
     def apply_transpose(self, b_local: np.ndarray, V: np.ndarray) -> np.ndarray:
-        """``(B_b^T v)_j = (M_w b^T v)_j``: the adjoint of :meth:`apply` in the Euclidean
-        pairing of coefficient vectors (one GEMM, one Reduce_scatter)."""
+        """``(B_b^T v)_j = ((b M_w)^T v)_j``: the adjoint of :meth:`apply` in the Euclidean
+        pairing of coefficient vectors (one GEMM with :meth:`weighted` b, one
+        Reduce_scatter); returns a fresh array."""
         sp = self.space
-        part = np.ascontiguousarray(V.T) @ b_local  # (S, n): rank's contribution to b^T v
+        part = np.ascontiguousarray(V.T) @ self.weighted(b_local)  # (S, n): rank's part of (b M_w)^T v
         S = V.shape[1]
         if sp.comm.size > 1:
             send = np.concatenate(
@@ -60,7 +61,7 @@ class Kernel:
             recv = np.empty(sp.n_local * S)
             sp.comm.Reduce_scatter(send, recv, recvcounts=list(sp.counts * S), op=MPI.SUM)
             part = recv.reshape(S, sp.n_local)
-        return sp.apply_mass(np.asfortranarray(part.T))
+        return part.T  # (n_local, S), Fortran-ordered
 
     def outer(self, Z: np.ndarray, F: np.ndarray) -> np.ndarray:
         """``sum_s Z[:, s] (M_w f_s)^T = (Z F^T) M_w``: the derivative of ``<Z, B_b f>``

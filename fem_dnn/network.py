@@ -279,7 +279,7 @@ class Network:
         return G, Stage(Uq, X, dsig)
 
     def _dsig(self, st):
-        return st.dsig if st.sig is None else self.sigma.from_sigma(st.sig)[0]
+        return st.dsig if st.sig is None else self.sigma.dsigma_from(None, st.sig)
 
     def _d2sig(self, st):
         return self.sigma.d2sigma(st.Uq) if st.sig is None else self.sigma.from_sigma(st.sig)[1]
@@ -307,8 +307,13 @@ class Network:
         else:
             y = sp.solve_mass(kappa)
             z = sp.quad_load_T(y)
-        zeta = sp.quad_values_T(self._dsig(st) * z)
-        xi = -self.kernel.apply_transpose(c.b[k], zeta)
+        if st.sig is None:
+            dz = st.dsig * z
+        else:  # sigma' from sigma(u): a fresh array
+            dz = self.sigma.dsigma_from(None, st.sig)
+            dz *= z
+        zeta = sp.quad_values_T(dz)
+        xi = self.kernel.apply_transpose(-c.b[k], zeta)  # -B_b^T zeta, B linear in b
         if cK:
             xi -= cK * sp.apply(sp.K, kappa / sp.weights[:, None] if y is None else y)
         grad.a[k] += zeta.sum(axis=1)
@@ -468,8 +473,10 @@ class Network:
                 if soa:
                     xi = xi + self._g_second(k, stages[i], zs[i], dstages[i], c, dc, grad)
                 xis[i] = xi
-            for xi in xis:
-                lam = lam + xi
+            for xi in xis[1:]:
+                xis[0] += xi
+            xis[0] += lam  # the xi are fresh arrays
+            lam = xis[0]
         if before:
             lam = self._diffuse(lam, *before, transpose=True)
         return np.asfortranarray(lam), out_z
