@@ -371,7 +371,17 @@ def _read_verified(path: Path) -> tuple[dict, dict]:
         raise InputError(f"checkpoint {path} is {what}")
     try:
         with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
+            data = {}
+            for k in z.files:
+                try:
+                    data[k] = z[k]
+                except ValueError as e:
+                    if "allow_pickle" not in str(e):
+                        raise
+                    raise InputError(f"checkpoint {path} holds an object array {k!r}: pickled Python objects "
+                                     "are never unpickled") from None
+    except InputError:
+        raise
     except Exception as e:  # BadZipFile, bad CRC, EOFError, a damaged .npy header, zlib.error...
         raise InputError(f"checkpoint {path} is truncated or corrupt ({_describe_exception(e)})") from e
     missing = [k for k in ("meta", "checksum") if k not in data]

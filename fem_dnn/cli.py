@@ -11,17 +11,34 @@ the run folder; ``evaluate`` reports a run folder's metrics from its checkpoint;
 ``verify`` runs Taylor tests of the configured functional; ``forward`` solves the state
 equation alone. Everything runs the same under ``mpirun -n N``. Arguments starting with a
 single dash are PETSc options (``-fem_dnn_tao_monitor``, ``-fem_dnn_tao_type nls``).
-Bad input stops with one message and exit status 2.
+Bad input stops with one message (printed by rank 0) and exit status 2: wrong
+arguments, configs, data, meshes, checkpoints and ``forward`` expressions alike.
 """
 
 import argparse
+import ast
 import sys
 
 __all__ = ["main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (on rank 0 only) and exit status 2."""
+
+    def error(self, message):
+        _say_error(f"{' '.join(message.split())} (see {self.prog} --help)")
+        sys.exit(2)
+
+
+def _say_error(message: str):
+    from mpi4py import MPI  # after fem_dnn (the package imports _dolfinx first)
+
+    if MPI.COMM_WORLD.rank == 0:
+        print(f"fem-dnn: error: {message}", file=sys.stderr, flush=True)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fem-dnn", description=__doc__.split("\n\n")[0])
+    p = _Parser(prog="fem-dnn", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train on a config (default: digits) and write the run folder")
     t.add_argument("config", nargs="?", help="TOML config file (default: the built-in defaults)")
@@ -52,15 +69,65 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _expr(text, names):
+_FUNCTIONS = ("sin", "cos", "exp", "tanh", "sqrt", "abs", "ones_like")
+_NODES = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Call, ast.Name, ast.Constant, ast.Load,
+          ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow, ast.Mod, ast.USub, ast.UAdd)
+
+
+def _expr(text: str, option: str, names):
+    """The ``forward`` expression ``text`` of command-line ``option`` as a function of
+    the keyword arrays ``names``: arithmetic (+ - * / ** %), numbers, ``pi`` and the
+    functions sin, cos, exp, tanh, sqrt, abs, ones_like only; nothing else is evaluated.
+
+    Raises:
+        InputError: naming the option, for anything else, or an evaluation that fails.
+    """
     import numpy as np
 
-    env = {k: getattr(np, k) for k in ("sin", "cos", "exp", "tanh", "pi", "sqrt", "abs", "ones_like")}
+    from fem_dnn.errors import InputError
+
+    allowed = f"use numbers, {', '.join(names)}, pi, + - * / ** % and {', '.join(_FUNCTIONS)}"
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError as e:
+        raise InputError(f"{option} {text!r} is not an expression ({e.msg}); {allowed}") from None
+    called = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id in _FUNCTIONS and id(node) not in called:
+            raise InputError(f"{option} {text!r}: {node.id} is a function, write {node.id}(...); {allowed}")
+        if isinstance(node, ast.Call):
+            if not isinstance(node.func, ast.Name) or node.keywords:
+                raise InputError(f"{option} {text!r}: only plain calls f(...) are allowed; {allowed}")
+            if node.func.id not in _FUNCTIONS:
+                raise InputError(f"{option} {text!r}: unknown name {node.func.id!r}; {allowed}")
+        elif isinstance(node, ast.Name) and node.id not in (*names, "pi", *_FUNCTIONS):
+            raise InputError(f"{option} {text!r}: unknown name {node.id!r}; {allowed}")
+        elif isinstance(node, ast.Constant) and (isinstance(node.value, bool) or not isinstance(node.value, (int, float))):
+            raise InputError(f"{option} {text!r}: the constant {node.value!r} is not allowed; {allowed}")
+        elif not isinstance(node, _NODES):
+            raise InputError(f"{option} {text!r}: {type(node).__name__} is not allowed; {allowed}")
+    code = compile(tree, f"<{option}>", "eval")
+    env = {k: getattr(np, k) for k in (*_FUNCTIONS, "pi")}
 
     def fn(**kw):
-        return eval(compile(text, "<expression>", "eval"), {"__builtins__": {}}, {**env, **kw})
+        try:
+            with np.errstate(all="ignore"):
+                return np.asarray(eval(code, {"__builtins__": {}}, {**env, **kw}), dtype=float)
+        except Exception as e:  # ZeroDivisionError, OverflowError, ... : the same on every rank
+            raise InputError(f"{option} {text!r}: {' '.join(str(e).split()) or type(e).__name__}") from None
 
     return fn
+
+
+def _finite(comm, option: str, text: str, values):
+    """Every rank raises if ``values`` is not finite on some rank."""
+    import numpy as np
+    from mpi4py import MPI
+
+    from fem_dnn.errors import InputError
+
+    if not comm.allreduce(bool(np.isfinite(values).all()), op=MPI.LAND):
+        raise InputError(f"{option} {text!r} is not finite (NaN or Inf) at some node")
 
 
 def main(argv=None) -> int:
@@ -85,7 +152,7 @@ def main(argv=None) -> int:
     import numpy as np
 
     from fem_dnn.domain import Depth, NodeSpace, ProductMesh, create_node_mesh, read_node_mesh
-    from fem_dnn.errors import FemDnnError
+    from fem_dnn.errors import FemDnnError, InputError
     from fem_dnn.io import write_trajectory
     from fem_dnn.network import Network
 
@@ -93,20 +160,29 @@ def main(argv=None) -> int:
     if args.command != "forward":
         return _run(args, comm)
     try:
+        fI = _expr(args.input, "--input", ("x", "y", "z"))
+        fa = _expr(args.bias, "--bias", ("x", "y", "z", "t"))
+        fb = _expr(args.weight, "--weight", ("x", "y", "xz", "yz", "t"))
         mesh = read_node_mesh(args.mesh, comm) if args.mesh else create_node_mesh(comm, args.shape, args.n)
         fam, deg = args.space[:-1], int(args.space[-1])
         space = NodeSpace(mesh, fam, deg, args.mass)
         net = Network(space, Depth(args.T, args.N), args.activation, args.scheme, args.eps)
-        fI, fa, fb = _expr(args.input, "xyz"), _expr(args.bias, "xyzt"), _expr(args.weight, "")
         ones = lambda y: np.ones(y.shape[1])  # noqa: E731
-        c = net.controls(
-            a=lambda y, t: fa(x=y[0], y=y[1], z=y[2], t=t) * ones(y),
-            b=lambda y, z, t: np.broadcast_to(
-                fb(x=y[0][:, None], y=y[1][:, None], xz=z[0][None, :], yz=z[1][None, :], t=t),
-                (y.shape[1], z.shape[1]),
-            ),
-        )
-        traj = net.forward(lambda y: fI(x=y[0], y=y[1], z=y[2]) * ones(y), c)
+        try:  # net.controls refuses non-finite a (the bias) or b (the weight) on every rank
+            c = net.controls(
+                a=lambda y, t: fa(x=y[0], y=y[1], z=y[2], t=t) * ones(y),
+                b=lambda y, z, t: np.broadcast_to(
+                    fb(x=y[0][:, None], y=y[1][:, None], xz=z[0][None, :], yz=z[1][None, :], t=t),
+                    (y.shape[1], z.shape[1]),
+                ),
+            )
+        except InputError as e:
+            if str(e).startswith("--"):
+                raise
+            raise InputError(f"--bias {args.bias!r} (controls a), --weight {args.weight!r} (controls b): {e}") from None
+        f_I = lambda y: fI(x=y[0], y=y[1], z=y[2]) * ones(y)  # noqa: E731
+        _finite(comm, "--input", args.input, space.interpolate(f_I))
+        traj = net.forward(f_I, c)
         written = []
         if mesh.topology.dim < 3:
             written = write_trajectory(args.out, ProductMesh(space, net.depth), {"f": traj.states[:, 0, :]}, {"a": c.a})
@@ -115,9 +191,9 @@ def main(argv=None) -> int:
             print(f"fem-dnn forward: {space.n} neurons, {net.depth.N} layers, scheme {args.scheme}: "
                   f"||f(T)||_L2 = {nrm:.6e}; wrote {', '.join(map(str, written)) or 'nothing (3D node domain)'}")
         net.destroy(), space.destroy()
-    except (FemDnnError, SyntaxError, NameError, TypeError) as e:
+    except FemDnnError as e:
         if comm.rank == 0:
-            print(f"fem-dnn: error: {e}", file=sys.stderr)
+            print(f"fem-dnn: error: {_one_line(e)}", file=sys.stderr)
         return 2
     return 0
 
@@ -146,8 +222,12 @@ def _run(args, comm) -> int:
         return 0 if verify(load_config(args.config, args.set), comm, args.samples) else 1
     except FemDnnError as e:
         if comm.rank == 0:
-            print(f"fem-dnn: error: {e}", file=sys.stderr)
+            print(f"fem-dnn: error: {_one_line(e)}", file=sys.stderr)
         return 2
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
 
 
 if __name__ == "__main__":

@@ -1,12 +1,22 @@
 """Run configuration: a TOML file, every key with its default and meaning.
 
 ``fem-dnn config`` prints the documented defaults (the table below, as TOML). A config
-file sets any subset of the keys; unknown sections or keys, wrong types and values out
-of range are rejected with one message naming the key. Parsing uses the standard
-library's ``tomllib`` (no code is executed).
+file sets any non-empty subset of the keys (leave the file out to run with the
+defaults: an empty file, or one with comments only, is refused as a likely mistake);
+unknown sections or keys, wrong types and values out of range are rejected with one
+message naming the file (or ``--set``) and the key. Parsing uses the standard library's
+``tomllib`` (no code is executed).
+
+Paths: ``data.path`` and ``node.mesh`` are input files, relative to the config file
+when set there and to the working directory when set with ``--set``; they are stored
+absolute in the resolved config (the run folder's ``config.toml``), so ``fem-dnn
+evaluate`` finds them from anywhere. ``output.folder`` (relative to the working
+directory) is the only place a run writes: the file names inside it are fixed
+(``config.toml``, ``checkpoint/checkpoint.npz``, ...), no config key names them.
 """
 
 import math
+import os
 import tomllib
 from pathlib import Path
 
@@ -24,18 +34,20 @@ _NONNEG = (lambda v: v >= 0, ">= 0")
 _ANY = (lambda v: True, "")
 _FRACTION = (lambda v: 0 <= v < 1, "in [0, 1)")
 _BOUNDS = (lambda v: len(v) == 0 or (len(v) == 2 and v[0] < v[1]), "[] or [lo, hi] with lo < hi")
+_PATH = (lambda v: "\0" not in v, "a path without NUL characters")
+_FOLDER = (lambda v: v.strip() != "" and "\0" not in v, "a non-empty path")
 
 #: section -> key -> (default, type, (check, description of the check), meaning)
 SPEC = {
     "data": {
         "name": ("digits", str, _choice("digits", "bumps", "file"), "data set: digits (scikit-learn), bumps (function-to-function), file"),
-        "path": ("", str, _ANY, "the .npz or .csv file when name = 'file' (relative to the config file)"),
+        "path": ("", str, _PATH, "the .npz or .csv file when name = 'file' (relative to the config file)"),
         "samples": (0, int, _NONNEG, "use only the first samples (0: all)"),
         "test_fraction": (0.2, float, _FRACTION, "fraction of samples held out for testing"),
         "seed": (0, int, _NONNEG, "seed of the train/test split"),
     },
     "node": {
-        "mesh": ("", str, _ANY, "node mesh file (.msh or .xdmf); empty: the data's grid (digits: 8x8 pixels)"),
+        "mesh": ("", str, _PATH, "node mesh file (.msh or .xdmf, relative to the config file); empty: the data's grid (digits: 8x8 pixels)"),
         "refine": (1, int, _POS, "node cells per data cell and direction on the built-in grid"),
         "space": ("DG0", str, _choice("DG0", "P1", "P2"), "node space: DG0 (a cell is a neuron), P1, P2"),
         "mass": ("lumped", str, _choice("lumped", "consistent"), "node weights (lumped) or consistent mass"),
@@ -67,7 +79,7 @@ SPEC = {
         "sample_groups": (1, int, _POS, "data-parallel groups of ranks (must divide the number of ranks)"),
     },
     "output": {
-        "folder": ("out_train", str, _ANY, "run folder (relative to the working directory)"),
+        "folder": ("out_train", str, _FOLDER, "run folder (relative to the working directory), the only place a run writes"),
         "fields": (True, bool, _ANY, "write XDMF/VTX of f, r, a, b over the (depth, node) mesh"),
         "figures": (True, bool, _ANY, "write PNG figures"),
         "plot_samples": (3, int, _NONNEG, "test samples shown in the figures and field files"),
@@ -111,27 +123,42 @@ def validate(cfg: dict, source: str = "config") -> dict:
 
 def load_config(path=None, overrides: list[str] | None = None) -> dict:
     """Read and validate a TOML config (None: the defaults), then apply ``overrides``
-    (``section.key=value`` strings, values in TOML syntax)."""
+    (``section.key=value`` strings, values in TOML syntax). The input paths
+    ``data.path`` and ``node.mesh`` come back absolute (see the module docstring)."""
     raw: dict = {}
     source = "defaults"
     if path is not None:
         path = Path(path)
         source = str(path)
+        if path.is_dir():
+            raise InputError(f"config file {path} is a folder, not a file")
         if not path.is_file():
             raise InputError(f"config file {path} does not exist")
         try:
-            raw = tomllib.loads(path.read_text())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            raise InputError(f"config file {path} is not a UTF-8 text file (a TOML config is text)") from None
+        except OSError as err:
+            raise InputError(f"cannot read config file {path}: {err.strerror or err}") from None
+        if not text.strip():
+            raise InputError(f"config file {path} is empty; leave the config out to run with the defaults")
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
             raise InputError(f"config file {path} is not valid TOML: {err}") from None
-    for sec, table in parse_overrides(overrides or []).items():
+        if not raw:
+            raise InputError(f"config file {path} sets nothing (comments only); leave the config out to run with the defaults")
+        validate(raw, source)  # errors in the file name the file
+    over = parse_overrides(overrides or [])
+    for sec, table in over.items():
         raw.setdefault(sec, {})
-        if not isinstance(raw[sec], dict):
-            raise InputError(f"{source}: [{sec}] must be a table of keys")
         raw[sec].update(table)
-    cfg = validate(raw, source)
-    if path is not None and cfg["data"]["name"] == "file" and cfg["data"]["path"]:
-        p = Path(cfg["data"]["path"])
-        cfg["data"]["path"] = str(p if p.is_absolute() else (path.parent / p))
+    cfg = validate(raw, "--set" if over else source)
+    for sec, key in (("data", "path"), ("node", "mesh")):
+        value = cfg[sec][key]
+        if value:
+            base = Path.cwd() if path is None or key in over.get(sec, {}) else path.parent
+            cfg[sec][key] = os.path.abspath(base / value)
     return cfg
 
 

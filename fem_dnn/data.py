@@ -8,9 +8,10 @@
   mapped to shifted, squashed bumps in (0,1).
 - :func:`load`: the user's own data from ``.npz`` (arrays ``X`` (S, d) and ``y`` (S,)
   integer labels, or ``Y`` (S, d) function values in (0,1)) or ``.csv`` (numeric, one
-  sample per row, the label in the last column). Feature j lives on cell j of an
-  interval mesh of d cells, or, when d = k^2, on the k x k pixel grid of the unit square.
-  NPZ files are read without pickle.
+  sample per row, the label in the last column). Labels are class numbers 0..K-1, each
+  class with at least one sample. Feature j lives on cell j of an interval mesh of d
+  cells, or, when d = k^2, on the k x k pixel grid of the unit square. NPZ files are
+  read without pickle (an object array is refused, never unpickled).
 
 A :class:`Dataset` gives callables of the node coordinates, so any node mesh of its
 domain can take the data (``Network.inputs`` samples them at the dofs).
@@ -157,60 +158,168 @@ def bumps(S: int = 64, k: int = 32, seed: int = 0) -> Dataset:
 
 
 def load(path) -> Dataset:
-    """The user's data from ``.npz`` or ``.csv`` (see the module docstring)."""
+    """The user's data from ``.npz`` or ``.csv`` (see the module docstring).
+
+    Raises:
+        InputError: one line naming the file and what is wrong with it: missing or
+            unreadable file, an object array (never unpickled), missing arrays, wrong
+            shapes or types, NaN/Inf, labels that are not class numbers 0..K-1 (every
+            class with a sample), targets outside (0, 1), non-numeric or ragged CSV.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"data file {path} is a folder, not a file")
     if not path.is_file():
         raise InputError(f"data file {path} does not exist")
-    if path.suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                arrays = {k: f[k] for k in f.files}
-        except Exception as err:
-            raise InputError(f"data file {path} is not a readable .npz archive ({type(err).__name__}: {err})") from None
-        if "X" not in arrays or ("y" not in arrays) == ("Y" not in arrays):
-            raise InputError(f"data file {path} must hold an array 'X' and either 'y' (labels) or 'Y' (functions); it has {sorted(arrays)}")
-        X = arrays["X"]
-        tg = arrays.get("y", arrays.get("Y"))
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        arrays = _read_npz(path)
+        if "X" not in arrays:
+            raise InputError(f"data file {path} has no array 'X' (the features); it holds {sorted(arrays)}")
+        if ("y" in arrays) == ("Y" in arrays):
+            which = "not both" if "y" in arrays else f"it holds {sorted(arrays)}"
+            raise InputError(f"data file {path} must hold either 'y' (labels) or 'Y' (functions), {which}")
         kind = "classes" if "y" in arrays else "function"
-    elif path.suffix == ".csv":
-        try:
-            table = np.loadtxt(path, delimiter=",", ndmin=2)
-        except ValueError as err:
-            raise InputError(f"data file {path} is not numeric CSV ({err})") from None
+        names = ("'X'", "labels 'y'" if kind == "classes" else "'Y'")
+        return _dataset(path, arrays["X"], arrays["y" if kind == "classes" else "Y"], kind, names)
+    if suffix == ".csv":
+        table = _read_csv(path)
         if table.shape[1] < 2:
-            raise InputError(f"data file {path} needs at least one feature column and a label column")
-        X, tg, kind = table[:, :-1], table[:, -1], "classes"
-    else:
-        raise InputError(f"data file {path} must be .npz or .csv")
-    return _dataset(path, X, tg, kind)
+            raise InputError(f"data file {path} needs at least one feature column before the label column")
+        return _dataset(path, table[:, :-1], table[:, -1], "classes", ("the features", "labels (last column)"))
+    raise InputError(f"data file {path} must be .npz or .csv, not {path.suffix or 'without a suffix'}")
 
 
-def _dataset(path, X, tg, kind) -> Dataset:
-    if not np.issubdtype(X.dtype, np.number) or X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
-        raise InputError(f"{path}: features must be a non-empty numeric (S, d) array, got shape {X.shape} ({X.dtype})")
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _read_npz(path: Path) -> dict:
+    """Every array of an .npz archive; object arrays are refused, never unpickled."""
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":
+            raise InputError(f"data file {path} is not a readable .npz archive (not a zip file)")
+    arrays = {}
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            for k in f.files:
+                try:
+                    arrays[k] = f[k]
+                except ValueError as err:
+                    if "allow_pickle" not in str(err):
+                        raise
+                    raise InputError(f"data file {path}: object array {k!r} refused (pickled Python objects are never "
+                                     f"unpickled); store numbers") from None
+    except InputError:
+        raise
+    except Exception as err:  # BadZipFile, EOFError, OSError, a bad .npy header, not an archive at all
+        raise InputError(f"data file {path} is not a readable .npz archive ({type(err).__name__}: {_one_line(err)})") from None
+    return arrays
+
+
+def _read_csv(path: Path) -> np.ndarray:
+    """A numeric CSV table (one sample per row); the first bad line is named."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"data file {path} is not a UTF-8 text file (CSV is text)") from None
+    rows, width, first = [], 0, 0
+    for no, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        cells = [c.strip() for c in line.split(",")]
+        if not first:
+            width, first = len(cells), no
+        elif len(cells) != width:
+            raise InputError(f"data file {path}: line {no} has {len(cells)} columns, line {first} has {width}")
+        try:
+            rows.append([float(c) for c in cells])
+        except ValueError:
+            col = next(j for j, c in enumerate(cells) if not _is_number(c))
+            hint = " (a header line? remove it)" if no == first else ""
+            raise InputError(f"data file {path} is not numeric CSV: line {no}, column {col + 1}: {cells[col]!r} is not a "
+                             f"number{hint}") from None
+    if not rows:
+        raise InputError(f"data file {path} is empty (no data rows)")
+    return np.array(rows, dtype=float)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _first_bad(a: np.ndarray, bad: np.ndarray) -> tuple[str, str]:
+    """("NaN" or "Inf", "sample i, feature j") of the first True entry of ``bad`` (0-based)."""
+    idx = np.unravel_index(int(np.argmax(bad)), bad.shape)
+    what = "NaN" if np.isnan(a[idx]) else "Inf"
+    where = f"sample {idx[0]}" + (f", feature {idx[1]}" if len(idx) > 1 else "")
+    return what, where
+
+
+def _dataset(path, X, tg, kind, names=("'X'", "labels 'y'")) -> Dataset:
+    xn, tn = names
+    X = np.asarray(X)
+    if X.dtype.kind not in "biuf":
+        raise InputError(f"data file {path}: {xn} must be numbers, got dtype {X.dtype}")
+    if X.ndim != 2:
+        hint = "; flatten k x k images to (S, k*k)" if X.ndim == 3 else ""
+        raise InputError(f"data file {path}: {xn} must be a 2-D array (S, d), one row per sample, got shape {X.shape}{hint}")
+    if X.shape[0] == 0:
+        raise InputError(f"data file {path}: {xn} has no samples (shape {X.shape})")
+    if X.shape[1] == 0:
+        raise InputError(f"data file {path}: {xn} has no features (shape {X.shape})")
     X = X.astype(float)
-    if not np.isfinite(X).all():
-        raise InputError(f"{path}: features contain NaN or Inf")
+    bad = ~np.isfinite(X)
+    if bad.any():
+        what, where = _first_bad(X, bad)
+        raise InputError(f"data file {path}: {what} in {xn} at {where} (0-based)")
     S, d = X.shape
     k = int(round(np.sqrt(d)))
     grid = X.reshape(S, k, k) if k * k == d and d > 1 else X
     domain = {"shape": "rectangle", "n": k} if grid.ndim == 3 else {"shape": "interval", "n": d}
+    tg = np.asarray(tg)
+    if tg.dtype.kind not in "biuf":
+        raise InputError(f"data file {path}: {tn} must be numbers, got dtype {tg.dtype}")
     if kind == "classes":
-        lab = np.asarray(tg)
-        if lab.shape != (S,):
-            raise InputError(f"{path}: labels must have shape ({S},), got {lab.shape}")
-        if not np.isfinite(lab.astype(float)).all() or np.any(lab.astype(float) != np.round(lab.astype(float))):
-            raise InputError(f"{path}: labels must be integers")
-        lab = lab.astype(np.int64)
+        if tg.shape != (S,):
+            raise InputError(f"data file {path}: {tn} must have shape ({S},) (one class number per sample), got {tg.shape}")
+        lab = tg.astype(float)
+        bad = ~np.isfinite(lab)
+        if bad.any():
+            what, where = _first_bad(lab, bad)
+            raise InputError(f"data file {path}: {what} in {tn} at {where} (0-based)")
+        frac = lab != np.round(lab)
+        if frac.any():
+            i = int(np.argmax(frac))
+            raise InputError(f"data file {path}: {tn} must be integers (class numbers 0..K-1), got {lab[i]:g} at sample {i}")
         if lab.min() < 0:
-            raise InputError(f"{path}: labels must be >= 0, got {lab.min()}")
-        K = int(lab.max()) + 1
-        if K < 2:
-            raise InputError(f"{path}: need at least 2 classes, got labels {np.unique(lab)}")
+            i = int(np.argmin(lab))
+            raise InputError(f"data file {path}: {tn} must be >= 0 (class numbers 0..K-1), got {lab[i]:g} at sample {i}")
+        lab = lab.astype(np.int64)
+        classes = np.unique(lab)
+        if len(classes) < 2:
+            raise InputError(f"data file {path}: {tn} need at least 2 classes, all are {classes[0]}")
+        K = int(classes[-1]) + 1
+        if len(classes) < K:
+            gap = int(np.argmax(classes != np.arange(len(classes))))  # the first class number missing
+            more = K - len(classes)
+            raise InputError(f"data file {path}: {tn} must number the classes 0..K-1: class {gap} has no sample"
+                             + (f" ({more} classes have none)" if more > 1 else "")
+                             + f"; the labels run from {classes[0]} to {classes[-1]}")
         return Dataset(path.stem, "classes", GridFunctions(grid), lab, K, domain)
-    Y = np.asarray(tg, dtype=float)
+    Y = tg.astype(float)
     if Y.shape != X.shape:
-        raise InputError(f"{path}: function targets Y must have the shape of X {X.shape}, got {Y.shape}")
-    if not np.isfinite(Y).all() or Y.min() <= 0 or Y.max() >= 1:
-        raise InputError(f"{path}: function targets must be finite and in (0, 1) (the logistic readout's range)")
+        raise InputError(f"data file {path}: {tn} must have the shape of {xn} {X.shape}, got {Y.shape}")
+    bad = ~np.isfinite(Y)
+    if bad.any():
+        what, where = _first_bad(Y, bad)
+        raise InputError(f"data file {path}: {what} in {tn} at {where} (0-based)")
+    if Y.min() <= 0 or Y.max() >= 1:
+        raise InputError(f"data file {path}: {tn} must be in (0, 1) (the logistic readout's range), "
+                         f"got values in [{Y.min():g}, {Y.max():g}]")
     return Dataset(path.stem, "function", GridFunctions(grid), GridFunctions(Y.reshape(grid.shape)), None, domain)

@@ -17,6 +17,9 @@ Fortran-ordered ``(n_local, S)`` array (one PETSc dense matrix without copy). Sa
 in addition be split across groups of ranks (:func:`split_comm`).
 """
 
+import contextlib
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,23 +141,102 @@ def read_node_mesh(path, comm: MPI.Comm, name: str = "mesh") -> dmesh.Mesh:
     The gmsh model must have a physical group on its cells (of the highest dimension);
     its geometric dimension is that dimension (2D meshes drop z).
 
+    The mesh read must have cells, finite coordinates and no degenerate cell (zero
+    length, area or volume: its node weight would be zero).
+
     Raises:
-        InputError: missing file, unknown suffix, or a file that cannot be read as a mesh.
+        InputError: on every rank, naming the file: missing or empty file, a folder,
+            unknown suffix, a file that cannot be read as a mesh, no cells, non-finite
+            coordinates or degenerate cells.
     """
     path = Path(path)
-    ok = comm.bcast(path.is_file() if comm.rank == 0 else None, root=0)
-    if not ok:
+    state = None
+    if comm.rank == 0:
+        state = "folder" if path.is_dir() else "missing" if not path.is_file() else "empty" if path.stat().st_size == 0 else "ok"
+    state = comm.bcast(state, root=0)
+    if state == "folder":
+        raise InputError(f"node mesh file {str(path)!r} does not exist: it is a folder")
+    if state == "missing":
         raise InputError(f"node mesh file {str(path)!r} does not exist")
     suffix = path.suffix.lower()
+    if suffix not in (".msh", ".xdmf", ".xmf"):
+        raise InputError(f"node mesh file {str(path)!r}: expected .msh or .xdmf")
+    if state == "empty":
+        raise InputError(f"node mesh file {str(path)!r} is empty")
     if suffix == ".msh":
-        return _read_msh(path, comm)
-    if suffix in (".xdmf", ".xmf"):
+        mesh = _read_msh(path, comm)
+    else:
+        _check_xml(path)
         try:
-            with dolfinx.io.XDMFFile(comm, str(path), "r") as xf:
-                return xf.read_mesh(name=name, ghost_mode=dmesh.GhostMode.shared_facet)
+            with _quiet_stderr(), dolfinx.io.XDMFFile(comm, str(path), "r") as xf:  # no HDF5 error stack
+                mesh = xf.read_mesh(name=name, ghost_mode=dmesh.GhostMode.shared_facet)
         except Exception as e:  # HDF5/XML errors surface as RuntimeError
-            raise InputError(f"cannot read XDMF mesh {str(path)!r} (grid {name!r}): {e}") from None
-    raise InputError(f"node mesh file {str(path)!r}: expected .msh or .xdmf")
+            reason = " ".join(str(e).split()).rstrip(".")
+            raise InputError(f"cannot read XDMF mesh {str(path)!r} (grid {name!r}): {reason}"
+                             + ("" if ".h5" in reason else _hdf5_files(path))) from None
+    _check_cells(mesh, path)
+    return mesh
+
+
+def _check_xml(path: Path):
+    """An XDMF file is XML (every rank parses it: the same outcome everywhere)."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        ET.parse(path)
+    except ET.ParseError as e:
+        raise InputError(f"cannot read XDMF mesh {str(path)!r}: not XML ({e})") from None
+    except OSError as e:
+        raise InputError(f"cannot read XDMF mesh {str(path)!r}: {e.strerror or e}") from None
+
+
+def _hdf5_files(path: Path) -> str:
+    """' (its data: a.h5, ...)' for the HDF5 files an XDMF file refers to, or ''."""
+    import re
+
+    try:
+        names = sorted(set(re.findall(r"([^\s<>\"']+\.h5):", path.read_text(errors="replace"))))
+    except OSError:
+        return ""
+    return f" (its data: {', '.join(str(path.parent / n) for n in names)})" if names else ""
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Send the process's stderr (file descriptor 2: HDF5 prints its error stack there)
+    to /dev/null for the duration; the exception raised carries the reason."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _check_cells(mesh: dmesh.Mesh, path: Path):
+    """Cells exist, coordinates are finite, no cell has zero volume (collective)."""
+    comm, tdim = mesh.comm, mesh.topology.dim
+    imap = mesh.topology.index_map(tdim)
+    n_local, n_global = imap.size_local, imap.size_global
+    if n_global == 0:
+        raise InputError(f"node mesh file {str(path)!r} has no cells")
+    if not comm.allreduce(bool(np.isfinite(mesh.geometry.x).all()), op=MPI.LAND):
+        raise InputError(f"node mesh file {str(path)!r} has non-finite (NaN or Inf) node coordinates")
+    V0 = fem.functionspace(mesh, ("DG", 0))
+    vol = fem.assemble_vector(fem.form(ufl.TestFunction(V0) * ufl.dx)).array[:n_local]
+    mean = comm.allreduce(float(vol.sum()), op=MPI.SUM) / n_global
+    bad = np.flatnonzero(~(vol > 1e-12 * mean))
+    where = [float(c) for c in V0.tabulate_dof_coordinates()[bad[0], : mesh.geometry.dim]] if len(bad) else None
+    found = [(n, w) for n, w in comm.allgather((len(bad), where)) if n]
+    if found:
+        count = sum(n for n, _ in found)
+        size = {1: "length", 2: "area", 3: "volume"}[tdim]
+        first = "(" + ", ".join(f"{c:.6g}" for c in found[0][1]) + ")"
+        raise InputError(f"node mesh file {str(path)!r}: {count} of {n_global} cells {'has' if count == 1 else 'have'} "
+                         f"zero {size} (degenerate), the first at {first}")
 
 
 def _read_msh(path: Path, comm: MPI.Comm) -> dmesh.Mesh:
@@ -168,13 +250,15 @@ def _read_msh(path: Path, comm: MPI.Comm) -> dmesh.Mesh:
         try:
             gmsh.open(str(path))
             dim = gmsh.model.getDimension()
-            if dim < 1 or not gmsh.model.getPhysicalGroups(dim):
+            if dim < 1 or not any(len(tags) for tags in gmsh.model.mesh.getElements(dim)[1]):
+                err = f"gmsh file {str(path)!r} has no cells" + (" (only points)" if dim == 0 else "")
+            elif not gmsh.model.getPhysicalGroups(dim):
                 err = f"gmsh file {str(path)!r} has no physical group of cells (dimension {dim})"
             elif len(gmsh.model.mesh.getElementTypes(dim)) > 1:
                 names = [gmsh.model.mesh.getElementProperties(t)[0] for t in gmsh.model.mesh.getElementTypes(dim)]
                 err = f"gmsh file {str(path)!r} mixes cell types {names}; use one cell type"
         except Exception as e:
-            err = f"cannot read gmsh file {str(path)!r}: {e}"
+            err = f"cannot read gmsh file {str(path)!r}: {' '.join(str(e).split())}"
     err, dim = comm.bcast((err, dim), root=0)
     try:
         if err is not None:

@@ -62,6 +62,10 @@ class Run:
         node_comm = self.layout.node_comm
         if nd["mesh"]:
             mesh = read_node_mesh(nd["mesh"], node_comm)
+            dim = {"interval": 1, "rectangle": 2}[ds.domain["shape"]]
+            if mesh.topology.dim != dim:
+                raise InputError(f"node mesh {nd['mesh']} is {mesh.topology.dim}D, but the {ds.name} data are functions "
+                                 f"on a {dim}D domain (the unit {'interval' if dim == 1 else 'square'})")
         else:
             shape, k = ds.domain["shape"], ds.domain["n"] * nd["refine"]
             mesh = create_node_mesh(node_comm, shape, k, cell="quadrilateral" if shape == "rectangle" else None)
@@ -106,33 +110,32 @@ def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=
     run = Run(cfg, comm, out)
     tr, folder = cfg["training"], Path(cfg["output"]["folder"])
     ckpt_dir = folder / "checkpoint"
-    if comm.rank == 0:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "config.toml").write_text(to_toml(cfg))
-    comm.barrier()
-    S_train, S_test = len(run.train_idx), len(run.test_idx)
-    run.say(f"fem-dnn train: {run.data.name} ({run.data.kind}), {S_train} training / {S_test} test samples; "
-            f"{run.space.n} neurons ({cfg['node']['space']}), {run.net.depth.N} layers ({run.net.scheme}), "
-            f"{run.J.controls.create_vec().getSize()} controls; method {tr['method']} on {comm.size} rank(s)")
     bounds = {}
     if tr["bounds_a"]:
         bounds["a"] = tuple(tr["bounds_a"])
     if tr["bounds_b"]:
         bounds["b"] = tuple(tr["bounds_b"])
-    m0 = run.initial()
     method = tr["method"]
+    # everything that can refuse the input comes before the first write
+    _check_training(run, bounds, ckpt_dir / "checkpoint.npz" if resume else None)
+    opt = None
     if method in METHODS:
         opt = Optimizer(run.J, method, riesz=tr["riesz"], bounds=bounds or None, gauss_newton=tr["gauss_newton"],
                         gttol=tr["gttol"], max_it=tr["max_it"], monitor=True, checkpoint=ckpt_dir,
                         checkpoint_every=tr["checkpoint_every"])
+    _start_folder(folder, cfg, comm)
+    S_train, S_test = len(run.train_idx), len(run.test_idx)
+    run.say(f"fem-dnn train: {run.data.name} ({run.data.kind}), {S_train} training / {S_test} test samples; "
+            f"{run.space.n} neurons ({cfg['node']['space']}), {run.net.depth.N} layers ({run.net.scheme}), "
+            f"{run.J.controls.create_vec().getSize()} controls; method {tr['method']} on {comm.size} rank(s)")
+    m0 = run.initial()
+    if opt is not None:
         res = opt.solve(m0, resume=resume)
         opt.destroy()
     elif method in ("sgd", "adam"):
         res = minibatch(run.J, m0, method, lr=tr["lr"], batch_size=tr["batch_size"], epochs=tr["epochs"], seed=tr["seed"],
                         riesz=tr["riesz"], checkpoint=ckpt_dir, resume=resume)
     else:  # msa
-        if set(bounds) != {"a", "b"}:
-            raise InputError("training.method = 'msa' needs a box: training.bounds_a and training.bounds_b")
         res = msa(run.J, m0, bounds, max_it=tr["max_it"])
         from fem_dnn.checkpoint import save_checkpoint
 
@@ -153,6 +156,65 @@ def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=
     res.m.destroy()
     run.destroy()
     return summary
+
+
+def _check_training(run: Run, bounds: dict, resume_from: Path | None):
+    """Refuse a training setup that cannot run, before anything is written (collective):
+    MSA without its box or scheme, and a checkpoint to resume from that is damaged, of
+    another discretisation, or of an optimiser it cannot continue."""
+    from fem_dnn.optimize import METHODS
+
+    tr = run.cfg["training"]
+    method = tr["method"]
+    if method == "msa":
+        if set(bounds) != {"a", "b"}:
+            raise InputError("training.method = 'msa' needs a box: training.bounds_a and training.bounds_b")
+        if run.net.scheme != "euler" or run.space.mass != "lumped" or run.net.eps != 0:
+            raise InputError("training.method = 'msa' needs the ResNet scheme: network.scheme = 'euler', "
+                             "lumped node mass and network.eps = 0")
+    if bounds and method in ("sgd", "adam"):
+        raise InputError(f"training.method = {method!r} does not take a box (training.bounds_a, training.bounds_b); "
+                         "use a bounded TAO method or msa")
+    if resume_from is None or not resume_from.exists():
+        return  # nothing to resume: training starts from the initial controls
+    if method == "msa":
+        raise InputError(f"training.method = 'msa' cannot resume (from {resume_from}); train without --resume")
+    from fem_dnn.checkpoint import load_checkpoint
+
+    m, state, arrays = load_checkpoint(resume_from, run.J.controls)  # integrity and discretisation
+    m.destroy()
+    saved = state.get("method")
+    if saved != method and not (saved in METHODS and method in METHODS):
+        raise InputError(f"checkpoint {resume_from} was written by method {saved!r}; it cannot resume method {method!r}")
+    if method in METHODS:
+        need, have = ("iteration", "g0", "history"), state
+    else:
+        need = ("epoch", "step", "history") + tuple(f"{v}_{k}" for v in ("x", "m1", "m2") for k in ("a", "b", "W", "mu"))
+        have = {**state, **arrays}
+        if (state.get("seed"), state.get("batch_size")) != (tr["seed"], tr["batch_size"]):
+            raise InputError(f"checkpoint {resume_from} is from a {saved} run with seed {state.get('seed')}, batch size "
+                             f"{state.get('batch_size')}; this run has seed {tr['seed']}, batch size {tr['batch_size']}")
+    missing = [k for k in need if k not in have]
+    if missing:
+        raise InputError(f"checkpoint {resume_from} lacks the training state {missing} that method {method!r} resumes from")
+
+
+def _start_folder(folder: Path, cfg: dict, comm: MPI.Comm):
+    """Create the run folder and write its config.toml (rank 0); every rank raises the
+    same InputError if that fails."""
+    err = None
+    if comm.rank == 0:
+        try:
+            if folder.exists() and not folder.is_dir():
+                err = f"output.folder {str(folder)!r} exists and is not a folder"
+            else:
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "config.toml").write_text(to_toml(cfg))
+        except OSError as e:
+            err = f"cannot write the run folder {str(folder)!r}: {e.strerror or e}"
+    err = comm.bcast(err, root=0)
+    if err is not None:
+        raise InputError(err)
 
 
 def _write_outputs(run: Run, res, summary: dict, folder: Path):
@@ -206,6 +268,8 @@ def evaluate(folder, comm: MPI.Comm = MPI.COMM_WORLD, out=print) -> dict:
     from fem_dnn.config import load_config
 
     folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"run folder {folder} " + ("is not a folder" if folder.exists() else "does not exist"))
     cfg = load_config(folder / "config.toml")
     run = Run(cfg, comm, out)
     m, state, _ = load_checkpoint(folder / "checkpoint" / "checkpoint.npz", run.J.controls)
