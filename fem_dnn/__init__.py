@@ -16,6 +16,8 @@ on the (depth, node) domain [0,T] x Y. The modules follow the data flow:
                               second-order costate solves, the readout
 - :mod:`fem_dnn.functional`  the reduced functional J(m), gradient, Hessian action
 - :mod:`fem_dnn.verify`      Taylor tests, space-time residuals
+- :mod:`fem_dnn.hjb`         the HJB value function and optimal feedback of reduced
+                              networks (a few neurons), closed and open loop
 - :mod:`fem_dnn.io`          XDMF/VTX output over the (depth, node) mesh, figures
 """
 
