@@ -3,7 +3,8 @@
 The network is the default config's (``fem-dnn config``): DG0 on the 8x8 pixels (64
 neurons), 4 explicit Euler layers, tanh, softmax readout, lambda = 3e-4, zero initial
 controls, the same 80/20 split. fem_dnn trains with its TAO methods in the L2
-coordinates (default: L-BFGS, its best on this problem); PyTorch trains the identical
+coordinates (default: L-BFGS) and with its own mini-batch Adam over a grid of learning
+rates and batch sizes (steps in the same coordinates); PyTorch trains the identical
 network (same J, regulariser included) with Adam over a grid of learning rates and batch
 sizes (full batch and mini-batches), from the same zero controls. The test accuracy is
 checked after every iteration (fem_dnn) or epoch (PyTorch), outside the timed part.
@@ -28,7 +29,7 @@ import numpy as np
 from mpi4py import MPI
 
 from fem_dnn.config import load_config
-from fem_dnn.optimize import Optimizer
+from fem_dnn.optimize import Optimizer, minibatch
 from fem_dnn.train import Run
 
 
@@ -58,6 +59,42 @@ def fem_dnn_run(run, method, target, max_it):
     return out
 
 
+class _Reached(Exception):
+    pass
+
+
+def fem_dnn_minibatch(run, method, lr, batch_size, target, max_epochs):
+    """fem_dnn's own mini-batch Adam/SGD (steps in the L2 coordinates), timed the same
+    way: the test accuracy after every epoch, outside the timed part."""
+    J, Jt = run.J, run.J_test
+    J.counts.update({k: 0 for k in J.counts})
+    state = {"eval": 0.0, "reached": None, "acc": 0.0, "epoch": 0, "step": 0}
+
+    def on_epoch(epoch, m, opt_state, row):
+        t0 = time.perf_counter()
+        training = t0 - state["start"] - state["eval"]
+        acc = state["acc"] = Jt.accuracy(m)
+        state.update(epoch=epoch, step=row["step"], seconds=training)
+        state["eval"] += time.perf_counter() - t0
+        if acc >= target:
+            state["reached"] = {"iterations": row["step"], "epochs": epoch, "seconds": training,
+                                "forward": J.counts["forward"], "costate": J.counts["costate"]}
+            raise _Reached
+
+    state["start"] = time.perf_counter()
+    m0 = J.controls.create_vec()
+    try:
+        res = minibatch(J, m0, method, lr=lr, batch_size=batch_size, epochs=max_epochs, monitor=False,
+                        on_epoch=on_epoch, evaluate=False)
+        res.m.destroy()
+    except _Reached:
+        pass
+    J.set_batch(None)
+    m0.destroy()
+    return {"method": f"{method} lr {lr:g}, batch {batch_size}", "reached": state["reached"], "accuracy": state["acc"],
+            "iterations": state["step"], "epochs": state["epoch"], "seconds": state.get("seconds", 0.0)}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--torch-python", default=os.environ.get("FEM_DNN_TORCH_PYTHON", ""))
@@ -65,9 +102,11 @@ def main():
     p.add_argument("--target", type=float, default=0.97)
     p.add_argument("--methods", default="lbfgs", help="fem_dnn TAO methods, comma-separated")
     p.add_argument("--max-it", type=int, default=300)
-    p.add_argument("--lrs", default="0.003,0.01,0.03,0.1")
+    p.add_argument("--lrs", default="0.01,0.03,0.1,0.3,1")
     p.add_argument("--batch-sizes", default="0,256,64", help="0: full batch")
     p.add_argument("--max-epochs", type=int, default=300)
+    p.add_argument("--fem-lrs", default="0.003,0.01,0.03,0.1,0.3", help="learning rates of fem_dnn's Adam (L2 coordinates)")
+    p.add_argument("--fem-batch-sizes", default="0,256,64", help="0: full batch")
     args = p.parse_args()
     if not args.torch_python:
         sys.exit("time_to_accuracy: give --torch-python (an interpreter with torch) or set FEM_DNN_TORCH_PYTHON")
@@ -105,19 +144,23 @@ def main():
     if err > 1e-10:
         sys.exit(f"time_to_accuracy: J differs between fem_dnn ({J_check}) and PyTorch ({head['check_J']}): not the same network")
     mine = [fem_dnn_run(run, m, args.target, args.max_it) for m in args.methods.split(",")]
+    mine += [fem_dnn_minibatch(run, "adam", float(lr), int(bs) or J.n_samples, args.target, args.max_epochs)
+             for lr in args.fem_lrs.split(",") if lr for bs in args.fem_batch_sizes.split(",")]
 
     print(f"Time to {args.target:.0%} test accuracy on the digits ({J.n_samples} training / {Jt.n_samples} test samples; "
           f"{sp.n} neurons, {N} Euler layers, lambda = {J.lam:g}), float64, {args.threads} thread(s); "
           f"PyTorch {head['torch']}; J agrees to {err:.1e}")
     print("| code | method | iterations (steps) | epochs | forward + costate solves | seconds | final test accuracy |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
-    for r in mine:
-        q = r["reached"]
+    for r in sorted(mine, key=lambda r: (r["reached"] is None, (r["reached"] or {}).get("seconds", 0.0))):
+        q, epochs = r["reached"], r.get("epochs", "")
+        name = r["method"] if "epochs" in r else f"{r['method']} (TAO)"
         if q is None:
-            print(f"| fem_dnn | {r['method']} | not reached in {r['iterations']} | | | | {r['accuracy']:.4f} |")
-        else:
-            print(f"| fem_dnn | {r['method']} (TAO) | {q['iterations']} | | {q['forward']} + {q['costate']} | {q['seconds']:.3f} | "
+            print(f"| fem_dnn | {name} | not reached in {r['iterations']} | {epochs} | | {r.get('seconds', 0.0):.3f} | "
                   f"{r['accuracy']:.4f} |")
+        else:
+            print(f"| fem_dnn | {name} | {q['iterations']} | {q.get('epochs', '')} | {q['forward']} + {q['costate']} | "
+                  f"{q['seconds']:.3f} | {r['accuracy']:.4f} |")
     for r in sorted(torch_runs, key=lambda r: (r["reached"] is None, (r["reached"] or {}).get("seconds", 0.0))):
         q, name = r["reached"], f"Adam lr {r['lr']:g}, batch {r['batch_size']}"
         if q is None:

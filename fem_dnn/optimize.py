@@ -437,6 +437,7 @@ def minibatch(
     on_epoch=None,
     checkpoint=None,
     resume: bool = False,
+    evaluate: bool = True,
 ) -> Result:
     """Stochastic gradient descent or Adam on mini-batches of the same reduced gradient.
 
@@ -462,6 +463,9 @@ def minibatch(
             continues from it, bitwise as if it had not been interrupted.
         monitor: print one line per epoch on rank 0 (full-batch J, gradient norm,
             accuracy, solves), or a callable(dict).
+        evaluate: compute the full-batch J, gradient norm and accuracy after every epoch
+            for the history and the monitor (one more forward and costate solve over all
+            samples per epoch); ``False`` records the epoch and step count alone.
     """
     if method not in ("sgd", "adam"):
         raise InputError(f"mini-batch method must be 'sgd' or 'adam', not {method!r}")
@@ -510,15 +514,17 @@ def minibatch(
                 x.array[:] -= lr * mh / (np.sqrt(vh) + eps)
         J.set_batch(None)
         coords.from_coordinates(x, m)
-        f = J(m)
-        coords.dual_to_coordinates(J.derivative(m, g), gx)
-        row = {"epoch": epoch + 1, "J": f, "gnorm": gx.norm(), "step": step, **J.counts}
-        if J.kind == "classes":
-            row["accuracy"] = J.accuracy(m)
+        row = {"epoch": epoch + 1, "step": step}
+        if evaluate:
+            f = J(m)
+            coords.dual_to_coordinates(J.derivative(m, g), gx)
+            row = {"epoch": epoch + 1, "J": f, "gnorm": gx.norm(), "step": step, **J.counts}
+            if J.kind == "classes":
+                row["accuracy"] = J.accuracy(m)
         history.append(row)
         if callable(monitor):
             monitor(row)
-        elif monitor and world.rank == 0:
+        elif monitor and evaluate and world.rank == 0:
             acc = f"  acc {row['accuracy']:.4f}" if "accuracy" in row else ""
             print(f"epoch {epoch + 1:4d}  J {f:.10e}  |g| {row['gnorm']:.3e}{acc}  solves fwd {J.counts['forward']} adj {J.counts['costate']}", flush=True)
         if on_epoch is not None:
@@ -534,7 +540,7 @@ def minibatch(
     f = J(out)
     for v in (x, m, g, gx, m1, m2):
         v.destroy()
-    last = history[-1]["gnorm"] if history else float("nan")
+    last = history[-1].get("gnorm", float("nan")) if history else float("nan")
     return Result(out, step, 0, f, last, history, dict(J.counts))  # reason 0: ran its epochs
 
 
