@@ -13,13 +13,18 @@ equation alone. Everything runs the same under ``mpirun -n N``. Arguments starti
 single dash are PETSc options (``-fem_dnn_tao_monitor``, ``-fem_dnn_tao_type nls``).
 Bad input stops with one message (printed by rank 0) and exit status 2: wrong
 arguments, configs, data, meshes, checkpoints and ``forward`` expressions alike.
+Any other failure of a rank (see :func:`guarded`) ends every rank within a bounded time
+with a message naming the rank: nothing waits forever in a collective call.
+Training that diverges (a state, costate or gradient that is not finite at a new
+iterate) stops with one message naming the layer and the iteration and exit status 3;
+the run folder's checkpoint then holds the last good controls (``--resume``).
 """
 
 import argparse
 import ast
 import sys
 
-__all__ = ["main"]
+__all__ = ["AGREE_SECONDS", "guarded", "main"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -149,81 +154,174 @@ def main(argv=None) -> int:
     petsc4py.init([sys.argv[0]] + petsc)
     from fem_dnn import _dolfinx  # noqa: F401
     from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    if args.command == "forward":
+        return guarded(lambda: _forward(args, comm))
+    return guarded(lambda: _run(args, comm))
+
+
+def _forward(args, comm) -> int:
     import numpy as np
 
     from fem_dnn.domain import Depth, NodeSpace, ProductMesh, create_node_mesh, read_node_mesh
-    from fem_dnn.errors import FemDnnError, InputError
+    from fem_dnn.errors import InputError
     from fem_dnn.io import write_trajectory
     from fem_dnn.network import Network
 
-    comm = MPI.COMM_WORLD
-    if args.command != "forward":
-        return _run(args, comm)
-    try:
-        fI = _expr(args.input, "--input", ("x", "y", "z"))
-        fa = _expr(args.bias, "--bias", ("x", "y", "z", "t"))
-        fb = _expr(args.weight, "--weight", ("x", "y", "xz", "yz", "t"))
-        mesh = read_node_mesh(args.mesh, comm) if args.mesh else create_node_mesh(comm, args.shape, args.n)
-        fam, deg = args.space[:-1], int(args.space[-1])
-        space = NodeSpace(mesh, fam, deg, args.mass)
-        net = Network(space, Depth(args.T, args.N), args.activation, args.scheme, args.eps)
-        ones = lambda y: np.ones(y.shape[1])  # noqa: E731
-        try:  # net.controls refuses non-finite a (the bias) or b (the weight) on every rank
-            c = net.controls(
-                a=lambda y, t: fa(x=y[0], y=y[1], z=y[2], t=t) * ones(y),
-                b=lambda y, z, t: np.broadcast_to(
-                    fb(x=y[0][:, None], y=y[1][:, None], xz=z[0][None, :], yz=z[1][None, :], t=t),
-                    (y.shape[1], z.shape[1]),
-                ),
-            )
-        except InputError as e:
-            if str(e).startswith("--"):
-                raise
-            raise InputError(f"--bias {args.bias!r} (controls a), --weight {args.weight!r} (controls b): {e}") from None
-        f_I = lambda y: fI(x=y[0], y=y[1], z=y[2]) * ones(y)  # noqa: E731
-        _finite(comm, "--input", args.input, space.interpolate(f_I))
-        traj = net.forward(f_I, c)
-        written = []
-        if mesh.topology.dim < 3:
-            written = write_trajectory(args.out, ProductMesh(space, net.depth), {"f": traj.states[:, 0, :]}, {"a": c.a})
-        nrm = np.sqrt(comm.allreduce(float(np.sum(space.weights * traj.final[:, 0] ** 2))))
-        if comm.rank == 0:
-            print(f"fem-dnn forward: {space.n} neurons, {net.depth.N} layers, scheme {args.scheme}: "
-                  f"||f(T)||_L2 = {nrm:.6e}; wrote {', '.join(map(str, written)) or 'nothing (3D node domain)'}")
-        net.destroy(), space.destroy()
-    except FemDnnError as e:
-        if comm.rank == 0:
-            print(f"fem-dnn: error: {_one_line(e)}", file=sys.stderr)
-        return 2
+    fI = _expr(args.input, "--input", ("x", "y", "z"))
+    fa = _expr(args.bias, "--bias", ("x", "y", "z", "t"))
+    fb = _expr(args.weight, "--weight", ("x", "y", "xz", "yz", "t"))
+    mesh = read_node_mesh(args.mesh, comm) if args.mesh else create_node_mesh(comm, args.shape, args.n)
+    fam, deg = args.space[:-1], int(args.space[-1])
+    space = NodeSpace(mesh, fam, deg, args.mass)
+    net = Network(space, Depth(args.T, args.N), args.activation, args.scheme, args.eps)
+    ones = lambda y: np.ones(y.shape[1])  # noqa: E731
+    try:  # net.controls refuses non-finite a (the bias) or b (the weight) on every rank
+        c = net.controls(
+            a=lambda y, t: fa(x=y[0], y=y[1], z=y[2], t=t) * ones(y),
+            b=lambda y, z, t: np.broadcast_to(
+                fb(x=y[0][:, None], y=y[1][:, None], xz=z[0][None, :], yz=z[1][None, :], t=t),
+                (y.shape[1], z.shape[1]),
+            ),
+        )
+    except InputError as e:
+        if str(e).startswith("--"):
+            raise
+        raise InputError(f"--bias {args.bias!r} (controls a), --weight {args.weight!r} (controls b): {e}") from None
+    f_I = lambda y: fI(x=y[0], y=y[1], z=y[2]) * ones(y)  # noqa: E731
+    _finite(comm, "--input", args.input, space.interpolate(f_I))
+    traj = net.forward(f_I, c)
+    written = []
+    if mesh.topology.dim < 3:
+        written = write_trajectory(args.out, ProductMesh(space, net.depth), {"f": traj.states[:, 0, :]}, {"a": c.a})
+    nrm = np.sqrt(comm.allreduce(float(np.sum(space.weights * traj.final[:, 0] ** 2))))
+    if comm.rank == 0:
+        print(f"fem-dnn forward: {space.n} neurons, {net.depth.N} layers, scheme {args.scheme}: "
+              f"||f(T)||_L2 = {nrm:.6e}; wrote {', '.join(map(str, written)) or 'nothing (3D node domain)'}")
+    net.destroy(), space.destroy()
     return 0
 
 
 def _run(args, comm) -> int:
     from fem_dnn.config import defaults, load_config, to_toml
+
+    if args.command == "config":
+        if comm.rank == 0:
+            print(to_toml(defaults()))
+        return 0
+    if args.command == "train":
+        from fem_dnn.train import train
+
+        train(load_config(args.config, args.set), comm, resume=args.resume)
+        return 0
+    if args.command == "evaluate":
+        from fem_dnn.train import evaluate
+
+        evaluate(args.folder, comm)
+        return 0
+    from fem_dnn.train import verify
+
+    return 0 if verify(load_config(args.config, args.set), comm, args.samples) else 1
+
+
+#: Seconds the ranks wait for each other after an error before a rank that failed alone
+#: stops the job (fem_dnn raises its errors on every rank together, within milliseconds).
+AGREE_SECONDS = 10.0
+
+
+def guarded(fn) -> int:
+    """Run ``fn()`` on every rank of ``MPI.COMM_WORLD`` with the command line's error
+    handling, so that no failure leaves a rank waiting forever in a collective call;
+    return the exit status.
+
+    - ``fn()`` returns: its value (None: 0).
+    - A :class:`~fem_dnn.errors.FemDnnError` (bad input, divergence, a failed solve;
+      fem_dnn raises these on every rank together): rank 0 prints ``fem-dnn: error:
+      <message>`` on one line; the status is 2, or 3 for a
+      :class:`~fem_dnn.errors.DivergenceError`. If not every rank raises within
+      :data:`AGREE_SECONDS`, the rank that did prints ``fem-dnn: error on rank r of P:
+      <message>`` and ends all ranks with ``MPI_Abort`` (status 2 or 3).
+    - Any other exception (a bug, ``MemoryError``, an error in a callback): the rank
+      prints the traceback and ``fem-dnn: internal error on rank r of P: <Type>:
+      <message>`` on its stderr and ends all ranks with ``MPI_Abort(1)``, mpi4py's
+      documented way (``python -m mpi4py`` does the same). Serially: status 1.
+
+    A rank killed by a signal is the MPI launcher's to handle: MPICH's ``mpirun`` (hydra)
+    ends the other ranks at once. Scripts that train under ``mpirun`` can use this the
+    same way: ``sys.exit(guarded(my_main))``.
+    """
+    from mpi4py import MPI
+
+    world = MPI.COMM_WORLD
+    try:
+        status = fn()
+        return 0 if status is None else int(status)
+    except Exception as exc:  # noqa: BLE001  (every failure must end every rank)
+        err = _fem_dnn_error(exc)
+        if err is None:
+            import traceback
+
+            traceback.print_exc(file=sys.stderr)
+            where = f" on rank {world.rank} of {world.size}" if world.size > 1 else ""
+            print(f"fem-dnn: internal error{where}: {_describe(_root_cause(exc))}"
+                  + ("; stopping all ranks (MPI_Abort)" if world.size > 1 else ""), file=sys.stderr, flush=True)
+            if world.size > 1:
+                world.Abort(1)
+            return 1
+        from fem_dnn.errors import DivergenceError
+
+        status = 3 if isinstance(err, DivergenceError) else 2
+        if not _all_ranks_arrive(world, AGREE_SECONDS):
+            print(f"fem-dnn: error on rank {world.rank} of {world.size}: {_one_line(err)} (the other ranks did not "
+                  f"stop within {AGREE_SECONDS:g} s; stopping all ranks with MPI_Abort)", file=sys.stderr, flush=True)
+            world.Abort(status)
+        if world.rank == 0:
+            print(f"fem-dnn: error: {_one_line(err)}", file=sys.stderr, flush=True)
+        return status
+
+
+def _all_ranks_arrive(comm, seconds: float) -> bool:
+    """Whether every rank of ``comm`` reaches this call within ``seconds`` (a
+    non-blocking barrier, polled)."""
+    import time
+
+    if comm.size == 1:
+        return True
+    req = comm.Ibarrier()
+    deadline = time.monotonic() + seconds
+    while not req.Test():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(1e-3)
+    return True
+
+
+def _fem_dnn_error(exc: BaseException):
+    """The FemDnnError behind ``exc`` (itself, or the cause of an error that PETSc raised
+    from a callback), or None."""
     from fem_dnn.errors import FemDnnError
 
-    try:
-        if args.command == "config":
-            if comm.rank == 0:
-                print(to_toml(defaults()))
-            return 0
-        if args.command == "train":
-            from fem_dnn.train import train
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, FemDnnError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__
+    return None
 
-            train(load_config(args.config, args.set), comm, resume=args.resume)
-            return 0
-        if args.command == "evaluate":
-            from fem_dnn.train import evaluate
 
-            evaluate(args.folder, comm)
-            return 0
-        from fem_dnn.train import verify
+def _root_cause(exc: BaseException) -> BaseException:
+    seen = {id(exc)}
+    while exc.__cause__ is not None and id(exc.__cause__) not in seen:
+        exc = exc.__cause__
+        seen.add(id(exc))
+    return exc
 
-        return 0 if verify(load_config(args.config, args.set), comm, args.samples) else 1
-    except FemDnnError as e:
-        if comm.rank == 0:
-            print(f"fem-dnn: error: {_one_line(e)}", file=sys.stderr)
-        return 2
+
+def _describe(exc: BaseException) -> str:
+    text = _one_line(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _one_line(e: BaseException) -> str:

@@ -1,6 +1,6 @@
 """Exceptions raised by fem_dnn for bad input and failed solves."""
 
-__all__ = ["FemDnnError", "InputError", "NonFiniteError", "SolverError"]
+__all__ = ["DivergenceError", "FemDnnError", "InputError", "NonFiniteError", "SolverError"]
 
 
 class FemDnnError(Exception):
@@ -12,15 +12,29 @@ class InputError(FemDnnError, ValueError):
 
 
 class NonFiniteError(FemDnnError, FloatingPointError):
-    """A state or costate stopped being finite during a solve.
+    """A state, costate or gradient stopped being finite during a solve.
 
     Attributes:
-        layer: depth layer (0-based) at the end of which the first non-finite value appeared.
+        layer: depth layer (0-based) where the first non-finite value appeared (the
+            state: at the layer's end; the costate: at its start), or None.
     """
 
-    def __init__(self, message: str, layer: int):
+    def __init__(self, message: str, layer: int | None = None):
         super().__init__(message)
         self.layer = layer
+
+
+class DivergenceError(NonFiniteError):
+    """Training stopped because a solve at a new iterate was not finite.
+
+    Attributes:
+        iteration: the iteration (TAO) or step (mini-batch) that produced it.
+        checkpoint: the checkpoint file holding the last good controls, or None.
+    """
+
+    def __init__(self, message: str, layer: int | None, iteration: int, checkpoint=None):
+        super().__init__(message, layer)
+        self.iteration, self.checkpoint = iteration, checkpoint
 
 
 class SolverError(FemDnnError, RuntimeError):

@@ -742,6 +742,7 @@ class Network:
         grad = self.zero_controls()
         lam = np.asfortranarray(lam_T)
         lams = zs = None
+        bad = -1  # the first layer (going backward) whose costate is not finite, checked once at the end
         if keep:
             lams = np.empty((len(traj.levels) if traj.levels is not None else N + 1,) + traj.states.shape[1:])
             lams[-1] = lam.T
@@ -750,18 +751,33 @@ class Network:
                 s0, s1 = traj.levels[i], traj.levels[i + 1]
                 tapes = self._segment(traj, s0, s1)
                 for k in reversed(range(s0, s1)):
-                    lam, _ = self._step_adjoint(k, tapes[k - s0], lam, c, grad)
+                    with np.errstate(over="ignore", invalid="ignore"):
+                        lam, _ = self._step_adjoint(k, tapes[k - s0], lam, c, grad)
+                    if bad < 0 and not np.isfinite(lam).all():
+                        bad = k
                 if keep:
                     lams[i] = lam.T
+            self._check_costate(bad)
             return (Costate(self, lams, None, traj.levels) if keep else None), grad
         _need_tape(traj)
         if keep:
             zs = [None] * N
         for k in reversed(range(N)):
-            lam, z = self._step_adjoint(k, traj.tape[k], lam, c, grad)
+            with np.errstate(over="ignore", invalid="ignore"):
+                lam, z = self._step_adjoint(k, traj.tape[k], lam, c, grad)
+            if bad < 0 and not np.isfinite(lam).all():
+                bad = k
             if keep:
                 lams[k], zs[k] = lam.T, z
+        self._check_costate(bad)
         return (Costate(self, lams, zs) if keep else None), grad
+
+    def _check_costate(self, bad):
+        bad = self.layout.world.allreduce(bad, op=MPI.MAX)
+        if bad >= 0:
+            raise NonFiniteError(
+                f"the costate is not finite at the start of layer {bad} (depth t={self.depth.points[bad]:g}), "
+                "going backward from t=T", layer=bad)
 
     def costate_incremental(
         self, traj: Trajectory, costate: "Costate", tangent: Trajectory, dlam_T: np.ndarray, gauss_newton: bool = False

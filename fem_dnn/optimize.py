@@ -31,7 +31,7 @@ from fem_dnn import _dolfinx  # noqa: F401
 from mpi4py import MPI
 from petsc4py import PETSc
 
-from fem_dnn.errors import InputError
+from fem_dnn.errors import DivergenceError, InputError, NonFiniteError
 from fem_dnn.functional import ControlSpace, ReducedFunctional
 from fem_dnn.network import Controls
 
@@ -194,6 +194,7 @@ class Optimizer:
         self.checkpoint = None if checkpoint is None else Path(checkpoint) / "checkpoint.npz"
         self.checkpoint_every = max(int(checkpoint_every), 1)
         self._offset, self._g0, self._gttol = 0, None, gttol
+        self._failure = None  # (NonFiniteError, iteration) of the first non-finite trial point
         cs = J.controls
         self._x = cs.create_vec()
         self._m = cs.create_vec()
@@ -271,16 +272,35 @@ class Optimizer:
     def _point(self, x):
         return self.coords.from_coordinates(x, self._m)
 
+    def _nonfinite(self, err, g=None):
+        """A trial point whose state, costate or gradient is not finite: J = +inf for
+        TAO. Its line search may reject the point and go on; if TAO stops there instead,
+        :meth:`solve` reports the error (the first since the last accepted iterate)."""
+        if self._failure is None:  # a trial point for the iteration after the last accepted one
+            self._failure = (err, self.history[-1]["iteration"] + 1 if self.history else self._offset)
+        if g is not None:
+            g.set(0.0)
+        return float("inf")
+
     def _objective(self, tao, x):
-        return self.J(self._point(x))
+        try:
+            return self.J(self._point(x))
+        except NonFiniteError as err:
+            return self._nonfinite(err)
 
     def _gradient(self, tao, x, g):
-        self.coords.dual_to_coordinates(self.J.derivative(self._point(x), self._tmp), g)
+        try:
+            self.coords.dual_to_coordinates(self.J.derivative(self._point(x), self._tmp), g)
+        except NonFiniteError as err:
+            self._nonfinite(err, g)
 
     def _objective_gradient(self, tao, x, g):
         m = self._point(x)
-        f = self.J(m)
-        self.coords.dual_to_coordinates(self.J.derivative(m, self._tmp), g)
+        try:
+            f = self.J(m)
+            self.coords.dual_to_coordinates(self.J.derivative(m, self._tmp), g)
+        except NonFiniteError as err:
+            return self._nonfinite(err, g)
         return f
 
     def _hessian(self, tao, x, H, P):
@@ -306,6 +326,7 @@ class Optimizer:
         its += self._offset
         if self._g0 is None:
             self._g0 = gnorm
+        self._failure = None  # a non-finite trial point before this iterate was rejected: TAO went on
         row = {"iteration": its, "J": f, "gnorm": gnorm, "step": step, **self.J.counts}
         if self.J.kind == "classes":
             row["accuracy"] = self.J.accuracy(self._point(x))
@@ -325,6 +346,27 @@ class Optimizer:
                 flush=True,
             )
 
+    def _diverged(self, err, its):
+        """Stop training after a non-finite trial point: the last accepted iterate goes
+        to the checkpoint (when there is one), and a DivergenceError names the layer and
+        the iteration on every rank."""
+        if not self.history:
+            raise NonFiniteError(f"at the initial controls: {err}", err.layer) from err
+        good = self.history[-1]["iteration"]
+        where = ""
+        if self.checkpoint is not None:
+            from fem_dnn.checkpoint import save_checkpoint
+
+            m = self.coords.from_coordinates(self._prev, self.J.controls.create_vec())
+            state = {"method": self.method, "iteration": good, "g0": self._g0, "history": self.history}
+            save_checkpoint(self.checkpoint, self.J.controls, m, state)
+            m.destroy()
+            where = f"; the last good controls (iteration {good}) are in {self.checkpoint}"
+        raise DivergenceError(
+            f"training diverged at iteration {its} ({self.method}): {err}{where}. Resume with a smaller step "
+            f"(-{self.tao.getOptionsPrefix()}tao_ls_stepmax 0.1, a larger lambda) or another method "
+            "(training.method = 'gd')", err.layer, its, self.checkpoint) from err
+
     # ---- public
     def solve(self, m0: PETSc.Vec, resume: bool = False) -> Result:
         """Train from m0 (not modified); returns the result with the trained controls.
@@ -342,9 +384,17 @@ class Optimizer:
             self.tao.setTolerances(gatol=gatol, gttol=0.0)
         x = self.coords.to_coordinates(m0, self._x)
         self.tao.setSolution(x)
-        self.tao.solve(x)
+        self._failure = None
+        try:
+            self.tao.solve(x)
+        except PETSc.Error:  # TAO refuses an infinite J at the first point (error 83)
+            if self._failure is None:
+                raise
+            self._diverged(*self._failure)
         its, f, gnorm, _, _, reason = self.tao.getSolutionStatus()
         its += self._offset
+        if self._failure is not None:  # TAO stopped at a non-finite trial point
+            self._diverged(*self._failure)
         m = self.coords.from_coordinates(x, self.J.controls.create_vec())
         if self.checkpoint is not None:  # the final controls, whatever checkpoint_every is
             from fem_dnn.checkpoint import save_checkpoint
@@ -501,7 +551,14 @@ def minibatch(
         for idx in batches(J.n_samples, batch_size, seed, epoch):
             J.set_batch(idx)
             coords.from_coordinates(x, m)
-            coords.dual_to_coordinates(J.derivative(m, g), gx)
+            try:
+                coords.dual_to_coordinates(J.derivative(m, g), gx)
+            except NonFiniteError as err:
+                J.set_batch(None)
+                where = f"; the controls of epoch {epoch} are in {ckpt}" if ckpt is not None and epoch > 0 else ""
+                raise DivergenceError(
+                    f"training diverged at step {step + 1} (epoch {epoch + 1}, {method}): {err}{where}. "
+                    "Resume with a smaller step (training.lr)", err.layer, step + 1, ckpt) from err
             step += 1
             if method == "sgd":
                 x.axpy(-lr, gx)

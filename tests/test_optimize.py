@@ -355,3 +355,93 @@ def test_minibatch_checkpoint_resume(comm, tmp_shared):
     with pytest.raises(InputError, match="another mini-batch run"):
         minibatch(J, J.controls.create_vec(), "adam", epochs=6, checkpoint=folder, resume=True, **{**kw, "seed": 6})
     J.destroy(), net.destroy()
+
+
+# --------------------------------------------------------------------------- divergence
+# sigma = exp overflows once a - B f passes 709: without regularisation the classes
+# problem drives the controls there: steepest descent reaches a trial point whose state
+# is inf and its line search stops there (L-BFGS rejects such points and goes on)
+
+
+def _exp_problem(comm):
+    import ufl
+
+    from fem_dnn.activation import Activation
+
+    act = Activation("exp", np.exp, np.exp, np.exp, ufl.exp, np.inf)
+    space = NodeSpace(create_node_mesh(comm, "interval", 4), "DG", 0)
+    net = Network(space, Depth(1.0, 4), act, "euler")
+    rng = np.random.default_rng(0)
+    J = ReducedFunctional(net, rng.random((8, 4)), rng.integers(0, 3, 8), "classes", K=3, lam=0.0)
+    return net, J
+
+
+@pytest.mark.mpi
+def test_divergence_stops_and_keeps_the_last_good_controls(comm, tmp_shared):
+    """A non-finite state at a new iterate stops training on every rank with a message
+    naming the layer and the iteration; the checkpoint then holds the last accepted
+    iterate, and a run with another method resumes from it."""
+    from fem_dnn.checkpoint import load_checkpoint
+    from fem_dnn.errors import DivergenceError
+
+    net, J = _exp_problem(comm)
+    opt = Optimizer(J, "gd", max_it=50, monitor=False, checkpoint=tmp_shared, checkpoint_every=5)
+    with pytest.raises(DivergenceError, match=r"diverged at iteration \d+ \(gd\): the state is not finite after layer \d"
+                       ) as info:
+        opt.solve(J.controls.create_vec())
+    err, last = info.value, opt.history[-1]
+    assert err.iteration == last["iteration"] + 1 and 0 <= err.layer < 4
+    assert comm.allreduce(err.iteration, op=MPI.MAX) == comm.allreduce(err.iteration, op=MPI.MIN)
+    m, state, _ = load_checkpoint(err.checkpoint, J.controls)
+    assert state["iteration"] == last["iteration"]  # written although checkpoint_every = 5
+    assert np.isfinite(J(m)) and abs(J(m) - last["J"]) <= 1e-12 * abs(last["J"])
+    opt.destroy()
+    rows = []
+    other = Optimizer(J, "lbfgs", max_it=last["iteration"] + 10, monitor=rows.append, checkpoint=tmp_shared)
+    res = other.solve(J.controls.create_vec(), resume=True)
+    assert rows[0]["iteration"] == last["iteration"] and abs(rows[0]["J"] - last["J"]) <= 1e-12 * abs(last["J"])
+    assert res.iterations > last["iteration"] and res.J <= last["J"]  # it goes on from there
+    other.destroy(), res.m.destroy(), m.destroy(), J.destroy(), net.destroy()
+
+
+def test_divergence_at_the_initial_controls(comm):
+    """Controls whose state overflows at the start are not a divergence of training."""
+    from fem_dnn.errors import DivergenceError, NonFiniteError
+
+    net, J = _exp_problem(comm)
+    m0 = J.controls.create_vec()
+    J.controls.blocks(m0)[0][:] = 800.0  # a = 800: exp(800) overflows in layer 0
+    opt = Optimizer(J, "lbfgs", max_it=5, monitor=False)
+    with pytest.raises(NonFiniteError, match="at the initial controls: the state is not finite after layer 0") as info:
+        opt.solve(m0)
+    assert not isinstance(info.value, DivergenceError) and info.value.layer == 0
+    opt.destroy(), m0.destroy(), J.destroy(), net.destroy()
+
+
+def test_minibatch_divergence_names_step_and_layer(comm, tmp_path):
+    """Adam/SGD: a non-finite gradient stops with the step, the epoch and the layer;
+    the previous epoch's checkpoint stays, and a smaller step resumes from it."""
+    from fem_dnn.errors import DivergenceError, NonFiniteError
+    from fem_dnn.optimize import minibatch
+
+    net, J = problem(comm, 8, 4)
+    calls = {"n": 0}
+    derivative = J.derivative
+
+    def failing(m, out=None):  # step 7 meets a costate overflow in layer 2
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise NonFiniteError("the costate is not finite at the start of layer 2", layer=2)
+        return derivative(m, out)
+
+    J.derivative = failing
+    with pytest.raises(DivergenceError, match=r"diverged at step 7 \(epoch 2, adam\): the costate is not finite at "
+                                              r"the start of layer 2; the controls of epoch 1 are in") as info:
+        minibatch(J, J.controls.create_vec(), "adam", lr=0.5, batch_size=2, epochs=3, monitor=False,
+                  checkpoint=tmp_path, evaluate=False)
+    assert info.value.layer == 2 and info.value.iteration == 7
+    J.derivative = derivative
+    res = minibatch(J, J.controls.create_vec(), "adam", lr=0.05, batch_size=2, epochs=3, monitor=False,
+                    checkpoint=tmp_path, resume=True, evaluate=False)
+    assert res.iterations == 12 and [h["epoch"] for h in res.history] == [1, 2, 3]
+    res.m.destroy(), J.destroy(), net.destroy()
