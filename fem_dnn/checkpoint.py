@@ -36,10 +36,17 @@ instead, leaving a short window in which only ``<stem>.prev.npz`` exists; a cras
 window is still safe because :func:`latest_checkpoint` then returns the ``.prev`` file.
 Keeping one generation costs one file of disk space and protects a restart against a
 checkpoint that is complete but unusable (a bad disk block, an interrupted copy).
+:func:`recover_checkpoint` (called by ``fem-dnn train --resume``) puts ``<stem>.prev.npz``
+back under the checkpoint's name when a crash in that window left only the ``.prev``.
+
+:func:`atomic_write` writes any other file of a run the same way (temporary file, fsync,
+``os.replace``): ``fem-dnn train`` writes ``config.toml``, ``metrics.csv`` and
+``summary.json`` with it.
 
 :func:`save_checkpoint` and :func:`load_checkpoint` are collective over the world
 communicator of the network's layout (``controls.network.layout.world``, which covers
-sample groups too), :func:`latest_checkpoint` over the communicator it is given. Only
+sample groups too), :func:`latest_checkpoint` and :func:`recover_checkpoint` over the
+communicator they are given. Only
 rank 0 touches the file system; its outcome is broadcast, so no rank returns before the
 file is in place, and a failure makes every rank raise the same one-line
 :class:`~fem_dnn.errors.InputError` (no rank is left waiting in a collective call).
@@ -61,7 +68,7 @@ from petsc4py import PETSc
 from fem_dnn.errors import InputError
 from fem_dnn.functional import ControlSpace
 
-__all__ = ["FORMAT", "VERSION", "save_checkpoint", "load_checkpoint", "latest_checkpoint"]
+__all__ = ["FORMAT", "VERSION", "atomic_write", "latest_checkpoint", "load_checkpoint", "recover_checkpoint", "save_checkpoint"]
 
 #: The ``format`` field of a checkpoint's metadata.
 FORMAT = "fem_dnn.checkpoint"
@@ -219,6 +226,76 @@ def latest_checkpoint(folder, stem: str = "checkpoint", comm: MPI.Comm | None = 
     found = _on_root(comm, find, f"cannot search {folder} for checkpoints")
     found = comm.bcast(found, root=0)
     return None if found is None else Path(found)
+
+
+def recover_checkpoint(path, comm: MPI.Comm | None = None) -> Path | None:
+    """Undo an interrupted replacement (collective over ``comm``): when ``path`` is
+    missing but ``<stem>.prev.npz`` is a complete checkpoint (what a crash leaves between
+    the two renames of the fallback for file systems without hard links), copy the
+    ``.prev`` back to ``path`` atomically. An existing ``path`` is never touched, even if
+    damaged: loading it then reports the damage.
+
+    Args:
+        path: the checkpoint file (``.npz`` is appended as in :func:`save_checkpoint`).
+        comm: the communicator (default ``MPI.COMM_WORLD``).
+
+    Returns:
+        ``path`` if it exists afterwards (recovered or not), else None; on every rank.
+
+    Raises:
+        InputError: on every rank, if the copy fails.
+    """
+    comm = MPI.COMM_WORLD if comm is None else comm
+    path = _npz_path(path)
+
+    def recover():
+        if path.exists():
+            return str(path)
+        prev = _prev_path(path)
+        if not prev.is_file():
+            return None
+        try:
+            _read_verified(prev)
+        except InputError:
+            return None  # nothing complete to recover: the run starts afresh
+        atomic_write(path, prev.read_bytes())
+        return str(path)
+
+    found = _on_root(comm, recover, f"cannot recover checkpoint {path} from {_prev_path(path).name}")
+    found = comm.bcast(found, root=0)
+    return None if found is None else Path(found)
+
+
+def atomic_write(path, data: str | bytes) -> Path:
+    """Write ``data`` (text as UTF-8) to ``path`` atomically: a hidden temporary file in
+    the same folder, flushed and fsynced, then ``os.replace``-d onto ``path`` and the
+    folder fsynced. A process killed at any moment leaves the old file or the new one,
+    never a partial file under ``path`` (at worst a stale hidden ``.<name>.*.tmp``).
+
+    Not collective: call it on the rank that writes (rank 0).
+    """
+    path = Path(path)
+    raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(folder)
+    return path
 
 
 # --------------------------------------------------------------------------- description

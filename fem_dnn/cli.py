@@ -267,7 +267,7 @@ def guarded(fn) -> int:
             print(f"fem-dnn: internal error{where}: {_describe(_root_cause(exc))}"
                   + ("; stopping all ranks (MPI_Abort)" if world.size > 1 else ""), file=sys.stderr, flush=True)
             if world.size > 1:
-                world.Abort(1)
+                _abort(world, 1)
             return 1
         from fem_dnn.errors import DivergenceError
 
@@ -275,10 +275,20 @@ def guarded(fn) -> int:
         if not _all_ranks_arrive(world, AGREE_SECONDS):
             print(f"fem-dnn: error on rank {world.rank} of {world.size}: {_one_line(err)} (the other ranks did not "
                   f"stop within {AGREE_SECONDS:g} s; stopping all ranks with MPI_Abort)", file=sys.stderr, flush=True)
-            world.Abort(status)
+            _abort(world, status)
         if world.rank == 0:
             print(f"fem-dnn: error: {_one_line(err)}", file=sys.stderr, flush=True)
         return status
+
+
+def _abort(comm, status: int):
+    """``MPI_Abort`` on ``comm``, and this process ends too: MPICH's MPI_Abort may return
+    before the launcher's signal arrives."""
+    import os
+
+    sys.stdout.flush(), sys.stderr.flush()
+    comm.Abort(status)
+    os._exit(status)
 
 
 def _all_ranks_arrive(comm, seconds: float) -> bool:

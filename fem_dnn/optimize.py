@@ -373,16 +373,19 @@ class Optimizer:
 
         With ``resume=True`` and an existing checkpoint, continue from it instead (m0 is
         then ignored)."""
+        loaded = None
         if resume and self.checkpoint is not None and self.checkpoint.exists():
             from fem_dnn.checkpoint import load_checkpoint
 
-            m0, state, _ = load_checkpoint(self.checkpoint, self.J.controls)
+            m0, state, _ = loaded = load_checkpoint(self.checkpoint, self.J.controls)
             self._offset, self._g0 = int(state["iteration"]), float(state["g0"])
             self.history = list(state["history"])[:-1]  # its last row is recomputed now
             # stop where the uninterrupted run would: the same absolute gradient norm
             gatol = max(self.tao.getTolerances()[0], self._gttol * self._g0)
             self.tao.setTolerances(gatol=gatol, gttol=0.0)
         x = self.coords.to_coordinates(m0, self._x)
+        if loaded is not None:
+            m0.destroy()
         self.tao.setSolution(x)
         self._failure = None
         try:
@@ -524,11 +527,12 @@ def minibatch(
     coords = Coordinates(J.controls, riesz)
     cs = J.controls
     ckpt = None if checkpoint is None else Path(checkpoint) / "checkpoint.npz"
-    history = []
+    history, loaded = [], None
     if resume and ckpt is not None and ckpt.exists():
         from fem_dnn.checkpoint import load_checkpoint
 
-        m0, saved, arrays = load_checkpoint(ckpt, cs)
+        m0, saved, arrays = loaded = load_checkpoint(ckpt, cs)
+        m0.destroy()  # the coordinates x of the checkpoint are the exact state
         if saved.get("method") != method or saved.get("seed") != seed or saved.get("batch_size") != batch_size:
             raise InputError(f"checkpoint {ckpt} is from another mini-batch run ({saved.get('method')}, seed "
                              f"{saved.get('seed')}, batch size {saved.get('batch_size')})")
@@ -539,6 +543,8 @@ def minibatch(
         start_epoch, history = int(saved["epoch"]), list(saved["history"])
     state = state or {}
     x = state["x"].copy() if "x" in state else coords.to_coordinates(m0)  # exact resume
+    if loaded is not None:
+        state["x"].destroy()
     m, g, gx = x.duplicate(), x.duplicate(), x.duplicate()
     m1 = state.get("m1") or x.duplicate()
     m2 = state.get("m2") or x.duplicate()

@@ -13,10 +13,18 @@ The run folder (``output.folder``) receives:
   few test samples, and the controls a and b (diagonal and row integral) over the
   (depth, node) mesh, for ParaView;
 - ``training.png``, ``states.png``, ``weights.png``.
+
+The checkpoint, ``config.toml``, ``metrics.csv``, ``summary.json`` and the figures are
+written atomically (a temporary file renamed over the old one), so a run killed at any
+moment leaves each of them complete, old or new. The field files (XDMF + HDF5 / VTX) are
+written in place at the end of a run and are not protected that way.
 """
 
+import contextlib
 import csv
+import io
 import json
+import os
 import time
 from pathlib import Path
 
@@ -26,6 +34,7 @@ from fem_dnn import _dolfinx  # noqa: F401
 from mpi4py import MPI
 
 from fem_dnn import data as datasets
+from fem_dnn.checkpoint import atomic_write
 from fem_dnn.config import to_toml
 from fem_dnn.domain import Depth, NodeSpace, ProductMesh, create_node_mesh, read_node_mesh, split_comm
 from fem_dnn.errors import InputError
@@ -116,18 +125,30 @@ def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=
     if tr["bounds_b"]:
         bounds["b"] = tuple(tr["bounds_b"])
     method = tr["method"]
+    ckpt = ckpt_dir / "checkpoint.npz"
+    prev = ckpt_dir / "checkpoint.prev.npz"
+    # a crash between the two renames of a checkpoint update (file systems without hard
+    # links) leaves only the .prev: resume from it (put back under the name after the checks)
+    resume_from = (prev if not ckpt.exists() and prev.exists() else ckpt) if resume else None
     # everything that can refuse the input comes before the first write
-    _check_training(run, bounds, ckpt_dir / "checkpoint.npz" if resume else None)
+    _check_training(run, bounds, resume_from)
     opt = None
     if method in METHODS:
         opt = Optimizer(run.J, method, riesz=tr["riesz"], bounds=bounds or None, gauss_newton=tr["gauss_newton"],
                         gttol=tr["gttol"], max_it=tr["max_it"], monitor=True, checkpoint=ckpt_dir,
                         checkpoint_every=tr["checkpoint_every"])
     _start_folder(folder, cfg, comm)
+    if resume_from == prev:
+        from fem_dnn.checkpoint import recover_checkpoint
+
+        recover_checkpoint(ckpt, comm)
     S_train, S_test = len(run.train_idx), len(run.test_idx)
+    v = run.J.controls.create_vec()
+    n_controls = v.getSize()
+    v.destroy()  # explicitly: a parallel Vec left to Python would wait in PETSc's garbage
     run.say(f"fem-dnn train: {run.data.name} ({run.data.kind}), {S_train} training / {S_test} test samples; "
             f"{run.space.n} neurons ({cfg['node']['space']}), {run.net.depth.N} layers ({run.net.scheme}), "
-            f"{run.J.controls.create_vec().getSize()} controls; method {tr['method']} on {comm.size} rank(s)")
+            f"{n_controls} controls; method {tr['method']} on {comm.size} rank(s)")
     m0 = run.initial()
     if opt is not None:
         res = opt.solve(m0, resume=resume)
@@ -141,6 +162,7 @@ def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=
 
         save_checkpoint(ckpt_dir / "checkpoint.npz", run.J.controls, res.m, {"method": "msa", "iteration": res.iterations,
                                                                              "history": res.history})
+    m0.destroy()
     summary = {"data": run.data.name, "method": method, "iterations": res.iterations, "reason": res.reason,
                "ranks": comm.size, "neurons": run.space.n, "layers": run.net.depth.N, **run.metrics(res.m),
                "solves": dict(run.J.counts), "seconds": time.perf_counter() - t0}
@@ -209,7 +231,7 @@ def _start_folder(folder: Path, cfg: dict, comm: MPI.Comm):
                 err = f"output.folder {str(folder)!r} exists and is not a folder"
             else:
                 folder.mkdir(parents=True, exist_ok=True)
-                (folder / "config.toml").write_text(to_toml(cfg))
+                atomic_write(folder / "config.toml", to_toml(cfg))
         except OSError as e:
             err = f"cannot write the run folder {str(folder)!r}: {e.strerror or e}"
     err = comm.bcast(err, root=0)
@@ -223,11 +245,12 @@ def _write_outputs(run: Run, res, summary: dict, folder: Path):
         rows = res.history
         if rows:
             keys = list(dict.fromkeys(k for r in rows for k in r))
-            with open(folder / "metrics.csv", "w", newline="") as fh:
-                w = csv.DictWriter(fh, fieldnames=keys)
-                w.writeheader()
-                w.writerows(rows)
-        (folder / "summary.json").write_text(json.dumps(summary, indent=2))
+            text = io.StringIO(newline="")
+            w = csv.DictWriter(text, fieldnames=keys)
+            w.writeheader()
+            w.writerows(rows)
+            atomic_write(folder / "metrics.csv", text.getvalue())
+        atomic_write(folder / "summary.json", json.dumps(summary, indent=2))
     k = min(cfg["output"]["plot_samples"], len(run.test_idx) if run.J_test else len(run.train_idx))
     if k == 0 or run.space.mesh.topology.dim > 2 or run.layout.sample_comm.size > 1:
         return  # nothing to show (or 3D node domains / data-parallel runs: no field output)
@@ -253,13 +276,26 @@ def _write_outputs(run: Run, res, summary: dict, folder: Path):
         from fem_dnn.io import plot_states, plot_training, plot_weights
 
         if comm.rank == 0 and res.history:
-            plot_training(folder / "training.png", res.history, f"{run.data.name}: {summary['method']}")
+            with _atomic_figure(folder / "training.png", comm) as path:
+                plot_training(path, res.history, f"{run.data.name}: {summary['method']}")
         nat_states = [np.stack([sp.to_natural(traj.states[j, s, :]) for j in range(traj.states.shape[0])]) for s in range(k)]
         labels = Jv.labels if Jv.labels is not None else [None] * k
         titles = [f"sample {s}" + (f" (class {labels[s]})" if labels[s] is not None else "") for s in range(k)]
-        plot_states(folder / "states.png", sp, run.net.depth.points, nat_states, titles)
-        plot_weights(folder / "weights.png", sp, run.net.depth.points, nat["a"], nat["b"])
+        with _atomic_figure(folder / "states.png", comm) as path:
+            plot_states(path, sp, run.net.depth.points, nat_states, titles)
+        with _atomic_figure(folder / "weights.png", comm) as path:
+            plot_weights(path, sp, run.net.depth.points, nat["a"], nat["b"])
     Jv.set_batch(None)
+
+
+@contextlib.contextmanager
+def _atomic_figure(path: Path, comm: MPI.Comm):
+    """A hidden temporary name (same suffix, so matplotlib keeps the format) to draw
+    into; rank 0 renames it onto ``path`` afterwards."""
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    yield tmp
+    if comm.rank == 0 and tmp.exists():
+        os.replace(tmp, path)
 
 
 def evaluate(folder, comm: MPI.Comm = MPI.COMM_WORLD, out=print) -> dict:

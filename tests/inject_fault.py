@@ -1,0 +1,51 @@
+"""Test helper (not a test module): ``fem-dnn`` with a fault injected on one rank.
+
+    mpirun -n 2 python tests/inject_fault.py --rank 1 --iteration 5 --kind exception -- train [fem-dnn args]
+
+runs ``fem_dnn.cli.main`` (so the command line's own error handling,
+:func:`fem_dnn.cli.guarded`) with the TAO monitor of :class:`fem_dnn.optimize.Optimizer`
+wrapped: on rank ``--rank`` at iteration ``--iteration`` it raises before the iteration's
+collective work (the checkpoint write), leaving the other ranks inside a collective call.
+
+``--kind exception`` raises a RuntimeError (an internal error); ``--kind input`` raises
+an InputError on that rank alone (a fem_dnn error that, unlike every real one, the other
+ranks do not share). ``--agree`` sets :data:`fem_dnn.cli.AGREE_SECONDS`.
+"""
+
+import argparse
+import sys
+
+import fem_dnn  # noqa: F401  (DOLFINx import order)
+from mpi4py import MPI
+
+import fem_dnn.cli
+from fem_dnn.errors import InputError
+from fem_dnn.optimize import Optimizer
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--rank", type=int, default=1)
+    p.add_argument("--iteration", type=int, default=5)
+    p.add_argument("--kind", choices=["exception", "input"], default="exception")
+    p.add_argument("--agree", type=float, default=None)
+    p.add_argument("cli", nargs=argparse.REMAINDER)
+    args = p.parse_args()
+    cli = args.cli[1:] if args.cli[:1] == ["--"] else args.cli
+    if args.agree is not None:
+        fem_dnn.cli.AGREE_SECONDS = args.agree
+    monitor = Optimizer._monitor
+
+    def faulty(self, tao):
+        its = tao.getSolutionStatus()[0] + self._offset
+        if its == args.iteration and MPI.COMM_WORLD.rank == args.rank:
+            what = f"injected fault on rank {args.rank} at iteration {its}"
+            raise InputError(what) if args.kind == "input" else RuntimeError(what)
+        return monitor(self, tao)
+
+    Optimizer._monitor = faulty
+    sys.exit(fem_dnn.cli.main(cli))
+
+
+if __name__ == "__main__":
+    main()
