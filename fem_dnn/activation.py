@@ -73,6 +73,9 @@ def _tanh(s, out=None):
     gives exactly -1; the form is exactly 0 at 0 and +-1 in the tails.
     """
     t = np.multiply(s, -2.0, out=out)
+    if not isinstance(t, np.ndarray):  # a scalar
+        with np.errstate(over="ignore"):
+            return 2.0 / (1.0 + np.exp(t)) - 1.0
     with np.errstate(over="ignore"):
         np.exp(t, out=t)
     t += 1.0

@@ -130,6 +130,8 @@ def test_tanh_accuracy():
     assert np.all(np.abs(t) <= 1.0)
     ends = act.sigma(np.array([0.0, 400.0, -400.0, np.inf, -np.inf, np.nan]))
     assert np.array_equal(ends[:5], [0.0, 1.0, -1.0, 1.0, -1.0]) and np.isnan(ends[5])
+    for x in (0.3, -400.0, np.float64(2.0)):  # scalars too
+        assert abs(act.sigma(x) - np.tanh(x)) <= 5e-16 and np.ndim(act.sigma(x)) == 0
 
 
 # --------------------------------------------------------------------------- node weights, mass
