@@ -57,7 +57,7 @@ from fem_dnn.domain import Depth, NodeSpace, ProductMesh, create_node_mesh
 from fem_dnn.functional import ReducedFunctional
 from fem_dnn.io import write_trajectory
 from fem_dnn.network import Network
-from fem_dnn.optimize import Optimizer, hamiltonian_minimiser, msa
+from fem_dnn.optimize import FixedReadout, Optimizer, hamiltonian_minimiser, msa
 
 comm = MPI.COMM_WORLD
 out = Path("out_pmp")
@@ -170,36 +170,8 @@ assert len(flips) >= 1
 # ### 3. Box-constrained L-BFGS on the same problem
 #
 # `Optimizer(J, "blbfgs", bounds=box)` trains the readout W, mu too (unbounded). To solve
-# the *same* problem as MSA, the readout is frozen here by a thin wrapper that zeroes the
+# the *same* problem as MSA, the readout is frozen by `FixedReadout(J)`, which zeroes the
 # W and mu parts of the derivative (and of the Hessian action): TAO then never moves them.
-
-
-class FixedReadout:
-    """J restricted to the controls a and b (W and mu stay where they start)."""
-
-    def __init__(self, J):
-        self.J, self.controls, self.network, self.kind, self.counts = J, J.controls, J.network, J.kind, J.counts
-
-    def __call__(self, m):
-        return self.J(m)
-
-    def _zero_readout(self, v):
-        _, _, Wv, muv = self.controls.blocks(v)
-        Wv[:], muv[:] = 0.0, 0.0
-        return v
-
-    def derivative(self, m, out=None):
-        return self._zero_readout(self.J.derivative(m, out))
-
-    def hessian(self, m, dm, out=None, gauss_newton=False):
-        d = self._zero_readout(dm.copy())
-        out = self._zero_readout(self.J.hessian(m, d, out, gauss_newton))
-        d.destroy()
-        return out
-
-    def accuracy(self, m):
-        return self.J.accuracy(m)
-
 
 for key in J.counts:
     J.counts[key] = 0

@@ -730,31 +730,6 @@ class OpenLoop:
     initial: list  # J at every start: the cost of the given controls in the network
 
 
-class _FixedReadout:
-    """J restricted to the controls a and b: the W and mu parts of the derivative and of
-    the Hessian action are zeroed, so TAO never moves the readout."""
-
-    def __init__(self, J):
-        self.J, self.controls, self.network, self.kind, self.counts = J, J.controls, J.network, J.kind, J.counts
-
-    def __call__(self, m):
-        return self.J(m)
-
-    def _zero_readout(self, v):
-        _, _, Wv, muv = self.controls.blocks(v)
-        Wv[:], muv[:] = 0.0, 0.0
-        return v
-
-    def derivative(self, m, out=None):
-        return self._zero_readout(self.J.derivative(m, out))
-
-    def hessian(self, m, dm, out=None, gauss_newton=False):
-        d = self._zero_readout(dm.copy())
-        out = self._zero_readout(self.J.hessian(m, d, out, gauss_newton))
-        d.destroy()
-        return out
-
-
 def open_loop(model: ReducedModel, terminal, v0, N: int, T: float = 1.0, starts=(), method: str = "blbfgs",
               gttol: float = 1e-10, gatol: float = 1e-11, max_it: int = 200) -> OpenLoop:
     """The open-loop optimum of the reduced network with N Euler layers (the ResNet),
@@ -776,7 +751,7 @@ def open_loop(model: ReducedModel, terminal, v0, N: int, T: float = 1.0, starts=
     from fem_dnn.domain import Depth, NodeSpace, create_node_mesh
     from fem_dnn.functional import ReducedFunctional
     from fem_dnn.network import Network
-    from fem_dnn.optimize import Optimizer, msa
+    from fem_dnn.optimize import FixedReadout, Optimizer, msa
 
     if method not in ("blbfgs", "msa"):
         raise InputError(f"open-loop method must be 'blbfgs' or 'msa', not {method!r}")
@@ -806,7 +781,7 @@ def open_loop(model: ReducedModel, terminal, v0, N: int, T: float = 1.0, starts=
         else:
             # gatol: a start near the optimum (the closed loop) has a small initial
             # gradient, which a relative tolerance alone would chase to round-off
-            opt = Optimizer(_FixedReadout(J), "blbfgs", bounds=box, gttol=gttol, gatol=gatol, max_it=max_it,
+            opt = Optimizer(FixedReadout(J), "blbfgs", bounds=box, gttol=gttol, gatol=gatol, max_it=max_it,
                             monitor=False, petsc_options_prefix="fem_dnn_hjb_open_")
             res = opt.solve(m0)
             opt.destroy()

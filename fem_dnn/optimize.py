@@ -38,6 +38,7 @@ from fem_dnn.network import Controls
 __all__ = [
     "METHODS",
     "Coordinates",
+    "FixedReadout",
     "Optimizer",
     "Result",
     "batches",
@@ -605,6 +606,36 @@ def minibatch(
         v.destroy()
     last = history[-1].get("gnorm", float("nan")) if history else float("nan")
     return Result(out, step, 0, f, last, history, dict(J.counts))  # reason 0: ran its epochs
+
+
+class FixedReadout:
+    """J restricted to the layer controls a and b: the W and mu parts of the derivative
+    and of the Hessian action are zeroed, so an optimiser never moves the readout (it
+    stays where the initial controls put it). Use it in place of J:
+    ``Optimizer(FixedReadout(J), "blbfgs", bounds=box)``."""
+
+    def __init__(self, J):
+        self.J, self.controls, self.network, self.kind, self.counts = J, J.controls, J.network, J.kind, J.counts
+
+    def __call__(self, m):
+        return self.J(m)
+
+    def _zero_readout(self, v):
+        _, _, Wv, muv = self.controls.blocks(v)
+        Wv[:], muv[:] = 0.0, 0.0
+        return v
+
+    def derivative(self, m, out=None):
+        return self._zero_readout(self.J.derivative(m, out))
+
+    def hessian(self, m, dm, out=None, gauss_newton=False):
+        d = self._zero_readout(dm.copy())
+        out = self._zero_readout(self.J.hessian(m, d, out, gauss_newton))
+        d.destroy()
+        return out
+
+    def accuracy(self, m):
+        return self.J.accuracy(m)
 
 
 # --------------------------------------------------------------------------- LM §5
