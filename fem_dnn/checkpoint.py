@@ -276,17 +276,26 @@ def atomic_write(path, data: str | bytes) -> Path:
     """
     path = Path(path)
     raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    _replace_atomically(path, lambda f: f.write(raw))
+    return path
+
+
+def _replace_atomically(path: Path, write, before_replace=None):
+    """The one atomic-write mechanism: ``write(file)`` into a temporary file in the
+    folder, fsync, ``before_replace()`` (if given), ``os.replace``, fsync the folder."""
     folder = path.parent
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(raw)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -295,7 +304,6 @@ def atomic_write(path, data: str | bytes) -> Path:
             pass
         raise
     _fsync_dir(folder)
-    return path
 
 
 # --------------------------------------------------------------------------- description
@@ -489,27 +497,12 @@ def _read_verified(path: Path) -> tuple[dict, dict]:
 def _write_atomic(path: Path, entries: dict, keep_previous: bool):
     """Temporary file, fsync, (keep the old file as .prev), replace, fsync the folder."""
     folder = path.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **entries)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        prev = _prev_path(path)
+
+    def keep():
         if keep_previous and path.is_file():
-            _keep(path, prev)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(folder)
+            _keep(path, _prev_path(path))
+
+    _replace_atomically(path, lambda f: np.savez(f, **entries), keep)
     for stale in folder.iterdir():  # temporaries left by interrupted writes
         if stale.name.endswith(".tmp") and stale.name.startswith((f".{path.name}.", f".{_prev_path(path).name}.")):
             try:
