@@ -1,11 +1,34 @@
-"""Shared fixtures. Tests are MPI-agnostic: the serial run executes all of them, the
-MPI runs (``mpirun -n 2|3 python -m pytest -m mpi``) the ones marked ``mpi``, which
-compare the parallel result with a serial one computed in-process on COMM_SELF."""
+"""Shared fixtures and the two test tiers.
+
+Tests are MPI-agnostic: the serial run executes all of them, the MPI runs
+(``mpirun -n 2|3 python -m pytest -m mpi``) the ones marked ``mpi``, which compare the
+parallel result with a serial one computed in-process on COMM_SELF.
+
+Tiers: the default tier is every test not marked ``slow``; ``--slow`` runs the soak
+tests marked ``slow`` (long random-kill loops, leak checks over a thousand solves) and
+nothing else. ``./run test`` and ``./run test --slow`` run a tier serially and on 2 and 3
+ranks."""
 
 import fem_dnn  # noqa: F401  (DOLFINx import order)
 import numpy as np
 import pytest
 from mpi4py import MPI
+
+
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true", default=False,
+                     help="run the slow tier (the soak tests marked 'slow') instead of the default tier")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Keep the tests of the chosen tier; report the others as deselected."""
+    slow = config.getoption("--slow")
+    keep, drop = [], []
+    for item in items:
+        (keep if (item.get_closest_marker("slow") is not None) == slow else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 @pytest.fixture

@@ -10,10 +10,15 @@ collective work (the checkpoint write), leaving the other ranks inside a collect
 ``--kind exception`` raises a RuntimeError (an internal error); ``--kind input`` raises
 an InputError on that rank alone (a fem_dnn error that, unlike every real one, the other
 ranks do not share). ``--agree`` sets :data:`fem_dnn.cli.AGREE_SECONDS`.
+
+Just before raising, the failing rank prints ``inject: raising at <wall-clock seconds>``
+on stderr, so a test can time what follows from the fault itself (not from when a pipe
+delivered the last output line).
 """
 
 import argparse
 import sys
+import time
 
 import fem_dnn  # noqa: F401  (DOLFINx import order)
 from mpi4py import MPI
@@ -40,6 +45,7 @@ def main():
         its = tao.getSolutionStatus()[0] + self._offset
         if its == args.iteration and MPI.COMM_WORLD.rank == args.rank:
             what = f"injected fault on rank {args.rank} at iteration {its}"
+            print(f"inject: raising at {time.time():.6f}", file=sys.stderr, flush=True)
             raise InputError(what) if args.kind == "input" else RuntimeError(what)
         return monitor(self, tao)
 
