@@ -2,7 +2,7 @@
 #
 #   docker build -t fem-dnn .
 #   docker run --rm fem-dnn                   # the main job (./run main: digits, mpirun -n 2)
-#   docker run --rm fem-dnn ./run test        # the whole test suite, serial and MPI
+#   docker run --rm fem-dnn ./run test        # the test suite (default tier), serial and MPI
 #   docker run --rm -v "$PWD/out:/fem_dnn/out_train" fem-dnn      # keep the run folder
 #   docker run --rm fem-dnn ./run demo pmp 2  # a demo under mpirun -n 2
 #   docker run --rm fem-dnn .venv/bin/mpirun -n 4 .venv/bin/fem-dnn train --set training.method='"newton"' 
