@@ -52,6 +52,7 @@ file is in place, and a failure makes every rank raise the same one-line
 :class:`~fem_dnn.errors.InputError` (no rank is left waiting in a collective call).
 """
 
+import errno
 import hashlib
 import json
 import os
@@ -68,7 +69,7 @@ from petsc4py import PETSc
 from fem_dnn.errors import InputError
 from fem_dnn.functional import ControlSpace
 
-__all__ = ["FORMAT", "VERSION", "atomic_write", "latest_checkpoint", "load_checkpoint", "recover_checkpoint", "save_checkpoint"]
+__all__ = ["FORMAT", "VERSION", "atomic_write", "describe_os_error", "latest_checkpoint", "load_checkpoint", "recover_checkpoint", "save_checkpoint"]
 
 #: The ``format`` field of a checkpoint's metadata.
 FORMAT = "fem_dnn.checkpoint"
@@ -552,8 +553,18 @@ def _one_line(e: BaseException) -> str:
 
 
 def _describe_exception(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return describe_os_error(e)
     text = _one_line(e)
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def describe_os_error(e: OSError) -> str:
+    """A failed file operation in words; a full disk (ENOSPC, EDQUOT) says what to do."""
+    text = e.strerror or _one_line(e)
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        text += " (the disk is full: free space or choose another output.folder; the files written before are intact)"
+    return text
 
 
 def _on_root(comm: MPI.Comm, fn, context: str | None):

@@ -1,6 +1,6 @@
 """The ``fem-dnn`` command line.
 
-    fem-dnn train [CONFIG] [--set section.key=value ...] [--resume] [-petsc_option value ...]
+    fem-dnn train [CONFIG] [--set section.key=value ...] [--resume | --overwrite] [-petsc_option value ...]
     fem-dnn evaluate RUN_FOLDER
     fem-dnn verify [CONFIG] [--set ...]
     fem-dnn forward [options]
@@ -18,6 +18,9 @@ with a message naming the rank: nothing waits forever in a collective call.
 Training that diverges (a state, costate or gradient that is not finite at a new
 iterate) stops with one message naming the layer and the iteration and exit status 3;
 the run folder's checkpoint then holds the last good controls (``--resume``).
+Ctrl-C (SIGINT) or SIGTERM during ``train`` stops at the next accepted iterate on every
+rank, writes its checkpoint, prints one line and exits with status 130 (143); a second
+Ctrl-C ends at once.
 """
 
 import argparse
@@ -48,7 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train on a config (default: digits) and write the run folder")
     t.add_argument("config", nargs="?", help="TOML config file (default: the built-in defaults)")
     t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key")
-    t.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    t.add_argument("--resume", action="store_true", help="continue the run in the run folder from its checkpoint")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace the run in the run folder (its files are removed first); without it a folder "
+                        "that holds a run is refused")
     e = sub.add_parser("evaluate", help="metrics of a run folder's trained controls")
     e.add_argument("folder", help="run folder written by fem-dnn train")
     v = sub.add_parser("verify", help="Taylor tests (gradient rate 2, Hessian rate 3) of a config's functional")
@@ -149,6 +155,15 @@ def main(argv=None) -> int:
             known.append(a)
         i += 1
     args = _parser().parse_args(known)
+    if args.command == "train":  # from the start: a signal during start-up is not lost
+        from fem_dnn import interrupt
+
+        with interrupt.handling():
+            return _start(args, petsc)
+    return _start(args, petsc)
+
+
+def _start(args, petsc) -> int:
     import petsc4py
 
     petsc4py.init([sys.argv[0]] + petsc)
@@ -213,7 +228,7 @@ def _run(args, comm) -> int:
     if args.command == "train":
         from fem_dnn.train import train
 
-        train(load_config(args.config, args.set), comm, resume=args.resume)
+        train(load_config(args.config, args.set), comm, resume=args.resume, overwrite=args.overwrite)
         return 0
     if args.command == "evaluate":
         from fem_dnn.train import evaluate
@@ -242,6 +257,10 @@ def guarded(fn) -> int:
       :class:`~fem_dnn.errors.DivergenceError`. If not every rank raises within
       :data:`AGREE_SECONDS`, the rank that did prints ``fem-dnn: error on rank r of P:
       <message>`` and ends all ranks with ``MPI_Abort`` (status 2 or 3).
+    - :class:`~fem_dnn.interrupt.Interrupted` (training stopped by SIGINT/SIGTERM at a
+      safe point, on every rank together): rank 0 prints ``fem-dnn: interrupted ...``
+      on one line; the status is 130 (SIGINT) or 143 (SIGTERM). A KeyboardInterrupt
+      (Ctrl-C where no safe point is waited for): one line, status 130.
     - Any other exception (a bug, ``MemoryError``, an error in a callback): the rank
       prints the traceback and ``fem-dnn: internal error on rank r of P: <Type>:
       <message>`` on its stderr and ends all ranks with ``MPI_Abort(1)``, mpi4py's
@@ -253,10 +272,19 @@ def guarded(fn) -> int:
     """
     from mpi4py import MPI
 
+    from fem_dnn.interrupt import Interrupted
+
     world = MPI.COMM_WORLD
     try:
         status = fn()
         return 0 if status is None else int(status)
+    except Interrupted as stop:
+        if world.rank == 0:
+            print(f"fem-dnn: {stop.line()}", file=sys.stderr, flush=True)
+        return stop.status
+    except KeyboardInterrupt:
+        print("fem-dnn: interrupted (SIGINT)", file=sys.stderr, flush=True)
+        return 130
     except Exception as exc:  # noqa: BLE001  (every failure must end every rank)
         err = _fem_dnn_error(exc)
         if err is None:

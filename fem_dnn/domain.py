@@ -646,11 +646,22 @@ class ProductMesh:
     Layer-wise controls (constant in depth) use :meth:`layer_function`.
     """
 
+    @staticmethod
+    def unsupported(mesh: dmesh.Mesh) -> str | None:
+        """Why no (depth, node) mesh can be built over this node mesh, or None."""
+        cname = mesh.topology.cell_name()
+        if cname not in _PRODUCT:
+            return f"no (depth, node) mesh over {cname} node cells (3D node domains)"
+        if mesh.geometry.dofmaps[0].shape[1] != {"interval": 2, "triangle": 3, "quadrilateral": 4}[cname]:
+            return "the (depth, node) mesh needs a first-order node mesh geometry (this mesh is curved, of higher order)"
+        return None
+
     def __init__(self, space: NodeSpace, depth: Depth):
         msh = space.mesh
+        reason = self.unsupported(msh)
+        if reason:
+            raise InputError(reason)
         cname = msh.topology.cell_name()
-        if cname not in _PRODUCT:
-            raise InputError(f"no (depth, node) mesh over {cname} node cells (3D node domains)")
         self.space, self.depth = space, depth
         comm = msh.comm
         gdim = msh.geometry.dim
@@ -662,8 +673,6 @@ class ProductMesh:
         gx = msh.geometry.x
         cg = msh.geometry.dofmaps[0][:ncell]  # node cell -> local geometry nodes
         nv = cg.shape[1]
-        if nv != {"interval": 2, "triangle": 3, "quadrilateral": 4}[cname]:
-            raise InputError("the (depth, node) mesh needs a first-order node mesh geometry")
         # product geometry node (k, g) on its owner o: off_o*(N+1) + k*nown_o + (g - off_o)
         own_counts = np.array(comm.allgather(nown))
         own_offsets = np.concatenate([[0], np.cumsum(own_counts)])

@@ -31,6 +31,7 @@ from fem_dnn import _dolfinx  # noqa: F401
 from mpi4py import MPI
 from petsc4py import PETSc
 
+from fem_dnn import interrupt
 from fem_dnn.errors import DivergenceError, InputError, NonFiniteError
 from fem_dnn.functional import ControlSpace, ReducedFunctional
 from fem_dnn.network import Controls
@@ -124,7 +125,11 @@ def _copy(x, out):
 
 @dataclass
 class Result:
-    """Outcome of a training run."""
+    """Outcome of a training run.
+
+    ``interrupted`` is the signal (SIGINT, SIGTERM) at which training stopped at a safe
+    point (:mod:`fem_dnn.interrupt`), or 0; ``m`` is then the last accepted iterate,
+    already in the checkpoint when there is one."""
 
     m: PETSc.Vec
     iterations: int
@@ -133,6 +138,7 @@ class Result:
     gnorm: float
     history: list = field(default_factory=list)
     counts: dict = field(default_factory=dict)
+    interrupted: int = 0
 
     @property
     def converged(self) -> bool:
@@ -196,6 +202,7 @@ class Optimizer:
         self.checkpoint_every = max(int(checkpoint_every), 1)
         self._offset, self._g0, self._gttol = 0, None, gttol
         self._failure = None  # (NonFiniteError, iteration) of the first non-finite trial point
+        self._interrupted = 0  # the signal that stopped training at an accepted iterate
         cs = J.controls
         self._x = cs.create_vec()
         self._m = cs.create_vec()
@@ -346,6 +353,11 @@ class Optimizer:
                 f"solves fwd {row['forward']} adj {row['costate']} inc {row['incremental_forward']}",
                 flush=True,
             )
+        # a safe point: the iterate is accepted (and in the history); solve() writes it
+        # to the checkpoint and reports the signal
+        self._interrupted = interrupt.requested(self.world)
+        if self._interrupted:
+            tao.setConvergedReason(PETSc.TAO.ConvergedReason.CONVERGED_USER)
 
     def _diverged(self, err, its):
         """Stop training after a non-finite trial point: the last accepted iterate goes
@@ -379,16 +391,17 @@ class Optimizer:
             from fem_dnn.checkpoint import load_checkpoint
 
             m0, state, _ = loaded = load_checkpoint(self.checkpoint, self.J.controls)
-            self._offset, self._g0 = int(state["iteration"]), float(state["g0"])
-            self.history = list(state["history"])[:-1]  # its last row is recomputed now
-            # stop where the uninterrupted run would: the same absolute gradient norm
-            gatol = max(self.tao.getTolerances()[0], self._gttol * self._g0)
-            self.tao.setTolerances(gatol=gatol, gttol=0.0)
+            if not state.get("initial"):  # (the initial controls of a run: start afresh from them)
+                self._offset, self._g0 = int(state["iteration"]), float(state["g0"])
+                self.history = list(state["history"])[:-1]  # its last row is recomputed now
+                # stop where the uninterrupted run would: the same absolute gradient norm
+                gatol = max(self.tao.getTolerances()[0], self._gttol * self._g0)
+                self.tao.setTolerances(gatol=gatol, gttol=0.0)
         x = self.coords.to_coordinates(m0, self._x)
         if loaded is not None:
             m0.destroy()
         self.tao.setSolution(x)
-        self._failure = None
+        self._failure, self._interrupted = None, 0
         try:
             self.tao.solve(x)
         except PETSc.Error:  # TAO refuses an infinite J at the first point (error 83)
@@ -405,13 +418,13 @@ class Optimizer:
 
             state = {"method": self.method, "iteration": its, "g0": self._g0, "history": self.history}
             save_checkpoint(self.checkpoint, self.J.controls, m, state)
-        if self.world.rank == 0 and self.monitor is True:
+        if self.world.rank == 0 and self.monitor is True and not self._interrupted:
             print(
                 f"{self.method} ({self.tao.getType()}): {its} iterations, reason {reason}, J {f:.10e}, "
                 f"|g| {gnorm:.3e}, solves {self.J.counts}",
                 flush=True,
             )
-        return Result(m, its, reason, f, gnorm, list(self.history), dict(self.J.counts))
+        return Result(m, its, reason, f, gnorm, list(self.history), dict(self.J.counts), self._interrupted)
 
     def destroy(self):
         for obj in (self.tao, self._H, self._x, self._m, self._g, self._tmp, self._prev, getattr(self, "_lb", None), getattr(self, "_ub", None)):
@@ -507,14 +520,17 @@ def minibatch(
         method: ``"sgd"`` or ``"adam"``.
         lr: step size (learning rate).
         batch_size, epochs, seed: mini-batching.
-        start_epoch, state: resume at an epoch boundary with the optimiser state of a
-            checkpoint (``{"x": Vec, "m1": Vec, "m2": Vec, "step": int}``: the
-            coordinates, Adam's moments, the step count); m0 is then ignored.
+        start_epoch, state: resume with the optimiser state of a checkpoint
+            (``{"x": Vec, "m1": Vec, "m2": Vec, "step": int, "batch": int}``: the
+            coordinates, Adam's moments, the step count and the batches of epoch
+            ``start_epoch`` already done); m0 is then ignored.
         on_epoch: callable ``(epoch, m, state, row)`` after each epoch.
         checkpoint: a folder: after every epoch the controls, the optimiser state (the
             coordinates and Adam's moments, in natural order) and the history are written
             atomically to ``checkpoint/checkpoint.npz``; with ``resume=True`` training
-            continues from it, bitwise as if it had not been interrupted.
+            continues from it, bitwise as if it had not been interrupted. After a step at
+            which SIGINT/SIGTERM was recorded (:mod:`fem_dnn.interrupt`) the checkpoint
+            is written mid-epoch and training stops (``Result.interrupted``).
         monitor: print one line per epoch on rank 0 (full-batch J, gradient norm,
             accuracy, solves), or a callable(dict).
         evaluate: compute the full-batch J, gradient norm and accuracy after every epoch
@@ -528,34 +544,51 @@ def minibatch(
     coords = Coordinates(J.controls, riesz)
     cs = J.controls
     ckpt = None if checkpoint is None else Path(checkpoint) / "checkpoint.npz"
-    history, loaded = [], None
+    history, loaded, own_m0 = [], None, False
     if resume and ckpt is not None and ckpt.exists():
         from fem_dnn.checkpoint import load_checkpoint
 
-        m0, saved, arrays = loaded = load_checkpoint(ckpt, cs)
-        m0.destroy()  # the coordinates x of the checkpoint are the exact state
+        m_ckpt, saved, arrays = loaded = load_checkpoint(ckpt, cs)
         if saved.get("method") != method or saved.get("seed") != seed or saved.get("batch_size") != batch_size:
+            m_ckpt.destroy()
             raise InputError(f"checkpoint {ckpt} is from another mini-batch run ({saved.get('method')}, seed "
                              f"{saved.get('seed')}, batch size {saved.get('batch_size')})")
-        state = {"step": saved["step"]}
-        for key in ("x", "m1", "m2"):
-            nat = {k: arrays[f"{key}_{k}"] for k in ("a", "b", "W", "mu")}
-            state[key] = cs.from_natural(nat["a"], nat["b"], nat["W"], nat["mu"])
-        start_epoch, history = int(saved["epoch"]), list(saved["history"])
+        if saved.get("initial"):  # the initial controls of a run: start afresh from them
+            m0, state, loaded, own_m0 = m_ckpt, {}, None, True
+        else:
+            m_ckpt.destroy()  # the coordinates x of the checkpoint are the exact state
+            state = {"step": saved["step"], "batch": int(saved.get("batch", 0))}
+            for key in ("x", "m1", "m2"):
+                nat = {k: arrays[f"{key}_{k}"] for k in ("a", "b", "W", "mu")}
+                state[key] = cs.from_natural(nat["a"], nat["b"], nat["W"], nat["mu"])
+            start_epoch, history = int(saved["epoch"]), list(saved["history"])
     state = state or {}
     x = state["x"].copy() if "x" in state else coords.to_coordinates(m0)  # exact resume
     if loaded is not None:
         state["x"].destroy()
+    if own_m0:
+        m0.destroy()
     m, g, gx = x.duplicate(), x.duplicate(), x.duplicate()
     m1 = state.get("m1") or x.duplicate()
     m2 = state.get("m2") or x.duplicate()
     if "m1" not in state:
         m1.set(0.0), m2.set(0.0)
-    step = int(state.get("step", 0))
+    step, skip = int(state.get("step", 0)), int(state.get("batch", 0))
     b1, b2 = betas
     world = J.network.layout.world
+
+    def save(epoch_done, batch_done):
+        from fem_dnn.checkpoint import save_checkpoint
+
+        arrays = {f"{key}_{k}": v for key, vec in (("x", x), ("m1", m1), ("m2", m2)) for k, v in cs.natural(vec).items()}
+        meta = {"method": method, "seed": seed, "batch_size": batch_size, "epoch": epoch_done, "batch": batch_done,
+                "step": step, "history": history}
+        save_checkpoint(ckpt, cs, m, meta, arrays)
+
     for epoch in range(start_epoch, epochs):
-        for idx in batches(J.n_samples, batch_size, seed, epoch):
+        for b, idx in enumerate(batches(J.n_samples, batch_size, seed, epoch)):
+            if epoch == start_epoch and b < skip:
+                continue  # done before the interruption this run resumes from
             J.set_batch(idx)
             coords.from_coordinates(x, m)
             try:
@@ -576,6 +609,17 @@ def minibatch(
                 mh = m1.array_r / (1.0 - b1**step)
                 vh = m2.array_r / (1.0 - b2**step)
                 x.array[:] -= lr * mh / (np.sqrt(vh) + eps)
+            sig = interrupt.requested(world)
+            if sig:  # a safe point: the step is done; keep it (mid-epoch) and stop
+                J.set_batch(None)
+                coords.from_coordinates(x, m)
+                if ckpt is not None:
+                    save(epoch, b + 1)
+                out = coords.from_coordinates(x, J.controls.create_vec())
+                for v in (x, m, g, gx, m1, m2):
+                    v.destroy()
+                last = history[-1].get("gnorm", float("nan")) if history else float("nan")
+                return Result(out, step, 0, float("nan"), last, history, dict(J.counts), sig)
         J.set_batch(None)
         coords.from_coordinates(x, m)
         row = {"epoch": epoch + 1, "step": step}
@@ -594,11 +638,7 @@ def minibatch(
         if on_epoch is not None:
             on_epoch(epoch + 1, m, {"x": x, "m1": m1, "m2": m2, "step": step}, row)
         if ckpt is not None:
-            from fem_dnn.checkpoint import save_checkpoint
-
-            arrays = {f"{key}_{k}": v for key, vec in (("x", x), ("m1", m1), ("m2", m2)) for k, v in cs.natural(vec).items()}
-            meta = {"method": method, "seed": seed, "batch_size": batch_size, "epoch": epoch + 1, "step": step, "history": history}
-            save_checkpoint(ckpt, cs, m, meta, arrays)
+            save(epoch + 1, 0)
     J.set_batch(None)
     out = coords.from_coordinates(x, J.controls.create_vec())
     f = J(out)
@@ -839,4 +879,7 @@ def msa(
         if decrease < rtol:
             reason = 1
             break
+        sig = interrupt.requested(world)
+        if sig:  # a safe point: the step is accepted
+            return Result(m, its, reason, f, float("nan"), history, dict(J.counts), sig)
     return Result(m, its, reason, f, float("nan"), history, dict(J.counts))

@@ -18,6 +18,12 @@ The checkpoint, ``config.toml``, ``metrics.csv``, ``summary.json`` and the figur
 written atomically (a temporary file renamed over the old one), so a run killed at any
 moment leaves each of them complete, old or new. The field files (XDMF + HDF5 / VTX) are
 written in place at the end of a run and are not protected that way.
+
+A folder holds one run (:mod:`fem_dnn.runfolder`): a new run into a folder that holds a
+result is refused unless it continues it (``resume``) or replaces it (``overwrite``), and
+nothing is written before every check has passed. SIGINT/SIGTERM (with the handlers of
+:mod:`fem_dnn.interrupt` installed, as ``fem-dnn train`` does) stop training at the next
+accepted iterate with its checkpoint written: :class:`~fem_dnn.interrupt.Interrupted`.
 """
 
 import contextlib
@@ -34,7 +40,7 @@ from fem_dnn import _dolfinx  # noqa: F401
 from mpi4py import MPI
 
 from fem_dnn import data as datasets
-from fem_dnn.checkpoint import atomic_write
+from fem_dnn import interrupt, runfolder
 from fem_dnn.config import to_toml
 from fem_dnn.domain import Depth, NodeSpace, ProductMesh, create_node_mesh, read_node_mesh, split_comm
 from fem_dnn.errors import InputError
@@ -111,8 +117,23 @@ class Run:
         self.space.destroy()
 
 
-def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=print) -> dict:
-    """Train as the config says, write the run folder, return the summary."""
+def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=print, overwrite: bool = False) -> dict:
+    """Train as the config says, write the run folder, return the summary.
+
+    Args:
+        cfg: a validated config (:func:`fem_dnn.config.load_config`).
+        comm: the communicator of the run.
+        resume: continue the run in ``output.folder`` from its checkpoint.
+        out: the print function (rank 0).
+        overwrite: replace the run in ``output.folder`` (its files are removed first).
+
+    Raises:
+        InputError: every check fails before anything is written (the run folder rules
+            of :mod:`fem_dnn.runfolder` among them).
+        Interrupted: SIGINT/SIGTERM stopped training (handlers of
+            :func:`fem_dnn.interrupt.handling` installed); the checkpoint holds the last
+            accepted iterate.
+    """
     from fem_dnn.optimize import METHODS, Optimizer, minibatch, msa
 
     t0 = time.perf_counter()
@@ -126,19 +147,40 @@ def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=
         bounds["b"] = tuple(tr["bounds_b"])
     method = tr["method"]
     ckpt = ckpt_dir / "checkpoint.npz"
-    prev = ckpt_dir / "checkpoint.prev.npz"
-    # a crash between the two renames of a checkpoint update (file systems without hard
-    # links) leaves only the .prev: resume from it (put back under the name after the checks)
-    resume_from = (prev if not ckpt.exists() and prev.exists() else ckpt) if resume else None
-    # everything that can refuse the input comes before the first write
+    # everything that can refuse the input comes before the first write; the run folder
+    # last, so that a wrong input is named even when the folder holds a run
+    state = runfolder.inspect(folder, comm)
+    resume_from = state.checkpoint if resume else None
     _check_training(run, bounds, resume_from)
     opt = None
     if method in METHODS:
         opt = Optimizer(run.J, method, riesz=tr["riesz"], bounds=bounds or None, gauss_newton=tr["gauss_newton"],
                         gttol=tr["gttol"], max_it=tr["max_it"], monitor=True, checkpoint=ckpt_dir,
                         checkpoint_every=tr["checkpoint_every"])
-    _start_folder(folder, cfg, comm)
-    if resume_from == prev:
+    try:
+        runfolder.prepare(folder, comm, resume=resume, overwrite=overwrite)
+        sig = interrupt.requested(comm)
+        if sig:  # during start-up: nothing is written yet
+            raise interrupt.Interrupted(sig)
+    except BaseException:
+        if opt is not None:
+            opt.destroy()
+        run.destroy()
+        raise
+    m0 = run.initial()
+    if resume_from is None:
+        # a new run's first checkpoint holds its initial controls (before config.toml,
+        # so that a folder with a config always has a checkpoint to evaluate or resume)
+        from fem_dnn.checkpoint import save_checkpoint
+
+        initial = {"method": method, "initial": True, "history": [], "iteration": 0}
+        if method in ("sgd", "adam"):
+            initial.update(seed=tr["seed"], batch_size=tr["batch_size"], epoch=0, batch=0, step=0)
+        save_checkpoint(ckpt, run.J.controls, m0, initial)
+    runfolder.write_text(folder / "config.toml", to_toml(cfg), comm)
+    if resume_from is not None and resume_from != ckpt:
+        # a crash between the two renames of a checkpoint update (file systems without
+        # hard links) left only the .prev: put it back under the checkpoint's name
         from fem_dnn.checkpoint import recover_checkpoint
 
         recover_checkpoint(ckpt, comm)
@@ -149,7 +191,6 @@ def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=
     run.say(f"fem-dnn train: {run.data.name} ({run.data.kind}), {S_train} training / {S_test} test samples; "
             f"{run.space.n} neurons ({cfg['node']['space']}), {run.net.depth.N} layers ({run.net.scheme}), "
             f"{n_controls} controls; method {tr['method']} on {comm.size} rank(s)")
-    m0 = run.initial()
     if opt is not None:
         res = opt.solve(m0, resume=resume)
         opt.destroy()
@@ -163,6 +204,12 @@ def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=
         save_checkpoint(ckpt_dir / "checkpoint.npz", run.J.controls, res.m, {"method": "msa", "iteration": res.iterations,
                                                                              "history": res.history})
     m0.destroy()
+    if res.interrupted:  # the checkpoint holds the last accepted iterate; metrics so far
+        _write_metrics(res.history, folder, comm)
+        res.m.destroy()
+        run.destroy()
+        unit = "step" if method in ("sgd", "adam") else "iteration"
+        raise interrupt.Interrupted(res.interrupted, res.iterations, ckpt, resumable=method != "msa", unit=unit)
     summary = {"data": run.data.name, "method": method, "iterations": res.iterations, "reason": res.reason,
                "ranks": comm.size, "neurons": run.space.n, "layers": run.net.depth.N, **run.metrics(res.m),
                "solves": dict(run.J.counts), "seconds": time.perf_counter() - t0}
@@ -177,6 +224,9 @@ def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=
     run.say(f"fem-dnn train: {line} ({summary['seconds']:.1f} s); run folder {folder}")
     res.m.destroy()
     run.destroy()
+    sig = interrupt.requested(comm)
+    if sig:  # while the outputs were written: they are complete, the run is finished
+        raise interrupt.Interrupted(sig, res.iterations, ckpt, unit="the end of training, iteration")
     return summary
 
 
@@ -188,6 +238,11 @@ def _check_training(run: Run, bounds: dict, resume_from: Path | None):
 
     tr = run.cfg["training"]
     method = tr["method"]
+    if _writes_fields(run):
+        reason = ProductMesh.unsupported(run.space.mesh)
+        if reason:
+            raise InputError(f"output.fields = true writes f and r over the (depth, node) mesh, but {reason}; "
+                             "set output.fields = false to train on this mesh")
     if method == "msa":
         if set(bounds) != {"a", "b"}:
             raise InputError("training.method = 'msa' needs a box: training.bounds_a and training.bounds_b")
@@ -208,6 +263,8 @@ def _check_training(run: Run, bounds: dict, resume_from: Path | None):
     saved = state.get("method")
     if saved != method and not (saved in METHODS and method in METHODS):
         raise InputError(f"checkpoint {resume_from} was written by method {saved!r}; it cannot resume method {method!r}")
+    if state.get("initial"):
+        return  # the initial controls of a run that stopped before its first iteration
     if method in METHODS:
         need, have = ("iteration", "g0", "history"), state
     else:
@@ -221,37 +278,34 @@ def _check_training(run: Run, bounds: dict, resume_from: Path | None):
         raise InputError(f"checkpoint {resume_from} lacks the training state {missing} that method {method!r} resumes from")
 
 
-def _start_folder(folder: Path, cfg: dict, comm: MPI.Comm):
-    """Create the run folder and write its config.toml (rank 0); every rank raises the
-    same InputError if that fails."""
-    err = None
-    if comm.rank == 0:
-        try:
-            if folder.exists() and not folder.is_dir():
-                err = f"output.folder {str(folder)!r} exists and is not a folder"
-            else:
-                folder.mkdir(parents=True, exist_ok=True)
-                atomic_write(folder / "config.toml", to_toml(cfg))
-        except OSError as e:
-            err = f"cannot write the run folder {str(folder)!r}: {e.strerror or e}"
-    err = comm.bcast(err, root=0)
-    if err is not None:
-        raise InputError(err)
+def _shown_samples(run: Run) -> int:
+    """The samples shown in the figures and field files."""
+    return min(run.cfg["output"]["plot_samples"], len(run.test_idx) if run.J_test else len(run.train_idx))
+
+
+def _writes_fields(run: Run) -> bool:
+    """Whether the run writes field files over the (depth, node) mesh at its end."""
+    return (run.cfg["output"]["fields"] and _shown_samples(run) > 0 and run.space.mesh.topology.dim <= 2
+            and run.layout.sample_comm.size == 1)
+
+
+def _write_metrics(rows: list, folder: Path, comm: MPI.Comm):
+    """``metrics.csv``: one row per iteration (collective; nothing without rows)."""
+    if not rows:
+        return
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=keys)
+    w.writeheader()
+    w.writerows(rows)
+    runfolder.write_text(folder / "metrics.csv", text.getvalue(), comm)
 
 
 def _write_outputs(run: Run, res, summary: dict, folder: Path):
     cfg, comm = run.cfg, run.comm
-    if comm.rank == 0:
-        rows = res.history
-        if rows:
-            keys = list(dict.fromkeys(k for r in rows for k in r))
-            text = io.StringIO(newline="")
-            w = csv.DictWriter(text, fieldnames=keys)
-            w.writeheader()
-            w.writerows(rows)
-            atomic_write(folder / "metrics.csv", text.getvalue())
-        atomic_write(folder / "summary.json", json.dumps(summary, indent=2))
-    k = min(cfg["output"]["plot_samples"], len(run.test_idx) if run.J_test else len(run.train_idx))
+    _write_metrics(res.history, folder, comm)
+    runfolder.write_text(folder / "summary.json", json.dumps(summary, indent=2), comm)
+    k = _shown_samples(run)
     if k == 0 or run.space.mesh.topology.dim > 2 or run.layout.sample_comm.size > 1:
         return  # nothing to show (or 3D node domains / data-parallel runs: no field output)
     Jv = run.J_test or run.J
@@ -271,13 +325,15 @@ def _write_outputs(run: Run, res, summary: dict, folder: Path):
         w_all = sp.weights_all
         layers = {"a": c.a, "b_diagonal": np.stack([bk[np.arange(sp.n_local), sp.offset + np.arange(sp.n_local)] for bk in c.b]),
                   "b_row_integral": c.b @ w_all}
-        write_trajectory(folder, ProductMesh(sp, run.net.depth), states, layers, "fields")
+        with _agreed(comm, f"cannot write the field files {folder / 'fields'}.*"):
+            write_trajectory(folder, ProductMesh(sp, run.net.depth), states, layers, "fields")
     if cfg["output"]["figures"]:
         from fem_dnn.io import plot_states, plot_training, plot_weights
 
-        if comm.rank == 0 and res.history:
+        if res.history:
             with _atomic_figure(folder / "training.png", comm) as path:
-                plot_training(path, res.history, f"{run.data.name}: {summary['method']}")
+                if comm.rank == 0:
+                    plot_training(path, res.history, f"{run.data.name}: {summary['method']}")
         nat_states = [np.stack([sp.to_natural(traj.states[j, s, :]) for j in range(traj.states.shape[0])]) for s in range(k)]
         labels = Jv.labels if Jv.labels is not None else [None] * k
         titles = [f"sample {s}" + (f" (class {labels[s]})" if labels[s] is not None else "") for s in range(k)]
@@ -291,11 +347,36 @@ def _write_outputs(run: Run, res, summary: dict, folder: Path):
 @contextlib.contextmanager
 def _atomic_figure(path: Path, comm: MPI.Comm):
     """A hidden temporary name (same suffix, so matplotlib keeps the format) to draw
-    into; rank 0 renames it onto ``path`` afterwards."""
+    into; rank 0 renames it onto ``path`` afterwards. A failed write (a full disk)
+    raises the same InputError on every rank, naming the file."""
     tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-    yield tmp
-    if comm.rank == 0 and tmp.exists():
-        os.replace(tmp, path)
+    with _agreed(comm, f"cannot write {path}"):
+        try:
+            yield tmp
+            if comm.rank == 0 and tmp.exists():
+                os.replace(tmp, path)
+        finally:
+            if comm.rank == 0 and tmp.exists():
+                tmp.unlink()
+
+
+@contextlib.contextmanager
+def _agreed(comm: MPI.Comm, context: str):
+    """Run the block on every rank; if it fails with an OSError (or a RuntimeError of
+    the HDF5/ADIOS2 writers) on some rank, every rank raises one InputError naming the
+    output. The block must not leave ranks inside a collective call when it fails."""
+    from fem_dnn.checkpoint import describe_os_error
+
+    message = None
+    try:
+        yield
+    except OSError as e:
+        message = f"{context}: {describe_os_error(e)}"
+    except RuntimeError as e:
+        message = f"{context}: {' '.join(str(e).split())}"
+    messages = [m for m in comm.allgather(message) if m]
+    if messages:
+        raise InputError(messages[0])
 
 
 def evaluate(folder, comm: MPI.Comm = MPI.COMM_WORLD, out=print) -> dict:
@@ -307,14 +388,28 @@ def evaluate(folder, comm: MPI.Comm = MPI.COMM_WORLD, out=print) -> dict:
     if not folder.is_dir():
         raise InputError(f"run folder {folder} " + ("is not a folder" if folder.exists() else "does not exist"))
     cfg = load_config(folder / "config.toml")
+    found = runfolder.inspect(folder, comm).checkpoint  # checkpoint.npz, or the .prev a crash left
     run = Run(cfg, comm, out)
-    m, state, _ = load_checkpoint(folder / "checkpoint" / "checkpoint.npz", run.J.controls)
+    m, state, _ = load_checkpoint(found or folder / "checkpoint" / "checkpoint.npz", run.J.controls)
+    where = _progress(state)
     metrics = run.metrics(m)
     line = ", ".join(f"{k} {v:.6g}" for k, v in metrics.items())
-    run.say(f"fem-dnn evaluate {folder}: iteration {state.get('iteration', state.get('epoch', '?'))}: {line}")
+    run.say(f"fem-dnn evaluate {folder}: {where}: {line}")
     m.destroy()
     run.destroy()
     return metrics
+
+
+def _progress(state: dict) -> str:
+    """Where a checkpoint's run was: ``iteration k`` (TAO, msa) or ``epoch e`` (and the
+    step, for a checkpoint written mid-epoch)."""
+    if state.get("initial"):
+        return "the initial controls (the run stopped before its first iteration)"
+    if "iteration" in state:
+        return f"iteration {state['iteration']}"
+    if state.get("batch"):
+        return f"epoch {state.get('epoch')} + {state['batch']} batches (step {state.get('step')})"
+    return f"epoch {state.get('epoch', '?')}"
 
 
 def verify(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, samples: int = 16, out=print) -> bool:

@@ -363,11 +363,16 @@ def kill_loop(name, cwd, ranks, kills, seed, training_seconds, fraction=0.4):
     uninterrupted training time, and check the checkpoint after every kill; then let the
     last run finish. Returns what happened."""
     rng = np.random.default_rng(seed)
-    args = ["train", "--resume"] + sets(CONFIGS[name], "out")
+    args = sets(CONFIGS[name], "out")
     folder = cwd / "out"
     done, log, last = 0, [], -1
+
+    def start():  # --resume once a checkpoint exists (a run writes one before anything else)
+        has = (folder / "checkpoint" / "checkpoint.npz").exists() or (folder / "checkpoint" / "checkpoint.prev.npz").exists()
+        return ["train"] + (["--resume"] if has else []) + args
+
     while done < kills:
-        job = Job(args, cwd, ranks)
+        job = Job(start(), cwd, ranks)
         if not job.wait_for_progress():
             break
         delay = rng.uniform(0.0, fraction * training_seconds)
@@ -394,7 +399,7 @@ def kill_loop(name, cwd, ranks, kills, seed, training_seconds, fraction=0.4):
         log.append({"delay": round(delay, 3), "rank": victim, "checkpoint": it, "exit_seconds": round(seconds, 3),
                     "printed": max(job.progress(), default=None)})
         last, done = it, done + 1
-    final = run(args, cwd, ranks)
+    final = run(start(), cwd, ranks)
     return {"kills": log, "final": final}
 
 
@@ -505,11 +510,13 @@ def test_outputs_are_written_atomically(tmp_path, monkeypatch):
     assert path.read_text() == '{"J": 1.0}'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]  # the temporary is removed
     assert "atomic_write" in Path(checkpoint.__file__).read_text()
+    from fem_dnn import runfolder
     from fem_dnn import train as train_module
 
+    assert "atomic_write(path, text)" in Path(runfolder.__file__).read_text()  # write_text
     src = Path(train_module.__file__).read_text()
     for name in ("config.toml", "metrics.csv", "summary.json"):
-        assert re.search(rf'atomic_write\(folder / "{re.escape(name)}"', src), name
+        assert re.search(rf'write_text\(folder / "{re.escape(name)}"', src), name
 
 
 # --------------------------------------------------------------------------- 5. determinism
@@ -761,12 +768,12 @@ def test_no_leak_over_training_runs(comm, tmp_shared, method, resume):
     PETSc.garbage_cleanup(comm)
     objects = PetscObjects(tmp_shared)
 
-    def runs(k):
+    def runs(k, resume=resume):
         for _ in range(k):
             with contextlib.redirect_stdout(io.StringIO()):
-                train(cfg, comm, resume=resume, out=lambda *a: None)
+                train(cfg, comm, resume=resume, overwrite=not resume, out=lambda *a: None)
 
-    runs(1)
+    runs(1, resume=False)  # a fresh run (the folder a resumed run continues), and the warm-up
     before = objects.live()
     runs(2)
     after = objects.live()

@@ -9,6 +9,8 @@ script and copied as they are. The binary cases are generated here, deterministi
   unpickling would create the folder ``UNPICKLED`` (it must never appear);
 - ``mesh/degenerate.xdmf`` (+ ``.h5``): a triangle mesh with a zero-area cell;
   ``mesh/truncated_h5.xdmf``: a valid XDMF file whose ``.h5`` is cut in half;
+  ``mesh/second_order.msh``: a valid gmsh mesh of the unit square with second-order
+  (curved) triangles, on which no (depth, node) mesh for the field files exists;
 - run folders: ``out_train`` (a valid run of ``base.toml``, the default output folder
   that every failing ``train`` case must leave untouched), ``run_adam`` (the same with
   Adam), and copies of ``out_train`` with a damaged checkpoint or config
@@ -113,6 +115,26 @@ def mesh_files(folder: Path):
     h5 = folder / "truncated_h5.h5"
     raw = h5.read_bytes()
     h5.write_bytes(raw[: len(raw) // 2])
+    second_order_msh(folder / "second_order.msh")
+
+
+def second_order_msh(path: Path):
+    """The unit square meshed by gmsh with 6-node (second-order) triangles."""
+    import gmsh
+
+    gmsh.initialize(interruptible=False)
+    try:
+        gmsh.option.setNumber("General.Terminal", 0)
+        gmsh.model.add("second_order")
+        square = gmsh.model.occ.addRectangle(0, 0, 0, 1, 1)
+        gmsh.model.occ.synchronize()
+        gmsh.model.addPhysicalGroup(2, [square], 1)
+        gmsh.option.setNumber("Mesh.MeshSizeMax", 0.25)
+        gmsh.model.mesh.generate(2)
+        gmsh.model.mesh.setOrder(2)
+        gmsh.write(str(path))
+    finally:
+        gmsh.finalize()
 
 
 def _cli(args, cwd: Path):
