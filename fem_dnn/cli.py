@@ -169,7 +169,11 @@ def _start(args, petsc) -> int:
     petsc4py.init([sys.argv[0]] + petsc)
     from fem_dnn import _dolfinx  # noqa: F401
     from mpi4py import MPI
+    from petsc4py import PETSc  # noqa: F401  (initialises PETSc, which catches SIGTERM: take it back)
 
+    from fem_dnn import interrupt
+
+    interrupt.reinstall()
     comm = MPI.COMM_WORLD
     if args.command == "forward":
         return guarded(lambda: _forward(args, comm))

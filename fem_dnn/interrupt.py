@@ -19,7 +19,7 @@ import contextlib
 import os
 import signal
 
-__all__ = ["Interrupted", "handling", "requested"]
+__all__ = ["Interrupted", "handling", "reinstall", "requested"]
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _state = {"installed": False, "signum": 0}
@@ -63,7 +63,8 @@ def _handler(signum, frame):
 @contextlib.contextmanager
 def handling():
     """Record SIGINT and SIGTERM for :func:`requested` while the block runs (main
-    thread only); the previous handlers are restored afterwards."""
+    thread only); the previous handlers are restored afterwards. PETSc's initialisation
+    installs its own SIGTERM handler (it aborts): call :func:`reinstall` after it."""
     old = {s: signal.getsignal(s) for s in _SIGNALS}
     for s in _SIGNALS:
         signal.signal(s, _handler)
@@ -74,6 +75,14 @@ def handling():
         for s, h in old.items():
             signal.signal(s, h)
         _state.update(installed=False, signum=0)
+
+
+def reinstall():
+    """Put the handlers back in place after a library replaced them (PETSc's
+    initialisation catches SIGTERM); a no-op outside :func:`handling`."""
+    if _state["installed"]:
+        for s in _SIGNALS:
+            signal.signal(s, _handler)
 
 
 def requested(comm) -> int:
