@@ -15,6 +15,8 @@ import json
 import subprocess
 import sys
 
+configure()  # the job's process settings: BLAS threads per rank, malloc (fem_dnn.process)
+
 
 def _status(key):
     with open("/proc/self/status") as fh:
@@ -26,6 +28,7 @@ def _status(key):
 
 def worker(n, N, S, scheme, every=0):
     import fem_dnn  # noqa: F401
+from fem_dnn.process import configure
     import numpy as np
     from mpi4py import MPI
 

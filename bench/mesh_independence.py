@@ -14,6 +14,7 @@ loss, lambda = 1e-2).
 import argparse
 
 import fem_dnn  # noqa: F401  (DOLFINx import order)
+from fem_dnn.process import configure
 import numpy as np
 from mpi4py import MPI
 
@@ -21,6 +22,8 @@ from fem_dnn.domain import Depth, NodeSpace, create_node_mesh
 from fem_dnn.functional import ReducedFunctional
 from fem_dnn.network import Network
 from fem_dnn.optimize import Optimizer
+
+configure()  # the job's process settings: BLAS threads per rank, malloc (fem_dnn.process)
 
 S = 8
 CENTRES = np.linspace(0.15, 0.85, S)

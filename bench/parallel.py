@@ -14,11 +14,14 @@ import subprocess
 import sys
 import time
 
+configure()  # the job's process settings: BLAS threads per rank, malloc (fem_dnn.process)
+
 CASES = [("node-parallel", 1024, 16, 512, "node"), ("sample-parallel", 256, 16, 1797, "sample")]
 
 
 def worker(n, N, S, mode, repeat):
     import fem_dnn  # noqa: F401
+from fem_dnn.process import configure
     import numpy as np
     from mpi4py import MPI
 

@@ -25,12 +25,15 @@ import time
 from pathlib import Path
 
 import fem_dnn  # noqa: F401  (DOLFINx import order)
+from fem_dnn.process import configure
 import numpy as np
 from mpi4py import MPI
 
 from fem_dnn.config import load_config
 from fem_dnn.optimize import Optimizer, minibatch
 from fem_dnn.train import Run
+
+configure()  # the job's process settings: BLAS threads per rank, malloc (fem_dnn.process)
 
 
 def fem_dnn_run(run, method, target, max_it):

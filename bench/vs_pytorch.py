@@ -22,12 +22,15 @@ import time
 from pathlib import Path
 
 import fem_dnn  # noqa: F401  (DOLFINx import order)
+from fem_dnn.process import configure
 import numpy as np
 from mpi4py import MPI
 
 from fem_dnn.domain import Depth, NodeSpace, create_node_mesh
 from fem_dnn.functional import ReducedFunctional
 from fem_dnn.network import Network
+
+configure()  # the job's process settings: BLAS threads per rank, malloc (fem_dnn.process)
 
 SIZES = [(64, 16, 1797), (256, 32, 1797), (1024, 16, 512)]
 K = 10

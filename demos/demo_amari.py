@@ -90,6 +90,7 @@ from pathlib import Path
 import numpy as np
 
 import fem_dnn  # noqa: F401
+from fem_dnn.process import configure
 from petsc4py import PETSc
 
 import dolfinx.fem.petsc
@@ -102,6 +103,8 @@ from fem_dnn import forms
 from fem_dnn.activation import get_activation
 from fem_dnn.domain import NodeSpace, read_node_mesh
 from fem_dnn.kernel import Kernel
+
+configure()  # the job's process settings: BLAS threads per rank, malloc (fem_dnn.process)
 
 comm = MPI.COMM_WORLD
 out = Path("out_amari")

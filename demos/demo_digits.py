@@ -29,8 +29,11 @@ from mpi4py import MPI  # noqa: I001  (fem_dnn orders the DOLFINx imports itself
 import sys
 
 import fem_dnn  # noqa: F401
+from fem_dnn.process import configure
 from fem_dnn.config import load_config
 from fem_dnn.train import train
+
+configure()  # the job's process settings: BLAS threads per rank, malloc (fem_dnn.process)
 
 comm = MPI.COMM_WORLD
 quick = "--quick" in sys.argv

@@ -34,9 +34,12 @@ from pathlib import Path
 import numpy as np
 
 import fem_dnn  # noqa: F401
+from fem_dnn.process import configure
 from fem_dnn.domain import Depth, NodeSpace, ProductMesh, create_node_mesh, read_node_mesh
 from fem_dnn.io import plot_trajectory, write_trajectory
 from fem_dnn.network import ORDER, SCHEMES, Network
+
+configure()  # the job's process settings: BLAS threads per rank, malloc (fem_dnn.process)
 
 comm = MPI.COMM_WORLD
 out = Path("out_forward")

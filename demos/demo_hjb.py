@@ -58,6 +58,7 @@ from pathlib import Path
 import numpy as np
 
 import fem_dnn  # noqa: F401
+from fem_dnn.process import configure
 import dolfinx.io
 from fem_dnn.hjb import (
     HJBSolver,
@@ -69,6 +70,8 @@ from fem_dnn.hjb import (
     quadratic_cost,
     readout_cost,
 )
+
+configure()  # the job's process settings: BLAS threads per rank, malloc (fem_dnn.process)
 
 comm = MPI.COMM_WORLD
 out = Path("out_hjb")

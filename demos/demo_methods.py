@@ -56,10 +56,13 @@ from pathlib import Path
 import numpy as np
 
 import fem_dnn  # noqa: F401
+from fem_dnn.process import configure
 from fem_dnn.domain import Depth, NodeSpace, create_node_mesh
 from fem_dnn.functional import ReducedFunctional
 from fem_dnn.network import Network
 from fem_dnn.optimize import Optimizer, minibatch, msa, proximal_point
+
+configure()  # the job's process settings: BLAS threads per rank, malloc (fem_dnn.process)
 
 comm = MPI.COMM_WORLD
 out = Path("out_methods")

@@ -53,11 +53,14 @@ from pathlib import Path
 import numpy as np
 
 import fem_dnn  # noqa: F401
+from fem_dnn.process import configure
 from fem_dnn.domain import Depth, NodeSpace, ProductMesh, create_node_mesh
 from fem_dnn.functional import ReducedFunctional
 from fem_dnn.io import write_trajectory
 from fem_dnn.network import Network
 from fem_dnn.optimize import FixedReadout, Optimizer, hamiltonian_minimiser, msa
+
+configure()  # the job's process settings: BLAS threads per rank, malloc (fem_dnn.process)
 
 comm = MPI.COMM_WORLD
 out = Path("out_pmp")

@@ -22,7 +22,6 @@ on the (depth, node) domain [0,T] x Y. The modules follow the data flow:
 """
 
 from fem_dnn import _dolfinx  # noqa: F401  (must come before mpi4py/dolfinx imports)
-from fem_dnn import _malloc  # noqa: F401  (reuse freed batch arrays: see its docstring)
 from fem_dnn.errors import FemDnnError, InputError, NonFiniteError
 
 __version__ = "0.1.0"

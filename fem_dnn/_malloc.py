@@ -13,6 +13,10 @@ more than 1 GiB of it is free: memory freed by one solve is reused by the next w
 page faults. The resident size then stays at its peak (what a cached allocator does);
 the peak itself does not grow. Set ``FEM_DNN_MALLOC=system`` to keep glibc's defaults.
 Elsewhere than glibc this does nothing.
+
+This is a setting of the whole process, so no import makes it: the code that runs a job
+does (:func:`fem_dnn.process.configure`, called by ``fem-dnn``, the demos and the
+benchmarks).
 """
 
 import ctypes
@@ -36,5 +40,3 @@ def tune() -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
-
-TUNED = tune()

@@ -172,9 +172,11 @@ def _start(args, petsc) -> int:
     from petsc4py import PETSc  # noqa: F401  (initialises PETSc, which catches SIGTERM: take it back)
 
     from fem_dnn import interrupt
+    from fem_dnn.process import configure
 
     interrupt.reinstall()
     comm = MPI.COMM_WORLD
+    configure(comm)  # BLAS threads per rank when ranks share cores, malloc (a job's settings)
     if args.command == "forward":
         return guarded(lambda: _forward(args, comm))
     return guarded(lambda: _run(args, comm))
@@ -313,12 +315,20 @@ def guarded(fn) -> int:
         return status
 
 
+#: Seconds a rank waits, after printing why it stops the job, before ``MPI_Abort``: the
+#: launcher forwards a rank's output through a pipe, and an abort tears the job down at
+#: once (seen: 1 run in 4 lost the last line of a traceback and the message after it).
+ABORT_DELAY = 0.25
+
+
 def _abort(comm, status: int):
     """``MPI_Abort`` on ``comm``, and this process ends too: MPICH's MPI_Abort may return
     before the launcher's signal arrives."""
     import os
+    import time
 
     sys.stdout.flush(), sys.stderr.flush()
+    time.sleep(ABORT_DELAY)
     comm.Abort(status)
     os._exit(status)
 

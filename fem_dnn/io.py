@@ -101,13 +101,9 @@ def plot_trajectory(path, space: NodeSpace, depth_points, natural_states: np.nda
     """
     if space.comm.rank != 0:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     y = np.sort(space.x_all[0])
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), constrained_layout=True)
+    fig = _figure((6.4, 4.2))
+    ax = fig.subplots()
     Z = np.asarray(natural_states)
     lim = np.abs(Z).max() or 1.0
     shading = "nearest" if space.family == "DG" else "gouraud"
@@ -117,18 +113,19 @@ def plot_trajectory(path, space: NodeSpace, depth_points, natural_states: np.nda
     ax.set_ylabel("depth t (layers)")
     ax.set_title(title)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return Path(path)
 
 
 # --------------------------------------------------------------------------- run figures
-def _plt():
-    import matplotlib
+def _figure(figsize):
+    """A matplotlib Figure drawn on its own Agg canvas: no pyplot, so no backend is
+    chosen or switched for the process (a notebook's stays as it is)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def _natural_coordinates(space: NodeSpace) -> np.ndarray:
@@ -153,23 +150,40 @@ def _draw_nodes(ax, coords, values, cmap, vmin, vmax):
 
 
 def plot_training(path, history: list[dict], title: str = ""):
-    """Training curves: J (log scale) and, where present, accuracy per iteration."""
-    plt = _plt()
+    """Training curves per iteration (epoch): J, the train and test losses (log scale,
+    left) and, for classes, the train and test accuracy (right). Rows without a test
+    evaluation (``output.test_every``) are skipped in the test curves."""
     key = "iteration" if history and "iteration" in history[0] else "epoch"
-    it = [h[key] for h in history]
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), constrained_layout=True)
-    ax.semilogy(it, [h["J"] for h in history], color="C0", label="J (training)")
+    classes = any("train_accuracy" in h for h in history)
+    fig = _figure((10.0 if classes else 6.4, 4.0))
+    axes = fig.subplots(1, 2 if classes else 1, squeeze=False)[0]
+
+    def curve(ax, name, label, **style):
+        pts = [(h[key], h[name]) for h in history if h.get(name) not in (None, "")]
+        if pts:
+            x, y = zip(*pts)
+            ax.plot(x, y, label=label, **style)
+
+    ax = axes[0]
+    curve(ax, "J", "J (train loss + regulariser)", color="C0", lw=2.0)
+    curve(ax, "train_loss", "train loss", color="C1", ls="--")
+    curve(ax, "test_loss", "test loss", color="C2", ls=":", marker=".", ms=3)
+    ax.set_yscale("log")
     ax.set_xlabel(key)
-    ax.set_ylabel("J(m)", color="C0")
-    if history and "accuracy" in history[0]:
-        ax2 = ax.twinx()
-        ax2.plot(it, [h["accuracy"] for h in history], color="C1", label="training accuracy")
-        ax2.set_ylabel("training accuracy", color="C1")
-        ax2.set_ylim(0, 1.02)
-    ax.set_title(title)
+    ax.set_ylabel("loss")
     ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    if classes:
+        ax = axes[1]
+        curve(ax, "train_accuracy", "train accuracy", color="C1", ls="--")
+        curve(ax, "test_accuracy", "test accuracy", color="C2", ls=":", marker=".", ms=3)
+        ax.set_xlabel(key)
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(0, 1.02)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(title)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return Path(path)
 
 
@@ -179,12 +193,11 @@ def plot_states(path, space: NodeSpace, depth_points, states: list[np.ndarray], 
     natural order. Call on every rank; rank 0 draws."""
     if space.comm.rank != 0 or not states:
         return None
-    plt = _plt()
     coords = _natural_coordinates(space)
     pts = np.asarray(depth_points)
     levels = np.unique(np.linspace(0, len(pts) - 1, min(max_levels, len(pts))).round().astype(int))
-    fig, axes = plt.subplots(len(states), len(levels), figsize=(2.2 * len(levels) + 1, 2.2 * len(states) + 0.4),
-                             squeeze=False, constrained_layout=True)
+    fig = _figure((2.2 * len(levels) + 1, 2.2 * len(states) + 0.4))
+    axes = fig.subplots(len(states), len(levels), squeeze=False)
     for i, (Z, title) in enumerate(zip(states, titles)):
         lim = np.abs(Z).max() or 1.0
         for j, k in enumerate(levels):
@@ -198,7 +211,6 @@ def plot_states(path, space: NodeSpace, depth_points, states: list[np.ndarray], 
         if coords.shape[1] == 2:
             fig.colorbar(art, ax=axes[i, -1], label="f(y, t)")
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return Path(path)
 
 
@@ -207,12 +219,11 @@ def plot_weights(path, space: NodeSpace, depth_points, a: np.ndarray, b: np.ndar
     b(y, z) of the first and last layers (bottom), natural order, diverging colours."""
     if space.comm.rank != 0:
         return None
-    plt = _plt()
     coords = _natural_coordinates(space)
     N = a.shape[0]
     layers = np.unique(np.linspace(0, N - 1, min(N, 4)).round().astype(int))
-    fig, axes = plt.subplots(2, max(len(layers), 2), figsize=(2.6 * max(len(layers), 2) + 1, 5.2), squeeze=False,
-                             constrained_layout=True)
+    fig = _figure((2.6 * max(len(layers), 2) + 1, 5.2))
+    axes = fig.subplots(2, max(len(layers), 2), squeeze=False)
     pts = np.asarray(depth_points)
     lim = np.abs(a).max() or 1.0
     for j, k in enumerate(layers):
@@ -234,5 +245,4 @@ def plot_weights(path, space: NodeSpace, depth_points, a: np.ndarray, b: np.ndar
     for ax in axes[1, 2:]:
         ax.axis("off")
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return Path(path)

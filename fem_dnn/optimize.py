@@ -48,6 +48,7 @@ __all__ = [
     "msa",
     "multilevel",
     "proximal_point",
+    "stop_reason",
 ]
 
 #: method name -> (TAO type, extra options). Bounded methods accept a box.
@@ -62,6 +63,37 @@ METHODS = {
     "btrust": ("bntr", {}),
 }
 BOUNDED = ("gd", "cg", "lbfgs", "blbfgs", "bnewton", "btrust")
+
+#: TAO's stop reasons in words (``TaoConvergedReason``).
+_TAO_REASONS = {
+    3: "converged: the gradient norm is below the absolute tolerance (gatol)",
+    4: "converged: the gradient norm relative to |J| is below grtol",
+    5: "converged: the gradient norm dropped by the factor training.gttol",
+    6: "converged: the step is below the step tolerance",
+    7: "converged: J is below the minimum fmin",
+    8: "stopped on request (a user test or a signal)",
+    -2: "stopped: the iteration limit (training.max_it) was reached",
+    -4: "failed: J or its gradient is not a number",
+    -5: "stopped: the limit of function evaluations was reached",
+    -6: "failed: the line search found no decrease of J",
+    -7: "failed: the trust region shrank to nothing",
+    -8: "failed: a user test",
+}
+#: MSA's stop reasons (:func:`msa`).
+_MSA_REASONS = {
+    1: "converged: the relative decrease of J is below rtol",
+    2: "converged: a PMP point (the Hamiltonian step gives no decrease)",
+    -1: "stopped: the iteration limit (training.max_it) was reached",
+}
+
+
+def stop_reason(method: str, reason: int) -> str:
+    """Why training stopped, in words, for a method of :data:`METHODS`, ``sgd``/``adam``
+    or ``msa`` and the reason code of its :class:`Result`."""
+    if method in ("sgd", "adam"):
+        return "ran its epochs (training.epochs)"
+    table = _MSA_REASONS if method == "msa" else _TAO_REASONS
+    return table.get(int(reason), f"{'converged' if reason > 0 else 'stopped'} (reason code {reason})")
 
 
 class Coordinates:
@@ -118,6 +150,13 @@ class Coordinates:
         return self._map(g, out, self.C_inv, -1) if self.riesz else _copy(g, out)
 
 
+def _accuracies(row: dict) -> str:
+    """The accuracy columns of a monitor line (labelled), or ''."""
+    parts = [f"{label} {row[key]:.4f}" for key, label in (("train_accuracy", "train acc"), ("test_accuracy", "test acc"))
+             if key in row and row[key] is not None]
+    return "".join("  " + p for p in parts)
+
+
 def _copy(x, out):
     x.copy(out)
     return out
@@ -139,6 +178,7 @@ class Result:
     history: list = field(default_factory=list)
     counts: dict = field(default_factory=dict)
     interrupted: int = 0
+    stop: str = ""  # why training stopped, in words (:func:`stop_reason`)
 
     @property
     def converged(self) -> bool:
@@ -169,6 +209,9 @@ class Optimizer:
             ``solve(m0, resume=True)`` continues from it. TAO's internal state (the
             L-BFGS memory) is not restorable: a resumed run rebuilds it, and stops at the
             same absolute gradient norm as the uninterrupted run would.
+        metrics: optional callable ``(m, iteration) -> dict``: more columns of an
+            iteration's row (e.g. the test loss and accuracy), after the row's own J,
+            gradient norm, step, train accuracy and solve counts.
     """
 
     def __init__(
@@ -185,6 +228,7 @@ class Optimizer:
         petsc_options_prefix: str = "fem_dnn_",
         checkpoint=None,
         checkpoint_every: int = 1,
+        metrics=None,
     ):
         if method not in METHODS:
             raise InputError(f"unknown training method {method!r}; choose one of {list(METHODS)}")
@@ -196,7 +240,7 @@ class Optimizer:
             raise InputError("a box of controls needs the L2 depth inner product (gamma = 0 or riesz='l2')")
         self.comm = J.controls.comm
         self.world = J.network.layout.world
-        self.monitor = monitor
+        self.monitor, self.metrics = monitor, metrics
         self.history = []
         self.checkpoint = None if checkpoint is None else Path(checkpoint) / "checkpoint.npz"
         self.checkpoint_every = max(int(checkpoint_every), 1)
@@ -336,8 +380,11 @@ class Optimizer:
             self._g0 = gnorm
         self._failure = None  # a non-finite trial point before this iterate was rejected: TAO went on
         row = {"iteration": its, "J": f, "gnorm": gnorm, "step": step, **self.J.counts}
+        m = self._point(x)
         if self.J.kind == "classes":
-            row["accuracy"] = self.J.accuracy(self._point(x))
+            row["train_accuracy"] = self.J.accuracy(m)
+        if self.metrics is not None:
+            row.update(self.metrics(m, its))
         self.history.append(row)
         if self.checkpoint is not None and its % self.checkpoint_every == 0:
             from fem_dnn.checkpoint import save_checkpoint
@@ -347,12 +394,8 @@ class Optimizer:
         if callable(self.monitor):
             self.monitor(row)
         elif self.monitor and self.world.rank == 0:
-            acc = f"  acc {row['accuracy']:.4f}" if "accuracy" in row else ""
-            print(
-                f"it {its:4d}  J {f:.10e}  |g| {gnorm:.3e}  step {step:.3e}{acc}  "
-                f"solves fwd {row['forward']} adj {row['costate']} inc {row['incremental_forward']}",
-                flush=True,
-            )
+            print(f"it {its:4d}  J {f:.10e}  |g| {gnorm:.3e}  step {step:.3e}{_accuracies(row)}  "
+                  f"solves fwd {row['forward']} adj {row['costate']} inc {row['incremental_forward']}", flush=True)
         # a safe point: the iterate is accepted (and in the history); solve() writes it
         # to the checkpoint and reports the signal
         self._interrupted = interrupt.requested(self.world)
@@ -418,13 +461,13 @@ class Optimizer:
 
             state = {"method": self.method, "iteration": its, "g0": self._g0, "history": self.history}
             save_checkpoint(self.checkpoint, self.J.controls, m, state)
+        stop = stop_reason(self.method, reason)
         if self.world.rank == 0 and self.monitor is True and not self._interrupted:
-            print(
-                f"{self.method} ({self.tao.getType()}): {its} iterations, reason {reason}, J {f:.10e}, "
-                f"|g| {gnorm:.3e}, solves {self.J.counts}",
-                flush=True,
-            )
-        return Result(m, its, reason, f, gnorm, list(self.history), dict(self.J.counts), self._interrupted)
+            c = self.J.counts
+            print(f"{self.method} ({self.tao.getType()}): {its} iterations; {stop} (TAO reason {reason}); J {f:.10e}, "
+                  f"|g| {gnorm:.3e}; solves fwd {c['forward']} adj {c['costate']} "
+                  f"inc {c['incremental_forward']}/{c['incremental_costate']}", flush=True)
+        return Result(m, its, reason, f, gnorm, list(self.history), dict(self.J.counts), self._interrupted, stop)
 
     def destroy(self):
         for obj in (self.tao, self._H, self._x, self._m, self._g, self._tmp, self._prev, getattr(self, "_lb", None), getattr(self, "_ub", None)):
@@ -505,6 +548,7 @@ def minibatch(
     checkpoint=None,
     resume: bool = False,
     evaluate: bool = True,
+    metrics=None,
 ) -> Result:
     """Stochastic gradient descent or Adam on mini-batches of the same reduced gradient.
 
@@ -536,6 +580,8 @@ def minibatch(
         evaluate: compute the full-batch J, gradient norm and accuracy after every epoch
             for the history and the monitor (one more forward and costate solve over all
             samples per epoch); ``False`` records the epoch and step count alone.
+        metrics: optional callable ``(m, epoch) -> dict``: more columns of an epoch's row
+            (e.g. the test loss and accuracy).
     """
     if method not in ("sgd", "adam"):
         raise InputError(f"mini-batch method must be 'sgd' or 'adam', not {method!r}")
@@ -619,7 +665,7 @@ def minibatch(
                 for v in (x, m, g, gx, m1, m2):
                     v.destroy()
                 last = history[-1].get("gnorm", float("nan")) if history else float("nan")
-                return Result(out, step, 0, float("nan"), last, history, dict(J.counts), sig)
+                return Result(out, step, 0, float("nan"), last, history, dict(J.counts), sig, "interrupted")
         J.set_batch(None)
         coords.from_coordinates(x, m)
         row = {"epoch": epoch + 1, "step": step}
@@ -628,13 +674,15 @@ def minibatch(
             coords.dual_to_coordinates(J.derivative(m, g), gx)
             row = {"epoch": epoch + 1, "J": f, "gnorm": gx.norm(), "step": step, **J.counts}
             if J.kind == "classes":
-                row["accuracy"] = J.accuracy(m)
+                row["train_accuracy"] = J.accuracy(m)
+        if metrics is not None:
+            row.update(metrics(m, epoch + 1))
         history.append(row)
         if callable(monitor):
             monitor(row)
         elif monitor and evaluate and world.rank == 0:
-            acc = f"  acc {row['accuracy']:.4f}" if "accuracy" in row else ""
-            print(f"epoch {epoch + 1:4d}  J {f:.10e}  |g| {row['gnorm']:.3e}{acc}  solves fwd {J.counts['forward']} adj {J.counts['costate']}", flush=True)
+            print(f"epoch {epoch + 1:4d}  J {f:.10e}  |g| {row['gnorm']:.3e}{_accuracies(row)}  "
+                  f"solves fwd {J.counts['forward']} adj {J.counts['costate']}", flush=True)
         if on_epoch is not None:
             on_epoch(epoch + 1, m, {"x": x, "m1": m1, "m2": m2, "step": step}, row)
         if ckpt is not None:
@@ -645,7 +693,7 @@ def minibatch(
     for v in (x, m, g, gx, m1, m2):
         v.destroy()
     last = history[-1].get("gnorm", float("nan")) if history else float("nan")
-    return Result(out, step, 0, f, last, history, dict(J.counts))  # reason 0: ran its epochs
+    return Result(out, step, 0, f, last, history, dict(J.counts), 0, stop_reason(method, 0))  # reason 0: ran its epochs
 
 
 class FixedReadout:
@@ -828,7 +876,7 @@ def hamiltonian_minimiser(J: ReducedFunctional, m: PETSc.Vec, box: dict, inner_i
 
 
 def msa(
-    J: ReducedFunctional, m0: PETSc.Vec, box: dict, max_it: int = 50, rtol: float = 1e-10, monitor=True,
+    J: ReducedFunctional, m0: PETSc.Vec, box: dict, max_it: int = 50, rtol: float = 1e-10, monitor=True, metrics=None,
 ) -> Result:
     """Method of successive approximations (LM §5 algorithm 2), with a safeguard.
 
@@ -838,7 +886,8 @@ def msa(
     (plain MSA can increase J). Stops when no theta >= 2^-10 decreases J, or when the
     relative decrease falls below ``rtol`` (reason 1); reason 2 when the PMP step gives
     no descent or returns m itself (a PMP point). ``iterations`` counts accepted steps.
-    W and mu are not updated by the PMP step.
+    W and mu are not updated by the PMP step. ``metrics``: optional callable ``(m,
+    iteration) -> dict`` of more columns per row.
     """
     cs, world = J.controls, J.network.layout.world
     m = m0.copy()
@@ -874,6 +923,8 @@ def msa(
         trial.destroy()
         f = ft
         row = {"iteration": its, "J": f, "theta": theta, **J.counts}
+        if metrics is not None:
+            row.update(metrics(m, its))
         history.append(row)
         _report(monitor, world, f"msa {its:4d}  J {f:.10e}  theta {theta:.3g}  solves fwd {J.counts['forward']}", row)
         if decrease < rtol:
@@ -881,5 +932,5 @@ def msa(
             break
         sig = interrupt.requested(world)
         if sig:  # a safe point: the step is accepted
-            return Result(m, its, reason, f, float("nan"), history, dict(J.counts), sig)
-    return Result(m, its, reason, f, float("nan"), history, dict(J.counts))
+            return Result(m, its, reason, f, float("nan"), history, dict(J.counts), sig, "interrupted")
+    return Result(m, its, reason, f, float("nan"), history, dict(J.counts), 0, stop_reason("msa", reason))

@@ -4,10 +4,12 @@ functional -> optimiser -> run folder.
 The run folder (``output.folder``) receives:
 
 - ``config.toml``: the resolved config (every key, documented);
-- ``metrics.csv``: one row per iteration (epoch for sgd/adam): J, gradient norm,
-  accuracy, solves so far;
-- ``summary.json``: final training and test loss (and accuracy), iterations, solves,
-  wall time, ranks;
+- ``metrics.csv``: one row per iteration (epoch for sgd/adam): J, gradient norm, step,
+  train loss and accuracy, test loss and accuracy (every ``output.test_every``
+  iterations; the test set is evaluated outside the timed training), solves so far, and
+  in the last row why training stopped (``stop``);
+- ``summary.json``: final training and test loss (and accuracy), iterations, the stop
+  reason (code and words), solves, seconds (training, test evaluation, all), ranks;
 - ``checkpoint/checkpoint.npz``: the controls (atomic, checksummed; ``--resume``);
 - ``fields.xdmf``/``fields.bp`` (1D and 2D node domains): state f and costate r of a
   few test samples, and the controls a and b (diagonal and row integral) over the
@@ -153,10 +155,11 @@ def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=
     resume_from = state.checkpoint if resume else None
     _check_training(run, bounds, resume_from)
     opt = None
+    evaluator = _Evaluator(run, cfg["output"]["test_every"])
     if method in METHODS:
         opt = Optimizer(run.J, method, riesz=tr["riesz"], bounds=bounds or None, gauss_newton=tr["gauss_newton"],
                         gttol=tr["gttol"], max_it=tr["max_it"], monitor=True, checkpoint=ckpt_dir,
-                        checkpoint_every=tr["checkpoint_every"])
+                        checkpoint_every=tr["checkpoint_every"], metrics=evaluator)
     try:
         runfolder.prepare(folder, comm, resume=resume, overwrite=overwrite)
         sig = interrupt.requested(comm)
@@ -191,14 +194,15 @@ def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=
     run.say(f"fem-dnn train: {run.data.name} ({run.data.kind}), {S_train} training / {S_test} test samples; "
             f"{run.space.n} neurons ({cfg['node']['space']}), {run.net.depth.N} layers ({run.net.scheme}), "
             f"{n_controls} controls; method {tr['method']} on {comm.size} rank(s)")
+    t_train = time.perf_counter()
     if opt is not None:
         res = opt.solve(m0, resume=resume)
         opt.destroy()
     elif method in ("sgd", "adam"):
         res = minibatch(run.J, m0, method, lr=tr["lr"], batch_size=tr["batch_size"], epochs=tr["epochs"], seed=tr["seed"],
-                        riesz=tr["riesz"], checkpoint=ckpt_dir, resume=resume)
+                        riesz=tr["riesz"], checkpoint=ckpt_dir, resume=resume, metrics=evaluator)
     else:  # msa
-        res = msa(run.J, m0, bounds, max_it=tr["max_it"])
+        res = msa(run.J, m0, bounds, max_it=tr["max_it"], metrics=evaluator)
         from fem_dnn.checkpoint import save_checkpoint
 
         save_checkpoint(ckpt_dir / "checkpoint.npz", run.J.controls, res.m, {"method": "msa", "iteration": res.iterations,
@@ -210,9 +214,13 @@ def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=
         run.destroy()
         unit = "step" if method in ("sgd", "adam") else "iteration"
         raise interrupt.Interrupted(res.interrupted, res.iterations, ckpt, resumable=method != "msa", unit=unit)
+    training = time.perf_counter() - t_train - evaluator.seconds
     summary = {"data": run.data.name, "method": method, "iterations": res.iterations, "reason": res.reason,
-               "ranks": comm.size, "neurons": run.space.n, "layers": run.net.depth.N, **run.metrics(res.m),
-               "solves": dict(run.J.counts), "seconds": time.perf_counter() - t0}
+               "stop": res.stop, "ranks": comm.size, "neurons": run.space.n, "layers": run.net.depth.N,
+               **run.metrics(res.m), "solves": dict(run.J.counts), "training_seconds": training,
+               "evaluation_seconds": evaluator.seconds, "seconds": time.perf_counter() - t0}
+    if res.history:
+        res.history[-1] = {**res.history[-1], "stop": res.stop}
     _write_outputs(run, res, summary, folder)
     line = f"train loss {summary['train_loss']:.6e}"
     if "train_accuracy" in summary:
@@ -221,7 +229,9 @@ def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=
         line += f"; test loss {summary['test_loss']:.6e}"
     if "test_accuracy" in summary:
         line += f", test accuracy {summary['test_accuracy']:.4f}"
-    run.say(f"fem-dnn train: {line} ({summary['seconds']:.1f} s); run folder {folder}")
+    run.say(f"fem-dnn train: {res.stop}; {line}")
+    run.say(f"fem-dnn train: {training:.1f} s training, {evaluator.seconds:.1f} s test evaluation, "
+            f"{summary['seconds']:.1f} s in all; run folder {folder}")
     res.m.destroy()
     run.destroy()
     sig = interrupt.requested(comm)
@@ -276,6 +286,26 @@ def _check_training(run: Run, bounds: dict, resume_from: Path | None):
     missing = [k for k in need if k not in have]
     if missing:
         raise InputError(f"checkpoint {resume_from} lacks the training state {missing} that method {method!r} resumes from")
+
+
+class _Evaluator:
+    """The metrics of an iteration's row besides the optimiser's own: the train loss, and
+    every ``every`` iterations (0: never) the test loss and accuracy; its time is kept
+    apart from the training time (``seconds``)."""
+
+    def __init__(self, run: Run, every: int):
+        self.run, self.every, self.seconds = run, int(every), 0.0
+
+    def __call__(self, m, iteration: int) -> dict:
+        t = time.perf_counter()
+        out = {"train_loss": self.run.J.loss_value(m)}
+        J_test = self.run.J_test
+        if J_test is not None and self.every and iteration % self.every == 0:
+            out["test_loss"] = J_test.loss_value(m)
+            if self.run.data.kind == "classes":
+                out["test_accuracy"] = J_test.accuracy(m)
+        self.seconds += time.perf_counter() - t
+        return out
 
 
 def _shown_samples(run: Run) -> int:
