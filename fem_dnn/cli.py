@@ -45,37 +45,61 @@ def _say_error(message: str):
         print(f"fem-dnn: error: {message}", file=sys.stderr, flush=True)
 
 
+_DESCRIPTION = """fem-dnn: continuum residual networks (the Liu-Markowich PDE model) with DOLFINx and PETSc.
+
+  fem-dnn train [CONFIG] [--set section.key=value ...] [--resume | --overwrite] [--dry-run]
+  fem-dnn evaluate RUN_FOLDER
+  fem-dnn verify [CONFIG] [--set ...]
+  fem-dnn forward [options]
+  fem-dnn config           the documented default config (TOML)
+
+Arguments starting with a single dash are PETSc options (-fem_dnn_tao_monitor,
+-fem_dnn_tao_type nls). Everything runs the same under mpirun -n N (use the mpirun of the
+environment: .venv/bin/mpirun). Exit status: 0 done, 2 bad input, 3 training diverged,
+130/143 interrupted (the checkpoint holds the last accepted iterate), 1 internal error."""
+
+
+class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the description's line breaks and shows every option's default."""
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="fem-dnn", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train on a config (default: digits) and write the run folder")
+    p = _Parser(prog="fem-dnn", description=_DESCRIPTION, formatter_class=_Help)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    t = sub.add_parser("train", help="train on a config (default: digits) and write the run folder", formatter_class=_Help)
     t.add_argument("config", nargs="?", help="TOML config file (default: the built-in defaults)")
     t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key")
     t.add_argument("--resume", action="store_true", help="continue the run in the run folder from its checkpoint")
     t.add_argument("--overwrite", action="store_true",
                    help="replace the run in the run folder (its files are removed first); without it a folder "
                         "that holds a run is refused")
-    e = sub.add_parser("evaluate", help="metrics of a run folder's trained controls")
+    e = sub.add_parser("evaluate", help="metrics of a run folder's trained controls", formatter_class=_Help)
     e.add_argument("folder", help="run folder written by fem-dnn train")
-    v = sub.add_parser("verify", help="Taylor tests (gradient rate 2, Hessian rate 3) of a config's functional")
+    v = sub.add_parser("verify", help="Taylor tests (gradient rate 2, Hessian rate 3) of a config's functional",
+                       formatter_class=_Help)
     v.add_argument("config", nargs="?", help="TOML config file")
-    v.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    v.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key")
     v.add_argument("--samples", type=int, default=16, help="training samples used")
     sub.add_parser("config", help="print the default config, every key documented")
-    f = sub.add_parser("forward", help="solve the state equation and write the trajectory")
+    f = sub.add_parser("forward", help="solve the state equation and write the trajectory", formatter_class=_Help,
+                       description="Solve the state equation df/dt = sigma(a - int b f dz) + eps Lap f for one input "
+                                   "and write f over depth (XDMF/VTX over the (depth, node) mesh; for 3D node domains "
+                                   "a VTX time series on the node mesh, time = depth). Expressions: numbers, the "
+                                   "coordinates named below, pi, + - * / ** %, and sin cos exp tanh sqrt abs "
+                                   "ones_like, with or without the prefix np. (np.sin(pi*x)).")
     f.add_argument("--mesh", help="node mesh file (.msh or .xdmf); default: built-in --shape")
     f.add_argument("--shape", default="interval", choices=["interval", "rectangle", "box"])
     f.add_argument("--n", type=int, default=32, help="cells per direction of the built-in mesh")
     f.add_argument("--space", default="DG0", choices=["DG0", "P1", "P2"], help="node space")
     f.add_argument("--mass", default="lumped", choices=["lumped", "consistent"])
-    f.add_argument("--activation", default="tanh")
-    f.add_argument("--scheme", default="euler")
+    f.add_argument("--activation", default="tanh", choices=["tanh", "arctan", "sigmoid", "relu", "leaky_relu", "elu", "identity"])
+    f.add_argument("--scheme", default="euler", choices=["euler", "heun", "rk4", "midpoint"], help="depth scheme")
     f.add_argument("--T", type=float, default=1.0, help="final depth")
     f.add_argument("--N", type=int, default=16, help="number of layers")
     f.add_argument("--eps", type=float, default=0.0, help="node diffusion")
-    f.add_argument("--input", default="sin(pi*x)", help="f_I(y) as a numpy expression in x, y, z")
-    f.add_argument("--bias", default="0", help="a(y,t) as a numpy expression in x, y, z, t")
-    f.add_argument("--weight", default="1", help="b(y,z,t): expression in x, y (node y) and xz, yz (node z), t")
+    f.add_argument("--input", default="sin(pi*x)", help="f_I(y): an expression in x, y, z (the coordinates of y)")
+    f.add_argument("--bias", default="0", help="a(y,t): an expression in x, y, z, t")
+    f.add_argument("--weight", default="1", help="b(y,z,t): an expression in x, y (of node y), xz, yz (of node z) and t")
     f.add_argument("--out", default="out_forward_cli", help="output folder")
     return p
 
@@ -97,11 +121,12 @@ def _expr(text: str, option: str, names):
 
     from fem_dnn.errors import InputError
 
-    allowed = f"use numbers, {', '.join(names)}, pi, + - * / ** % and {', '.join(_FUNCTIONS)}"
+    allowed = f"use numbers, {', '.join(names)}, pi, + - * / ** % and {', '.join(_FUNCTIONS)} (np.sin or sin)"
     try:
         tree = ast.parse(text, mode="eval")
     except SyntaxError as e:
         raise InputError(f"{option} {text!r} is not an expression ({e.msg}); {allowed}") from None
+    tree = _NumpyPrefix().visit(tree)  # np.sin(...) and numpy.pi mean sin(...) and pi
     called = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
     for node in ast.walk(tree):
         if isinstance(node, ast.Name) and node.id in _FUNCTIONS and id(node) not in called:
@@ -128,6 +153,17 @@ def _expr(text: str, option: str, names):
             raise InputError(f"{option} {text!r}: {' '.join(str(e).split()) or type(e).__name__}") from None
 
     return fn
+
+
+class _NumpyPrefix(ast.NodeTransformer):
+    """``np.<name>`` / ``numpy.<name>`` -> ``<name>`` for the allowed names (anything else
+    stays an attribute, which is refused)."""
+
+    def visit_Attribute(self, node):
+        if (isinstance(node.value, ast.Name) and node.value.id in ("np", "numpy")
+                and node.attr in (*_FUNCTIONS, "pi")):
+            return ast.copy_location(ast.Name(id=node.attr, ctx=ast.Load()), node)
+        return self.generic_visit(node)
 
 
 def _finite(comm, option: str, text: str, values):
@@ -187,7 +223,7 @@ def _forward(args, comm) -> int:
 
     from fem_dnn.domain import Depth, NodeSpace, ProductMesh, create_node_mesh, read_node_mesh
     from fem_dnn.errors import InputError
-    from fem_dnn.io import write_trajectory
+    from fem_dnn.io import write_depth_series, write_trajectory
     from fem_dnn.network import Network
 
     fI = _expr(args.input, "--input", ("x", "y", "z"))
@@ -213,13 +249,14 @@ def _forward(args, comm) -> int:
     f_I = lambda y: fI(x=y[0], y=y[1], z=y[2]) * ones(y)  # noqa: E731
     _finite(comm, "--input", args.input, space.interpolate(f_I))
     traj = net.forward(f_I, c)
-    written = []
     if mesh.topology.dim < 3:
         written = write_trajectory(args.out, ProductMesh(space, net.depth), {"f": traj.states[:, 0, :]}, {"a": c.a})
+    else:  # no (depth, node) mesh over 3D cells: f over depth as a time series on the node mesh
+        written = [write_depth_series(args.out, space, net.depth.points, traj.states[:, 0, :], "f", "trajectory")]
     nrm = np.sqrt(comm.allreduce(float(np.sum(space.weights * traj.final[:, 0] ** 2))))
     if comm.rank == 0:
         print(f"fem-dnn forward: {space.n} neurons, {net.depth.N} layers, scheme {args.scheme}: "
-              f"||f(T)||_L2 = {nrm:.6e}; wrote {', '.join(map(str, written)) or 'nothing (3D node domain)'}")
+              f"||f(T)||_L2 = {nrm:.6e}; wrote {', '.join(map(str, written))}")
     net.destroy(), space.destroy()
     return 0
 

@@ -49,6 +49,8 @@ SPEC = {
     "node": {
         "mesh": ("", str, _PATH, "node mesh file (.msh or .xdmf, relative to the config file); empty: the data's grid (digits: 8x8 pixels)"),
         "refine": (1, int, _POS, "node cells per data cell and direction on the built-in grid"),
+        "fit": ("none", str, _choice("none", "bbox"), "a node.mesh whose bounding box is not the data's domain (the unit "
+                "interval or square): 'bbox' maps the box onto the domain (per axis), 'none' refuses the mesh"),
         "space": ("DG0", str, _choice("DG0", "P1", "P2"), "node space: DG0 (a cell is a neuron), P1, P2"),
         "mass": ("lumped", str, _choice("lumped", "consistent"), "node weights (lumped) or consistent mass"),
     },

@@ -237,12 +237,27 @@ def _read_csv(path: Path) -> np.ndarray:
             rows.append([float(c) for c in cells])
         except ValueError:
             col = next(j for j, c in enumerate(cells) if not _is_number(c))
-            hint = " (a header line? remove it)" if no == first else ""
             raise InputError(f"data file {path} is not numeric CSV: line {no}, column {col + 1}: {cells[col]!r} is not a "
-                             f"number{hint}") from None
+                             f"number{_csv_hint(cells, col, no == first)}") from None
     if not rows:
         raise InputError(f"data file {path} is empty (no data rows)")
     return np.array(rows, dtype=float)
+
+
+def _csv_hint(cells: list, col: int, first: bool) -> str:
+    """What a non-number cell of a CSV line most likely means."""
+    cell = cells[col]
+    for sep, name in ((";", "semicolons"), ("\t", "tabs"), (" ", "spaces")):
+        parts = cell.split(sep)
+        if len(parts) > 1 and all(_is_number(x) for x in parts if x.strip()):
+            return f" (the values are separated by {name}; fem_dnn reads comma-separated values)"
+    if cell == "" and col == len(cells) - 1:
+        return " (a trailing comma at the end of the line? remove it)"
+    if cell == "":
+        return " (an empty cell: two commas in a row)"
+    if first and not any(_is_number(c) for c in cells):
+        return " (a header line? remove it)"
+    return ""
 
 
 def _is_number(text: str) -> bool:

@@ -222,27 +222,26 @@ def plot_weights(path, space: NodeSpace, depth_points, a: np.ndarray, b: np.ndar
     coords = _natural_coordinates(space)
     N = a.shape[0]
     layers = np.unique(np.linspace(0, N - 1, min(N, 4)).round().astype(int))
-    fig = _figure((2.6 * max(len(layers), 2) + 1, 5.2))
-    axes = fig.subplots(2, max(len(layers), 2), squeeze=False)
+    fig = _figure((2.6 * max(len(layers), 2) + 1, 5.4))
+    top, bottom = fig.subfigures(2, 1)  # each row lays out its own panels: no gaps from the other's colour bar
+    axes = top.subplots(1, len(layers), squeeze=False)[0]
     pts = np.asarray(depth_points)
     lim = np.abs(a).max() or 1.0
-    for j, k in enumerate(layers):
-        art = _draw_nodes(axes[0, j], coords, a[k], "PuOr_r", -lim, lim)
-        axes[0, j].set_title(f"a(y), layer {k} (t={0.5 * (pts[k] + pts[k + 1]):.2g})", fontsize=8)
+    for ax, k in zip(axes, layers):
+        art = _draw_nodes(ax, coords, a[k], "PuOr_r", -lim, lim)
+        ax.set_title(f"a(y), layer {k} (t={0.5 * (pts[k] + pts[k + 1]):.2g})", fontsize=8)
         if coords.shape[1] == 2:
-            axes[0, j].set_xticks([]), axes[0, j].set_yticks([])
+            ax.set_xticks([]), ax.set_yticks([])
     if coords.shape[1] == 2:
-        fig.colorbar(art, ax=axes[0, len(layers) - 1], label="bias a")
-    for ax in axes[0, len(layers):]:
-        ax.axis("off")
+        top.colorbar(art, ax=list(axes), label="bias a", shrink=0.9)
     blim = np.abs(b).max() or 1.0
-    for j, k in enumerate((0, N - 1)):
-        im = axes[1, j].imshow(b[k], cmap="RdBu_r", vmin=-blim, vmax=blim, interpolation="nearest")
-        axes[1, j].set_title(f"b(y, z), layer {k}", fontsize=8)
-        axes[1, j].set_xlabel("node z (natural order)")
-        axes[1, j].set_ylabel("node y (natural order)")
-    fig.colorbar(im, ax=axes[1, 1], label="selection weight b")
-    for ax in axes[1, 2:]:
-        ax.axis("off")
+    shown = (0, N - 1) if N > 1 else (0,)
+    axes = bottom.subplots(1, len(shown), squeeze=False)[0]
+    for ax, k in zip(axes, shown):
+        im = ax.imshow(b[k], cmap="RdBu_r", vmin=-blim, vmax=blim, interpolation="nearest")
+        ax.set_title(f"b(y, z), layer {k}", fontsize=8)
+        ax.set_xlabel("node z (natural order)")
+        ax.set_ylabel("node y (natural order)")
+    bottom.colorbar(im, ax=list(axes), label="selection weight b", shrink=0.9)
     fig.savefig(path, dpi=110)
     return Path(path)

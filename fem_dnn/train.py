@@ -83,6 +83,7 @@ class Run:
             if mesh.topology.dim != dim:
                 raise InputError(f"node mesh {nd['mesh']} is {mesh.topology.dim}D, but the {ds.name} data are functions "
                                  f"on a {dim}D domain (the unit {'interval' if dim == 1 else 'square'})")
+            fit_to_unit_box(mesh, nd["fit"], f"node mesh {nd['mesh']}", f"the {ds.name} data")
         else:
             shape, k = ds.domain["shape"], ds.domain["n"] * nd["refine"]
             mesh = create_node_mesh(node_comm, shape, k, cell="quadrilateral" if shape == "rectangle" else None)
@@ -286,6 +287,39 @@ def _check_training(run: Run, bounds: dict, resume_from: Path | None):
     missing = [k for k in need if k not in have]
     if missing:
         raise InputError(f"checkpoint {resume_from} lacks the training state {missing} that method {method!r} resumes from")
+
+
+#: How far (relative to the domain's size) a node mesh's bounding box may be from the
+#: data's domain: a polygon inscribed in the unit disk spans 0.9972 of it in y.
+FIT_TOLERANCE = 0.02
+
+
+def fit_to_unit_box(mesh, fit: str, what: str, data: str):
+    """Make sure the node mesh lies on the data's domain, the unit interval or square
+    (collective): a mesh whose bounding box is that domain (to :data:`FIT_TOLERANCE`)
+    is kept; otherwise ``fit = "bbox"`` maps its bounding box onto the domain, axis by
+    axis (the geometry is changed in place), and ``fit = "none"`` refuses it: data
+    sampled on a mesh elsewhere would be silently misplaced.
+
+    Raises:
+        InputError: on every rank, naming the mesh's box and what to do.
+    """
+    d = mesh.geometry.dim
+    x = mesh.geometry.x
+    lo = x[:, :d].min(axis=0) if len(x) else np.full(d, np.inf)
+    hi = x[:, :d].max(axis=0) if len(x) else np.full(d, -np.inf)
+    mesh.comm.Allreduce(MPI.IN_PLACE, lo, op=MPI.MIN)
+    mesh.comm.Allreduce(MPI.IN_PLACE, hi, op=MPI.MAX)
+    if np.all(np.abs(lo) <= FIT_TOLERANCE) and np.all(np.abs(hi - 1.0) <= FIT_TOLERANCE):
+        return
+    box = " x ".join(f"[{a:.4g}, {b:.4g}]" for a, b in zip(lo, hi))
+    unit = "[0, 1]" if d == 1 else "[0, 1] x [0, 1]"
+    if fit != "bbox":
+        raise InputError(f"{what} spans {box}, but {data} are functions on {unit}: set node.fit = 'bbox' to map "
+                         f"the mesh's bounding box onto {unit}, or use a mesh of that domain")
+    if np.any(hi - lo <= 0):
+        raise InputError(f"{what} spans {box}: a flat bounding box cannot be mapped onto {unit}")
+    x[:, :d] = (x[:, :d] - lo) / (hi - lo)
 
 
 class _Evaluator:

@@ -11,6 +11,7 @@ script and copied as they are. The binary cases are generated here, deterministi
   ``mesh/truncated_h5.xdmf``: a valid XDMF file whose ``.h5`` is cut in half;
   ``mesh/second_order.msh``: a valid gmsh mesh of the unit square with second-order
   (curved) triangles, on which no (depth, node) mesh for the field files exists;
+  ``mesh/square_100.msh``: a valid mesh of [0, 100]^2 (not the images' unit square);
 - run folders: ``out_train`` (a valid run of ``base.toml``, the default output folder
   that every failing ``train`` case must leave untouched), ``run_adam`` (the same with
   Adam), and copies of ``out_train`` with a damaged checkpoint or config
@@ -115,23 +116,24 @@ def mesh_files(folder: Path):
     h5 = folder / "truncated_h5.h5"
     raw = h5.read_bytes()
     h5.write_bytes(raw[: len(raw) // 2])
-    second_order_msh(folder / "second_order.msh")
+    square_msh(folder / "second_order.msh", size=1.0, order=2)
+    square_msh(folder / "square_100.msh", size=100.0, order=1)
 
 
-def second_order_msh(path: Path):
-    """The unit square meshed by gmsh with 6-node (second-order) triangles."""
+def square_msh(path: Path, size: float, order: int):
+    """The square [0, size]^2 meshed by gmsh with triangles of the given order."""
     import gmsh
 
     gmsh.initialize(interruptible=False)
     try:
         gmsh.option.setNumber("General.Terminal", 0)
-        gmsh.model.add("second_order")
-        square = gmsh.model.occ.addRectangle(0, 0, 0, 1, 1)
+        gmsh.model.add("square")
+        square = gmsh.model.occ.addRectangle(0, 0, 0, size, size)
         gmsh.model.occ.synchronize()
         gmsh.model.addPhysicalGroup(2, [square], 1)
-        gmsh.option.setNumber("Mesh.MeshSizeMax", 0.25)
+        gmsh.option.setNumber("Mesh.MeshSizeMax", 0.25 * size)
         gmsh.model.mesh.generate(2)
-        gmsh.model.mesh.setOrder(2)
+        gmsh.model.mesh.setOrder(order)
         gmsh.write(str(path))
     finally:
         gmsh.finalize()
