@@ -22,6 +22,7 @@ Every setting is reachable through the options database with the solver's prefix
 -fem_dnn_tao_nls_ksp_type stcg ...``.
 """
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,6 +161,28 @@ def _accuracies(row: dict) -> str:
 def _copy(x, out):
     x.copy(out)
     return out
+
+
+@contextmanager
+def _plain_mdot():
+    """Vecs created in this context use PETSc's plain ``VecMDot`` kernel.
+
+    Since PETSc 3.21, ``VecMDot`` (option ``-vec_mdot_use_gemv``, on by default) calls
+    BLAS gemv when the Vecs happen to lie at one stride in memory, and ``VecDot`` /
+    ``VecMDot_Seq`` otherwise, which round differently. The L-BFGS update
+    (``MatUpdate_LMVMSymBrdn``) takes ``s^T s`` and ``y^T s`` with one ``VecMDot`` on the
+    LMVM matrix's Xprev and Fprev, two Vecs allocated one after the other: whether malloc
+    put them next to each other varies from run to run, so the L-BFGS iterates did too
+    (in the last bits, on several ranks). A ``-vec_mdot_use_gemv`` of the user wins."""
+    opts, key = PETSc.Options(), "vec_mdot_use_gemv"
+    mine = not opts.hasName(key)
+    if mine:
+        opts[key] = False
+    try:
+        yield
+    finally:
+        if mine:
+            opts.delValue(key)
 
 
 @dataclass
@@ -444,6 +467,8 @@ class Optimizer:
         if loaded is not None:
             m0.destroy()
         self.tao.setSolution(x)
+        with _plain_mdot():  # TAO and its L-BFGS matrix create their work vectors here
+            self.tao.setUp()
         self._failure, self._interrupted = None, 0
         try:
             self.tao.solve(x)
