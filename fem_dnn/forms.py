@@ -8,7 +8,8 @@ on the arguments' domain. Notation follows MODEL.md and Liu-Markowich (LM):
 - f: state (node values at one depth), r: costate, u = a - B_b f: pre-activation,
 - BTsr: the nonlocal term ``B_b^T(sigma'(u) r)`` of the costate equation,
 - a: bias function, b: selection weight, W, mu: readout weight and bias,
-- sigma: an :class:`fem_dnn.activation.Activation`.
+- sigma: an :class:`fem_dnn.activation.Activation`, a registry name (``"tanh"``) or any
+  callable on UFL expressions (``ufl.tanh``, ``lambda s: s / (1 + s**2)``).
 
 The nonlocal operator ``(B_b f)(y) = int_Y b(y,z) f(z) dz`` is *not* a local form: it is
 assembled once as a dense operator (:mod:`fem_dnn.kernel`) and enters the forms below as
@@ -97,9 +98,18 @@ def diffusion(u, v, eps, centres=None, measure=None):
     return eps * ufl.jump(u) * ufl.jump(v) / d * dS
 
 
+def _sigma(sigma):
+    """The UFL function of an activation: an Activation, a registry name or a callable."""
+    if isinstance(sigma, str):
+        from fem_dnn.activation import get_activation
+
+        sigma = get_activation(sigma)
+    return getattr(sigma, "ufl", sigma)
+
+
 def sigma_term(u, v, sigma, degree=None, measure=None):
     """``int_Y sigma(u) v dy``: the activation term of the state equation."""
-    return sigma.ufl(u) * v * _dx(measure, degree)
+    return _sigma(sigma)(u) * v * _dx(measure, degree)
 
 
 def state_rhs(a, Bf, v, sigma, degree=None, measure=None):
@@ -118,7 +128,7 @@ def state_residual(f, a, Bf, v, sigma, eps=0.0, centres=None, degree=None):
     """
     t_axis = len(ufl.SpatialCoordinate(f.ufl_function_space().mesh)) - 1
     dx = _dx(None, degree)
-    return (f.dx(t_axis) - sigma.ufl(a - Bf)) * v * dx + _node_diffusion(f, v, eps, centres, t_axis, dx)
+    return (f.dx(t_axis) - _sigma(sigma)(a - Bf)) * v * dx + _node_diffusion(f, v, eps, centres, t_axis, dx)
 
 
 def _node_diffusion(f, v, eps, centres, t_axis, dx):
@@ -203,5 +213,5 @@ def depth_smoothness(c, gamma, t_axis, measure=None):
 
 def hamiltonian(r, a, Bf, sigma, running_cost=None, measure=None):
     """Pontryagin Hamiltonian ``H = int_Y r sigma(a - B_b f) dy + running cost`` (LM 4.11)."""
-    H = r * sigma.ufl(a - Bf) * _dx(measure)
+    H = r * _sigma(sigma)(a - Bf) * _dx(measure)
     return H if running_cost is None else H + running_cost

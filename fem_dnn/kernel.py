@@ -36,9 +36,12 @@ class Kernel:
         return self.space.mass_columns(b_local)
 
     def apply(self, b_local: np.ndarray, F: np.ndarray) -> np.ndarray:
-        """``(B_b f)`` for a Fortran ``(n_local, S)`` batch; returns the same layout (a
-        fresh array the caller may overwrite). One Allgatherv of f and one GEMM per rank
-        block with ``b M_w`` (:meth:`weighted`, n^2 work against the GEMM's n^2 S)."""
+        """``(B_b f)`` for a Fortran ``(n_local, S)`` batch (or one ``(n_local,)``
+        function); returns the same layout (a fresh array the caller may overwrite). One
+        Allgatherv of f and one GEMM per rank block with ``b M_w`` (:meth:`weighted`, n^2
+        work against the GEMM's n^2 S)."""
+        if np.ndim(F) == 1:
+            return self.apply(b_local, np.asarray(F)[:, None])[:, 0]
         sp = self.space
         bw = self.weighted(b_local)
         blocks = sp.gather(np.asfortranarray(F))
@@ -50,7 +53,9 @@ class Kernel:
     def apply_transpose(self, b_local: np.ndarray, V: np.ndarray) -> np.ndarray:
         """``(B_b^T v)_j = ((b M_w)^T v)_j``: the adjoint of :meth:`apply` in the Euclidean
         pairing of coefficient vectors (one GEMM with :meth:`weighted` b, one
-        Reduce_scatter); returns a fresh array."""
+        Reduce_scatter); returns a fresh array. ``V``: ``(n_local, S)`` or ``(n_local,)``."""
+        if np.ndim(V) == 1:
+            return self.apply_transpose(b_local, np.asarray(V)[:, None])[:, 0]
         sp = self.space
         part = np.ascontiguousarray(V.T) @ self.weighted(b_local)  # (S, n): rank's part of (b M_w)^T v
         S = V.shape[1]
