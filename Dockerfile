@@ -5,7 +5,8 @@
 #   docker run --rm fem-dnn ./run test        # the test suite (default tier), serial and MPI
 #   docker run --rm -v "$PWD/out:/fem_dnn/out_train" fem-dnn      # keep the run folder
 #   docker run --rm fem-dnn ./run demo pmp 2  # a demo under mpirun -n 2
-#   docker run --rm fem-dnn .venv/bin/mpirun -n 4 .venv/bin/fem-dnn train --set training.method='"newton"' 
+#   docker run --rm fem-dnn .venv/bin/mpirun -n 2 .venv/bin/fem-dnn train --set training.method='"newton"'
+#   (fem-dnn gives each rank cores // ranks BLAS threads; a second run into the same folder needs --overwrite)
 #
 # The image performs exactly the install steps CI runs (./run setup, called by
 # ./run test): a virtual environment with the dolfinx-solver-real wheel, and the Debian

@@ -9,8 +9,8 @@ Importing a fem_dnn module changes nothing in the process. The code that runs a 
   scikit-learn uses for this), unless ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS`` or
   ``MKL_NUM_THREADS`` is set (then the user's choice stands). Without it, two ranks with
   a BLAS thread per core each fight for the cores: measured on the 2-core development
-  machine, 50 L-BFGS iterations on the digits took 70.0 s under ``mpirun -n 2`` against
-  3.2 s with one thread per rank;
+  machine (other jobs running), 50 L-BFGS iterations on the digits trained in 92.3 s
+  under ``mpirun -n 2`` with 2 threads per rank against 6.6 s with one;
 - **keeps freed batch arrays in the process** (glibc's malloc thresholds,
   :mod:`fem_dnn._malloc`; ``FEM_DNN_MALLOC=system`` keeps glibc's defaults).
 
