@@ -183,9 +183,13 @@ if comm.rank == 0:
     fig, axes = plt.subplots(2, 2, figsize=(9, 6), sharex=True, sharey=True, constrained_layout=True)
     for s, ax in zip(range(4), axes.ravel()):
         ax.plot(yy, f_in[s], color="0.6", ls="--", label="input $f_I$")
-        ax.plot(yy, C_true[s], color="k", lw=2, label="target $C$")
-        for (n, N), (y_nodes, P) in keep.items():
-            ax.plot(y_nodes, P[s], marker=".", ms=3, lw=1, label=f"prediction, n={n}, N={N}")
+        # the target as a broad band underneath: predictions close to it stay visible on it
+        ax.plot(yy, C_true[s], color="k", lw=5, alpha=0.25, zorder=1, label="target $C$")
+        styles = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "v")]
+        for i, ((n, N), (y_nodes, P)) in enumerate(keep.items()):
+            ls, mk = styles[i % len(styles)]
+            ax.plot(y_nodes, P[s], ls=ls, marker=mk, ms=3.5, lw=1.2, markevery=max(1, len(y_nodes) // 12),
+                    zorder=2 + i, label=f"prediction, n={n}, N={N}")
         ax.set_title(f"test function {s}")
         ax.set_xlabel("node y")
         ax.set_ylabel("value")
