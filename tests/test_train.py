@@ -3,6 +3,7 @@ and the main job's claim (the default config reaches 97% test accuracy on the di
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -172,3 +173,31 @@ def test_default_config_reaches_97_percent(tmp_path):
     cfg = load_config(None, [f"output.folder={tmp_path / 'run'}", "output.fields=false", "output.figures=false"])
     summary = train(cfg, MPI.COMM_SELF, out=lambda *a: None)
     assert summary["test_accuracy"] >= 0.97, summary
+
+
+@pytest.mark.skipif(MPI.COMM_WORLD.size > 1, reason="serial")
+def test_stop_reasons_and_curves_in_words(tmp_path, capsys):
+    """Why training stopped is said in words (the last lines, summary.json, the last row
+    of metrics.csv); the iteration lines label the train and test accuracy; metrics.csv
+    has the train and test loss and accuracy per iteration (the test set every
+    ``output.test_every`` iterations)."""
+    import csv
+
+    from fem_dnn.train import train
+
+    base = ["data.samples=200", "network.N=2", "output.fields=false", "output.figures=false", "output.plot_samples=0"]
+    cfg = load_config(None, base + ["training.max_it=4", "output.test_every=2", f"output.folder='{tmp_path / 'a'}'"])
+    summary = train(cfg, MPI.COMM_SELF)
+    printed = capsys.readouterr().out
+    assert summary["reason"] == -2 and summary["stop"] == "stopped: the iteration limit (training.max_it) was reached"
+    assert "fem-dnn train: stopped: the iteration limit (training.max_it) was reached; train loss" in printed
+    assert re.search(r"fem-dnn train: [\d.]+ s training, [\d.]+ s test evaluation, [\d.]+ s in all", printed)
+    assert re.search(r"^it\s+2 .* train acc 0\.\d{4}  test acc 0\.\d{4}  solves", printed, flags=re.M)
+    with open(tmp_path / "a" / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["test_accuracy"] != "" for r in rows] == [True, False, True, False, True]
+    assert all(float(r["train_loss"]) > 0 for r in rows) and rows[-1]["stop"] == summary["stop"]
+    assert all(r["stop"] == "" for r in rows[:-1])
+    cfg = load_config(None, base + ["training.lam=5e-2", "training.max_it=1000", f"output.folder='{tmp_path / 'b'}'"])
+    summary = train(cfg, MPI.COMM_SELF, out=lambda *a: None)
+    assert summary["reason"] == 5 and summary["stop"] == "converged: the gradient norm dropped by the factor training.gttol"
