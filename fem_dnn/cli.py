@@ -70,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("config", nargs="?", help="TOML config file (default: the built-in defaults)")
     t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key")
     t.add_argument("--resume", action="store_true", help="continue the run in the run folder from its checkpoint")
+    t.add_argument("--dry-run", action="store_true",
+                   help="print the problem sizes and the estimated peak memory per rank, check that they fit, "
+                        "and stop (nothing is built or written)")
     t.add_argument("--overwrite", action="store_true",
                    help="replace the run in the run folder (its files are removed first); without it a folder "
                         "that holds a run is refused")
@@ -271,7 +274,7 @@ def _run(args, comm) -> int:
     if args.command == "train":
         from fem_dnn.train import train
 
-        train(load_config(args.config, args.set), comm, resume=args.resume, overwrite=args.overwrite)
+        train(load_config(args.config, args.set), comm, resume=args.resume, overwrite=args.overwrite, dry_run=args.dry_run)
         return 0
     if args.command == "evaluate":
         from fem_dnn.train import evaluate

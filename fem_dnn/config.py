@@ -85,7 +85,7 @@ SPEC = {
         "fields": (True, bool, _ANY, "write XDMF/VTX of f, r, a, b over the (depth, node) mesh"),
         "figures": (True, bool, _ANY, "write PNG figures"),
         "plot_samples": (3, int, _NONNEG, "test samples shown in the figures and field files"),
-        "test_every": (1, int, _NONNEG, "iterations (epochs) between test-set evaluations in metrics.csv (0: never; "
+        "test_every": (10, int, _NONNEG, "iterations (epochs) between test-set evaluations in metrics.csv (0: never; "
                        "outside the training time)"),
     },
 }

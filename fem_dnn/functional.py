@@ -25,12 +25,14 @@ The inner products (:class:`ControlSpace`): ``a`` in L2(Y x (0,T)) (node mass ti
 layer lengths tau_k), ``b`` in L2(Y x Y x (0,T)) (M (x) M times tau_k), ``W`` in
 L2(Y_out x Y), ``mu`` in L2(Y_out) (counting measure for classes). With ``riesz="h1"``
 the depth part of a and b gets an H1 term, ``(c, c~) + l^2 (d_t c, d_t c~)`` with the
-difference quotients between layer midpoints, l^2 = gamma/lambda by default.
+difference quotients between layer midpoints, l^2 = gamma/lambda by default. The depth
+parts are tridiagonal (:class:`DepthOperator`: two diagonals, O(N) storage and work).
 """
 
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.linalg import cholesky_banded, lapack
 
 from fem_dnn import _dolfinx  # noqa: F401
 from mpi4py import MPI
@@ -39,7 +41,127 @@ from petsc4py import PETSc
 from fem_dnn.errors import InputError, NonFiniteError
 from fem_dnn.network import Controls, Network, Readout, logistic, softmax
 
-__all__ = ["ControlSpace", "ClassesLoss", "FunctionLoss", "ReducedFunctional"]
+__all__ = ["ControlSpace", "ClassesLoss", "DepthOperator", "FunctionLoss", "ReducedFunctional"]
+
+
+class DepthOperator:
+    """A symmetric tridiagonal N x N matrix across the layers, stored as its two diagonals.
+
+    The depth parts of the controls' inner products are of this form: the L2 product
+    ``diag(tau_k)`` and the H1 term ``D_t^T diag(1/dt) D_t`` of the difference quotients
+    between layer midpoints. Storage and every operation are O(N) per column (no N x N
+    array is ever formed, so N = 10^5 layers cost megabytes, not 75 GiB). Operators act
+    on arrays of shape ``(N, ...)`` along their first axis.
+
+    Args:
+        diagonal: ``(N,)`` main diagonal.
+        off: ``(N-1,)`` off-diagonal ``A[k, k+1] = A[k+1, k]`` (default: zero, a diagonal
+            operator).
+    """
+
+    def __init__(self, diagonal, off=None):
+        self.diagonal = np.asarray(diagonal, dtype=float)
+        N = self.diagonal.shape[0]
+        self.off = np.zeros(max(N - 1, 0)) if off is None else np.asarray(off, dtype=float)
+        if self.diagonal.ndim != 1 or self.off.shape != (max(N - 1, 0),):
+            raise InputError(f"a depth operator needs N diagonal and N-1 off-diagonal entries, got "
+                             f"{self.diagonal.shape} and {self.off.shape}")
+        #: True when the off-diagonal is exactly zero (then every map is an elementwise scaling).
+        self.is_diagonal = not np.any(self.off)
+        self._factor = None
+
+    @classmethod
+    def difference(cls, mid) -> "DepthOperator":
+        """``D_t^T diag(1/dt) D_t``: the squared difference quotients between the layer
+        midpoints ``mid`` (zero for one layer)."""
+        mid = np.asarray(mid, dtype=float)
+        diag = np.zeros(mid.shape[0])
+        if mid.shape[0] < 2:
+            return cls(diag)
+        q = 1.0 / np.diff(mid)
+        diag[:-1] += q
+        diag[1:] += q
+        return cls(diag, -q)
+
+    @staticmethod
+    def combine(alpha: float, A: "DepthOperator", beta: float, B: "DepthOperator") -> "DepthOperator":
+        """``alpha A + beta B``."""
+        return DepthOperator(alpha * A.diagonal + beta * B.diagonal, alpha * A.off + beta * B.off)
+
+    @property
+    def N(self) -> int:
+        return self.diagonal.shape[0]
+
+    def dense(self) -> np.ndarray:
+        """The N x N matrix (for tests and small N only)."""
+        return np.diag(self.diagonal) + np.diag(self.off, 1) + np.diag(self.off, -1)
+
+    def apply(self, X: np.ndarray) -> np.ndarray:
+        """``A X`` (a new array of X's shape)."""
+        X = np.asarray(X)
+        shape = (-1,) + (1,) * (X.ndim - 1)
+        Y = self.diagonal.reshape(shape) * X
+        if not self.is_diagonal:
+            e = self.off.reshape(shape)
+            Y[:-1] += e * X[1:]
+            Y[1:] += e * X[:-1]
+        return Y
+
+    def cholesky(self) -> np.ndarray:
+        """The lower banded Cholesky factor ``A = L L^T`` (LAPACK band storage, shape
+        (2, N): ``[0]`` the diagonal of L, ``[1, :-1]`` its subdiagonal); cached.
+
+        Raises:
+            InputError: if A is not positive definite.
+        """
+        if self._factor is None:
+            ab = np.zeros((2, self.N))
+            ab[0], ab[1, :-1] = self.diagonal, self.off
+            try:
+                self._factor = cholesky_banded(ab, lower=True, check_finite=False)
+            except np.linalg.LinAlgError:
+                raise InputError("the depth inner product is not positive definite") from None
+        return self._factor
+
+    def solve(self, X: np.ndarray) -> np.ndarray:
+        """``A^{-1} X`` (a new array of X's shape): ``X / diagonal`` by the reciprocal for
+        a diagonal A, else a banded Cholesky solve (LAPACK pbtrs)."""
+        X = np.asarray(X)
+        if self.is_diagonal:
+            return (1.0 / self.diagonal).reshape((-1,) + (1,) * (X.ndim - 1)) * X
+        Y, info = lapack.dpbtrs(self.cholesky(), _fortran_copy(X, self.N), lower=1, overwrite_b=1)
+        _lapack_info("pbtrs", info)
+        return Y.reshape(X.shape)
+
+    def cholesky_apply(self, X: np.ndarray, transpose: bool = False, inverse: bool = False) -> np.ndarray:
+        """``L X``, ``L^T X``, ``L^{-1} X`` or ``L^{-T} X`` with the banded Cholesky factor
+        L (:meth:`cholesky`), a new array of X's shape (banded triangular solves: LAPACK
+        tbtrs)."""
+        X = np.asarray(X)
+        L = self.cholesky()
+        if inverse:
+            Y, info = lapack.dtbtrs(L, _fortran_copy(X, self.N), uplo="L", trans="T" if transpose else "N", overwrite_b=1)
+            _lapack_info("tbtrs", info)
+            return Y.reshape(X.shape)
+        shape = (-1,) + (1,) * (X.ndim - 1)
+        Y = L[0].reshape(shape) * X
+        sub = L[1, :-1].reshape(shape)
+        if transpose:  # (L^T x)_k = L_kk x_k + L_{k+1,k} x_{k+1}
+            Y[:-1] += sub * X[1:]
+        else:  # (L x)_k = L_kk x_k + L_{k,k-1} x_{k-1}
+            Y[1:] += sub * X[:-1]
+        return Y
+
+
+def _fortran_copy(X: np.ndarray, N: int) -> np.ndarray:
+    """X as a new Fortran-ordered ``(N, columns)`` array (LAPACK overwrites it)."""
+    B = np.asfortranarray(X.reshape(N, -1), dtype=float)
+    return B.copy(order="F") if np.may_share_memory(B, X) else B
+
+
+def _lapack_info(name: str, info: int):
+    if info != 0:  # only for invalid arguments: a programming error
+        raise RuntimeError(f"LAPACK {name} failed with info = {info}")
 
 
 class ControlSpace:
@@ -80,20 +202,15 @@ class ControlSpace:
         sizes = [int(np.prod(s)) for s in shapes]
         self.offsets = np.concatenate([[0], np.cumsum(sizes)])
         self.n_local = int(self.offsets[-1])
-        # depth operators: L2 = diag(tau); D = difference quotient between layer midpoints
-        tau = d.tau
-        self.depth_l2 = np.diag(tau)
-        Dm = np.zeros((max(N - 1, 0), N))
-        for k in range(N - 1):
-            Dm[k, k], Dm[k, k + 1] = -1.0, 1.0
-        dt = np.diff(d.mid) if N > 1 else np.ones(0)
-        self.depth_dt = Dm.T @ np.diag(1.0 / dt) @ Dm if N > 1 else np.zeros((N, N))
+        # depth operators (O(N), never N x N): L2 = diag(tau); D_t^T D_t with the
+        # difference quotients between layer midpoints (tridiagonal)
+        self.depth_l2 = DepthOperator(d.tau)
+        self.depth_dt = DepthOperator.difference(d.mid)
         self.h1_length = float(d.T if h1_length is None else h1_length)
         if riesz == "h1":
-            self.depth_riesz = self.depth_l2 + self.h1_length**2 * self.depth_dt
+            self.depth_riesz = DepthOperator.combine(1.0, self.depth_l2, self.h1_length**2, self.depth_dt)
         else:
             self.depth_riesz = self.depth_l2
-        self.depth_riesz_inv = np.linalg.inv(self.depth_riesz)
 
     # ---- Vecs and blocks
     def create_vec(self) -> PETSc.Vec:
@@ -172,18 +289,18 @@ class ControlSpace:
         return vec
 
     # ---- inner products
-    def _apply(self, x, out, depth: np.ndarray, readout_scale: float, inverse: bool):
-        """``out = (depth (x) M_Y) x`` blockwise (or its inverse, with ``depth`` already
-        inverted): mass in the node variables, ``depth`` across layers, ``readout_scale``
-        for W and mu."""
+    def _apply(self, x, out, depth: "DepthOperator", readout_scale: float, inverse: bool):
+        """``out = (depth (x) M_Y) x`` blockwise (or its inverse ``(depth^{-1} (x)
+        M_Y^{-1}) x``): mass in the node variables, ``depth`` across layers,
+        ``readout_scale`` for W and mu."""
         sp = self.space
         a, b, W, mu = self.blocks(x.array_r)
         oa, ob, oW, omu = self.blocks(out)
-        if sp.mass == "lumped" and np.count_nonzero(depth - np.diag(np.diag(depth))) == 0:
+        if sp.mass == "lumped" and depth.is_diagonal:
             # diagonal in depth and nodes: an elementwise scaling, no copies of b
-            w, w_all, dd = sp.weights[: sp.n_local], sp.weights_all, np.diag(depth)
+            w, w_all, dd = sp.weights[: sp.n_local], sp.weights_all, depth.diagonal
             if inverse:
-                w, w_all = 1.0 / w, 1.0 / w_all
+                w, w_all, dd = 1.0 / w, 1.0 / w_all, 1.0 / dd
             np.multiply(a, dd[:, None] * w, out=oa)
             np.multiply(b, dd[:, None, None] * w[None, :, None], out=ob)
             ob *= w_all
@@ -197,11 +314,12 @@ class ControlSpace:
                 np.multiply(mu, readout_scale * w, out=omu)
             return out
         rows = (lambda X: sp.solve_mass(np.asfortranarray(X))) if inverse else (lambda X: sp.apply_mass(np.asfortranarray(X)))
+        across = depth.solve if inverse else depth.apply
         N, nl, n = b.shape
-        oa[:] = depth @ rows(a.T).T
+        oa[:] = across(rows(a.T).T)
         mb = rows(b.transpose(1, 0, 2).reshape(nl, N * n)).reshape(nl, N, n).transpose(1, 0, 2)
         mb = sp.mass_columns(mb, inverse=inverse)
-        ob[:] = (depth @ mb.reshape(N, nl * n)).reshape(N, nl, n)
+        ob[:] = across(mb.reshape(N, nl * n)).reshape(N, nl, n)
         if self.kind == "classes":
             oW[:] = readout_scale * rows(W.T).T
             if mu.size:
@@ -217,7 +335,7 @@ class ControlSpace:
 
     def riesz(self, dual: PETSc.Vec, out: PETSc.Vec | None = None) -> PETSc.Vec:
         """Riesz map: the representer g of a dual vector, ``(g, v) = dual . v`` (dual -> primal)."""
-        return self._apply(dual, out or dual.duplicate(), self.depth_riesz_inv, 1.0, True)
+        return self._apply(dual, out or dual.duplicate(), self.depth_riesz, 1.0, True)
 
     def inner(self, x: PETSc.Vec, y: PETSc.Vec) -> float:
         """``(x, y)`` in the controls' inner product."""
@@ -231,7 +349,7 @@ class ControlSpace:
 
     def regularisation_operator(self, lam: float, gamma: float, x: PETSc.Vec, out: PETSc.Vec | None = None) -> PETSc.Vec:
         """``(lambda L2 + gamma D_t^T D_t) x``: derivative (and Hessian) of the regulariser."""
-        depth = lam * self.depth_l2 + gamma * self.depth_dt
+        depth = DepthOperator.combine(lam, self.depth_l2, gamma, self.depth_dt)
         return self._apply(x, out or x.duplicate(), depth, lam, False)
 
 
@@ -400,6 +518,7 @@ class ReducedFunctional:
         same = self.network.layout.world.allreduce(same, op=MPI.LAND)
         if not same:
             self.destroy()  # the previous point's Vecs
+            p = None  # and its trajectory and tape: not alive during the new forward solve
             c, r = self.controls.split(m)
             net = self.network
             ck = self.checkpoint_every

@@ -100,6 +100,11 @@ def stop_reason(method: str, reason: int) -> str:
 class Coordinates:
     """The map ``x = T m`` between controls m and TAO's coordinates x (see module doc).
 
+    The depth factor C (``C C^T`` = the depth inner product) is its banded Cholesky
+    factor (:meth:`fem_dnn.functional.DepthOperator.cholesky`): O(N) storage, and
+    ``C^T``, ``C^{-T}``, ``C^{-1}`` act by bidiagonal products and banded triangular
+    solves; for the L2 depth product it is ``diag(sqrt(tau_k))``, an elementwise scaling.
+
     Args:
         controls: the control space.
         riesz: False for the identity (raw coefficients).
@@ -114,19 +119,31 @@ class Coordinates:
             w = sp.M.getDiagonal().array_r.copy()
         w_all = np.concatenate(sp.comm.allgather(w))
         self.s, self.s_all = np.sqrt(w), np.sqrt(w_all)
-        C = np.linalg.cholesky(controls.depth_riesz)  # depth_riesz = C C^T
-        self.Ct, self.Ct_inv, self.C_inv = C.T, np.linalg.inv(C.T), np.linalg.inv(C)
-        self.diagonal_depth = np.allclose(C, np.diag(np.diag(C)))
+        self.depth = controls.depth_riesz  # = C C^T
+        self.diagonal_depth = self.depth.is_diagonal
+        if self.diagonal_depth:  # C = diag(sqrt(tau_k))
+            self._c = np.sqrt(self.depth.diagonal)
+            self._c_inv = 1.0 / self._c
+        else:
+            self.depth.cholesky()  # factor once (cached)
 
-    def _map(self, x, out, depth, power):
-        """Blockwise ``depth (x) D^{power/2}`` (power = +1 or -1)."""
+    def _depth(self, X, transpose, inverse):
+        """``C^T X``, ``C^{-T} X`` or ``C^{-1} X`` across layers (first axis of X)."""
+        if self.diagonal_depth:
+            c = self._c_inv if inverse else self._c
+            return c.reshape((-1,) + (1,) * (X.ndim - 1)) * X
+        return self.depth.cholesky_apply(X, transpose=transpose, inverse=inverse)
+
+    def _map(self, x, out, transpose, inverse, power):
+        """Blockwise ``depth (x) D^{power/2}`` (power = +1 or -1), depth one of C^T,
+        C^{-T}, C^{-1}."""
         cs = self.controls
         s, s_all = self.s**power, self.s_all**power
         a, b, W, mu = cs.blocks(x.array_r)
         oa, ob, oW, omu = cs.blocks(out)
         N, nl, n = b.shape
-        oa[:] = depth @ (a * s)
-        ob[:] = (depth @ (b * s[:, None] * s_all).reshape(N, nl * n)).reshape(N, nl, n)
+        oa[:] = self._depth(a * s, transpose, inverse)
+        ob[:] = self._depth((b * s[:, None] * s_all).reshape(N, nl * n), transpose, inverse).reshape(N, nl, n)
         if cs.kind == "classes":
             oW[:] = W * s
             omu[:] = mu
@@ -138,17 +155,17 @@ class Coordinates:
     def to_coordinates(self, m: PETSc.Vec, out: PETSc.Vec | None = None) -> PETSc.Vec:
         """``x = T m``."""
         out = out or m.duplicate()
-        return self._map(m, out, self.Ct, 1) if self.riesz else _copy(m, out)
+        return self._map(m, out, True, False, 1) if self.riesz else _copy(m, out)
 
     def from_coordinates(self, x: PETSc.Vec, out: PETSc.Vec | None = None) -> PETSc.Vec:
         """``m = T^{-1} x``."""
         out = out or x.duplicate()
-        return self._map(x, out, self.Ct_inv, -1) if self.riesz else _copy(x, out)
+        return self._map(x, out, True, True, -1) if self.riesz else _copy(x, out)
 
     def dual_to_coordinates(self, g: PETSc.Vec, out: PETSc.Vec | None = None) -> PETSc.Vec:
         """``T^{-T} g`` for a dual vector g (a derivative or a Hessian action)."""
         out = out or g.duplicate()
-        return self._map(g, out, self.C_inv, -1) if self.riesz else _copy(g, out)
+        return self._map(g, out, False, True, -1) if self.riesz else _copy(g, out)
 
 
 def _accuracies(row: dict) -> str:
@@ -270,6 +287,7 @@ class Optimizer:
         self._offset, self._g0, self._gttol = 0, None, gttol
         self._failure = None  # (NonFiniteError, iteration) of the first non-finite trial point
         self._interrupted = 0  # the signal that stopped training at an accepted iterate
+        self._error = None  # an exception of the monitor, raised again by solve()
         cs = J.controls
         self._x = cs.create_vec()
         self._m = cs.create_vec()
@@ -389,6 +407,17 @@ class Optimizer:
         dm.destroy(), Hd.destroy()
 
     def _monitor(self, tao):
+        """TAO's monitor: records the accepted iterate (:meth:`_record`). An exception
+        there (a checkpoint that cannot be written, an error in a ``metrics`` callback)
+        stops TAO and is raised again by :meth:`solve`, outside PETSc's C stack, so it
+        reaches the caller as it was raised."""
+        try:
+            self._record(tao)
+        except Exception as err:  # noqa: BLE001  (re-raised by solve)
+            self._error = err
+            tao.setConvergedReason(PETSc.TAO.ConvergedReason.DIVERGED_USER)
+
+    def _record(self, tao):
         its, f, gnorm, _, _, reason = tao.getSolutionStatus()
         x = tao.getSolution()
         step = 0.0
@@ -469,13 +498,16 @@ class Optimizer:
         self.tao.setSolution(x)
         with _plain_mdot():  # TAO and its L-BFGS matrix create their work vectors here
             self.tao.setUp()
-        self._failure, self._interrupted = None, 0
+        self._failure, self._interrupted, self._error = None, 0, None
         try:
             self.tao.solve(x)
         except PETSc.Error:  # TAO refuses an infinite J at the first point (error 83)
             if self._failure is None:
                 raise
             self._diverged(*self._failure)
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
         its, f, gnorm, _, _, reason = self.tao.getSolutionStatus()
         its += self._offset
         if self._failure is not None:  # TAO stopped at a non-finite trial point

@@ -120,7 +120,8 @@ class Run:
         self.space.destroy()
 
 
-def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=print, overwrite: bool = False) -> dict:
+def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=print, overwrite: bool = False,
+          dry_run: bool = False) -> dict:
     """Train as the config says, write the run folder, return the summary.
 
     Args:
@@ -129,6 +130,9 @@ def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=
         resume: continue the run in ``output.folder`` from its checkpoint.
         out: the print function (rank 0).
         overwrite: replace the run in ``output.folder`` (its files are removed first).
+        dry_run: print the problem sizes and the memory estimate
+            (:func:`fem_dnn.resources.estimate`) and return it (as a dict) without
+            building or writing anything.
 
     Raises:
         InputError: every check fails before anything is written (the run folder rules
@@ -139,7 +143,17 @@ def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=
     """
     from fem_dnn.optimize import METHODS, Optimizer, minibatch, msa
 
+    from fem_dnn import resources
+
     t0 = time.perf_counter()
+    est = resources.estimate(cfg, comm)  # before anything of the problem's size is allocated
+    if dry_run:
+        if comm.rank == 0:
+            out(est.describe())
+        resources.check(est, comm)
+        return {"neurons": est.neurons, "layers": est.layers, "samples": est.samples, "controls": est.controls,
+                "peak_bytes": est.peak_bytes, "available_bytes": est.available_bytes}
+    resources.check(est, comm)
     run = Run(cfg, comm, out)
     tr, folder = cfg["training"], Path(cfg["output"]["folder"])
     ckpt_dir = folder / "checkpoint"

@@ -81,7 +81,8 @@ def test_imports_and_figures_change_nothing(tmp_path):
     out, base = probe(tmp_path, "import"), probe(tmp_path, "baseline")
     assert out["backend"] == "svg"
     assert out["kept"] < 100, out  # glibc's defaults: freed 4 MiB arrays go back to the OS
-    assert out["blas"] == base["blas"], (out, base)  # every BLAS keeps the threads it starts with
+    both = out["blas"].keys() & base["blas"].keys()  # the BLAS libraries loaded either way
+    assert both and {k: out["blas"][k] for k in both} == {k: base["blas"][k] for k in both}, (out, base)
 
 
 @pytest.mark.skipif(mpirun() is None or (os.cpu_count() or 1) > 2, reason="needs mpirun, and 2 ranks filling the cores")

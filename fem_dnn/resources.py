@@ -1,0 +1,679 @@
+"""Resource estimate of a run: problem sizes and peak memory per rank, before any allocation.
+
+A training run is refused before it starts when it cannot fit (bad input gets one clear
+error, and nothing is half-written):
+
+- :func:`estimate` computes, from a validated config (:mod:`fem_dnn.config`) and
+  *without building* the node mesh of the built-in grids, the data, the network or any
+  control vector, the problem sizes (neurons n, layers N, samples S, the control count
+  ``N n + N n^2 + readout``) and the peak resident memory of each rank of a training
+  run, part by part;
+- :func:`check` raises :class:`~fem_dnn.errors.InputError` with one line when the
+  estimate exceeds :func:`available_memory`, or when a PETSc index (the global size of
+  the control vector, ...) does not fit PETSc's integer type;
+- :func:`estimate_hjb` does the same for an HJB solver (:class:`fem_dnn.hjb.HJBSolver`)
+  from its constructor arguments.
+
+**The memory model.** The peak of a rank is its *resident* memory plus the largest of
+the *phases* of a run (memory freed by one phase is reused by the next: fem_dnn keeps
+freed blocks in the process, see :mod:`fem_dnn._malloc`). With ``V`` the bytes of this
+rank's part of one control vector (a, b, W, mu), ``B = n_local S_local 8`` the bytes of
+a batch of states and ``G`` the bytes of all controls in natural order:
+
+- resident: the process now (interpreter, DOLFINx, PETSc: measured), the modules a run
+  imports later (scikit-learn for the digits, matplotlib for the figures), the data
+  (inputs, one-hot targets of the training and test sets), the node mesh and space, the
+  functional's copies of the controls (the point m, the network's copy, lambda R m, the
+  derivative, and the initial controls: ``5 V``), the trajectory ``(N+1) B`` and the
+  tape the costate needs (per layer and stage: sigma(u), or u and sigma'(u), and the
+  stage inputs of Heun, RK4 and midpoint; at the quadrature points for consistent mass),
+  and the test set's point when it is evaluated during training (``output.test_every``);
+- phases: *optimisation* (the optimiser's control-sized vectors, counted per method,
+  and the gradient's work: its accumulator, the costate of one layer, the GEMM
+  temporaries with the Allgatherv of the whole batch, ``n S`` per layer; Newton methods
+  add the full costate, the tangent trajectory and the Hessian action's vectors),
+  *checkpoint* (the optimiser's vectors plus the controls gathered in natural order on
+  every rank), *test evaluation* (the test set's trajectory and tape, at the end when
+  not during training), *outputs* (natural order again, the figures).
+
+The counts of vectors are read off the code (:mod:`fem_dnn.optimize`,
+:mod:`fem_dnn.functional`, :mod:`fem_dnn.network`) and PETSc's TAO; the constants below
+are measured, and ``bench/memory_estimate.py`` checks the whole estimate against the
+peak resident set of real trainings (within 30%).
+"""
+
+import os
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fem_dnn import _dolfinx  # noqa: F401
+from mpi4py import MPI
+
+from fem_dnn.errors import InputError
+
+__all__ = [
+    "Estimate",
+    "HJBEstimate",
+    "available_memory",
+    "check",
+    "estimate",
+    "estimate_hjb",
+    "petsc_int_max",
+    "resident_memory",
+]
+
+MiB, GiB = 2**20, 2**30
+_F8 = 8  # bytes of a float64
+
+#: Resident memory that a module adds when a run imports it (measured on the reference
+#: machine; counted only when the module is not imported yet): scikit-learn's datasets
+#: (the digits), matplotlib with the Agg backend and one figure drawn.
+IMPORT_BYTES = {"sklearn": 60 * MiB, "matplotlib": 45 * MiB}
+#: Everything else a run adds on top of the process and its arrays: PETSc and DOLFINx
+#: objects, the compiled forms loaded, BLAS and MPI buffers.
+RUN_OVERHEAD_BYTES = 30 * MiB
+#: The node mesh: DOLFINx topology and geometry per owned cell, and per cell of the
+#: whole mesh on rank 0, which builds a built-in mesh before it is distributed.
+MESH_BYTES_PER_CELL = 340
+MESH_BUILD_BYTES_PER_CELL = 230
+#: Arrays of the node space kept for all dofs on every rank (coordinates, natural order,
+#: weights, the coordinate map's scaling).
+NODE_SPACE_BYTES_PER_DOF = 64
+#: Consistent mass: the mass, quadrature and interpolation matrices, their transposes,
+#: the sequential copy of M and its Cholesky factor (per owned dof).
+CONSISTENT_BYTES_PER_DOF = 2800
+#: Diffusion (eps > 0): the stiffness matrix and the direct solvers of M + c K.
+DIFFUSION_BYTES_PER_DOF = 1500
+#: The (depth, node) mesh of the field output, per product cell (N x owned node cells).
+PRODUCT_MESH_BYTES_PER_CELL = 1200
+
+#: Control-sized Vecs the functional holds at its point: the point m, the network's copy
+#: of the controls, lambda R m (when lambda or gamma > 0) and the derivative.
+FUNCTIONAL_VECTORS = 4
+#: The Optimizer's own control-sized Vecs: _x, _m, _g, _tmp, the two gradient Vecs it
+#: hands to TAO, and _prev (Newton methods add _hess_at, a box _lb and _ub).
+OPTIMIZER_VECTORS = 7
+#: Control-sized Vecs TAO allocates per method (its work vectors, line search, KSP;
+#: measured with PETSc 3.25), without the L-BFGS pairs.
+TAO_VECTORS = {"gd": 12, "cg": 25, "lbfgs": 20, "blbfgs": 20, "newton": 9, "trust": 5, "bnewton": 14, "btrust": 13}
+#: Vecs per L-BFGS pair (s and y), and PETSc's default number of pairs
+#: (``-<prefix>tao_bqnls_mat_lmvm_hist_size``).
+LBFGS_VECTORS_PER_PAIR = 2
+LBFGS_PAIRS = 5
+#: Control-sized temporaries of one gradient: the costate's accumulator and the
+#: coordinate maps' temporaries.
+GRADIENT_WORK_VECTORS = 2
+#: Control-sized temporaries of one Hessian action (the direction, the network's copy of
+#: it, the accumulator, the result, the regulariser's action, the coordinate maps), per
+#: Newton method.
+HESSIAN_WORK_VECTORS = {"newton": 5, "trust": 5, "bnewton": 5, "btrust": 9}
+#: Mini-batch methods: x, m, g, gx and Adam's two moments; the update's temporaries.
+MINIBATCH_VECTORS = 6
+MINIBATCH_WORK_VECTORS = 4
+#: Adam's bias-corrected moments of the last step, alive until the epoch's checkpoint.
+MINIBATCH_KEPT_VECTORS = 2
+#: Control-sized Vecs of the test set's functional at its point (m, the network's copy,
+#: lambda R m): held during training when the test set is evaluated there
+#: (``output.test_every``), else at the end.
+TEST_POINT_VECTORS = 3
+#: MSA: m, the Hamiltonian minimiser's copies of (a, b), its result, the step and the
+#: trial point; the functional keeps the whole costate.
+MSA_VECTORS = 5
+#: Gathering the controls in natural order (a checkpoint, the outputs) on every rank:
+#: peak copies of all controls and of this rank's part.
+NATURAL_GLOBAL_COPIES = 2.0
+NATURAL_LOCAL_COPIES = 1.5
+#: Arrays of a batch's size that one layer of the costate (forward) solve holds besides
+#: the stored states and tape, and the Allgatherv buffers of the whole batch (n x S).
+COSTATE_BATCH_ARRAYS = 5
+FORWARD_BATCH_ARRAYS = 3
+GATHER_ARRAYS = 2
+#: Copies of one n x n layer of b that the weights figure makes (rank 0).
+FIGURE_LAYER_COPIES = 6
+
+#: Built-in data sets: samples, classes, kind and grid (``fem_dnn.data``).
+_DATASETS = {"digits": (1797, 10, "classes", {"shape": "rectangle", "n": 8}),
+             "bumps": (64, None, "function", {"shape": "interval", "n": 32})}
+_STAGES = {"euler": 1, "heun": 2, "rk4": 4, "midpoint": 1}
+_TAO = ("gd", "cg", "lbfgs", "newton", "trust", "blbfgs", "bnewton", "btrust")
+_NEWTON = ("newton", "trust", "bnewton", "btrust")
+
+
+# --------------------------------------------------------------------------- the machine
+def resident_memory(peak: bool = False) -> int:
+    """This process's resident set size in bytes (``VmRSS``), or its peak (``VmHWM``)."""
+    key = "VmHWM:" if peak else "VmRSS:"
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(key):
+                    return int(line.split()[1]) * 1024
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kB
+
+
+def _read_int(path):
+    try:
+        with open(path) as fh:
+            text = fh.read().strip()
+    except OSError:
+        return None
+    return None if text in ("", "max") else int(text)
+
+
+def _stat(path, key):
+    try:
+        with open(path) as fh:
+            for line in fh:
+                name, _, value = line.partition(" ")
+                if name == key:
+                    return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _cgroup_available() -> int | None:
+    """Memory left under this process's cgroup limits (v2 ``memory.max - memory.current``,
+    v1 ``memory.limit_in_bytes - memory.usage_in_bytes``, the reclaimable inactive file
+    cache not counted as used), the smallest over the cgroup and its parents; None
+    without a limit."""
+    try:
+        with open("/proc/self/cgroup") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    best = None
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        hier, controllers, path = parts
+        if hier == "0" and controllers == "":
+            root, limit, usage, inactive = "/sys/fs/cgroup", "memory.max", "memory.current", "inactive_file"
+        elif "memory" in controllers.split(","):
+            root, limit, usage, inactive = "/sys/fs/cgroup/memory", "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"
+        else:
+            continue
+        rel = path.strip("/")
+        while True:  # the cgroup and its parents (inside a container the path may not exist)
+            folder = os.path.join(root, rel)
+            lim = _read_int(os.path.join(folder, limit))
+            if lim is not None and lim < 2**60:
+                used = (_read_int(os.path.join(folder, usage)) or 0) - _stat(os.path.join(folder, "memory.stat"), inactive)
+                left = max(lim - max(used, 0), 0)
+                best = left if best is None else min(best, left)
+            if not rel:
+                break
+            rel = os.path.dirname(rel)
+    return best
+
+
+def available_memory() -> int:
+    """Bytes of memory this process can still allocate: the smaller of ``MemAvailable``
+    (/proc/meminfo) and what its cgroup limits leave (cgroup v2 ``memory.max`` minus
+    ``memory.current``, or v1 ``memory.limit_in_bytes`` minus ``memory.usage_in_bytes``)."""
+    avail = None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    if avail is None:  # pragma: no cover - not Linux
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    cg = _cgroup_available()
+    return avail if cg is None else min(avail, cg)
+
+
+def petsc_int_max() -> int:
+    """The largest index of PETSc's integer type (``PetscInt``: 2^31 - 1 for 32-bit)."""
+    from petsc4py import PETSc
+
+    return int(np.iinfo(np.dtype(PETSc.IntType)).max)
+
+
+# --------------------------------------------------------------------------- the estimate
+@dataclass
+class Estimate:
+    """Sizes and peak memory of a training run, the same on every rank.
+
+    Sizes are global unless ``_local`` (the largest rank's share). Memory is in bytes per
+    rank (the largest over the ranks).
+
+    Attributes:
+        ranks: MPI ranks of the run; node_ranks: ranks that share the node mesh.
+        neurons, neurons_local: node dofs n.
+        cells: node mesh cells.
+        layers: N.
+        samples, test_samples, samples_local: training and test set sizes, and the
+            training samples a rank holds (sample groups split them).
+        controls, controls_local: entries of the control vector (a, b, W, mu).
+        description: one line: data, node space, scheme, method.
+        resident: the parts held for the whole run, by name.
+        phases: the memory each phase of the run adds on top, by name.
+        peak_bytes: ``sum(resident) + max(phases)``.
+        now_bytes: resident memory of the process when the estimate was made (the
+            largest rank's).
+        available_bytes: :func:`available_memory` (the smallest over the ranks).
+        ranks_per_node: ranks sharing one machine's memory (the most on one machine).
+        indices: PETSc indices of the run, by what they count, and ``index_max``.
+        advice: config keys that reduce the largest parts, most effective first.
+    """
+
+    ranks: int
+    node_ranks: int
+    neurons: int
+    neurons_local: int
+    cells: int
+    layers: int
+    samples: int
+    test_samples: int
+    samples_local: int
+    controls: int
+    controls_local: int
+    description: str
+    resident: dict = field(default_factory=dict)
+    phases: dict = field(default_factory=dict)
+    peak_bytes: int = 0
+    now_bytes: int = 0
+    available_bytes: int = 0
+    ranks_per_node: int = 1
+    indices: dict = field(default_factory=dict)
+    index_max: int = 2**31 - 1
+    advice: list = field(default_factory=list)
+
+    @property
+    def peak_phase(self) -> str:
+        """The phase that sets the peak."""
+        return max(self.phases, key=self.phases.get) if self.phases else ""
+
+    def describe(self) -> str:
+        """A short table of the sizes and the memory per rank (``fem-dnn train --dry-run``)."""
+        lines = [self.description,
+                 f"  {self.neurons} neurons ({self.neurons_local} per rank), {self.layers} layers, "
+                 f"{self.samples} training / {self.test_samples} test samples ({self.samples_local} per rank), "
+                 f"{self.controls:,} controls ({self.controls_local:,} per rank), {self.ranks} rank(s)",
+                 "  memory per rank (estimate)" + " " * 33 + "MiB"]
+        for name, val in self.resident.items():
+            lines.append(f"    {name:52s} {val / MiB:9.1f}")
+        top = self.peak_phase
+        for name, val in self.phases.items():
+            mark = "  <- the peak" if name == top else ""
+            lines.append(f"    + {name:50s} {val / MiB:9.1f}{mark}")
+        lines.append(f"  peak per rank: {self.peak_bytes / GiB:.2f} GiB (resident + the largest phase); "
+                     f"available: {self.available_bytes / GiB:.2f} GiB for {self.ranks_per_node} rank(s) on this machine")
+        return "\n".join(lines)
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-int(a) // int(b))
+
+
+def _dataset_sizes(d: dict):
+    """(samples, classes, kind, domain, features) of the config's data set."""
+    if d["name"] in _DATASETS:
+        S, K, kind, domain = _DATASETS[d["name"]]
+        feats = domain["n"] ** (2 if domain["shape"] == "rectangle" else 1)
+        return S, K, kind, domain, feats
+    from fem_dnn import data as datasets
+
+    if not d["path"]:
+        raise InputError("data.name = 'file' needs data.path (an .npz or .csv file)")
+    ds = datasets.load(d["path"])  # the user's file: read and validated (it is small)
+    feats = ds.inputs.values[0].size
+    return ds.size, ds.K, ds.kind, ds.domain, feats
+
+
+def _node_sizes(nd: dict, domain: dict, node_comm: MPI.Comm):
+    """(cells, n, cells_local, n_local, cell name, gdim) of the node mesh and space: by
+    arithmetic for the built-in grids, by reading a mesh file."""
+    fam, deg = nd["space"][:-1], int(nd["space"][-1])
+    P = node_comm.size
+    if nd["mesh"]:
+        from dolfinx import fem
+
+        from fem_dnn.domain import read_node_mesh
+
+        mesh = read_node_mesh(nd["mesh"], node_comm)
+        tdim = mesh.topology.dim
+        imap = mesh.topology.index_map(tdim)
+        V = fem.functionspace(mesh, ("DG" if fam == "DG" else "P", deg))
+        dm = V.dofmap.index_map
+        out = (imap.size_global, dm.size_global, node_comm.allreduce(imap.size_local, op=MPI.MAX),
+               node_comm.allreduce(dm.size_local, op=MPI.MAX), mesh.topology.cell_name(), tdim)
+        del V, mesh
+        return out
+    k = int(domain["n"]) * int(nd["refine"])
+    if domain["shape"] == "rectangle":
+        cells, cell, dim = k * k, "quadrilateral", 2
+        n = cells if fam == "DG" else (deg * k + 1) ** 2
+    else:
+        cells, cell, dim = k, "interval", 1
+        n = cells if fam == "DG" else deg * k + 1
+    return cells, n, _cdiv(cells, P), _cdiv(n, P), cell, dim
+
+
+def _quadrature_points(cell: str, degree: int) -> int:
+    """Points per cell of the sigma term's quadrature (consistent mass)."""
+    import basix
+
+    pts, _ = basix.make_quadrature(getattr(basix.CellType, cell), degree)
+    return len(pts)
+
+
+def _lbfgs_pairs(prefix: str) -> int:
+    from petsc4py import PETSc
+
+    opts = PETSc.Options()
+    for key in (prefix + "tao_bqnls_mat_lmvm_hist_size", prefix + "tao_lmvm_mat_lmvm_hist_size"):
+        if opts.hasName(key):
+            return int(opts.getInt(key))
+    return LBFGS_PAIRS
+
+
+def _tao_method(method: str, prefix: str) -> str:
+    """The method as the TAO type given with ``-<prefix>tao_type`` would make it."""
+    from petsc4py import PETSc
+
+    tao_type = PETSc.Options().getString(prefix + "tao_type", "")
+    return {"bqnls": "lbfgs", "lmvm": "lbfgs", "blmvm": "lbfgs", "nls": "newton", "ntr": "trust", "bnls": "bnewton",
+            "bntr": "btrust", "bncg": "cg", "nls_gn": "newton"}.get(tao_type, method)
+
+
+def estimate(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, depth_checkpoint: int | None = None,
+             petsc_options_prefix: str = "fem_dnn_") -> Estimate:
+    """Sizes and peak memory per rank of ``fem_dnn.train.train(cfg)`` (collective).
+
+    Nothing of the problem's size is allocated: the sizes of the built-in grids are
+    computed, a node mesh file is read (it is small), a data file is read (the built-in
+    data sets are known). The memory the process holds now is measured (the interpreter,
+    DOLFINx, PETSc and whatever the caller has allocated).
+
+    Args:
+        cfg: a validated config (:func:`fem_dnn.config.load_config`).
+        comm: the run's communicator; every rank gets the same estimate.
+        depth_checkpoint: estimate with depth checkpointing every k levels
+            (``ReducedFunctional(checkpoint_every=k)``) instead of the full tape.
+        petsc_options_prefix: the solver's options prefix (for ``-<prefix>tao_type`` and
+            the L-BFGS history size).
+
+    Raises:
+        InputError: for a data or mesh file that cannot be read (as the run would), or
+            sample groups that do not divide the ranks.
+    """
+    from fem_dnn import functional, optimize  # noqa: F401  (what every run imports: DOLFINx, UFL, PETSc, scipy)
+
+    now = resident_memory()
+    d, nd, nw, tr, out = cfg["data"], cfg["node"], cfg["network"], cfg["training"], cfg["output"]
+    P, groups = comm.size, int(tr["sample_groups"])
+    if groups < 1 or P % groups:
+        raise InputError(f"sample_groups={groups} must divide the number of ranks {P}")
+    Pn = P // groups
+    node_comm = comm.Split(color=comm.rank // Pn, key=comm.rank)
+    try:
+        S_all, K, kind, domain, feats = _dataset_sizes(d)
+        if d["samples"]:
+            S_all = min(int(d["samples"]), S_all)
+        S_test = int(round(d["test_fraction"] * S_all))
+        S = S_all - S_test
+        if S < 1:
+            raise InputError(f"{S_all} samples leave no training data with test_fraction={d['test_fraction']}")
+        cells, n, cells_l, nl, cell, gdim = _node_sizes(nd, domain, node_comm)
+    finally:
+        node_comm.Free()
+    fam, deg = nd["space"][:-1], int(nd["space"][-1])
+    mass = "lumped" if fam == "DG" else nd["mass"]
+    N, scheme, method = int(nw["N"]), nw["scheme"], _tao_method(tr["method"], petsc_options_prefix)
+    Kr = K if kind == "classes" else n  # rows of the readout
+    S_l, St_l = _cdiv(S, groups), _cdiv(S_test, groups)
+
+    # ---- sizes of the control vector (global, and the largest rank's)
+    readout = (K * n + K) if kind == "classes" else (n * n + n)
+    readout_l = (K * nl + K) if kind == "classes" else (nl * n + nl)
+    controls, controls_l = N * n + N * n * n + readout, N * nl + N * nl * n + readout_l
+    V, Vab, G = _F8 * controls_l, _F8 * (N * nl + N * nl * n), _F8 * controls
+
+    # ---- batches: nodes and the sigma term's points
+    q_l = nl
+    if mass == "consistent":
+        q_l = cells_l * _quadrature_points(cell, 2 * deg + 2)
+    from fem_dnn.activation import get_activation
+
+    compact = get_activation(nw["activation"]).from_sigma is not None
+    stages = _STAGES[scheme]
+    per_stage_q = 1 if compact else 2  # sigma(u) alone, or u and sigma'(u)
+    inputs = stages - 1 if scheme != "midpoint" else 1  # stage inputs kept (the first is a view of the state)
+
+    def batch(samples):  # bytes of one (n_local, S) and one (q_local, S) array
+        return _F8 * nl * samples, _F8 * q_l * samples
+
+    def trajectory(samples, every=None):
+        Bn, Bq = batch(samples)
+        layer_tape = stages * per_stage_q * Bq + inputs * Bn
+        if every:
+            levels = len(set(range(0, N + 1, every)) | {N}) + 2  # the kept levels and two work levels
+            return levels * Bn, 0, (every + 1) * Bn + every * layer_tape  # segment recomputed in the costate
+        return (N + 1) * Bn, N * layer_tape, 0
+
+    def layer_work(samples, arrays):  # one layer's temporaries: batch arrays, the gathered batch, b M_w
+        Bn, Bq = batch(samples)
+        return arrays * max(Bn, Bq) + GATHER_ARRAYS * _F8 * n * samples + 2 * _F8 * nl * n
+
+    # ---- resident parts
+    resident = {"process now (interpreter, DOLFINx, PETSc)": now}
+    imports = RUN_OVERHEAD_BYTES
+    if d["name"] == "digits" and "sklearn" not in sys.modules:
+        imports += IMPORT_BYTES["sklearn"]
+    if (out["figures"] or out["fields"]) and "matplotlib" not in sys.modules:
+        imports += IMPORT_BYTES["matplotlib"]
+    resident["modules and objects a run adds"] = imports
+    target_rows = Kr if kind == "classes" else nl
+    data = _F8 * S_all * feats  # the data set as loaded
+    for s, s_l in ((S, S_l), (S_test, St_l)):
+        data += _F8 * (nl + target_rows) * (s + s_l) + _F8 * s
+    resident["data (inputs and targets, training and test)"] = data
+    mesh = MESH_BYTES_PER_CELL * cells_l + MESH_BUILD_BYTES_PER_CELL * (cells - cells_l) + NODE_SPACE_BYTES_PER_DOF * n
+    if mass == "consistent":
+        mesh += CONSISTENT_BYTES_PER_DOF * nl
+    if nw["eps"] > 0:
+        mesh += DIFFUSION_BYTES_PER_DOF * nl
+    resident[f"node mesh and space ({cells} cells, {nd['space']} {mass})"] = mesh
+    held = FUNCTIONAL_VECTORS - (0 if (tr["lam"] > 0 or tr["gamma"] > 0) else 1) + 1  # + the initial controls
+    if method == "msa":
+        held += 1  # the current iterate
+    resident[f"controls (the functional's {held} copies, {V / MiB:.1f} MiB each)"] = held * V
+    every = depth_checkpoint if method not in _NEWTON else None
+    traj, tape, segment = trajectory(S_l, every)
+    resident[f"trajectory ({N + 1 if not every else 'checkpointed'} levels x {S_l} samples x {nl} neurons)"] = traj
+    what = "sigma(u)" if compact else "u, sigma'(u)"
+    resident[f"tape ({scheme}: {what} per stage{', stage inputs' if inputs else ''})"] = tape
+
+    # ---- phases
+    phases = {}
+    Bn, Bq = batch(S_l)
+    grad_work = max(GRADIENT_WORK_VECTORS * V, Vab + layer_work(S_l, COSTATE_BATCH_ARRAYS)) + segment
+    if method in _TAO:
+        opt = OPTIMIZER_VECTORS + TAO_VECTORS[method] + (1 if method in _NEWTON else 0)
+        if tr["bounds_a"] or tr["bounds_b"]:
+            opt += 2
+        if method in ("lbfgs", "blbfgs"):
+            opt += LBFGS_VECTORS_PER_PAIR * _lbfgs_pairs(petsc_options_prefix)
+        work = grad_work
+        if method in _NEWTON:  # the full costate, the tangent trajectory and the Hessian action
+            costate = (N + 1) * Bn + N * stages * Bq
+            tangent = (N + 1) * Bn + N * stages * (Bn + Bq)
+            work = max(work, costate + tangent + HESSIAN_WORK_VECTORS[method] * V + layer_work(S_l, COSTATE_BATCH_ARRAYS))
+        phases[f"optimisation ({method}: {opt} vectors, gradient work)"] = opt * V + work
+        phases["checkpoint (controls in natural order)"] = opt * V + V + NATURAL_GLOBAL_COPIES * G + NATURAL_LOCAL_COPIES * V
+    elif method in ("sgd", "adam"):
+        phases[f"optimisation ({method}: {MINIBATCH_VECTORS} vectors, gradient work)"] = (
+            MINIBATCH_VECTORS * V + max(MINIBATCH_WORK_VECTORS * V, grad_work))
+        phases["checkpoint (controls and moments in natural order)"] = (
+            (MINIBATCH_VECTORS + MINIBATCH_KEPT_VECTORS) * V + (3 + NATURAL_GLOBAL_COPIES) * G + NATURAL_LOCAL_COPIES * V)
+    else:  # msa: the whole costate and the Hamiltonian minimiser's copies
+        costate = (N + 1) * Bn + N * stages * Bq
+        phases[f"optimisation (msa: {MSA_VECTORS} vectors, costate)"] = MSA_VECTORS * V + costate + layer_work(S_l, COSTATE_BATCH_ARRAYS)
+        phases["checkpoint (controls in natural order)"] = V + NATURAL_GLOBAL_COPIES * G + NATURAL_LOCAL_COPIES * V
+    t_traj, t_tape, _ = trajectory(St_l)
+    test_point = TEST_POINT_VECTORS * V + t_traj + t_tape
+    if S_test and out.get("test_every", 0):  # the test set is evaluated during training: its point stays
+        resident[f"test set's point ({TEST_POINT_VECTORS} copies, {S_test} samples)"] = test_point
+        test_point = 0
+    phases[f"test evaluation ({S_test} samples)"] = V + test_point + layer_work(St_l, FORWARD_BATCH_ARRAYS)
+    outputs = V + NATURAL_GLOBAL_COPIES * G + NATURAL_LOCAL_COPIES * V
+    if out["figures"]:
+        outputs += G / N + FIGURE_LAYER_COPIES * _F8 * n * n  # |b| and the images of two layers (rank 0)
+    if out["fields"] and gdim <= 2:
+        outputs += PRODUCT_MESH_BYTES_PER_CELL * N * cells_l
+    phases["outputs (natural order, figures, fields)"] = outputs
+    phases["setup (sampling the data)"] = 3 * _F8 * nl * S
+
+    # ---- the same numbers on every rank
+    keys = list(resident) + list(phases)
+    vals = np.array([resident[k] for k in resident] + [phases[k] for k in phases], dtype=float)
+    comm.Allreduce(MPI.IN_PLACE, vals, op=MPI.MAX)
+    resident = {k: int(v) for k, v in zip(keys[: len(resident)], vals[: len(resident)])}
+    phases = {k: int(v) for k, v in zip(keys[len(resident):], vals[len(resident):])}
+    peak = sum(resident.values()) + max(phases.values())
+    shm = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    per_node, avail = shm.size, available_memory()
+    shm.Free()
+    avail = comm.allreduce(avail, op=MPI.MIN)
+    per_node = comm.allreduce(per_node, op=MPI.MAX)
+    now = comm.allreduce(now, op=MPI.MAX)
+
+    indices = {"the control vector": controls}
+    if scheme == "midpoint":
+        indices["the implicit midpoint's batch vector (neurons x samples)"] = n * S_l
+    if mass == "consistent" or nw["eps"] > 0:
+        indices["a batch as a PETSc dense matrix (neurons x samples)"] = n * S_l
+    if mass == "consistent":
+        indices["the quadrature points of the node mesh"] = cells * _quadrature_points(cell, 2 * deg + 2)
+    desc = (f"{d['name']} ({kind}), {nd['space']} {mass}, {scheme} ({nw['activation']}), method {tr['method']}"
+            + (f", depth checkpointing every {depth_checkpoint}" if depth_checkpoint else ""))
+    est = Estimate(P, Pn, n, nl, cells, N, S, S_test, S_l, controls, controls_l, desc, resident, phases, int(peak),
+                   now, avail, per_node, indices, petsc_int_max())
+    est.advice = _advice(est, method, scheme)
+    return est
+
+
+def _advice(est: Estimate, method: str, scheme: str) -> list[str]:
+    """What to reduce, the largest part first."""
+    r, p = est.resident, est.phases
+    traj = sum(v for k, v in r.items() if k.startswith(("trajectory", "tape")))
+    ctrl = sum(v for k, v in r.items() if k.startswith("controls")) + max(p.values())
+    out = []
+    if ctrl >= traj:
+        out += ["node.refine", "network.N"]
+        lbfgs = OPTIMIZER_VECTORS + TAO_VECTORS["lbfgs"] + LBFGS_VECTORS_PER_PAIR * LBFGS_PAIRS
+        newton = OPTIMIZER_VECTORS + TAO_VECTORS["newton"] + 1
+        out.append(f"training.method ('adam' keeps {MINIBATCH_VECTORS} control vectors, 'newton' {newton}, 'lbfgs' {lbfgs})")
+        out += ["data.samples", "network.scheme ('euler') / depth checkpointing"]
+    else:
+        out += ["data.samples", "network.N", "network.scheme ('euler') / depth checkpointing", "node.refine"]
+        out.append("training.method")
+    return out
+
+
+def check(est: Estimate, comm: MPI.Comm = MPI.COMM_WORLD):
+    """Refuse a run that cannot fit (collective: the same decision on every rank).
+
+    Raises:
+        InputError: one line, when a PETSc index of the run does not fit PETSc's integer
+            type, or when the estimated peak of the ranks on one machine exceeds the
+            memory available there (it names the sizes, the estimate per rank, what is
+            available and what to reduce).
+    """
+    sizes = (f"{est.neurons} neurons, {est.layers} layers, {est.samples} training samples, "
+             f"{est.controls:,} controls")
+    too_big = [(what, size) for what, size in est.indices.items() if size > est.index_max]
+    msg = None
+    if too_big:
+        what, size = too_big[0]
+        bits = 32 if est.index_max < 2**32 else 64
+        msg = (f"the run is too large for PETSc's {bits}-bit indices: {what} has {size:,} entries, more than "
+               f"{est.index_max:,} ({sizes}); reduce node.refine or network.N (or use a PETSc built with 64-bit indices)")
+    else:
+        need = est.ranks_per_node * (est.peak_bytes - est.now_bytes)
+        if need > est.available_bytes:
+            ranks = f" ({est.ranks_per_node} ranks on this machine)" if est.ranks_per_node > 1 else ""
+            msg = (f"the run needs about {est.peak_bytes / GiB:.1f} GiB per rank{ranks} but {est.available_bytes / GiB:.1f} "
+                   f"GiB are available ({sizes}); reduce {', '.join(est.advice)}")
+    refuse = comm.allreduce(msg is not None, op=MPI.LOR)
+    if refuse:
+        raise InputError(comm.bcast(msg, root=0) or "the run does not fit (see rank 0)")
+
+
+# --------------------------------------------------------------------------- HJB
+@dataclass
+class HJBEstimate:
+    """Sizes and memory per rank of an :class:`fem_dnn.hjb.HJBSolver`.
+
+    Attributes:
+        vertices, vertices_local: P1 dofs of the state-space mesh.
+        cells: its cells.
+        steps: depth steps (CFL or ``min_steps``).
+        parts: bytes per rank by part (mesh, operators, functions, stored levels).
+        peak_bytes: their sum plus the process now.
+    """
+
+    vertices: int
+    vertices_local: int
+    cells: int
+    steps: int
+    parts: dict
+    peak_bytes: int
+
+    def describe(self) -> str:
+        lines = [f"HJB: {self.vertices} vertices ({self.vertices_local} per rank), {self.cells} cells, {self.steps} steps"]
+        lines += [f"    {k:46s} {v / MiB:9.1f} MiB" for k, v in self.parts.items()]
+        lines.append(f"  peak per rank: {self.peak_bytes / GiB:.2f} GiB")
+        return "\n".join(lines)
+
+
+#: Non-zeros per row of the P1 matrices on the structured meshes, by (dimension, cell).
+_P1_NNZ = {(1, "simplex"): 3, (2, "simplex"): 7, (2, "tensor"): 9, (3, "simplex"): 15, (3, "tensor"): 27}
+#: Bytes per non-zero of an assembled AIJ matrix (value, column index and assembly slack).
+AIJ_BYTES_PER_NONZERO = 24
+
+
+def estimate_hjb(model, lower, upper, cells, T: float = 1.0, comm: MPI.Comm = MPI.COMM_WORLD, cfl: float = 0.9,
+                 min_steps: int = 1, cell: str = "simplex", keep_levels: bool = True) -> HJBEstimate:
+    """Sizes and memory per rank of ``HJBSolver(model, Phi, lower, upper, cells, T, comm,
+    cfl, min_steps, cell, keep_levels)`` and its :meth:`~fem_dnn.hjb.HJBSolver.solve`
+    (collective). The grid is counted; the depth step is that of a solver on a grid of
+    at most 8 cells per direction, scaled with the cell size (the CFL limit is
+    proportional to h on these structured meshes)."""
+    from fem_dnn.hjb import HJBSolver
+
+    n = model.n
+    nn = [int(cells)] * n if np.isscalar(cells) else [int(c) for c in cells]
+    coarse = [min(c, 8) for c in nn]
+    probe = HJBSolver(model, lambda v: np.zeros(v.shape[1]), lower, upper, coarse, T, MPI.COMM_SELF, cfl, 1, cell,
+                      keep_levels=False)
+    dt_max = probe.dt_max * min(c / f for c, f in zip(coarse, nn))
+    for A in probe.C:
+        A.destroy()
+    probe.D.destroy()
+    steps = max(int(np.ceil(T / (cfl * dt_max))) if np.isfinite(dt_max) else 1, int(min_steps))
+    verts = int(np.prod([c + 1 for c in nn]))
+    ncell = int(np.prod(nn)) * ({1: 1, 2: 2, 3: 6}[n] if cell == "simplex" else 1)
+    vl = _cdiv(verts, comm.size)
+    cl = _cdiv(ncell, comm.size)
+    nnz = _P1_NNZ[(n, cell if n > 1 else "simplex")]
+    parts = {"process now": resident_memory(),
+             f"state-space mesh ({ncell} cells)": MESH_BYTES_PER_CELL * cl + MESH_BUILD_BYTES_PER_CELL * (ncell - cl),
+             f"operators (C_1..C_{n}, D)": (n + 1) * AIJ_BYTES_PER_NONZERO * nnz * vl,
+             "functions and vertex arrays": (2 * n + 8) * _F8 * vl,
+             f"stored levels ({steps + 1} x {vl})": (steps + 1) * _F8 * vl if keep_levels else 0}
+    vals = np.array(list(parts.values()), dtype=float)
+    comm.Allreduce(MPI.IN_PLACE, vals, op=MPI.MAX)
+    parts = {k: int(v) for k, v in zip(parts, vals)}
+    return HJBEstimate(verts, vl, ncell, steps, parts, sum(parts.values()))
