@@ -20,8 +20,17 @@ def pytest_addoption(parser):
                      help="run the slow tier (the soak tests marked 'slow') instead of the default tier")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-    """Keep the tests of the chosen tier; report the others as deselected."""
+    """Keep the tests of the chosen tier; report the others as deselected. Tests that
+    launch ``mpirun`` (marked ``mpirun``, or parametrized with ``ranks`` > 1) share one
+    pytest-xdist worker (``--dist loadgroup``): two MPI jobs at once on two cores slow
+    each other down several times (their ranks busy-poll), one MPI job beside one serial
+    test does not."""
+    for item in items:
+        ranks = getattr(getattr(item, "callspec", None), "params", {}).get("ranks", 1)
+        if item.get_closest_marker("mpirun") is not None or ranks > 1:
+            item.add_marker(pytest.mark.xdist_group("mpirun"))
     slow = config.getoption("--slow")
     keep, drop = [], []
     for item in items:

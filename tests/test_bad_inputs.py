@@ -101,6 +101,7 @@ def test_case_subprocess(work, case):
     check(case, res.returncode, res.stdout, res.stderr, before, snapshot(work))
 
 
+@pytest.mark.mpirun
 @pytest.mark.skipif(mpirun() is None, reason="no mpirun")
 @pytest.mark.parametrize("case", MPI_CASES, ids=[c["id"] for c in MPI_CASES])
 def test_case_two_ranks(work, case):

@@ -46,9 +46,7 @@ from test_demos import mpirun
 HERE = Path(__file__).resolve().parent
 serial_only = pytest.mark.skipif(MPI.COMM_WORLD.size > 1, reason="launches its own processes from the serial session")
 needs_mpirun = pytest.mark.skipif(mpirun() is None, reason="no mpirun")
-#: The uninterrupted reference runs are computed once per process and shared by several
-#: tests: under pytest-xdist (``--dist loadgroup``) the whole module runs on one worker.
-pytestmark = pytest.mark.xdist_group("faults")
+
 
 #: Every rank must be gone this long after a fault (measured: well under a second).
 EXIT_BOUND = 30.0
@@ -241,8 +239,9 @@ _REFERENCE = {}
 
 
 def reference(name, ranks, tmp_path_factory):
-    """The uninterrupted run of config ``name`` on ``ranks`` ranks (once per session):
-    its folder and the seconds its training printed progress for."""
+    """The uninterrupted run of config ``name`` on ``ranks`` ranks (once per process: a
+    pytest-xdist worker computes the references its tests need): its folder and the
+    seconds its training printed progress for."""
     key = (name, ranks)
     if key not in _REFERENCE:
         cwd = tmp_path_factory.mktemp(f"ref_{name}_{ranks}")
@@ -253,6 +252,7 @@ def reference(name, ranks, tmp_path_factory):
 
 
 # --------------------------------------------------------------------------- 3. faults under MPI
+@pytest.mark.mpirun
 @serial_only
 @needs_mpirun
 @pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
@@ -299,6 +299,7 @@ def _all_gone(pids, deadline) -> float:
     return time.monotonic()
 
 
+@pytest.mark.mpirun
 @serial_only
 @needs_mpirun
 @pytest.mark.parametrize("rank", [0, 1])
@@ -322,6 +323,7 @@ def test_exception_on_one_rank_ends_the_job(tmp_path, rank):
     assert state["iteration"] == 4
 
 
+@pytest.mark.mpirun
 @serial_only
 @needs_mpirun
 def test_error_on_one_rank_only_ends_the_job(tmp_path):
@@ -548,6 +550,7 @@ def test_same_config_twice_is_bitwise_identical(tmp_path, tmp_path_factory, name
             assert x[f"controls/{k}"].tobytes() == y[f"controls/{k}"].tobytes(), k
 
 
+@pytest.mark.mpirun
 @serial_only
 @needs_mpirun
 @pytest.mark.parametrize("name", ["lbfgs30", "adam"])

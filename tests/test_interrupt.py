@@ -82,6 +82,8 @@ def test_signal_stops_at_an_accepted_iterate(tmp_path, ranks, sig):
     assert state["iteration"] == it
     assert not (tmp_path / "out" / "summary.json").exists()  # the run is not finished
     assert len((tmp_path / "out" / "metrics.csv").read_text().splitlines()) == it + 2  # header, iterations 0..it
+    if sig != "SIGINT":
+        return  # what follows does not depend on the signal: checked once per rank count
     ev = run(["evaluate", "out"], tmp_path, ranks)
     assert f"iteration {it}:" in ev.stdout, ev.stdout
     resumed = run(["train", "--resume"] + sets(LBFGS + ["training.max_it=2"], "out"), tmp_path, ranks)

@@ -85,6 +85,7 @@ def test_imports_and_figures_change_nothing(tmp_path):
     assert both and {k: out["blas"][k] for k in both} == {k: base["blas"][k] for k in both}, (out, base)
 
 
+@pytest.mark.mpirun
 @pytest.mark.skipif(mpirun() is None or (os.cpu_count() or 1) > 2, reason="needs mpirun, and 2 ranks filling the cores")
 def test_configure_limits_blas_threads_and_keeps_memory(tmp_path):
     out = probe(tmp_path, "configure", ranks=2)

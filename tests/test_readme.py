@@ -16,8 +16,8 @@ from mpi4py import MPI
 
 from test_demos import mpirun
 
-pytestmark = pytest.mark.skipif(MPI.COMM_WORLD.size > 1 or mpirun() is None,
-                                reason="launches its own processes from the serial session")
+pytestmark = [pytest.mark.skipif(MPI.COMM_WORLD.size > 1 or mpirun() is None,
+                                 reason="launches its own processes from the serial session"), pytest.mark.mpirun]
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
