@@ -4,7 +4,6 @@ the problem, no traceback, and nothing written over existing output; on 2 ranks 
 Also: no user file is unpickled, and a run writes only inside its run folder."""
 
 import contextlib
-import hashlib
 import importlib.util
 import io
 import os
@@ -31,16 +30,10 @@ make = importlib.util.module_from_spec(_spec)  # the corpus builder next to the 
 _spec.loader.exec_module(make)
 
 
-def snapshot(folder: Path) -> dict:
-    """Every file and folder under ``folder``: SHA-256 of files, None for folders."""
-    out = {}
-    for root, dirs, files in os.walk(folder):
-        for d in dirs:
-            out[os.path.relpath(os.path.join(root, d), folder)] = None
-        for f in files:
-            p = os.path.join(root, f)
-            out[os.path.relpath(p, folder)] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
-    return out
+_spec = importlib.util.spec_from_file_location("bad_inputs_run_cases", CORPUS / "run_cases.py")
+run_cases = importlib.util.module_from_spec(_spec)  # the batch runner of the 2-rank cases
+_spec.loader.exec_module(run_cases)
+snapshot = run_cases.snapshot  # every file and folder under a folder: SHA-256 of files, None for folders
 
 
 def changes(before: dict, after: dict) -> list[str]:
@@ -101,12 +94,36 @@ def test_case_subprocess(work, case):
     check(case, res.returncode, res.stdout, res.stderr, before, snapshot(work))
 
 
+@pytest.fixture(scope="module")
+def two_ranks(work):
+    """Every "mpi" case under ``mpirun -n 2``, in one job (tests/bad_inputs/run_cases.py:
+    each case through ``fem_dnn.cli.main`` on both ranks in turn): id -> result."""
+    cmd = [mpirun(), "-n", "2", sys.executable, str(CORPUS / "run_cases.py"), str(work)] + [c["id"] for c in MPI_CASES]
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    res = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    import json
+
+    return {r["id"]: r for r in map(json.loads, res.stdout.splitlines())}
+
+
 @pytest.mark.mpirun
 @pytest.mark.skipif(mpirun() is None, reason="no mpirun")
 @pytest.mark.parametrize("case", MPI_CASES, ids=[c["id"] for c in MPI_CASES])
-def test_case_two_ranks(work, case):
-    """Under ``mpirun -n 2``: both ranks stop (no hang: timeout), exit status 2, and the
-    message is printed once (by rank 0)."""
+def test_case_two_ranks(two_ranks, case):
+    """Under ``mpirun -n 2``: both ranks stop (no hang: the job's timeout) with status 2,
+    and the message is printed once (by rank 0: the other rank's stderr is empty)."""
+    r = two_ranks[case["id"]]
+    assert r["codes"] == [2, 2], r
+    assert r["stderr"][1] == "", r["stderr"]
+    check(case, r["codes"][0], "", r["stderr"][0], r["before"], r["after"])
+
+
+@pytest.mark.mpirun
+@pytest.mark.skipif(mpirun() is None, reason="no mpirun")
+def test_case_two_ranks_as_processes(work):
+    """One case as a real 2-rank job (process exit statuses, the launcher's output)."""
+    case = next(c for c in MPI_CASES if c["id"] == "run-folder-holds-a-run")
     before = snapshot(work)
     res = _cli(case["args"], work, ranks=2)
     check(case, res.returncode, res.stdout, res.stderr, before, snapshot(work))

@@ -53,13 +53,13 @@ EXIT_BOUND = 30.0
 
 #: Small digits runs (160 training / 40 test images, 64 neurons, 2 layers) checkpointing
 #: every iteration. L-BFGS with lambda = 0.05 converges (|g| reduced by 1e-6, the
-#: default) in about 85 iterations; Adam runs 20 epochs of 10 steps. (A tolerance of
+#: default) in about 85 iterations; Adam runs 10 epochs of 10 steps. (A tolerance of
 #: 1e-8 is too tight for this problem: near |g| ~ 2e-9 a step changes J, 2.2, by less than
 #: its round-off, and a resumed run once stopped there on a line-search failure.)
 BASE = ["data.samples=200", "network.N=2", "training.checkpoint_every=1", "output.figures=false",
         "output.fields=false", "output.plot_samples=0"]
 LBFGS = BASE + ["training.method='lbfgs'", "training.lam=5e-2", "training.gttol=1e-6", "training.max_it=1000"]
-ADAM = BASE + ["training.method='adam'", "training.epochs=20", "training.batch_size=16", "training.lr=1e-2"]
+ADAM = BASE + ["training.method='adam'", "training.epochs=10", "training.batch_size=16", "training.lr=1e-2"]
 #: L-BFGS stopped after 30 iterations, before round-off differences grow (see
 #: test_same_results_on_1_2_3_ranks).
 LBFGS30 = LBFGS + ["training.max_it=30"]
@@ -562,7 +562,7 @@ def test_same_results_on_1_2_3_ranks(tmp_path_factory, name):
     L-BFGS runs 30 iterations: further on it amplifies the different summation order of
     the parallel reductions (measured on this problem: |g| agrees to 7e-13 up to
     iteration 30, 1e-11 at 40, 2e-6 at 60; run to |g| <= 1e-8 |g_0|, the 2- and 3-rank
-    runs stopped 3 iterations after the serial one, at the same J). Adam (20 epochs)
+    runs stopped 3 iterations after the serial one, at the same J). Adam (10 epochs)
     agrees to round-off throughout."""
     runs = {r: reference(name, r, tmp_path_factory)[0] for r in (1, 2, 3)}
     one, rows1 = read_summary(runs[1]), read_metrics(runs[1])

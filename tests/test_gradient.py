@@ -376,18 +376,18 @@ def test_critical_points(comm, scheme):
 
 @pytest.mark.mpi
 @pytest.mark.parametrize("scheme", SCHEMES)
-@pytest.mark.parametrize("every", [1, 3, 4])
+@pytest.mark.parametrize("every", [1, 2, 3])
 def test_depth_checkpointing_gives_the_same_gradient(comm, scheme, every):
     """Keeping the states only every k levels and recomputing the rest in the costate
     solve gives bitwise the same J and derivative; Hessian actions still match."""
-    net, J = make(comm, "P", 1, "consistent", scheme, 0.02, "function", N=6)
+    net, J = make(comm, "P", 1, "consistent", scheme, 0.02, "function", N=4)
     X, y = data("function", net.space.n)
     Jc = ReducedFunctional(net, X, y, "function", lam=1e-2, checkpoint_every=every)
     m, dm = J.controls.random(1, 0.5), J.controls.random(2)
     assert Jc(m) == J(m)
     assert np.array_equal(Jc.derivative(m).array, J.derivative(m).array)
     traj = Jc.trajectory(m)
-    assert traj.levels == sorted(set(range(0, 7, every)) | {6}) and traj.tape is None
+    assert traj.levels == sorted(set(range(0, 5, every)) | {4}) and traj.tape is None
     assert traj.states.shape[0] == len(traj.levels)
     h1, h2 = Jc.hessian(m, dm), J.hessian(m, dm)
     assert np.allclose(h1.array, h2.array, rtol=1e-12, atol=1e-14 * np.abs(h2.array).max())
