@@ -16,8 +16,8 @@ from fem_dnn.process import configure
 import numpy as np
 from mpi4py import MPI
 
-from fem_dnn.domain import Depth, NodeSpace, create_node_mesh
-from fem_dnn.functional import ReducedFunctional
+from fem_dnn.core.domain import Depth, NodeSpace, create_node_mesh
+from fem_dnn.learning.functional import ReducedFunctional
 from fem_dnn.network import SCHEMES, Network
 
 configure()  # the job's process settings: BLAS threads per rank, malloc (fem_dnn.process)

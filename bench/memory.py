@@ -32,15 +32,15 @@ from fem_dnn.process import configure
     import numpy as np
     from mpi4py import MPI
 
-    from fem_dnn.domain import Depth, NodeSpace, create_node_mesh
-    from fem_dnn.functional import ReducedFunctional
+    from fem_dnn.core.domain import Depth, NodeSpace, create_node_mesh
+    from fem_dnn.learning.functional import ReducedFunctional
     from fem_dnn.network import Network
 
     space = NodeSpace(create_node_mesh(MPI.COMM_SELF, "interval", n), "DG", 0)
     net = Network(space, Depth(1.0, N), "tanh", scheme)
     rng = np.random.default_rng(0)
     J = ReducedFunctional(net, rng.standard_normal((S, n)), rng.integers(0, 10, S), "classes", K=10,
-                          checkpoint_every=every or None)
+                          store_every=every or None)
     m = J.controls.random(0, 0.3)
     before = _status("VmRSS")
     J.derivative(m)

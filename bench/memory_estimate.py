@@ -1,8 +1,8 @@
 """The resource estimate against the measured peak memory of real trainings.
 
-Each case is one ``fem_dnn.train.train`` run of the digits (or bumps) in a fresh process
+Each case is one ``fem_dnn.app.train.train`` run of the digits (or bumps) in a fresh process
 (under ``mpirun -n 2`` for the 2-rank cases), with a few iterations: the estimate of
-:func:`fem_dnn.resources.estimate` is made in that process just before training, as
+:func:`fem_dnn.app.resources.estimate` is made in that process just before training, as
 ``fem-dnn train`` makes it, and the peak resident set of every rank (Linux ``VmHWM``) is
 read at the end. Prints one table: the case, its sizes, the estimated and the measured
 peak per rank (the largest rank), and their ratio; it fails if a ratio leaves
@@ -47,9 +47,9 @@ def worker(overrides: list[str]):
     import fem_dnn  # noqa: F401  (DOLFINx import order)
     from mpi4py import MPI
 
-    from fem_dnn.config import load_config
-    from fem_dnn.resources import estimate, resident_memory
-    from fem_dnn.train import train
+    from fem_dnn.app.config import load_config
+    from fem_dnn.app.resources import estimate, resident_memory
+    from fem_dnn.app.train import train
 
     from petsc4py import PETSc
 

@@ -25,8 +25,8 @@ from fem_dnn.process import configure
     import numpy as np
     from mpi4py import MPI
 
-    from fem_dnn.domain import Depth, NodeSpace, create_node_mesh, split_comm
-    from fem_dnn.functional import ReducedFunctional
+    from fem_dnn.core.domain import Depth, NodeSpace, create_node_mesh, split_comm
+    from fem_dnn.learning.functional import ReducedFunctional
     from fem_dnn.network import Network
 
     comm = MPI.COMM_WORLD

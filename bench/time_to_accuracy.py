@@ -29,9 +29,9 @@ from fem_dnn.process import configure
 import numpy as np
 from mpi4py import MPI
 
-from fem_dnn.config import load_config
+from fem_dnn.app.config import load_config
 from fem_dnn.optimize import Optimizer, minibatch
-from fem_dnn.train import Run
+from fem_dnn.app.train import Run
 
 configure()  # the job's process settings: BLAS threads per rank, malloc (fem_dnn.process)
 

@@ -5,11 +5,11 @@
 # PETSc to solve a different nonlocal evolution problem: Amari's neural-field equation
 # on a gmsh disk. It shows
 #
-# - the nonlocal operator of fem_dnn (:class:`fem_dnn.kernel.Kernel`) assembled once
+# - the nonlocal operator of fem_dnn (:class:`fem_dnn.core.kernel.Kernel`) assembled once
 #   from a Mexican-hat connectivity sampled at the dof coordinates,
 # - an IMEX Euler scheme whose implicit operator is assembled from fem_dnn's UFL forms
-#   (:func:`fem_dnn.forms.mass` with vertex quadrature, i.e. the lumped mass, plus
-#   :func:`fem_dnn.forms.diffusion`) and solved with a PETSc KSP (prefix `amari_`),
+#   (:func:`fem_dnn.core.forms.mass` with vertex quadrature, i.e. the lumped mass, plus
+#   :func:`fem_dnn.core.forms.diffusion`) and solved with a PETSc KSP (prefix `amari_`),
 # - homogeneous steady states $u^* = W_0 f(u^*) + I$ reproduced to solver tolerance,
 # - Amari's Lyapunov energy decreasing along every computed trajectory,
 # - a localised bump that persists for Mexican-hat coupling, with a radius that tends to
@@ -61,7 +61,7 @@
 # ## Discretisation
 #
 # P1 on the node mesh with the lumped mass (vertex quadrature, node weights
-# $\omega_j$ from :func:`fem_dnn.forms.lumped_mass`). The connectivity is sampled at the
+# $\omega_j$ from :func:`fem_dnn.core.forms.lumped_mass`). The connectivity is sampled at the
 # dofs, $w_{ij} = w(|y_i - y_j|)$, so the nonlocal term at node $i$ is
 # $\sum_j w_{ij}\,\omega_j f(u_j)$: exactly `Kernel(space).apply(w, f(u))`, one dense
 # row block per rank, assembled once. IMEX Euler treats the linear part implicitly and
@@ -99,10 +99,10 @@ import dolfinx.mesh
 import ufl
 from dolfinx import fem
 
-from fem_dnn import forms
-from fem_dnn.activation import get_activation
-from fem_dnn.domain import NodeSpace, read_node_mesh
-from fem_dnn.kernel import Kernel
+from fem_dnn.core import forms
+from fem_dnn.core.activation import get_activation
+from fem_dnn.core.domain import NodeSpace, read_node_mesh
+from fem_dnn.core.kernel import Kernel
 
 configure()  # the job's process settings: BLAS threads per rank, malloc (fem_dnn.process)
 

@@ -3,7 +3,7 @@
 # This demo is implemented in {download}`demo_controllability.py`. It shows
 #
 # - a *teacher* network (smooth, fixed controls) that generates target functions, so the
-#   targets are reachable by the continuum model (MODEL.md §3: without regularisation a
+#   targets are reachable by the continuum model (docs/model.md §3: without regularisation a
 #   critical point with zero loss exists iff the target is reachable; Markowich-Portaro),
 # - *students* of the same family, width n and depth N growing together, trained from
 #   zero controls without regularisation ($\lambda = 0$) by L-BFGS,
@@ -56,8 +56,8 @@ import numpy as np
 
 import fem_dnn  # noqa: F401
 from fem_dnn.process import configure
-from fem_dnn.domain import Depth, NodeSpace, create_node_mesh
-from fem_dnn.functional import ReducedFunctional
+from fem_dnn.core.domain import Depth, NodeSpace, create_node_mesh
+from fem_dnn.learning.functional import ReducedFunctional
 from fem_dnn.network import Network
 from fem_dnn.optimize import Optimizer, multilevel
 
@@ -105,7 +105,7 @@ def network(n, N):
 def teacher_controls(J):
     """The teacher's controls sampled on J's network: Pi_h m*."""
     net = J.network
-    return J.controls.join(net.controls(teacher["a"], teacher["b"]), net.make_readout("function", teacher["W"], teacher["mu"]))
+    return J.controls.join(net.make_controls(teacher["a"], teacher["b"]), net.make_readout("function", teacher["W"], teacher["mu"]))
 
 
 def prediction(J, m):
@@ -152,7 +152,7 @@ say(f"Teacher: {S} target functions with values in [{C_ref.min():.3f}, {C_ref.ma
 # - **from zero**: each size on its own, from zero controls;
 # - **grid sequencing** (`fem_dnn.optimize.multilevel`): each size starts from the
 #   trained controls of the previous, smaller one, interpolated to it
-#   (`fem_dnn.transfer`).
+#   (`fem_dnn.optimize.transfer`).
 #
 # Columns: the loss of the zero network; the loss of the teacher's sampled controls (the
 # upper bound on the discrete minimum) and their target loss; for both ways of training,

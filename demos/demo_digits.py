@@ -30,8 +30,8 @@ import sys
 
 import fem_dnn  # noqa: F401
 from fem_dnn.process import configure
-from fem_dnn.config import load_config
-from fem_dnn.train import train
+from fem_dnn.app.config import load_config
+from fem_dnn.app.train import train
 
 configure()  # the job's process settings: BLAS threads per rank, malloc (fem_dnn.process)
 

@@ -35,8 +35,8 @@ import numpy as np
 
 import fem_dnn  # noqa: F401
 from fem_dnn.process import configure
-from fem_dnn.domain import Depth, NodeSpace, ProductMesh, create_node_mesh, read_node_mesh
-from fem_dnn.io import plot_trajectory, write_trajectory
+from fem_dnn.core.domain import Depth, NodeSpace, ProductMesh, create_node_mesh, read_node_mesh
+from fem_dnn.app.output import plot_trajectory, write_trajectory
 from fem_dnn.network import ORDER, SCHEMES, Network
 
 configure()  # the job's process settings: BLAS threads per rank, malloc (fem_dnn.process)
@@ -70,7 +70,7 @@ def exact(y, t):
 
 
 def closed_form(net):
-    return net.controls(
+    return net.make_controls(
         a=lambda y, t: alpha * phi(y), b=lambda y, z, t: np.outer(phi(y), np.ones(z.shape[1]))
     )
 
@@ -116,7 +116,7 @@ space = NodeSpace(create_node_mesh(comm, "interval", 32), "P", 1, "consistent")
 
 
 def smooth(net):
-    return net.controls(
+    return net.make_controls(
         a=lambda y, t: 0.5 * np.sin(np.pi * y[0]) + 0.2,
         b=lambda y, z, t: 1.5 * np.cos(np.pi * (y[0][:, None] - z[0][None, :])) - 0.3,
     )
@@ -168,7 +168,7 @@ net.destroy()
 
 say("4. Lyapunov functional int log cosh(u) dy for a positive semidefinite kernel")
 net = Network(space, Depth(2.0, 40), "tanh", "rk4")
-c = net.controls(a=0.3, b=lambda y, z, t: 2.0 * np.exp(-((y[0][:, None] - z[0][None, :]) ** 2) / 0.05))
+c = net.make_controls(a=0.3, b=lambda y, z, t: 2.0 * np.exp(-((y[0][:, None] - z[0][None, :]) ** 2) / 0.05))
 traj = net.forward(lambda y: np.sin(3 * y[0]), c)
 lyap = []
 for k in range(net.depth.N + 1):
@@ -197,7 +197,7 @@ net.destroy()
 disk = read_node_mesh(Path(__file__).resolve().parents[1] / "meshes" / "disk.msh", comm)
 dspace = NodeSpace(disk, "P", 1, "lumped")
 dnet = Network(dspace, Depth(1.0, 8), "tanh", "heun", eps=0.01)
-dc = dnet.controls(a=lambda y, t: y[0], b=lambda y, z, t: np.exp(-((y[0][:, None] - z[0][None, :]) ** 2 + (y[1][:, None] - z[1][None, :]) ** 2)))
+dc = dnet.make_controls(a=lambda y, t: y[0], b=lambda y, z, t: np.exp(-((y[0][:, None] - z[0][None, :]) ** 2 + (y[1][:, None] - z[1][None, :]) ** 2)))
 dtraj = dnet.forward(lambda y: np.sin(np.pi * y[1]), dc)
 assert np.isfinite(dtraj.final).all()
 write_trajectory(out, ProductMesh(dspace, dnet.depth), {"f": dtraj.states[:, 0, :]}, stem="disk")

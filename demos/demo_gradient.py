@@ -23,7 +23,7 @@
 # with $h$ the logistic function and $f_s$ the solution of the state equation. The
 # costate $r$ solves $\partial_t r = B_b^T(\sigma'(u) r) - \varepsilon\Delta_y r$
 # backward from $r(T) = \int h'(O)(h(O) - C) W$, and $D_a J = \sigma'(u) r + \lambda a$,
-# $D_b J = -\sigma'(u) r f + \lambda b$ (MODEL.md §3).
+# $D_b J = -\sigma'(u) r f + \lambda b$ (docs/model.md §3).
 #
 # ## Implementation
 
@@ -36,11 +36,11 @@ import numpy as np
 
 import fem_dnn  # noqa: F401
 from fem_dnn.process import configure
-from fem_dnn.domain import Depth, NodeSpace, ProductMesh, create_node_mesh, read_node_mesh
-from fem_dnn.functional import ReducedFunctional
-from fem_dnn.io import write_trajectory
+from fem_dnn.core.domain import Depth, NodeSpace, ProductMesh, create_node_mesh, read_node_mesh
+from fem_dnn.learning.functional import ReducedFunctional
+from fem_dnn.app.output import write_trajectory
 from fem_dnn.network import SCHEMES, Network
-from fem_dnn.verify import taylor_test
+from fem_dnn.learning.verify import taylor_test
 
 configure()  # the job's process settings: BLAS threads per rank, malloc (fem_dnn.process)
 
@@ -103,7 +103,7 @@ say(f"{'n':>4s} {'N':>4s} {'||dJ||_2':>10s} {'||g||_L2':>10s}")
 norms = []
 for n in (8, 16, 32) if quick else (16, 32, 64):
     net, J = functional(create_node_mesh(comm, "interval", n), "DG", 0, "lumped", n // 2, "heun")
-    c = net.controls(a=lambda y, t: 0.5 * np.sin(np.pi * y[0]), b=lambda y, z, t: np.cos(np.pi * (y[0][:, None] - z[0][None, :])))
+    c = net.make_controls(a=lambda y, t: 0.5 * np.sin(np.pi * y[0]), b=lambda y, z, t: np.cos(np.pi * (y[0][:, None] - z[0][None, :])))
     m = J.controls.join(c, net.make_readout("function", W=lambda y, z: np.ones((y.shape[1], z.shape[1])), mu=0.0))
     d, g = J.derivative(m), J.gradient(m)
     norms.append((d.norm(), J.controls.norm(g)))

@@ -19,13 +19,13 @@
 # ## Problem statement
 #
 # A residual network with n neurons (n DG0 cells of Y = (0,1), node weights $w_j = 1/n$)
-# has the state $v \in \mathbb{R}^n$ and, in the depth limit (MODEL.md §1),
+# has the state $v \in \mathbb{R}^n$ and, in the depth limit (docs/model.md §1),
 #
 # $$ \dot v_i = \sigma\Big(a_i - \sum_j b_{ij} w_j v_j\Big), \qquad (a, b) \in A =
 #    [a_-, a_+]^n \times [b_-, b_+]^{n\times n}. $$
 #
 # The value $F(v,t) = \inf \Phi(v(T))$ over the controls, started from v at depth t, is
-# the viscosity solution of (MODEL.md §3, LM §4.3)
+# the viscosity solution of (docs/model.md §3, LM §4.3)
 #
 # $$ \partial_t F + \min_{(a,b)\in A} \Big\{ D_v F \cdot \sigma(a - B_b v) \Big\} = 0,
 #    \qquad F(v, T) = \Phi(v). $$

@@ -22,7 +22,7 @@
 #
 # $$ A = \{(a, b):\ a_- \le a(y,t) \le a_+,\ b_- \le b(y,z,t) \le b_+\}. $$
 #
-# Pontryagin's principle (MODEL.md §3, LM 4.11, minimisation form): an optimal control
+# Pontryagin's principle (docs/model.md §3, LM 4.11, minimisation form): an optimal control
 # minimises, at every depth t, the Hamiltonian
 #
 # $$ H(f, r, a, b) = \int_Y r(y,t)\, \sigma\Big(a(y) - \int_Y b(y,z) f(z,t)\,dz\Big)\,dy $$
@@ -54,11 +54,12 @@ import numpy as np
 
 import fem_dnn  # noqa: F401
 from fem_dnn.process import configure
-from fem_dnn.domain import Depth, NodeSpace, ProductMesh, create_node_mesh
-from fem_dnn.functional import ReducedFunctional
-from fem_dnn.io import write_trajectory
+from fem_dnn.core.domain import Depth, NodeSpace, ProductMesh, create_node_mesh
+from fem_dnn.learning.functional import ReducedFunctional
+from fem_dnn.app.output import write_trajectory
 from fem_dnn.network import Network
-from fem_dnn.optimize import FixedReadout, Optimizer, hamiltonian_minimiser, msa
+from fem_dnn.learning import FixedReadout
+from fem_dnn.optimize import Optimizer, hamiltonian_minimiser, msa
 
 configure()  # the job's process settings: BLAS threads per rank, malloc (fem_dnn.process)
 

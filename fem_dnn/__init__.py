@@ -8,17 +8,17 @@ Markowich (J. Differential Equations 269, 2020)
 
 on the (depth, node) domain [0,T] x Y. The modules follow the data flow:
 
-- :mod:`fem_dnn.activation`  sigma and its derivatives, in numpy and UFL
-- :mod:`fem_dnn.domain`      node mesh and node space, depth mesh, (depth, node) mesh
-- :mod:`fem_dnn.forms`       every local weak form, in UFL
-- :mod:`fem_dnn.kernel`      the nonlocal operator B_b and its transpose
+- :mod:`fem_dnn.core.activation`  sigma and its derivatives, in numpy and UFL
+- :mod:`fem_dnn.core.domain`      node mesh and node space, depth mesh, (depth, node) mesh
+- :mod:`fem_dnn.core.forms`       every local weak form, in UFL
+- :mod:`fem_dnn.core.kernel`      the nonlocal operator B_b and its transpose
 - :mod:`fem_dnn.network`     controls, depth schemes, the forward, tangent, costate and
                               second-order costate solves, the readout
-- :mod:`fem_dnn.functional`  the reduced functional J(m), gradient, Hessian action
-- :mod:`fem_dnn.verify`      Taylor tests, space-time residuals
+- :mod:`fem_dnn.learning.functional`  the reduced functional J(m), gradient, Hessian action
+- :mod:`fem_dnn.learning.verify`      Taylor tests, space-time residuals
 - :mod:`fem_dnn.hjb`         the HJB value function and optimal feedback of reduced
                               networks (a few neurons), closed and open loop
-- :mod:`fem_dnn.io`          XDMF/VTX output over the (depth, node) mesh, figures
+- :mod:`fem_dnn.app.output`          XDMF/VTX output over the (depth, node) mesh, figures
 """
 
 from fem_dnn import _dolfinx  # noqa: F401  (must come before mpi4py/dolfinx imports)

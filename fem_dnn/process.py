@@ -14,7 +14,7 @@ Importing a fem_dnn module changes nothing in the process. The code that runs a 
 - **keeps freed batch arrays in the process** (glibc's malloc thresholds,
   :mod:`fem_dnn._malloc`; ``FEM_DNN_MALLOC=system`` keeps glibc's defaults).
 
-Figures need nothing: :mod:`fem_dnn.io` draws on its own Agg canvas, without pyplot, so
+Figures need nothing: :mod:`fem_dnn.app.output` draws on its own Agg canvas, without pyplot, so
 no matplotlib backend is switched.
 """
 

@@ -2,14 +2,14 @@
 
     mpirun -n 2 python tests/inject_fault.py --rank 1 --iteration 5 --kind exception -- train [fem-dnn args]
 
-runs ``fem_dnn.cli.main`` (so the command line's own error handling,
-:func:`fem_dnn.cli.guarded`) with the TAO monitor of :class:`fem_dnn.optimize.Optimizer`
+runs ``fem_dnn.app.cli.main`` (so the command line's own error handling,
+:func:`fem_dnn.app.cli.guarded`) with the TAO monitor of :class:`fem_dnn.optimize.Optimizer`
 wrapped: on rank ``--rank`` at iteration ``--iteration`` it raises before the iteration's
 collective work (the checkpoint write), leaving the other ranks inside a collective call.
 
 ``--kind exception`` raises a RuntimeError (an internal error); ``--kind input`` raises
 an InputError on that rank alone (a fem_dnn error that, unlike every real one, the other
-ranks do not share). ``--agree`` sets :data:`fem_dnn.cli.AGREE_SECONDS`.
+ranks do not share). ``--agree`` sets :data:`fem_dnn.app.cli.AGREE_SECONDS`.
 
 Just before raising, the failing rank prints ``inject: raising at <wall-clock seconds>``
 on stderr, so a test can time what follows from the fault itself (not from when a pipe
@@ -32,9 +32,9 @@ import time
 import fem_dnn  # noqa: F401  (DOLFINx import order)
 from mpi4py import MPI
 
-import fem_dnn.checkpoint
-import fem_dnn.cli
-import fem_dnn.train
+import fem_dnn.app.checkpoint
+import fem_dnn.app.cli
+import fem_dnn.app.train
 from fem_dnn.errors import InputError
 from fem_dnn.optimize import Optimizer
 
@@ -50,7 +50,7 @@ def main():
     args = p.parse_args()
     cli = args.cli[1:] if args.cli[:1] == ["--"] else args.cli
     if args.agree is not None:
-        fem_dnn.cli.AGREE_SECONDS = args.agree
+        fem_dnn.app.cli.AGREE_SECONDS = args.agree
     monitor = Optimizer._monitor
 
     def faulty(self, tao):
@@ -62,13 +62,13 @@ def main():
         return monitor(self, tao)
 
     if args.kind == "slow-start":
-        _slow(fem_dnn.train.Run, "__init__", "start-up", args.seconds, lambda *a, **k: True)
+        _slow(fem_dnn.app.train.Run, "__init__", "start-up", args.seconds, lambda *a, **k: True)
     elif args.kind == "slow-checkpoint":
-        _slow(fem_dnn.checkpoint, "_write_atomic", "checkpoint write", args.seconds,
+        _slow(fem_dnn.app.checkpoint, "_write_atomic", "checkpoint write", args.seconds,
               lambda path, entries, keep: _iteration(entries) == args.iteration)
     else:
         Optimizer._monitor = faulty
-    sys.exit(fem_dnn.cli.main(cli))
+    sys.exit(fem_dnn.app.cli.main(cli))
 
 
 def _slow(owner, name, phase, seconds, when):

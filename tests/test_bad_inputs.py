@@ -60,8 +60,8 @@ def check(case, code, out, err, before, after):
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_case(work, case, capfd, monkeypatch):
-    """In-process: ``fem_dnn.cli.main(args)`` from the work folder."""
-    from fem_dnn.cli import main
+    """In-process: ``fem_dnn.app.cli.main(args)`` from the work folder."""
+    from fem_dnn.app.cli import main
 
     before = snapshot(work)
     monkeypatch.chdir(work)
@@ -76,7 +76,7 @@ def test_case(work, case, capfd, monkeypatch):
 
 
 def _cli(args, cwd, ranks=1, timeout=120):
-    exe = [sys.executable, "-m", "fem_dnn.cli"]
+    exe = [sys.executable, "-m", "fem_dnn.app.cli"]
     cmd = exe + list(args) if ranks == 1 else [mpirun(), "-n", str(ranks)] + exe + list(args)
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -88,7 +88,7 @@ MPI_CASES = [c for c in CASES if "mpi" in c.get("flags", [])]
 
 @pytest.mark.parametrize("case", SUBPROCESS, ids=[c["id"] for c in SUBPROCESS])
 def test_case_subprocess(work, case):
-    """A real ``python -m fem_dnn.cli`` process."""
+    """A real ``python -m fem_dnn.app.cli`` process."""
     before = snapshot(work)
     res = _cli(case["args"], work)
     check(case, res.returncode, res.stdout, res.stderr, before, snapshot(work))
@@ -97,7 +97,7 @@ def test_case_subprocess(work, case):
 @pytest.fixture(scope="module")
 def two_ranks(work):
     """Every "mpi" case under ``mpirun -n 2``, in one job (tests/bad_inputs/run_cases.py:
-    each case through ``fem_dnn.cli.main`` on both ranks in turn): id -> result."""
+    each case through ``fem_dnn.app.cli.main`` on both ranks in turn): id -> result."""
     cmd = [mpirun(), "-n", "2", sys.executable, str(CORPUS / "run_cases.py"), str(work)] + [c["id"] for c in MPI_CASES]
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     res = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
@@ -156,8 +156,8 @@ def test_no_pickle_in_the_package():
 def test_pickled_files_are_not_unpickled(tmp_path, work):
     """The object arrays of the corpus would create ``UNPICKLED`` when unpickled: the
     data loader and the checkpoint loader refuse them (the library calls too)."""
-    from fem_dnn import data
-    from fem_dnn.checkpoint import _read_verified
+    from fem_dnn.app import data
+    from fem_dnn.app.checkpoint import _read_verified
     from fem_dnn.errors import InputError
 
     with contextlib.chdir(tmp_path):
@@ -174,7 +174,7 @@ def test_pickled_files_are_not_unpickled(tmp_path, work):
 
 def test_forward_expressions_are_arithmetic(capfd):
     """``--input``/``--bias``/``--weight`` are arithmetic in the documented names only."""
-    from fem_dnn.cli import _expr
+    from fem_dnn.app.cli import _expr
     from fem_dnn.errors import InputError
 
     f = _expr("sin(pi*x) + 2*y**2 - abs(z)/3", "--input", ("x", "y", "z"))
@@ -192,7 +192,7 @@ def test_run_writes_only_its_folder(tmp_path):
     """A run creates files only in its run folder; data and mesh paths of a config file
     are relative to the config file, stored absolute in the run folder's config.toml,
     so ``fem-dnn evaluate`` finds them from anywhere."""
-    from fem_dnn.cli import main
+    from fem_dnn.app.cli import main
 
     rng = np.random.default_rng(0)
     (tmp_path / "project").mkdir()

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from fem_dnn.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from fem_dnn.domain import Depth, NodeSpace, create_node_mesh, split_comm
+from fem_dnn.app.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from fem_dnn.core.domain import Depth, NodeSpace, create_node_mesh, split_comm
 from fem_dnn.errors import InputError
-from fem_dnn.functional import ControlSpace
+from fem_dnn.learning.controls import ControlSpace
 from fem_dnn.network import Network
 
 

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.skipif(MPI.COMM_WORLD.size > 1, reason="subprocesses fr
 
 
 def run(args, cwd):
-    return subprocess.run([sys.executable, "-m", "fem_dnn.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "fem_dnn.app.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
 def test_forward_writes_output(tmp_path):

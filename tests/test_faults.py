@@ -4,7 +4,7 @@
   a fem_dnn error that only one rank raises: every rank of a 2-rank ``fem-dnn train``
   exits within a bound, non-zero, with a message, and the checkpoint on disk is intact
   and resumable. (The exceptions are injected by ``tests/inject_fault.py`` through the
-  command line's own handler, :func:`fem_dnn.cli.guarded`.)
+  command line's own handler, :func:`fem_dnn.app.cli.guarded`.)
 - **Crash safety.** ``fem-dnn train`` killed with SIGKILL at random moments (seeded),
   resumed with ``--resume`` each time: every kill leaves a complete checkpoint with a
   valid checksum, and the final result equals the uninterrupted run's (Adam: bitwise;
@@ -74,7 +74,7 @@ TIMES = ("seconds", "training_seconds", "evaluation_seconds")
 
 # --------------------------------------------------------------------------- processes
 def _command(args, ranks):
-    exe = [sys.executable, "-m", "fem_dnn.cli"] if args[:1] != ["inject"] else [sys.executable, str(HERE / "inject_fault.py")]
+    exe = [sys.executable, "-m", "fem_dnn.app.cli"] if args[:1] != ["inject"] else [sys.executable, str(HERE / "inject_fault.py")]
     args = args if args[:1] != ["inject"] else args[1:]
     return exe + list(args) if ranks == 1 else [mpirun(), "-n", str(ranks)] + exe + list(args)
 
@@ -197,7 +197,7 @@ def check_checkpoint(folder: Path) -> dict:
     """The run folder's checkpoint after a kill: the newest complete checkpoint is
     ``checkpoint.npz`` itself (atomic replace with a hard-linked .prev), its SHA-256
     checksum matches, and it loads into the run's control space. Returns its state."""
-    from fem_dnn.checkpoint import _read_verified, latest_checkpoint
+    from fem_dnn.app.checkpoint import _read_verified, latest_checkpoint
 
     ckpt = folder / "checkpoint"
     latest = latest_checkpoint(ckpt, comm=MPI.COMM_SELF)
@@ -211,9 +211,9 @@ def check_checkpoint(folder: Path) -> dict:
 
 
 def _load_state(folder: Path, path: Path) -> dict:
-    from fem_dnn.checkpoint import load_checkpoint
-    from fem_dnn.config import load_config
-    from fem_dnn.train import Run
+    from fem_dnn.app.checkpoint import load_checkpoint
+    from fem_dnn.app.config import load_config
+    from fem_dnn.app.train import Run
 
     run_ = _runs.get(folder)
     if run_ is None:
@@ -478,8 +478,8 @@ def test_resume_after_a_crash_between_the_renames(tmp_path, capsys):
     """Without hard links a checkpoint update renames the old file to .prev, then the
     new one into place; a crash in between leaves only checkpoint.prev.npz. ``--resume``
     continues from it (iteration 6), instead of starting afresh."""
-    from fem_dnn.config import load_config
-    from fem_dnn.train import train
+    from fem_dnn.app.config import load_config
+    from fem_dnn.app.train import train
 
     folder = tmp_path / "out"
     cfg = load_config(None, LBFGS + ["training.max_it=6", f"output.folder='{folder}'"])
@@ -497,8 +497,8 @@ def test_resume_after_a_crash_between_the_renames(tmp_path, capsys):
 def test_outputs_are_written_atomically(tmp_path, monkeypatch):
     """config.toml, metrics.csv and summary.json go through a temporary file and a
     rename: a write that fails midway leaves the previous file (not a partial one)."""
-    from fem_dnn import checkpoint
-    from fem_dnn.checkpoint import atomic_write
+    from fem_dnn.app import checkpoint
+    from fem_dnn.app.checkpoint import atomic_write
 
     path = tmp_path / "summary.json"
     atomic_write(path, '{"J": 1.0}')
@@ -514,8 +514,8 @@ def test_outputs_are_written_atomically(tmp_path, monkeypatch):
     assert path.read_text() == '{"J": 1.0}'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]  # the temporary is removed
     assert "atomic_write" in Path(checkpoint.__file__).read_text()
-    from fem_dnn import runfolder
-    from fem_dnn import train as train_module
+    from fem_dnn.app import runfolder
+    from fem_dnn.app import train as train_module
 
     assert "atomic_write(path, text)" in Path(runfolder.__file__).read_text()  # write_text
     src = Path(train_module.__file__).read_text()
@@ -763,8 +763,8 @@ def test_no_leak_over_training_runs(comm, tmp_shared, method, resume):
     import contextlib
     import io
 
-    from fem_dnn.config import load_config
-    from fem_dnn.train import train
+    from fem_dnn.app.config import load_config
+    from fem_dnn.app.train import train
 
     extra = ["training.max_it=4"] if method == "lbfgs" else ["training.epochs=2"]
     cfg = load_config(None, BASE + [f"training.method='{method}'", f"output.folder='{tmp_shared}/{method}'"] + extra)

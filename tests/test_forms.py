@@ -1,4 +1,4 @@
-"""The UFL forms (the specification, fem_dnn.forms) against the assembled and batched
+"""The UFL forms (the specification, fem_dnn.core.forms) against the assembled and batched
 operators (NodeSpace, Kernel, Network) and against values computed by hand.
 
 Every test is MPI-agnostic: vectors are compared on owned rows, scalars are reduced
@@ -15,10 +15,10 @@ from petsc4py import PETSc
 
 import dolfinx.fem.petsc
 
-from fem_dnn import forms
-from fem_dnn.activation import ACTIVATIONS
-from fem_dnn.domain import Depth, NodeSpace, create_node_mesh
-from fem_dnn.kernel import Kernel
+from fem_dnn.core import forms
+from fem_dnn.core.activation import ACTIVATIONS
+from fem_dnn.core.domain import Depth, NodeSpace, create_node_mesh
+from fem_dnn.core.kernel import Kernel
 from fem_dnn.network import Network, logistic as np_logistic, softmax as np_softmax
 
 TANH = ACTIVATIONS["tanh"]
@@ -200,7 +200,7 @@ def test_state_rhs_matches_network_rhs(comm, key):
     quadrature of degree qdeg (consistent), vertex quadrature (lumped P1), exact (DG0)."""
     space = make_space(comm, key, "interval", 10)
     net = Network(space, Depth(1.0, 2), "arctan", "euler")
-    c = net.controls(
+    c = net.make_controls(
         a=lambda y, t: 0.5 * np.sin(np.pi * y[0]) + t,
         b=lambda y, z, t: 2.0 * np.cos(np.pi * (y[0][:, None] - z[0][None, :])),
     )

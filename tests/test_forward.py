@@ -7,7 +7,7 @@ import ufl
 from dolfinx import fem
 from mpi4py import MPI
 
-from fem_dnn.domain import Depth, NodeSpace, create_node_mesh, split_comm
+from fem_dnn.core.domain import Depth, NodeSpace, create_node_mesh, split_comm
 from fem_dnn.errors import InputError, NonFiniteError
 from fem_dnn.network import ORDER, SCHEMES, Network
 
@@ -26,7 +26,7 @@ def f_input(y):
 
 
 def closed_form_controls(net):
-    return net.controls(
+    return net.make_controls(
         a=lambda y, t: ALPHA * phi(y), b=lambda y, z, t: np.outer(phi(y), np.ones(z.shape[1]))
     )
 
@@ -73,7 +73,7 @@ def test_closed_form_exact_in_depth(comm):
 
 def smooth_problem(net):
     """Autonomous smooth controls (no control discretisation error in depth)."""
-    c = net.controls(
+    c = net.make_controls(
         a=lambda y, t: 0.5 * np.sin(np.pi * y[0]) + 0.2,
         b=lambda y, z, t: 1.5 * np.cos(np.pi * (y[0][:, None] - z[0][None, :])) - 0.3,
     )
@@ -111,7 +111,7 @@ def test_exact_resnet(comm):
     x0 = rng.normal(size=(S, n))
     space = NodeSpace(create_node_mesh(comm, "interval", n), "DG", 0)
     net = Network(space, Depth(T=T, N=N), "tanh", "euler")
-    traj = net.forward(x0, net.controls(a=a, b=b))
+    traj = net.forward(x0, net.make_controls(a=a, b=b))
     x = x0.T.copy()
     tau = T / N
     for k in range(N):
@@ -166,7 +166,7 @@ def test_lyapunov_decay(comm):
     int_Y Sigma(u) dy is non-increasing along u_t = -B sigma(u)."""
     space = NodeSpace(create_node_mesh(comm, "interval", 20), "DG", 0)
     net = Network(space, Depth(T=2.0, N=40), "tanh", "rk4")
-    c = net.controls(a=0.3, b=lambda y, z, t: 2.0 * np.exp(-((y[0][:, None] - z[0][None, :]) ** 2) / 0.05))
+    c = net.make_controls(a=0.3, b=lambda y, z, t: 2.0 * np.exp(-((y[0][:, None] - z[0][None, :]) ** 2) / 0.05))
     traj = net.forward(lambda y: np.sin(3 * y[0]), c)
     lyap = []
     for k in range(net.depth.N + 1):
@@ -194,14 +194,14 @@ def test_bad_input(comm):
     with pytest.raises(InputError, match="NaN"):
         net.inputs(np.full((1, 8), np.nan))
     with pytest.raises(InputError, match="layers"):
-        net.controls(a=np.zeros((3, 8)))
+        net.make_controls(a=np.zeros((3, 8)))
 
 
 @pytest.mark.mpi
 def test_blow_up_names_layer(comm):
     space = NodeSpace(create_node_mesh(comm, "interval", 8), "DG", 0)
     net = Network(space, Depth(T=100.0, N=100), "relu", "euler")
-    c = net.controls(a=0.0, b=-1e6)  # u = 1e6 int f: each layer multiplies f by ~1e6
+    c = net.make_controls(a=0.0, b=-1e6)  # u = 1e6 int f: each layer multiplies f by ~1e6
     with pytest.raises(NonFiniteError, match="layer") as info:
         net.forward(np.ones((1, 8)), c)
     assert 40 < info.value.layer < 60

@@ -2,18 +2,19 @@
 
 Taylor tests for every scheme, element, eps and loss; agreement across ranks; the
 exact-ResNet case against a hand-written backpropagation; derivative vs Riesz gradient;
-convergence of the discrete L2 gradient to the continuous formulas of MODEL.md §3 on the
+convergence of the discrete L2 gradient to the continuous formulas of docs/model.md §3 on the
 closed-form problem of LM §3.3; critical points (LM Remark 4.1)."""
 
 import numpy as np
 import pytest
 from mpi4py import MPI
 
-from fem_dnn.domain import Depth, NodeSpace, create_node_mesh, split_comm
+from fem_dnn.core.domain import Depth, NodeSpace, create_node_mesh, split_comm
 from fem_dnn.errors import InputError
-from fem_dnn.functional import ReducedFunctional
+from fem_dnn.learning.functional import ReducedFunctional
+from fem_dnn.learning.losses import LOSSES
 from fem_dnn.network import SCHEMES, Network
-from fem_dnn.verify import taylor_test
+from fem_dnn.learning.verify import taylor_test
 
 from conftest import observed_orders
 
@@ -23,7 +24,7 @@ ELEMENTS = [("DG", 0, "lumped"), ("P", 1, "consistent")]
 def data(kind, n_nat, S=5, K=3, seed=3):
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(S, n_nat))
-    if kind == "classes":
+    if LOSSES[kind].readout == "classes":
         y = rng.integers(0, K, S)
         y[:K] = np.arange(K)
     else:
@@ -59,6 +60,23 @@ def test_taylor(comm, scheme, family, degree, mass, eps, kind):
     res = taylor_test(J, m, dm, J.derivative(m), J.hessian(m, dm), step=1e-2, n_steps=4)
     assert res.min_rate(1) > 1.9, str(res)
     assert res.min_rate(2) > 2.85, str(res)
+    close(net, J)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+def test_taylor_every_loss(comm, loss):
+    """Every loss of the registry (a new loss class is tested here by being registered):
+    remainder rates 2 and 3 with P1, diffusion and the H1-in-depth term, on 1, 2 and 3
+    ranks; the accuracy of a classes readout is a fraction of the samples."""
+    net, J = make(comm, "P", 1, "consistent", "heun", 0.05, loss, gamma=1e-2)
+    m, dm = J.controls.random(1, 0.5), J.controls.random(2)
+    res = taylor_test(J, m, dm, J.derivative(m), J.hessian(m, dm), step=1e-2, n_steps=4)
+    assert res.min_rate(1) > 1.9, str(res)
+    assert res.min_rate(2) > 2.85, str(res)
+    assert J.kind == LOSSES[loss].readout
+    if J.kind == "classes":
+        assert 0.0 <= J.accuracy(m) <= 1.0
     close(net, J)
 
 
@@ -220,7 +238,7 @@ def test_bad_input(comm):
         ReducedFunctional(net, X, np.array([0.0, 1.0, 1.0]), "classes")
     with pytest.raises(InputError, match="lambda"):
         ReducedFunctional(net, X, np.array([0, 1, 1]), "classes", lam=-1.0)
-    with pytest.raises(InputError, match="'classes' or 'function'"):
+    with pytest.raises(InputError, match=r"unknown loss 'regression'; choose one of \['classes', 'function', 'mse'"):
         ReducedFunctional(net, X, X, "regression")
     net.destroy()
 
@@ -229,7 +247,7 @@ def test_bad_input(comm):
 # LM §3.3 closed form on Y = (0,1): phi with ||phi|| = 1, psi orthogonal to tanh(phi),
 # b(y,z) = phi(y) psi(z), a = ALPHA phi, int f_I psi = ALPHA - 1: f = f_I + t tanh(phi)
 # and u = phi. With the function readout W = W0 (constant), mu = 0, one sample and
-# target C, the costate is r(y,t) = rho - psi(y) Cc(t) (MODEL.md §3) with
+# target C, the costate is r(y,t) = rho - psi(y) Cc(t) (docs/model.md §3) with
 #   rho = W0 h'(O)(h(O) - int C),  O = W0 int f(T),
 #   Cc(t) = (g0/beta)(1 - exp(beta (t - T))),  g0 = rho int phi sech^2(phi),
 #   beta = int phi sech^2(phi) psi,
@@ -301,7 +319,7 @@ def gradient_errors(comm, n, N, scheme, family, degree, mass):
     space = NodeSpace(create_node_mesh(comm, "interval", n), family, degree, mass)
     net = Network(space, Depth(T=T_END, N=N), "tanh", scheme)
     J = ReducedFunctional(net, lambda y: f_in(y[0]), lambda y: target(y[0]), "function")
-    c = net.controls(a=lambda y, t: ALPHA * phi_c(y[0]), b=lambda y, z, t: np.outer(phi_c(y[0]), psi_c(z[0])))
+    c = net.make_controls(a=lambda y, t: ALPHA * phi_c(y[0]), b=lambda y, z, t: np.outer(phi_c(y[0]), psi_c(z[0])))
     r = net.make_readout("function", W=W0, mu=0.0)
     m = J.controls.join(c, r)
     g = J.controls.natural(J.gradient(m))
@@ -332,7 +350,7 @@ def test_continuous_problem_is_nontrivial():
 )
 def test_gradient_converges_to_continuous_formulas(comm, scheme, family, degree, mass, order):
     """Under refinement of h and tau together the discrete L2 gradient converges to
-    D_a J = sigma'(u) r, D_b J = -sigma'(u) r f, D_W J = dloss/dO f(T) (MODEL.md §3)."""
+    D_a J = sigma'(u) r, D_b J = -sigma'(u) r f, D_W J = dloss/dO f(T) (docs/model.md §3)."""
     sizes = [(8, 4), (16, 8), (32, 16), (64, 32)]
     errs = np.array([gradient_errors(comm, n, N, scheme, family, degree, mass) for n, N in sizes])
     for j, name in enumerate(("a", "b", "W")):
@@ -343,7 +361,7 @@ def test_gradient_converges_to_continuous_formulas(comm, scheme, family, degree,
 @pytest.mark.mpi
 @pytest.mark.parametrize("scheme", ["euler", "rk4"])
 def test_critical_points(comm, scheme):
-    """LM Remark 4.1 (MODEL.md §3): without regularisation and with tanh (sigma' > 0),
+    """LM Remark 4.1 (docs/model.md §3): without regularisation and with tanh (sigma' > 0),
     controls that reach the target exactly are critical points, and nearby controls
     that do not reach it are not: there the gradient grows linearly with the distance.
     With lambda > 0 the reaching controls are no longer critical."""
@@ -382,7 +400,7 @@ def test_depth_checkpointing_gives_the_same_gradient(comm, scheme, every):
     solve gives bitwise the same J and derivative; Hessian actions still match."""
     net, J = make(comm, "P", 1, "consistent", scheme, 0.02, "function", N=4)
     X, y = data("function", net.space.n)
-    Jc = ReducedFunctional(net, X, y, "function", lam=1e-2, checkpoint_every=every)
+    Jc = ReducedFunctional(net, X, y, "function", lam=1e-2, store_every=every)
     m, dm = J.controls.random(1, 0.5), J.controls.random(2)
     assert Jc(m) == J(m)
     assert np.array_equal(Jc.derivative(m).array, J.derivative(m).array)

@@ -154,7 +154,7 @@ def test_second_sigint_ends_at_once(tmp_path):
 def _enospc_after(monkeypatch, count, names=None):
     """Make the ``count``-th and later atomic writes (of files whose name is in
     ``names``, or any) fail as a full disk does, in the fsync of the temporary file."""
-    import fem_dnn.checkpoint as ck
+    import fem_dnn.app.checkpoint as ck
 
     real, seen = ck._replace_atomically, {"n": 0}
 
@@ -172,7 +172,7 @@ def _enospc_after(monkeypatch, count, names=None):
 
 
 def _main(args, cwd, monkeypatch, capfd):
-    from fem_dnn.cli import main
+    from fem_dnn.app.cli import main
 
     monkeypatch.chdir(cwd)
     capfd.readouterr()
@@ -237,8 +237,8 @@ def test_a_folder_with_a_config_has_a_checkpoint(tmp_path, monkeypatch, capfd):
 
     monkeypatch.setattr(opt.Optimizer, "_monitor", dies)
     with pytest.raises(Exception):
-        from fem_dnn.config import load_config
-        from fem_dnn.train import train
+        from fem_dnn.app.config import load_config
+        from fem_dnn.app.train import train
 
         monkeypatch.chdir(tmp_path)
         train(load_config(None, LBFGS + ["output.folder='out'"]), MPI.COMM_SELF, out=lambda *a: None)

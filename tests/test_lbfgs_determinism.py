@@ -21,8 +21,8 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
-from fem_dnn.domain import Depth, NodeSpace, create_node_mesh
-from fem_dnn.functional import ReducedFunctional
+from fem_dnn.core.domain import Depth, NodeSpace, create_node_mesh
+from fem_dnn.learning.functional import ReducedFunctional
 from fem_dnn.network import Network
 from fem_dnn.optimize import Optimizer
 

@@ -11,7 +11,7 @@ from mpi4py import MPI
 
 import dolfinx.io
 
-from fem_dnn.domain import Depth, NodeSpace, ProductMesh, create_node_mesh, read_node_mesh
+from fem_dnn.core.domain import Depth, NodeSpace, ProductMesh, create_node_mesh, read_node_mesh
 from fem_dnn.errors import InputError
 from fem_dnn.network import Network
 
@@ -213,7 +213,7 @@ def test_create_node_mesh_bad_input(comm):
 def disk_forward(comm, family, degree, mass, eps):
     space = NodeSpace(read_node_mesh(MESHES / "disk.msh", comm), family, degree, mass)
     net = Network(space, Depth(1.0, 3), "tanh", "heun", eps=eps)
-    c = net.controls(
+    c = net.make_controls(
         a=lambda y, t: 0.3 * y[0] - 0.2 * y[1] + t,
         b=lambda y, z, t: np.exp(-((y[0][:, None] - z[0][None, :]) ** 2 + (y[1][:, None] - z[1][None, :]) ** 2)),
     )

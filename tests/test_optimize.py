@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from fem_dnn.domain import Depth, NodeSpace, create_node_mesh, split_comm
+from fem_dnn.core.domain import Depth, NodeSpace, create_node_mesh, split_comm
 from fem_dnn.errors import InputError
-from fem_dnn.functional import ReducedFunctional
+from fem_dnn.learning.functional import ReducedFunctional
 from fem_dnn.network import Network
 from fem_dnn.optimize import Coordinates, Optimizer
 
@@ -297,7 +297,7 @@ class _Killed(Exception):
 def test_restart_from_checkpoint(comm, tmp_shared, method):
     """A run interrupted at iteration 4 resumes from its checkpoint and reaches the same
     final J as the uninterrupted run; the checkpoint on disk is intact."""
-    from fem_dnn.checkpoint import load_checkpoint
+    from fem_dnn.app.checkpoint import load_checkpoint
 
     net, J = problem(comm, 12, 6)
     whole = Optimizer(J, method, gttol=1e-8, monitor=False).solve(J.controls.create_vec())
@@ -366,7 +366,7 @@ def test_minibatch_checkpoint_resume(comm, tmp_shared):
 def _exp_problem(comm):
     import ufl
 
-    from fem_dnn.activation import Activation
+    from fem_dnn.core.activation import Activation
 
     act = Activation("exp", np.exp, np.exp, np.exp, ufl.exp, np.inf)
     space = NodeSpace(create_node_mesh(comm, "interval", 4), "DG", 0)
@@ -381,7 +381,7 @@ def test_divergence_stops_and_keeps_the_last_good_controls(comm, tmp_shared):
     """A non-finite state at a new iterate stops training on every rank with a message
     naming the layer and the iteration; the checkpoint then holds the last accepted
     iterate, and a run with another method resumes from it."""
-    from fem_dnn.checkpoint import load_checkpoint
+    from fem_dnn.app.checkpoint import load_checkpoint
     from fem_dnn.errors import DivergenceError
 
     net, J = _exp_problem(comm)

@@ -1,6 +1,6 @@
 """Process-wide settings: none on import, the job's on :func:`fem_dnn.process.configure`.
 
-Importing every fem_dnn module (``fem_dnn.forms``, the reuse entry point, among them) and
+Importing every fem_dnn module (``fem_dnn.core.forms``, the reuse entry point, among them) and
 drawing the run figures leaves the process as it was: glibc's malloc gives freed memory
 back, the BLAS keeps its threads, matplotlib keeps the backend the user chose. A job's
 ``configure()`` under ``mpirun -n 2`` on 2 cores limits each rank's BLAS to one thread
@@ -52,7 +52,7 @@ PROBE = textwrap.dedent("""
         configure()
     import matplotlib
     if sys.argv[1] != "baseline":
-        from fem_dnn import io
+        from fem_dnn.app import output as io
         io.plot_training("/dev/null", [{"iteration": 0, "J": 1.0}, {"iteration": 1, "J": 0.5}])
     from threadpoolctl import threadpool_info
     from mpi4py import MPI

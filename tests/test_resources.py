@@ -3,9 +3,9 @@
 - The depth operators of the controls' inner products are O(N): a control space with
   200000 layers builds in megabytes, and the H1 Riesz map still inverts the H1 mass and
   matches the dense construction.
-- :func:`fem_dnn.resources.estimate` gives the sizes that :class:`fem_dnn.train.Run`
+- :func:`fem_dnn.app.resources.estimate` gives the sizes that :class:`fem_dnn.app.train.Run`
   builds, the trajectory and tape that the forward solve stores, and the peak resident
-  memory of real trainings within 30%; :func:`~fem_dnn.resources.check` refuses runs that
+  memory of real trainings within 30%; :func:`~fem_dnn.app.resources.check` refuses runs that
   cannot fit (memory, PETSc's 32-bit indices) with one line and no big allocation.
 """
 
@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from fem_dnn.config import load_config
-from fem_dnn.domain import Depth, NodeSpace, create_node_mesh
+from fem_dnn.app.config import load_config
+from fem_dnn.core.domain import Depth, NodeSpace, create_node_mesh
 from fem_dnn.errors import InputError
-from fem_dnn.functional import ControlSpace, DepthOperator
+from fem_dnn.learning.controls import ControlSpace, DepthOperator
 from fem_dnn.network import Network
 from fem_dnn.optimize import Coordinates
-from fem_dnn.resources import available_memory, check, estimate, estimate_hjb, resident_memory
+from fem_dnn.app.resources import available_memory, check, estimate, estimate_hjb, resident_memory
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -123,7 +123,7 @@ def test_estimate_sizes_are_those_run_builds(comm, overrides):
     """n, N, S, the control count and the stored trajectory and tape of the estimate are
     those of the objects ``Run(cfg)`` builds (local sizes: the largest rank's, to a few
     percent under MPI, where the mesh partition decides)."""
-    from fem_dnn.train import Run
+    from fem_dnn.app.train import Run
 
     cfg = load_config(None, [o.replace("RANKS", str(comm.size)) for o in overrides])  # data parallel on every rank
     est = estimate(cfg, comm)

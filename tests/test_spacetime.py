@@ -7,17 +7,17 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from fem_dnn.domain import Depth, NodeSpace, ProductMesh, create_node_mesh
-from fem_dnn.io import write_trajectory
+from fem_dnn.core.domain import Depth, NodeSpace, ProductMesh, create_node_mesh
+from fem_dnn.app.output import write_trajectory
 from fem_dnn.network import ORDER, SCHEMES, Network
-from fem_dnn.verify import state_residual_norm
+from fem_dnn.learning.verify import state_residual_norm
 
 from conftest import observed_orders
 
 
 def problem(net):
     # depth-dependent bias: the controls are sampled at layer midpoints
-    c = net.controls(
+    c = net.make_controls(
         a=lambda y, t: 0.5 * np.sin(np.pi * y[0]) + 0.2 + t,
         b=lambda y, z, t: 1.5 * np.cos(np.pi * (y[0][:, None] - z[0][None, :])) - 0.3,
     )
@@ -75,7 +75,7 @@ def test_product_function_values(comm, family, degree):
 def test_write_trajectory(comm, tmp_shared):
     space = NodeSpace(create_node_mesh(comm, "rectangle", 4, cell="triangle"), "P", 1)
     net = Network(space, Depth(1.0, 3), "tanh", "euler")
-    traj = net.forward(lambda y: y[0] * y[1], net.controls(a=0.1, b=0.5))
+    traj = net.forward(lambda y: y[0] * y[1], net.make_controls(a=0.1, b=0.5))
     paths = write_trajectory(tmp_shared, ProductMesh(space, net.depth), {"f": traj.states[:, 0, :]}, {"a": traj.controls.a})
     comm.barrier()
     for p in paths:

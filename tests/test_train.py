@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from fem_dnn.config import defaults, load_config, to_toml, validate
-from fem_dnn.data import GridFunctions, bumps, digits, load, split
+from fem_dnn.app.config import defaults, load_config, to_toml, validate
+from fem_dnn.app.data import GridFunctions, bumps, digits, load, split
 from fem_dnn.errors import InputError
 
 from test_demos import mpirun
@@ -108,7 +108,7 @@ def test_user_data(tmp_path):
 
 
 def _cli(args, cwd, ranks=1, timeout=900):
-    exe = [sys.executable, "-m", "fem_dnn.cli"]
+    exe = [sys.executable, "-m", "fem_dnn.app.cli"]
     cmd = exe + args if ranks == 1 else [mpirun(), "-n", str(ranks)] + exe + args
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -168,7 +168,7 @@ def test_command_line_errors(tmp_path):
 @pytest.mark.skipif(MPI.COMM_WORLD.size > 1, reason="serial check of the main job's claim")
 def test_default_config_reaches_97_percent(tmp_path):
     """The README's main job (fem-dnn train with the defaults): >= 97% test accuracy."""
-    from fem_dnn.train import train
+    from fem_dnn.app.train import train
 
     cfg = load_config(None, [f"output.folder={tmp_path / 'run'}", "output.fields=false", "output.figures=false"])
     summary = train(cfg, MPI.COMM_SELF, out=lambda *a: None)
@@ -183,7 +183,7 @@ def test_stop_reasons_and_curves_in_words(tmp_path, capsys):
     ``output.test_every`` iterations)."""
     import csv
 
-    from fem_dnn.train import train
+    from fem_dnn.app.train import train
 
     base = ["data.samples=200", "network.N=2", "output.fields=false", "output.figures=false", "output.plot_samples=0"]
     cfg = load_config(None, base + ["training.max_it=4", "output.test_every=2", f"output.folder='{tmp_path / 'a'}'"])

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from fem_dnn.domain import Depth, NodeSpace, create_node_mesh, read_node_mesh
+from fem_dnn.core.domain import Depth, NodeSpace, create_node_mesh, read_node_mesh
 from fem_dnn.errors import InputError
-from fem_dnn.functional import ControlSpace
+from fem_dnn.learning.controls import ControlSpace
 from fem_dnn.network import Network
-from fem_dnn.transfer import depth_matrix, interpolation_matrix, transfer_controls
+from fem_dnn.optimize.transfer import depth_matrix, interpolation_matrix, transfer_controls
 
 from conftest import observed_orders
 
@@ -161,7 +161,7 @@ def setup(comm, n, N, kind, family="DG", degree=0, mass="lumped", scheme="euler"
         r = net.make_readout("classes", W=W_classes, mu=np.array([0.1, 0.0, -0.1]))
     else:
         r = net.make_readout("function", W=W_function, mu=lambda y: 0.1 * y[0])
-    return net, cs, cs.join(net.controls(a=A, b=B), r)
+    return net, cs, cs.join(net.make_controls(a=A, b=B), r)
 
 
 def output(net, cs, m, f_I):

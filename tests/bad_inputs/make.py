@@ -140,7 +140,7 @@ def square_msh(path: Path, size: float, order: int):
 
 
 def _cli(args, cwd: Path):
-    from fem_dnn.cli import main
+    from fem_dnn.app.cli import main
 
     with contextlib.chdir(cwd), open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
         code = main(list(args))
@@ -154,7 +154,7 @@ def _entries(path: Path) -> dict:
 
 
 def _write_entries(path: Path, entries: dict, rechecksum: bool):
-    from fem_dnn.checkpoint import _checksum, _text_array
+    from fem_dnn.app.checkpoint import _checksum, _text_array
 
     if rechecksum:
         entries["checksum"] = _text_array(_checksum(entries))

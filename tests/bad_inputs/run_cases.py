@@ -1,4 +1,4 @@
-"""Run corpus cases through ``fem_dnn.cli.main`` in ONE MPI job (test helper, not a test):
+"""Run corpus cases through ``fem_dnn.app.cli.main`` in ONE MPI job (test helper, not a test):
 
     mpirun -n 2 python tests/bad_inputs/run_cases.py WORK_FOLDER CASE_ID [CASE_ID ...]
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import fem_dnn  # noqa: F401  (DOLFINx import order)
 from mpi4py import MPI
 
-from fem_dnn.cli import main
+from fem_dnn.app.cli import main
 
 
 def snapshot(folder: Path) -> dict:

@@ -3,16 +3,16 @@
 Plain functions returning UFL forms or expressions, with no state, so another
 finite-element study can import them (``from fem_dnn import forms``). Arguments are UFL
 objects (trial/test functions, coefficients, expressions); measures default to ``ufl.dx``
-on the arguments' domain. Notation follows MODEL.md and Liu-Markowich (LM):
+on the arguments' domain. Notation follows docs/model.md and Liu-Markowich (LM):
 
 - f: state (node values at one depth), r: costate, u = a - B_b f: pre-activation,
 - BTsr: the nonlocal term ``B_b^T(sigma'(u) r)`` of the costate equation,
 - a: bias function, b: selection weight, W, mu: readout weight and bias,
-- sigma: an :class:`fem_dnn.activation.Activation`, a registry name (``"tanh"``) or any
+- sigma: an :class:`fem_dnn.core.activation.Activation`, a registry name (``"tanh"``) or any
   callable on UFL expressions (``ufl.tanh``, ``lambda s: s / (1 + s**2)``).
 
 The nonlocal operator ``(B_b f)(y) = int_Y b(y,z) f(z) dz`` is *not* a local form: it is
-assembled once as a dense operator (:mod:`fem_dnn.kernel`) and enters the forms below as
+assembled once as a dense operator (:mod:`fem_dnn.core.kernel`) and enters the forms below as
 a coefficient (``Bf``). Its building block is the local functional :func:`integral`.
 """
 
@@ -101,7 +101,7 @@ def diffusion(u, v, eps, centres=None, measure=None):
 def _sigma(sigma):
     """The UFL function of an activation: an Activation, a registry name or a callable."""
     if isinstance(sigma, str):
-        from fem_dnn.activation import get_activation
+        from fem_dnn.core.activation import get_activation
 
         sigma = get_activation(sigma)
     return getattr(sigma, "ufl", sigma)
@@ -147,7 +147,7 @@ def _node_diffusion(f, v, eps, centres, t_axis, dx):
 
 
 def costate_residual(r, BTsr, v, eps=0.0, centres=None, degree=None):
-    """Space-time residual of the costate equation on the (depth, node) mesh (MODEL.md §3).
+    """Space-time residual of the costate equation on the (depth, node) mesh (docs/model.md §3).
 
     The costate solves ``d_t r = B_b^T(sigma'(u) r) - eps Lap_y r`` backward in depth
     (homogeneous Neumann), so with depth t the *last* coordinate

@@ -21,7 +21,7 @@ written atomically (a temporary file renamed over the old one), so a run killed 
 moment leaves each of them complete, old or new. The field files (XDMF + HDF5 / VTX) are
 written in place at the end of a run and are not protected that way.
 
-A folder holds one run (:mod:`fem_dnn.runfolder`): a new run into a folder that holds a
+A folder holds one run (:mod:`fem_dnn.app.runfolder`): a new run into a folder that holds a
 result is refused unless it continues it (``resume``) or replaces it (``overwrite``), and
 nothing is written before every check has passed. SIGINT/SIGTERM (with the handlers of
 :mod:`fem_dnn.interrupt` installed, as ``fem-dnn train`` does) stop training at the next
@@ -41,12 +41,13 @@ import numpy as np
 from fem_dnn import _dolfinx  # noqa: F401
 from mpi4py import MPI
 
-from fem_dnn import data as datasets
-from fem_dnn import interrupt, runfolder
-from fem_dnn.config import to_toml
-from fem_dnn.domain import Depth, NodeSpace, ProductMesh, create_node_mesh, read_node_mesh, split_comm
+from fem_dnn.app import data as datasets
+from fem_dnn import interrupt
+from fem_dnn.app import runfolder
+from fem_dnn.app.config import to_toml
+from fem_dnn.core.domain import Depth, NodeSpace, ProductMesh, create_node_mesh, read_node_mesh, split_comm
 from fem_dnn.errors import InputError
-from fem_dnn.functional import ReducedFunctional
+from fem_dnn.learning.functional import ReducedFunctional
 from fem_dnn.network import Network
 
 __all__ = ["Run", "evaluate", "train", "verify"]
@@ -125,25 +126,25 @@ def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=
     """Train as the config says, write the run folder, return the summary.
 
     Args:
-        cfg: a validated config (:func:`fem_dnn.config.load_config`).
+        cfg: a validated config (:func:`fem_dnn.app.config.load_config`).
         comm: the communicator of the run.
         resume: continue the run in ``output.folder`` from its checkpoint.
         out: the print function (rank 0).
         overwrite: replace the run in ``output.folder`` (its files are removed first).
         dry_run: print the problem sizes and the memory estimate
-            (:func:`fem_dnn.resources.estimate`) and return it (as a dict) without
+            (:func:`fem_dnn.app.resources.estimate`) and return it (as a dict) without
             building or writing anything.
 
     Raises:
         InputError: every check fails before anything is written (the run folder rules
-            of :mod:`fem_dnn.runfolder` among them).
+            of :mod:`fem_dnn.app.runfolder` among them).
         Interrupted: SIGINT/SIGTERM stopped training (handlers of
             :func:`fem_dnn.interrupt.handling` installed); the checkpoint holds the last
             accepted iterate.
     """
     from fem_dnn.optimize import METHODS, Optimizer, minibatch, msa
 
-    from fem_dnn import resources
+    from fem_dnn.app import resources
 
     t0 = time.perf_counter()
     est = resources.estimate(cfg, comm)  # before anything of the problem's size is allocated
@@ -189,7 +190,7 @@ def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=
     if resume_from is None:
         # a new run's first checkpoint holds its initial controls (before config.toml,
         # so that a folder with a config always has a checkpoint to evaluate or resume)
-        from fem_dnn.checkpoint import save_checkpoint
+        from fem_dnn.app.checkpoint import save_checkpoint
 
         initial = {"method": method, "initial": True, "history": [], "iteration": 0}
         if method in ("sgd", "adam"):
@@ -199,7 +200,7 @@ def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=
     if resume_from is not None and resume_from != ckpt:
         # a crash between the two renames of a checkpoint update (file systems without
         # hard links) left only the .prev: put it back under the checkpoint's name
-        from fem_dnn.checkpoint import recover_checkpoint
+        from fem_dnn.app.checkpoint import recover_checkpoint
 
         recover_checkpoint(ckpt, comm)
     S_train, S_test = len(run.train_idx), len(run.test_idx)
@@ -218,7 +219,7 @@ def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=
                         riesz=tr["riesz"], checkpoint=ckpt_dir, resume=resume, metrics=evaluator)
     else:  # msa
         res = msa(run.J, m0, bounds, max_it=tr["max_it"], metrics=evaluator)
-        from fem_dnn.checkpoint import save_checkpoint
+        from fem_dnn.app.checkpoint import save_checkpoint
 
         save_checkpoint(ckpt_dir / "checkpoint.npz", run.J.controls, res.m, {"method": "msa", "iteration": res.iterations,
                                                                              "history": res.history})
@@ -281,7 +282,7 @@ def _check_training(run: Run, bounds: dict, resume_from: Path | None):
         return  # nothing to resume: training starts from the initial controls
     if method == "msa":
         raise InputError(f"training.method = 'msa' cannot resume (from {resume_from}); train without --resume")
-    from fem_dnn.checkpoint import load_checkpoint
+    from fem_dnn.app.checkpoint import load_checkpoint
 
     m, state, arrays = load_checkpoint(resume_from, run.J.controls)  # integrity and discretisation
     m.destroy()
@@ -393,7 +394,7 @@ def _write_outputs(run: Run, res, summary: dict, folder: Path):
     nat = Jv.controls.natural(res.m)
     sp = run.space
     if cfg["output"]["fields"]:
-        from fem_dnn.io import write_trajectory
+        from fem_dnn.app.output import write_trajectory
 
         states = {}
         r = costate.r()
@@ -406,7 +407,7 @@ def _write_outputs(run: Run, res, summary: dict, folder: Path):
         with _agreed(comm, f"cannot write the field files {folder / 'fields'}.*"):
             write_trajectory(folder, ProductMesh(sp, run.net.depth), states, layers, "fields")
     if cfg["output"]["figures"]:
-        from fem_dnn.io import plot_states, plot_training, plot_weights
+        from fem_dnn.app.output import plot_states, plot_training, plot_weights
 
         if res.history:
             with _atomic_figure(folder / "training.png", comm) as path:
@@ -443,7 +444,7 @@ def _agreed(comm: MPI.Comm, context: str):
     """Run the block on every rank; if it fails with an OSError (or a RuntimeError of
     the HDF5/ADIOS2 writers) on some rank, every rank raises one InputError naming the
     output. The block must not leave ranks inside a collective call when it fails."""
-    from fem_dnn.checkpoint import describe_os_error
+    from fem_dnn.app.checkpoint import describe_os_error
 
     message = None
     try:
@@ -459,8 +460,8 @@ def _agreed(comm: MPI.Comm, context: str):
 
 def evaluate(folder, comm: MPI.Comm = MPI.COMM_WORLD, out=print) -> dict:
     """Rebuild a run from its folder (config + checkpoint) and report its metrics."""
-    from fem_dnn.checkpoint import load_checkpoint
-    from fem_dnn.config import load_config
+    from fem_dnn.app.checkpoint import load_checkpoint
+    from fem_dnn.app.config import load_config
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -493,7 +494,7 @@ def _progress(state: dict) -> str:
 def verify(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, samples: int = 16, out=print) -> bool:
     """Taylor tests of the configured functional (on its first ``samples`` training
     samples): gradient rate 2, Hessian rate 3. Returns whether both hold."""
-    from fem_dnn.verify import taylor_test
+    from fem_dnn.learning.verify import taylor_test
 
     run = Run(cfg, comm, out)
     run.J.set_batch(np.arange(min(samples, run.J.n_samples)))

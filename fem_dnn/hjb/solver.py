@@ -1,6 +1,6 @@
 """Optimal feedback: the HJB value function of a reduced network and its feedback law.
 
-MODEL.md §3 (LM §4.3; viscosity solutions in Markowich-Portaro). A *reduced network* has
+docs/model.md §3 (LM §4.3; viscosity solutions in Markowich-Portaro). A *reduced network* has
 a few neurons: its state is ``v in R^n`` (n = 1, 2, 3; e.g. n DG0 cells of the node
 domain Y with node weights w_j) and it evolves in depth as
 
@@ -9,7 +9,7 @@ domain Y with node weights w_j) and it evolves in depth as
 with controls ``c = (a, b)`` in a box ``A = [a-, a+] x [b-, b+]`` (per entry), a
 terminal cost ``Phi(v)`` and an optional running cost
 ``L(a, b) = lambda/2 (sum_i w_i a_i^2 + sum_ij w_i w_j b_ij^2)`` (the L2 regulariser of
-MODEL.md §2 on the DG0 node space). The value ``F(v, t) = inf_c {int_t^T L dt + Phi(v(T))}``
+docs/model.md §2 on the DG0 node space). The value ``F(v, t) = inf_c {int_t^T L dt + Phi(v(T))}``
 is the viscosity solution of the HJB equation
 
     d/dt F + H(v, D_v F) = 0,   F(v, T) = Phi(v),
@@ -18,7 +18,7 @@ is the viscosity solution of the HJB equation
 and the optimal feedback is the argmin ``c*(v, t)`` of H at ``p = D_v F(v, t)``.
 
 **The Hamiltonian** (:class:`ReducedModel`). sigma is non-decreasing (every activation
-of :mod:`fem_dnn.activation`), so without running cost the minimum separates per
+of :mod:`fem_dnn.core.activation`), so without running cost the minimum separates per
 component: where ``p_i > 0`` the control makes u_i as small as possible (``a_i = a-``,
 ``b_ij = b+`` where ``v_j > 0``, ``b-`` where ``v_j < 0``), where ``p_i < 0`` as large as
 possible; so ``H = sum_i min(p_i sigma(u_i^min(v)), p_i sigma(u_i^max(v)))`` in closed
@@ -83,7 +83,7 @@ ResNet); the closed-loop cost is ``Phi(v(T)) + sum tau L(c)``.
 **Open-loop comparison** (:func:`open_loop`). The same reduced network as a
 :class:`fem_dnn.network.Network`: n DG0 cells of Y = (0, 1) (``w_j = 1/n``), explicit
 Euler with N layers, trained with box L-BFGS (:class:`fem_dnn.optimize.Optimizer`) on
-:class:`fem_dnn.functional.ReducedFunctional` with a fixed readout ``W = diag(1/w)``,
+:class:`fem_dnn.learning.functional.ReducedFunctional` with a fixed readout ``W = diag(1/w)``,
 ``mu = 0``, so that ``O = v(T)`` and the network's loss is
 ``Phi(v) = 1/2 sum_i w_i (logistic(v_i) - C_i)^2`` (:func:`readout_cost`).
 
@@ -105,8 +105,8 @@ import dolfinx.geometry
 import ufl
 from dolfinx import fem, mesh as dmesh
 
-from fem_dnn import forms
-from fem_dnn.activation import Activation, get_activation
+from fem_dnn.core import forms
+from fem_dnn.core.activation import Activation, get_activation
 from fem_dnn.errors import InputError, NonFiniteError
 
 __all__ = [
@@ -309,7 +309,7 @@ def quadratic_cost(target):
 
 def readout_cost(C, weights):
     """The network's readout loss with ``O = v(T)`` (W = diag(1/w), mu = 0):
-    ``Phi(v) = 1/2 sum_i w_i (logistic(v_i) - C_i)^2`` (MODEL.md §2, function setting)."""
+    ``Phi(v) = 1/2 sum_i w_i (logistic(v_i) - C_i)^2`` (docs/model.md §2, function setting)."""
     C = np.asarray(C, dtype=float).reshape(-1, 1)
     w = np.asarray(weights, dtype=float).reshape(-1, 1)
     if np.any(C <= 0) or np.any(C >= 1):
@@ -737,7 +737,7 @@ def open_loop(model: ReducedModel, terminal, v0, N: int, T: float = 1.0, starts=
     (``method="blbfgs"``, :class:`~fem_dnn.optimize.Optimizer`) or by the paper's method
     of successive approximations (``method="msa"``, :func:`~fem_dnn.optimize.msa`: the
     PMP, bang-bang for lambda = 0) on the package's
-    :class:`~fem_dnn.functional.ReducedFunctional`.
+    :class:`~fem_dnn.learning.functional.ReducedFunctional`.
 
     The network is n DG0 cells of Y = (0, 1) (``w = 1/n``; the model must have these
     weights and uniform scalar boxes), the terminal cost must be a :func:`readout_cost`
@@ -748,10 +748,11 @@ def open_loop(model: ReducedModel, terminal, v0, N: int, T: float = 1.0, starts=
     the best result is returned. The n-neuron problem is tiny, so it is solved
     redundantly on every rank (COMM_SELF): the same result on any number of ranks.
     """
-    from fem_dnn.domain import Depth, NodeSpace, create_node_mesh
-    from fem_dnn.functional import ReducedFunctional
+    from fem_dnn.core.domain import Depth, NodeSpace, create_node_mesh
+    from fem_dnn.learning.functional import ReducedFunctional
     from fem_dnn.network import Network
-    from fem_dnn.optimize import FixedReadout, Optimizer, msa
+    from fem_dnn.learning import FixedReadout
+    from fem_dnn.optimize import Optimizer, msa
 
     if method not in ("blbfgs", "msa"):
         raise InputError(f"open-loop method must be 'blbfgs' or 'msa', not {method!r}")

@@ -34,7 +34,7 @@ from pathlib import Path
 from fem_dnn import _dolfinx  # noqa: F401
 from mpi4py import MPI
 
-from fem_dnn.checkpoint import _on_root, atomic_write
+from fem_dnn.app.checkpoint import _on_root, atomic_write
 from fem_dnn.errors import InputError
 
 __all__ = ["RUN_FILES", "RESULTS", "FolderState", "inspect", "prepare", "write_text"]

@@ -1,6 +1,6 @@
 """Training: reduced-space gradient, quasi-Newton and Newton methods on PETSc TAO.
 
-The learning problem ``min_m J(m)`` (:class:`fem_dnn.functional.ReducedFunctional`) is
+The learning problem ``min_m J(m)`` (:class:`fem_dnn.learning.functional.ReducedFunctional`) is
 handed to TAO in *L2-orthonormal coordinates* ``x = T m`` with
 
     T = C^T (x) D^{1/2},   C C^T = the depth part of the inner product (diag(tau_k) for
@@ -34,23 +34,10 @@ from petsc4py import PETSc
 
 from fem_dnn import interrupt
 from fem_dnn.errors import DivergenceError, InputError, NonFiniteError
-from fem_dnn.functional import ControlSpace, ReducedFunctional
+from fem_dnn.learning import ControlSpace, ReducedFunctional
 from fem_dnn.network import Controls
 
-__all__ = [
-    "METHODS",
-    "Coordinates",
-    "FixedReadout",
-    "Optimizer",
-    "Result",
-    "batches",
-    "hamiltonian_minimiser",
-    "minibatch",
-    "msa",
-    "multilevel",
-    "proximal_point",
-    "stop_reason",
-]
+__all__ = ["METHODS", "Coordinates", "Optimizer", "Result", "multilevel", "stop_reason"]
 
 #: method name -> (TAO type, extra options). Bounded methods accept a box.
 METHODS = {
@@ -101,7 +88,7 @@ class Coordinates:
     """The map ``x = T m`` between controls m and TAO's coordinates x (see module doc).
 
     The depth factor C (``C C^T`` = the depth inner product) is its banded Cholesky
-    factor (:meth:`fem_dnn.functional.DepthOperator.cholesky`): O(N) storage, and
+    factor (:meth:`fem_dnn.learning.functional.DepthOperator.cholesky`): O(N) storage, and
     ``C^T``, ``C^{-T}``, ``C^{-1}`` act by bidiagonal products and banded triangular
     solves; for the L2 depth product it is ``diag(sqrt(tau_k))``, an elementwise scaling.
 
@@ -245,7 +232,7 @@ class Optimizer:
         petsc_options_prefix: options prefix of the TAO solver.
         checkpoint: a folder: every ``checkpoint_every`` iterations the controls, the
             iteration, the history and the initial gradient norm are written atomically
-            to ``checkpoint/checkpoint.npz`` (:mod:`fem_dnn.checkpoint`);
+            to ``checkpoint/checkpoint.npz`` (:mod:`fem_dnn.app.checkpoint`);
             ``solve(m0, resume=True)`` continues from it. TAO's internal state (the
             L-BFGS memory) is not restorable: a resumed run rebuilds it, and stops at the
             same absolute gradient norm as the uninterrupted run would.
@@ -439,7 +426,7 @@ class Optimizer:
             row.update(self.metrics(m, its))
         self.history.append(row)
         if self.checkpoint is not None and its % self.checkpoint_every == 0:
-            from fem_dnn.checkpoint import save_checkpoint
+            from fem_dnn.app.checkpoint import save_checkpoint
 
             state = {"method": self.method, "iteration": its, "g0": self._g0, "history": self.history}
             save_checkpoint(self.checkpoint, self.J.controls, self._point(x), state)
@@ -463,7 +450,7 @@ class Optimizer:
         good = self.history[-1]["iteration"]
         where = ""
         if self.checkpoint is not None:
-            from fem_dnn.checkpoint import save_checkpoint
+            from fem_dnn.app.checkpoint import save_checkpoint
 
             m = self.coords.from_coordinates(self._prev, self.J.controls.create_vec())
             state = {"method": self.method, "iteration": good, "g0": self._g0, "history": self.history}
@@ -483,7 +470,7 @@ class Optimizer:
         then ignored)."""
         loaded = None
         if resume and self.checkpoint is not None and self.checkpoint.exists():
-            from fem_dnn.checkpoint import load_checkpoint
+            from fem_dnn.app.checkpoint import load_checkpoint
 
             m0, state, _ = loaded = load_checkpoint(self.checkpoint, self.J.controls)
             if not state.get("initial"):  # (the initial controls of a run: start afresh from them)
@@ -514,7 +501,7 @@ class Optimizer:
             self._diverged(*self._failure)
         m = self.coords.from_coordinates(x, self.J.controls.create_vec())
         if self.checkpoint is not None:  # the final controls, whatever checkpoint_every is
-            from fem_dnn.checkpoint import save_checkpoint
+            from fem_dnn.app.checkpoint import save_checkpoint
 
             state = {"method": self.method, "iteration": its, "g0": self._g0, "history": self.history}
             save_checkpoint(self.checkpoint, self.J.controls, m, state)
@@ -555,11 +542,11 @@ class _Hessian:
 def multilevel(levels: list, method: str = "lbfgs", m0: PETSc.Vec | None = None, gttol: float = 1e-6, monitor=True, **kw) -> list:
     """Grid sequencing: train on ``levels[0]`` (the coarsest (depth, node)
     discretisation), transfer the controls to the next level by interpolation in the
-    node and depth spaces (:func:`fem_dnn.transfer.transfer_controls`), continue training
+    node and depth spaces (:func:`fem_dnn.optimize.transfer.transfer_controls`), continue training
     there, and so on. The stopping tolerance is the absolute gradient norm
     ``gttol * |g_0|`` of the coarsest level on every level (the L2 norms are comparable
     across levels). Returns one :class:`Result` per level."""
-    from fem_dnn.transfer import transfer_controls
+    from fem_dnn.optimize.transfer import transfer_controls
 
     results, m = [], m0
     gatol = None
@@ -578,416 +565,3 @@ def multilevel(levels: list, method: str = "lbfgs", m0: PETSc.Vec | None = None,
         results.append(res)
         m = res.m
     return results
-
-
-def batches(n_samples: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
-    """The mini-batches of one epoch: a permutation drawn from ``(seed, epoch)``, so any
-    epoch can be regenerated (on restart) and every rank draws the same."""
-    perm = np.random.default_rng([seed, epoch]).permutation(n_samples)
-    return [perm[i : i + batch_size] for i in range(0, n_samples, batch_size)]
-
-
-def minibatch(
-    J: ReducedFunctional,
-    m0: PETSc.Vec,
-    method: str = "adam",
-    lr: float = 1e-2,
-    batch_size: int = 32,
-    epochs: int = 10,
-    seed: int = 0,
-    riesz: bool = True,
-    betas: tuple = (0.9, 0.999),
-    eps: float = 1e-8,
-    monitor=True,
-    start_epoch: int = 0,
-    state: dict | None = None,
-    on_epoch=None,
-    checkpoint=None,
-    resume: bool = False,
-    evaluate: bool = True,
-    metrics=None,
-) -> Result:
-    """Stochastic gradient descent or Adam on mini-batches of the same reduced gradient.
-
-    Each epoch shuffles the samples by ``(seed, epoch)`` (:func:`batches`); a step uses
-    ``J`` restricted to one batch (:meth:`ReducedFunctional.set_batch`: mean loss over the
-    batch plus the regulariser). Steps are taken in the coordinates of
-    :class:`Coordinates` (L2-orthonormal with ``riesz=True``), so the step size means the
-    same on every discretisation. The result is the same on any number of ranks.
-
-    Args:
-        J: the reduced functional (its batch is reset to all samples at the end).
-        m0: initial controls.
-        method: ``"sgd"`` or ``"adam"``.
-        lr: step size (learning rate).
-        batch_size, epochs, seed: mini-batching.
-        start_epoch, state: resume with the optimiser state of a checkpoint
-            (``{"x": Vec, "m1": Vec, "m2": Vec, "step": int, "batch": int}``: the
-            coordinates, Adam's moments, the step count and the batches of epoch
-            ``start_epoch`` already done); m0 is then ignored.
-        on_epoch: callable ``(epoch, m, state, row)`` after each epoch.
-        checkpoint: a folder: after every epoch the controls, the optimiser state (the
-            coordinates and Adam's moments, in natural order) and the history are written
-            atomically to ``checkpoint/checkpoint.npz``; with ``resume=True`` training
-            continues from it, bitwise as if it had not been interrupted. After a step at
-            which SIGINT/SIGTERM was recorded (:mod:`fem_dnn.interrupt`) the checkpoint
-            is written mid-epoch and training stops (``Result.interrupted``).
-        monitor: print one line per epoch on rank 0 (full-batch J, gradient norm,
-            accuracy, solves), or a callable(dict).
-        evaluate: compute the full-batch J, gradient norm and accuracy after every epoch
-            for the history and the monitor (one more forward and costate solve over all
-            samples per epoch); ``False`` records the epoch and step count alone.
-        metrics: optional callable ``(m, epoch) -> dict``: more columns of an epoch's row
-            (e.g. the test loss and accuracy).
-    """
-    if method not in ("sgd", "adam"):
-        raise InputError(f"mini-batch method must be 'sgd' or 'adam', not {method!r}")
-    if not (lr > 0 and batch_size >= 1 and epochs >= 0):
-        raise InputError(f"need lr > 0, batch_size >= 1, epochs >= 0; got {lr}, {batch_size}, {epochs}")
-    coords = Coordinates(J.controls, riesz)
-    cs = J.controls
-    ckpt = None if checkpoint is None else Path(checkpoint) / "checkpoint.npz"
-    history, loaded, own_m0 = [], None, False
-    if resume and ckpt is not None and ckpt.exists():
-        from fem_dnn.checkpoint import load_checkpoint
-
-        m_ckpt, saved, arrays = loaded = load_checkpoint(ckpt, cs)
-        if saved.get("method") != method or saved.get("seed") != seed or saved.get("batch_size") != batch_size:
-            m_ckpt.destroy()
-            raise InputError(f"checkpoint {ckpt} is from another mini-batch run ({saved.get('method')}, seed "
-                             f"{saved.get('seed')}, batch size {saved.get('batch_size')})")
-        if saved.get("initial"):  # the initial controls of a run: start afresh from them
-            m0, state, loaded, own_m0 = m_ckpt, {}, None, True
-        else:
-            m_ckpt.destroy()  # the coordinates x of the checkpoint are the exact state
-            state = {"step": saved["step"], "batch": int(saved.get("batch", 0))}
-            for key in ("x", "m1", "m2"):
-                nat = {k: arrays[f"{key}_{k}"] for k in ("a", "b", "W", "mu")}
-                state[key] = cs.from_natural(nat["a"], nat["b"], nat["W"], nat["mu"])
-            start_epoch, history = int(saved["epoch"]), list(saved["history"])
-    state = state or {}
-    x = state["x"].copy() if "x" in state else coords.to_coordinates(m0)  # exact resume
-    if loaded is not None:
-        state["x"].destroy()
-    if own_m0:
-        m0.destroy()
-    m, g, gx = x.duplicate(), x.duplicate(), x.duplicate()
-    m1 = state.get("m1") or x.duplicate()
-    m2 = state.get("m2") or x.duplicate()
-    if "m1" not in state:
-        m1.set(0.0), m2.set(0.0)
-    step, skip = int(state.get("step", 0)), int(state.get("batch", 0))
-    b1, b2 = betas
-    world = J.network.layout.world
-
-    def save(epoch_done, batch_done):
-        from fem_dnn.checkpoint import save_checkpoint
-
-        arrays = {f"{key}_{k}": v for key, vec in (("x", x), ("m1", m1), ("m2", m2)) for k, v in cs.natural(vec).items()}
-        meta = {"method": method, "seed": seed, "batch_size": batch_size, "epoch": epoch_done, "batch": batch_done,
-                "step": step, "history": history}
-        save_checkpoint(ckpt, cs, m, meta, arrays)
-
-    for epoch in range(start_epoch, epochs):
-        for b, idx in enumerate(batches(J.n_samples, batch_size, seed, epoch)):
-            if epoch == start_epoch and b < skip:
-                continue  # done before the interruption this run resumes from
-            J.set_batch(idx)
-            coords.from_coordinates(x, m)
-            try:
-                coords.dual_to_coordinates(J.derivative(m, g), gx)
-            except NonFiniteError as err:
-                J.set_batch(None)
-                where = f"; the controls of epoch {epoch} are in {ckpt}" if ckpt is not None and epoch > 0 else ""
-                raise DivergenceError(
-                    f"training diverged at step {step + 1} (epoch {epoch + 1}, {method}): {err}{where}. "
-                    "Resume with a smaller step (training.lr)", err.layer, step + 1, ckpt) from err
-            step += 1
-            if method == "sgd":
-                x.axpy(-lr, gx)
-            else:
-                m1.scale(b1), m1.axpy(1.0 - b1, gx)
-                m2.scale(b2)
-                m2.array[:] += (1.0 - b2) * gx.array_r**2
-                mh = m1.array_r / (1.0 - b1**step)
-                vh = m2.array_r / (1.0 - b2**step)
-                x.array[:] -= lr * mh / (np.sqrt(vh) + eps)
-            sig = interrupt.requested(world)
-            if sig:  # a safe point: the step is done; keep it (mid-epoch) and stop
-                J.set_batch(None)
-                coords.from_coordinates(x, m)
-                if ckpt is not None:
-                    save(epoch, b + 1)
-                out = coords.from_coordinates(x, J.controls.create_vec())
-                for v in (x, m, g, gx, m1, m2):
-                    v.destroy()
-                last = history[-1].get("gnorm", float("nan")) if history else float("nan")
-                return Result(out, step, 0, float("nan"), last, history, dict(J.counts), sig, "interrupted")
-        J.set_batch(None)
-        coords.from_coordinates(x, m)
-        row = {"epoch": epoch + 1, "step": step}
-        if evaluate:
-            f = J(m)
-            coords.dual_to_coordinates(J.derivative(m, g), gx)
-            row = {"epoch": epoch + 1, "J": f, "gnorm": gx.norm(), "step": step, **J.counts}
-            if J.kind == "classes":
-                row["train_accuracy"] = J.accuracy(m)
-        if metrics is not None:
-            row.update(metrics(m, epoch + 1))
-        history.append(row)
-        if callable(monitor):
-            monitor(row)
-        elif monitor and evaluate and world.rank == 0:
-            print(f"epoch {epoch + 1:4d}  J {f:.10e}  |g| {row['gnorm']:.3e}{_accuracies(row)}  "
-                  f"solves fwd {J.counts['forward']} adj {J.counts['costate']}", flush=True)
-        if on_epoch is not None:
-            on_epoch(epoch + 1, m, {"x": x, "m1": m1, "m2": m2, "step": step}, row)
-        if ckpt is not None:
-            save(epoch + 1, 0)
-    J.set_batch(None)
-    out = coords.from_coordinates(x, J.controls.create_vec())
-    f = J(out)
-    for v in (x, m, g, gx, m1, m2):
-        v.destroy()
-    last = history[-1].get("gnorm", float("nan")) if history else float("nan")
-    return Result(out, step, 0, f, last, history, dict(J.counts), 0, stop_reason(method, 0))  # reason 0: ran its epochs
-
-
-class FixedReadout:
-    """J restricted to the layer controls a and b: the W and mu parts of the derivative
-    and of the Hessian action are zeroed, so an optimiser never moves the readout (it
-    stays where the initial controls put it). Use it in place of J:
-    ``Optimizer(FixedReadout(J), "blbfgs", bounds=box)``."""
-
-    def __init__(self, J):
-        self.J, self.controls, self.network, self.kind, self.counts = J, J.controls, J.network, J.kind, J.counts
-
-    def __call__(self, m):
-        return self.J(m)
-
-    def _zero_readout(self, v):
-        _, _, Wv, muv = self.controls.blocks(v)
-        Wv[:], muv[:] = 0.0, 0.0
-        return v
-
-    def derivative(self, m, out=None):
-        return self._zero_readout(self.J.derivative(m, out))
-
-    def hessian(self, m, dm, out=None, gauss_newton=False):
-        d = self._zero_readout(dm.copy())
-        out = self._zero_readout(self.J.hessian(m, d, out, gauss_newton))
-        d.destroy()
-        return out
-
-    def accuracy(self, m):
-        return self.J.accuracy(m)
-
-
-# --------------------------------------------------------------------------- LM §5
-class _Proximal:
-    """``J_h(m) = J(m) + 1/(2h) ||m - c||^2`` (the controls' inner product): the
-    subproblem of one proximal-point step, with the interface the Optimizer uses."""
-
-    def __init__(self, J, centre, h):
-        self.J, self.c, self.h = J, centre, h
-        self.controls, self.network, self.kind, self.counts = J.controls, J.network, J.kind, J.counts
-
-    def _shift(self, m):
-        d = m.copy()
-        d.axpy(-1.0, self.c)
-        return d
-
-    def __call__(self, m):
-        d = self._shift(m)
-        val = self.J(m) + 0.5 / self.h * self.controls.inner(d, d)
-        d.destroy()
-        return val
-
-    def derivative(self, m, out=None):
-        out = self.J.derivative(m, out)
-        d = self._shift(m)
-        Md = self.controls.mass(d)
-        out.axpy(1.0 / self.h, Md)
-        d.destroy(), Md.destroy()
-        return out
-
-    def hessian(self, m, dm, out=None, gauss_newton=False):
-        out = self.J.hessian(m, dm, out, gauss_newton)
-        Md = self.controls.mass(dm)
-        out.axpy(1.0 / self.h, Md)
-        Md.destroy()
-        return out
-
-    def accuracy(self, m):
-        return self.J.accuracy(m)
-
-
-def proximal_point(
-    J: ReducedFunctional, m0: PETSc.Vec, h: float = 1.0, gttol: float = 1e-6, max_it: int = 100,
-    inner: str = "lbfgs", inner_gttol: float = 1e-2, monitor=True,
-) -> Result:
-    """Proximal-point gradient method ("minimizing movement", LM §5 algorithm 1):
-    ``m_{k+1} = argmin_m J(m) + 1/(2h) ||m - m_k||^2`` in the L2 inner product of the
-    controls, each subproblem solved inexactly by a TAO method (``inner``) to a relative
-    gradient reduction ``inner_gttol``. Stops when the L2 gradient of J has dropped by
-    ``gttol``."""
-    if not h > 0:
-        raise InputError(f"the proximal step h must be positive, got {h!r}")
-    cs, world = J.controls, J.network.layout.world
-    m = m0.copy()
-    g0 = cs.norm(J.gradient(m))
-    history, its, reason = [], 0, -1
-    for its in range(1, max_it + 1):
-        sub = Optimizer(_Proximal(J, m.copy(), h), inner, gttol=inner_gttol, max_it=200, monitor=False,
-                        petsc_options_prefix="fem_dnn_prox_")
-        res = sub.solve(m)
-        res.m.copy(m)
-        res.m.destroy(), sub.destroy()
-        f, gn = J(m), cs.norm(J.gradient(m))
-        row = {"iteration": its, "J": f, "gnorm": gn, **J.counts}
-        history.append(row)
-        _report(monitor, world, f"prox {its:4d}  J {f:.10e}  |g| {gn:.3e}  solves fwd {J.counts['forward']}", row)
-        if gn <= gttol * g0:
-            reason = 1
-            break
-    return Result(m, its, reason, J(m), cs.norm(J.gradient(m)), history, dict(J.counts))
-
-
-def _report(monitor, world, line, row):
-    if callable(monitor):
-        monitor(row)
-    elif monitor and world.rank == 0:
-        print(line, flush=True)
-
-
-def hamiltonian_minimiser(J: ReducedFunctional, m: PETSc.Vec, box: dict, inner_its: int = 30) -> PETSc.Vec:
-    """Pointwise minimisation of the discrete Hamiltonian over the box A (LM 4.11).
-
-    For the ResNet scheme (explicit Euler, lumped mass) the discrete Hamiltonian of layer
-    k is ``H_k(a, b) = tau_k sum_s lam_{k+1,s} . sigma(a - B_b f_{k,s})`` (plus
-    ``lambda/2 tau_k (|a|^2 + |b|^2)`` weighted by the node weights): its derivative is
-    the layer's gradient, so minimising it is the PMP step. It separates over layers and
-    node rows i (a_i and the row b_i.). With one sample and no regulariser the minimiser
-    is bang-bang: where r_i > 0, ``a_i = a-`` and ``b_ij = b+`` where ``f_j > 0``,
-    ``b-`` where ``f_j < 0``; where r_i < 0 the opposite (sigma' > 0). Otherwise it is
-    found by projected gradient with backtracking on H (state and costate frozen: no PDE
-    solves). W and mu are kept.
-    """
-    net = J.network
-    if net.scheme != "euler" or net.space.mass != "lumped" or net.eps != 0:
-        raise InputError("the PMP/MSA step is implemented for the ResNet scheme: euler, lumped mass, eps = 0")
-    cs = J.controls
-    (alo, ahi), (blo, bhi) = box["a"], box["b"]
-    traj, costate = J.trajectory(m), J.costate(m)
-    c, r = cs.split(m)
-    sp, kern, sig = net.space, net.kernel, net.sigma
-    w = sp.weights[: sp.n_local]
-    lam_reg = J.lam
-    A, B = c.a.copy(), c.b.copy()
-    S = traj.states.shape[1]
-    one_sample = J.S == 1 and lam_reg == 0.0
-    for k in range(net.depth.N):
-        tau = net.depth.tau[k]
-        F = np.asfortranarray(traj.state(k))  # (n_local, S)
-        L = np.asfortranarray(costate.lam[k + 1].T)
-        if one_sample:
-            rs = L[:, 0]  # lam = M r: the sign of r
-            f_all = np.concatenate(sp.gather(F), axis=1)[0]  # f_k in global dof order
-            up = rs > 0  # make u small: a low, b_ij f_j large
-            dn = rs < 0
-            A[k][up], A[k][dn] = alo, ahi
-            big = np.where(f_all > 0, bhi, blo)
-            small = np.where(f_all > 0, blo, bhi)
-            B[k][up] = big
-            B[k][dn] = small
-            continue
-
-        def H_and_grad(a, b):
-            U = a[:, None] - kern.apply(b, F)
-            s, ds = sig.both(U)
-            val = tau * float(np.sum(L * s)) + 0.5 * lam_reg * tau * float(np.sum(w * a * a) + np.sum(w[:, None] * b * b * sp.weights_all))
-            Z = tau * ds * L
-            ga = Z.sum(axis=1) + lam_reg * tau * w * a
-            gb = -kern.outer(Z, F) + lam_reg * tau * w[:, None] * b * sp.weights_all
-            return sp.comm.allreduce(val), ga, gb
-
-        a, b = A[k], B[k]
-        val, ga, gb = H_and_grad(a, b)
-        step = 1.0
-        for _ in range(inner_its):
-            while True:
-                a_new = np.clip(a - step * ga / (tau * w), alo, ahi)
-                b_new = np.clip(b - step * gb / (tau * w[:, None] * sp.weights_all), blo, bhi)
-                new, ga_n, gb_n = H_and_grad(a_new, b_new)
-                dec = float(np.sum(ga * (a - a_new)) + np.sum(gb * (b - b_new)))
-                dec = sp.comm.allreduce(dec)
-                if new <= val - 1e-4 * dec or step < 1e-12:
-                    break
-                step *= 0.5
-            if new >= val:
-                break
-            a, b, val, ga, gb = a_new, b_new, new, ga_n, gb_n
-            step *= 2.0
-        A[k], B[k] = a, b
-    return cs.join(Controls(A, B), r)
-
-
-def msa(
-    J: ReducedFunctional, m0: PETSc.Vec, box: dict, max_it: int = 50, rtol: float = 1e-10, monitor=True, metrics=None,
-) -> Result:
-    """Method of successive approximations (LM §5 algorithm 2), with a safeguard.
-
-    Each iteration: forward solve, costate solve, pointwise Hamiltonian minimisation over
-    the box (:func:`hamiltonian_minimiser`, no parameter gradients), then the safeguard:
-    the step ``m + theta (m_H - m)`` with theta = 1, 1/2, 1/4, ... until J decreases
-    (plain MSA can increase J). Stops when no theta >= 2^-10 decreases J, or when the
-    relative decrease falls below ``rtol`` (reason 1); reason 2 when the PMP step gives
-    no descent or returns m itself (a PMP point). ``iterations`` counts accepted steps.
-    W and mu are not updated by the PMP step. ``metrics``: optional callable ``(m,
-    iteration) -> dict`` of more columns per row.
-    """
-    cs, world = J.controls, J.network.layout.world
-    m = m0.copy()
-    f = J(m)
-    history, reason, its = [{"iteration": 0, "J": f, "theta": 0.0, **J.counts}], -1, 0
-    for its in range(1, max_it + 1):
-        mH = hamiltonian_minimiser(J, m, box)
-        d = mH.copy()
-        d.axpy(-1.0, m)
-        da, db, dW, dmu = cs.blocks(d)
-        dW[:], dmu[:] = 0.0, 0.0  # the PMP step changes a and b only
-        moved = world.allreduce(bool(np.any(da != 0) or np.any(db != 0)), op=MPI.LOR)
-        mH.destroy()
-        if not moved:  # m minimises the Hamiltonian: a PMP point
-            d.destroy()
-            reason, its = 2, its - 1
-            break
-        theta, trial = 1.0, m.duplicate()
-        while theta >= 2.0**-10:
-            m.copy(trial)
-            trial.axpy(theta, d)
-            ft = J(trial)
-            if ft < f:
-                break
-            theta *= 0.5
-        d.destroy()
-        if theta < 2.0**-10:
-            trial.destroy()
-            reason, its = 2, its - 1  # no descent along the PMP direction (to the safeguard)
-            break
-        decrease = (f - ft) / max(abs(f), 1e-300)
-        trial.copy(m)
-        trial.destroy()
-        f = ft
-        row = {"iteration": its, "J": f, "theta": theta, **J.counts}
-        if metrics is not None:
-            row.update(metrics(m, its))
-        history.append(row)
-        _report(monitor, world, f"msa {its:4d}  J {f:.10e}  theta {theta:.3g}  solves fwd {J.counts['forward']}", row)
-        if decrease < rtol:
-            reason = 1
-            break
-        sig = interrupt.requested(world)
-        if sig:  # a safe point: the step is accepted
-            return Result(m, its, reason, f, float("nan"), history, dict(J.counts), sig, "interrupted")
-    return Result(m, its, reason, f, float("nan"), history, dict(J.counts), 0, stop_reason("msa", reason))

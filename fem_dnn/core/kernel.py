@@ -5,7 +5,7 @@ tensor product V_h (x) V_h), so
 
     (B_b f)_i = sum_j b^k_ij (M_w f)_j,     M_w = diag(omega) (lumped) or M (consistent),
 
-a dense n x n matrix per layer (MODEL.md §4). Rows of b^k live on the rank that owns the
+a dense n x n matrix per layer (docs/model.md §4). Rows of b^k live on the rank that owns the
 node dof (``b_local`` has shape ``(n_local, n)``, columns in the global dof order), and a
 whole batch (n_local x S) is applied with one Allgatherv and one GEMM per rank block.
 """
@@ -15,7 +15,7 @@ import numpy as np
 from fem_dnn import _dolfinx  # noqa: F401
 from mpi4py import MPI
 
-from fem_dnn.domain import NodeSpace
+from fem_dnn.core.domain import NodeSpace
 
 __all__ = ["Kernel"]
 

@@ -1,21 +1,17 @@
-"""The continuum residual network: controls, depth schemes, forward solve, readout.
+"""The continuum residual network: controls, the stage function, the solves, readout.
 
-State equation (LM 2.1, MODEL.md §1), semi-discretised in the node space V_h:
+State equation (LM 2.1, docs/model.md §1), semi-discretised in the node space V_h:
 
     M df/dt = Q sigma(P u) - eps K f,     u = a^k - B_{b^k} f   on layer k,
 
-with M, Q, P, K from :class:`fem_dnn.domain.NodeSpace` (lumped: M = Q = diag(omega),
-P = I) and B from :class:`fem_dnn.kernel.Kernel`. Depth schemes (each one a different
-network architecture built from the same PDE):
-
-- ``euler``: explicit Euler, the ResNet ``f + tau sigma(a - B f)``;
-- ``heun``: Heun's RK2; ``rk4``: classical Runge-Kutta;
-- ``midpoint``: implicit midpoint, a PETSc SNES Newton solve per layer (prefix
-  ``<prefix>midpoint_``), diffusion included in the implicit system.
-
-With ``eps > 0`` the diffusion is implicit: Euler is IMEX Euler (backward Euler for the
-diffusion, Lie splitting); Heun and RK4 use Strang splitting with Crank-Nicolson half
-steps (order 2 overall); midpoint is fully implicit (order 2).
+with M, Q, P, K from :class:`fem_dnn.core.domain.NodeSpace` (lumped: M = Q = diag(omega),
+P = I) and B from :class:`fem_dnn.core.kernel.Kernel`. The depth scheme (each one a
+different network architecture built from the same PDE) comes from the registry of
+:mod:`fem_dnn.network.schemes`; it is built from the stage function :meth:`Network.g`
+and its derivatives (:meth:`Network.g_tangent`, :meth:`Network.g_adjoint`,
+:meth:`Network.g_second`) and the diffusion sub-step :meth:`Network.diffuse`. This
+module runs the scheme through the layers: forward (with the tape, or with depth
+checkpointing), tangent, costate and second-order costate solves (docs/model.md §3-4).
 """
 
 from dataclasses import dataclass, field
@@ -28,22 +24,14 @@ from petsc4py import PETSc
 
 import dolfinx.geometry
 
-from fem_dnn.activation import Activation, get_activation
-from fem_dnn.domain import Depth, Layout, NodeSpace
-from fem_dnn.errors import InputError, NonFiniteError, SolverError
-from fem_dnn.kernel import Kernel
+from fem_dnn.core.activation import Activation, get_activation
+from fem_dnn.core.domain import Depth, Layout, NodeSpace
+from fem_dnn.core.kernel import Kernel
+from fem_dnn.errors import InputError, NonFiniteError
+from fem_dnn.network.readout import Readout, logistic, softmax
+from fem_dnn.network.schemes import ORDER, SCHEMES, make_scheme
 
-__all__ = ["SCHEMES", "Controls", "Costate", "Readout", "Stage", "Trajectory", "Network", "softmax", "logistic"]
-
-SCHEMES = ("euler", "heun", "rk4", "midpoint")
-ORDER = {"euler": 1, "heun": 2, "rk4": 4, "midpoint": 2}
-#: Butcher tableaux (A, weights) of the activation stages; midpoint is implicit.
-TABLEAU = {
-    "euler": ([[0.0]], [1.0]),
-    "heun": ([[0.0, 0.0], [1.0, 0.0]], [0.5, 0.5]),
-    "rk4": ([[0, 0, 0, 0], [0.5, 0, 0, 0], [0, 0.5, 0, 0], [0, 0, 1.0, 0]], [1 / 6, 1 / 3, 1 / 3, 1 / 6]),
-    "midpoint": ([[0.5]], [1.0]),
-}
+__all__ = ["Controls", "Costate", "Network", "Stage", "Trajectory"]
 
 
 @dataclass
@@ -70,31 +58,6 @@ class Controls:
 
     a: np.ndarray
     b: np.ndarray
-
-
-@dataclass
-class Readout:
-    """Readout ``O = int_Y W(., z) f(z,T) dz + mu`` and prediction ``h(O)`` (LM 2.2).
-
-    Attributes:
-        kind: ``"classes"`` (Y_out = {1..K}, h = softmax) or ``"function"``
-            (Y_out = Y, h = logistic).
-        W: ``(K, n_local)`` (classes) or ``(n_local, n)`` kernel rows (function).
-        mu: ``(K,)`` (classes) or ``(n_local,)`` (function).
-    """
-
-    kind: str
-    W: np.ndarray
-    mu: np.ndarray
-
-
-def logistic(O):
-    return 0.5 * (1.0 + np.tanh(0.5 * O))
-
-
-def softmax(O, axis=0):
-    e = np.exp(O - O.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
 
 
 @dataclass
@@ -149,7 +112,7 @@ class Network:
         depth: depth mesh of [0,T].
         activation: name or :class:`Activation` (tanh, arctan, sigmoid, relu,
             leaky_relu, elu, identity).
-        scheme: ``euler``, ``heun``, ``rk4`` or ``midpoint``.
+        scheme: a name of :data:`fem_dnn.network.schemes.SCHEMES` (euler, heun, rk4, ssprk3, midpoint).
         eps: node diffusion coefficient (>= 0, default 0: exactly LM 2.1).
         layout: rank layout (default: node-parallel over the space's communicator).
         petsc_options_prefix: prefix of every PETSc solver the network creates.
@@ -175,11 +138,10 @@ class Network:
         self.kernel = Kernel(space)
         self.layout = layout or Layout(space.comm, space.comm, MPI.COMM_SELF)
         self.prefix = petsc_options_prefix
-        self._snes = None
-        self._lin = None
+        self._scheme = make_scheme(scheme, self)
 
     # ------------------------------------------------------------------ parameters
-    def controls(self, a=0.0, b=0.0) -> Controls:
+    def make_controls(self, a=0.0, b=0.0) -> Controls:
         """Controls from scalars, callables or natural-order arrays.
 
         ``a``: scalar, callable ``a(y, t)`` (y of shape (3, p), returns (p,)), array
@@ -248,14 +210,14 @@ class Network:
 
     def rhs(self, k: int, F: np.ndarray, c: Controls) -> np.ndarray:
         """Activation part of df/dt: ``M^{-1} Q sigma(P u)`` (lumped: ``sigma(u)``)."""
-        return self._g(k, F, c, linearise=False)[0]
+        return self.g(k, F, c, linearise=False)[0]
 
     # ---- the stage function g and its derivatives. Every scheme is built from
     #   g(X) = M^{-1} [ Q sigma(P u) - c_K K X ],   u = a^k - B_{b^k} X
     # (c_K = eps for the implicit midpoint rule, 0 when diffusion is split off), so its
     # tangent, transpose and second derivative below give every scheme's linearised,
     # costate and second-order costate solve (discretise-then-optimise).
-    def _g(self, k, X, c, cK=0.0, linearise=True):
+    def g(self, k, X, c, cK=0.0, linearise=True):
         """Stage value g(X) and its linearisation data (u at the quadrature points, M_w X,
         sigma'(u)); without ``linearise`` sigma' is not computed."""
         sp = self.space
@@ -278,13 +240,13 @@ class Network:
             return G, Stage(None, X, None, sig)
         return G, Stage(Uq, X, dsig)
 
-    def _dsig(self, st):
+    def dsigma(self, st):
         return st.dsig if st.sig is None else self.sigma.dsigma_from(None, st.sig)
 
-    def _d2sig(self, st):
+    def d2sigma(self, st):
         return self.sigma.d2sigma(st.Uq) if st.sig is None else self.sigma.from_sigma(st.sig)[1]
 
-    def _g_tangent(self, k, st, dX, c, dc, cK=0.0):
+    def g_tangent(self, k, st, dX, c, dc, cK=0.0):
         """``g'(X)[dX, dm]`` at a stage; returns it and the stage's incremental data."""
         sp = self.space
         dU = -self.kernel.apply(c.b[k], dX)
@@ -292,13 +254,13 @@ class Network:
             dU += dc.a[k][:, None] - self.kernel.apply(dc.b[k], st.X)
         dUq = sp.quad_values(dU)
         if sp.mass == "lumped" and not cK:
-            return np.asfortranarray(self._dsig(st) * dUq), Stage(dUq, dX)
-        L = sp.quad_load(self._dsig(st) * dUq)
+            return np.asfortranarray(self.dsigma(st) * dUq), Stage(dUq, dX)
+        L = sp.quad_load(self.dsigma(st) * dUq)
         if cK:
             L -= cK * sp.apply(sp.K, dX)
         return sp.solve_mass(L), Stage(dUq, dX)
 
-    def _g_adjoint(self, k, st, kappa, c, grad, cK=0.0):
+    def g_adjoint(self, k, st, kappa, c, grad, cK=0.0):
         """Transpose of g'(X): returns ``g_X^T kappa`` and ``z = Q^T M^{-1} kappa`` (kept
         for second-order solves) and adds ``g_m^T kappa`` to ``grad`` (dual, Euclidean)."""
         sp = self.space
@@ -320,11 +282,11 @@ class Network:
         grad.b[k] -= self.kernel.outer(zeta, st.X)
         return xi, z
 
-    def _g_second(self, k, st, z, dst, c, dc, hess):
+    def g_second(self, k, st, z, dst, c, dc, hess):
         """Second-order term: the derivative of ``g_X^T kappa`` and ``g_m^T kappa`` (kappa
         fixed, given through z) along the tangent (dX, dm); adds the m part to ``hess``."""
         sp = self.space
-        dsig, d2sig = (self._dsig(st), self._d2sig(st)) if st.sig is None else self.sigma.from_sigma(st.sig)
+        dsig, d2sig = (self.dsigma(st), self.d2sigma(st)) if st.sig is None else self.sigma.from_sigma(st.sig)
         zeta = sp.quad_values_T(dsig * z)
         zeta2 = sp.quad_values_T(d2sig * dst.Uq * z)
         eta = -self.kernel.apply_transpose(c.b[k], zeta2)
@@ -334,7 +296,7 @@ class Network:
         hess.b[k] -= self.kernel.outer(zeta2, st.X) + self.kernel.outer(zeta, dst.X)
         return eta
 
-    def _diffuse(self, F: np.ndarray, h: float, theta: float, transpose: bool = False) -> np.ndarray:
+    def diffuse(self, F: np.ndarray, h: float, theta: float, transpose: bool = False) -> np.ndarray:
         """``D = (M + theta h eps K)^{-1} (M - (1-theta) h eps K)`` applied to f, or its
         transpose ``(M - (1-theta) h eps K)(M + theta h eps K)^{-1}`` (M, K symmetric)."""
         sp = self.space
@@ -350,297 +312,30 @@ class Network:
             return explicit(sp.mat_solve(ksp, F))
         return sp.mat_solve(ksp, explicit(F))
 
-    def _splitting(self, h):
-        """Diffusion sub-steps (before, after) the activation stages: Lie (IMEX Euler),
-        Strang with Crank-Nicolson half steps (Heun, RK4), none (eps = 0 or midpoint)."""
-        if self.eps == 0 or self.scheme == "midpoint":
-            return None, None
-        if self.scheme == "euler":
-            return None, (h, 1.0)
-        return (0.5 * h, 0.5), (0.5 * h, 0.5)
-
     def step(self, k: int, F: np.ndarray, c: Controls, tau: float | None = None, tape: list | None = None,
              out: np.ndarray | None = None) -> np.ndarray:
-        """Advance a batch over (part of) layer k with the network's scheme.
+        """Advance a batch over (part of) layer k with the network's scheme
+        (:mod:`fem_dnn.network.schemes`).
 
         If ``tape`` is a list, the stages' linearisation data are appended to it. The
         result is written to ``out`` (a Fortran ``(n_local, S)`` array not aliasing F)
         when given.
         """
         h = self.depth.tau[k] if tau is None else tau
-        before, after = self._splitting(h)
-        if before:
-            F = self._diffuse(F, *before)
-        A, bw = TABLEAU[self.scheme]
-        if self.scheme == "midpoint":
-            F1 = self._midpoint(k, F, c, h)
-            if tape is not None:
-                tape.append(self._g(k, np.asfortranarray(0.5 * (F + F1)), c, self.eps)[1])
-            F = F1
-        else:
-            G = []
-            for i in range(len(bw)):
-                X = F
-                for j in range(i):
-                    if A[i][j]:
-                        X = X + (h * A[i][j]) * G[j]
-                Gi, st = self._g(k, X, c, linearise=tape is not None)
-                G.append(Gi)
-                if tape is not None:
-                    tape.append(st)
-            new = out if (out is not None and not after) else np.empty_like(F, order="F")
-            np.multiply(G[0], h * bw[0], out=new)
-            for i in range(1, len(bw)):
-                new += (h * bw[i]) * G[i]
-            new += F
-            F = new
-        if after:
-            F = self._diffuse(F, *after)
+        F = self._scheme.step(k, F, c, h, tape, out)
         if out is not None and F is not out:
             out[...] = F
             return out
         return np.asfortranarray(F)
 
-    # ---- linearised (tangent) step, its transpose, and the second-order transpose
-    def _step_tangent(self, k, stages, dF, c, dc):
-        h = self.depth.tau[k]
-        before, after = self._splitting(h)
-        if before:
-            dF = self._diffuse(dF, *before)
-        A, bw = TABLEAU[self.scheme]
-        dstages = []
-        if self.scheme == "midpoint":
-            st = stages[0]
-            # J dX = M dF + h/2 M g_m dm,  J = M - h/2 M g_X (the Newton matrix)
-            src = dF if dc is None else dF + 0.5 * h * self._g_tangent(k, st, np.zeros_like(dF), c, dc, self.eps)[0]
-            dX = self._midpoint_linear(k, st, c, h, self.space.apply_mass(src), transpose=False)
-            dG, dst = self._g_tangent(k, st, dX, c, dc, self.eps)
-            dF = dF + h * dG
-            dstages.append(dst)
-        else:
-            dG = []
-            for i in range(len(bw)):
-                dX = dF
-                for j in range(i):
-                    if A[i][j]:
-                        dX = dX + (h * A[i][j]) * dG[j]
-                dGi, dst = self._g_tangent(k, stages[i], dX, c, dc)
-                dG.append(dGi)
-                dstages.append(dst)
-            for i in range(len(bw)):
-                dF = dF + (h * bw[i]) * dG[i]
-        if after:
-            dF = self._diffuse(dF, *after)
-        return np.asfortranarray(dF), dstages
-
-    def _step_adjoint(self, k, stages, lam, c, grad, dstages=None, zs=None, dc=None, second=True):
-        """Transpose of the step's linearisation applied to ``lam``; adds the control
-        part to ``grad``. Returns the costate at the layer's start and the stages' z.
-
-        With ``dstages``/``zs``/``dc`` (a tangent and the costate's z) this is the
-        second-order (incremental) costate step: ``lam`` is then the incremental costate
-        and the second-derivative terms are added (unless ``second`` is False: the
-        Gauss-Newton variant)."""
-        h = self.depth.tau[k]
-        before, after = self._splitting(h)
-        if after:
-            lam = self._diffuse(lam, *after, transpose=True)
-        A, bw = TABLEAU[self.scheme]
-        s = len(bw)
-        soa = dstages is not None and second
-        out_z = [None] * s
-        if self.scheme == "midpoint":
-            st = stages[0]
-            rhs = h * lam
-            eta = None
-            if soa:
-                eta = self._g_second(k, st, zs[0], dstages[0], c, dc, grad)
-                rhs = rhs + 0.5 * h * eta
-            # (I - h/2 g_X^T) kappa = rhs  <=>  J^T (M^{-1} kappa) = rhs
-            kappa = self.space.apply_mass(self._midpoint_linear(k, st, c, h, rhs, transpose=True))
-            xi, out_z[0] = self._g_adjoint(k, st, kappa, c, grad, self.eps)
-            if eta is not None:
-                xi = xi + eta
-            lam = lam + xi
-        else:
-            xis = [None] * s
-            for i in reversed(range(s)):
-                kappa = (h * bw[i]) * lam if bw[i] else np.zeros_like(lam)
-                for l in range(i + 1, s):
-                    if A[l][i]:
-                        kappa = kappa + (h * A[l][i]) * xis[l]
-                xi, out_z[i] = self._g_adjoint(k, stages[i], kappa, c, grad)
-                if soa:
-                    xi = xi + self._g_second(k, stages[i], zs[i], dstages[i], c, dc, grad)
-                xis[i] = xi
-            for xi in xis[1:]:
-                xis[0] += xi
-            xis[0] += lam  # the xi are fresh arrays
-            lam = xis[0]
-        if before:
-            lam = self._diffuse(lam, *before, transpose=True)
-        return np.asfortranarray(lam), out_z
-
-    # ---- implicit midpoint: M(f1 - f0) - h Q sigma(P u(fm)) + h eps K fm = 0
-    def _midpoint(self, k, F0, c, h):
-        sp = self.space
-        S = F0.shape[1]
-        snes = self._midpoint_snes(S)
-        ctx = snes.getApplicationContext()
-        ctx.update(k=k, F0=F0, c=c, h=h)
-        x = ctx["x"]
-        X = x.array.reshape(S, sp.n_local).T
-        X[:] = F0 + h * self.rhs(k, F0, c)  # explicit Euler predictor
-        scale = np.sqrt(sp.comm.allreduce(float(np.sum(sp.apply_mass(F0) ** 2)))) + 1e-300
-        snes.setTolerances(atol=1e-14 * scale)
-        snes.solve(None, x)
-        reason = snes.getConvergedReason()
-        if reason <= 0:
-            raise SolverError(
-                f"implicit midpoint Newton solve failed in layer {k} (SNES reason {reason}); "
-                f"try a smaller depth step or -{self.prefix}midpoint_snes_monitor"
-            )
-        return np.asfortranarray(x.array.reshape(S, sp.n_local).T.copy())
-
-    def _midpoint_snes(self, S):
-        if self._snes is not None and self._snes[1] == S:
-            return self._snes[0]
-        if self._snes is not None:
-            for obj in self._snes[2]:
-                obj.destroy()
-        sp, comm = self.space, self.space.comm
-        sizes = (sp.n_local * S, sp.n * S)
-        x = PETSc.Vec().createMPI(sizes, comm=comm)
-        r = x.duplicate()
-        ctx = {"x": x}
-        net = self
-
-        def batch(v):
-            return v.array_r.reshape(S, sp.n_local).T
-
-        def residual(snes, xv, rv):
-            F1 = batch(xv)
-            Fm = np.asfortranarray(0.5 * (ctx["F0"] + F1))
-            U = net.preactivation(ctx["k"], Fm, ctx["c"])
-            Uq = sp.quad_values(U)
-            ctx["dsig"] = net.sigma.dsigma(Uq)
-            R = sp.apply_mass(F1 - ctx["F0"]) - ctx["h"] * sp.quad_load(net.sigma.sigma(Uq))
-            if net.eps > 0:
-                R = R + ctx["h"] * net.eps * sp.apply(sp.K, Fm)
-            rv.array.reshape(S, sp.n_local).T[:] = R
-
-        class Jacobian:
-            def mult(self, mat, dv, yv):
-                D = np.asfortranarray(batch(dv))
-                BD = net.kernel.apply(ctx["c"].b[ctx["k"]], D)
-                Y = sp.apply_mass(D) + 0.5 * ctx["h"] * sp.quad_load(ctx["dsig"] * sp.quad_values(BD))
-                if net.eps > 0:
-                    Y = Y + 0.5 * ctx["h"] * net.eps * sp.apply(sp.K, D)
-                yv.array.reshape(S, sp.n_local).T[:] = Y
-
-        class MassPC:
-            def apply(self, pc, xv, yv):
-                yv.array.reshape(S, sp.n_local).T[:] = sp.solve_mass(np.asfortranarray(batch(xv)))
-
-        J = PETSc.Mat().createPython((sizes, sizes), Jacobian(), comm=comm)
-        J.setUp()
-        snes = PETSc.SNES().create(comm)
-        snes.setOptionsPrefix(self.prefix + "midpoint_")
-        snes.setFunction(residual, r)
-        snes.setJacobian(lambda *args: None, J, J)
-        snes.setApplicationContext(ctx)
-        snes.setTolerances(rtol=1e-12, stol=0.0, max_it=50)
-        snes.getLineSearch().setType("basic")
-        ksp = snes.getKSP()
-        ksp.setType("gmres")
-        ksp.setTolerances(rtol=1e-13, atol=0.0)
-        pc = ksp.getPC()
-        pc.setType("python")
-        pc.setPythonContext(MassPC())
-        snes.setFromOptions()
-        self._snes = (snes, S, (snes, J, x, r))
-        return snes
-
-    def _midpoint_linear(self, k, st, c, h, rhs, transpose):
-        """Solve ``J x = rhs`` or ``J^T x = rhs`` with the implicit midpoint Newton matrix
-        ``J = M + h/2 (Q sigma'(u) P B_b + eps K)`` at a stored stage (KSP prefix
-        ``<prefix>midpoint_linear_``, GMRES preconditioned by the mass matrix)."""
-        sp = self.space
-        S = rhs.shape[1]
-        if self._lin is None or self._lin[1] != S:
-            self._destroy_lin()
-            self._lin = (self._midpoint_ksp(S), S)
-        ksp = self._lin[0]
-        ctx = ksp.getOperators()[0].getPythonContext().ctx
-        ctx.update(k=k, dsig=self._dsig(st), c=c, h=h, transpose=transpose)
-        b, x = ksp.getOperators()[0].createVecs()
-        b.array.reshape(S, sp.n_local).T[:] = rhs
-        scale = b.norm()
-        ksp.setTolerances(rtol=1e-14, atol=1e-300)
-        if scale > 0:
-            ksp.solve(b, x)
-            if ksp.getConvergedReason() <= 0:
-                raise SolverError(
-                    f"midpoint {'costate' if transpose else 'tangent'} solve failed in layer {k} "
-                    f"(KSP reason {ksp.getConvergedReason()}); see -{self.prefix}midpoint_linear_ksp_monitor"
-                )
-        out = np.asfortranarray(x.array.reshape(S, sp.n_local).T.copy())
-        b.destroy(), x.destroy()
-        return out
-
-    def _midpoint_ksp(self, S):
-        sp, net = self.space, self
-        sizes = (sp.n_local * S, sp.n * S)
-
-        def batch(v):
-            return np.asfortranarray(v.array_r.reshape(S, sp.n_local).T)
-
-        class Newton:
-            def __init__(self):
-                self.ctx = {}
-
-            def mult(self, mat, dv, yv):
-                c, k, h, dsig = self.ctx["c"], self.ctx["k"], self.ctx["h"], self.ctx["dsig"]
-                D = batch(dv)
-                if self.ctx["transpose"]:
-                    Z = sp.quad_values_T(dsig * sp.quad_load_T(D))
-                    Y = sp.apply_mass(D) + 0.5 * h * net.kernel.apply_transpose(c.b[k], Z)
-                else:
-                    BD = net.kernel.apply(c.b[k], D)
-                    Y = sp.apply_mass(D) + 0.5 * h * sp.quad_load(dsig * sp.quad_values(BD))
-                if net.eps > 0:
-                    Y = Y + 0.5 * h * net.eps * sp.apply(sp.K, D)
-                yv.array.reshape(S, sp.n_local).T[:] = Y
-
-        class MassPC:
-            def apply(self, pc, xv, yv):
-                yv.array.reshape(S, sp.n_local).T[:] = sp.solve_mass(batch(xv))
-
-        J = PETSc.Mat().createPython((sizes, sizes), Newton(), comm=sp.comm)
-        J.setUp()
-        ksp = PETSc.KSP().create(sp.comm)
-        ksp.setOptionsPrefix(self.prefix + "midpoint_linear_")
-        ksp.setOperators(J)
-        ksp.setType("gmres")
-        ksp.getPC().setType("python")
-        ksp.getPC().setPythonContext(MassPC())
-        ksp.setFromOptions()
-        J.destroy()
-        return ksp
-
-    def _destroy_lin(self):
-        if self._lin is not None:
-            self._lin[0].destroy()
-            self._lin = None
-
     # ------------------------------------------------------------------ forward solve
-    def forward(self, f_I, controls: Controls, tape: bool = False, checkpoint_every: int | None = None) -> Trajectory:
+    def forward(self, f_I, controls: Controls, tape: bool = False, store_every: int | None = None) -> Trajectory:
         """Solve the state equation from the input f_I through all N layers.
 
         With ``tape=True`` the stages' linearisation data are kept (``traj.tape[k]``), as
         the costate and incremental solves need them.
 
-        With ``checkpoint_every=k`` (depth checkpointing, a memory budget) only the states
+        With ``store_every=k`` (depth checkpointing, a memory budget) only the states
         at the depth levels 0, k, 2k, ..., N are kept (``traj.levels``) and no tape: the
         costate solve recomputes each segment's states and tape from its checkpoint
         (one extra forward solve in all), with results identical to the stored ones.
@@ -651,8 +346,8 @@ class Network:
         """
         F = f_I if isinstance(f_I, np.ndarray) and f_I.ndim == 2 and f_I.flags.f_contiguous and f_I.shape[0] == self.space.n_local else self.inputs(f_I)
         N = self.depth.N
-        if checkpoint_every is not None:
-            return self._forward_checkpointed(F, controls, int(checkpoint_every))
+        if store_every is not None:
+            return self._forward_checkpointed(F, controls, int(store_every))
         states = np.empty((N + 1, F.shape[1], F.shape[0]))
         states[0] = F.T
         F = states[0].T  # each layer writes into the trajectory: the tape's X are views of it
@@ -678,7 +373,7 @@ class Network:
     def _forward_checkpointed(self, F, controls, every):
         N = self.depth.N
         if every < 1:
-            raise InputError(f"checkpoint_every must be >= 1, got {every}")
+            raise InputError(f"store_every (depth checkpointing) must be >= 1, got {every}")
         levels = sorted(set(range(0, N + 1, every)) | {N})
         store = np.empty((len(levels), F.shape[1], F.shape[0]))
         work = np.empty((2, F.shape[1], F.shape[0]))
@@ -724,7 +419,7 @@ class Network:
         states[0] = dF.T
         dtape = []
         for k in range(N):
-            dF, dst = self._step_tangent(k, traj.tape[k], dF, c, dc)
+            dF, dst = self._scheme.tangent(k, traj.tape[k], dF, c, dc)
             states[k + 1] = dF.T
             dtape.append(dst)
         return Trajectory(self, dc, states, dtape)
@@ -752,7 +447,7 @@ class Network:
                 tapes = self._segment(traj, s0, s1)
                 for k in reversed(range(s0, s1)):
                     with np.errstate(over="ignore", invalid="ignore"):
-                        lam, _ = self._step_adjoint(k, tapes[k - s0], lam, c, grad)
+                        lam, _ = self._scheme.transpose(k, tapes[k - s0], lam, c, grad)
                     if bad < 0 and not np.isfinite(lam).all():
                         bad = k
                 if keep:
@@ -764,7 +459,7 @@ class Network:
             zs = [None] * N
         for k in reversed(range(N)):
             with np.errstate(over="ignore", invalid="ignore"):
-                lam, z = self._step_adjoint(k, traj.tape[k], lam, c, grad)
+                lam, z = self._scheme.transpose(k, traj.tape[k], lam, c, grad)
             if bad < 0 and not np.isfinite(lam).all():
                 bad = k
             if keep:
@@ -792,7 +487,7 @@ class Network:
         hess = self.zero_controls()
         dlam = np.asfortranarray(dlam_T)
         for k in reversed(range(N)):
-            dlam, _ = self._step_adjoint(
+            dlam, _ = self._scheme.transpose(
                 k, traj.tape[k], dlam, c, hess, tangent.tape[k], costate.z[k], tangent.controls, second=not gauss_newton
             )
         return dlam, hess
@@ -874,7 +569,7 @@ class Network:
 
     def readout_adjoint(self, F, r: Readout, gO) -> tuple[np.ndarray, Readout]:
         """Transpose of the readout's derivative applied to ``gO = dloss/dO`` (dual): the
-        terminal costate ``lam_T = M r(T)`` (MODEL.md §3: ``r(z,T) = int gO W(., z)``)
+        terminal costate ``lam_T = M r(T)`` (docs/model.md §3: ``r(z,T) = int gO W(., z)``)
         and the readout part of the derivative (sums over this rank's samples)."""
         sp = self.space
         if r.kind == "classes":
@@ -932,11 +627,7 @@ class Network:
 
     def destroy(self):
         """Destroy the network's PETSc objects (collective)."""
-        self._destroy_lin()
-        if self._snes is not None:
-            for obj in self._snes[2]:
-                obj.destroy()
-            self._snes = None
+        self._scheme.destroy()
 
 
 @dataclass

@@ -224,9 +224,9 @@ def _start(args, petsc) -> int:
 def _forward(args, comm) -> int:
     import numpy as np
 
-    from fem_dnn.domain import Depth, NodeSpace, ProductMesh, create_node_mesh, read_node_mesh
+    from fem_dnn.core.domain import Depth, NodeSpace, ProductMesh, create_node_mesh, read_node_mesh
     from fem_dnn.errors import InputError
-    from fem_dnn.io import write_depth_series, write_trajectory
+    from fem_dnn.app.output import write_depth_series, write_trajectory
     from fem_dnn.network import Network
 
     fI = _expr(args.input, "--input", ("x", "y", "z"))
@@ -238,7 +238,7 @@ def _forward(args, comm) -> int:
     net = Network(space, Depth(args.T, args.N), args.activation, args.scheme, args.eps)
     ones = lambda y: np.ones(y.shape[1])  # noqa: E731
     try:  # net.controls refuses non-finite a (the bias) or b (the weight) on every rank
-        c = net.controls(
+        c = net.make_controls(
             a=lambda y, t: fa(x=y[0], y=y[1], z=y[2], t=t) * ones(y),
             b=lambda y, z, t: np.broadcast_to(
                 fb(x=y[0][:, None], y=y[1][:, None], xz=z[0][None, :], yz=z[1][None, :], t=t),
@@ -265,23 +265,23 @@ def _forward(args, comm) -> int:
 
 
 def _run(args, comm) -> int:
-    from fem_dnn.config import defaults, load_config, to_toml
+    from fem_dnn.app.config import defaults, load_config, to_toml
 
     if args.command == "config":
         if comm.rank == 0:
             print(to_toml(defaults()))
         return 0
     if args.command == "train":
-        from fem_dnn.train import train
+        from fem_dnn.app.train import train
 
         train(load_config(args.config, args.set), comm, resume=args.resume, overwrite=args.overwrite, dry_run=args.dry_run)
         return 0
     if args.command == "evaluate":
-        from fem_dnn.train import evaluate
+        from fem_dnn.app.train import evaluate
 
         evaluate(args.folder, comm)
         return 0
-    from fem_dnn.train import verify
+    from fem_dnn.app.train import verify
 
     return 0 if verify(load_config(args.config, args.set), comm, args.samples) else 1
 

@@ -3,13 +3,13 @@
 - The **node domain** Y (the width of the network) is a DOLFINx mesh: built-in
   interval/rectangle/box, or read from gmsh ``.msh`` or XDMF. The **node space** V_h on it
   is DG0 (a cell is a neuron) or P1/P2 (a dof is a neuron) with node weights omega_j
-  (lumped mass) or the consistent mass matrix (MODEL.md §4).
+  (lumped mass) or the consistent mass matrix (docs/model.md §4).
 - The **depth** [0,T] is an interval mesh with N cells; depth cell k is layer k and the
   controls are constant on it.
 - The **(depth, node) mesh** [0,T] x Y is a real DOLFINx mesh (quadrilaterals over an
   interval, prisms over triangles, hexahedra over quadrilaterals) with depth as the last
   coordinate, partitioned like the node mesh; trajectories live on it for output and
-  for the space-time residual of :func:`fem_dnn.forms.state_residual`.
+  for the space-time residual of :func:`fem_dnn.core.forms.state_residual`.
 
 Parallel layout: the node mesh is partitioned by DOLFINx over ``node_comm``; owned dofs
 of rank r are the global indices ``offsets[r]:offsets[r+1]``. A batch of S samples is a
@@ -37,7 +37,7 @@ import dolfinx.la
 import ufl
 from dolfinx import fem, mesh as dmesh
 
-from fem_dnn import forms
+from fem_dnn.core import forms
 from fem_dnn.errors import InputError
 
 __all__ = [

@@ -67,7 +67,7 @@ from mpi4py import MPI
 from petsc4py import PETSc
 
 from fem_dnn.errors import InputError
-from fem_dnn.functional import ControlSpace
+from fem_dnn.learning.controls import ControlSpace
 
 __all__ = ["FORMAT", "VERSION", "atomic_write", "describe_os_error", "latest_checkpoint", "load_checkpoint", "recover_checkpoint", "save_checkpoint"]
 

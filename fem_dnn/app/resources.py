@@ -3,7 +3,7 @@
 A training run is refused before it starts when it cannot fit (bad input gets one clear
 error, and nothing is half-written):
 
-- :func:`estimate` computes, from a validated config (:mod:`fem_dnn.config`) and
+- :func:`estimate` computes, from a validated config (:mod:`fem_dnn.app.config`) and
   *without building* the node mesh of the built-in grids, the data, the network or any
   control vector, the problem sizes (neurons n, layers N, samples S, the control count
   ``N n + N n^2 + readout``) and the peak resident memory of each rank of a training
@@ -37,7 +37,7 @@ a batch of states and ``G`` the bytes of all controls in natural order:
   not during training), *outputs* (natural order again, the figures).
 
 The counts of vectors are read off the code (:mod:`fem_dnn.optimize`,
-:mod:`fem_dnn.functional`, :mod:`fem_dnn.network`) and PETSc's TAO; the constants below
+:mod:`fem_dnn.learning.functional`, :mod:`fem_dnn.network`) and PETSc's TAO; the constants below
 are measured, and ``bench/memory_estimate.py`` checks the whole estimate against the
 peak resident set of real trainings (within 30%).
 """
@@ -133,7 +133,7 @@ GATHER_ARRAYS = 2
 #: Copies of one n x n layer of b that the weights figure makes (rank 0).
 FIGURE_LAYER_COPIES = 6
 
-#: Built-in data sets: samples, classes, kind and grid (``fem_dnn.data``).
+#: Built-in data sets: samples, classes, kind and grid (``fem_dnn.app.data``).
 _DATASETS = {"digits": (1797, 10, "classes", {"shape": "rectangle", "n": 8}),
              "bumps": (64, None, "function", {"shape": "interval", "n": 32})}
 _STAGES = {"euler": 1, "heun": 2, "rk4": 4, "midpoint": 1}
@@ -322,7 +322,7 @@ def _dataset_sizes(d: dict):
         S, K, kind, domain = _DATASETS[d["name"]]
         feats = domain["n"] ** (2 if domain["shape"] == "rectangle" else 1)
         return S, K, kind, domain, feats
-    from fem_dnn import data as datasets
+    from fem_dnn.app import data as datasets
 
     if not d["path"]:
         raise InputError("data.name = 'file' needs data.path (an .npz or .csv file)")
@@ -339,7 +339,7 @@ def _node_sizes(nd: dict, domain: dict, node_comm: MPI.Comm):
     if nd["mesh"]:
         from dolfinx import fem
 
-        from fem_dnn.domain import read_node_mesh
+        from fem_dnn.core.domain import read_node_mesh
 
         mesh = read_node_mesh(nd["mesh"], node_comm)
         tdim = mesh.topology.dim
@@ -389,7 +389,7 @@ def _tao_method(method: str, prefix: str) -> str:
 
 def estimate(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, depth_checkpoint: int | None = None,
              petsc_options_prefix: str = "fem_dnn_") -> Estimate:
-    """Sizes and peak memory per rank of ``fem_dnn.train.train(cfg)`` (collective).
+    """Sizes and peak memory per rank of ``fem_dnn.app.train.train(cfg)`` (collective).
 
     Nothing of the problem's size is allocated: the sizes of the built-in grids are
     computed, a node mesh file is read (it is small), a data file is read (the built-in
@@ -397,10 +397,10 @@ def estimate(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, depth_checkpoint: int |
     DOLFINx, PETSc and whatever the caller has allocated).
 
     Args:
-        cfg: a validated config (:func:`fem_dnn.config.load_config`).
+        cfg: a validated config (:func:`fem_dnn.app.config.load_config`).
         comm: the run's communicator; every rank gets the same estimate.
         depth_checkpoint: estimate with depth checkpointing every k levels
-            (``ReducedFunctional(checkpoint_every=k)``) instead of the full tape.
+            (``ReducedFunctional(store_every=k)``) instead of the full tape.
         petsc_options_prefix: the solver's options prefix (for ``-<prefix>tao_type`` and
             the L-BFGS history size).
 
@@ -408,7 +408,8 @@ def estimate(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, depth_checkpoint: int |
         InputError: for a data or mesh file that cannot be read (as the run would), or
             sample groups that do not divide the ranks.
     """
-    from fem_dnn import functional, optimize  # noqa: F401  (what every run imports: DOLFINx, UFL, PETSc, scipy)
+    from fem_dnn.learning import functional
+    from fem_dnn.optimize import tao as optimize  # noqa: F401  (what every run imports: DOLFINx, UFL, PETSc, scipy)
 
     now = resident_memory()
     d, nd, nw, tr, out = cfg["data"], cfg["node"], cfg["network"], cfg["training"], cfg["output"]
@@ -444,7 +445,7 @@ def estimate(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, depth_checkpoint: int |
     q_l = nl
     if mass == "consistent":
         q_l = cells_l * _quadrature_points(cell, 2 * deg + 2)
-    from fem_dnn.activation import get_activation
+    from fem_dnn.core.activation import get_activation
 
     compact = get_activation(nw["activation"]).from_sigma is not None
     stages = _STAGES[scheme]

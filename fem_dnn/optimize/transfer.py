@@ -2,7 +2,7 @@
 
 Multilevel training solves the learning problem on a coarse discretisation of the
 (depth, node) domain first and starts the next finer level from the coarse optimum. The
-controls are functions (MODEL.md §4): ``a(y,t)`` and ``b(y,z,t)`` are node-space
+controls are functions (docs/model.md §4): ``a(y,t)`` and ``b(y,z,t)`` are node-space
 functions in y (and z), piecewise constant in depth; the readout ``W`` and ``mu`` are
 node-space functions too (in z, and in y' for a function readout). The transfer is the
 fine discretisation's interpolant of the coarse functions:
@@ -32,7 +32,7 @@ from petsc4py import PETSc
 import dolfinx.geometry
 from dolfinx import fem, mesh as dmesh
 
-from fem_dnn.domain import Depth, NodeSpace, _natural_order
+from fem_dnn.core.domain import Depth, NodeSpace, _natural_order
 from fem_dnn.errors import InputError
 
 __all__ = ["interpolation_matrix", "depth_matrix", "transfer_controls"]
@@ -176,9 +176,9 @@ def transfer_controls(coarse_space, m_coarse: PETSc.Vec, fine_space) -> PETSc.Ve
     :func:`depth_matrix`. Transfer to the same discretisation is the identity.
 
     Args:
-        coarse_space: :class:`fem_dnn.functional.ControlSpace` of the coarse network.
+        coarse_space: :class:`fem_dnn.learning.functional.ControlSpace` of the coarse network.
         m_coarse: coarse controls (a Vec of ``coarse_space``).
-        fine_space: :class:`fem_dnn.functional.ControlSpace` of the fine network.
+        fine_space: :class:`fem_dnn.learning.functional.ControlSpace` of the fine network.
 
     Returns:
         A new Vec of ``fine_space`` (collective on the fine node communicator).

@@ -1,13 +1,13 @@
 """Verification tools: independent checks of the solvers.
 
 - :func:`state_residual_norm`: assembles the space-time residual of the state equation
-  (:func:`fem_dnn.forms.state_residual`) on the (depth, node) mesh for a computed
+  (:func:`fem_dnn.core.forms.state_residual`) on the (depth, node) mesh for a computed
   trajectory, tested with ``phi_i(y) chi_k(t)`` (node basis function times layer
   indicator). For a scheme of order p the residual of its trajectory vanishes at order
   ``min(p, 2)`` under depth refinement (the trajectory is represented piecewise linearly
   in depth, which caps the check at 2).
 - :func:`costate_residual_norm`: the same for the costate equation
-  (:func:`fem_dnn.forms.costate_residual`) and a computed discrete costate (the exact
+  (:func:`fem_dnn.core.forms.costate_residual`) and a computed discrete costate (the exact
   transpose of the scheme), which is consistent with it at order ``min(p, 2)`` too.
 """
 
@@ -23,8 +23,8 @@ import dolfinx.fem.petsc  # noqa: F401
 import ufl
 from dolfinx import fem
 
-from fem_dnn import forms
-from fem_dnn.domain import ProductMesh
+from fem_dnn.core import forms
+from fem_dnn.core.domain import ProductMesh
 from fem_dnn.network import Costate, Network, Trajectory
 
 __all__ = ["TaylorResult", "costate_residual_norm", "state_residual_norm", "taylor_test"]

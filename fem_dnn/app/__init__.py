@@ -1,0 +1,11 @@
+"""The application: a run from a config, its files, and the ``fem-dnn`` command line.
+
+- :mod:`fem_dnn.app.config`      the TOML config: every key with default, type, range
+- :mod:`fem_dnn.app.data`        data sets (digits, bumps, NPZ/CSV)
+- :mod:`fem_dnn.app.resources`   sizes and peak memory before any allocation
+- :mod:`fem_dnn.app.train`       a run: train, evaluate, verify
+- :mod:`fem_dnn.app.runfolder`   one run per folder, resume / overwrite
+- :mod:`fem_dnn.app.checkpoint`  checksummed restart files in natural order
+- :mod:`fem_dnn.app.output`      XDMF/VTX fields and PNG figures
+- :mod:`fem_dnn.app.cli`         the command line
+"""

@@ -1,0 +1,337 @@
+"""The controls m = (a, b, W, mu) as one distributed PETSc Vec, and their inner products.
+
+One description of the blocks (:data:`BLOCKS`, :meth:`ControlSpace.blocks`) is used by
+every place that lays the controls out: the functional, TAO's coordinates, the
+checkpoint, the transfer between discretisations, the paper's algorithms.
+
+The inner products: ``a`` in L2(Y x (0,T)) (node mass times the layer lengths tau_k),
+``b`` in L2(Y x Y x (0,T)) (M (x) M times tau_k), ``W`` in L2(Y_out x Y), ``mu`` in
+L2(Y_out) (counting measure for classes). With ``riesz="h1"`` the depth part of a and b
+gets an H1 term, ``(c, c~) + l^2 (d_t c, d_t c~)`` with the difference quotients between
+layer midpoints. The depth parts are tridiagonal (:class:`DepthOperator`: two diagonals,
+O(N) storage and work). See docs/model.md §5.
+"""
+
+import numpy as np
+from scipy.linalg import cholesky_banded, lapack
+
+from fem_dnn import _dolfinx  # noqa: F401
+from petsc4py import PETSc
+
+from fem_dnn.errors import InputError
+from fem_dnn.network import Controls, Network, Readout
+
+__all__ = ["BLOCKS", "ControlSpace", "DepthOperator"]
+
+#: The control blocks, in the order every Vec, checkpoint and transfer lays them out:
+#: layer biases a (N, n), layer kernels b (N, n, n), readout weight W and bias mu.
+BLOCKS = ("a", "b", "W", "mu")
+
+
+class DepthOperator:
+    """A symmetric tridiagonal N x N matrix across the layers, stored as its two diagonals.
+
+    The depth parts of the controls' inner products are of this form: the L2 product
+    ``diag(tau_k)`` and the H1 term ``D_t^T diag(1/dt) D_t`` of the difference quotients
+    between layer midpoints. Storage and every operation are O(N) per column (no N x N
+    array is ever formed, so N = 10^5 layers cost megabytes, not 75 GiB). Operators act
+    on arrays of shape ``(N, ...)`` along their first axis.
+
+    Args:
+        diagonal: ``(N,)`` main diagonal.
+        off: ``(N-1,)`` off-diagonal ``A[k, k+1] = A[k+1, k]`` (default: zero, a diagonal
+            operator).
+    """
+
+    def __init__(self, diagonal, off=None):
+        self.diagonal = np.asarray(diagonal, dtype=float)
+        N = self.diagonal.shape[0]
+        self.off = np.zeros(max(N - 1, 0)) if off is None else np.asarray(off, dtype=float)
+        if self.diagonal.ndim != 1 or self.off.shape != (max(N - 1, 0),):
+            raise InputError(f"a depth operator needs N diagonal and N-1 off-diagonal entries, got "
+                             f"{self.diagonal.shape} and {self.off.shape}")
+        #: True when the off-diagonal is exactly zero (then every map is an elementwise scaling).
+        self.is_diagonal = not np.any(self.off)
+        self._factor = None
+
+    @classmethod
+    def difference(cls, mid) -> "DepthOperator":
+        """``D_t^T diag(1/dt) D_t``: the squared difference quotients between the layer
+        midpoints ``mid`` (zero for one layer)."""
+        mid = np.asarray(mid, dtype=float)
+        diag = np.zeros(mid.shape[0])
+        if mid.shape[0] < 2:
+            return cls(diag)
+        q = 1.0 / np.diff(mid)
+        diag[:-1] += q
+        diag[1:] += q
+        return cls(diag, -q)
+
+    @staticmethod
+    def combine(alpha: float, A: "DepthOperator", beta: float, B: "DepthOperator") -> "DepthOperator":
+        """``alpha A + beta B``."""
+        return DepthOperator(alpha * A.diagonal + beta * B.diagonal, alpha * A.off + beta * B.off)
+
+    @property
+    def N(self) -> int:
+        return self.diagonal.shape[0]
+
+    def dense(self) -> np.ndarray:
+        """The N x N matrix (for tests and small N only)."""
+        return np.diag(self.diagonal) + np.diag(self.off, 1) + np.diag(self.off, -1)
+
+    def apply(self, X: np.ndarray) -> np.ndarray:
+        """``A X`` (a new array of X's shape)."""
+        X = np.asarray(X)
+        shape = (-1,) + (1,) * (X.ndim - 1)
+        Y = self.diagonal.reshape(shape) * X
+        if not self.is_diagonal:
+            e = self.off.reshape(shape)
+            Y[:-1] += e * X[1:]
+            Y[1:] += e * X[:-1]
+        return Y
+
+    def cholesky(self) -> np.ndarray:
+        """The lower banded Cholesky factor ``A = L L^T`` (LAPACK band storage, shape
+        (2, N): ``[0]`` the diagonal of L, ``[1, :-1]`` its subdiagonal); cached.
+
+        Raises:
+            InputError: if A is not positive definite.
+        """
+        if self._factor is None:
+            ab = np.zeros((2, self.N))
+            ab[0], ab[1, :-1] = self.diagonal, self.off
+            try:
+                self._factor = cholesky_banded(ab, lower=True, check_finite=False)
+            except np.linalg.LinAlgError:
+                raise InputError("the depth inner product is not positive definite") from None
+        return self._factor
+
+    def solve(self, X: np.ndarray) -> np.ndarray:
+        """``A^{-1} X`` (a new array of X's shape): ``X / diagonal`` by the reciprocal for
+        a diagonal A, else a banded Cholesky solve (LAPACK pbtrs)."""
+        X = np.asarray(X)
+        if self.is_diagonal:
+            return (1.0 / self.diagonal).reshape((-1,) + (1,) * (X.ndim - 1)) * X
+        Y, info = lapack.dpbtrs(self.cholesky(), _fortran_copy(X, self.N), lower=1, overwrite_b=1)
+        _lapack_info("pbtrs", info)
+        return Y.reshape(X.shape)
+
+    def cholesky_apply(self, X: np.ndarray, transpose: bool = False, inverse: bool = False) -> np.ndarray:
+        """``L X``, ``L^T X``, ``L^{-1} X`` or ``L^{-T} X`` with the banded Cholesky factor
+        L (:meth:`cholesky`), a new array of X's shape (banded triangular solves: LAPACK
+        tbtrs)."""
+        X = np.asarray(X)
+        L = self.cholesky()
+        if inverse:
+            Y, info = lapack.dtbtrs(L, _fortran_copy(X, self.N), uplo="L", trans="T" if transpose else "N", overwrite_b=1)
+            _lapack_info("tbtrs", info)
+            return Y.reshape(X.shape)
+        shape = (-1,) + (1,) * (X.ndim - 1)
+        Y = L[0].reshape(shape) * X
+        sub = L[1, :-1].reshape(shape)
+        if transpose:  # (L^T x)_k = L_kk x_k + L_{k+1,k} x_{k+1}
+            Y[:-1] += sub * X[1:]
+        else:  # (L x)_k = L_kk x_k + L_{k,k-1} x_{k-1}
+            Y[1:] += sub * X[:-1]
+        return Y
+
+
+def _fortran_copy(X: np.ndarray, N: int) -> np.ndarray:
+    """X as a new Fortran-ordered ``(N, columns)`` array (LAPACK overwrites it)."""
+    B = np.asfortranarray(X.reshape(N, -1), dtype=float)
+    return B.copy(order="F") if np.may_share_memory(B, X) else B
+
+
+def _lapack_info(name: str, info: int):
+    if info != 0:  # only for invalid arguments: a programming error
+        raise RuntimeError(f"LAPACK {name} failed with info = {info}")
+
+
+class ControlSpace:
+    """Controls as one distributed PETSc Vec whose layout follows the node partition.
+
+    Each rank owns, in this order: ``a`` (N, n_local), ``b`` (N, n_local, n) (owned
+    rows, all columns in global dof order), ``W`` ((K, n_local) for classes, (n_local,
+    n) for functions) and ``mu`` (K values on node rank 0 for classes, (n_local,) for
+    functions). With sample groups every group holds the same controls on its node
+    communicator.
+
+    Args:
+        network: the network (its node space and depth mesh).
+        kind: ``"classes"`` or ``"function"``.
+        K: number of classes.
+        riesz: ``"l2"`` or ``"h1"`` (H1 in depth for a and b).
+        h1_length: the length l of the H1 term (default: T).
+    """
+
+    def __init__(self, network: Network, kind: str = "classes", K: int | None = None, riesz: str = "l2", h1_length: float | None = None):
+        if kind not in ("classes", "function"):
+            raise InputError(f"learning problem must be 'classes' or 'function', not {kind!r}")
+        if kind == "classes" and (K is None or int(K) < 2):
+            raise InputError(f"a classes readout needs K >= 2 classes, got {K!r}")
+        if riesz not in ("l2", "h1"):
+            raise InputError(f"riesz must be 'l2' or 'h1', not {riesz!r}")
+        self.network, self.kind, self.riesz_name = network, kind, riesz
+        sp, d = network.space, network.depth
+        self.space, self.comm = sp, sp.comm
+        N, nl, n = d.N, sp.n_local, sp.n
+        self.K = int(K) if kind == "classes" else n
+        if kind == "classes":
+            mu_local = self.K if self.comm.rank == 0 else 0
+            shapes = [(N, nl), (N, nl, n), (self.K, nl), (mu_local,)]
+        else:
+            shapes = [(N, nl), (N, nl, n), (nl, n), (nl,)]
+        self.shapes = shapes
+        sizes = [int(np.prod(s)) for s in shapes]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)])
+        self.n_local = int(self.offsets[-1])
+        # depth operators (O(N), never N x N): L2 = diag(tau); D_t^T D_t with the
+        # difference quotients between layer midpoints (tridiagonal)
+        self.depth_l2 = DepthOperator(d.tau)
+        self.depth_dt = DepthOperator.difference(d.mid)
+        self.h1_length = float(d.T if h1_length is None else h1_length)
+        if riesz == "h1":
+            self.depth_riesz = DepthOperator.combine(1.0, self.depth_l2, self.h1_length**2, self.depth_dt)
+        else:
+            self.depth_riesz = self.depth_l2
+
+    # ---- Vecs and blocks
+    def create_vec(self) -> PETSc.Vec:
+        """A zero control Vec on the node communicator."""
+        v = PETSc.Vec().createMPI((self.n_local, PETSc.DECIDE), comm=self.comm)
+        v.set(0.0)
+        return v
+
+    def blocks(self, vec: PETSc.Vec | np.ndarray) -> list[np.ndarray]:
+        """Views ``[a, b, W, mu]`` into a Vec's (or array's) owned values."""
+        arr = vec.array if isinstance(vec, PETSc.Vec) else vec
+        o = self.offsets
+        return [arr[o[i] : o[i + 1]].reshape(s) for i, s in enumerate(self.shapes)]
+
+    def split(self, vec: PETSc.Vec) -> tuple[Controls, Readout]:
+        """Copies of the controls held by a Vec, as the network uses them."""
+        a, b, W, mu = (np.array(x) for x in self.blocks(vec.array_r))
+        if self.kind == "classes":
+            mu = self.comm.bcast(mu, root=0)
+        return Controls(a, b), Readout(self.kind, W, mu)
+
+    def join(self, c: Controls, r: Readout, vec: PETSc.Vec | None = None) -> PETSc.Vec:
+        """A Vec holding the given controls (mu of a classes readout: node rank 0's)."""
+        vec = vec or self.create_vec()
+        a, b, W, mu = self.blocks(vec)
+        a[:], b[:], W[:] = c.a, c.b, r.W
+        if mu.size:
+            mu[:] = r.mu
+        return vec
+
+    def from_natural(self, a, b, W, mu, vec: PETSc.Vec | None = None) -> PETSc.Vec:
+        """A Vec from arrays in natural node order: a (N, n), b (N, n, n), W ((K, n) or
+        (n, n)), mu ((K,) or (n,)). The same arrays give the same controls on any number
+        of ranks."""
+        sp = self.space
+        vec = vec or self.create_vec()
+        A, B, Wl, M = self.blocks(vec)
+        A[:] = np.asarray(a)[:, sp.nat_owned]
+        B[:] = np.asarray(b)[:, sp.nat_owned][:, :, sp.nat_of_global]
+        W = np.asarray(W)
+        Wl[:] = W[:, sp.nat_owned] if self.kind == "classes" else W[sp.nat_owned][:, sp.nat_of_global]
+        if M.size:
+            M[:] = np.asarray(mu) if self.kind == "classes" else np.asarray(mu)[sp.nat_owned]
+        return vec
+
+    def natural(self, vec: PETSc.Vec) -> dict[str, np.ndarray]:
+        """The controls of a Vec in natural node order, on every rank."""
+        sp = self.space
+        a, b, W, mu = self.blocks(vec.array_r)
+
+        def cols(x):
+            out = np.empty_like(x)
+            out[..., sp.nat_of_global] = x
+            return out
+
+        out = {"a": sp.to_natural(a, axis=1), "b": cols(sp.to_natural(b, axis=1))}
+        if self.kind == "classes":
+            out["W"] = sp.to_natural(W, axis=1)
+            out["mu"] = self.comm.bcast(np.array(mu), root=0)
+        else:
+            out["W"] = cols(sp.to_natural(W, axis=0))
+            out["mu"] = sp.to_natural(mu, axis=0)
+        return out
+
+    def random(self, seed: int = 0, scale: float = 1.0) -> PETSc.Vec:
+        """A random direction, standard normal in natural order from ``seed``: the same
+        direction whatever the number of ranks."""
+        sp, N, n = self.space, self.network.depth.N, self.space.n
+        rng = np.random.default_rng(seed)
+        a = rng.standard_normal((N, n))
+        b = rng.standard_normal((N, n, n))
+        W = rng.standard_normal((self.K, n) if self.kind == "classes" else (n, n))
+        mu = rng.standard_normal(self.K if self.kind == "classes" else n)
+        vec = self.from_natural(a, b, W, mu)
+        vec.scale(scale)
+        return vec
+
+    # ---- inner products
+    def _apply(self, x, out, depth: "DepthOperator", readout_scale: float, inverse: bool):
+        """``out = (depth (x) M_Y) x`` blockwise (or its inverse ``(depth^{-1} (x)
+        M_Y^{-1}) x``): mass in the node variables, ``depth`` across layers,
+        ``readout_scale`` for W and mu."""
+        sp = self.space
+        a, b, W, mu = self.blocks(x.array_r)
+        oa, ob, oW, omu = self.blocks(out)
+        if sp.mass == "lumped" and depth.is_diagonal:
+            # diagonal in depth and nodes: an elementwise scaling, no copies of b
+            w, w_all, dd = sp.weights[: sp.n_local], sp.weights_all, depth.diagonal
+            if inverse:
+                w, w_all, dd = 1.0 / w, 1.0 / w_all, 1.0 / dd
+            np.multiply(a, dd[:, None] * w, out=oa)
+            np.multiply(b, dd[:, None, None] * w[None, :, None], out=ob)
+            ob *= w_all
+            if self.kind == "classes":
+                np.multiply(W, readout_scale * w, out=oW)
+                if mu.size:
+                    omu[:] = readout_scale * mu
+            else:
+                np.multiply(W, readout_scale * w[:, None], out=oW)
+                oW *= w_all
+                np.multiply(mu, readout_scale * w, out=omu)
+            return out
+        rows = (lambda X: sp.solve_mass(np.asfortranarray(X))) if inverse else (lambda X: sp.apply_mass(np.asfortranarray(X)))
+        across = depth.solve if inverse else depth.apply
+        N, nl, n = b.shape
+        oa[:] = across(rows(a.T).T)
+        mb = rows(b.transpose(1, 0, 2).reshape(nl, N * n)).reshape(nl, N, n).transpose(1, 0, 2)
+        mb = sp.mass_columns(mb, inverse=inverse)
+        ob[:] = across(mb.reshape(N, nl * n)).reshape(N, nl, n)
+        if self.kind == "classes":
+            oW[:] = readout_scale * rows(W.T).T
+            if mu.size:
+                omu[:] = readout_scale * mu
+        else:
+            oW[:] = readout_scale * sp.mass_columns(rows(W), inverse=inverse)
+            omu[:] = readout_scale * rows(mu[:, None])[:, 0]
+        return out
+
+    def mass(self, x: PETSc.Vec, out: PETSc.Vec | None = None) -> PETSc.Vec:
+        """The inner product's matrix applied to x (primal -> dual)."""
+        return self._apply(x, out or x.duplicate(), self.depth_riesz, 1.0, False)
+
+    def riesz(self, dual: PETSc.Vec, out: PETSc.Vec | None = None) -> PETSc.Vec:
+        """Riesz map: the representer g of a dual vector, ``(g, v) = dual . v`` (dual -> primal)."""
+        return self._apply(dual, out or dual.duplicate(), self.depth_riesz, 1.0, True)
+
+    def inner(self, x: PETSc.Vec, y: PETSc.Vec) -> float:
+        """``(x, y)`` in the controls' inner product."""
+        my = self.mass(y)
+        val = x.dot(my)
+        my.destroy()
+        return val
+
+    def norm(self, x: PETSc.Vec) -> float:
+        return float(np.sqrt(max(self.inner(x, x), 0.0)))
+
+    def regularisation_operator(self, lam: float, gamma: float, x: PETSc.Vec, out: PETSc.Vec | None = None) -> PETSc.Vec:
+        """``(lambda L2 + gamma D_t^T D_t) x``: derivative (and Hessian) of the regulariser."""
+        depth = DepthOperator.combine(lam, self.depth_l2, gamma, self.depth_dt)
+        return self._apply(x, out or x.duplicate(), depth, lam, False)

@@ -1,0 +1,419 @@
+"""Depth schemes: how a layer advances the state, and the exact derivatives of that step.
+
+Every scheme is built from the network's stage function (docs/model.md §4.5)
+
+    g(X) = M^{-1} [ Q sigma(P u) - c_K K X ],    u = a^k - B_{b^k} X,
+
+with the controls of layer k held fixed over the layer, and provides the four solves the
+optimality system needs (docs/model.md §4.8): :meth:`Scheme.step` (forward, recording
+the stages on a tape), :meth:`Scheme.tangent` (the linearised step),
+:meth:`Scheme.transpose` (its transpose: one costate step, adding the control
+derivative) and, through the same method with a tangent, the second-order costate step.
+
+- An **explicit Runge-Kutta scheme** is one entry of :data:`TABLEAUS` (a Butcher
+  tableau and its order): :class:`ExplicitRungeKutta` derives step, tangent, transpose and
+  second-order transpose from the tableau, and the registry makes it a choice of
+  ``network.scheme`` in the config, the CLI and every scheme-parametrised test.
+- The **implicit midpoint rule** is :class:`ImplicitMidpoint`: a PETSc SNES Newton solve
+  per layer (prefix ``<prefix>midpoint_``) and a KSP for its linearisation (prefix
+  ``<prefix>midpoint_linear_``), diffusion inside the implicit system.
+
+With ``eps > 0`` an explicit scheme splits the diffusion off (docs/model.md §4.6): Lie
+splitting with a backward-Euler step for first-order schemes (IMEX Euler), Strang
+splitting with Crank-Nicolson half steps otherwise (second order overall).
+
+This module imports numpy only (the config and the CLI read the registry without
+loading PETSc); the midpoint rule imports petsc4py when it builds its solvers.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["IMPLICIT", "ORDER", "SCHEMES", "STAGES", "TABLEAUS", "ExplicitRungeKutta", "ImplicitMidpoint",
+           "Scheme", "Tableau", "make_scheme"]
+
+
+@dataclass(frozen=True)
+class Tableau:
+    """An explicit Runge-Kutta scheme's Butcher tableau (strictly lower ``A``, weights
+    ``b``) and its classical order. The nodes c are not needed: the controls are
+    constant over a layer."""
+
+    A: tuple
+    b: tuple
+    order: int
+
+
+#: name -> Butcher tableau of an explicit scheme (adding an entry adds a scheme).
+TABLEAUS = {
+    "euler": Tableau(((0.0,),), (1.0,), 1),  # the ResNet f + tau sigma(a - B f)
+    "heun": Tableau(((0.0, 0.0), (1.0, 0.0)), (0.5, 0.5), 2),
+    "rk4": Tableau(((0, 0, 0, 0), (0.5, 0, 0, 0), (0, 0.5, 0, 0), (0, 0, 1.0, 0)), (1 / 6, 1 / 3, 1 / 3, 1 / 6), 4),
+    # Shu-Osher's three-stage strong-stability-preserving scheme
+    "ssprk3": Tableau(((0, 0, 0), (1.0, 0, 0), (0.25, 0.25, 0)), (1 / 6, 1 / 6, 2 / 3), 3),
+}
+
+
+class Scheme:
+    """A depth scheme bound to a network (``net``): the interface the forward, tangent
+    and costate solves call, layer by layer.
+
+    Attributes:
+        name: the registry name; ``order``: the classical order (eps = 0);
+        ``stages``: stages recorded per layer on the tape; ``implicit``.
+    """
+
+    name: str
+    order: int
+    stages: int
+    implicit: bool = False
+
+    def __init__(self, net):
+        self.net = net
+
+    def splitting(self, h: float):
+        """Diffusion sub-steps ``(h', theta)`` before and after the activation stages
+        (None: none)."""
+        return None, None
+
+    def step(self, k, F, c, h, tape=None, out=None):
+        """The state after layer k from F (a Fortran ``(n_local, S)`` batch); appends the
+        stages' linearisation data to ``tape`` when given; writes into ``out`` if given."""
+        raise NotImplementedError
+
+    def tangent(self, k, stages, dF, c, dc):
+        """The linearised step along (dF, dc) at the taped stages; returns dF after the
+        layer and the stages' increments."""
+        raise NotImplementedError
+
+    def transpose(self, k, stages, r, c, grad, dstages=None, zs=None, dc=None, second=True):
+        """The transposed linearised step applied to the costate r after the layer: returns
+        r before the layer and the stages' z; adds the control part to ``grad``. With a
+        tangent (``dstages``, the costate's ``zs``, ``dc``) it is the second-order costate
+        step (r is then the incremental costate; ``second=False``: Gauss-Newton)."""
+        raise NotImplementedError
+
+    def destroy(self):
+        """Free the PETSc objects the scheme made."""
+
+
+class ExplicitRungeKutta(Scheme):
+    """An explicit Runge-Kutta scheme from its Butcher tableau (:data:`TABLEAUS`)."""
+
+    def __init__(self, net, name: str, tableau: Tableau):
+        super().__init__(net)
+        self.name, self.A, self.b, self.order = name, tableau.A, tableau.b, tableau.order
+        self.stages = len(tableau.b)
+
+    def splitting(self, h):
+        if self.net.eps == 0:
+            return None, None
+        if self.order == 1:
+            return None, (h, 1.0)  # Lie: backward Euler after the stages
+        return (0.5 * h, 0.5), (0.5 * h, 0.5)  # Strang with Crank-Nicolson half steps
+
+    def step(self, k, F, c, h, tape=None, out=None):
+        net, A, bw = self.net, self.A, self.b
+        before, after = self.splitting(h)
+        if before:
+            F = net.diffuse(F, *before)
+        G = []
+        for i in range(len(bw)):
+            X = F
+            for j in range(i):
+                if A[i][j]:
+                    X = X + (h * A[i][j]) * G[j]
+            Gi, st = net.g(k, X, c, linearise=tape is not None)
+            G.append(Gi)
+            if tape is not None:
+                tape.append(st)
+        new = out if (out is not None and not after) else np.empty_like(F, order="F")
+        np.multiply(G[0], h * bw[0], out=new)
+        for i in range(1, len(bw)):
+            if bw[i]:
+                new += (h * bw[i]) * G[i]
+        new += F
+        return net.diffuse(new, *after) if after else new
+
+    def tangent(self, k, stages, dF, c, dc):
+        net, A, bw = self.net, self.A, self.b
+        h = net.depth.tau[k]
+        before, after = self.splitting(h)
+        if before:
+            dF = net.diffuse(dF, *before)
+        dG, dstages = [], []
+        for i in range(len(bw)):
+            dX = dF
+            for j in range(i):
+                if A[i][j]:
+                    dX = dX + (h * A[i][j]) * dG[j]
+            dGi, dst = net.g_tangent(k, stages[i], dX, c, dc)
+            dG.append(dGi)
+            dstages.append(dst)
+        for i in range(len(bw)):
+            if bw[i]:
+                dF = dF + (h * bw[i]) * dG[i]
+        if after:
+            dF = net.diffuse(dF, *after)
+        return np.asfortranarray(dF), dstages
+
+    def transpose(self, k, stages, r, c, grad, dstages=None, zs=None, dc=None, second=True):
+        net, A, bw = self.net, self.A, self.b
+        h = net.depth.tau[k]
+        before, after = self.splitting(h)
+        if after:
+            r = net.diffuse(r, *after, transpose=True)
+        s = len(bw)
+        soa = dstages is not None and second
+        out_z, xis = [None] * s, [None] * s
+        for i in reversed(range(s)):
+            kappa = (h * bw[i]) * r if bw[i] else np.zeros_like(r)
+            for l in range(i + 1, s):
+                if A[l][i]:
+                    kappa = kappa + (h * A[l][i]) * xis[l]
+            xi, out_z[i] = net.g_adjoint(k, stages[i], kappa, c, grad)
+            if soa:
+                xi = xi + net.g_second(k, stages[i], zs[i], dstages[i], c, dc, grad)
+            xis[i] = xi
+        for xi in xis[1:]:
+            xis[0] += xi
+        xis[0] += r  # the xi are fresh arrays
+        r = xis[0]
+        if before:
+            r = net.diffuse(r, *before, transpose=True)
+        return np.asfortranarray(r), out_z
+
+
+class ImplicitMidpoint(Scheme):
+    """The implicit midpoint rule ``M(f1 - f0) = h [Q sigma(P u(fm)) - eps K fm]``,
+    ``fm = (f0 + f1)/2``: one Newton solve per layer (PETSc SNES, matrix-free Jacobian,
+    GMRES preconditioned by the mass matrix), order 2 with or without diffusion."""
+
+    name, order, stages, implicit = "midpoint", 2, 1, True
+
+    def __init__(self, net):
+        super().__init__(net)
+        self._snes = None  # (snes, S, objects to destroy)
+        self._lin = None  # (ksp, S)
+
+    def step(self, k, F, c, h, tape=None, out=None):
+        net = self.net
+        F1 = self._solve(k, F, c, h)
+        if tape is not None:
+            tape.append(net.g(k, np.asfortranarray(0.5 * (F + F1)), c, net.eps)[1])
+        return F1
+
+    def tangent(self, k, stages, dF, c, dc):
+        net = self.net
+        h = net.depth.tau[k]
+        st = stages[0]
+        # J dX = M dF + h/2 M g_m dm,  J = M - h/2 M g_X (the Newton matrix)
+        src = dF if dc is None else dF + 0.5 * h * net.g_tangent(k, st, np.zeros_like(dF), c, dc, net.eps)[0]
+        dX = self._linear(k, st, c, h, net.space.apply_mass(src), transpose=False)
+        dG, dst = net.g_tangent(k, st, dX, c, dc, net.eps)
+        return np.asfortranarray(dF + h * dG), [dst]
+
+    def transpose(self, k, stages, r, c, grad, dstages=None, zs=None, dc=None, second=True):
+        net = self.net
+        h = net.depth.tau[k]
+        st = stages[0]
+        rhs = h * r
+        eta = None
+        if dstages is not None and second:
+            eta = net.g_second(k, st, zs[0], dstages[0], c, dc, grad)
+            rhs = rhs + 0.5 * h * eta
+        # (I - h/2 g_X^T) kappa = rhs  <=>  J^T (M^{-1} kappa) = rhs
+        kappa = net.space.apply_mass(self._linear(k, st, c, h, rhs, transpose=True))
+        xi, z = net.g_adjoint(k, st, kappa, c, grad, net.eps)
+        if eta is not None:
+            xi = xi + eta
+        return np.asfortranarray(r + xi), [z]
+
+    # ---- the Newton solve of one layer
+    def _solve(self, k, F0, c, h):
+        from fem_dnn.errors import SolverError
+
+        net, sp = self.net, self.net.space
+        S = F0.shape[1]
+        snes = self._newton(S)
+        ctx = snes.getApplicationContext()
+        ctx.update(k=k, F0=F0, c=c, h=h)
+        x = ctx["x"]
+        X = x.array.reshape(S, sp.n_local).T
+        X[:] = F0 + h * net.rhs(k, F0, c)  # explicit Euler predictor
+        scale = np.sqrt(sp.comm.allreduce(float(np.sum(sp.apply_mass(F0) ** 2)))) + 1e-300
+        snes.setTolerances(atol=1e-14 * scale)
+        snes.solve(None, x)
+        reason = snes.getConvergedReason()
+        if reason <= 0:
+            raise SolverError(
+                f"implicit midpoint Newton solve failed in layer {k} (SNES reason {reason}); "
+                f"try a smaller depth step or -{net.prefix}midpoint_snes_monitor"
+            )
+        return np.asfortranarray(x.array.reshape(S, sp.n_local).T.copy())
+
+    def _newton(self, S):
+        from petsc4py import PETSc  # here, not at import: the registry is read without PETSc
+
+        if self._snes is not None and self._snes[1] == S:
+            return self._snes[0]
+        self._destroy_newton()
+        net = self.net
+        sp, comm = net.space, net.space.comm
+        sizes = (sp.n_local * S, sp.n * S)
+        x = PETSc.Vec().createMPI(sizes, comm=comm)
+        r = x.duplicate()
+        ctx = {"x": x}
+
+        def batch(v):
+            return v.array_r.reshape(S, sp.n_local).T
+
+        def residual(snes, xv, rv):
+            F1 = batch(xv)
+            Fm = np.asfortranarray(0.5 * (ctx["F0"] + F1))
+            U = net.preactivation(ctx["k"], Fm, ctx["c"])
+            Uq = sp.quad_values(U)
+            ctx["dsig"] = net.sigma.dsigma(Uq)
+            R = sp.apply_mass(F1 - ctx["F0"]) - ctx["h"] * sp.quad_load(net.sigma.sigma(Uq))
+            if net.eps > 0:
+                R = R + ctx["h"] * net.eps * sp.apply(sp.K, Fm)
+            rv.array.reshape(S, sp.n_local).T[:] = R
+
+        class Jacobian:
+            def mult(self, mat, dv, yv):
+                D = np.asfortranarray(batch(dv))
+                BD = net.kernel.apply(ctx["c"].b[ctx["k"]], D)
+                Y = sp.apply_mass(D) + 0.5 * ctx["h"] * sp.quad_load(ctx["dsig"] * sp.quad_values(BD))
+                if net.eps > 0:
+                    Y = Y + 0.5 * ctx["h"] * net.eps * sp.apply(sp.K, D)
+                yv.array.reshape(S, sp.n_local).T[:] = Y
+
+        J = PETSc.Mat().createPython((sizes, sizes), Jacobian(), comm=comm)
+        J.setUp()
+        snes = PETSc.SNES().create(comm)
+        snes.setOptionsPrefix(net.prefix + "midpoint_")
+        snes.setFunction(residual, r)
+        snes.setJacobian(lambda *args: None, J, J)
+        snes.setApplicationContext(ctx)
+        snes.setTolerances(rtol=1e-12, stol=0.0, max_it=50)
+        snes.getLineSearch().setType("basic")
+        ksp = snes.getKSP()
+        ksp.setType("gmres")
+        ksp.setTolerances(rtol=1e-13, atol=0.0)
+        pc = ksp.getPC()
+        pc.setType("python")
+        pc.setPythonContext(_MassPC(sp, S))
+        snes.setFromOptions()
+        self._snes = (snes, S, (snes, J, x, r))
+        return snes
+
+    # ---- its linearisation (tangent and costate)
+    def _linear(self, k, st, c, h, rhs, transpose):
+        """Solve ``J x = rhs`` or ``J^T x = rhs`` with the Newton matrix
+        ``J = M + h/2 (Q sigma'(u) P B_b + eps K)`` at a taped stage (KSP prefix
+        ``<prefix>midpoint_linear_``, GMRES preconditioned by the mass matrix)."""
+        from fem_dnn.errors import SolverError
+
+        net, sp = self.net, self.net.space
+        S = rhs.shape[1]
+        if self._lin is None or self._lin[1] != S:
+            self._destroy_linear()
+            self._lin = (self._linear_ksp(S), S)
+        ksp = self._lin[0]
+        ctx = ksp.getOperators()[0].getPythonContext().ctx
+        ctx.update(k=k, dsig=net.dsigma(st), c=c, h=h, transpose=transpose)
+        b, x = ksp.getOperators()[0].createVecs()
+        b.array.reshape(S, sp.n_local).T[:] = rhs
+        scale = b.norm()
+        ksp.setTolerances(rtol=1e-14, atol=1e-300)
+        if scale > 0:
+            ksp.solve(b, x)
+            if ksp.getConvergedReason() <= 0:
+                raise SolverError(
+                    f"midpoint {'costate' if transpose else 'tangent'} solve failed in layer {k} "
+                    f"(KSP reason {ksp.getConvergedReason()}); see -{net.prefix}midpoint_linear_ksp_monitor"
+                )
+        out = np.asfortranarray(x.array.reshape(S, sp.n_local).T.copy())
+        b.destroy(), x.destroy()
+        return out
+
+    def _linear_ksp(self, S):
+        from petsc4py import PETSc
+
+        net = self.net
+        sp = net.space
+        sizes = (sp.n_local * S, sp.n * S)
+
+        class Newton:
+            def __init__(self):
+                self.ctx = {}
+
+            def mult(self, mat, dv, yv):
+                c, k, h, dsig = self.ctx["c"], self.ctx["k"], self.ctx["h"], self.ctx["dsig"]
+                D = np.asfortranarray(dv.array_r.reshape(S, sp.n_local).T)
+                if self.ctx["transpose"]:
+                    Z = sp.quad_values_T(dsig * sp.quad_load_T(D))
+                    Y = sp.apply_mass(D) + 0.5 * h * net.kernel.apply_transpose(c.b[k], Z)
+                else:
+                    BD = net.kernel.apply(c.b[k], D)
+                    Y = sp.apply_mass(D) + 0.5 * h * sp.quad_load(dsig * sp.quad_values(BD))
+                if net.eps > 0:
+                    Y = Y + 0.5 * h * net.eps * sp.apply(sp.K, D)
+                yv.array.reshape(S, sp.n_local).T[:] = Y
+
+        J = PETSc.Mat().createPython((sizes, sizes), Newton(), comm=sp.comm)
+        J.setUp()
+        ksp = PETSc.KSP().create(sp.comm)
+        ksp.setOptionsPrefix(net.prefix + "midpoint_linear_")
+        ksp.setOperators(J)
+        ksp.setType("gmres")
+        ksp.getPC().setType("python")
+        ksp.getPC().setPythonContext(_MassPC(sp, S))
+        ksp.setFromOptions()
+        J.destroy()
+        return ksp
+
+    def _destroy_newton(self):
+        if self._snes is not None:
+            for obj in self._snes[2]:
+                obj.destroy()
+            self._snes = None
+
+    def _destroy_linear(self):
+        if self._lin is not None:
+            self._lin[0].destroy()
+            self._lin = None
+
+    def destroy(self):
+        self._destroy_linear()
+        self._destroy_newton()
+
+
+class _MassPC:
+    """PETSc python preconditioner: the inverse node mass matrix on a batch."""
+
+    def __init__(self, space, S):
+        self.space, self.S = space, S
+
+    def apply(self, pc, xv, yv):
+        sp = self.space
+        X = np.asfortranarray(xv.array_r.reshape(self.S, sp.n_local).T)
+        yv.array.reshape(self.S, sp.n_local).T[:] = sp.solve_mass(X)
+
+
+#: name -> class of an implicit scheme (its own solvers; not derived from a tableau)
+IMPLICIT = {"midpoint": ImplicitMidpoint}
+#: every scheme name, as the config, the CLI and the tests offer them
+SCHEMES = tuple(TABLEAUS) + tuple(IMPLICIT)
+#: classical order of each scheme (with eps > 0 the explicit ones are capped at 2)
+ORDER = {**{n: t.order for n, t in TABLEAUS.items()}, **{n: cls.order for n, cls in IMPLICIT.items()}}
+#: stages recorded on the tape per layer
+STAGES = {**{n: len(t.b) for n, t in TABLEAUS.items()}, **{n: cls.stages for n, cls in IMPLICIT.items()}}
+
+
+def make_scheme(name: str, net) -> Scheme:
+    """The scheme ``name`` bound to the network ``net``."""
+    if name in TABLEAUS:
+        return ExplicitRungeKutta(net, name, TABLEAUS[name])
+    return IMPLICIT[name](net)
