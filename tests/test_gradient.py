@@ -238,7 +238,7 @@ def test_bad_input(comm):
         ReducedFunctional(net, X, np.array([0.0, 1.0, 1.0]), "classes")
     with pytest.raises(InputError, match="lambda"):
         ReducedFunctional(net, X, np.array([0, 1, 1]), "classes", lam=-1.0)
-    with pytest.raises(InputError, match=r"unknown loss 'regression'; choose one of \['classes', 'function', 'mse'"):
+    with pytest.raises(InputError, match=r"unknown loss 'regression'; choose one of \['cross_entropy', 'logistic_l2', 'mse'\]"):
         ReducedFunctional(net, X, X, "regression")
     net.destroy()
 

@@ -45,8 +45,10 @@ PROBE = textwrap.dedent("""
                 pass
     else:
         import fem_dnn
-        for m in pkgutil.iter_modules(fem_dnn.__path__):
-            importlib.import_module("fem_dnn." + m.name)
+        mods = [m.name for m in pkgutil.walk_packages(fem_dnn.__path__, "fem_dnn.") if m.name != "fem_dnn.__main__"]
+        assert len(mods) > 30 and "fem_dnn.core.forms" in mods, mods
+        for name in mods:  # every module of every subpackage
+            importlib.import_module(name)
     if sys.argv[1] == "configure":
         from fem_dnn.process import configure
         configure()

@@ -27,6 +27,8 @@ import argparse
 import ast
 import sys
 
+from fem_dnn.network.schemes import SCHEMES
+
 __all__ = ["AGREE_SECONDS", "guarded", "main"]
 
 
@@ -96,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--space", default="DG0", choices=["DG0", "P1", "P2"], help="node space")
     f.add_argument("--mass", default="lumped", choices=["lumped", "consistent"])
     f.add_argument("--activation", default="tanh", choices=["tanh", "arctan", "sigmoid", "relu", "leaky_relu", "elu", "identity"])
-    f.add_argument("--scheme", default="euler", choices=["euler", "heun", "rk4", "midpoint"], help="depth scheme")
+    f.add_argument("--scheme", default="euler", choices=SCHEMES, help="depth scheme")
     f.add_argument("--T", type=float, default=1.0, help="final depth")
     f.add_argument("--N", type=int, default=16, help="number of layers")
     f.add_argument("--eps", type=float, default=0.0, help="node diffusion")

@@ -21,6 +21,8 @@ import tomllib
 from pathlib import Path
 
 from fem_dnn.errors import InputError
+from fem_dnn.learning.losses import LOSSES
+from fem_dnn.network.schemes import SCHEMES
 
 __all__ = ["SPEC", "defaults", "load_config", "parse_overrides", "to_toml", "validate"]
 
@@ -56,7 +58,7 @@ SPEC = {
     },
     "network": {
         "activation": ("tanh", str, _choice("tanh", "arctan", "sigmoid", "relu", "leaky_relu", "elu", "identity"), "sigma"),
-        "scheme": ("euler", str, _choice("euler", "heun", "rk4", "midpoint"), "depth scheme (euler: the ResNet)"),
+        "scheme": ("euler", str, _choice(*SCHEMES), "depth scheme (euler: the ResNet; fem_dnn.network.schemes)"),
         "T": (1.0, float, _POS, "depth of the network"),
         "N": (4, int, _POS, "number of layers (depth cells)"),
         "eps": (0.0, float, _NONNEG, "node diffusion coefficient"),
@@ -64,6 +66,8 @@ SPEC = {
     "training": {
         "method": ("lbfgs", str, _choice("gd", "cg", "lbfgs", "newton", "trust", "blbfgs", "bnewton", "btrust", "sgd", "adam", "msa"),
                    "training method (TAO methods, mini-batch sgd/adam, or msa)"),
+        "loss": ("default", str, _choice("default", *LOSSES), "loss (fem_dnn.learning.losses): default (cross_entropy for classes, "
+                 "logistic_l2 for functions), cross_entropy, logistic_l2, mse (squared error on one-hot classes)"),
         "lam": (3e-4, float, _NONNEG, "L2 regularisation weight lambda"),
         "gamma": (0.0, float, _NONNEG, "depth-smoothness weight gamma (H1 geometry when > 0)"),
         "riesz": (True, bool, _ANY, "train in the L2/H1 geometry (false: raw coefficients)"),

@@ -52,6 +52,7 @@ from fem_dnn import _dolfinx  # noqa: F401
 from mpi4py import MPI
 
 from fem_dnn.errors import InputError
+from fem_dnn.network.schemes import IMPLICIT, STAGES
 
 __all__ = [
     "Estimate",
@@ -136,7 +137,6 @@ FIGURE_LAYER_COPIES = 6
 #: Built-in data sets: samples, classes, kind and grid (``fem_dnn.app.data``).
 _DATASETS = {"digits": (1797, 10, "classes", {"shape": "rectangle", "n": 8}),
              "bumps": (64, None, "function", {"shape": "interval", "n": 32})}
-_STAGES = {"euler": 1, "heun": 2, "rk4": 4, "midpoint": 1}
 _TAO = ("gd", "cg", "lbfgs", "newton", "trust", "blbfgs", "bnewton", "btrust")
 _NEWTON = ("newton", "trust", "bnewton", "btrust")
 
@@ -448,9 +448,10 @@ def estimate(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, depth_checkpoint: int |
     from fem_dnn.core.activation import get_activation
 
     compact = get_activation(nw["activation"]).from_sigma is not None
-    stages = _STAGES[scheme]
+    stages = STAGES[scheme]
     per_stage_q = 1 if compact else 2  # sigma(u) alone, or u and sigma'(u)
-    inputs = stages - 1 if scheme != "midpoint" else 1  # stage inputs kept (the first is a view of the state)
+    # stage inputs kept (explicit: the first is a view of the state; implicit: the midpoint state)
+    inputs = 1 if scheme in IMPLICIT else stages - 1
 
     def batch(samples):  # bytes of one (n_local, S) and one (q_local, S) array
         return _F8 * nl * samples, _F8 * q_l * samples

@@ -48,6 +48,7 @@ from fem_dnn.app.config import to_toml
 from fem_dnn.core.domain import Depth, NodeSpace, ProductMesh, create_node_mesh, read_node_mesh, split_comm
 from fem_dnn.errors import InputError
 from fem_dnn.learning.functional import ReducedFunctional
+from fem_dnn.learning.losses import get_loss
 from fem_dnn.network import Network
 
 __all__ = ["Run", "evaluate", "train", "verify"]
@@ -90,7 +91,8 @@ class Run:
             mesh = create_node_mesh(node_comm, shape, k, cell="quadrilateral" if shape == "rectangle" else None)
         self.space = NodeSpace(mesh, fam, deg, nd["mass"])
         self.net = Network(self.space, Depth(nw["T"], nw["N"]), nw["activation"], nw["scheme"], nw["eps"], layout=self.layout)
-        kw = dict(kind=ds.kind, K=ds.K, lam=tr["lam"], gamma=tr["gamma"])
+        loss = get_loss(ds.kind if tr["loss"] == "default" else tr["loss"], readout=ds.kind)
+        kw = dict(loss=loss, K=ds.K, lam=tr["lam"], gamma=tr["gamma"])
         self.J = self._functional(ds.subset(self.train_idx), kw)
         self.J_test = self._functional(ds.subset(self.test_idx), kw) if len(self.test_idx) else None
 

@@ -7,12 +7,16 @@
                                       gradient, Hessian action; wrappers (fixed readout,
                                       proximal term)
 - :mod:`fem_dnn.learning.verify`      Taylor tests, space-time residuals
+
+The names below are loaded on first use (the loss registry is read by the config without
+importing DOLFINx).
 """
 
-from fem_dnn.learning.controls import BLOCKS, ControlSpace, DepthOperator
-from fem_dnn.learning.functional import (AbstractReducedFunctional, FixedReadout, Proximal, ReducedFunctional,
-                                         WrappedFunctional)
-from fem_dnn.learning.losses import LOSSES, Loss
+from fem_dnn._lazy import exports
 
-__all__ = ["BLOCKS", "LOSSES", "AbstractReducedFunctional", "ControlSpace", "DepthOperator", "FixedReadout", "Loss",
-           "Proximal", "ReducedFunctional", "WrappedFunctional"]
+__getattr__, __dir__, __all__ = exports(__name__, {
+    "BLOCKS": "controls", "ControlSpace": "controls", "DepthOperator": "controls",
+    "AbstractReducedFunctional": "functional", "FixedReadout": "functional", "Proximal": "functional",
+    "ReducedFunctional": "functional", "WrappedFunctional": "functional",
+    "LOSSES": "losses", "Loss": "losses",
+})

@@ -209,6 +209,10 @@ class ControlSpace:
         o = self.offsets
         return [arr[o[i] : o[i + 1]].reshape(s) for i, s in enumerate(self.shapes)]
 
+    def block_dict(self, vec: PETSc.Vec | np.ndarray) -> dict[str, np.ndarray]:
+        """The views of :meth:`blocks` by name (:data:`BLOCKS`)."""
+        return dict(zip(BLOCKS, self.blocks(vec)))
+
     def split(self, vec: PETSc.Vec) -> tuple[Controls, Readout]:
         """Copies of the controls held by a Vec, as the network uses them."""
         a, b, W, mu = (np.array(x) for x in self.blocks(vec.array_r))

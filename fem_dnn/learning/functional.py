@@ -189,10 +189,11 @@ class ReducedFunctional(AbstractReducedFunctional):
         inputs: network inputs f_I: callable or ``(S, n)`` natural-order array.
         targets: ``(S,)`` integer labels in 0..K-1 (classes) or ``(S, n)`` natural-order
             values / callable (function).
-        loss: a loss of :data:`fem_dnn.learning.losses.LOSSES` by name (``"classes"``:
-            softmax cross-entropy; ``"function"``: the paper's logistic L2 loss; ``"mse"``:
-            squared error on one-hot classes) or a :class:`~fem_dnn.learning.losses.Loss`.
-            Its ``readout`` sets :attr:`kind`, the readout space.
+        loss: a loss of :data:`fem_dnn.learning.losses.LOSSES` by name
+            (``"cross_entropy"``: softmax cross-entropy; ``"logistic_l2"``: the paper's
+            logistic L2 loss; ``"mse"``: squared error on one-hot classes), a readout space
+            (``"classes"``, ``"function"``: its default loss) or a
+            :class:`~fem_dnn.learning.losses.Loss`. Its ``readout`` sets :attr:`kind`.
         K: number of classes (default: max label + 1).
         lam: regularisation weight lambda >= 0.
         gamma: depth-smoothness weight gamma >= 0.

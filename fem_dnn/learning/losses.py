@@ -8,7 +8,7 @@ Values and derivatives are for the *sum* over this rank's samples; the reduced
 functional divides by the batch size S (docs/model.md §2).
 
 A new loss is one subclass with a ``name`` (the key of :data:`LOSSES`, the value of
-``ReducedFunctional(kind=...)``): :meth:`value`, :meth:`gradient` (dloss/dO) and
+``ReducedFunctional(loss=...)``, ``training.loss`` in the config): :meth:`value`, :meth:`gradient` (dloss/dO) and
 :meth:`hessian` (d^2loss/dO^2 applied to dO); :meth:`targets` turns the user's targets
 into C (one-hot classes are provided). The Taylor tests of ``tests/test_gradient.py`` run
 over every registered loss.
@@ -21,7 +21,7 @@ import numpy as np
 from fem_dnn.errors import InputError
 from fem_dnn.network import logistic, softmax
 
-__all__ = ["LOSSES", "Loss", "LogisticSquared", "OneHotSquared", "SoftmaxCrossEntropy", "register"]
+__all__ = ["DEFAULT", "LOSSES", "Loss", "LogisticSquared", "OneHotSquared", "SoftmaxCrossEntropy", "register"]
 
 #: loss name -> Loss subclass (filled by :func:`register`)
 LOSSES: dict[str, type["Loss"]] = {}
@@ -35,13 +35,25 @@ def register(cls: type["Loss"]) -> type["Loss"]:
     return cls
 
 
-def get_loss(loss: "str | Loss") -> "Loss":
-    """A loss object from its registry name (or the object itself)."""
-    if isinstance(loss, Loss):
-        return loss
-    if loss not in LOSSES:
-        raise InputError(f"unknown loss {loss!r}; choose one of {sorted(LOSSES)}")
-    return LOSSES[loss]()
+#: the loss a readout space gets by default (``ReducedFunctional(..., "classes")``)
+DEFAULT = {"classes": "cross_entropy", "function": "logistic_l2"}
+
+
+def get_loss(loss: "str | Loss", readout: str | None = None) -> "Loss":
+    """A loss object from its registry name, or the default loss of a readout space
+    (``"classes"``, ``"function"``), or the object itself. With ``readout`` the loss must
+    be one for that readout space (the data's kind)."""
+    if not isinstance(loss, Loss):
+        name = DEFAULT.get(loss, loss)
+        if name not in LOSSES:
+            raise InputError(f"unknown loss {loss!r}; choose one of {sorted(LOSSES)} (or 'classes', 'function': "
+                             "the default loss of that readout)")
+        loss = LOSSES[name]()
+    if readout is not None and loss.readout != readout:
+        fits = sorted(n for n, c in LOSSES.items() if c.readout == readout)
+        raise InputError(f"the loss {loss.name!r} is for {loss.readout} targets, but the data have {readout} targets; "
+                         f"choose one of {fits}")
+    return loss
 
 
 class Loss(ABC):
@@ -94,7 +106,7 @@ def _replicated(val: float, space) -> float:
 class SoftmaxCrossEntropy(Loss):
     """``-sum_k C_k log softmax(O)_k`` on one-hot classes."""
 
-    name, readout = "classes", "classes"
+    name, readout = "cross_entropy", "classes"
 
     def value(self, O, C, space):
         m = O.max(axis=0)
@@ -113,7 +125,7 @@ class SoftmaxCrossEntropy(Loss):
 class LogisticSquared(Loss):
     """The paper's ``1/2 int_Y |h(O) - C|^2`` with h logistic, on target functions."""
 
-    name, readout = "function", "function"
+    name, readout = "logistic_l2", "function"
 
     def value(self, O, C, space):
         e = logistic(O) - C

@@ -11,23 +11,11 @@ The names below are loaded on first use (PEP 562), so reading the scheme registr
 (the config and the CLI do) does not import DOLFINx or PETSc.
 """
 
-import importlib
+from fem_dnn._lazy import exports
 
-_WHERE = {
+__getattr__, __dir__, __all__ = exports(__name__, {
     "Controls": "continuum", "Costate": "continuum", "Network": "continuum", "Stage": "continuum",
     "Trajectory": "continuum",
     "Readout": "readout", "logistic": "readout", "softmax": "readout",
     "ORDER": "schemes", "SCHEMES": "schemes", "STAGES": "schemes", "TABLEAUS": "schemes", "Scheme": "schemes",
-}
-
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name):
-    if name in _WHERE:
-        return getattr(importlib.import_module(f"fem_dnn.network.{_WHERE[name]}"), name)
-    raise AttributeError(f"module 'fem_dnn.network' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+})

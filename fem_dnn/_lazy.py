@@ -1,0 +1,26 @@
+"""Package namespaces whose names load on first use (PEP 562).
+
+A subpackage re-exports its modules' public names without importing them: reading a
+light module of it (the scheme or loss registry, which the config and the CLI read)
+does not import DOLFINx or PETSc through the package's ``__init__``.
+"""
+
+import importlib
+
+__all__ = ["exports"]
+
+
+def exports(package: str, where: dict[str, str]):
+    """``(__getattr__, __dir__, __all__)`` for ``package`` from ``{name: module}``."""
+
+    def __getattr__(name):
+        if name in where:
+            return getattr(importlib.import_module(f"{package}.{where[name]}"), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    names = sorted(where)
+
+    def __dir__():
+        return names
+
+    return __getattr__, __dir__, names
