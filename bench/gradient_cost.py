@@ -68,7 +68,8 @@ def main():
         net.destroy()
     if comm.rank == 0:
         print(f"gradient cost, {args.space} n={space.n} N={args.N} S={args.S}, {comm.size} rank(s), best of {args.repeat}")
-        print(f"{'scheme':9s} {'forward s':>10s} {'fwd+tape s':>11s} {'costate+grad s':>15s} {'gradient s':>11s} {'grad/fwd':>9s} {'(costate+grad)/fwd':>19s}")
+        print(f"{'scheme':9s} {'forward s':>10s} {'fwd+tape s':>11s} {'costate+grad s':>15s} {'gradient s':>11s} "
+              f"{'grad/fwd':>9s} {'(costate+grad)/fwd':>19s}")
         for s, f, ft, cg, t in rows:
             print(f"{s:9s} {f:10.4f} {ft:11.4f} {cg:15.4f} {t:11.4f} {t / f:9.2f} {cg / f:19.2f}")
 

@@ -15,6 +15,8 @@ import json
 import subprocess
 import sys
 
+from fem_dnn.process import configure
+
 configure()  # the job's process settings: BLAS threads per rank, malloc (fem_dnn.process)
 
 
@@ -28,7 +30,6 @@ def _status(key):
 
 def worker(n, N, S, scheme, every=0):
     import fem_dnn  # noqa: F401
-from fem_dnn.process import configure
     import numpy as np
     from mpi4py import MPI
 

@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 
+from fem_dnn.process import configure
+
 configure()  # the job's process settings: BLAS threads per rank, malloc (fem_dnn.process)
 
 CASES = [("node-parallel", 1024, 16, 512, "node"), ("sample-parallel", 256, 16, 1797, "sample")]
@@ -21,7 +23,6 @@ CASES = [("node-parallel", 1024, 16, 512, "node"), ("sample-parallel", 256, 16, 
 
 def worker(n, N, S, mode, repeat):
     import fem_dnn  # noqa: F401
-from fem_dnn.process import configure
     import numpy as np
     from mpi4py import MPI
 

@@ -49,7 +49,8 @@ def say(*args):
 
 samples = ["data.samples=500", "training.max_it=60"] if quick else []
 levels = [("8x8 DG0", ["node.refine=1"]), ("16x16 DG0", ["node.refine=2"])]
-levels += [("9x9 P1", ["node.space=\"P1\"", "node.refine=1"])] if quick else [("24x24 DG0", ["node.refine=3"]), ("9x9 P1", ["node.space=\"P1\"", "node.refine=1"])]
+p1 = ("9x9 P1", ["node.space=\"P1\"", "node.refine=1"])
+levels += [p1] if quick else [("24x24 DG0", ["node.refine=3"]), p1]
 rows = []
 for name, sets in levels:
     cfg = load_config(None, samples + sets + [f"output.folder=out_digits/{name.replace(' ', '_')}",

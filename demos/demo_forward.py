@@ -136,7 +136,8 @@ for N in layers:
         net = Network(space, Depth(T, N), "tanh", s)
         table[s].append(l2(space, net.forward(f_smooth, smooth(net)).final - ref))
         net.destroy()
-    say("   " + f"{N:4d}" + "".join(f"{table[s][-1]:12.3e} ({np.log2(table[s][-2] / table[s][-1]) if len(table[s]) > 1 else np.nan:5.2f})" for s in SCHEMES))
+    rates = {s: np.log2(table[s][-2] / table[s][-1]) if len(table[s]) > 1 else np.nan for s in SCHEMES}
+    say("   " + f"{N:4d}" + "".join(f"{table[s][-1]:12.3e} ({rates[s]:5.2f})" for s in SCHEMES))
 for s in SCHEMES:
     rate = np.log2(table[s][-2] / table[s][-1])
     assert abs(rate - ORDER[s]) < 0.3, (s, rate)

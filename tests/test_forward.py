@@ -132,7 +132,8 @@ def run_all(comm, family, degree, mass, scheme, eps, sample_groups=1):
 
 @pytest.mark.mpi
 @pytest.mark.parametrize("scheme", SCHEMES)
-@pytest.mark.parametrize("family,degree,mass,eps", [("DG", 0, "lumped", 0.0), ("DG", 0, "lumped", 0.01), ("P", 1, "consistent", 0.01), ("P", 1, "lumped", 0.0)])
+@pytest.mark.parametrize("family,degree,mass,eps",
+                         [("DG", 0, "lumped", 0.0), ("DG", 0, "lumped", 0.01), ("P", 1, "consistent", 0.01), ("P", 1, "lumped", 0.0)])
 def test_parallel_matches_serial(comm, scheme, family, degree, mass, eps):
     serial = run_all(MPI.COMM_SELF, family, degree, mass, scheme, eps)
     par = run_all(comm, family, degree, mass, scheme, eps)

@@ -12,7 +12,7 @@ from mpi4py import MPI
 from fem_dnn.core.domain import Depth, NodeSpace, create_node_mesh, split_comm
 from fem_dnn.errors import InputError
 from fem_dnn.learning.functional import ReducedFunctional
-from fem_dnn.learning.losses import LOSSES
+from fem_dnn.learning.losses import DEFAULT, LOSSES
 from fem_dnn.network import SCHEMES, Network
 from fem_dnn.learning.verify import taylor_test
 
@@ -24,7 +24,7 @@ ELEMENTS = [("DG", 0, "lumped"), ("P", 1, "consistent")]
 def data(kind, n_nat, S=5, K=3, seed=3):
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(S, n_nat))
-    if LOSSES[kind].readout == "classes":
+    if LOSSES[DEFAULT.get(kind, kind)].readout == "classes":
         y = rng.integers(0, K, S)
         y[:K] = np.arange(K)
     else:

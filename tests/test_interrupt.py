@@ -236,7 +236,7 @@ def test_a_folder_with_a_config_has_a_checkpoint(tmp_path, monkeypatch, capfd):
         raise MemoryError("injected: the first iteration's arrays do not fit")
 
     monkeypatch.setattr(opt.Optimizer, "_monitor", dies)
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017  (whatever the monitor raised, re-raised by solve)
         from fem_dnn.app.config import load_config
         from fem_dnn.app.train import train
 

@@ -308,7 +308,7 @@ def test_restart_from_checkpoint(comm, tmp_shared, method):
 
     folder = f"{tmp_shared}/{method}"
     first = Optimizer(J, method, gttol=1e-8, monitor=kill, checkpoint=folder)
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017  (the kill callback raises; the type does not matter)
         first.solve(J.controls.create_vec())
     m4, state, _ = load_checkpoint(f"{folder}/checkpoint.npz", J.controls)
     assert state["iteration"] == 4 and state["method"] == method

@@ -191,7 +191,7 @@ def to_toml(cfg: dict, comments: bool = True) -> str:
     lines = []
     for sec, keys in SPEC.items():
         lines.append(f"[{sec}]")
-        for key, (default, typ, (_, rule), meaning) in keys.items():
+        for key, (default, _typ, (_, rule), meaning) in keys.items():
             val = cfg[sec][key]
             if comments:
                 lines.append(f"# {meaning}" + (f" ({rule})" if rule else "") + f"; default {_toml(default)}")

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 
 from fem_dnn import _dolfinx  # noqa: F401
-from mpi4py import MPI
 
 import dolfinx.io
 from dolfinx import fem

@@ -408,7 +408,6 @@ def estimate(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, depth_checkpoint: int |
         InputError: for a data or mesh file that cannot be read (as the run would), or
             sample groups that do not divide the ranks.
     """
-    from fem_dnn.learning import functional
     from fem_dnn.optimize import tao as optimize  # noqa: F401  (what every run imports: DOLFINx, UFL, PETSc, scipy)
 
     now = resident_memory()

@@ -7,7 +7,7 @@ the weak forms). The numpy derivatives are checked against UFL differentiation o
 """
 
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import ufl

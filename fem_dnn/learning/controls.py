@@ -266,7 +266,7 @@ class ControlSpace:
     def random(self, seed: int = 0, scale: float = 1.0) -> PETSc.Vec:
         """A random direction, standard normal in natural order from ``seed``: the same
         direction whatever the number of ranks."""
-        sp, N, n = self.space, self.network.depth.N, self.space.n
+        N, n = self.network.depth.N, self.space.n
         rng = np.random.default_rng(seed)
         a = rng.standard_normal((N, n))
         b = rng.standard_normal((N, n, n))

@@ -20,7 +20,6 @@ import numpy as np
 
 from fem_dnn import _dolfinx  # noqa: F401
 from mpi4py import MPI
-from petsc4py import PETSc
 
 import dolfinx.geometry
 
@@ -29,7 +28,7 @@ from fem_dnn.core.domain import Depth, Layout, NodeSpace
 from fem_dnn.core.kernel import Kernel
 from fem_dnn.errors import InputError, NonFiniteError
 from fem_dnn.network.readout import Readout, logistic, softmax
-from fem_dnn.network.schemes import ORDER, SCHEMES, make_scheme
+from fem_dnn.network.schemes import SCHEMES, make_scheme
 
 __all__ = ["Controls", "Costate", "Network", "Stage", "Trajectory"]
 
@@ -344,7 +343,8 @@ class Network:
             NonFiniteError: on every rank, naming the first layer whose output is not
                 finite (e.g. ReLU growing exponentially).
         """
-        F = f_I if isinstance(f_I, np.ndarray) and f_I.ndim == 2 and f_I.flags.f_contiguous and f_I.shape[0] == self.space.n_local else self.inputs(f_I)
+        ready = isinstance(f_I, np.ndarray) and f_I.ndim == 2 and f_I.flags.f_contiguous and f_I.shape[0] == self.space.n_local
+        F = f_I if ready else self.inputs(f_I)
         N = self.depth.N
         if store_every is not None:
             return self._forward_checkpointed(F, controls, int(store_every))

@@ -2,22 +2,18 @@
 steps), with epochs regenerable from the seed (restart mid-epoch)."""
 
 
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from fem_dnn import _dolfinx  # noqa: F401
-from mpi4py import MPI
 from petsc4py import PETSc
 
 from fem_dnn import interrupt
 from fem_dnn.errors import DivergenceError, InputError, NonFiniteError
-from fem_dnn.learning import ControlSpace, ReducedFunctional
-from fem_dnn.network import Controls
+from fem_dnn.learning import ReducedFunctional
 
-from fem_dnn.optimize.tao import Coordinates, Result, _accuracies, _copy, stop_reason
+from fem_dnn.optimize.tao import Coordinates, Result, _accuracies, stop_reason
 
 __all__ = ["batches", "minibatch"]
 

@@ -2,9 +2,6 @@
 ("minimizing movement") and the method of successive approximations (Pontryagin)."""
 
 
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -13,8 +10,8 @@ from mpi4py import MPI
 from petsc4py import PETSc
 
 from fem_dnn import interrupt
-from fem_dnn.errors import DivergenceError, InputError, NonFiniteError
-from fem_dnn.learning import ControlSpace, Proximal, ReducedFunctional
+from fem_dnn.errors import InputError
+from fem_dnn.learning import Proximal, ReducedFunctional
 from fem_dnn.network import Controls
 
 from fem_dnn.optimize.tao import Optimizer, Result, stop_reason
@@ -85,7 +82,6 @@ def hamiltonian_minimiser(J: ReducedFunctional, m: PETSc.Vec, box: dict, inner_i
     w = sp.weights[: sp.n_local]
     lam_reg = J.lam
     A, B = c.a.copy(), c.b.copy()
-    S = traj.states.shape[1]
     one_sample = J.S == 1 and lam_reg == 0.0
     for k in range(net.depth.N):
         tau = net.depth.tau[k]

@@ -29,13 +29,11 @@ from pathlib import Path
 import numpy as np
 
 from fem_dnn import _dolfinx  # noqa: F401
-from mpi4py import MPI
 from petsc4py import PETSc
 
 from fem_dnn import interrupt
 from fem_dnn.errors import DivergenceError, InputError, NonFiniteError
 from fem_dnn.learning import ControlSpace, ReducedFunctional
-from fem_dnn.network import Controls
 
 __all__ = ["METHODS", "Coordinates", "Optimizer", "Result", "multilevel", "stop_reason"]
 

@@ -30,7 +30,7 @@ from mpi4py import MPI
 from petsc4py import PETSc
 
 import dolfinx.geometry
-from dolfinx import fem, mesh as dmesh
+from dolfinx import mesh as dmesh
 
 from fem_dnn.core.domain import Depth, NodeSpace, _natural_order
 from fem_dnn.errors import InputError
