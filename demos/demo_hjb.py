@@ -25,7 +25,7 @@
 #    [a_-, a_+]^n \times [b_-, b_+]^{n\times n}. $$
 #
 # The value $F(v,t) = \inf \Phi(v(T))$ over the controls, started from v at depth t, is
-# the viscosity solution of (docs/model.md §3, LM §4.3)
+# the viscosity solution of (docs/model.md §6, LM §4.3)
 #
 # $$ \partial_t F + \min_{(a,b)\in A} \Big\{ D_v F \cdot \sigma(a - B_b v) \Big\} = 0,
 #    \qquad F(v, T) = \Phi(v). $$

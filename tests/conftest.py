@@ -45,6 +45,11 @@ def comm():
     return MPI.COMM_WORLD
 
 
+#: a test that compares a run on several ranks with the serial run: on one rank it would
+#: compare the serial run with itself, so it runs in the 2- and 3-rank tiers only
+ranks_vs_serial = pytest.mark.skipif(MPI.COMM_WORLD.size == 1, reason="compares 2 or 3 ranks with 1: runs under mpirun")
+
+
 def observed_orders(errors):
     e = np.asarray(errors)
     return np.log2(e[:-1] / e[1:])

@@ -11,7 +11,7 @@ from fem_dnn.core.domain import Depth, NodeSpace, create_node_mesh, split_comm
 from fem_dnn.errors import InputError, NonFiniteError
 from fem_dnn.network import ORDER, SCHEMES, Network
 
-from conftest import observed_orders
+from conftest import observed_orders, ranks_vs_serial
 
 ALPHA = 0.5
 
@@ -130,6 +130,7 @@ def run_all(comm, family, degree, mass, scheme, eps, sample_groups=1):
     return out
 
 
+@ranks_vs_serial
 @pytest.mark.mpi
 @pytest.mark.parametrize("scheme", SCHEMES)
 @pytest.mark.parametrize("family,degree,mass,eps",

@@ -16,7 +16,7 @@ from fem_dnn.learning.losses import DEFAULT, LOSSES
 from fem_dnn.network import SCHEMES, Network
 from fem_dnn.learning.verify import taylor_test
 
-from conftest import observed_orders
+from conftest import observed_orders, ranks_vs_serial
 
 ELEMENTS = [("DG", 0, "lumped"), ("P", 1, "consistent")]
 
@@ -107,6 +107,7 @@ def assert_same(par, ser):
         assert np.linalg.norm(par[key] - ser[key]) <= 1e-12 * np.linalg.norm(ser[key]), key
 
 
+@ranks_vs_serial
 @pytest.mark.mpi
 @pytest.mark.parametrize("kind", ["classes", "function"])
 @pytest.mark.parametrize("family,degree,mass,eps", [("DG", 0, "lumped", 0.05), ("P", 1, "consistent", 0.0), ("P", 1, "lumped", 0.05)])

@@ -1,4 +1,4 @@
-"""The HJB equation of a reduced network (docs/model.md §3): the Hamiltonian and its argmin,
+"""The HJB equation of a reduced network (docs/model.md §6): the Hamiltonian and its argmin,
 the monotone P1 scheme (comparison principle), convergence to the exactly known viscosity
 solution of the bias-controlled problem, the feedback law steering to the target (or to
 the nearest reachable point), the agreement of the HJB value, the closed-loop cost and

@@ -1,7 +1,7 @@
 """Every local weak form of the model, in UFL.
 
 Plain functions returning UFL forms or expressions, with no state, so another
-finite-element study can import them (``from fem_dnn import forms``). Arguments are UFL
+finite-element study can import them (``from fem_dnn.core import forms``). Arguments are UFL
 objects (trial/test functions, coefficients, expressions); measures default to ``ufl.dx``
 on the arguments' domain. Notation follows docs/model.md and Liu-Markowich (LM):
 

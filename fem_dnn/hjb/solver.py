@@ -1,6 +1,6 @@
 """Optimal feedback: the HJB value function of a reduced network and its feedback law.
 
-docs/model.md §3 (LM §4.3; viscosity solutions in Markowich-Portaro). A *reduced network* has
+docs/model.md §6 (LM §4.3; viscosity solutions in Markowich-Portaro). A *reduced network* has
 a few neurons: its state is ``v in R^n`` (n = 1, 2, 3; e.g. n DG0 cells of the node
 domain Y with node weights w_j) and it evolves in depth as
 
