@@ -61,10 +61,6 @@ class Layout:
     node_comm: MPI.Comm
     sample_comm: MPI.Comm
 
-    @property
-    def sample_groups(self) -> int:
-        return self.sample_comm.size
-
     def sample_range(self, S: int) -> tuple[int, int]:
         """Half-open range of the global samples handled by this rank's group."""
         g, G = self.sample_comm.rank, self.sample_comm.size

@@ -34,7 +34,6 @@ __all__ = [
     "l2_loss",
     "softmax_cross_entropy",
     "regularisation",
-    "depth_smoothness",
     "hamiltonian",
 ]
 
@@ -204,11 +203,6 @@ def softmax_cross_entropy(O, C):
 def regularisation(c, lam, measure=None):
     """``lambda/2 ||c||^2`` for one control c on its domain (LM Remark 4.2)."""
     return 0.5 * lam * c**2 * _dx(measure)
-
-
-def depth_smoothness(c, gamma, t_axis, measure=None):
-    """``gamma/2 ||d_t c||^2`` for a control c on the (depth, node) domain."""
-    return 0.5 * gamma * c.dx(t_axis) ** 2 * _dx(measure)
 
 
 def hamiltonian(r, a, Bf, sigma, running_cost=None, measure=None):
