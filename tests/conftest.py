@@ -50,6 +50,31 @@ def comm():
 ranks_vs_serial = pytest.mark.skipif(MPI.COMM_WORLD.size == 1, reason="compares 2 or 3 ranks with 1: runs under mpirun")
 
 
+#: the small function-to-function learning problem of the optimiser tests: 8 Gaussian
+#: bumps on the unit interval mapped to shifted, squashed bumps
+BUMP_CENTRES = np.linspace(0.15, 0.85, 8)
+
+
+def bump_inputs(y):
+    return np.exp(-20.0 * (y[0][None, :] - BUMP_CENTRES[:, None]) ** 2)
+
+
+def bump_targets(y):
+    return 1.0 / (1.0 + np.exp(-2.0 * np.exp(-20.0 * (y[0][None, :] - BUMP_CENTRES[:, None] - 0.1) ** 2) + 0.5))
+
+
+def bumps_problem(comm, n, N, family="DG", scheme="heun", lam=1e-2, gamma=0.0, sample_groups=1):
+    """``(network, J)``: n cells of the interval, N layers, the bumps problem."""
+    from fem_dnn.core.domain import Depth, NodeSpace, create_node_mesh, split_comm
+    from fem_dnn.learning.functional import ReducedFunctional
+    from fem_dnn.network import Network
+
+    layout = split_comm(comm, sample_groups)
+    space = NodeSpace(create_node_mesh(layout.node_comm, "interval", n), family, 0 if family == "DG" else 1, "lumped")
+    net = Network(space, Depth(T=1.0, N=N), "tanh", scheme, layout=layout)
+    return net, ReducedFunctional(net, bump_inputs, bump_targets, "function", lam=lam, gamma=gamma)
+
+
 def observed_orders(errors):
     e = np.asarray(errors)
     return np.log2(e[:-1] / e[1:])

@@ -21,22 +21,9 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
-from fem_dnn.core.domain import Depth, NodeSpace, create_node_mesh
-from fem_dnn.learning.functional import ReducedFunctional
-from fem_dnn.network import Network
 from fem_dnn.optimize import Optimizer
 
-S = 8
-CENTRES = np.linspace(0.15, 0.85, S)
-
-
-def inputs(y):
-    return np.exp(-20.0 * (y[0][None, :] - CENTRES[:, None]) ** 2)
-
-
-def targets(y):
-    return 1.0 / (1.0 + np.exp(-2.0 * np.exp(-20.0 * (y[0][None, :] - CENTRES[:, None] - 0.1) ** 2) + 0.5))
-
+from conftest import bumps_problem
 
 def fill_holes(nbytes):
     """Fill every free heap chunk that could hold ``nbytes``: the arrays of that size
@@ -77,9 +64,7 @@ def apart(nbytes):
 def lbfgs(comm, heap):
     """15 L-BFGS iterations (scalar J0, the Optimizer's default) under a heap layout: the
     bytes of every accepted iterate, its J, |g| and step, and of the trained controls."""
-    space = NodeSpace(create_node_mesh(comm, "interval", 32), "DG", 0, "lumped")
-    net = Network(space, Depth(T=1.0, N=4), "tanh", "heun")
-    J = ReducedFunctional(net, inputs, targets, "function", lam=1e-2)
+    net, J = bumps_problem(comm, 32, 4)
     seen = []
     opt = Optimizer(J, "lbfgs", gttol=0.0, max_it=15, monitor=lambda row: seen.append(
         (row["J"], row["gnorm"], row["step"], opt.tao.getSolution().array_r.tobytes())))

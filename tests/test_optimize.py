@@ -6,30 +6,13 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from fem_dnn.core.domain import Depth, NodeSpace, create_node_mesh, split_comm
+from fem_dnn.core.domain import Depth, NodeSpace, create_node_mesh
 from fem_dnn.errors import InputError
 from fem_dnn.learning.functional import ReducedFunctional
 from fem_dnn.network import Network
 from fem_dnn.optimize import Coordinates, Optimizer
 
-S = 8
-CENTRES = np.linspace(0.15, 0.85, S)
-
-
-def inputs(y):
-    return np.exp(-20.0 * (y[0][None, :] - CENTRES[:, None]) ** 2)
-
-
-def targets(y):
-    return 1.0 / (1.0 + np.exp(-2.0 * np.exp(-20.0 * (y[0][None, :] - CENTRES[:, None] - 0.1) ** 2) + 0.5))
-
-
-def problem(comm, n, N, family="DG", scheme="heun", lam=1e-2, gamma=0.0, sample_groups=1):
-    layout = split_comm(comm, sample_groups)
-    space = NodeSpace(create_node_mesh(layout.node_comm, "interval", n), family, 0 if family == "DG" else 1, "lumped")
-    net = Network(space, Depth(T=1.0, N=N), "tanh", scheme, layout=layout)
-    return net, ReducedFunctional(net, inputs, targets, "function", lam=lam, gamma=gamma)
-
+from conftest import bumps_problem as problem
 
 def train(comm, n, N, method, riesz=True, **kw):
     net, J = problem(comm, n, N, **kw.pop("problem", {}))

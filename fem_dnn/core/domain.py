@@ -48,6 +48,7 @@ __all__ = [
     "NodeSpace",
     "Depth",
     "ProductMesh",
+    "locate_points",
 ]
 
 
@@ -574,6 +575,30 @@ class NodeSpace:
         for ksp, A in self._diff.values():
             ksp.destroy(), A.destroy()
         self._diff = {}
+
+
+def locate_points(mesh: dmesh.Mesh, tree, pts: np.ndarray) -> tuple[np.ndarray, int | None]:
+    """The owned cell holding each point ``pts[i]`` (shape (p, 3)) on the lowest rank that
+    owns one, -1 on the other ranks; and the index of the first point no rank holds
+    (None when every point is found). ``tree`` is a ``dolfinx.geometry.bb_tree`` of the
+    mesh's cells. Collective."""
+    import dolfinx.geometry
+
+    tdim = mesh.topology.dim
+    cand = dolfinx.geometry.compute_collisions_points(tree, pts)
+    coll = dolfinx.geometry.compute_colliding_cells(mesh, cand, pts)
+    ncell = mesh.topology.index_map(tdim).size_local
+    found = np.full(len(pts), -1, dtype=np.int32)
+    for i in range(len(pts)):
+        cells = [c for c in coll.links(i) if c < ncell]
+        if cells:
+            found[i] = cells[0]
+    comm = mesh.comm
+    mine = np.where(found >= 0, comm.rank, comm.size)
+    owner = np.empty_like(mine)
+    comm.Allreduce(mine, owner, op=MPI.MIN)
+    missing = np.flatnonzero(owner == comm.size)
+    return np.where(owner == comm.rank, found, -1), (int(missing[0]) if missing.size else None)
 
 
 def _natural_order(x_all: np.ndarray) -> np.ndarray:

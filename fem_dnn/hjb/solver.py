@@ -107,6 +107,7 @@ from dolfinx import fem, mesh as dmesh
 
 from fem_dnn.core import forms
 from fem_dnn.core.activation import Activation, get_activation
+from fem_dnn.core.domain import locate_points
 from fem_dnn.errors import InputError, NonFiniteError
 
 __all__ = [
@@ -578,23 +579,12 @@ class HJBSolver:
         tdim = msh.topology.dim
         if self._tree is None:
             self._tree = dolfinx.geometry.bb_tree(msh, tdim, padding=1e-10)
-        cand = dolfinx.geometry.compute_collisions_points(self._tree, pts)
-        coll = dolfinx.geometry.compute_colliding_cells(msh, cand, pts)
-        ncell = msh.topology.index_map(tdim).size_local
-        found = np.full(len(pts), -1, dtype=np.int32)
-        for i in range(len(pts)):
-            links = [c for c in coll.links(i) if c < ncell]
-            if links:
-                found[i] = links[0]
-        mine = np.where(found >= 0, self.comm.rank, self.comm.size)
-        owner = np.empty_like(mine)
-        self.comm.Allreduce(mine, owner, op=MPI.MIN)
-        if np.any(owner == self.comm.size):
-            bad = np.flatnonzero(owner == self.comm.size)[0]
+        found, bad = locate_points(msh, self._tree, pts)
+        if bad is not None:
             raise InputError(
                 f"state {pts[bad, : self.model.n]} is outside the HJB box [{self.lower}, {self.upper}]; enlarge the box"
             )
-        return np.where(owner == self.comm.rank, found, -1)
+        return found
 
     def _eval(self, fns, v):
         pts = np.zeros((1, 3))

@@ -24,7 +24,7 @@ from mpi4py import MPI
 import dolfinx.geometry
 
 from fem_dnn.core.activation import Activation, get_activation
-from fem_dnn.core.domain import Depth, Layout, NodeSpace
+from fem_dnn.core.domain import Depth, Layout, NodeSpace, locate_points
 from fem_dnn.core.kernel import Kernel
 from fem_dnn.errors import InputError, NonFiniteError
 from fem_dnn.network.readout import Readout, logistic, softmax
@@ -515,23 +515,11 @@ class Network:
         pts[:, : P.shape[1]] = P
         msh = sp.mesh
         tdim = msh.topology.dim
-        tree = dolfinx.geometry.bb_tree(msh, tdim, padding=1e-12)
-        cand = dolfinx.geometry.compute_collisions_points(tree, pts)
-        coll = dolfinx.geometry.compute_colliding_cells(msh, cand, pts)
-        ncell = msh.topology.index_map(tdim).size_local
-        found = np.full(len(pts), -1, dtype=np.int32)
-        for i in range(len(pts)):
-            cells = [c for c in coll.links(i) if c < ncell]
-            if cells:
-                found[i] = cells[0]
-        comm = sp.comm
-        mine = np.where(found >= 0, comm.rank, comm.size)
-        owner = np.empty_like(mine)
-        comm.Allreduce(mine, owner, op=MPI.MIN)
-        if np.any(owner == comm.size):
-            bad = np.flatnonzero(owner == comm.size)[0]
+        found, bad = locate_points(msh, dolfinx.geometry.bb_tree(msh, tdim, padding=1e-12), pts)
+        if bad is not None:
             raise InputError(f"point {pts[bad, :tdim]} is outside the node domain")
-        sel = np.flatnonzero(owner == comm.rank)
+        comm = sp.comm
+        sel = np.flatnonzero(found >= 0)
         out = np.zeros((F.shape[1], len(pts)))
         fn = sp.function()
         for s in range(F.shape[1]):
