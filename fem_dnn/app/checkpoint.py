@@ -66,6 +66,7 @@ from fem_dnn import _dolfinx  # noqa: F401
 from mpi4py import MPI
 from petsc4py import PETSc
 
+from fem_dnn._files import NpzError, read_npz
 from fem_dnn.errors import InputError
 from fem_dnn.learning.controls import ControlSpace
 
@@ -80,7 +81,6 @@ _CONTROLS = ("a", "b", "W", "mu")
 _REQUIRED = ("meta", "state", "checksum", "discretisation/depth_points", "discretisation/node_coordinates") + tuple(
     f"controls/{k}" for k in _CONTROLS
 )
-_ZIP_MAGIC = b"PK\x03\x04"
 _CHUNK = 1 << 30  # bytes per MPI broadcast message
 
 
@@ -450,26 +450,15 @@ def _read_verified(path: Path) -> tuple[dict, dict]:
         raise InputError(f"checkpoint {path} does not exist")
     if not path.is_file():
         raise InputError(f"checkpoint {path} is not a file")
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic != _ZIP_MAGIC:
-        what = "empty" if not magic else "not an .npz archive"
-        raise InputError(f"checkpoint {path} is {what}")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            data = {}
-            for k in z.files:
-                try:
-                    data[k] = z[k]
-                except ValueError as e:
-                    if "allow_pickle" not in str(e):
-                        raise
-                    raise InputError(f"checkpoint {path} holds an object array {k!r}: pickled Python objects "
-                                     "are never unpickled") from None
-    except InputError:
-        raise
-    except Exception as e:  # BadZipFile, bad CRC, EOFError, a damaged .npy header, zlib.error...
-        raise InputError(f"checkpoint {path} is truncated or corrupt ({_describe_exception(e)})") from e
+        data = read_npz(path)
+    except NpzError as e:
+        if e.kind == "object-array":
+            raise InputError(f"checkpoint {path} holds an object array {e.key!r}: pickled Python objects "
+                             "are never unpickled") from None
+        if e.kind == "corrupt":
+            raise InputError(f"checkpoint {path} is truncated or corrupt ({_describe_exception(e.cause)})") from e.cause
+        raise InputError(f"checkpoint {path} is {'empty' if e.kind == 'empty' else 'not an .npz archive'}") from None
     missing = [k for k in ("meta", "checksum") if k not in data]
     if missing:
         ours = any(k in data for k in _REQUIRED)

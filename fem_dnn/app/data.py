@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fem_dnn._files import NpzError, read_npz
 from fem_dnn.errors import InputError
 
 __all__ = ["Dataset", "GridFunctions", "bumps", "digits", "load", "split"]
@@ -196,25 +197,16 @@ def _one_line(err: BaseException) -> str:
 
 def _read_npz(path: Path) -> dict:
     """Every array of an .npz archive; object arrays are refused, never unpickled."""
-    with open(path, "rb") as f:
-        if f.read(4) != b"PK\x03\x04":
-            raise InputError(f"data file {path} is not a readable .npz archive (not a zip file)")
-    arrays = {}
     try:
-        with np.load(path, allow_pickle=False) as f:
-            for k in f.files:
-                try:
-                    arrays[k] = f[k]
-                except ValueError as err:
-                    if "allow_pickle" not in str(err):
-                        raise
-                    raise InputError(f"data file {path}: object array {k!r} refused (pickled Python objects are never "
-                                     f"unpickled); store numbers") from None
-    except InputError:
-        raise
-    except Exception as err:  # BadZipFile, EOFError, OSError, a bad .npy header, not an archive at all
-        raise InputError(f"data file {path} is not a readable .npz archive ({type(err).__name__}: {_one_line(err)})") from None
-    return arrays
+        return read_npz(path)
+    except NpzError as e:
+        if e.kind == "object-array":
+            raise InputError(f"data file {path}: object array {e.key!r} refused (pickled Python objects are never "
+                             f"unpickled); store numbers") from None
+        if e.kind == "corrupt":
+            err = e.cause
+            raise InputError(f"data file {path} is not a readable .npz archive ({type(err).__name__}: {_one_line(err)})") from None
+        raise InputError(f"data file {path} is not a readable .npz archive (not a zip file)") from None
 
 
 def _read_csv(path: Path) -> np.ndarray:
