@@ -26,7 +26,7 @@ a batch of states and ``G`` the bytes of all controls in natural order:
   functional's copies of the controls (the point m, the network's copy, lambda R m, the
   derivative, and the initial controls: ``5 V``), the trajectory ``(N+1) B`` and the
   tape the costate needs (per layer and stage: sigma(u), or u and sigma'(u), and the
-  stage inputs of Heun, RK4 and midpoint; at the quadrature points for consistent mass),
+  stage inputs of every scheme but Euler; at the quadrature points for consistent mass),
   and the test set's point when it is evaluated during training (``output.test_every``);
 - phases: *optimisation* (the optimiser's control-sized vectors, counted per method,
   and the gradient's work: its accumulator, the costate of one layer, the GEMM
@@ -387,7 +387,7 @@ def _tao_method(method: str, prefix: str) -> str:
             "bntr": "btrust", "bncg": "cg", "nls_gn": "newton"}.get(tao_type, method)
 
 
-def estimate(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, depth_checkpoint: int | None = None,
+def estimate(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, store_every: int | None = None,
              petsc_options_prefix: str = "fem_dnn_") -> Estimate:
     """Sizes and peak memory per rank of ``fem_dnn.app.train.train(cfg)`` (collective).
 
@@ -399,7 +399,7 @@ def estimate(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, depth_checkpoint: int |
     Args:
         cfg: a validated config (:func:`fem_dnn.app.config.load_config`).
         comm: the run's communicator; every rank gets the same estimate.
-        depth_checkpoint: estimate with depth checkpointing every k levels
+        store_every: estimate with depth checkpointing every k levels
             (``ReducedFunctional(store_every=k)``) instead of the full tape.
         petsc_options_prefix: the solver's options prefix (for ``-<prefix>tao_type`` and
             the L-BFGS history size).
@@ -490,7 +490,7 @@ def estimate(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, depth_checkpoint: int |
     if method == "msa":
         held += 1  # the current iterate
     resident[f"controls (the functional's {held} copies, {V / MiB:.1f} MiB each)"] = held * V
-    every = depth_checkpoint if method not in _NEWTON else None
+    every = store_every if method not in _NEWTON else None
     traj, tape, segment = trajectory(S_l, every)
     resident[f"trajectory ({N + 1 if not every else 'checkpointed'} levels x {S_l} samples x {nl} neurons)"] = traj
     what = "sigma(u)" if compact else "u, sigma'(u)"
@@ -558,7 +558,7 @@ def estimate(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, depth_checkpoint: int |
     if mass == "consistent":
         indices["the quadrature points of the node mesh"] = cells * _quadrature_points(cell, 2 * deg + 2)
     desc = (f"{d['name']} ({kind}), {nd['space']} {mass}, {scheme} ({nw['activation']}), method {tr['method']}"
-            + (f", depth checkpointing every {depth_checkpoint}" if depth_checkpoint else ""))
+            + (f", depth checkpointing every {store_every}" if store_every else ""))
     est = Estimate(P, Pn, n, nl, cells, N, S, S_test, S_l, controls, controls_l, desc, resident, phases, int(peak),
                    now, avail, per_node, indices, petsc_int_max())
     est.advice = _advice(est, method, scheme)

@@ -6,10 +6,11 @@ docs/model.md §2-3 (LM 2.2, §4): for controls ``m = (a, b, W, mu)``
     R(m) = 1/2 (||a||^2 + ||b||^2 + ||W||^2 + ||mu||^2),
 
 where ``O_s = int_Y W f_s(T) + mu`` is the readout of the state f_s solved from the input
-of sample s. Two learning problems:
+of sample s. The loss is one of :data:`fem_dnn.learning.losses.LOSSES`, e.g.:
 
-- ``"function"`` (the paper's): Y_out = Y, h logistic, ``loss = 1/2 int |h(O) - C|^2``;
-- ``"classes"``: Y_out = {1..K}, h = softmax, ``loss = -sum_k C_k log h(O)_k``.
+- ``"logistic_l2"`` (the paper's, targets on Y_out = Y): ``loss = 1/2 int |h(O) - C|^2``, h logistic;
+- ``"cross_entropy"`` (classes, Y_out = {1..K}): ``loss = -sum_k C_k log softmax(O)_k``;
+- ``"mse"`` (classes): ``loss = 1/2 sum_k (O_k - C_k)^2`` on one-hot C.
 
 Everything is discretise-then-optimise: J is the discrete functional, the costate is
 the exact transpose of the discrete forward scheme, so the derivatives are exact. Two
@@ -102,9 +103,6 @@ class WrappedFunctional(AbstractReducedFunctional):
 
     def hessian(self, m, dm, out=None, gauss_newton=False):
         return self.J.hessian(m, dm, out, gauss_newton)
-
-    def gradient(self, m, out=None):
-        return AbstractReducedFunctional.gradient(self, m, out)
 
     def accuracy(self, m):
         return self.J.accuracy(m)

@@ -21,7 +21,7 @@ import numpy as np
 from fem_dnn.errors import InputError
 from fem_dnn.network import logistic, softmax
 
-__all__ = ["DEFAULT", "LOSSES", "Loss", "LogisticSquared", "OneHotSquared", "SoftmaxCrossEntropy", "register"]
+__all__ = ["DEFAULT", "LOSSES", "Loss", "get_loss", "LogisticSquared", "OneHotSquared", "SoftmaxCrossEntropy", "register"]
 
 #: loss name -> Loss subclass (filled by :func:`register`)
 LOSSES: dict[str, type["Loss"]] = {}

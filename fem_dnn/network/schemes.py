@@ -23,12 +23,15 @@ splitting with a backward-Euler step for first-order schemes (IMEX Euler), Stran
 splitting with Crank-Nicolson half steps otherwise (second order overall).
 
 This module imports numpy only (the config and the CLI read the registry without
-loading PETSc); the midpoint rule imports petsc4py when it builds its solvers.
+loading PETSc); the midpoint rule imports petsc4py when it builds its solvers (once per
+batch size).
 """
 
 from dataclasses import dataclass
 
 import numpy as np
+
+from fem_dnn.errors import SolverError
 
 __all__ = ["IMPLICIT", "ORDER", "SCHEMES", "STAGES", "TABLEAUS", "ExplicitRungeKutta", "ImplicitMidpoint",
            "Scheme", "Tableau", "make_scheme"]
@@ -232,8 +235,6 @@ class ImplicitMidpoint(Scheme):
 
     # ---- the Newton solve of one layer
     def _solve(self, k, F0, c, h):
-        from fem_dnn.errors import SolverError
-
         net, sp = self.net, self.net.space
         S = F0.shape[1]
         snes = self._newton(S)
@@ -313,8 +314,6 @@ class ImplicitMidpoint(Scheme):
         """Solve ``J x = rhs`` or ``J^T x = rhs`` with the Newton matrix
         ``J = M + h/2 (Q sigma'(u) P B_b + eps K)`` at a taped stage (KSP prefix
         ``<prefix>midpoint_linear_``, GMRES preconditioned by the mass matrix)."""
-        from fem_dnn.errors import SolverError
-
         net, sp = self.net, self.net.space
         S = rhs.shape[1]
         if self._lin is None or self._lin[1] != S:

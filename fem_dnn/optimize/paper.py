@@ -25,10 +25,10 @@ def proximal_point(
     inner: str = "lbfgs", inner_gttol: float = 1e-2, monitor=True,
 ) -> Result:
     """Proximal-point gradient method ("minimizing movement", LM §5 algorithm 1):
-    ``m_{k+1} = argmin_m J(m) + 1/(2h) ||m - m_k||^2`` in the L2 inner product of the
-    controls, each subproblem solved inexactly by a TAO method (``inner``) to a relative
-    gradient reduction ``inner_gttol``. Stops when the L2 gradient of J has dropped by
-    ``gttol``."""
+    ``m_{k+1} = argmin_m J(m) + 1/(2h) ||m - m_k||^2`` in the controls' inner product
+    (L2, or H1 in depth when J's controls use it), each subproblem solved inexactly by a
+    TAO method (``inner``) to a relative gradient reduction ``inner_gttol``. Stops when
+    the gradient of J, in the same inner product, has dropped by ``gttol``."""
     if not h > 0:
         raise InputError(f"the proximal step h must be positive, got {h!r}")
     cs, world = J.controls, J.network.layout.world

@@ -86,7 +86,7 @@ class Coordinates:
     """The map ``x = T m`` between controls m and TAO's coordinates x (see module doc).
 
     The depth factor C (``C C^T`` = the depth inner product) is its banded Cholesky
-    factor (:meth:`fem_dnn.learning.functional.DepthOperator.cholesky`): O(N) storage, and
+    factor (:meth:`fem_dnn.learning.controls.DepthOperator.cholesky`): O(N) storage, and
     ``C^T``, ``C^{-T}``, ``C^{-1}`` act by bidiagonal products and banded triangular
     solves; for the L2 depth product it is ``diag(sqrt(tau_k))``, an elementwise scaling.
 

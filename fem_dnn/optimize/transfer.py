@@ -176,9 +176,9 @@ def transfer_controls(coarse_space, m_coarse: PETSc.Vec, fine_space) -> PETSc.Ve
     :func:`depth_matrix`. Transfer to the same discretisation is the identity.
 
     Args:
-        coarse_space: :class:`fem_dnn.learning.functional.ControlSpace` of the coarse network.
+        coarse_space: :class:`fem_dnn.learning.controls.ControlSpace` of the coarse network.
         m_coarse: coarse controls (a Vec of ``coarse_space``).
-        fine_space: :class:`fem_dnn.learning.functional.ControlSpace` of the fine network.
+        fine_space: :class:`fem_dnn.learning.controls.ControlSpace` of the fine network.
 
     Returns:
         A new Vec of ``fine_space`` (collective on the fine node communicator).
