@@ -18,21 +18,32 @@ from mpi4py import MPI
 def pytest_addoption(parser):
     parser.addoption("--slow", action="store_true", default=False,
                      help="run the slow tier (the soak tests marked 'slow') instead of the default tier")
+    parser.addoption("--launchers", choices=("all", "only", "none"), default="all",
+                     help="the tests that launch mpirun: with the others (all), alone (only) or not (none)")
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-    """Keep the tests of the chosen tier; report the others as deselected. Tests that
-    launch ``mpirun`` (marked ``mpirun``, or parametrized with ``ranks`` > 1) share one
-    pytest-xdist worker (``--dist loadgroup``): two MPI jobs at once on two cores slow
-    each other down several times (their ranks busy-poll), one MPI job beside one serial
-    test does not."""
+    """Keep the tests of the chosen tier; report the others as deselected.
+
+    Tests that launch ``mpirun`` (marked ``mpirun``, or parametrized with ``ranks`` > 1)
+    share one pytest-xdist worker (``--dist loadgroup``) if they run with the others: two
+    MPI jobs at once on two cores slow each other down several times (their ranks
+    busy-poll). ``./run test`` runs them after the others instead (``--launchers only``):
+    a 2-rank job beside a serial test took 2.6 times as long as alone (a quick demo, 28 s
+    against 10.7 s), more than the serial tests gain from running beside it."""
+    launchers = config.getoption("--launchers")
+    keep, drop = [], []
     for item in items:
         ranks = getattr(getattr(item, "callspec", None), "params", {}).get("ranks", 1)
-        if item.get_closest_marker("mpirun") is not None or ranks > 1:
+        launches = item.get_closest_marker("mpirun") is not None or ranks > 1
+        if launches:
             item.add_marker(pytest.mark.xdist_group("mpirun"))
+        wanted = {"all": True, "only": launches, "none": not launches}[launchers]
+        (keep if wanted else drop).append(item)
+    items[:] = keep
     slow = config.getoption("--slow")
-    keep, drop = [], []
+    keep = []
     for item in items:
         (keep if (item.get_closest_marker("slow") is not None) == slow else drop).append(item)
     if drop:
@@ -48,6 +59,16 @@ def comm():
 #: a test that compares a run on several ranks with the serial run: on one rank it would
 #: compare the serial run with itself, so it runs in the 2- and 3-rank tiers only
 ranks_vs_serial = pytest.mark.skipif(MPI.COMM_WORLD.size == 1, reason="compares 2 or 3 ranks with 1: runs under mpirun")
+
+
+
+def on_ranks(serial: list, parallel: list) -> list:
+    """The cases of a parametrised test of a mathematical property (an order, a Taylor
+    remainder): every case of ``serial`` on one rank, the ``parallel`` ones under mpirun.
+    Its parallel path is the same for every case, and the rank agreement of each case is
+    tested on its own (the ``*_matches_serial`` and ``*_same_on_all_ranks`` tests), so
+    repeating every case on 2 and 3 ranks would test nothing new."""
+    return serial if MPI.COMM_WORLD.size == 1 else parallel
 
 
 #: the small function-to-function learning problem of the optimiser tests: 8 Gaussian
