@@ -16,6 +16,7 @@ import subprocess
 import sys
 
 from fem_dnn.process import configure
+from fem_dnn.network.schemes import SCHEMES
 
 configure()  # the job's process settings: BLAS threads per rank, malloc (fem_dnn.process)
 
@@ -68,7 +69,7 @@ def main():
     print("| scheme | storage | trajectory MB | stored (states + tape) MB | controls MB | gradient adds MB | "
           "ratio to trajectory + controls | ratio to stored + controls |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for scheme in ("euler", "heun", "rk4", "midpoint"):
+    for scheme in SCHEMES:
         for k in (0, every):
             res = subprocess.run([sys.executable, __file__, "--worker", str(args.n), str(args.N), str(args.S), scheme, str(k)],
                                  capture_output=True, text=True)

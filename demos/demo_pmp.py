@@ -173,13 +173,13 @@ assert len(flips) >= 1
 
 # ### 3. Box-constrained L-BFGS on the same problem
 #
-# `Optimizer(J, "blbfgs", bounds=box)` trains the readout W, mu too (unbounded). To solve
+# `Optimizer(J, "lbfgs", bounds=box)` trains the readout W, mu too (unbounded). To solve
 # the *same* problem as MSA, the readout is frozen by `FixedReadout(J)`, which zeroes the
 # W and mu parts of the derivative (and of the Hessian action): TAO then never moves them.
 
 for key in J.counts:
     J.counts[key] = 0
-opt = Optimizer(FixedReadout(J), "blbfgs", bounds=box, gttol=1e-8, max_it=500, monitor=False)
+opt = Optimizer(FixedReadout(J), "lbfgs", bounds=box, gttol=1e-8, max_it=500, monitor=False)
 lb = opt.solve(m0)
 opt.destroy()
 nat_lb = J.controls.natural(lb.m)
@@ -211,7 +211,7 @@ assert msa_solves < lb_solves
 
 for key in J.counts:
     J.counts[key] = 0
-opt = Optimizer(J, "blbfgs", bounds=box, gttol=1e-8, max_it=500, monitor=False)
+opt = Optimizer(J, "lbfgs", bounds=box, gttol=1e-8, max_it=500, monitor=False)
 free = opt.solve(m0)
 opt.destroy()
 nat_free = J.controls.natural(free.m)

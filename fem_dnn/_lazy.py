@@ -11,7 +11,13 @@ __all__ = ["exports"]
 
 
 def exports(package: str, where: dict[str, str]):
-    """``(__getattr__, __dir__, __all__)`` for ``package`` from ``{name: module}``."""
+    """``(__getattr__, __dir__, __all__)`` for ``package`` from ``{name: module}``.
+
+    A name must not be that of a module of the package: once the module is imported, the
+    package's attribute of that name is the module, and ``__getattr__`` is not asked."""
+    clash = sorted(set(where) & set(where.values()))
+    if clash:
+        raise ImportError(f"{package} exports {clash}, which are also its modules' names")
 
     def __getattr__(name):
         if name in where:

@@ -1,4 +1,7 @@
-"""Exceptions raised by fem_dnn for bad input and failed solves."""
+"""Exceptions raised by fem_dnn for bad input and failed solves, and how any exception
+is put into the one line a user sees (:func:`one_line`, :func:`describe_exception`)."""
+
+import errno
 
 __all__ = ["DivergenceError", "FemDnnError", "InputError", "NonFiniteError", "SolverError"]
 
@@ -39,3 +42,24 @@ class DivergenceError(NonFiniteError):
 
 class SolverError(FemDnnError, RuntimeError):
     """A PETSc solver (SNES, KSP) did not converge."""
+
+
+def one_line(e: BaseException) -> str:
+    """The exception's message with every run of white space (newlines too) one blank."""
+    return " ".join(str(e).split())
+
+
+def describe_os_error(e: OSError) -> str:
+    """A failed file operation in words; a full disk (ENOSPC, EDQUOT) says what to do."""
+    text = e.strerror or one_line(e)
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        text += " (the disk is full: free space or choose another output.folder; the files written before are intact)"
+    return text
+
+
+def describe_exception(e: BaseException) -> str:
+    """``"<Type>: <message>"`` on one line (an OSError: its reason in words)."""
+    if isinstance(e, OSError) and e.strerror:
+        return describe_os_error(e)
+    text = one_line(e)
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__

@@ -4,6 +4,14 @@ Tests are MPI-agnostic: the serial run executes all of them, the MPI runs
 (``mpirun -n 2|3 python -m pytest -m mpi``) the ones marked ``mpi``, which compare the
 parallel result with a serial one computed in-process on COMM_SELF.
 
+Every test whose result depends on the partition (the ``*_matches_serial``,
+``*_same_on_all_ranks`` and ``*_same_iterates`` tests, I/O, meshes, forms) runs on 2 and
+3 ranks. A test of a property that holds on any partition once the ranks agree with the
+serial run (a Hessian's symmetry, a box, a saving of iterations, no leaks, an order)
+says ``mpi(ranks=(2,))``: it runs on 2 ranks, where the parallel code paths are the
+same as on 3, and the 3-rank run (three ranks on two cores, about 3 times slower per
+test) is left to the partition tests.
+
 Tiers: the default tier is every test not marked ``slow``; ``--slow`` runs the soak
 tests marked ``slow`` (long random-kill loops, leak checks over a thousand solves) and
 nothing else. ``./run test`` and ``./run test --slow`` run a tier serially and on 2 and 3
@@ -40,6 +48,12 @@ def pytest_collection_modifyitems(config, items):
         if launches:
             item.add_marker(pytest.mark.xdist_group("mpirun"))
         wanted = {"all": True, "only": launches, "none": not launches}[launchers]
+        (keep if wanted else drop).append(item)
+    items[:] = keep
+    size, keep = MPI.COMM_WORLD.size, []
+    for item in items:  # under mpirun: the tests marked for this number of ranks
+        mark = item.get_closest_marker("mpi")
+        wanted = size == 1 or mark is None or size in mark.kwargs.get("ranks", (2, 3))
         (keep if wanted else drop).append(item)
     items[:] = keep
     slow = config.getoption("--slow")

@@ -53,7 +53,7 @@ def residuals(space, scheme, eps, Ns=(4, 8, 16, 32)):
     return res
 
 
-@pytest.mark.mpi
+@pytest.mark.mpi(ranks=(2,))
 @pytest.mark.parametrize("eps", [0.0, 0.02])
 @pytest.mark.parametrize("scheme", on_ranks(SCHEMES, ["heun"]))
 @pytest.mark.parametrize("family,degree,mass", [("DG", 0, "lumped"), ("P", 1, "consistent")])

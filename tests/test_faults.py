@@ -497,8 +497,8 @@ def test_resume_after_a_crash_between_the_renames(tmp_path, capsys):
 def test_outputs_are_written_atomically(tmp_path, monkeypatch):
     """config.toml, metrics.csv and summary.json go through a temporary file and a
     rename: a write that fails midway leaves the previous file (not a partial one)."""
+    from fem_dnn._files import atomic_write
     from fem_dnn.app import checkpoint
-    from fem_dnn.app.checkpoint import atomic_write
 
     path = tmp_path / "summary.json"
     atomic_write(path, '{"J": 1.0}')
@@ -513,7 +513,7 @@ def test_outputs_are_written_atomically(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "replace", real_replace)
     assert path.read_text() == '{"J": 1.0}'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]  # the temporary is removed
-    assert "atomic_write" in Path(checkpoint.__file__).read_text()
+    assert "_files.replace_atomically" in Path(checkpoint.__file__).read_text()
     from fem_dnn.app import runfolder
     from fem_dnn.app import train as train_module
 
@@ -670,7 +670,7 @@ HESSIANS = [(20, 20), pytest.param(200, 20, marks=pytest.mark.slow)]
 CYCLES = [(2, 5), pytest.param(10, 5, marks=pytest.mark.slow)]
 
 
-@pytest.mark.mpi
+@pytest.mark.mpi(ranks=(2,))
 @pytest.mark.parametrize("count,warmup", GRADIENTS, ids=["100", "1000"])
 def test_no_leak_over_gradients(comm, tmp_shared, count, warmup):
     net, J = leak_problem(comm)
@@ -691,7 +691,7 @@ def test_no_leak_over_gradients(comm, tmp_shared, count, warmup):
     m.destroy(), g.destroy(), J.destroy(), net.destroy()
 
 
-@pytest.mark.mpi
+@pytest.mark.mpi(ranks=(2,))
 @pytest.mark.parametrize("count,warmup", HESSIANS, ids=["20", "200"])
 def test_no_leak_over_hessian_actions(comm, tmp_shared, count, warmup):
     net, J = leak_problem(comm)
@@ -711,7 +711,7 @@ def test_no_leak_over_hessian_actions(comm, tmp_shared, count, warmup):
     m.destroy(), dm.destroy(), h.destroy(), J.destroy(), net.destroy()
 
 
-@pytest.mark.mpi
+@pytest.mark.mpi(ranks=(2,))
 @pytest.mark.parametrize("count,warmup", CYCLES, ids=["2", "10"])
 def test_no_leak_over_optimizer_cycles(comm, tmp_shared, count, warmup):
     """Optimizer create, solve (L-BFGS and Newton-CG: TAO, its line search, KSP, the
@@ -736,7 +736,7 @@ def test_no_leak_over_optimizer_cycles(comm, tmp_shared, count, warmup):
     m0.destroy(), J.destroy(), net.destroy()
 
 
-@pytest.mark.mpi
+@pytest.mark.mpi(ranks=(2,))
 def test_leak_check_sees_a_leak(comm, tmp_shared):
     """The object count above is not blind: a Vec kept alive, and one dropped without
     destroy() on a parallel communicator (left to PETSc's garbage), both show."""
@@ -754,7 +754,7 @@ def test_leak_check_sees_a_leak(comm, tmp_shared):
     PETSc.garbage_cleanup(comm)
 
 
-@pytest.mark.mpi
+@pytest.mark.mpi(ranks=(2,))
 @pytest.mark.parametrize("method", ["lbfgs", "adam"])
 @pytest.mark.parametrize("resume", [False, True])
 def test_no_leak_over_training_runs(comm, tmp_shared, method, resume):

@@ -47,7 +47,7 @@ def close(net, J):
     net.space.destroy()
 
 
-@pytest.mark.mpi
+@pytest.mark.mpi(ranks=(2,))
 @pytest.mark.parametrize("kind", ["classes", "function"])
 @pytest.mark.parametrize("eps", [0.0, 0.05])
 @pytest.mark.parametrize("family,degree,mass", ELEMENTS)
@@ -63,7 +63,7 @@ def test_taylor(comm, scheme, family, degree, mass, eps, kind):
     close(net, J)
 
 
-@pytest.mark.mpi
+@pytest.mark.mpi(ranks=(2,))
 @pytest.mark.parametrize("loss", sorted(LOSSES))
 def test_taylor_every_loss(comm, loss):
     """Every loss of the registry (a new loss class is tested here by being registered):
@@ -176,25 +176,25 @@ def test_exact_resnet_backprop(comm):
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("riesz", ["l2", "h1"])
-def test_derivative_and_gradient_are_not_confused(comm, riesz):
+@pytest.mark.parametrize("inner_product", ["l2", "h1"])
+def test_derivative_and_gradient_are_not_confused(comm, inner_product):
     """(g, v)_M = dJ . v for the Riesz gradient g; in L2 with DG0 the a-block of g is the
     derivative divided by node weight x layer length; the H1 representer differs."""
-    net, J = make(comm, "DG", 0, "lumped", "heun", 0.0, "classes", lam=0.1, gamma=0.05 if riesz == "h1" else 0.0)
-    assert J.controls.riesz_name == riesz
+    net, J = make(comm, "DG", 0, "lumped", "heun", 0.0, "classes", lam=0.1, gamma=0.05 if inner_product == "h1" else 0.0)
+    assert J.controls.inner_product == inner_product
     m, v = J.controls.random(1, 0.5), J.controls.random(9)
     dJ, g = J.derivative(m), J.gradient(m)
     assert abs(J.controls.inner(g, v) - dJ.dot(v)) <= 1e-12 * abs(dJ.dot(v))
     ga, da = J.controls.blocks(g)[0], J.controls.blocks(dJ)[0]
     scale = np.outer(net.depth.tau, net.space.weights[: net.space.n_local])
-    if riesz == "l2":
+    if inner_product == "l2":
         assert np.allclose(ga, da / scale, rtol=1e-12)
     else:
         assert not np.allclose(ga, da / scale, rtol=1e-3)
     close(net, J)
 
 
-@pytest.mark.mpi
+@pytest.mark.mpi(ranks=(2,))
 @pytest.mark.parametrize("kind", ["classes", "function"])
 def test_hessian_symmetric_and_gauss_newton_psd(comm, kind):
     net, J = make(comm, "P", 1, "consistent", "midpoint", 0.02, kind)
@@ -344,7 +344,7 @@ def test_continuous_problem_is_nontrivial():
     assert np.abs(r(y, 0.0) - r(y, T_END)).max() > 0.2 * np.abs(r(y, T_END)).max()  # r varies in depth
 
 
-@pytest.mark.mpi
+@pytest.mark.mpi(ranks=(2,))
 @pytest.mark.parametrize(
     "scheme,family,degree,mass,order",
     [("euler", "DG", 0, "lumped", 1.0), ("heun", "P", 1, "consistent", 2.0), ("midpoint", "P", 1, "lumped", 2.0)],
@@ -359,7 +359,7 @@ def test_gradient_converges_to_continuous_formulas(comm, scheme, family, degree,
         assert rates[-1] > order - 0.2, (name, errs[:, j], rates)
 
 
-@pytest.mark.mpi
+@pytest.mark.mpi(ranks=(2,))
 @pytest.mark.parametrize("scheme", ["euler", "rk4"])
 def test_critical_points(comm, scheme):
     """LM Remark 4.1 (docs/model.md §3): without regularisation and with tanh (sigma' > 0),
@@ -393,7 +393,7 @@ def test_critical_points(comm, scheme):
     net.destroy()
 
 
-@pytest.mark.mpi
+@pytest.mark.mpi(ranks=(2,))
 @pytest.mark.parametrize("scheme", on_ranks(SCHEMES, ["rk4", "midpoint"]))
 @pytest.mark.parametrize("every", on_ranks([1, 2, 3], [2]))
 def test_depth_checkpointing_gives_the_same_gradient(comm, scheme, every):

@@ -154,9 +154,9 @@ def test_second_sigint_ends_at_once(tmp_path):
 def _enospc_after(monkeypatch, count, names=None):
     """Make the ``count``-th and later atomic writes (of files whose name is in
     ``names``, or any) fail as a full disk does, in the fsync of the temporary file."""
-    import fem_dnn.app.checkpoint as ck
+    import fem_dnn._files as files
 
-    real, seen = ck._replace_atomically, {"n": 0}
+    real, seen = files.replace_atomically, {"n": 0}
 
     def full(path, write, before_replace=None):
         if names is None or Path(path).name in names:
@@ -168,7 +168,7 @@ def _enospc_after(monkeypatch, count, names=None):
                 return real(path, failing, before_replace)
         return real(path, write, before_replace)
 
-    monkeypatch.setattr(ck, "_replace_atomically", full)
+    monkeypatch.setattr(files, "replace_atomically", full)
 
 
 def _main(args, cwd, monkeypatch, capfd):

@@ -89,8 +89,8 @@ def test_parallel_same_iterates(comm, method):
             assert np.allclose(par["m"][key], ser["m"][key], rtol=1e-7, atol=1e-9 * np.abs(ser["m"][key]).max()), key
 
 
-@pytest.mark.mpi
-@pytest.mark.parametrize("method", ["blbfgs", "bnewton"])
+@pytest.mark.mpi(ranks=(2,))
+@pytest.mark.parametrize("method", ["lbfgs", "bnewton"])
 def test_box_of_controls(comm, method):
     """A box A = [a-, a+] x [b-, b+]: the result stays in it, some bounds are active, and
     J is no lower than the unconstrained minimum."""
@@ -128,7 +128,7 @@ def test_bad_options(comm):
     with pytest.raises(InputError, match="does not take bounds"):
         Optimizer(J, "newton", bounds={"a": (-1, 1)})
     with pytest.raises(InputError, match="lo < hi"):
-        Optimizer(J, "blbfgs", bounds={"a": (1, -1)})
+        Optimizer(J, "lbfgs", bounds={"a": (1, -1)})
     J.destroy(), net.destroy()
 
 
@@ -250,7 +250,7 @@ def test_msa_several_samples(comm):
     J.destroy(), net.destroy()
 
 
-@pytest.mark.mpi
+@pytest.mark.mpi(ranks=(2,))
 def test_multilevel_saves_fine_iterations(comm):
     """Newton-CG trained on (8,4), transferred to (16,8) and then (32,16): the finest
     level needs fewer iterations than Newton there from zero to the same gradient norm

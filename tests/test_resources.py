@@ -49,7 +49,7 @@ def test_depth_operators_are_linear_in_the_layers():
     space = NodeSpace(create_node_mesh(MPI.COMM_SELF, "interval", 2), "DG", 0)
     net = Network(space, Depth(1.0, N))
     tracemalloc.start()
-    cs = ControlSpace(net, "classes", K=2, riesz="h1", h1_length=0.3)
+    cs = ControlSpace(net, "classes", K=2, inner_product="h1", h1_length=0.3)
     co = Coordinates(cs)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
@@ -78,7 +78,7 @@ def test_h1_riesz_map_matches_the_dense_construction(comm):
     depth = Depth(points=[0.0, 0.05, 0.2, 0.3, 0.55, 0.6, 0.8, 1.0])
     space = NodeSpace(create_node_mesh(comm, "interval", 6), "P", 1, "consistent")
     net = Network(space, depth)
-    cs = ControlSpace(net, "function", riesz="h1", h1_length=0.4)
+    cs = ControlSpace(net, "function", inner_product="h1", h1_length=0.4)
     dense = _dense_h1(depth, 0.4)
     assert np.abs(cs.depth_riesz.dense() - dense).max() <= 1e-13 * np.abs(dense).max()
     assert np.array_equal(cs.depth_l2.dense(), np.diag(depth.tau))
@@ -220,3 +220,12 @@ def test_hjb_estimate_counts_the_grid_and_the_steps(comm):
     levels = comm.allreduce(s.levels.nbytes, op=MPI.MAX)
     stored = next(v for k, v in est.parts.items() if k.startswith("stored levels"))
     assert abs(stored - levels) <= 0.1 * levels
+
+
+def test_every_tao_method_has_a_memory_model():
+    """The estimate knows the vectors of every TAO method the registry offers (a method
+    added to fem_dnn/optimize/methods.py without them would be estimated with none)."""
+    from fem_dnn.app.resources import TAO_VECTORS
+    from fem_dnn.optimize.methods import TAO
+
+    assert set(TAO_VECTORS) == set(TAO)

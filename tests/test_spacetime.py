@@ -24,7 +24,7 @@ def problem(net):
     return (lambda y: np.cos(2 * np.pi * y[0])), c
 
 
-@pytest.mark.mpi
+@pytest.mark.mpi(ranks=(2,))
 @pytest.mark.parametrize("eps", [0.0, 0.02])
 @pytest.mark.parametrize("scheme", on_ranks(SCHEMES, ["heun"]))
 @pytest.mark.parametrize("family,degree,mass", [("DG", 0, "lumped"), ("P", 1, "consistent")])

@@ -7,7 +7,7 @@ everything needed to refuse a checkpoint that belongs to another discretisation:
 
 - ``meta``: JSON (UTF-8 bytes stored as uint8): format name and version; kind, K, n, N,
   node space family/degree/mass and geometric dimension (checked on load, with the two
-  arrays below); the optimiser array names; for information only riesz, h1_length,
+  arrays below); the optimiser array names; for information only inner_product, h1_length,
   activation, scheme, eps, the numbers of ranks, the fem_dnn version and ``saved_at``
   (ns, what :func:`latest_checkpoint` orders by).
 - ``state``: the caller's JSON-serialisable ``state`` dict (iteration, history, method,
@@ -39,9 +39,9 @@ checkpoint that is complete but unusable (a bad disk block, an interrupted copy)
 :func:`recover_checkpoint` (called by ``fem-dnn train --resume``) puts ``<stem>.prev.npz``
 back under the checkpoint's name when a crash in that window left only the ``.prev``.
 
-:func:`atomic_write` writes any other file of a run the same way (temporary file, fsync,
-``os.replace``): ``fem-dnn train`` writes ``config.toml``, ``metrics.csv`` and
-``summary.json`` with it.
+``fem_dnn._files.atomic_write`` writes any other file of a run the same way (temporary
+file, fsync, ``os.replace``): ``fem-dnn train`` writes ``config.toml``, ``metrics.csv``
+and ``summary.json`` with it.
 
 :func:`save_checkpoint` and :func:`load_checkpoint` are collective over the world
 communicator of the network's layout (``controls.network.layout.world``, which covers
@@ -52,11 +52,9 @@ file is in place, and a failure makes every rank raise the same one-line
 :class:`~fem_dnn.errors.InputError` (no rank is left waiting in a collective call).
 """
 
-import errno
 import hashlib
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -66,22 +64,23 @@ from fem_dnn import _dolfinx  # noqa: F401
 from mpi4py import MPI
 from petsc4py import PETSc
 
+from fem_dnn import _files
 from fem_dnn._files import NpzError, read_npz
-from fem_dnn.errors import InputError
-from fem_dnn.learning.controls import ControlSpace
+from fem_dnn._mpi import bcast_arrays, on_root
+from fem_dnn.errors import InputError, describe_exception, one_line
+from fem_dnn.learning.controls import BLOCKS, ControlSpace
 
-__all__ = ["FORMAT", "VERSION", "atomic_write", "describe_os_error", "latest_checkpoint", "load_checkpoint", "recover_checkpoint", "save_checkpoint"]
+__all__ = ["FORMAT", "VERSION", "latest_checkpoint", "load_checkpoint", "recover_checkpoint", "save_checkpoint"]
 
 #: The ``format`` field of a checkpoint's metadata.
 FORMAT = "fem_dnn.checkpoint"
 #: The newest format version this module writes and reads.
 VERSION = 1
 
-_CONTROLS = ("a", "b", "W", "mu")
+_CONTROLS = BLOCKS  # the control blocks, as every Vec lays them out
 _REQUIRED = ("meta", "state", "checksum", "discretisation/depth_points", "discretisation/node_coordinates") + tuple(
     f"controls/{k}" for k in _CONTROLS
 )
-_CHUNK = 1 << 30  # bytes per MPI broadcast message
 
 
 # --------------------------------------------------------------------------- public API
@@ -126,7 +125,7 @@ def save_checkpoint(
         except InputError as e:
             raise InputError(f"cannot write checkpoint {path}: {e}") from e
 
-    _on_root(comm, write, f"cannot write checkpoint {path}")
+    on_root(comm, write, f"cannot write checkpoint {path}")
     return path
 
 
@@ -173,12 +172,12 @@ def load_checkpoint(path, controls: ControlSpace, vec: PETSc.Vec | None = None) 
         extra = {name: data[f"arrays/{name}"] for name in meta.get("arrays", [])}
         return nat, state, extra
 
-    out = _on_root(comm, read, f"cannot read checkpoint {path}")
+    out = on_root(comm, read, f"cannot read checkpoint {path}")
     nat, state, extra = out if comm.rank == 0 else (None, None, None)
     state = comm.bcast(state, root=0)
-    nat = _bcast_arrays(comm, nat)
-    extra = _bcast_arrays(comm, extra)
-    m = controls.from_natural(nat["a"], nat["b"], nat["W"], nat["mu"], vec)
+    nat = bcast_arrays(comm, nat)
+    extra = bcast_arrays(comm, extra)
+    m = controls.from_natural(**nat, vec=vec)
     return m, state, extra
 
 
@@ -224,7 +223,7 @@ def latest_checkpoint(folder, stem: str = "checkpoint", comm: MPI.Comm | None = 
                 best, best_key = p, key
         return None if best is None else str(best)
 
-    found = _on_root(comm, find, f"cannot search {folder} for checkpoints")
+    found = on_root(comm, find, f"cannot search {folder} for checkpoints")
     found = comm.bcast(found, root=0)
     return None if found is None else Path(found)
 
@@ -259,52 +258,12 @@ def recover_checkpoint(path, comm: MPI.Comm | None = None) -> Path | None:
             _read_verified(prev)
         except InputError:
             return None  # nothing complete to recover: the run starts afresh
-        atomic_write(path, prev.read_bytes())
+        _files.atomic_write(path, prev.read_bytes())
         return str(path)
 
-    found = _on_root(comm, recover, f"cannot recover checkpoint {path} from {_prev_path(path).name}")
+    found = on_root(comm, recover, f"cannot recover checkpoint {path} from {_prev_path(path).name}")
     found = comm.bcast(found, root=0)
     return None if found is None else Path(found)
-
-
-def atomic_write(path, data: str | bytes) -> Path:
-    """Write ``data`` (text as UTF-8) to ``path`` atomically: a hidden temporary file in
-    the same folder, flushed and fsynced, then ``os.replace``-d onto ``path`` and the
-    folder fsynced. A process killed at any moment leaves the old file or the new one,
-    never a partial file under ``path`` (at worst a stale hidden ``.<name>.*.tmp``).
-
-    Not collective: call it on the rank that writes (rank 0).
-    """
-    path = Path(path)
-    raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-    _replace_atomically(path, lambda f: f.write(raw))
-    return path
-
-
-def _replace_atomically(path: Path, write, before_replace=None):
-    """The one atomic-write mechanism: ``write(file)`` into a temporary file in the
-    folder, fsync, ``before_replace()`` (if given), ``os.replace``, fsync the folder."""
-    folder = path.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        if before_replace is not None:
-            before_replace()
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(folder)
 
 
 # --------------------------------------------------------------------------- description
@@ -347,7 +306,7 @@ def _info(controls: ControlSpace) -> dict:
     from fem_dnn import __version__
 
     net = controls.network
-    info = {"riesz": controls.riesz_name, "h1_length": float(controls.h1_length), "fem_dnn": __version__}
+    info = {"inner_product": controls.inner_product, "h1_length": float(controls.h1_length), "fem_dnn": __version__}
     sigma = getattr(net, "sigma", None)
     info["activation"] = getattr(sigma, "name", None)
     info["scheme"] = getattr(net, "scheme", None)
@@ -457,7 +416,7 @@ def _read_verified(path: Path) -> tuple[dict, dict]:
             raise InputError(f"checkpoint {path} holds an object array {e.key!r}: pickled Python objects "
                              "are never unpickled") from None
         if e.kind == "corrupt":
-            raise InputError(f"checkpoint {path} is truncated or corrupt ({_describe_exception(e.cause)})") from e.cause
+            raise InputError(f"checkpoint {path} is truncated or corrupt ({describe_exception(e.cause)})") from e.cause
         raise InputError(f"checkpoint {path} is {'empty' if e.kind == 'empty' else 'not an .npz archive'}") from None
     missing = [k for k in ("meta", "checksum") if k not in data]
     if missing:
@@ -473,7 +432,7 @@ def _read_verified(path: Path) -> tuple[dict, dict]:
     try:
         meta = json.loads(bytes(data["meta"]).decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
-        raise InputError(f"checkpoint {path} has unreadable metadata ({_one_line(e)})") from e
+        raise InputError(f"checkpoint {path} has unreadable metadata ({one_line(e)})") from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise InputError(f"checkpoint {path} is not a fem_dnn checkpoint (format {meta.get('format') if isinstance(meta, dict) else None!r})")
     if not isinstance(meta.get("version"), int) or meta["version"] > VERSION:
@@ -492,7 +451,7 @@ def _write_atomic(path: Path, entries: dict, keep_previous: bool):
         if keep_previous and path.is_file():
             _keep(path, _prev_path(path))
 
-    _replace_atomically(path, lambda f: np.savez(f, **entries), keep)
+    _files.replace_atomically(path, lambda f: np.savez(f, **entries), keep)
     for stale in folder.iterdir():  # temporaries left by interrupted writes
         if stale.name.endswith(".tmp") and stale.name.startswith((f".{path.name}.", f".{_prev_path(path).name}.")):
             try:
@@ -521,72 +480,3 @@ def _keep(path: Path, prev: Path):
         except FileNotFoundError:
             pass
         raise
-
-
-def _fsync_dir(folder: Path):
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-# --------------------------------------------------------------------------- MPI
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())
-
-
-def _describe_exception(e: BaseException) -> str:
-    if isinstance(e, OSError) and e.strerror:
-        return describe_os_error(e)
-    text = _one_line(e)
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
-
-
-def describe_os_error(e: OSError) -> str:
-    """A failed file operation in words; a full disk (ENOSPC, EDQUOT) says what to do."""
-    text = e.strerror or _one_line(e)
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        text += " (the disk is full: free space or choose another output.folder; the files written before are intact)"
-    return text
-
-
-def _on_root(comm: MPI.Comm, fn, context: str | None):
-    """Run ``fn`` on rank 0 and make every rank raise if it failed.
-
-    An :class:`InputError` keeps its message (on one line); any other exception becomes
-    an InputError ``"<context>: <Type>: <message>"`` (chained to the original on rank 0).
-    """
-    result, message, exc = None, None, None
-    if comm.rank == 0:
-        try:
-            result = fn()
-        except InputError as e:
-            exc, message = e, _one_line(e)
-        except Exception as e:
-            exc, message = e, f"{context}: {_describe_exception(e)}"
-    message = comm.bcast(message, root=0)
-    if message is not None:
-        raise InputError(message) from exc
-    return result
-
-
-def _bcast_arrays(comm: MPI.Comm, arrays: dict | None) -> dict:
-    """Broadcast a dict of arrays from rank 0 as raw bytes (no pickling of the data)."""
-    layout = None if comm.rank else {k: (v.shape, v.dtype.str) for k, v in arrays.items()}
-    layout = comm.bcast(layout, root=0)
-    if comm.size == 1:
-        return dict(arrays)
-    out = {}
-    for name, (shape, dtype) in layout.items():
-        arr = _c_order(arrays[name]) if comm.rank == 0 else np.empty(shape, dtype=np.dtype(dtype))
-        raw = arr.reshape(-1).view(np.uint8)
-        for start in range(0, raw.size, _CHUNK):
-            comm.Bcast(raw[start : start + _CHUNK], root=0)
-        out[name] = arr
-    return out

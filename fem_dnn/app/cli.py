@@ -27,6 +27,7 @@ import argparse
 import ast
 import sys
 
+from fem_dnn.core.activation import ACTIVATIONS
 from fem_dnn.network.schemes import SCHEMES
 
 __all__ = ["AGREE_SECONDS", "guarded", "main"]
@@ -97,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--n", type=int, default=32, help="cells per direction of the built-in mesh")
     f.add_argument("--space", default="DG0", choices=["DG0", "P1", "P2"], help="node space")
     f.add_argument("--mass", default="lumped", choices=["lumped", "consistent"])
-    f.add_argument("--activation", default="tanh", choices=["tanh", "arctan", "sigmoid", "relu", "leaky_relu", "elu", "identity"])
+    f.add_argument("--activation", default="tanh", choices=list(ACTIVATIONS))
     f.add_argument("--scheme", default="euler", choices=SCHEMES, help="depth scheme")
     f.add_argument("--T", type=float, default=1.0, help="final depth")
     f.add_argument("--N", type=int, default=16, help="number of layers")
@@ -173,12 +174,10 @@ class _NumpyPrefix(ast.NodeTransformer):
 
 def _finite(comm, option: str, text: str, values):
     """Every rank raises if ``values`` is not finite on some rank."""
-    import numpy as np
-    from mpi4py import MPI
-
+    from fem_dnn._mpi import all_finite
     from fem_dnn.errors import InputError
 
-    if not comm.allreduce(bool(np.isfinite(values).all()), op=MPI.LAND):
+    if not all_finite(comm, values):
         raise InputError(f"{option} {text!r} is not finite (NaN or Inf) at some node")
 
 
@@ -334,26 +333,26 @@ def guarded(fn) -> int:
         print("fem-dnn: interrupted (SIGINT)", file=sys.stderr, flush=True)
         return 130
     except Exception as exc:  # noqa: BLE001  (every failure must end every rank)
+        from fem_dnn.errors import DivergenceError, describe_exception, one_line
+
         err = _fem_dnn_error(exc)
         if err is None:
             import traceback
 
             traceback.print_exc(file=sys.stderr)
             where = f" on rank {world.rank} of {world.size}" if world.size > 1 else ""
-            print(f"fem-dnn: internal error{where}: {_describe(_root_cause(exc))}"
+            print(f"fem-dnn: internal error{where}: {describe_exception(_root_cause(exc))}"
                   + ("; stopping all ranks (MPI_Abort)" if world.size > 1 else ""), file=sys.stderr, flush=True)
             if world.size > 1:
                 _abort(world, 1)
             return 1
-        from fem_dnn.errors import DivergenceError
-
         status = 3 if isinstance(err, DivergenceError) else 2
         if not _all_ranks_arrive(world, AGREE_SECONDS):
-            print(f"fem-dnn: error on rank {world.rank} of {world.size}: {_one_line(err)} (the other ranks did not "
+            print(f"fem-dnn: error on rank {world.rank} of {world.size}: {one_line(err)} (the other ranks did not "
                   f"stop within {AGREE_SECONDS:g} s; stopping all ranks with MPI_Abort)", file=sys.stderr, flush=True)
             _abort(world, status)
         if world.rank == 0:
-            print(f"fem-dnn: error: {_one_line(err)}", file=sys.stderr, flush=True)
+            print(f"fem-dnn: error: {one_line(err)}", file=sys.stderr, flush=True)
         return status
 
 
@@ -413,13 +412,6 @@ def _root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
-def _describe(exc: BaseException) -> str:
-    text = _one_line(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())
 
 
 if __name__ == "__main__":

@@ -21,8 +21,10 @@ import tomllib
 from pathlib import Path
 
 from fem_dnn.errors import InputError
+from fem_dnn.core.activation import ACTIVATIONS
 from fem_dnn.learning.losses import LOSSES
 from fem_dnn.network.schemes import SCHEMES
+from fem_dnn.optimize.methods import METHODS
 
 __all__ = ["SPEC", "defaults", "load_config", "parse_overrides", "to_toml", "validate"]
 
@@ -57,14 +59,14 @@ SPEC = {
         "mass": ("lumped", str, _choice("lumped", "consistent"), "node weights (lumped) or consistent mass"),
     },
     "network": {
-        "activation": ("tanh", str, _choice("tanh", "arctan", "sigmoid", "relu", "leaky_relu", "elu", "identity"), "sigma"),
+        "activation": ("tanh", str, _choice(*ACTIVATIONS), "sigma (fem_dnn.core.activation)"),
         "scheme": ("euler", str, _choice(*SCHEMES), "depth scheme (euler: the ResNet; fem_dnn.network.schemes)"),
         "T": (1.0, float, _POS, "depth of the network"),
         "N": (4, int, _POS, "number of layers (depth cells)"),
         "eps": (0.0, float, _NONNEG, "node diffusion coefficient"),
     },
     "training": {
-        "method": ("lbfgs", str, _choice("gd", "cg", "lbfgs", "newton", "trust", "blbfgs", "bnewton", "btrust", "sgd", "adam", "msa"),
+        "method": ("lbfgs", str, _choice(*METHODS),
                    "training method (TAO methods, mini-batch sgd/adam, or msa)"),
         "loss": ("default", str, _choice("default", *LOSSES), "loss (fem_dnn.learning.losses): default (cross_entropy for classes, "
                  "logistic_l2 for functions), cross_entropy, logistic_l2, mse (squared error on one-hot classes)"),

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from fem_dnn._files import NpzError, read_npz
-from fem_dnn.errors import InputError
+from fem_dnn.errors import InputError, describe_exception
 
 __all__ = ["Dataset", "GridFunctions", "bumps", "digits", "load", "split"]
 
@@ -191,10 +191,6 @@ def load(path) -> Dataset:
     raise InputError(f"data file {path} must be .npz or .csv, not {path.suffix or 'without a suffix'}")
 
 
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
-
-
 def _read_npz(path: Path) -> dict:
     """Every array of an .npz archive; object arrays are refused, never unpickled."""
     try:
@@ -205,7 +201,7 @@ def _read_npz(path: Path) -> dict:
                              f"unpickled); store numbers") from None
         if e.kind == "corrupt":
             err = e.cause
-            raise InputError(f"data file {path} is not a readable .npz archive ({type(err).__name__}: {_one_line(err)})") from None
+            raise InputError(f"data file {path} is not a readable .npz archive ({describe_exception(err)})") from None
         raise InputError(f"data file {path} is not a readable .npz archive (not a zip file)") from None
 
 

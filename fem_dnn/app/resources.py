@@ -53,6 +53,7 @@ from mpi4py import MPI
 
 from fem_dnn.errors import InputError
 from fem_dnn.network.schemes import IMPLICIT, STAGES
+from fem_dnn.optimize.methods import HESSIAN, TAO
 
 __all__ = [
     "Estimate",
@@ -98,7 +99,7 @@ FUNCTIONAL_VECTORS = 4
 OPTIMIZER_VECTORS = 7
 #: Control-sized Vecs TAO allocates per method (its work vectors, line search, KSP;
 #: measured with PETSc 3.25), without the L-BFGS pairs.
-TAO_VECTORS = {"gd": 12, "cg": 25, "lbfgs": 20, "blbfgs": 20, "newton": 9, "trust": 5, "bnewton": 14, "btrust": 13}
+TAO_VECTORS = {"gd": 12, "cg": 25, "lbfgs": 20, "newton": 9, "trust": 5, "bnewton": 14, "btrust": 13}
 #: Vecs per L-BFGS pair (s and y), and PETSc's default number of pairs
 #: (``-<prefix>tao_bqnls_mat_lmvm_hist_size``).
 LBFGS_VECTORS_PER_PAIR = 2
@@ -137,8 +138,6 @@ FIGURE_LAYER_COPIES = 6
 #: Built-in data sets: samples, classes, kind and grid (``fem_dnn.app.data``).
 _DATASETS = {"digits": (1797, 10, "classes", {"shape": "rectangle", "n": 8}),
              "bumps": (64, None, "function", {"shape": "interval", "n": 32})}
-_TAO = ("gd", "cg", "lbfgs", "newton", "trust", "blbfgs", "bnewton", "btrust")
-_NEWTON = ("newton", "trust", "bnewton", "btrust")
 
 
 # --------------------------------------------------------------------------- the machine
@@ -490,7 +489,7 @@ def estimate(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, store_every: int | None
     if method == "msa":
         held += 1  # the current iterate
     resident[f"controls (the functional's {held} copies, {V / MiB:.1f} MiB each)"] = held * V
-    every = store_every if method not in _NEWTON else None
+    every = store_every if method not in HESSIAN else None
     traj, tape, segment = trajectory(S_l, every)
     resident[f"trajectory ({N + 1 if not every else 'checkpointed'} levels x {S_l} samples x {nl} neurons)"] = traj
     what = "sigma(u)" if compact else "u, sigma'(u)"
@@ -500,14 +499,14 @@ def estimate(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, store_every: int | None
     phases = {}
     Bn, Bq = batch(S_l)
     grad_work = max(GRADIENT_WORK_VECTORS * V, Vab + layer_work(S_l, COSTATE_BATCH_ARRAYS)) + segment
-    if method in _TAO:
-        opt = OPTIMIZER_VECTORS + TAO_VECTORS[method] + (1 if method in _NEWTON else 0)
+    if method in TAO:
+        opt = OPTIMIZER_VECTORS + TAO_VECTORS[method] + (1 if method in HESSIAN else 0)
         if tr["bounds_a"] or tr["bounds_b"]:
             opt += 2
-        if method in ("lbfgs", "blbfgs"):
+        if method == "lbfgs":
             opt += LBFGS_VECTORS_PER_PAIR * _lbfgs_pairs(petsc_options_prefix)
         work = grad_work
-        if method in _NEWTON:  # the full costate, the tangent trajectory and the Hessian action
+        if method in HESSIAN:  # the full costate, the tangent trajectory and the Hessian action
             costate = (N + 1) * Bn + N * stages * Bq
             tangent = (N + 1) * Bn + N * stages * (Bn + Bq)
             work = max(work, costate + tangent + HESSIAN_WORK_VECTORS[method] * V + layer_work(S_l, COSTATE_BATCH_ARRAYS))

@@ -34,7 +34,8 @@ from pathlib import Path
 from fem_dnn import _dolfinx  # noqa: F401
 from mpi4py import MPI
 
-from fem_dnn.app.checkpoint import _on_root, atomic_write
+from fem_dnn._files import atomic_write
+from fem_dnn._mpi import on_root
 from fem_dnn.errors import InputError
 
 __all__ = ["RUN_FILES", "RESULTS", "FolderState", "inspect", "prepare", "write_text"]
@@ -136,7 +137,7 @@ def prepare(folder, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, overw
             f"the run folder {str(folder)!r} holds a run ({', '.join(state.results)}): continue it with --resume, "
             f"choose another folder (--set output.folder='...'), or replace it with --overwrite")
     if state.run_files:  # replaced (--overwrite) or the leftovers of a run that died before its first checkpoint
-        _on_root(comm, lambda: _remove(folder, state.run_files), f"cannot clear the run folder {str(folder)!r}")
+        on_root(comm, lambda: _remove(folder, state.run_files), f"cannot clear the run folder {str(folder)!r}")
     return state
 
 
@@ -154,5 +155,5 @@ def write_text(path, text: str, comm: MPI.Comm = MPI.COMM_WORLD) -> Path:
     same one-line InputError if it fails, naming the file (a full disk says so; the
     file's previous version is left as it was)."""
     path = Path(path)
-    _on_root(comm, lambda: atomic_write(path, text), f"cannot write {path}")
+    on_root(comm, lambda: atomic_write(path, text), f"cannot write {path}")
     return path

@@ -46,7 +46,8 @@ from fem_dnn import interrupt
 from fem_dnn.app import runfolder
 from fem_dnn.app.config import to_toml
 from fem_dnn.core.domain import Depth, NodeSpace, ProductMesh, create_node_mesh, read_node_mesh, split_comm
-from fem_dnn.errors import InputError
+from fem_dnn.errors import InputError, describe_os_error, one_line
+from fem_dnn.learning.controls import BLOCKS
 from fem_dnn.learning.functional import ReducedFunctional
 from fem_dnn.learning.losses import get_loss
 from fem_dnn.network import Network
@@ -144,7 +145,7 @@ def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=
             :func:`fem_dnn.interrupt.handling` installed); the checkpoint holds the last
             accepted iterate.
     """
-    from fem_dnn.optimize import METHODS, Optimizer, minibatch, msa
+    from fem_dnn.optimize import TAO, Optimizer, minibatch, msa
 
     from fem_dnn.app import resources
 
@@ -174,7 +175,7 @@ def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=
     _check_training(run, bounds, resume_from)
     opt = None
     evaluator = _Evaluator(run, cfg["output"]["test_every"])
-    if method in METHODS:
+    if method in TAO:
         opt = Optimizer(run.J, method, riesz=tr["riesz"], bounds=bounds or None, gauss_newton=tr["gauss_newton"],
                         gttol=tr["gttol"], max_it=tr["max_it"], monitor=True, checkpoint=ckpt_dir,
                         checkpoint_every=tr["checkpoint_every"], metrics=evaluator)
@@ -262,7 +263,7 @@ def _check_training(run: Run, bounds: dict, resume_from: Path | None):
     """Refuse a training setup that cannot run, before anything is written (collective):
     MSA without its box or scheme, and a checkpoint to resume from that is damaged, of
     another discretisation, or of an optimiser it cannot continue."""
-    from fem_dnn.optimize import METHODS
+    from fem_dnn.optimize import TAO
 
     tr = run.cfg["training"]
     method = tr["method"]
@@ -289,14 +290,14 @@ def _check_training(run: Run, bounds: dict, resume_from: Path | None):
     m, state, arrays = load_checkpoint(resume_from, run.J.controls)  # integrity and discretisation
     m.destroy()
     saved = state.get("method")
-    if saved != method and not (saved in METHODS and method in METHODS):
+    if saved != method and not (saved in TAO and method in TAO):
         raise InputError(f"checkpoint {resume_from} was written by method {saved!r}; it cannot resume method {method!r}")
     if state.get("initial"):
         return  # the initial controls of a run that stopped before its first iteration
-    if method in METHODS:
+    if method in TAO:
         need, have = ("iteration", "g0", "history"), state
     else:
-        need = ("epoch", "step", "history") + tuple(f"{v}_{k}" for v in ("x", "m1", "m2") for k in ("a", "b", "W", "mu"))
+        need = ("epoch", "step", "history") + tuple(f"{v}_{k}" for v in ("x", "m1", "m2") for k in BLOCKS)
         have = {**state, **arrays}
         if (state.get("seed"), state.get("batch_size")) != (tr["seed"], tr["batch_size"]):
             raise InputError(f"checkpoint {resume_from} is from a {saved} run with seed {state.get('seed')}, batch size "
@@ -446,15 +447,13 @@ def _agreed(comm: MPI.Comm, context: str):
     """Run the block on every rank; if it fails with an OSError (or a RuntimeError of
     the HDF5/ADIOS2 writers) on some rank, every rank raises one InputError naming the
     output. The block must not leave ranks inside a collective call when it fails."""
-    from fem_dnn.app.checkpoint import describe_os_error
-
     message = None
     try:
         yield
     except OSError as e:
         message = f"{context}: {describe_os_error(e)}"
     except RuntimeError as e:
-        message = f"{context}: {' '.join(str(e).split())}"
+        message = f"{context}: {one_line(e)}"
     messages = [m for m in comm.allgather(message) if m]
     if messages:
         raise InputError(messages[0])

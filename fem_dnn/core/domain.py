@@ -37,6 +37,8 @@ import dolfinx.la
 import ufl
 from dolfinx import fem, mesh as dmesh
 
+from fem_dnn._mpi import all_finite
+from fem_dnn._petsc import mat_mult, mat_solve
 from fem_dnn.core import forms
 from fem_dnn.errors import InputError
 
@@ -49,6 +51,8 @@ __all__ = [
     "Depth",
     "ProductMesh",
     "locate_points",
+    "lexicographic_order",
+    "natural_ranks",
 ]
 
 
@@ -220,7 +224,7 @@ def _check_cells(mesh: dmesh.Mesh, path: Path):
     n_local, n_global = imap.size_local, imap.size_global
     if n_global == 0:
         raise InputError(f"node mesh file {str(path)!r} has no cells")
-    if not comm.allreduce(bool(np.isfinite(mesh.geometry.x).all()), op=MPI.LAND):
+    if not all_finite(comm, mesh.geometry.x):
         raise InputError(f"node mesh file {str(path)!r} has non-finite (NaN or Inf) node coordinates")
     V0 = fem.functionspace(mesh, ("DG", 0))
     vol = fem.assemble_vector(fem.form(ufl.TestFunction(V0) * ufl.dx)).array[:n_local]
@@ -318,7 +322,7 @@ class NodeSpace:
         x = self.V.tabulate_dof_coordinates()
         self.x_owned = np.ascontiguousarray(x[: self.n_local].T)  # (3, n_local)
         self.x_all = np.concatenate(self.comm.allgather(x[: self.n_local]), axis=0).T
-        self.nat_of_global = _natural_order(self.x_all)  # global dof -> natural index
+        self.nat_of_global = natural_ranks(self.x_all)  # global dof -> natural index
         self.nat_owned = self.nat_of_global[self.offset : self.offset + self.n_local]
 
         v = ufl.TestFunction(self.V)
@@ -394,73 +398,43 @@ class NodeSpace:
             self._K.assemble()
         return self._K
 
-    # ---- batched operators on (n_local, S) Fortran arrays
-    def dense(self, F: np.ndarray) -> PETSc.Mat:
-        """Wrap a Fortran-ordered ``(n_local, S)`` array as a PETSc dense matrix (no copy)."""
-        S = F.shape[1]
-        return PETSc.Mat().createDense(((self.n_local, self.n), (None, S)), array=F, comm=self.comm)
-
-    def _matmat(self, A: PETSc.Mat, F: np.ndarray, rows: int) -> np.ndarray:
-        B = self.dense(np.asfortranarray(F))
-        C = A.matMult(B)
-        out = np.array(C.getDenseArray(), order="F", copy=True).reshape(rows, F.shape[1], order="F")
-        B.destroy(), C.destroy()
-        return out
-
+    # ---- batched operators on (n_local, S) Fortran arrays (products and solves: fem_dnn._petsc)
     def apply_mass(self, F: np.ndarray) -> np.ndarray:
         """``(omega_j f_j)`` (lumped) or ``M f`` (consistent): the measure the kernel and
         readout integrate against."""
         if self.mass == "lumped":
             return self.weights[:, None] * F
-        return self._matmat(self._M, F, self.n_local)
+        return mat_mult(self._M, F)
 
     def solve_mass(self, R: np.ndarray) -> np.ndarray:
         """``M^{-1} r`` (a direct solve, prefix ``<prefix>mass_``) or ``r / omega``."""
         if self.mass == "lumped":
             return R / self.weights[:, None]
-        B = self.dense(np.asfortranarray(R))
-        X = B.duplicate()
-        self._mass_ksp.matSolve(B, X)
-        out = np.array(X.getDenseArray(), order="F", copy=True)
-        B.destroy(), X.destroy()
-        return out
+        return mat_solve(self._mass_ksp, R)
 
     def quad_values(self, U: np.ndarray) -> np.ndarray:
         """Values of u_h at the sigma-term quadrature points (consistent) or nodes (lumped)."""
         if self.mass == "lumped":
             return U
-        return self._matmat(self._P, U, self._P.getLocalSize()[0])
+        return mat_mult(self._P, U)
 
     def quad_load(self, Sq: np.ndarray) -> np.ndarray:
         """``int_Y s phi_i`` for s given at quadrature points (consistent) or nodes (lumped)."""
         if self.mass == "lumped":
             return self.weights[:, None] * Sq
-        Bq = PETSc.Mat().createDense(
-            (self._Q.getSizes()[1], (None, Sq.shape[1])), array=np.asfortranarray(Sq), comm=self.comm
-        )
-        C = self._Q.matMult(Bq)
-        out = np.array(C.getDenseArray(), order="F", copy=True)
-        Bq.destroy(), C.destroy()
-        return out
+        return mat_mult(self._Q, Sq)
 
     def quad_values_T(self, Zq: np.ndarray) -> np.ndarray:
         """``P^T z``: the transpose of :meth:`quad_values` (quadrature points -> nodes)."""
         if self.mass == "lumped":
             return Zq
-        return self._mult(self._Pt, Zq)
+        return mat_mult(self._Pt, Zq)
 
     def quad_load_T(self, Y: np.ndarray) -> np.ndarray:
         """``Q^T y``: the transpose of :meth:`quad_load` (nodes -> quadrature points)."""
         if self.mass == "lumped":
             return self.weights[:, None] * Y
-        return self._mult(self._Qt, Y)
-
-    def _mult(self, A: PETSc.Mat, X: np.ndarray) -> np.ndarray:
-        Bx = PETSc.Mat().createDense((A.getSizes()[1], (None, X.shape[1])), array=np.asfortranarray(X), comm=self.comm)
-        C = A.matMult(Bx)
-        out = np.array(C.getDenseArray(), order="F", copy=True).reshape(A.getLocalSize()[0], X.shape[1], order="F")
-        Bx.destroy(), C.destroy()
-        return out
+        return mat_mult(self._Qt, Y)
 
     def mass_columns(self, X: np.ndarray, inverse: bool = False) -> np.ndarray:
         """``X M`` (or ``X M^{-1}``) for X indexed by *global* dofs along the last axis
@@ -479,16 +453,9 @@ class NodeSpace:
             ksp.getPC().setType("cholesky")
             ksp.setFromOptions()
             self._cols_ksp = ksp
-        Xt = np.asfortranarray(np.asarray(X).reshape(-1, self.n).T)
-        B = PETSc.Mat().createDense((self.n, Xt.shape[1]), array=Xt, comm=PETSc.COMM_SELF)
-        if inverse:
-            C = B.duplicate()
-            self._cols_ksp.matSolve(B, C)
-        else:
-            C = self._M_all.matMult(B)
-        out = np.array(C.getDenseArray(), copy=True).T.reshape(X.shape)
-        B.destroy(), C.destroy()
-        return out
+        Xt = np.asarray(X).reshape(-1, self.n).T
+        out = mat_solve(self._cols_ksp, Xt) if inverse else mat_mult(self._M_all, Xt)
+        return out.T.reshape(X.shape)
 
     def diffusion_solver(self, theta_tau_eps: float) -> tuple[PETSc.KSP, PETSc.Mat]:
         """Cached direct solver of ``M + c K`` (prefix ``<prefix>diffusion_``)."""
@@ -500,16 +467,12 @@ class NodeSpace:
         return self._diff[key]
 
     def mat_solve(self, ksp: PETSc.KSP, R: np.ndarray) -> np.ndarray:
-        B = self.dense(np.asfortranarray(R))
-        X = B.duplicate()
-        ksp.matSolve(B, X)
-        out = np.array(X.getDenseArray(), order="F", copy=True)
-        B.destroy(), X.destroy()
-        return out
+        """``A^{-1} R`` for a batch, with a direct solver of a node-space matrix A."""
+        return mat_solve(ksp, R)
 
     def apply(self, A: PETSc.Mat, F: np.ndarray) -> np.ndarray:
         """Apply an assembled node-space matrix (e.g. K) to a batch."""
-        return self._matmat(A, F, self.n_local)
+        return mat_mult(A, F)
 
     # ---- data in and out
     def interpolate(self, fn) -> np.ndarray:
@@ -601,11 +564,18 @@ def locate_points(mesh: dmesh.Mesh, tree, pts: np.ndarray) -> tuple[np.ndarray, 
     return np.where(owner == comm.rank, found, -1), (int(missing[0]) if missing.size else None)
 
 
-def _natural_order(x_all: np.ndarray) -> np.ndarray:
-    """Rank of every dof in lexicographic coordinate order (x primary), rank independent."""
-    scale = max(np.abs(x_all).max(), 1.0)
-    xr = np.round(x_all / scale, 9)
-    order = np.lexsort(xr[::-1])  # lexsort's last key is primary: x
+def lexicographic_order(x: np.ndarray) -> np.ndarray:
+    """The permutation that sorts points (the columns of ``x``, shape ``(dim, P)``) by
+    coordinate, x primary: rank independent, and robust to coordinate round-off (the
+    coordinates are compared to 9 digits of the largest one)."""
+    scale = max(float(np.abs(x).max()), 1.0) if x.size else 1.0
+    return np.lexsort(np.round(x / scale, 9)[::-1])  # lexsort's last key is primary: x
+
+
+def natural_ranks(x: np.ndarray) -> np.ndarray:
+    """The position of every point in :func:`lexicographic_order` (its inverse): the
+    natural index of a dof (``NodeSpace.nat_of_global``) or of a cell."""
+    order = lexicographic_order(x)
     nat = np.empty_like(order)
     nat[order] = np.arange(len(order))
     return nat

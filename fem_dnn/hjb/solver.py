@@ -105,9 +105,10 @@ import dolfinx.geometry
 import ufl
 from dolfinx import fem, mesh as dmesh
 
+from fem_dnn._mpi import all_finite
 from fem_dnn.core import forms
 from fem_dnn.core.activation import Activation, get_activation
-from fem_dnn.core.domain import locate_points
+from fem_dnn.core.domain import lexicographic_order, locate_points
 from fem_dnn.errors import InputError, NonFiniteError
 
 __all__ = [
@@ -546,8 +547,7 @@ class HJBSolver:
                 self.levels[k] = Fa[:nl]
             if monitor and self.comm.rank == 0 and k % max(self.steps // 10, 1) == 0:
                 print(f"hjb step t = {k * dt:.4f}", flush=True)
-        ok = self.comm.allreduce(bool(np.all(np.isfinite(Fa[:nl]))), op=MPI.LAND)
-        if not ok:
+        if not all_finite(self.comm, Fa[:nl]):
             raise NonFiniteError("the HJB value function is not finite", 0)
         self._grad_level = None
         return Fa[:nl].copy()
@@ -635,8 +635,7 @@ class HJBSolver:
             vals = self.levels[k]
         x = np.concatenate(self.comm.allgather(self.x[:, : self.n_owned].T), axis=0).T
         f = np.concatenate(self.comm.allgather(vals), axis=0)
-        scale = max(float(np.abs(x).max()), 1.0) if x.size else 1.0
-        order = np.lexsort(np.round(x / scale, 9)[::-1])  # robust to coordinate round-off
+        order = lexicographic_order(x)
         return x[:, order], (f[order].T if gradient else f[order])
 
     def errors(self, exact, t: float = 0.0, inner=None) -> dict:
@@ -720,11 +719,11 @@ class OpenLoop:
     initial: list  # J at every start: the cost of the given controls in the network
 
 
-def open_loop(model: ReducedModel, terminal, v0, N: int, T: float = 1.0, starts=(), method: str = "blbfgs",
+def open_loop(model: ReducedModel, terminal, v0, N: int, T: float = 1.0, starts=(), method: str = "lbfgs",
               gttol: float = 1e-10, gatol: float = 1e-11, max_it: int = 200) -> OpenLoop:
     """The open-loop optimum of the reduced network with N Euler layers (the ResNet),
     ``min_{(a^k, b^k) in A} Phi(v_N) + sum_k tau L(a^k, b^k)``, by box L-BFGS
-    (``method="blbfgs"``, :class:`~fem_dnn.optimize.Optimizer`) or by the paper's method
+    (``method="lbfgs"``, :class:`~fem_dnn.optimize.Optimizer`) or by the paper's method
     of successive approximations (``method="msa"``, :func:`~fem_dnn.optimize.msa`: the
     PMP, bang-bang for lambda = 0) on the package's
     :class:`~fem_dnn.learning.functional.ReducedFunctional`.
@@ -744,8 +743,8 @@ def open_loop(model: ReducedModel, terminal, v0, N: int, T: float = 1.0, starts=
     from fem_dnn.learning import FixedReadout
     from fem_dnn.optimize import Optimizer, msa
 
-    if method not in ("blbfgs", "msa"):
-        raise InputError(f"open-loop method must be 'blbfgs' or 'msa', not {method!r}")
+    if method not in ("lbfgs", "msa"):
+        raise InputError(f"open-loop method must be 'lbfgs' or 'msa', not {method!r}")
     n = model.n
     if not hasattr(terminal, "C"):
         raise InputError("open_loop needs the network's readout loss as terminal cost (readout_cost)")
@@ -772,7 +771,7 @@ def open_loop(model: ReducedModel, terminal, v0, N: int, T: float = 1.0, starts=
         else:
             # gatol: a start near the optimum (the closed loop) has a small initial
             # gradient, which a relative tolerance alone would chase to round-off
-            opt = Optimizer(FixedReadout(J), "blbfgs", bounds=box, gttol=gttol, gatol=gatol, max_it=max_it,
+            opt = Optimizer(FixedReadout(J), "lbfgs", bounds=box, gttol=gttol, gatol=gatol, max_it=max_it,
                             monitor=False, petsc_options_prefix="fem_dnn_hjb_open_")
             res = opt.solve(m0)
             opt.destroy()

@@ -6,7 +6,7 @@ checkpoint, the transfer between discretisations, the paper's algorithms.
 
 The inner products: ``a`` in L2(Y x (0,T)) (node mass times the layer lengths tau_k),
 ``b`` in L2(Y x Y x (0,T)) (M (x) M times tau_k), ``W`` in L2(Y_out x Y), ``mu`` in
-L2(Y_out) (counting measure for classes). With ``riesz="h1"`` the depth part of a and b
+L2(Y_out) (counting measure for classes). With ``inner_product="h1"`` the depth part of a and b
 gets an H1 term, ``(c, c~) + l^2 (d_t c, d_t c~)`` with the difference quotients between
 layer midpoints. The depth parts are tridiagonal (:class:`DepthOperator`: two diagonals,
 O(N) storage and work). See docs/model.md §5.
@@ -161,18 +161,19 @@ class ControlSpace:
         network: the network (its node space and depth mesh).
         kind: ``"classes"`` or ``"function"``.
         K: number of classes.
-        riesz: ``"l2"`` or ``"h1"`` (H1 in depth for a and b).
+        inner_product: ``"l2"`` or ``"h1"`` (H1 in depth for a and b): the inner product
+            whose Riesz map :meth:`riesz` is.
         h1_length: the length l of the H1 term (default: T).
     """
 
-    def __init__(self, network: Network, kind: str = "classes", K: int | None = None, riesz: str = "l2", h1_length: float | None = None):
+    def __init__(self, network: Network, kind: str = "classes", K: int | None = None, inner_product: str = "l2", h1_length: float | None = None):
         if kind not in ("classes", "function"):
             raise InputError(f"learning problem must be 'classes' or 'function', not {kind!r}")
         if kind == "classes" and (K is None or int(K) < 2):
             raise InputError(f"a classes readout needs K >= 2 classes, got {K!r}")
-        if riesz not in ("l2", "h1"):
-            raise InputError(f"riesz must be 'l2' or 'h1', not {riesz!r}")
-        self.network, self.kind, self.riesz_name = network, kind, riesz
+        if inner_product not in ("l2", "h1"):
+            raise InputError(f"inner_product must be 'l2' or 'h1', not {inner_product!r}")
+        self.network, self.kind, self.inner_product = network, kind, inner_product
         sp, d = network.space, network.depth
         self.space, self.comm = sp, sp.comm
         N, nl, n = d.N, sp.n_local, sp.n
@@ -191,7 +192,7 @@ class ControlSpace:
         self.depth_l2 = DepthOperator(d.tau)
         self.depth_dt = DepthOperator.difference(d.mid)
         self.h1_length = float(d.T if h1_length is None else h1_length)
-        if riesz == "h1":
+        if inner_product == "h1":
             self.depth_riesz = DepthOperator.combine(1.0, self.depth_l2, self.h1_length**2, self.depth_dt)
         else:
             self.depth_riesz = self.depth_l2

@@ -37,6 +37,7 @@ from fem_dnn import _dolfinx  # noqa: F401
 from mpi4py import MPI
 from petsc4py import PETSc
 
+from fem_dnn._mpi import all_finite
 from fem_dnn.errors import InputError, NonFiniteError
 from fem_dnn.learning.controls import ControlSpace
 from fem_dnn.learning.losses import Loss, get_loss
@@ -112,7 +113,7 @@ class FixedReadout(WrappedFunctional):
     """J restricted to the layer controls a and b: the W and mu parts of the derivative
     and of the Hessian action are zeroed, so an optimiser never moves the readout (it
     stays where the initial controls put it). Use it in place of J:
-    ``Optimizer(FixedReadout(J), "blbfgs", bounds=box)``."""
+    ``Optimizer(FixedReadout(J), "lbfgs", bounds=box)``."""
 
     def _zero_readout(self, v):
         blocks = self.controls.block_dict(v)
@@ -195,7 +196,7 @@ class ReducedFunctional(AbstractReducedFunctional):
         K: number of classes (default: max label + 1).
         lam: regularisation weight lambda >= 0.
         gamma: depth-smoothness weight gamma >= 0.
-        riesz: ``"l2"`` or ``"h1"`` (default: h1 when gamma > 0).
+        inner_product: ``"l2"`` or ``"h1"`` (default: h1 when gamma > 0).
         h1_length: length of the H1 term (default sqrt(gamma/lambda) when both > 0, else T).
         store_every: depth checkpointing for gradients (keep the states every k
             levels, recompute the rest in the costate solve; the same gradients, one
@@ -212,7 +213,7 @@ class ReducedFunctional(AbstractReducedFunctional):
         K: int | None = None,
         lam: float = 0.0,
         gamma: float = 0.0,
-        riesz: str | None = None,
+        inner_product: str | None = None,
         h1_length: float | None = None,
         store_every: int | None = None,
     ):
@@ -230,11 +231,11 @@ class ReducedFunctional(AbstractReducedFunctional):
         self._C_all, self._labels_all, K = self.loss.targets(targets, network, S, K)
         self.n_samples = S
         self.set_batch(None)
-        if riesz is None:
-            riesz = "h1" if gamma > 0 else "l2"
+        if inner_product is None:
+            inner_product = "h1" if gamma > 0 else "l2"
         if h1_length is None and gamma > 0 and lam > 0:
             h1_length = float(np.sqrt(gamma / lam))
-        self.controls = ControlSpace(network, kind, K, riesz, h1_length)
+        self.controls = ControlSpace(network, kind, K, inner_product, h1_length)
         self.kind = kind
         self.counts = {"forward": 0, "costate": 0, "incremental_forward": 0, "incremental_costate": 0}
         self._point = None
@@ -306,8 +307,8 @@ class ReducedFunctional(AbstractReducedFunctional):
         layer's costate (``keep=False``); the Hessian and :meth:`costate` need all of
         it, and solve again if the gradient came first."""
         net = self.network
-        lam_T, dr = net.readout_adjoint(p.traj.final, p.readout, p.gO)
-        costate, dc = net.costate(p.traj, lam_T, keep=keep)
+        dual_T, dr = net.readout_adjoint(p.traj.final, p.readout, p.gO)
+        costate, dc = net.costate(p.traj, dual_T, keep=keep)
         self.counts["costate"] += 1
         p.costate = costate
         if p.dual is None:
@@ -349,20 +350,20 @@ class ReducedFunctional(AbstractReducedFunctional):
         else:  # depth checkpointing: the Hessian needs the whole tape
             if p.full is None:
                 full = net.forward(self.F0, p.traj.controls, tape=True)
-                lam_T, _ = net.readout_adjoint(full.final, r, p.gO)
-                p.full = (full, net.costate(full, lam_T)[0])
+                dual_T, _ = net.readout_adjoint(full.final, r, p.gO)
+                p.full = (full, net.costate(full, dual_T)[0])
             traj, costate = p.full
         tan = net.tangent(traj, dc)
         self.counts["incremental_forward"] += 1
         FT, dFT = traj.final, tan.final
         dO = net.readout_tangent(FT, dFT, r, dr)
         HdO = self.loss.hessian(p.O, self.C, dO, net.space, gauss_newton) / self.S
-        dlam_T, hr = net.readout_adjoint(FT, r, HdO)
+        d_dual_T, hr = net.readout_adjoint(FT, r, HdO)
         if not gauss_newton:
             eta_F, eta_W = net.readout_second(FT, dFT, r, dr, p.gO)
-            dlam_T = dlam_T + eta_F
+            d_dual_T = d_dual_T + eta_F
             hr.W = hr.W + eta_W
-        _, hc = net.costate_incremental(traj, costate, tan, dlam_T, gauss_newton)
+        _, hc = net.costate_incremental(traj, costate, tan, d_dual_T, gauss_newton)
         self.counts["incremental_costate"] += 1
         out = self._reduce(hc, hr, out or self.controls.create_vec())
         if self.lam or self.gamma:
@@ -402,6 +403,5 @@ class ReducedFunctional(AbstractReducedFunctional):
 
 
 def _finite(vec, what):
-    ok = vec.comm.tompi4py().allreduce(bool(np.isfinite(vec.array_r).all()), op=MPI.LAND)
-    if not ok:
+    if not all_finite(vec.comm.tompi4py(), vec.array_r):
         raise NonFiniteError(f"the {what} is not finite")

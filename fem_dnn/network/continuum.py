@@ -23,6 +23,7 @@ from mpi4py import MPI
 
 import dolfinx.geometry
 
+from fem_dnn._mpi import all_finite
 from fem_dnn.core.activation import Activation, get_activation
 from fem_dnn.core.domain import Depth, Layout, NodeSpace, locate_points
 from fem_dnn.core.kernel import Kernel
@@ -362,8 +363,7 @@ class Network:
         return Trajectory(self, controls, states, stages)
 
     def _check_layer(self, k, F):
-        ok = self.layout.world.allreduce(bool(np.isfinite(F).all()), op=MPI.LAND)
-        if not ok:
+        if not all_finite(self.layout.world, F):
             raise NonFiniteError(
                 f"the state is not finite after layer {k} (depth t={self.depth.points[k + 1]:g}); "
                 f"activation {self.sigma.name} may grow exponentially: reduce T, the controls or the data",
@@ -424,8 +424,8 @@ class Network:
             dtape.append(dst)
         return Trajectory(self, dc, states, dtape)
 
-    def costate(self, traj: Trajectory, lam_T: np.ndarray, keep: bool = True) -> tuple["Costate | None", Controls]:
-        """Costate (discrete adjoint) solve backward in depth from ``lam_T = dPhi/df(T)``
+    def costate(self, traj: Trajectory, dual_T: np.ndarray, keep: bool = True) -> tuple["Costate | None", Controls]:
+        """Costate (discrete adjoint) solve backward in depth from ``dual_T = dPhi/df(T)``
         (a dual vector: ``M r(T)``), the exact transpose of the forward scheme.
 
         Returns the costate and ``dPhi/dm`` for the layer controls (dual, Euclidean
@@ -435,37 +435,37 @@ class Network:
         """
         c, N = traj.controls, self.depth.N
         grad = self.zero_controls()
-        lam = np.asfortranarray(lam_T)
-        lams = zs = None
+        dual = np.asfortranarray(dual_T)
+        duals = zs = None
         bad = -1  # the first layer (going backward) whose costate is not finite, checked once at the end
         if keep:
-            lams = np.empty((len(traj.levels) if traj.levels is not None else N + 1,) + traj.states.shape[1:])
-            lams[-1] = lam.T
+            duals = np.empty((len(traj.levels) if traj.levels is not None else N + 1,) + traj.states.shape[1:])
+            duals[-1] = dual.T
         if traj.levels is not None:  # depth checkpointing: recompute segment by segment
             for i in reversed(range(len(traj.levels) - 1)):
                 s0, s1 = traj.levels[i], traj.levels[i + 1]
                 tapes = self._segment(traj, s0, s1)
                 for k in reversed(range(s0, s1)):
                     with np.errstate(over="ignore", invalid="ignore"):
-                        lam, _ = self._scheme.transpose(k, tapes[k - s0], lam, c, grad)
-                    if bad < 0 and not np.isfinite(lam).all():
+                        dual, _ = self._scheme.transpose(k, tapes[k - s0], dual, c, grad)
+                    if bad < 0 and not np.isfinite(dual).all():
                         bad = k
                 if keep:
-                    lams[i] = lam.T
+                    duals[i] = dual.T
             self._check_costate(bad)
-            return (Costate(self, lams, None, traj.levels) if keep else None), grad
+            return (Costate(self, duals, None, traj.levels) if keep else None), grad
         _need_tape(traj)
         if keep:
             zs = [None] * N
         for k in reversed(range(N)):
             with np.errstate(over="ignore", invalid="ignore"):
-                lam, z = self._scheme.transpose(k, traj.tape[k], lam, c, grad)
-            if bad < 0 and not np.isfinite(lam).all():
+                dual, z = self._scheme.transpose(k, traj.tape[k], dual, c, grad)
+            if bad < 0 and not np.isfinite(dual).all():
                 bad = k
             if keep:
-                lams[k], zs[k] = lam.T, z
+                duals[k], zs[k] = dual.T, z
         self._check_costate(bad)
-        return (Costate(self, lams, zs) if keep else None), grad
+        return (Costate(self, duals, zs) if keep else None), grad
 
     def _check_costate(self, bad):
         bad = self.layout.world.allreduce(bad, op=MPI.MAX)
@@ -475,22 +475,22 @@ class Network:
                 "going backward from t=T", layer=bad)
 
     def costate_incremental(
-        self, traj: Trajectory, costate: "Costate", tangent: Trajectory, dlam_T: np.ndarray, gauss_newton: bool = False
+        self, traj: Trajectory, costate: "Costate", tangent: Trajectory, d_dual_T: np.ndarray, gauss_newton: bool = False
     ) -> tuple[np.ndarray, Controls]:
         """Second-order (incremental) costate solve for the direction of ``tangent``.
 
-        ``dlam_T`` is the terminal incremental costate (the loss Hessian part). Returns
+        ``d_dual_T`` is the terminal incremental costate (the loss Hessian part). Returns
         the incremental costate at depth 0 and the control part of the Hessian action
         (dual). ``gauss_newton=True`` drops the second derivatives of the scheme.
         """
         c, N = traj.controls, self.depth.N
         hess = self.zero_controls()
-        dlam = np.asfortranarray(dlam_T)
+        d_dual = np.asfortranarray(d_dual_T)
         for k in reversed(range(N)):
-            dlam, _ = self._scheme.transpose(
-                k, traj.tape[k], dlam, c, hess, tangent.tape[k], costate.z[k], tangent.controls, second=not gauss_newton
+            d_dual, _ = self._scheme.transpose(
+                k, traj.tape[k], d_dual, c, hess, tangent.tape[k], costate.z[k], tangent.controls, second=not gauss_newton
             )
-        return dlam, hess
+        return d_dual, hess
 
     def state_at(self, traj: Trajectory, t: float) -> np.ndarray:
         """State at any depth t: one sub-step of the scheme from the last depth point
@@ -531,54 +531,54 @@ class Network:
         return out
 
     # ------------------------------------------------------------------ readout
-    def readout(self, F: np.ndarray, r: Readout) -> np.ndarray:
+    def readout(self, F: np.ndarray, readout: Readout) -> np.ndarray:
         """``O = int W f(T) + mu``: ``(K, S)`` (classes, on every rank) or
         ``(n_local, S)`` (function)."""
         G = self.space.apply_mass(F)
-        if r.kind == "classes":
-            O = r.W @ G
+        if readout.kind == "classes":
+            O = readout.W @ G
             self.space.comm.Allreduce(MPI.IN_PLACE, O, op=MPI.SUM)
-            return O + r.mu[:, None]
-        return np.asfortranarray(self.kernel.apply(r.W, F) + r.mu[:, None])
+            return O + readout.mu[:, None]
+        return np.asfortranarray(self.kernel.apply(readout.W, F) + readout.mu[:, None])
 
-    def readout_tangent(self, F, dF, r: Readout, dr: Readout | None) -> np.ndarray:
+    def readout_tangent(self, F, dF, readout: Readout, d_readout: Readout | None) -> np.ndarray:
         """Derivative of the readout O along (dF, dW, dmu)."""
         sp = self.space
-        if r.kind == "classes":
-            dO = r.W @ sp.apply_mass(dF)
-            if dr is not None:
-                dO += dr.W @ sp.apply_mass(F)
+        if readout.kind == "classes":
+            dO = readout.W @ sp.apply_mass(dF)
+            if d_readout is not None:
+                dO += d_readout.W @ sp.apply_mass(F)
             sp.comm.Allreduce(MPI.IN_PLACE, dO, op=MPI.SUM)
-            return dO if dr is None else dO + dr.mu[:, None]
-        dO = self.kernel.apply(r.W, dF)
-        if dr is not None:
-            dO = dO + self.kernel.apply(dr.W, F) + dr.mu[:, None]
+            return dO if d_readout is None else dO + d_readout.mu[:, None]
+        dO = self.kernel.apply(readout.W, dF)
+        if d_readout is not None:
+            dO = dO + self.kernel.apply(d_readout.W, F) + d_readout.mu[:, None]
         return np.asfortranarray(dO)
 
-    def readout_adjoint(self, F, r: Readout, gO) -> tuple[np.ndarray, Readout]:
+    def readout_adjoint(self, F, readout: Readout, gO) -> tuple[np.ndarray, Readout]:
         """Transpose of the readout's derivative applied to ``gO = dloss/dO`` (dual): the
-        terminal costate ``lam_T = M r(T)`` (docs/model.md §3: ``r(z,T) = int gO W(., z)``)
+        terminal costate ``dual_T = M r(T)`` (docs/model.md §3: ``r(z,T) = int gO W(., z)``)
         and the readout part of the derivative (sums over this rank's samples)."""
         sp = self.space
-        if r.kind == "classes":
-            lam = sp.apply_mass(np.asfortranarray(r.W.T @ gO))
-            return lam, Readout("classes", gO @ sp.apply_mass(F).T, gO.sum(axis=1))
-        lam = self.kernel.apply_transpose(r.W, gO)
-        return np.asfortranarray(lam), Readout("function", self.kernel.outer(gO, F), gO.sum(axis=1))
+        if readout.kind == "classes":
+            dual = sp.apply_mass(np.asfortranarray(readout.W.T @ gO))
+            return dual, Readout("classes", gO @ sp.apply_mass(F).T, gO.sum(axis=1))
+        dual = self.kernel.apply_transpose(readout.W, gO)
+        return np.asfortranarray(dual), Readout("function", self.kernel.outer(gO, F), gO.sum(axis=1))
 
-    def readout_second(self, F, dF, r: Readout, dr: Readout, gO) -> tuple[np.ndarray, np.ndarray]:
+    def readout_second(self, F, dF, readout: Readout, d_readout: Readout, gO) -> tuple[np.ndarray, np.ndarray]:
         """Second-order cross terms of the bilinear readout (W, f) -> int W f, with gO
         fixed: the derivative of :meth:`readout_adjoint` along (dF, dW). Returns the
         terminal incremental-costate term and the W term."""
         sp = self.space
-        if r.kind == "classes":
-            return sp.apply_mass(np.asfortranarray(dr.W.T @ gO)), gO @ sp.apply_mass(dF).T
-        return np.asfortranarray(self.kernel.apply_transpose(dr.W, gO)), self.kernel.outer(gO, dF)
+        if readout.kind == "classes":
+            return sp.apply_mass(np.asfortranarray(d_readout.W.T @ gO)), gO @ sp.apply_mass(dF).T
+        return np.asfortranarray(self.kernel.apply_transpose(d_readout.W, gO)), self.kernel.outer(gO, dF)
 
-    def predict(self, F: np.ndarray, r: Readout) -> np.ndarray:
+    def predict(self, F: np.ndarray, readout: Readout) -> np.ndarray:
         """``C_pre = h(O)``: softmax over classes, or logistic for function outputs."""
-        O = self.readout(F, r)
-        return softmax(O, axis=0) if r.kind == "classes" else logistic(O)
+        O = self.readout(F, readout)
+        return softmax(O, axis=0) if readout.kind == "classes" else logistic(O)
 
     def make_readout(self, kind: str = "classes", W=0.0, mu=0.0, K: int | None = None) -> Readout:
         """Readout from natural-order arrays or callables.
@@ -620,21 +620,21 @@ class Network:
 
 @dataclass
 class Costate:
-    """Discrete costate: ``lam[k]`` (``(S, n_local)`` per depth level) is the dual
+    """Discrete costate: ``dual[k]`` (``(S, n_local)`` per depth level) is the dual
     vector ``M r(t_k)``; :meth:`r` gives the costate function's node values.
     ``z[k]`` holds the stages' ``Q^T M^{-1} kappa`` for second-order solves."""
 
     network: "Network"
-    lam: np.ndarray
+    dual: np.ndarray
     z: list | None
-    levels: list | None = None  # depth checkpointing: lam is kept at these levels only
+    levels: list | None = None  # depth checkpointing: dual is kept at these levels only
 
     def r(self, k: int | None = None) -> np.ndarray:
-        """Node values of the costate r = M^{-1} lam: ``(N+1, S, n_local)`` or at level k."""
+        """Node values of the costate r = M^{-1} dual: ``(N+1, S, n_local)`` or at level k."""
         sp = self.network.space
         if k is not None:
-            return sp.solve_mass(np.asfortranarray(self.lam[k].T)).T
-        return np.stack([self.r(j) for j in range(self.lam.shape[0])])
+            return sp.solve_mass(np.asfortranarray(self.dual[k].T)).T
+        return np.stack([self.r(j) for j in range(self.dual.shape[0])])
 
 
 def _need_tape(traj):
@@ -649,6 +649,5 @@ def _layer(arr, k, N, name):
 
 
 def _check_finite(comm, what, arr):
-    ok = comm.allreduce(bool(np.isfinite(arr).all()), op=MPI.LAND)
-    if not ok:
+    if not all_finite(comm, arr):
         raise InputError(f"{what} contains NaN or Inf")

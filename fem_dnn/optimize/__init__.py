@@ -2,16 +2,21 @@
 
 - :mod:`fem_dnn.optimize.tao`        TAO methods in L2/H1-orthonormal coordinates
                                      (:class:`Optimizer`), multilevel training
-- :mod:`fem_dnn.optimize.minibatch`  mini-batch SGD and Adam
+- :mod:`fem_dnn.optimize.stochastic` mini-batch SGD and Adam (:func:`minibatch`)
 - :mod:`fem_dnn.optimize.paper`      the paper's proximal-point method and MSA (Pontryagin)
 - :mod:`fem_dnn.optimize.transfer`   controls moved between (depth, node) discretisations
+- :mod:`fem_dnn.optimize.methods`    the training methods by name (no PETSc import)
+
+The names below are loaded on first use (PEP 562), so reading the method list (the
+config does) does not import PETSc.
 """
 
-from fem_dnn.optimize.minibatch import batches, minibatch
-from fem_dnn.optimize.paper import hamiltonian_minimiser, msa, proximal_point
-from fem_dnn.optimize.tao import METHODS, Coordinates, Optimizer, Result, multilevel, stop_reason
-from fem_dnn.optimize.transfer import depth_matrix, interpolation_matrix, transfer_controls
+from fem_dnn._lazy import exports
 
-__all__ = ["METHODS", "Coordinates", "Optimizer", "Result", "batches", "depth_matrix", "hamiltonian_minimiser",
-           "interpolation_matrix", "minibatch", "msa", "multilevel", "proximal_point", "stop_reason",
-           "transfer_controls"]
+__getattr__, __dir__, __all__ = exports(__name__, {
+    "batches": "stochastic", "minibatch": "stochastic",
+    "hamiltonian_minimiser": "paper", "msa": "paper", "proximal_point": "paper",
+    "Coordinates": "tao", "Optimizer": "tao", "Result": "tao", "multilevel": "tao", "stop_reason": "tao",
+    "depth_matrix": "transfer", "interpolation_matrix": "transfer", "transfer_controls": "transfer",
+    "BOUNDED": "methods", "HESSIAN": "methods", "METHODS": "methods", "TAO": "methods",
+})

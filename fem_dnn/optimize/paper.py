@@ -86,7 +86,7 @@ def hamiltonian_minimiser(J: ReducedFunctional, m: PETSc.Vec, box: dict, inner_i
     for k in range(net.depth.N):
         tau = net.depth.tau[k]
         F = np.asfortranarray(traj.state(k))  # (n_local, S)
-        L = np.asfortranarray(costate.lam[k + 1].T)
+        L = np.asfortranarray(costate.dual[k + 1].T)
         if one_sample:
             rs = L[:, 0]  # lam = M r: the sign of r
             f_all = np.concatenate(sp.gather(F), axis=1)[0]  # f_k in global dof order

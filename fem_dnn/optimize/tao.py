@@ -35,20 +35,9 @@ from fem_dnn import interrupt
 from fem_dnn.errors import DivergenceError, InputError, NonFiniteError
 from fem_dnn.learning import ControlSpace, ReducedFunctional
 
-__all__ = ["METHODS", "Coordinates", "Optimizer", "Result", "multilevel", "stop_reason"]
+from fem_dnn.optimize.methods import BOUNDED, TAO
 
-#: method name -> (TAO type, extra options). Bounded methods accept a box.
-METHODS = {
-    "gd": ("bncg", {"tao_bncg_type": "gd"}),
-    "cg": ("bncg", {"tao_bncg_type": "prp"}),
-    "lbfgs": ("bqnls", {}),
-    "newton": ("nls", {}),
-    "trust": ("ntr", {}),
-    "blbfgs": ("bqnls", {}),
-    "bnewton": ("bnls", {}),
-    "btrust": ("bntr", {}),
-}
-BOUNDED = ("gd", "cg", "lbfgs", "blbfgs", "bnewton", "btrust")
+__all__ = ["Coordinates", "Optimizer", "Result", "multilevel", "stop_reason"]
 
 #: TAO's stop reasons in words (``TaoConvergedReason``).
 _TAO_REASONS = {
@@ -74,7 +63,7 @@ _MSA_REASONS = {
 
 
 def stop_reason(method: str, reason: int) -> str:
-    """Why training stopped, in words, for a method of :data:`METHODS`, ``sgd``/``adam``
+    """Why training stopped, in words, for a method of :data:`~fem_dnn.optimize.methods.TAO`, ``sgd``/``adam``
     or ``msa`` and the reason code of its :class:`Result`."""
     if method in ("sgd", "adam"):
         return "ran its epochs (training.epochs)"
@@ -215,8 +204,9 @@ class Optimizer:
 
     Args:
         J: the reduced functional.
-        method: one of :data:`METHODS` (``gd``, ``cg``, ``lbfgs``, ``newton``, ``trust``,
-            ``blbfgs``, ``bnewton``, ``btrust``); ``-<prefix>tao_type`` overrides it.
+        method: a TAO method of :data:`fem_dnn.optimize.methods.TAO` (``gd``, ``cg``,
+            ``lbfgs``, ``newton``, ``trust``, ``bnewton``, ``btrust``; with ``bounds`` one
+            of ``BOUNDED``); ``-<prefix>tao_type`` overrides it.
         riesz: True: TAO works in L2 (H1 in depth) orthonormal coordinates; False: raw
             coefficients.
         bounds: optional box ``{"a": (lo, hi), "b": (lo, hi)}`` of admissible controls
@@ -255,14 +245,14 @@ class Optimizer:
         checkpoint_every: int = 1,
         metrics=None,
     ):
-        if method not in METHODS:
-            raise InputError(f"unknown training method {method!r}; choose one of {list(METHODS)}")
+        if method not in TAO:
+            raise InputError(f"unknown training method {method!r}; choose one of {list(TAO)}")
         if bounds and method not in BOUNDED:
             raise InputError(f"method {method!r} does not take bounds; use one of {list(BOUNDED)}")
         self.J, self.method, self.gauss_newton = J, method, gauss_newton
         self.coords = Coordinates(J.controls, riesz)
         if bounds and riesz and not self.coords.diagonal_depth:
-            raise InputError("a box of controls needs the L2 depth inner product (gamma = 0 or riesz='l2')")
+            raise InputError("a box of controls needs the L2 depth inner product (gamma = 0 or inner_product='l2')")
         self.comm = J.controls.comm
         self.world = J.network.layout.world
         self.monitor, self.metrics = monitor, metrics
@@ -281,7 +271,7 @@ class Optimizer:
         self._prev = None
         tao = PETSc.TAO().create(self.comm)
         tao.setOptionsPrefix(petsc_options_prefix)
-        tao_type, extra = METHODS[method]
+        tao_type, extra = TAO[method]
         tao.setType(tao_type)
         opts = PETSc.Options()
         if tao_type == "bqnls":

@@ -32,7 +32,7 @@ from petsc4py import PETSc
 import dolfinx.geometry
 from dolfinx import mesh as dmesh
 
-from fem_dnn.core.domain import Depth, NodeSpace, _natural_order
+from fem_dnn.core.domain import Depth, NodeSpace, natural_ranks
 from fem_dnn.errors import InputError
 
 __all__ = ["interpolation_matrix", "depth_matrix", "transfer_controls"]
@@ -46,7 +46,7 @@ def _cell_keys(msh: dmesh.Mesh) -> np.ndarray:
     mids = dmesh.compute_midpoints(msh, tdim, np.arange(ncell, dtype=np.int32))
     all_mids = np.concatenate(msh.comm.allgather(mids), axis=0).T
     offset = msh.comm.exscan(ncell) or 0
-    return _natural_order(all_mids)[offset : offset + ncell]
+    return natural_ranks(all_mids)[offset : offset + ncell]
 
 
 def _locate(msh: dmesh.Mesh, pts: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ from petsc4py import PETSc
 from fem_dnn import interrupt
 from fem_dnn.errors import DivergenceError, InputError, NonFiniteError
 from fem_dnn.learning import ReducedFunctional
+from fem_dnn.learning.controls import BLOCKS
 
 from fem_dnn.optimize.tao import Coordinates, Result, _accuracies, stop_reason
 
@@ -35,7 +36,7 @@ def minibatch(
     seed: int = 0,
     riesz: bool = True,
     betas: tuple = (0.9, 0.999),
-    eps: float = 1e-8,
+    adam_eps: float = 1e-8,
     monitor=True,
     start_epoch: int = 0,
     state: dict | None = None,
@@ -58,6 +59,8 @@ def minibatch(
         m0: initial controls.
         method: ``"sgd"`` or ``"adam"``.
         lr: step size (learning rate).
+        betas, adam_eps: Adam's moment decay rates and the constant added to the root of
+            the second moment (PyTorch's ``betas`` and ``eps``).
         batch_size, epochs, seed: mini-batching.
         start_epoch, state: resume with the optimiser state of a checkpoint
             (``{"x": Vec, "m1": Vec, "m2": Vec, "step": int, "batch": int}``: the
@@ -100,8 +103,7 @@ def minibatch(
             m_ckpt.destroy()  # the coordinates x of the checkpoint are the exact state
             state = {"step": saved["step"], "batch": int(saved.get("batch", 0))}
             for key in ("x", "m1", "m2"):
-                nat = {k: arrays[f"{key}_{k}"] for k in ("a", "b", "W", "mu")}
-                state[key] = cs.from_natural(nat["a"], nat["b"], nat["W"], nat["mu"])
+                state[key] = cs.from_natural(**{k: arrays[f"{key}_{k}"] for k in BLOCKS})
             start_epoch, history = int(saved["epoch"]), list(saved["history"])
     state = state or {}
     x = state["x"].copy() if "x" in state else coords.to_coordinates(m0)  # exact resume
@@ -149,7 +151,7 @@ def minibatch(
                 m2.array[:] += (1.0 - b2) * gx.array_r**2
                 mh = m1.array_r / (1.0 - b1**step)
                 vh = m2.array_r / (1.0 - b2**step)
-                x.array[:] -= lr * mh / (np.sqrt(vh) + eps)
+                x.array[:] -= lr * mh / (np.sqrt(vh) + adam_eps)
             sig = interrupt.requested(world)
             if sig:  # a safe point: the step is done; keep it (mid-epoch) and stop
                 J.set_batch(None)
