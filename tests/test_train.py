@@ -74,6 +74,24 @@ def test_data_sets():
     assert np.allclose(GridFunctions(g.values, "bilinear")(pts)[0, 2], 2.5)
 
 
+def test_digits_read_as_scikit_learn_reads_them(monkeypatch):
+    """The digits file read directly (no scikit-learn import) and through load_digits
+    (the fallback where the file is not found) give the same images and labels."""
+    import importlib.util
+
+    from sklearn.datasets import load_digits
+
+    from fem_dnn.app import data
+
+    ref = load_digits()
+    for missing in (False, True):
+        if missing:
+            monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+        images, labels = data._load_digits()
+        assert np.array_equal(images, ref.images) and np.array_equal(labels, ref.target)
+        assert labels.dtype == np.int64
+
+
 def test_user_data(tmp_path):
     rng = np.random.default_rng(0)
     X = rng.random((20, 16))

@@ -70,9 +70,9 @@ MiB, GiB = 2**20, 2**30
 _F8 = 8  # bytes of a float64
 
 #: Resident memory that a module adds when a run imports it (measured on the reference
-#: machine; counted only when the module is not imported yet): scikit-learn's datasets
-#: (the digits), matplotlib with the Agg backend and one figure drawn.
-IMPORT_BYTES = {"sklearn": 60 * MiB, "matplotlib": 45 * MiB}
+#: machine; counted only when the module is not imported yet): matplotlib with the Agg
+#: backend and one figure drawn. (The digits are read without importing scikit-learn.)
+IMPORT_BYTES = {"matplotlib": 45 * MiB}
 #: Everything else a run adds on top of the process and its arrays: PETSc and DOLFINx
 #: objects, the compiled forms loaded, BLAS and MPI buffers.
 RUN_OVERHEAD_BYTES = 30 * MiB
@@ -469,8 +469,6 @@ def estimate(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, store_every: int | None
     # ---- resident parts
     resident = {"process now (interpreter, DOLFINx, PETSc)": now}
     imports = RUN_OVERHEAD_BYTES
-    if d["name"] == "digits" and "sklearn" not in sys.modules:
-        imports += IMPORT_BYTES["sklearn"]
     if (out["figures"] or out["fields"]) and "matplotlib" not in sys.modules:
         imports += IMPORT_BYTES["matplotlib"]
     resident["modules and objects a run adds"] = imports

@@ -13,7 +13,6 @@ O(N) storage and work). See docs/model.md §5.
 """
 
 import numpy as np
-from scipy.linalg import cholesky_banded, lapack
 
 from fem_dnn import _dolfinx  # noqa: F401
 from petsc4py import PETSc
@@ -102,6 +101,8 @@ class DepthOperator:
             ab = np.zeros((2, self.N))
             ab[0], ab[1, :-1] = self.diagonal, self.off
             try:
+                from scipy.linalg import cholesky_banded  # on first use: the import costs 0.35 s a process
+
                 self._factor = cholesky_banded(ab, lower=True, check_finite=False)
             except np.linalg.LinAlgError:
                 raise InputError("the depth inner product is not positive definite") from None
@@ -113,6 +114,8 @@ class DepthOperator:
         X = np.asarray(X)
         if self.is_diagonal:
             return (1.0 / self.diagonal).reshape((-1,) + (1,) * (X.ndim - 1)) * X
+        from scipy.linalg import lapack
+
         Y, info = lapack.dpbtrs(self.cholesky(), _fortran_copy(X, self.N), lower=1, overwrite_b=1)
         _lapack_info("pbtrs", info)
         return Y.reshape(X.shape)
@@ -124,6 +127,8 @@ class DepthOperator:
         X = np.asarray(X)
         L = self.cholesky()
         if inverse:
+            from scipy.linalg import lapack
+
             Y, info = lapack.dtbtrs(L, _fortran_copy(X, self.N), uplo="L", trans="T" if transpose else "N", overwrite_b=1)
             _lapack_info("tbtrs", info)
             return Y.reshape(X.shape)
