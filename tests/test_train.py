@@ -270,3 +270,31 @@ def test_shipped_configs_are_valid(tmp_path, monkeypatch, capsys):
         assert main(["train", str(cfg), "--dry-run"]) == 0, cfg
         assert "peak per rank" in capsys.readouterr().out
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(MPI.COMM_WORLD.size > 1, reason="runs the command line in-process, serially")
+def test_evaluate_at_another_resolution(tmp_path, monkeypatch, capsys):
+    """A network trained on 7x7 MNIST images, evaluated on 14x14 images with the controls
+    transferred to the 14x14 node mesh (DG0, nested: b and W are injected): the
+    continuum network is the same, and so are its losses and accuracies, to round-off
+    (the kernel integrates f against a kernel constant on the coarse cells, so the fine
+    state's layer increments are the coarse ones). Keys that would change the network
+    itself are refused."""
+    from fem_dnn.app.cli import main
+    from fem_dnn.app.train import evaluate
+
+    monkeypatch.chdir(tmp_path)
+    sets = ["data.name='mnist'", "data.resolution=7", "data.samples=300", "network.N=2", "training.max_it=15",
+            "output.figures=false", "output.fields=false", "output.folder='run7'"]
+    assert main(["train"] + sum((["--set", s] for s in sets), [])) == 0
+    capsys.readouterr()
+    same = evaluate(tmp_path / "run7", out=lambda *a: None)
+    fine = evaluate(tmp_path / "run7", out=lambda *a: None, overrides=["data.resolution=14"])
+    assert set(fine) == set(same)
+    for key in ("train_loss", "test_loss"):
+        assert abs(fine[key] - same[key]) <= 1e-12 * abs(same[key]), (key, fine[key], same[key])
+    assert fine["train_accuracy"] == same["train_accuracy"] and fine["test_accuracy"] == same["test_accuracy"]
+    assert main(["evaluate", "run7", "--set", "data.resolution=14"]) == 0
+    assert "transferred to data.resolution=14" in capsys.readouterr().out
+    with pytest.raises(InputError, match="only the discretisation may change"):
+        evaluate(tmp_path / "run7", out=lambda *a: None, overrides=["network.activation='relu'"])

@@ -81,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
                         "that holds a run is refused")
     e = sub.add_parser("evaluate", help="metrics of a run folder's trained controls", formatter_class=_Help)
     e.add_argument("folder", help="run folder written by fem-dnn train")
+    e.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="evaluate on another discretisation of the same network (data.resolution, node.*, "
+                        "network.N): the controls are transferred, not retrained")
     v = sub.add_parser("verify", help="Taylor tests (gradient rate 2, Hessian rate 3) of a config's functional",
                        formatter_class=_Help)
     v.add_argument("config", nargs="?", help="TOML config file")
@@ -280,7 +283,7 @@ def _run(args, comm) -> int:
     if args.command == "evaluate":
         from fem_dnn.app.train import evaluate
 
-        evaluate(args.folder, comm)
+        evaluate(args.folder, comm, overrides=args.set)
         return 0
     from fem_dnn.app.train import verify
 

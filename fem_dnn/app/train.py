@@ -52,7 +52,7 @@ from fem_dnn.learning.functional import ReducedFunctional
 from fem_dnn.learning.losses import get_loss
 from fem_dnn.network import Network
 
-__all__ = ["Run", "evaluate", "train", "verify"]
+__all__ = ["EVALUATE_KEYS", "Run", "evaluate", "train", "verify"]
 
 
 class Run:
@@ -464,19 +464,46 @@ def _agreed(comm: MPI.Comm, context: str):
         raise InputError(messages[0])
 
 
-def evaluate(folder, comm: MPI.Comm = MPI.COMM_WORLD, out=print) -> dict:
-    """Rebuild a run from its folder (config + checkpoint) and report its metrics."""
+#: The keys ``fem-dnn evaluate --set`` may change: the discretisation of the same continuum
+#: network (data resolution, node mesh and space, depth grid), never the network itself.
+EVALUATE_KEYS = ("data.resolution", "node.mesh", "node.refine", "node.fit", "node.space", "node.mass", "network.N")
+
+
+def evaluate(folder, comm: MPI.Comm = MPI.COMM_WORLD, out=print, overrides=()) -> dict:
+    """Rebuild a run from its folder (config + checkpoint) and report its metrics.
+
+    ``overrides`` (``["data.resolution=28", "node.refine=2", ...]``, keys of
+    :data:`EVALUATE_KEYS`) evaluate the same continuum network on another discretisation:
+    the trained controls are moved there with
+    :func:`~fem_dnn.optimize.transfer.transfer_controls` (no retraining), and the same
+    train/test split is used (the samples do not depend on the resolution)."""
     from fem_dnn.app.checkpoint import load_checkpoint
-    from fem_dnn.app.config import load_config
+    from fem_dnn.app.config import load_config, parse_overrides
 
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"run folder {folder} " + ("is not a folder" if folder.exists() else "does not exist"))
+    changed = parse_overrides(list(overrides))
+    for sec, keys in changed.items():
+        for key in keys:
+            if f"{sec}.{key}" not in EVALUATE_KEYS:
+                raise InputError(f"fem-dnn evaluate --set {sec}.{key}: only the discretisation may change "
+                                 f"({', '.join(EVALUATE_KEYS)})")
     cfg = load_config(folder / "config.toml")
+    target_cfg = load_config(folder / "config.toml", list(overrides)) if overrides else None
     found = runfolder.inspect(folder, comm).checkpoint  # checkpoint.npz, or the .prev a crash left
     run = Run(cfg, comm, out)
     m, state, _ = load_checkpoint(found or folder / "checkpoint" / "checkpoint.npz", run.J.controls)
     where = _progress(state)
+    if target_cfg is not None:
+        from fem_dnn.optimize.transfer import transfer_controls
+
+        target = Run(target_cfg, comm, out)
+        m_target = transfer_controls(run.J.controls, m, target.J.controls)
+        m.destroy()
+        run.destroy()
+        run, m = target, m_target
+        where += " (transferred to " + ", ".join(overrides) + ")"
     metrics = run.metrics(m)
     line = ", ".join(f"{k} {v:.6g}" for k, v in metrics.items())
     run.say(f"fem-dnn evaluate {folder}: {where}: {line}")
