@@ -10,7 +10,8 @@ Every test whose result depends on the partition (the ``*_matches_serial``,
 serial run (a Hessian's symmetry, a box, a saving of iterations, no leaks, an order)
 says ``mpi(ranks=(2,))``: it runs on 2 ranks, where the parallel code paths are the
 same as on 3, and the 3-rank run (three ranks on two cores, about 3 times slower per
-test) is left to the partition tests.
+test) is left to the partition tests. The slow tier, whose time is not budgeted, runs
+its tests on 2 and 3 ranks whatever they say.
 
 Tiers: the default tier is every test not marked ``slow``; ``--slow`` runs the soak
 tests marked ``slow`` (long random-kill loops, leak checks over a thousand solves) and
@@ -50,10 +51,10 @@ def pytest_collection_modifyitems(config, items):
         wanted = {"all": True, "only": launches, "none": not launches}[launchers]
         (keep if wanted else drop).append(item)
     items[:] = keep
-    size, keep = MPI.COMM_WORLD.size, []
-    for item in items:  # under mpirun: the tests marked for this number of ranks
+    size, slow, keep = MPI.COMM_WORLD.size, config.getoption("--slow"), []
+    for item in items:  # under mpirun: the tests marked for this number of ranks (the slow tier: all)
         mark = item.get_closest_marker("mpi")
-        wanted = size == 1 or mark is None or size in mark.kwargs.get("ranks", (2, 3))
+        wanted = size == 1 or mark is None or slow or size in mark.kwargs.get("ranks", (2, 3))
         (keep if wanted else drop).append(item)
     items[:] = keep
     slow = config.getoption("--slow")
