@@ -94,8 +94,6 @@ def replace_atomically(path: Path, write, before_replace=None):
     fsync_dir(folder)
 
 
-
-
 def fsync_dir(folder: Path):
     """fsync a folder (its entries), where the platform allows it."""
     try:

@@ -53,7 +53,8 @@ def close(net, J):
 @pytest.mark.parametrize("family,degree,mass", ELEMENTS)
 @pytest.mark.parametrize("scheme", on_ranks(SCHEMES, ["heun"]))
 def test_taylor(comm, scheme, family, degree, mass, eps, kind):
-    """Remainder rates 2 (gradient) and 3 (Hessian action) on 1, 2 and 3 ranks."""
+    """Remainder rates 2 (gradient) and 3 (Hessian action) serially (every scheme) and on 2
+    ranks (Heun; every scheme's rank agreement is test_parallel_matches_serial's)."""
     net, J = make(comm, family, degree, mass, scheme, eps, kind, gamma=1e-2 if eps else 0.0)
     m = J.controls.random(1, 0.5)
     dm = J.controls.random(2)

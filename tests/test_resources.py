@@ -48,6 +48,8 @@ def test_depth_operators_are_linear_in_the_layers():
     N = 200_000
     space = NodeSpace(create_node_mesh(MPI.COMM_SELF, "interval", 2), "DG", 0)
     net = Network(space, Depth(1.0, N))
+    import scipy.linalg  # noqa: F401  (imported on first use by the Cholesky factor: module memory is not the operators')
+
     tracemalloc.start()
     cs = ControlSpace(net, "classes", K=2, inner_product="h1", h1_length=0.3)
     co = Coordinates(cs)

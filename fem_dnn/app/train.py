@@ -69,7 +69,7 @@ class Run:
         if d["name"] == "digits":
             ds = datasets.digits()
         elif d["name"] == "mnist":
-            ds = datasets.mnist(d["resolution"] or 28)
+            ds = datasets.mnist(d["resolution"])
         elif d["name"] == "bumps":
             ds = datasets.bumps()
         else:
