@@ -5,7 +5,7 @@
 # PETSc to solve a different nonlocal evolution problem: Amari's neural-field equation
 # on a gmsh disk. It shows
 #
-# - the nonlocal operator of fem_dnn (:class:`fem_dnn.core.kernel.Kernel`) assembled once
+# - the nonlocal operator of fem_dnn (:class:`fem_dnn.core.kernel.DenseKernel`) assembled once
 #   from a Mexican-hat connectivity sampled at the dof coordinates,
 # - an IMEX Euler scheme whose implicit operator is assembled from fem_dnn's UFL forms
 #   (:func:`fem_dnn.core.forms.mass` with vertex quadrature, i.e. the lumped mass, plus
@@ -63,7 +63,7 @@
 # P1 on the node mesh with the lumped mass (vertex quadrature, node weights
 # $\omega_j$ from :func:`fem_dnn.core.forms.lumped_mass`). The connectivity is sampled at the
 # dofs, $w_{ij} = w(|y_i - y_j|)$, so the nonlocal term at node $i$ is
-# $\sum_j w_{ij}\,\omega_j f(u_j)$: exactly `Kernel(space).apply(w, f(u))`, one dense
+# $\sum_j w_{ij}\,\omega_j f(u_j)$: exactly `DenseKernel(space).apply(w, f(u))`, one dense
 # row block per rank, assembled once. IMEX Euler treats the linear part implicitly and
 # the nonlocal part explicitly:
 #
@@ -102,7 +102,7 @@ from dolfinx import fem
 from fem_dnn.core import forms
 from fem_dnn.core.activation import get_activation
 from fem_dnn.core.domain import NodeSpace, read_node_mesh
-from fem_dnn.core.kernel import Kernel
+from fem_dnn.core.kernel import DenseKernel
 
 configure()  # the job's process settings: BLAS threads per rank, malloc (fem_dnn.process)
 
@@ -188,7 +188,7 @@ def node_space(level):
 
 def distances(sp):
     """|y_i - y_j| for owned dofs i (rows) and all dofs j (columns in global dof order):
-    the layout of the kernel coefficients that :meth:`Kernel.apply` expects."""
+    the layout of the kernel coefficients that :meth:`DenseKernel.apply` expects."""
     xo, xa = sp.x_owned, sp.x_all
     return np.hypot(xo[0][:, None] - xa[0][None, :], xo[1][:, None] - xa[1][None, :])
 
@@ -232,7 +232,7 @@ class IMEX:
 
     def __init__(self, sp, w, firing, dt, eps=0.0):
         self.sp, self.w, self.f, self.dt = sp, w, firing, dt
-        self.kernel = Kernel(sp)
+        self.kernel = DenseKernel(sp)
         u, v = ufl.TrialFunction(sp.V), ufl.TestFunction(sp.V)
         a = (tau_m + dt) * forms.mass(u, v, vertex_measure(sp))
         if eps > 0:
@@ -350,7 +350,7 @@ dist = distances(space)
 say("1. Homogeneous states, kernel normalised to int_Y w(y, z) dz = W0 for all y, eps = 0.01")
 W0 = 1.2
 w_raw = gauss(Ae, se, dist) - gauss(0.5, si, dist)
-row_int = Kernel(space).apply(w_raw, np.ones((space.n_local, 1), order="F"))[:, 0]
+row_int = DenseKernel(space).apply(w_raw, np.ones((space.n_local, 1), order="F"))[:, 0]
 assert -gmax(-row_int) > 0.1
 w_norm = W0 * w_raw / row_int[:, None]
 del w_raw

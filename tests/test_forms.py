@@ -18,7 +18,7 @@ import dolfinx.fem.petsc
 from fem_dnn.core import forms
 from fem_dnn.core.activation import ACTIVATIONS
 from fem_dnn.core.domain import Depth, NodeSpace, create_node_mesh
-from fem_dnn.core.kernel import Kernel
+from fem_dnn.core.kernel import DenseKernel
 from fem_dnn.network import Network, logistic as np_logistic, softmax as np_softmax
 
 TANH = ACTIVATIONS["tanh"]
@@ -389,7 +389,7 @@ def test_dg0_diffusion_is_finite_volume_laplacian(comm, eps):
 def test_kernel_adjoint(comm, key):
     """<v, B f> = <B^T v, f> in the Euclidean pairing of coefficient vectors."""
     space = make_space(comm, key, "rectangle", (3, 4))
-    kern = Kernel(space)
+    kern = DenseKernel(space)
     rng = np.random.default_rng(100 + comm.rank)
     b_local = rng.normal(size=(space.n_local, space.n))
     S = 3
@@ -410,7 +410,7 @@ def test_kernel_adjoint(comm, key):
 def test_separable_kernel_is_integral(comm, key):
     """b(y,z) = phi(y) psi(z): (B f)_i = phi(y_i) int_Y f_h psi_h (forms.integral)."""
     space = make_space(comm, key, "rectangle", (3, 2))
-    kern = Kernel(space)
+    kern = DenseKernel(space)
 
     def phi(y):
         return np.cos(np.pi * y[0]) + y[1]

@@ -6,14 +6,16 @@ order*, so that a run written on P ranks restarts on any other number of ranks, 
 everything needed to refuse a checkpoint that belongs to another discretisation:
 
 - ``meta``: JSON (UTF-8 bytes stored as uint8): format name and version; kind, K, n, N,
-  node space family/degree/mass and geometric dimension (checked on load, with the two
-  arrays below); the optimiser array names; for information only inner_product, h1_length,
+  node space family/degree/mass and geometric dimension, the kernel family and its
+  parameters (``kernel``, ``kernel_radius``, ...; a file without them holds a dense
+  kernel) (checked on load, with the two arrays below); the optimiser array names; for information only inner_product, h1_length,
   activation, scheme, eps, the numbers of ranks, the fem_dnn version and ``saved_at``
   (ns, what :func:`latest_checkpoint` orders by).
 - ``state``: the caller's JSON-serialisable ``state`` dict (iteration, history, method,
   RNG state as ints, ...) as UTF-8 JSON.
 - ``controls/a``, ``controls/b``, ``controls/W``, ``controls/mu``: float64 controls in
-  natural order, a (N, n), b (N, n, n), W (K, n) or (n, n), mu (K,) or (n,).
+  natural order, a (N, n), b (the kernel's natural shape: dense (N, n, n), local (N, M)),
+  W (K, n) or (n, n), mu (K,) or (n,).
 - ``discretisation/depth_points``: the depth mesh t_0 < ... < t_N, shape (N + 1,).
 - ``discretisation/node_coordinates``: the node dofs' coordinates in natural order,
   shape (n, gdim).
@@ -293,6 +295,7 @@ def _describe(controls: ControlSpace) -> tuple[dict, dict]:
         "degree": int(sp.degree),
         "mass": sp.mass,
         "gdim": gdim,
+        **controls.network.kernel.describe(),
     }
     arrays = {
         "discretisation/depth_points": np.ascontiguousarray(d.points, dtype=np.float64),
@@ -321,6 +324,9 @@ def _differences(desc: dict, desc_arrays: dict, meta: dict, data: dict) -> list[
     for key in ("kind", "K", "n", "N", "family", "degree", "mass", "gdim"):
         if meta.get(key) != desc[key]:
             out.append(f"{key} {meta.get(key)!r} in the file, {desc[key]!r} here")
+    for key in sorted(set(desc) | set(meta)):  # the kernel family and its parameters
+        if key.startswith("kernel") and meta.get(key, "dense" if key == "kernel" else None) != desc.get(key):
+            out.append(f"{key} {meta.get(key, 'dense' if key == 'kernel' else None)!r} in the file, {desc.get(key)!r} here")
     if out:  # the arrays cannot be compared (or the difference is already named)
         return out
     t_file, t_here = data["discretisation/depth_points"], desc_arrays["discretisation/depth_points"]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from fem_dnn.errors import InputError
 from fem_dnn.core.activation import ACTIVATIONS
+from fem_dnn.core.kernel import KERNELS
 from fem_dnn.learning.losses import LOSSES
 from fem_dnn.network.schemes import SCHEMES
 from fem_dnn.optimize.methods import METHODS
@@ -68,6 +69,11 @@ SPEC = {
         "T": (1.0, float, _POS, "depth of the network"),
         "N": (4, int, _POS, "number of layers (depth cells)"),
         "eps": (0.0, float, _NONNEG, "node diffusion coefficient"),
+        "kernel": ("dense", str, _choice(*KERNELS), "family of the layers' kernels b (fem_dnn.core.kernel): dense (n x n "
+                   "per layer), local (translation-invariant kappa(y - z) of support |y - z| <= kernel_radius)"),
+        "kernel_radius": (0.15, float, _POS, "local kernel: half-width rho of the support box (at least a node cell, "
+                          "at most the node domain)"),
+        "kernel_cells": (4, int, _POS, "local kernel: Q1 cells a side of kappa's offset box ((cells+1)^d controls a layer)"),
     },
     "training": {
         "method": ("lbfgs", str, _choice(*METHODS),

@@ -213,9 +213,10 @@ def plot_states(path, space: NodeSpace, depth_points, states: list[np.ndarray], 
     return Path(path)
 
 
-def plot_weights(path, space: NodeSpace, depth_points, a: np.ndarray, b: np.ndarray):
+def plot_weights(path, space: NodeSpace, depth_points, a: np.ndarray, b: np.ndarray, kernel=None):
     """The learned controls: the bias a(y, t) per layer (top) and the selection weight
-    b(y, z) of the first and last layers (bottom), natural order, diverging colours."""
+    of the first and last layers (bottom, as the kernel family shows it: b(y, z) in natural
+    order for dense, kappa on the offset box for local), diverging colours."""
     if space.comm.rank != 0:
         return None
     coords = _natural_coordinates(space)
@@ -237,10 +238,13 @@ def plot_weights(path, space: NodeSpace, depth_points, a: np.ndarray, b: np.ndar
     shown = (0, N - 1) if N > 1 else (0,)
     axes = bottom.subplots(1, len(shown), squeeze=False)[0]
     for ax, k in zip(axes, shown):
-        im = ax.imshow(b[k], cmap="RdBu_r", vmin=-blim, vmax=blim, interpolation="nearest")
-        ax.set_title(f"b(y, z), layer {k}", fontsize=8)
-        ax.set_xlabel("node z (natural order)")
-        ax.set_ylabel("node y (natural order)")
+        img, extent, xlabel, ylabel = (kernel.image(b[k]) if kernel is not None
+                                       else (b[k], None, "node z (natural order)", "node y (natural order)"))
+        im = ax.imshow(img, cmap="RdBu_r", vmin=-blim, vmax=blim, interpolation="nearest", extent=extent,
+                       origin="upper" if extent is None else "lower")
+        ax.set_title(f"{'b(y, z)' if extent is None else 'kappa(y - z)'}, layer {k}", fontsize=8)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
     bottom.colorbar(im, ax=list(axes), label="selection weight b", shrink=0.9)
     fig.savefig(path, dpi=110)
     return Path(path)

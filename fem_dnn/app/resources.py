@@ -132,6 +132,10 @@ NATURAL_LOCAL_COPIES = 1.5
 COSTATE_BATCH_ARRAYS = 5
 FORWARD_BATCH_ARRAYS = 3
 GATHER_ARRAYS = 2
+#: A local kernel's bytes per pair of its support: the pattern, the basis values P (2^d
+#: a pair in 2-D: 4) and the per-coefficient matrices A_m (indices, values), plus the
+#: layer's assembled values.
+LOCAL_KERNEL_BYTES_PER_PAIR = 12 + 4 * 12 + 4 * 16 + 2 * 8
 #: Copies of one n x n layer of b that the weights figure makes (rank 0).
 FIGURE_LAYER_COPIES = 6
 
@@ -441,8 +445,17 @@ def estimate(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, store_every: int | None
     # ---- sizes of the control vector (global, and the largest rank's)
     readout = (K * n + K) if kind == "classes" else (n * n + n)
     readout_l = (K * nl + K) if kind == "classes" else (nl * n + nl)
-    controls, controls_l = N * n + N * n * n + readout, N * nl + N * nl * n + readout_l
-    V, Vab, G = _F8 * controls_l, _F8 * (N * nl + N * nl * n), _F8 * controls
+    if nw["kernel"] == "local":  # kappa: (cells+1)^d a layer (on node rank 0), the sparse pattern and a halo
+        b = b_l = N * (nw["kernel_cells"] + 1) ** gdim
+        k = cells ** (1.0 / gdim)  # node cells a side (the unit interval or square)
+        band = 2 * nw["kernel_radius"] * k + 1  # dofs a side within the support
+        nnz_l = int(min(nl * band**gdim, nl * n))
+        kernel_bytes = LOCAL_KERNEL_BYTES_PER_PAIR * nnz_l
+        gathered = int(min(n, nl + 2 * gdim * band * k ** (gdim - 1)))  # owned and ghost rows of a batch
+    else:
+        b, b_l, kernel_bytes, gathered = N * n * n, N * nl * n, 0, n
+    controls, controls_l = N * n + b + readout, N * nl + b_l + readout_l
+    V, Vab, G = _F8 * controls_l, _F8 * (N * nl + b_l), _F8 * controls
 
     # ---- batches: nodes and the sigma term's points
     q_l = nl
@@ -469,7 +482,7 @@ def estimate(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, store_every: int | None
 
     def layer_work(samples, arrays):  # one layer's temporaries: batch arrays, the gathered batch, b M_w
         Bn, Bq = batch(samples)
-        return arrays * max(Bn, Bq) + GATHER_ARRAYS * _F8 * n * samples + 2 * _F8 * nl * n
+        return arrays * max(Bn, Bq) + GATHER_ARRAYS * _F8 * gathered * samples + (2 * _F8 * nl * n if not kernel_bytes else 0)
 
     # ---- resident parts
     resident = {"process now (interpreter, DOLFINx, PETSc)": now}
@@ -488,6 +501,8 @@ def estimate(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, store_every: int | None
     if nw["eps"] > 0:
         mesh += DIFFUSION_BYTES_PER_DOF * nl
     resident[f"node mesh and space ({cells} cells, {nd['space']} {mass})"] = mesh
+    if kernel_bytes:
+        resident["local kernel (support pattern, basis values)"] = kernel_bytes
     held = FUNCTIONAL_VECTORS - (0 if (tr["lam"] > 0 or tr["gamma"] > 0) else 1) + 1  # + the initial controls
     if method == "msa":
         held += 1  # the current iterate
@@ -532,7 +547,7 @@ def estimate(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, store_every: int | None
     phases[f"test evaluation ({S_test} samples)"] = V + test_point + layer_work(St_l, FORWARD_BATCH_ARRAYS)
     outputs = V + NATURAL_GLOBAL_COPIES * G + NATURAL_LOCAL_COPIES * V
     if out["figures"]:
-        outputs += G / N + FIGURE_LAYER_COPIES * _F8 * n * n  # |b| and the images of two layers (rank 0)
+        outputs += G / N + FIGURE_LAYER_COPIES * _F8 * (n * n if not kernel_bytes else b // N)  # |b| and the images of two layers (rank 0)
     if out["fields"] and gdim <= 2:
         outputs += PRODUCT_MESH_BYTES_PER_CELL * N * cells_l
     phases["outputs (natural order, figures, fields)"] = outputs

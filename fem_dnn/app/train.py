@@ -46,6 +46,7 @@ from fem_dnn import interrupt
 from fem_dnn.app import runfolder
 from fem_dnn.app.config import to_toml
 from fem_dnn.core.domain import Depth, NodeSpace, ProductMesh, create_node_mesh, read_node_mesh, split_comm
+from fem_dnn.core.kernel import make_kernel
 from fem_dnn.errors import InputError, describe_os_error, one_line
 from fem_dnn.learning.controls import BLOCKS
 from fem_dnn.learning.functional import ReducedFunctional
@@ -96,7 +97,10 @@ class Run:
             shape, k = ds.domain["shape"], ds.domain["n"] * nd["refine"]
             mesh = create_node_mesh(node_comm, shape, k, cell="quadrilateral" if shape == "rectangle" else None)
         self.space = NodeSpace(mesh, fam, deg, nd["mass"])
-        self.net = Network(self.space, Depth(nw["T"], nw["N"]), nw["activation"], nw["scheme"], nw["eps"], layout=self.layout)
+        kernel = make_kernel(self.space, nw["kernel"], **({"radius": nw["kernel_radius"], "cells": nw["kernel_cells"]}
+                                                          if nw["kernel"] == "local" else {}))
+        self.net = Network(self.space, Depth(nw["T"], nw["N"]), nw["activation"], nw["scheme"], nw["eps"], layout=self.layout,
+                           kernel=kernel)
         loss = get_loss(ds.kind if tr["loss"] == "default" else tr["loss"], readout=ds.kind)
         kw = dict(loss=loss, K=ds.K, lam=tr["lam"], gamma=tr["gamma"])
         self.J = self._functional(ds.subset(self.train_idx), kw)
@@ -283,6 +287,9 @@ def _check_training(run: Run, bounds: dict, resume_from: Path | None):
         if run.net.scheme != "euler" or run.space.mass != "lumped" or run.net.eps != 0:
             raise InputError("training.method = 'msa' needs the ResNet scheme: network.scheme = 'euler', "
                              "lumped node mass and network.eps = 0")
+        if run.net.kernel.name != "dense":
+            raise InputError(f"training.method = 'msa' separates over the rows of a dense kernel; network.kernel = "
+                             f"{run.net.kernel.name!r} couples them (use a gradient or Newton method)")
     if bounds and method in ("sgd", "adam"):
         raise InputError(f"training.method = {method!r} does not take a box (training.bounds_a, training.bounds_b); "
                          "use a bounded TAO method or msa")
@@ -409,9 +416,7 @@ def _write_outputs(run: Run, res, summary: dict, folder: Path):
         for s in range(k):
             states[f"f_{s}"] = traj.states[:, s, :]
             states[f"r_{s}"] = r[:, s, :]
-        w_all = sp.weights_all
-        layers = {"a": c.a, "b_diagonal": np.stack([bk[np.arange(sp.n_local), sp.offset + np.arange(sp.n_local)] for bk in c.b]),
-                  "b_row_integral": c.b @ w_all}
+        layers = {"a": c.a, **run.net.kernel.layer_fields(c.b)}
         with _agreed(comm, f"cannot write the field files {folder / 'fields'}.*"):
             write_trajectory(folder, ProductMesh(sp, run.net.depth), states, layers, "fields")
     if cfg["output"]["figures"]:
@@ -427,7 +432,7 @@ def _write_outputs(run: Run, res, summary: dict, folder: Path):
         with _atomic_figure(folder / "states.png", comm) as path:
             plot_states(path, sp, run.net.depth.points, nat_states, titles)
         with _atomic_figure(folder / "weights.png", comm) as path:
-            plot_weights(path, sp, run.net.depth.points, nat["a"], nat["b"])
+            plot_weights(path, sp, run.net.depth.points, nat["a"], nat["b"], run.net.kernel)
     Jv.set_batch(None)
 
 

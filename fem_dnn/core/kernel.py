@@ -1,34 +1,160 @@
-"""The nonlocal operator B_b of the state equation and its transpose.
+"""The nonlocal operator B_b of the state equation, its transpose, and its control block.
 
-On layer k the selection weight is ``b_h(y,z) = sum_ij b^k_ij phi_i(y) phi_j(z)`` (the
-tensor product V_h (x) V_h), so
+On layer k the selection weight b^k(y, z) enters the state equation through
 
-    (B_b f)_i = sum_j b^k_ij (M_w f)_j,     M_w = diag(omega) (lumped) or M (consistent),
+    (B_b f)(y) = int_Y b^k(y, z) f(z) dz,
 
-a dense n x n matrix per layer (docs/model.md §4). Rows of b^k live on the rank that owns the
-node dof (``b_local`` has shape ``(n_local, n)``, columns in the global dof order), and a
-whole batch (n_local x S) is applied with one Allgatherv and one GEMM per rank block.
+and a kernel family says how b^k is discretised, i.e. what the controls of the ``b`` block
+are (docs/model.md §4, docs/kernels.md). Every family is linear in its coefficients, so
+the tangent and the second-order terms of the optimality system are :meth:`Kernel.apply`,
+:meth:`Kernel.apply_transpose` and :meth:`Kernel.outer` again.
+
+- :class:`DenseKernel` (``"dense"``): ``b_h(y,z) = sum_ij b_ij phi_i(y) phi_j(z)`` in
+  V_h (x) V_h, so ``B_b f = b M_w f`` (``M_w = diag(omega)`` lumped or M consistent): a
+  dense n x n matrix per layer. Rows live on the rank that owns the node dof (``(n_local,
+  n)``, columns in global dof order); a batch is applied with one Allgatherv and one GEMM
+  per rank block.
+- :class:`LocalKernel` (``"local"``): translation-invariant kernels of compact support,
+  ``b(y, z, t) = kappa(y - z, t)`` for ``|y - z|_inf <= rho``, with kappa a Q1 function on
+  the offset box ``[-rho, rho]^d`` (``cells`` cells a side). Its controls are kappa's
+  ``(cells+1)^d`` nodal values per layer, whatever the node mesh; B is a sparse matrix
+  over the pairs of node dofs in the support (found once by a k-d tree), applied with a
+  halo exchange of the ghost columns only.
+
+A family owns the layout of its block in the control Vec: :meth:`Kernel.block_shape`,
+natural order (:meth:`Kernel.from_natural`, :meth:`Kernel.to_natural`), the inner product
+(:meth:`Kernel.weigh`, :meth:`Kernel.diagonal`), how the ranks share and reduce it
+(:meth:`Kernel.share`, :meth:`Kernel.reduce`) and what a checkpoint records
+(:meth:`Kernel.describe`). A new family is one class here and one entry of :data:`KERNELS`.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fem_dnn import _dolfinx  # noqa: F401
-from mpi4py import MPI
+from fem_dnn.errors import InputError
 
-from fem_dnn.core.domain import NodeSpace
+if TYPE_CHECKING:  # the registry is read by the config without importing MPI or DOLFINx
+    from mpi4py import MPI
 
-__all__ = ["Kernel"]
+    from fem_dnn.core.domain import NodeSpace
+
+
+def _mpi():
+    from fem_dnn import _dolfinx  # noqa: F401
+    from mpi4py import MPI
+
+    return MPI
+
+__all__ = ["KERNELS", "DenseKernel", "Halo", "Kernel", "LocalKernel", "make_kernel"]
 
 
 class Kernel:
-    """``B_b`` and ``B_b^T`` on batches for kernel coefficients ``b_local``.
+    """The interface of a kernel family (see the module doc). ``b`` below is one layer's
+    coefficients as the network uses them (``Controls.b[k]``); a *block* is all layers'
+    coefficients as this rank holds them in the control Vec.
 
     Args:
-        space: the node space (its mass option decides M_w).
+        space: the node space.
     """
+
+    name = "?"
 
     def __init__(self, space: NodeSpace):
         self.space = space
+
+    # ---- the operator on batches (Fortran (n_local, S), or one (n_local,) function)
+    def apply(self, b, F: np.ndarray) -> np.ndarray:
+        """``B_b f`` (a fresh Fortran array the caller may overwrite)."""
+        raise NotImplementedError
+
+    def apply_transpose(self, b, V: np.ndarray) -> np.ndarray:
+        """``B_b^T v``: the adjoint of :meth:`apply` in the Euclidean pairing of
+        coefficient vectors (a fresh Fortran array)."""
+        raise NotImplementedError
+
+    def outer(self, Z: np.ndarray, F: np.ndarray) -> np.ndarray:
+        """The derivative of ``<Z, B_b F>`` with respect to b, in b's layout: this rank's
+        part (summed over the node ranks by :meth:`reduce`)."""
+        raise NotImplementedError
+
+    # ---- the control block
+    def shape(self) -> tuple:
+        """One layer's coefficients as the network uses them (every rank)."""
+        raise NotImplementedError
+
+    def block_shape(self, N: int) -> tuple:
+        """This rank's part of the b block of the control Vec (N layers)."""
+        return (N,) + self.shape()
+
+    def natural_shape(self, N: int) -> tuple:
+        """The b block in natural order (the same on any number of ranks)."""
+        raise NotImplementedError
+
+    def zeros(self, N: int) -> np.ndarray:
+        return np.zeros((N,) + self.shape())
+
+    def from_natural(self, b_nat: np.ndarray) -> np.ndarray:
+        """This rank's block from the natural-order array ``(N, ...)``."""
+        raise NotImplementedError
+
+    def to_natural(self, block: np.ndarray) -> np.ndarray:
+        """The natural-order array from every rank's block (collective; on every rank)."""
+        raise NotImplementedError
+
+    def share(self, block: np.ndarray) -> np.ndarray:
+        """The coefficients every rank needs (``(N,) + shape()``) from its block (collective)."""
+        return block
+
+    def reduce(self, g: np.ndarray) -> np.ndarray:
+        """Sum the ranks' parts of a derivative (from :meth:`outer`) in place (collective)."""
+        return g
+
+    def weigh(self, block: np.ndarray, out: np.ndarray, depth, inverse: bool) -> np.ndarray:
+        """``out = (depth (x) M_b) block`` (or the inverse): the inner product of the b
+        block, ``depth`` a :class:`~fem_dnn.learning.controls.DepthOperator` across layers."""
+        raise NotImplementedError
+
+    def diagonal(self) -> tuple:
+        """Factors whose product (broadcast against one layer's block) is a positive
+        diagonal spectrally equivalent to ``M_b``: the scaling of TAO's coordinates."""
+        raise NotImplementedError
+
+    def sample(self, b, t: float) -> np.ndarray:
+        """One layer's coefficients (network layout) from a scalar, a callable or an
+        array in natural order (see :meth:`fem_dnn.network.Network.make_controls`)."""
+        raise NotImplementedError
+
+    def random(self, rng: np.random.Generator, N: int) -> np.ndarray:
+        """A standard normal natural-order b block."""
+        return rng.standard_normal(self.natural_shape(N))
+
+    def describe(self) -> dict:
+        """What a checkpoint records and must match: the family and its parameters."""
+        return {"kernel": self.name}
+
+    def layer_fields(self, b: np.ndarray) -> dict:
+        """Node fields ``(N, n_local)`` that show the layers' kernels in the field files:
+        the row integral ``int b(y, z) dz`` (``B_b 1``) for every family."""
+        ones = np.ones((self.space.n_local, 1), order="F")
+        return {"b_row_integral": np.stack([self.apply(bk, ones)[:, 0] for bk in b])}
+
+    def image(self, b_nat_layer: np.ndarray) -> tuple:
+        """``(2-d array, extent or None, x label, y label)`` showing one layer's natural b."""
+        raise NotImplementedError
+
+    def transfer(self, source: "Kernel", b_nat: np.ndarray, I: np.ndarray) -> np.ndarray:
+        """Natural-order b of this kernel from a natural-order b of ``source`` (another
+        discretisation's kernel), I the node interpolation matrix (fine x coarse)."""
+        raise NotImplementedError
+
+
+class DenseKernel(Kernel):
+    """Today's kernel: every pair of node dofs has its coefficient (module doc)."""
+
+    name = "dense"
 
     def weighted(self, b_local: np.ndarray) -> np.ndarray:
         """``b M_w``: the kernel coefficients with the measure folded into the columns
@@ -36,10 +162,8 @@ class Kernel:
         return self.space.mass_columns(b_local)
 
     def apply(self, b_local: np.ndarray, F: np.ndarray) -> np.ndarray:
-        """``(B_b f)`` for a Fortran ``(n_local, S)`` batch (or one ``(n_local,)``
-        function); returns the same layout (a fresh array the caller may overwrite). One
-        Allgatherv of f and one GEMM per rank block with ``b M_w`` (:meth:`weighted`, n^2
-        work against the GEMM's n^2 S)."""
+        """One Allgatherv of f and one GEMM per rank block with ``b M_w`` (:meth:`weighted`,
+        n^2 work against the GEMM's n^2 S)."""
         if np.ndim(F) == 1:
             return self.apply(b_local, np.asarray(F)[:, None])[:, 0]
         sp = self.space
@@ -51,9 +175,7 @@ class Kernel:
         return out.T  # (n_local, S), Fortran-ordered view
 
     def apply_transpose(self, b_local: np.ndarray, V: np.ndarray) -> np.ndarray:
-        """``(B_b^T v)_j = ((b M_w)^T v)_j``: the adjoint of :meth:`apply` in the Euclidean
-        pairing of coefficient vectors (one GEMM with :meth:`weighted` b, one
-        Reduce_scatter); returns a fresh array. ``V``: ``(n_local, S)`` or ``(n_local,)``."""
+        """One GEMM with :meth:`weighted` b and one Reduce_scatter."""
         if np.ndim(V) == 1:
             return self.apply_transpose(b_local, np.asarray(V)[:, None])[:, 0]
         sp = self.space
@@ -64,16 +186,378 @@ class Kernel:
                 [part[:, sp.offsets[r] : sp.offsets[r + 1]].ravel() for r in range(sp.comm.size)]
             )
             recv = np.empty(sp.n_local * S)
-            sp.comm.Reduce_scatter(send, recv, recvcounts=list(sp.counts * S), op=MPI.SUM)
+            sp.comm.Reduce_scatter(send, recv, recvcounts=list(sp.counts * S), op=_mpi().SUM)
             part = recv.reshape(S, sp.n_local)
         return part.T  # (n_local, S), Fortran-ordered
 
     def outer(self, Z: np.ndarray, F: np.ndarray) -> np.ndarray:
-        """``sum_s Z[:, s] (M_w f_s)^T = (Z F^T) M_w``: the derivative of ``<Z, B_b f>``
-        with respect to the kernel coefficients b (owned rows, all columns)."""
+        """``sum_s Z[:, s] (M_w f_s)^T = (Z F^T) M_w`` (owned rows, all columns): complete
+        on each rank, nothing to reduce."""
         sp = self.space
         blocks = sp.gather(np.asfortranarray(F))
         out = np.empty((Z.shape[0], sp.n))
         for r, blk in enumerate(blocks):
             out[:, sp.offsets[r] : sp.offsets[r + 1]] = Z @ blk
         return sp.mass_columns(out)
+
+    def shape(self) -> tuple:
+        return (self.space.n_local, self.space.n)
+
+    def natural_shape(self, N: int) -> tuple:
+        return (N, self.space.n, self.space.n)
+
+    def from_natural(self, b_nat: np.ndarray) -> np.ndarray:
+        sp = self.space
+        return np.asarray(b_nat)[:, sp.nat_owned][:, :, sp.nat_of_global]
+
+    def to_natural(self, block: np.ndarray) -> np.ndarray:
+        sp = self.space
+        rows = sp.to_natural(block, axis=1)
+        out = np.empty_like(rows)
+        out[..., sp.nat_of_global] = rows
+        return out
+
+    def weigh(self, block, out, depth, inverse):
+        """``M (x) M`` in the nodes: an elementwise scaling when lumped with a diagonal
+        depth operator (no copies of b), else mass solves/products on rows and columns."""
+        sp = self.space
+        if sp.mass == "lumped" and depth.is_diagonal:
+            w, w_all, dd = sp.weights[: sp.n_local], sp.weights_all, depth.diagonal
+            if inverse:
+                w, w_all, dd = 1.0 / w, 1.0 / w_all, 1.0 / dd
+            np.multiply(block, dd[:, None, None] * w[None, :, None], out=out)
+            out *= w_all
+            return out
+        rows = (lambda X: sp.solve_mass(np.asfortranarray(X))) if inverse else (lambda X: sp.apply_mass(np.asfortranarray(X)))
+        across = depth.solve if inverse else depth.apply
+        N, nl, n = block.shape
+        mb = rows(block.transpose(1, 0, 2).reshape(nl, N * n)).reshape(nl, N, n).transpose(1, 0, 2)
+        mb = sp.mass_columns(mb, inverse=inverse)
+        out[:] = across(mb.reshape(N, nl * n)).reshape(N, nl, n)
+        return out
+
+    def diagonal(self):
+        sp = self.space
+        if sp.mass == "lumped" or sp.degree == 1:
+            w = np.asarray(sp.weights[: sp.n_local])
+        else:  # P2: the diagonal of the consistent mass is positive and spectrally equivalent
+            w = sp.M.getDiagonal().array_r.copy()
+        w_all = np.concatenate(sp.comm.allgather(w))
+        return (w[:, None], w_all[None, :])
+
+    def sample(self, b, t):
+        sp = self.space
+        nl, n = sp.n_local, sp.n
+        if callable(b):
+            return np.broadcast_to(np.asarray(b(sp.x_owned, sp.x_all, t), dtype=float), (nl, n))
+        arr = np.asarray(b, dtype=float)
+        if arr.ndim == 0:
+            return np.full((nl, n), float(arr))
+        if arr.shape != (n, n):
+            raise InputError(f"b has shape {arr.shape} per layer; expected ({n}, {n})")
+        return arr[sp.nat_owned][:, sp.nat_of_global]
+
+    def layer_fields(self, b):
+        sp = self.space
+        own = np.arange(sp.n_local)
+        return {"b_diagonal": np.stack([bk[own, sp.offset + own] for bk in b]), "b_row_integral": b @ sp.weights_all}
+
+    def image(self, b_nat_layer):
+        return b_nat_layer, None, "node z (natural order)", "node y (natural order)"
+
+    def transfer(self, source, b_nat, I):
+        """``b_f = I b_c I^T``: the coarse kernel function interpolated in both variables."""
+        if source.name != self.name:
+            raise InputError(f"cannot transfer {source.name} kernels to {self.name} kernels")
+        return np.stack([I @ bk @ I.T for bk in b_nat])
+
+
+class Halo:
+    """Values of owned rows that other ranks need, exchanged with one Alltoallv.
+
+    Args:
+        comm: the node communicator.
+        offsets: ``(size + 1,)`` global index ranges of the ranks' owned rows.
+        ghosts: sorted unique global indices this rank needs but does not own.
+    """
+
+    def __init__(self, comm: MPI.Comm, offsets: np.ndarray, ghosts: np.ndarray):
+        self.comm = comm
+        self.ghosts = np.asarray(ghosts, dtype=np.int64)
+        owners = np.searchsorted(offsets, self.ghosts, side="right") - 1
+        self.recv_counts = np.bincount(owners, minlength=comm.size).astype(np.int64)
+        self.send_counts = np.array(comm.alltoall(self.recv_counts.tolist()), dtype=np.int64)
+        wanted = np.empty(int(self.send_counts.sum()), dtype=np.int64)
+        comm.Alltoallv([self.ghosts, self.recv_counts], [wanted, self.send_counts])
+        #: owned rows (local indices) to send, in the order of the receivers
+        self.send_rows = wanted - offsets[comm.rank]
+
+    def forward(self, X: np.ndarray, out: np.ndarray):
+        """``out[g] = X[ghost g]`` for a ``(rows, S)`` array X of owned rows; ``out`` is
+        C-ordered ``(len(ghosts), S)``."""
+        S = out.shape[1]
+        send = np.ascontiguousarray(X[self.send_rows])
+        self.comm.Alltoallv([send, self.send_counts * S], [out, self.recv_counts * S])
+
+    def reverse(self, G: np.ndarray, out: np.ndarray):
+        """``out[owned row] += G[g]`` summed over the ranks that hold the row as ghost g;
+        ``G`` C-ordered ``(len(ghosts), S)``."""
+        S = G.shape[1]
+        recv = np.empty((self.send_rows.size, S))
+        self.comm.Alltoallv([np.ascontiguousarray(G), self.recv_counts * S], [recv, self.send_counts * S])
+        np.add.at(out, self.send_rows, recv)
+
+
+class LocalKernel(Kernel):
+    """Translation-invariant kernels of compact support (module doc).
+
+    The layer operator is ``(B f)_i = sum_j kappa(y_i - y_j) omega_j f_j`` over the pairs
+    with ``|y_i - y_j|_inf <= rho`` (node quadrature with the node weights omega, whatever
+    the mass option), so ``B = sum_m kappa_m A_m`` with fixed sparse matrices A_m (the Q1
+    basis functions of kappa at the pairs' offsets times omega_j). kappa's coefficients
+    are replicated: every rank holds all of them and the control Vec stores them on node
+    rank 0.
+
+    Args:
+        space: the node space.
+        radius: rho, the support's half-width (at least the largest cell's extent, at
+            most the node domain's extent).
+        cells: kappa's Q1 cells a side of the offset box (``(cells+1)^d`` coefficients).
+    """
+
+    name = "local"
+
+    def __init__(self, space: NodeSpace, radius: float, cells: int = 4):
+        super().__init__(space)
+        from scipy import sparse
+        from scipy.spatial import cKDTree
+
+        sp, comm = space, space.comm
+        if sp.degree == 2:
+            raise InputError("the local kernel integrates with the node weights, and P2 has no positive ones; "
+                             "use node.space = 'DG0' or 'P1'")
+        self.gdim = d = int(sp.mesh.geometry.dim)
+        radius, cells = float(radius), int(cells)
+        lo = np.min(comm.allgather(sp.mesh.geometry.x[:, :d].min(axis=0, initial=np.inf)), axis=0)
+        hi = np.max(comm.allgather(sp.mesh.geometry.x[:, :d].max(axis=0, initial=-np.inf)), axis=0)
+        extent, h = float(np.max(hi - lo)), cell_extent(sp)
+        if not (np.isfinite(radius) and radius >= h * (1 - 1e-9)):
+            raise InputError(f"the local kernel's radius {radius!r} is smaller than a node cell ({h:.4g}): "
+                             f"its support would hold no neighbour")
+        if radius > extent * (1 + 1e-9):
+            raise InputError(f"the local kernel's radius {radius!r} is larger than the node domain ({extent:.4g}); "
+                             f"use the dense kernel")
+        if cells < 1:
+            raise InputError(f"the local kernel needs at least one cell a side, got {cells!r}")
+        self.radius, self.cells = radius, cells
+        self.M = (cells + 1) ** d
+        # kappa's nodes and lumped Q1 weights (trapezoid per axis) on the offset box
+        hk = 2 * radius / cells
+        w1 = np.full(cells + 1, hk)
+        w1[[0, -1]] *= 0.5
+        self.kappa_weights = np.ones(1)
+        for _ in range(d):
+            self.kappa_weights = np.multiply.outer(self.kappa_weights, w1)
+        self.kappa_weights = self.kappa_weights.reshape(-1)
+        axis = np.linspace(-radius, radius, cells + 1)
+        self.kappa_points = np.stack([g.reshape(-1) for g in np.meshgrid(*[axis] * d, indexing="ij")])  # (d, M)
+
+        # the pairs: owned rows i, columns j within the support (every dof's coordinates
+        # are known on every rank, sp.x_all)
+        X = np.ascontiguousarray(sp.x_all[:d].T)
+        tree = cKDTree(X)
+        nbrs = tree.query_ball_point(np.ascontiguousarray(sp.x_owned[:d].T), r=radius * (1 + 1e-9), p=np.inf)
+        counts = np.array([len(c) for c in nbrs], dtype=np.int64)
+        rows = np.repeat(np.arange(sp.n_local), counts)
+        cols = np.concatenate([np.sort(np.asarray(c, dtype=np.int64)) for c in nbrs]) if len(nbrs) else np.zeros(0, np.int64)
+        offs = X[sp.offset + rows] - X[cols]  # (nnz, d) offsets y_i - y_j
+        owned = (cols >= sp.offset) & (cols < sp.offset + sp.n_local)
+        self.halo = Halo(comm, sp.offsets, np.unique(cols[~owned]))
+        lcol = np.where(owned, cols - sp.offset, sp.n_local + np.searchsorted(self.halo.ghosts, cols))
+        self.n_ext = sp.n_local + self.halo.ghosts.size
+        self.nnz = rows.size
+        # Q1 basis values at the offsets: 2^d nonzeros per pair (exact zeros dropped)
+        pr, pc, pv = q1_basis(offs, radius, cells)
+        w_col = np.concatenate([sp.weights[: sp.n_local], np.zeros(self.halo.ghosts.size)])
+        w_col[sp.n_local :] = sp.weights_all[self.halo.ghosts]
+        pv = pv * w_col[lcol[pr]]
+        #: (nnz x M): the values of B are ``P kappa`` on the pattern (rows, lcol)
+        self.P = sparse.csr_array((pv, (pr, pc)), shape=(self.nnz, self.M))
+        self._pattern = sparse.csr_array((np.ones(self.nnz), (rows, lcol)), shape=(sp.n_local, self.n_ext))
+        self._pattern.sort_indices()
+        # the pattern's CSR order is (row, local column): reorder P's rows to match it
+        order = np.lexsort((lcol, rows))
+        self.P = self.P[order]
+        self._indices, self._indptr = self._pattern.indices, self._pattern.indptr
+        # A_m for the outer product: the pairs kappa_m contributes to
+        Pc = self.P.tocsc()
+        self._A = []
+        for m in range(self.M):
+            lo_, hi_ = Pc.indptr[m], Pc.indptr[m + 1]
+            p = Pc.indices[lo_:hi_]
+            self._A.append(sparse.csr_array((Pc.data[lo_:hi_], (rows[order][p], lcol[order][p])), shape=(sp.n_local, self.n_ext)))
+
+    # ---- the operator
+    def matrix(self, kappa: np.ndarray):
+        """B for one layer's coefficients kappa ``(M,)``: a SciPy CSR ``(n_local, n_ext)``
+        matrix over the owned rows and the owned-then-ghost columns."""
+        from scipy import sparse
+
+        return sparse.csr_array((self.P @ np.asarray(kappa, dtype=float), self._indices, self._indptr),
+                                shape=(self.space.n_local, self.n_ext))
+
+    def _extended(self, F: np.ndarray) -> np.ndarray:
+        """F's owned rows and the ghost rows, C-ordered ``(n_ext, S)``."""
+        nl = self.space.n_local
+        X = np.empty((self.n_ext, F.shape[1]))
+        X[:nl] = F
+        if self.space.comm.size > 1:
+            self.halo.forward(F, X[nl:])
+        return X
+
+    def apply(self, kappa, F):
+        if np.ndim(F) == 1:
+            return self.apply(kappa, np.asarray(F)[:, None])[:, 0]
+        return np.asfortranarray(self.matrix(kappa) @ self._extended(F))
+
+    def apply_transpose(self, kappa, V):
+        if np.ndim(V) == 1:
+            return self.apply_transpose(kappa, np.asarray(V)[:, None])[:, 0]
+        nl = self.space.n_local
+        Y = self.matrix(kappa).T @ np.ascontiguousarray(V)  # (n_ext, S)
+        out = np.array(Y[:nl], order="F")
+        if self.space.comm.size > 1:
+            self.halo.reverse(Y[nl:], out)
+        return out
+
+    def outer(self, Z, F):
+        """``g_m = <Z, A_m F>``: one sparse product per coefficient over the owned rows
+        (the rank's part; :meth:`reduce` sums over the node ranks)."""
+        X = self._extended(np.asfortranarray(F))
+        Zc = np.ascontiguousarray(Z)
+        return np.array([np.vdot(Zc, A @ X) if A.nnz else 0.0 for A in self._A])
+
+    # ---- the control block: kappa on node rank 0, replicated in the network
+    def shape(self):
+        return (self.M,)
+
+    def block_shape(self, N):
+        return (N, self.M if self.space.comm.rank == 0 else 0)
+
+    def natural_shape(self, N):
+        return (N, self.M)
+
+    def from_natural(self, b_nat):
+        b_nat = np.asarray(b_nat, dtype=float)
+        return b_nat if self.space.comm.rank == 0 else b_nat[:, :0]
+
+    def to_natural(self, block):
+        return self.share(block)
+
+    def share(self, block):
+        comm = self.space.comm
+        N = block.shape[0]
+        out = np.array(block) if comm.rank == 0 else np.empty((N, self.M))
+        comm.Bcast(out, root=0)
+        return out
+
+    def reduce(self, g):
+        if self.space.comm.size > 1:
+            self.space.comm.Allreduce(_mpi().IN_PLACE, g, op=_mpi().SUM)
+        return g
+
+    def weigh(self, block, out, depth, inverse):
+        """``tau_k`` (or the depth operator) times kappa's lumped Q1 mass on the offset box."""
+        if block.size == 0:
+            return out
+        w = 1.0 / self.kappa_weights if inverse else self.kappa_weights
+        out[:] = depth.solve(block * w) if inverse else depth.apply(block * w)
+        return out
+
+    def diagonal(self):
+        return (self.kappa_weights if self.space.comm.rank == 0 else self.kappa_weights[:0],)
+
+    def sample(self, b, t):
+        """A scalar, a callable ``kappa(d, t)`` of the offsets d ``(gdim, M)`` (kappa's
+        nodes), or an array ``(M,)``."""
+        if callable(b):
+            return np.broadcast_to(np.asarray(b(self.kappa_points, t), dtype=float), (self.M,)).copy()
+        arr = np.asarray(b, dtype=float)
+        if arr.ndim == 0:
+            return np.full(self.M, float(arr))
+        if arr.shape != (self.M,):
+            raise InputError(f"a local kernel's b has shape {arr.shape} per layer; expected ({self.M},) "
+                             f"(kappa's nodal values on a {self.cells}-cell offset box)")
+        return arr
+
+    def describe(self):
+        return {"kernel": self.name, "kernel_radius": self.radius, "kernel_cells": self.cells}
+
+    def transfer(self, source, b_nat, I):
+        """kappa does not depend on the node mesh: the same coefficients, or kappa
+        interpolated onto this kernel's offset box (zero outside the source's support)."""
+        if source.name != self.name:
+            raise InputError(f"cannot transfer {source.name} kernels to {self.name} kernels")
+        if (source.radius, source.cells, source.gdim) == (self.radius, self.cells, self.gdim):
+            return np.array(b_nat, dtype=float)
+        if source.gdim != self.gdim:
+            raise InputError(f"cannot transfer a {source.gdim}-d local kernel to a {self.gdim}-d one")
+        pts = self.kappa_points.T
+        inside = np.all(np.abs(pts) <= source.radius * (1 + 1e-12), axis=1)
+        r, c, v = q1_basis(pts[inside], source.radius, source.cells)
+        E = np.zeros((self.M, source.M))
+        np.add.at(E, (np.nonzero(inside)[0][r], c), v)
+        return np.asarray(b_nat) @ E.T
+
+    def image(self, b_nat_layer):
+        r, m = self.radius, self.cells + 1
+        if self.gdim == 1:
+            return b_nat_layer[None, :], (-r, r, -0.5, 0.5), "offset y - z", ""
+        img = np.asarray(b_nat_layer).reshape((m,) * self.gdim)
+        if self.gdim == 3:
+            img = img[:, :, m // 2]
+        return img.T, (-r, r, -r, r), "offset y1 - z1", "offset y2 - z2"
+
+
+def q1_basis(points: np.ndarray, radius: float, cells: int):
+    """The Q1 basis of the offset box ``[-radius, radius]^d`` (``cells`` cells a side,
+    nodes numbered with the last axis fastest) at ``points`` ``(p, d)`` inside the box:
+    ``(point, node, value)`` triplets, 2^d per point, exact zeros dropped."""
+    p, d = points.shape
+    hk = 2 * radius / cells
+    s = np.clip((points + radius) / hk, 0.0, cells)
+    cell = np.minimum(np.floor(s), cells - 1).astype(np.int64)
+    frac = s - cell
+    rows, cols, vals = [], [], []
+    for corner in range(2**d):
+        bits = [(corner >> a) & 1 for a in range(d)]
+        val = np.ones(p)
+        idx = np.zeros(p, dtype=np.int64)
+        for a in range(d):
+            val *= frac[:, a] if bits[a] else 1.0 - frac[:, a]
+            idx = idx * (cells + 1) + cell[:, a] + bits[a]
+        keep = val > 1e-14
+        rows.append(np.nonzero(keep)[0]), cols.append(idx[keep]), vals.append(val[keep])
+    return np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
+
+
+def cell_extent(space: NodeSpace) -> float:
+    """The largest extent (max-norm) of a node cell, over all ranks."""
+    msh = space.mesh
+    tdim = msh.topology.dim
+    d = int(msh.geometry.dim)
+    nc = msh.topology.index_map(tdim).size_local
+    x = msh.geometry.x[:, :d][msh.geometry.dofmaps[0][:nc]]  # (cells, vertices, d)
+    local = float(np.max(x.max(axis=1) - x.min(axis=1))) if nc else 0.0
+    return space.comm.allreduce(local, op=_mpi().MAX)
+
+
+#: The kernel families by name (``[network] kernel``).
+KERNELS = {"dense": DenseKernel, "local": LocalKernel}
+
+
+def make_kernel(space: NodeSpace, name: str = "dense", **params) -> Kernel:
+    """A kernel family by name with its parameters (dense: none; local: radius, cells)."""
+    if name not in KERNELS:
+        raise InputError(f"unknown kernel {name!r}; choose one of {list(KERNELS)}")
+    return KERNELS[name](space, **params)

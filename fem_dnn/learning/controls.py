@@ -5,7 +5,8 @@ every place that lays the controls out: the functional, TAO's coordinates, the
 checkpoint, the transfer between discretisations, the paper's algorithms.
 
 The inner products: ``a`` in L2(Y x (0,T)) (node mass times the layer lengths tau_k),
-``b`` in L2(Y x Y x (0,T)) (M (x) M times tau_k), ``W`` in L2(Y_out x Y), ``mu`` in
+``b`` as its kernel family says (:meth:`fem_dnn.core.kernel.Kernel.weigh`; dense: L2(Y x Y
+x (0,T)), M (x) M times tau_k; local: kappa's L2 on the offset box times tau_k), ``W`` in L2(Y_out x Y), ``mu`` in
 L2(Y_out) (counting measure for classes). With ``inner_product="h1"`` the depth part of a and b
 gets an H1 term, ``(c, c~) + l^2 (d_t c, d_t c~)`` with the difference quotients between
 layer midpoints. The depth parts are tridiagonal (:class:`DepthOperator`: two diagonals,
@@ -156,8 +157,9 @@ def _lapack_info(name: str, info: int):
 class ControlSpace:
     """Controls as one distributed PETSc Vec whose layout follows the node partition.
 
-    Each rank owns, in this order: ``a`` (N, n_local), ``b`` (N, n_local, n) (owned
-    rows, all columns in global dof order), ``W`` ((K, n_local) for classes, (n_local,
+    Each rank owns, in this order: ``a`` (N, n_local), ``b`` (the kernel family's
+    :meth:`~fem_dnn.core.kernel.Kernel.block_shape`: dense (N, n_local, n), owned rows,
+    all columns in global dof order; local (N, M) on node rank 0), ``W`` ((K, n_local) for classes, (n_local,
     n) for functions) and ``mu`` (K values on node rank 0 for classes, (n_local,) for
     functions). With sample groups every group holds the same controls on its node
     communicator.
@@ -185,9 +187,9 @@ class ControlSpace:
         self.K = int(K) if kind == "classes" else n
         if kind == "classes":
             mu_local = self.K if self.comm.rank == 0 else 0
-            shapes = [(N, nl), (N, nl, n), (self.K, nl), (mu_local,)]
+            shapes = [(N, nl), network.kernel.block_shape(N), (self.K, nl), (mu_local,)]
         else:
-            shapes = [(N, nl), (N, nl, n), (nl, n), (nl,)]
+            shapes = [(N, nl), network.kernel.block_shape(N), (nl, n), (nl,)]
         self.shapes = shapes
         sizes = [int(np.prod(s)) for s in shapes]
         self.offsets = np.concatenate([[0], np.cumsum(sizes)])
@@ -224,26 +226,32 @@ class ControlSpace:
         a, b, W, mu = (np.array(x) for x in self.blocks(vec.array_r))
         if self.kind == "classes":
             mu = self.comm.bcast(mu, root=0)
-        return Controls(a, b), Readout(self.kind, W, mu)
+        return Controls(a, self.network.kernel.share(b)), Readout(self.kind, W, mu)
 
     def join(self, c: Controls, r: Readout, vec: PETSc.Vec | None = None) -> PETSc.Vec:
         """A Vec holding the given controls (mu of a classes readout: node rank 0's)."""
         vec = vec or self.create_vec()
         a, b, W, mu = self.blocks(vec)
-        a[:], b[:], W[:] = c.a, c.b, r.W
+        a[:], W[:] = c.a, r.W
+        if b.size:
+            b[:] = c.b
         if mu.size:
             mu[:] = r.mu
         return vec
 
     def from_natural(self, a, b, W, mu, vec: PETSc.Vec | None = None) -> PETSc.Vec:
-        """A Vec from arrays in natural node order: a (N, n), b (N, n, n), W ((K, n) or
-        (n, n)), mu ((K,) or (n,)). The same arrays give the same controls on any number
+        """A Vec from arrays in natural node order: a (N, n), b (the kernel's natural shape:
+        dense (N, n, n)), W ((K, n) or (n, n)), mu ((K,) or (n,)). The same arrays give the same controls on any number
         of ranks."""
         sp = self.space
         vec = vec or self.create_vec()
         A, B, Wl, M = self.blocks(vec)
         A[:] = np.asarray(a)[:, sp.nat_owned]
-        B[:] = np.asarray(b)[:, sp.nat_owned][:, :, sp.nat_of_global]
+        kern = self.network.kernel
+        if np.shape(b) != kern.natural_shape(self.network.depth.N):
+            raise InputError(f"b has shape {np.shape(b)}; the {kern.name} kernel's controls have shape "
+                             f"{kern.natural_shape(self.network.depth.N)}")
+        B[:] = kern.from_natural(b)
         W = np.asarray(W)
         Wl[:] = W[:, sp.nat_owned] if self.kind == "classes" else W[sp.nat_owned][:, sp.nat_of_global]
         if M.size:
@@ -260,7 +268,7 @@ class ControlSpace:
             out[..., sp.nat_of_global] = x
             return out
 
-        out = {"a": sp.to_natural(a, axis=1), "b": cols(sp.to_natural(b, axis=1))}
+        out = {"a": sp.to_natural(a, axis=1), "b": self.network.kernel.to_natural(b)}
         if self.kind == "classes":
             out["W"] = sp.to_natural(W, axis=1)
             out["mu"] = self.comm.bcast(np.array(mu), root=0)
@@ -275,7 +283,7 @@ class ControlSpace:
         N, n = self.network.depth.N, self.space.n
         rng = np.random.default_rng(seed)
         a = rng.standard_normal((N, n))
-        b = rng.standard_normal((N, n, n))
+        b = self.network.kernel.random(rng, N)
         W = rng.standard_normal((self.K, n) if self.kind == "classes" else (n, n))
         mu = rng.standard_normal(self.K if self.kind == "classes" else n)
         vec = self.from_natural(a, b, W, mu)
@@ -296,8 +304,7 @@ class ControlSpace:
             if inverse:
                 w, w_all, dd = 1.0 / w, 1.0 / w_all, 1.0 / dd
             np.multiply(a, dd[:, None] * w, out=oa)
-            np.multiply(b, dd[:, None, None] * w[None, :, None], out=ob)
-            ob *= w_all
+            self.network.kernel.weigh(b, ob, depth, inverse)
             if self.kind == "classes":
                 np.multiply(W, readout_scale * w, out=oW)
                 if mu.size:
@@ -309,11 +316,8 @@ class ControlSpace:
             return out
         rows = (lambda X: sp.solve_mass(np.asfortranarray(X))) if inverse else (lambda X: sp.apply_mass(np.asfortranarray(X)))
         across = depth.solve if inverse else depth.apply
-        N, nl, n = b.shape
         oa[:] = across(rows(a.T).T)
-        mb = rows(b.transpose(1, 0, 2).reshape(nl, N * n)).reshape(nl, N, n).transpose(1, 0, 2)
-        mb = sp.mass_columns(mb, inverse=inverse)
-        ob[:] = across(mb.reshape(N, nl * n)).reshape(N, nl, n)
+        self.network.kernel.weigh(b, ob, depth, inverse)
         if self.kind == "classes":
             oW[:] = readout_scale * rows(W.T).T
             if mu.size:

@@ -295,11 +295,12 @@ class ReducedFunctional(AbstractReducedFunctional):
         return val
 
     def _reduce(self, c: Controls, r: Readout, out: PETSc.Vec) -> PETSc.Vec:
-        """Sum over sample groups and pack into a Vec."""
+        """Sum over sample groups (and node ranks, for a shared kernel) and pack into a Vec."""
         comm = self.network.layout.sample_comm
         if comm.size > 1:
             for arr in (c.a, c.b, r.W, r.mu):
                 comm.Allreduce(MPI.IN_PLACE, arr, op=MPI.SUM)
+        self.network.kernel.reduce(c.b)  # and over node ranks, for kernels shared by all of them
         return self.controls.join(c, r, out)
 
     def _costate(self, m, p, keep):

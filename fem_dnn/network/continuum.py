@@ -5,7 +5,7 @@ State equation (LM 2.1, docs/model.md §1), semi-discretised in the node space V
     M df/dt = Q sigma(P u) - eps K f,     u = a^k - B_{b^k} f   on layer k,
 
 with M, Q, P, K from :class:`fem_dnn.core.domain.NodeSpace` (lumped: M = Q = diag(omega),
-P = I) and B from :class:`fem_dnn.core.kernel.Kernel`. The depth scheme (each one a
+P = I) and B from a kernel family of :mod:`fem_dnn.core.kernel`. The depth scheme (each one a
 different network architecture built from the same PDE) comes from the registry of
 :mod:`fem_dnn.network.schemes`; it is built from the stage function :meth:`Network.g`
 and its derivatives (:meth:`Network.g_tangent`, :meth:`Network.g_adjoint`,
@@ -26,7 +26,7 @@ import dolfinx.geometry
 from fem_dnn._mpi import all_finite
 from fem_dnn.core.activation import Activation, get_activation
 from fem_dnn.core.domain import Depth, Layout, NodeSpace, locate_points
-from fem_dnn.core.kernel import Kernel
+from fem_dnn.core.kernel import DenseKernel, Kernel, make_kernel
 from fem_dnn.errors import InputError, NonFiniteError
 from fem_dnn.network.readout import Readout, logistic, softmax
 from fem_dnn.network.schemes import SCHEMES, make_scheme
@@ -53,7 +53,8 @@ class Controls:
 
     Attributes:
         a: bias, ``(N, n_local)`` owned node values per layer.
-        b: selection weight, ``(N, n_local, n)``: owned rows, columns in global dof order.
+        b: selection weight, ``(N,) + kernel.shape()``: dense ``(N, n_local, n)`` (owned
+            rows, columns in global dof order); local ``(N, M)`` (kappa, every rank).
     """
 
     a: np.ndarray
@@ -116,6 +117,9 @@ class Network:
         eps: node diffusion coefficient (>= 0, default 0: exactly LM 2.1).
         layout: rank layout (default: node-parallel over the space's communicator).
         petsc_options_prefix: prefix of every PETSc solver the network creates.
+        kernel: the family of the layers' kernels b: a name of
+            :data:`fem_dnn.core.kernel.KERNELS` with default parameters, or a
+            :class:`~fem_dnn.core.kernel.Kernel` on ``space`` (default: dense).
     """
 
     def __init__(
@@ -127,6 +131,7 @@ class Network:
         eps: float = 0.0,
         layout: Layout | None = None,
         petsc_options_prefix: str = "fem_dnn_",
+        kernel: str | Kernel = "dense",
     ):
         if scheme not in SCHEMES:
             raise InputError(f"unknown depth scheme {scheme!r}; choose one of {list(SCHEMES)}")
@@ -135,7 +140,10 @@ class Network:
         self.space, self.depth = space, depth
         self.sigma = get_activation(activation)
         self.scheme, self.eps = scheme, float(eps)
-        self.kernel = Kernel(space)
+        self.kernel = make_kernel(space, kernel) if isinstance(kernel, str) else kernel
+        if self.kernel.space is not space:
+            raise InputError("the network's kernel must be built on the network's node space")
+        self.readout_kernel = DenseKernel(space)  # a function readout's W is a dense kernel
         self.layout = layout or Layout(space.comm, space.comm, MPI.COMM_SELF)
         self.prefix = petsc_options_prefix
         self._scheme = make_scheme(scheme, self)
@@ -145,14 +153,16 @@ class Network:
         """Controls from scalars, callables or natural-order arrays.
 
         ``a``: scalar, callable ``a(y, t)`` (y of shape (3, p), returns (p,)), array
-        ``(n,)`` (all layers) or ``(N, n)``. ``b``: scalar, callable ``b(y, z, t)``
-        (returns (p, q)), array ``(n, n)`` or ``(N, n, n)``. Callables are sampled at
-        the dofs and at the layer midpoints t_{k+1/2}.
+        ``(n,)`` (all layers) or ``(N, n)``. ``b`` (dense kernel): scalar, callable
+        ``b(y, z, t)`` (returns (p, q)), array ``(n, n)`` or ``(N, n, n)``; for another
+        kernel family what its :meth:`~fem_dnn.core.kernel.Kernel.sample` takes (local:
+        ``kappa(d, t)`` or ``(M,)``/``(N, M)`` nodal values), per layer or for all layers.
+        Callables are sampled at the dofs and at the layer midpoints t_{k+1/2}.
         """
         sp, d = self.space, self.depth
-        N, nl, n = d.N, sp.n_local, sp.n
+        N, nl = d.N, sp.n_local
         A = np.empty((N, nl))
-        B = np.empty((N, nl, n))
+        B = self.kernel.zeros(N)
         for k in range(N):
             t = d.mid[k]
             if callable(a):
@@ -161,16 +171,10 @@ class Network:
                 arr = np.asarray(a, dtype=float)
                 A[k] = arr if arr.ndim == 0 else sp.from_natural(arr if arr.ndim == 1 else _layer(arr, k, N, "a"))
             if callable(b):
-                B[k] = np.broadcast_to(np.asarray(b(sp.x_owned, sp.x_all, t), dtype=float), (nl, n))
+                B[k] = self.kernel.sample(b, t)
             else:
                 arr = np.asarray(b, dtype=float)
-                if arr.ndim == 0:
-                    B[k] = arr
-                else:
-                    bk = arr if arr.ndim == 2 else _layer(arr, k, N, "b")
-                    if bk.shape != (n, n):
-                        raise InputError(f"b has shape {bk.shape} per layer; expected ({n}, {n})")
-                    B[k] = bk[sp.nat_owned][:, sp.nat_of_global]
+                B[k] = self.kernel.sample(arr if arr.ndim == len(B.shape) - 1 or arr.ndim == 0 else _layer(arr, k, N, "b"), t)
         _check_finite(self.layout.world, "controls a", A)
         _check_finite(self.layout.world, "controls b", B)
         return Controls(A, B)
@@ -405,7 +409,7 @@ class Network:
     # ------------------------------------------------------------------ derivatives
     def zero_controls(self) -> Controls:
         sp, N = self.space, self.depth.N
-        return Controls(np.zeros((N, sp.n_local)), np.zeros((N, sp.n_local, sp.n)))
+        return Controls(np.zeros((N, sp.n_local)), self.kernel.zeros(N))
 
     def tangent(self, traj: Trajectory, dc: Controls | None, dF0: np.ndarray | None = None) -> Trajectory:
         """Linearised (incremental) forward solve: the derivative of the trajectory in the
@@ -539,7 +543,7 @@ class Network:
             O = readout.W @ G
             self.space.comm.Allreduce(MPI.IN_PLACE, O, op=MPI.SUM)
             return O + readout.mu[:, None]
-        return np.asfortranarray(self.kernel.apply(readout.W, F) + readout.mu[:, None])
+        return np.asfortranarray(self.readout_kernel.apply(readout.W, F) + readout.mu[:, None])
 
     def readout_tangent(self, F, dF, readout: Readout, d_readout: Readout | None) -> np.ndarray:
         """Derivative of the readout O along (dF, dW, dmu)."""
@@ -550,9 +554,9 @@ class Network:
                 dO += d_readout.W @ sp.apply_mass(F)
             sp.comm.Allreduce(MPI.IN_PLACE, dO, op=MPI.SUM)
             return dO if d_readout is None else dO + d_readout.mu[:, None]
-        dO = self.kernel.apply(readout.W, dF)
+        dO = self.readout_kernel.apply(readout.W, dF)
         if d_readout is not None:
-            dO = dO + self.kernel.apply(d_readout.W, F) + d_readout.mu[:, None]
+            dO = dO + self.readout_kernel.apply(d_readout.W, F) + d_readout.mu[:, None]
         return np.asfortranarray(dO)
 
     def readout_adjoint(self, F, readout: Readout, gO) -> tuple[np.ndarray, Readout]:
@@ -563,8 +567,8 @@ class Network:
         if readout.kind == "classes":
             dual = sp.apply_mass(np.asfortranarray(readout.W.T @ gO))
             return dual, Readout("classes", gO @ sp.apply_mass(F).T, gO.sum(axis=1))
-        dual = self.kernel.apply_transpose(readout.W, gO)
-        return np.asfortranarray(dual), Readout("function", self.kernel.outer(gO, F), gO.sum(axis=1))
+        dual = self.readout_kernel.apply_transpose(readout.W, gO)
+        return np.asfortranarray(dual), Readout("function", self.readout_kernel.outer(gO, F), gO.sum(axis=1))
 
     def readout_second(self, F, dF, readout: Readout, d_readout: Readout, gO) -> tuple[np.ndarray, np.ndarray]:
         """Second-order cross terms of the bilinear readout (W, f) -> int W f, with gO
@@ -573,7 +577,7 @@ class Network:
         sp = self.space
         if readout.kind == "classes":
             return sp.apply_mass(np.asfortranarray(d_readout.W.T @ gO)), gO @ sp.apply_mass(dF).T
-        return np.asfortranarray(self.kernel.apply_transpose(d_readout.W, gO)), self.kernel.outer(gO, dF)
+        return np.asfortranarray(self.readout_kernel.apply_transpose(d_readout.W, gO)), self.readout_kernel.outer(gO, dF)
 
     def predict(self, F: np.ndarray, readout: Readout) -> np.ndarray:
         """``C_pre = h(O)``: softmax over classes, or logistic for function outputs."""

@@ -7,7 +7,8 @@ handed to TAO in *L2-orthonormal coordinates* ``x = T m`` with
                            L2, plus l^2 D_t^T D_t for H1 in depth),
                            D = node weights omega (lumped mass; diag(M) for P2),
 
-applied to a (N x nodes), b (N x nodes x nodes, D on both node indices), W and mu. In
+applied to a (N x nodes), b (the kernel family's diagonal, :meth:`fem_dnn.core.kernel.Kernel.diagonal`:
+D on both node indices of a dense b, kappa's lumped weights for a local one), W and mu. In
 these coordinates the Euclidean geometry TAO uses *is* the L2 (or H1-in-depth) geometry
 of the controls up to constants independent of h and tau: TAO's gradient is
 ``T^{-T} dJ`` (its 2-norm is the L2 norm of the Riesz gradient for lumped mass), its
@@ -93,6 +94,7 @@ class Coordinates:
             w = sp.M.getDiagonal().array_r.copy()
         w_all = np.concatenate(sp.comm.allgather(w))
         self.s, self.s_all = np.sqrt(w), np.sqrt(w_all)
+        self.s_b = [np.sqrt(f) for f in controls.network.kernel.diagonal()]  # b's diagonal, as factors
         self.depth = controls.depth_riesz  # = C C^T
         self.diagonal_depth = self.depth.is_diagonal
         if self.diagonal_depth:  # C = diag(sqrt(tau_k))
@@ -115,9 +117,12 @@ class Coordinates:
         s, s_all = self.s**power, self.s_all**power
         a, b, W, mu = cs.blocks(x.array_r)
         oa, ob, oW, omu = cs.blocks(out)
-        N, nl, n = b.shape
         oa[:] = self._depth(a * s, transpose, inverse)
-        ob[:] = self._depth((b * s[:, None] * s_all).reshape(N, nl * n), transpose, inverse).reshape(N, nl, n)
+        if b.size:
+            sb = b.copy()
+            for f in self.s_b:
+                sb *= f**power
+            ob[:] = self._depth(sb.reshape(b.shape[0], -1), transpose, inverse).reshape(b.shape)
         if cs.kind == "classes":
             oW[:] = W * s
             omu[:] = mu

@@ -170,7 +170,8 @@ def transfer_controls(coarse_space, m_coarse: PETSc.Vec, fine_space) -> PETSc.Ve
     """Controls of a coarse discretisation as controls of a finer one.
 
     The coarse controls are gathered in natural order and interpolated: ``a_f = D a_c
-    I^T``, ``b_f^k = I b_c^{k'} I^T`` (k' the coarse layer of fine layer k), ``W_f = W_c
+    I^T``, ``b_f^k = I b_c^{k'} I^T`` (k' the coarse layer of fine layer k; a local kernel's
+    kappa is kept, or interpolated onto another offset box: :meth:`fem_dnn.core.kernel.Kernel.transfer`), ``W_f = W_c
     I^T`` and ``mu_f = mu_c`` (classes) or ``W_f = I W_c I^T`` and ``mu_f = I mu_c``
     (function), with I from :func:`interpolation_matrix` and D from
     :func:`depth_matrix`. Transfer to the same discretisation is the identity.
@@ -185,7 +186,7 @@ def transfer_controls(coarse_space, m_coarse: PETSc.Vec, fine_space) -> PETSc.Ve
 
     Raises:
         InputError: the two control spaces have a different kind or number of classes,
-            or depth meshes of different T.
+            kernel families, or depth meshes of different T.
     """
     if coarse_space.kind != fine_space.kind:
         raise InputError(f"cannot transfer {coarse_space.kind!r} controls to a {fine_space.kind!r} control space")
@@ -196,7 +197,7 @@ def transfer_controls(coarse_space, m_coarse: PETSc.Vec, fine_space) -> PETSc.Ve
     c = coarse_space.natural(m_coarse)
     layer = np.argmax(D, axis=1)  # D has one 1 per row: the coarse layer of each fine layer
     a = (c["a"] @ I.T)[layer]
-    b = np.stack([I @ bk @ I.T for bk in c["b"]])[layer]
+    b = fine_space.network.kernel.transfer(coarse_space.network.kernel, c["b"], I)[layer]
     if coarse_space.kind == "classes":
         W, mu = c["W"] @ I.T, c["mu"]
     else:

@@ -1,0 +1,218 @@
+"""Kernel families (fem_dnn.core.kernel): the local kernel's operator against closed-form
+integrals (second order in h), exact transposes and derivatives, Taylor tests of the
+network with a local kernel for every scheme, agreement of 2 and 3 ranks with one, the
+transfer of kappa between node meshes and offset boxes, and the refusals."""
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+from fem_dnn.core.domain import Depth, NodeSpace, create_node_mesh
+from fem_dnn.core.kernel import KERNELS, DenseKernel, LocalKernel, make_kernel
+from fem_dnn.errors import InputError
+from fem_dnn.learning.controls import ControlSpace
+from fem_dnn.learning.functional import ReducedFunctional
+from fem_dnn.learning.verify import taylor_test
+from fem_dnn.network import SCHEMES, Network
+from fem_dnn.optimize.transfer import transfer_controls
+
+from conftest import observed_orders, on_ranks, ranks_vs_serial
+
+# node meshes: (shape, cells, cell type, family, degree)
+MESHES = {
+    "interval-DG0": ("interval", 12, None, "DG", 0),
+    "interval-P1": ("interval", 12, None, "P", 1),
+    "quads-DG0": ("rectangle", (6, 6), "quadrilateral", "DG", 0),
+    "triangles-P1": ("rectangle", (5, 5), "triangle", "P", 1),
+}
+
+
+def space_of(comm, name, scale=1):
+    shape, n, cell, fam, deg = MESHES[name]
+    n = n * scale if np.isscalar(n) else tuple(k * scale for k in n)
+    return NodeSpace(create_node_mesh(comm, shape, n, cell=cell), fam, deg, "lumped")
+
+
+def _batch(space, S, seed):
+    """A batch in natural order, the same on any number of ranks, as the owned rows."""
+    X = np.random.default_rng(seed).normal(size=(S, space.n))
+    return np.asfortranarray(space.from_natural(X, axis=1).T)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("name", sorted(MESHES))
+def test_local_transpose_and_outer_are_exact(comm, name):
+    """<V, B F> = <B^T V, F> = <outer(V, F), kappa> to round-off, on 1, 2 and 3 ranks
+    (ghost columns cross the rank boundaries)."""
+    sp = space_of(comm, name)
+    kern = LocalKernel(sp, radius=0.25, cells=3)
+    F, V = _batch(sp, 3, 1), _batch(sp, 3, 2)
+    kappa = np.random.default_rng(0).normal(size=kern.M)
+    lhs = comm.allreduce(float(np.vdot(V, kern.apply(kappa, F))))
+    rhs = comm.allreduce(float(np.vdot(kern.apply_transpose(kappa, V), F)))
+    g = kern.reduce(kern.outer(V, F))
+    scale = abs(lhs) + 1.0
+    assert abs(lhs - rhs) <= 1e-13 * scale and abs(lhs - g @ kappa) <= 1e-13 * scale
+    # one function is a batch of one
+    assert np.allclose(kern.apply(kappa, F[:, 0]), kern.apply(kappa, F)[:, 0], rtol=0, atol=1e-14 * scale)
+    sp.destroy()
+
+
+def _hat_reference(y, rho, f, axes):
+    """int kappa(y - z) f(z) dz for the hat kappa(d) = prod_a (1 - |d_a|/rho) and a
+    separable f = prod_a f_a, by Gauss-Legendre on each side of the kink (exact to
+    round-off for these smooth f)."""
+    x, w = np.polynomial.legendre.leggauss(30)
+    total = np.ones(y.shape[1])
+    for a in range(axes):
+        part = np.zeros(y.shape[1])
+        for lo, hi in ((-rho, 0.0), (0.0, rho)):
+            d = 0.5 * (hi - lo) * x + 0.5 * (hi + lo)  # offsets y - z
+            z = y[a][:, None] - d[None, :]
+            part += 0.5 * (hi - lo) * np.sum(w * (1 - np.abs(d) / rho) * f[a](z), axis=1)
+        total *= part
+    return total
+
+
+@pytest.mark.parametrize("name", ["interval-DG0", "interval-P1", "quads-DG0"])
+def test_local_kernel_converges_at_order_two(name):
+    """``B_kappa f`` against the closed-form integral for the hat kernel (a Q1 function on
+    two cells a side: represented exactly) at rows whose support lies inside the domain:
+    the error falls at order 2 in h (node quadrature of an integrand whose kinks, at
+    z = y and at the support's edge, lie on nodes: rho is a multiple of h)."""
+    comm = MPI.COMM_SELF
+    rho = 0.2
+    fs = [lambda z: np.cos(2.0 * z), lambda z: 1.0 + z**2]
+    shape, _, cell, fam, deg = MESHES[name]
+    errs = []
+    for scale in (1, 2, 4, 8):
+        k = (10 if fam == "P" else 5) * scale  # h = rho, rho/2, ...: P1 on 0.1-spaced vertices, DG0 on 0.2-wide cells
+        sp = NodeSpace(create_node_mesh(comm, shape, k if shape == "interval" else (k, k), cell=cell), fam, deg)
+        d = int(sp.mesh.geometry.dim)
+        kern = LocalKernel(sp, radius=rho, cells=2)
+        kappa = np.prod(1.0 - np.abs(kern.kappa_points) / rho, axis=0)  # the hat at kappa's nodes
+        F = np.prod([fs[a](sp.x_owned[a]) for a in range(d)], axis=0)
+        Bf = kern.apply(kappa, F)
+        inner = np.all((sp.x_owned[:d] >= rho + 0.05) & (sp.x_owned[:d] <= 1 - rho - 0.05), axis=0)
+        exact = _hat_reference(sp.x_owned[:, inner], rho, fs, d)
+        errs.append(np.abs(Bf[inner] - exact).max())
+        sp.destroy()
+    rates = observed_orders(errs)
+    assert rates[-1] > 1.8 and rates[-2] > 1.8, (errs, rates)
+
+
+def _network(comm, name, scheme, kind, kernel="local", eps=0.0):
+    sp = space_of(comm, name)
+    kern = LocalKernel(sp, radius=0.3, cells=3) if kernel == "local" else DenseKernel(sp)
+    net = Network(sp, Depth(T=1.0, N=3), "tanh", scheme, eps=eps, kernel=kern)
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(5, sp.n))
+    y = np.array([0, 1, 2, 0, 1]) if kind == "classes" else 1.0 / (1.0 + np.exp(-X))
+    return net, ReducedFunctional(net, X, y, kind, lam=1e-2, gamma=1e-2 if eps else 0.0)
+
+
+def _close(net, J):
+    J.destroy()
+    net.destroy()
+    net.space.destroy()
+
+
+@pytest.mark.mpi(ranks=(2,))
+@pytest.mark.parametrize("kind,name,eps", [("classes", "quads-DG0", 0.0), ("function", "triangles-P1", 0.05)])
+@pytest.mark.parametrize("scheme", on_ranks(SCHEMES, ["heun"]))
+def test_taylor_local_kernel(comm, scheme, kind, name, eps):
+    """Remainder rates 2 (gradient) and 3 (Hessian action) with a local kernel, every
+    scheme serially and Heun on 2 ranks."""
+    net, J = _network(comm, name, scheme, kind, eps=eps)
+    m, dm = J.controls.random(1, 0.5), J.controls.random(2)
+    res = taylor_test(J, m, dm, J.derivative(m), J.hessian(m, dm), step=1e-2, n_steps=4)
+    assert res.min_rate(1) > 1.9, str(res)
+    assert res.min_rate(2) > 2.85, str(res)
+    _close(net, J)
+
+
+def _natural(comm, scheme, kind, name):
+    net, J = _network(comm, name, scheme, kind)
+    m, dm = J.controls.random(1, 0.5), J.controls.random(2)
+    out = {"J": J(m)}
+    for key, vec in (("grad", J.gradient(m)), ("hess", J.hessian(m, dm))):
+        out[key] = np.concatenate([v.ravel() for v in J.controls.natural(vec).values()])
+    _close(net, J)
+    return out
+
+
+@ranks_vs_serial
+@pytest.mark.mpi
+@pytest.mark.parametrize("kind,name", [("classes", "quads-DG0"), ("function", "triangles-P1")])
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_local_kernel_parallel_matches_serial(comm, scheme, kind, name):
+    """J, the Riesz gradient and the Hessian action with a local kernel on 2 and 3 ranks
+    agree with an in-process serial solve to 1e-12 (relative)."""
+    ser = _natural(MPI.COMM_SELF, scheme, kind, name)
+    par = _natural(comm, scheme, kind, name)
+    assert abs(par["J"] - ser["J"]) <= 1e-12 * abs(ser["J"])
+    for key in ("grad", "hess"):
+        assert np.linalg.norm(par[key] - ser[key]) <= 1e-12 * np.linalg.norm(ser[key]), key
+
+
+@pytest.mark.mpi
+def test_local_kernel_halo_is_not_the_whole_state(comm):
+    """Under MPI a rank receives only the ghost rows within the support of its rows: on
+    a 24 x 24 grid split in 2 or 3, fewer than a third of the other ranks' rows."""
+    sp = NodeSpace(create_node_mesh(comm, "rectangle", (24, 24), cell="quadrilateral"), "DG", 0)
+    kern = LocalKernel(sp, radius=1.5 / 24, cells=3)
+    others = sp.n - sp.n_local
+    if comm.size > 1:
+        assert 0 < kern.halo.ghosts.size < others / 3, (kern.halo.ghosts.size, others)
+    else:
+        assert kern.halo.ghosts.size == 0
+    sp.destroy()
+
+
+@pytest.mark.mpi
+def test_kappa_transfers_between_resolutions(comm):
+    """kappa does not depend on the node mesh: a transfer to a finer node mesh keeps it;
+    to a finer offset box (nested Q1 grids) it interpolates it exactly, and the operator
+    is then the same on every pair of nodes."""
+    coarse = space_of(comm, "quads-DG0")
+    fine = space_of(comm, "quads-DG0", 2)
+    d = Depth(T=1.0, N=2)
+    nets = [Network(coarse, d, kernel=LocalKernel(coarse, radius=0.34, cells=2)),
+            Network(fine, d, kernel=LocalKernel(fine, radius=0.34, cells=2)),
+            Network(fine, d, kernel=LocalKernel(fine, radius=0.34, cells=4))]
+    spaces = [ControlSpace(net, "classes", K=3) for net in nets]
+    m = spaces[0].random(5)
+    same = transfer_controls(spaces[0], m, spaces[1])
+    assert np.array_equal(spaces[1].natural(same)["b"], spaces[0].natural(m)["b"])
+    refined = transfer_controls(spaces[0], m, spaces[2])
+    F = _batch(fine, 2, 7)
+    c1, _ = spaces[1].split(same)
+    c2, _ = spaces[2].split(refined)
+    for k in range(d.N):
+        a, b = nets[1].kernel.apply(c1.b[k], F), nets[2].kernel.apply(c2.b[k], F)
+        assert np.abs(a - b).max() <= 1e-12 * np.abs(a).max()
+    dense = Network(fine, d)
+    with pytest.raises(InputError, match="cannot transfer local kernels to dense kernels"):
+        transfer_controls(spaces[0], m, ControlSpace(dense, "classes", K=3))
+    for net in nets + [dense]:
+        net.destroy()
+    coarse.destroy(), fine.destroy()
+
+
+def test_kernel_refusals():
+    """A radius below a cell or above the domain, no cells, P2 nodes, unknown names."""
+    comm = MPI.COMM_SELF
+    sp = space_of(comm, "quads-DG0")  # cells 1/6 a side
+    with pytest.raises(InputError, match="smaller than a node cell"):
+        LocalKernel(sp, radius=0.1)
+    with pytest.raises(InputError, match="larger than the node domain"):
+        LocalKernel(sp, radius=1.5)
+    with pytest.raises(InputError, match="at least one cell"):
+        LocalKernel(sp, radius=0.3, cells=0)
+    with pytest.raises(InputError, match="unknown kernel 'lowrank'"):
+        make_kernel(sp, "lowrank")
+    assert set(KERNELS) == {"dense", "local"}
+    p2 = NodeSpace(create_node_mesh(comm, "interval", 8), "P", 2, "consistent")
+    with pytest.raises(InputError, match="P2 has no positive"):
+        LocalKernel(p2, radius=0.3)
+    sp.destroy(), p2.destroy()
