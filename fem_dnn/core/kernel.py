@@ -145,7 +145,7 @@ class Kernel:
         """``(2-d array, extent or None, x label, y label)`` showing one layer's natural b."""
         raise NotImplementedError
 
-    def transfer(self, source: "Kernel", b_nat: np.ndarray, I: np.ndarray) -> np.ndarray:
+    def transfer(self, source: Kernel, b_nat: np.ndarray, I: np.ndarray) -> np.ndarray:
         """Natural-order b of this kernel from a natural-order b of ``source`` (another
         discretisation's kernel), I the node interpolation matrix (fine x coarse)."""
         raise NotImplementedError
