@@ -7,7 +7,12 @@ Importing a fem_dnn module changes nothing in the process. The code that runs a 
 - **limits the BLAS threads** when the ranks of one node share its cores: each rank
   gets ``max(1, cores // ranks on the node)`` threads (threadpoolctl, the library
   scikit-learn uses for this), unless ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS`` or
-  ``MKL_NUM_THREADS`` is set (then the user's choice stands). Without it, two ranks with
+  ``MKL_NUM_THREADS`` is set (then the user's choice stands): the BLAS libraries loaded
+  now (numpy's, loaded first) by threadpoolctl, those loaded later (SciPy's own
+  OpenBLAS) by setting ``OPENBLAS_NUM_THREADS`` and ``OMP_NUM_THREADS``, which they read
+  when they load. (Until issue 17 the limit missed numpy's BLAS when numpy had not been
+  imported yet: a benchmark under ``mpirun -n 2`` ran the local kernel's GEMMs with 2
+  threads per rank, 1.57 s against 0.08 s a product.) Without it, two ranks with
   a BLAS thread per core each fight for the cores: measured on the 2-core development
   machine (other jobs running), 50 L-BFGS iterations on the digits trained in 92.3 s
   under ``mpirun -n 2`` with 2 threads per rank against 6.6 s with one;
@@ -47,9 +52,12 @@ def configure(comm=None) -> dict:
     if not any(os.environ.get(v) for v in _THREAD_VARIABLES):
         threads = max(1, cores // ranks_on_node)
         if ranks_on_node > 1:
+            import numpy  # noqa: F401  (its BLAS must be loaded to be limited)
             from threadpoolctl import threadpool_limits
 
             threadpool_limits(limits=threads, user_api="blas")
+            for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):  # BLAS libraries loaded later (SciPy's)
+                os.environ[v] = str(threads)
         else:
             threads = None  # one rank: BLAS keeps its own choice (every core)
     _done = {"blas_threads": threads, "ranks_on_node": ranks_on_node, "cores": cores, "malloc": _malloc.tune()}

@@ -21,6 +21,9 @@ pytestmark = pytest.mark.skipif(MPI.COMM_WORLD.size > 1, reason="launches its ow
 
 PROBE = textwrap.dedent("""
     import json, sys
+    if sys.argv[1] == "configure":  # a job configures first, before numpy loads its BLAS
+        from fem_dnn.process import configure
+        configure()
     import numpy as np
 
     def rss():
@@ -90,6 +93,8 @@ def test_imports_and_figures_change_nothing(tmp_path):
 @pytest.mark.mpirun
 @pytest.mark.skipif(mpirun() is None or (os.cpu_count() or 1) > 2, reason="needs mpirun, and 2 ranks filling the cores")
 def test_configure_limits_blas_threads_and_keeps_memory(tmp_path):
+    """Every BLAS library: numpy's (loaded after configure) and SciPy's (loaded later by
+    the modules' imports)."""
     out = probe(tmp_path, "configure", ranks=2)
     assert out["blas"] and all(n == max(1, (os.cpu_count() or 1) // 2) for n in out["blas"].values()), out
     assert out["kept"] > 300, out  # freed batch arrays stay in the process

@@ -381,7 +381,7 @@ class LocalKernel(Kernel):
         w_col = np.concatenate([sp.weights[: sp.n_local], np.zeros(self.halo.ghosts.size)])
         w_col[sp.n_local :] = sp.weights_all[self.halo.ghosts]
         pv = pv * w_col[lcol[pr]]
-        #: (nnz x M): the values of B are ``P kappa`` on the pattern (rows, lcol)
+        #: (nnz x M): the values of B are ``P kappa`` on the pattern (rows, lcol), in its CSR order
         self.P = sparse.csr_array((pv, (pr, pc)), shape=(self.nnz, self.M))
         self._pattern = sparse.csr_array((np.ones(self.nnz), (rows, lcol)), shape=(sp.n_local, self.n_ext))
         self._pattern.sort_indices()
@@ -389,13 +389,32 @@ class LocalKernel(Kernel):
         order = np.lexsort((lcol, rows))
         self.P = self.P[order]
         self._indices, self._indptr = self._pattern.indices, self._pattern.indptr
-        # A_m for the outer product: the pairs kappa_m contributes to
-        Pc = self.P.tocsc()
-        self._A = []
-        for m in range(self.M):
-            lo_, hi_ = Pc.indptr[m], Pc.indptr[m + 1]
-            p = Pc.indices[lo_:hi_]
-            self._A.append(sparse.csr_array((Pc.data[lo_:hi_], (rows[order][p], lcol[order][p])), shape=(sp.n_local, self.n_ext)))
+        self._tiles = self._tile_pairs(lo, radius)
+
+    def _tile_pairs(self, lo, radius, rows_per_tile=64):
+        """The owned rows grouped into boxes of about ``rows_per_tile`` rows (at least the
+        support wide), with each box's columns and the positions of its pairs in the box's
+        dense rows x columns block: the outer product's sampled products come from one
+        GEMM a box (:meth:`outer`)."""
+        sp, d = self.space, self.gdim
+        nl = sp.n_local
+        if nl == 0:
+            return []
+        xo = sp.x_owned[:d].T
+        span = np.maximum(xo.max(axis=0) - xo.min(axis=0), 1e-300)
+        side = max(2 * radius, float(np.prod(span) * rows_per_tile / nl) ** (1.0 / d))
+        cell = np.floor((xo - lo) / side).astype(np.int64)
+        tid = np.ravel_multi_index(tuple((cell - cell.min(axis=0)).T), tuple(cell.max(axis=0) - cell.min(axis=0) + 1))
+        order = np.argsort(tid, kind="stable")
+        bounds = np.flatnonzero(np.diff(tid[order])) + 1
+        counts = np.diff(self._indptr)
+        tiles = []
+        for R in np.split(order, bounds):
+            q = np.concatenate([np.arange(self._indptr[i], self._indptr[i + 1]) for i in R])
+            C, colpos = np.unique(self._indices[q], return_inverse=True)
+            rowpos = np.repeat(np.arange(R.size), counts[R])
+            tiles.append((R, C, q, rowpos * C.size + colpos))
+        return tiles
 
     # ---- the operator
     def matrix(self, kappa: np.ndarray):
@@ -431,11 +450,15 @@ class LocalKernel(Kernel):
         return out
 
     def outer(self, Z, F):
-        """``g_m = <Z, A_m F>``: one sparse product per coefficient over the owned rows
-        (the rank's part; :meth:`reduce` sums over the node ranks)."""
+        """``g = P^T G`` with the sampled products ``G_p = sum_s Z[i_p, s] F[j_p, s]`` on
+        the support's pairs, one dense product ``Z[R] F[C]^T`` per box of rows R and their
+        columns C (the rank's part; :meth:`reduce` sums over the node ranks)."""
         X = self._extended(np.asfortranarray(F))
         Zc = np.ascontiguousarray(Z)
-        return np.array([np.vdot(Zc, A @ X) if A.nnz else 0.0 for A in self._A])
+        G = np.empty(self.nnz)
+        for R, C, q, flat in self._tiles:
+            G[q] = (Zc[R] @ X[C].T).ravel()[flat]
+        return self.P.T @ G
 
     # ---- the control block: kappa on node rank 0, replicated in the network
     def shape(self):
