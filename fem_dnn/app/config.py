@@ -62,6 +62,9 @@ SPEC = {
                 "interval or square): 'bbox' maps the box onto the domain (per axis), 'none' refuses the mesh"),
         "space": ("DG0", str, _choice("DG0", "P1", "P2"), "node space: DG0 (a cell is a neuron), P1, P2"),
         "mass": ("lumped", str, _choice("lumped", "consistent"), "node weights (lumped) or consistent mass"),
+        "channels": (1, int, _POS, "C > 1: the node domain is the data's domain x C channels (DG0 on the built-in "
+                     "grid, C cells along a last axis; network.kernel = 'local' is translation-invariant in the image "
+                     "and dense across channels)"),
     },
     "network": {
         "activation": ("tanh", str, _choice(*ACTIVATIONS), "sigma (fem_dnn.core.activation)"),

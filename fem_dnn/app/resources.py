@@ -365,6 +365,10 @@ def _node_sizes(nd: dict, domain: dict, node_comm: MPI.Comm):
     else:
         cells, cell, dim = k, "interval", 1
         n = cells if fam == "DG" else deg * k + 1
+    C = int(nd.get("channels", 1))
+    if C > 1:  # image x channels: C layers of DG0 cells along a last axis
+        cells, n, dim = cells * C, n * C, dim + 1
+        cell = "hexahedron" if dim == 3 else "quadrilateral"
     return cells, n, _cdiv(cells, P), _cdiv(n, P), cell, dim
 
 
@@ -446,12 +450,14 @@ def estimate(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, store_every: int | None
     readout = (K * n + K) if kind == "classes" else (n * n + n)
     readout_l = (K * nl + K) if kind == "classes" else (nl * n + nl)
     if nw["kernel"] == "local":  # kappa: (cells+1)^d a layer (on node rank 0), the sparse pattern and a halo
-        b = b_l = N * (nw["kernel_cells"] + 1) ** gdim
-        k = cells ** (1.0 / gdim)  # node cells a side (the unit interval or square)
+        C = int(nd["channels"])
+        ds = gdim - (1 if C > 1 else 0)  # the image axes
+        b = b_l = N * C * C * (nw["kernel_cells"] + 1) ** ds
+        k = (cells / C) ** (1.0 / ds)  # node cells a side (the unit interval or square)
         band = 2 * nw["kernel_radius"] * k + 1  # dofs a side within the support
-        nnz_l = int(min(nl * band**gdim, nl * n))
+        nnz_l = int(min(nl * band**ds * C, nl * n))
         kernel_bytes = LOCAL_KERNEL_BYTES_PER_PAIR * nnz_l
-        gathered = int(min(n, nl + 2 * gdim * band * k ** (gdim - 1)))  # owned and ghost rows of a batch
+        gathered = int(min(n, nl + 2 * ds * band * k ** (ds - 1) * C))  # owned and ghost rows of a batch
     else:
         b, b_l, kernel_bytes, gathered = N * n * n, N * nl * n, 0, n
     controls, controls_l = N * n + b + readout, N * nl + b_l + readout_l

@@ -67,6 +67,9 @@ class Run:
         self.layout = split_comm(comm, tr["sample_groups"])
         if d["resolution"] and d["name"] != "mnist":
             raise InputError(f"data.resolution applies to data.name = 'mnist' only, not {d['name']!r}")
+        if nd["channels"] > 1 and (nd["mesh"] or nd["space"] != "DG0"):
+            raise InputError(f"node.channels = {nd['channels']} builds an image x channels mesh of DG0 cells: it takes "
+                             f"no node.mesh and needs node.space = 'DG0'" + (f", not {nd['space']!r}" if not nd["mesh"] else ""))
         if d["name"] == "digits":
             ds = datasets.digits()
         elif d["name"] == "mnist":
@@ -93,12 +96,17 @@ class Run:
                 raise InputError(f"node mesh {nd['mesh']} is {mesh.topology.dim}D, but the {ds.name} data are functions "
                                  f"on a {dim}D domain (the unit {'interval' if dim == 1 else 'square'})")
             fit_to_unit_box(mesh, nd["fit"], f"node mesh {nd['mesh']}", f"the {ds.name} data")
+        elif nd["channels"] > 1:  # image x channels: C layers of cells along a last axis
+            shape, k, C = ds.domain["shape"], ds.domain["n"] * nd["refine"], nd["channels"]
+            mesh = create_node_mesh(node_comm, "rectangle" if shape == "interval" else "box",
+                                    (k, C) if shape == "interval" else (k, k, C),
+                                    cell="quadrilateral" if shape == "interval" else "hexahedron")
         else:
             shape, k = ds.domain["shape"], ds.domain["n"] * nd["refine"]
             mesh = create_node_mesh(node_comm, shape, k, cell="quadrilateral" if shape == "rectangle" else None)
         self.space = NodeSpace(mesh, fam, deg, nd["mass"])
-        kernel = make_kernel(self.space, nw["kernel"], **({"radius": nw["kernel_radius"], "cells": nw["kernel_cells"]}
-                                                          if nw["kernel"] == "local" else {}))
+        local = {"radius": nw["kernel_radius"], "cells": nw["kernel_cells"], "channels": nd["channels"]}
+        kernel = make_kernel(self.space, nw["kernel"], **(local if nw["kernel"] == "local" else {}))
         self.net = Network(self.space, Depth(nw["T"], nw["N"]), nw["activation"], nw["scheme"], nw["eps"], layout=self.layout,
                            kernel=kernel)
         loss = get_loss(ds.kind if tr["loss"] == "default" else tr["loss"], readout=ds.kind)

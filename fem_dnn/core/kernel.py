@@ -323,11 +323,15 @@ class LocalKernel(Kernel):
         radius: rho, the support's half-width (at least the largest cell's extent, at
             most the node domain's extent).
         cells: kappa's Q1 cells a side of the offset box (``(cells+1)^d`` coefficients).
+        channels: C > 1 for a node domain Y = image x C channels: the node mesh's last
+            axis holds C layers of DG0 cells, kappa is translation-invariant in the image
+            axes and dense across channels (one kappa per pair: ``C^2 (cells+1)^d``
+            coefficients a layer; the continuum form of a convolution with C channels).
     """
 
     name = "local"
 
-    def __init__(self, space: NodeSpace, radius: float, cells: int = 4):
+    def __init__(self, space: NodeSpace, radius: float, cells: int = 4, channels: int = 1):
         super().__init__(space)
         from scipy import sparse
         from scipy.spatial import cKDTree
@@ -336,11 +340,17 @@ class LocalKernel(Kernel):
         if sp.degree == 2:
             raise InputError("the local kernel integrates with the node weights, and P2 has no positive ones; "
                              "use node.space = 'DG0' or 'P1'")
-        self.gdim = d = int(sp.mesh.geometry.dim)
+        self.gdim = int(sp.mesh.geometry.dim)
+        self.channels = C = int(channels)
+        if C < 1:
+            raise InputError(f"the local kernel needs at least one channel, got {channels!r}")
+        d = self.gdim - (1 if C > 1 else 0)  # the translation-invariant (spatial) axes
+        self.sdim = d
         radius, cells = float(radius), int(cells)
-        lo = np.min(comm.allgather(sp.mesh.geometry.x[:, :d].min(axis=0, initial=np.inf)), axis=0)
-        hi = np.max(comm.allgather(sp.mesh.geometry.x[:, :d].max(axis=0, initial=-np.inf)), axis=0)
-        extent, h = float(np.max(hi - lo)), cell_extent(sp)
+        x = sp.mesh.geometry.x
+        lo = np.min(comm.allgather(x[:, : self.gdim].min(axis=0, initial=np.inf)), axis=0)
+        hi = np.max(comm.allgather(x[:, : self.gdim].max(axis=0, initial=-np.inf)), axis=0)
+        extent, h = float(np.max(hi[:d] - lo[:d])), cell_extent(sp, d)
         if not (np.isfinite(radius) and radius >= h * (1 - 1e-9)):
             raise InputError(f"the local kernel's radius {radius!r} is smaller than a node cell ({h:.4g}): "
                              f"its support would hold no neighbour")
@@ -350,21 +360,34 @@ class LocalKernel(Kernel):
         if cells < 1:
             raise InputError(f"the local kernel needs at least one cell a side, got {cells!r}")
         self.radius, self.cells = radius, cells
-        self.M = (cells + 1) ** d
-        # kappa's nodes and lumped Q1 weights (trapezoid per axis) on the offset box
+        self.Ms = (cells + 1) ** d  # kappa's nodes on the offset box
+        self.M = C * C * self.Ms  # and one kappa per pair of channels
+        # the channel of each dof (the last axis of an image x channels mesh: C layers of DG0 cells)
+        if C > 1:
+            if sp.family != "DG":
+                raise InputError("channels need a DG0 node space (a cell of a channel layer is a neuron)")
+            z = (sp.x_all[self.gdim - 1] - lo[-1]) / (hi[-1] - lo[-1]) * C
+            chan = np.clip(np.floor(z), 0, C - 1).astype(np.int64)
+            if not np.allclose(z, chan + 0.5, atol=1e-6) or np.any(np.bincount(chan, minlength=C) != sp.n // C):
+                raise InputError(f"the node mesh is not an image x {C} channels mesh: its last axis must have {C} "
+                                 f"cells of equal size, the same image mesh in each")
+        else:
+            chan = np.zeros(sp.n, dtype=np.int64)
+        # kappa's nodes and lumped Q1 weights (trapezoid per axis) on the offset box; the
+        # channel pairs weigh (1/C)^2 (the channel axis is [0, 1])
         hk = 2 * radius / cells
         w1 = np.full(cells + 1, hk)
         w1[[0, -1]] *= 0.5
-        self.kappa_weights = np.ones(1)
+        ws = np.ones(1)
         for _ in range(d):
-            self.kappa_weights = np.multiply.outer(self.kappa_weights, w1)
-        self.kappa_weights = self.kappa_weights.reshape(-1)
+            ws = np.multiply.outer(ws, w1)
+        self.kappa_weights = np.tile(ws.reshape(-1), C * C) / C**2
         axis = np.linspace(-radius, radius, cells + 1)
-        self.kappa_points = np.stack([g.reshape(-1) for g in np.meshgrid(*[axis] * d, indexing="ij")])  # (d, M)
+        self.kappa_points = np.stack([g.reshape(-1) for g in np.meshgrid(*[axis] * d, indexing="ij")])  # (d, Ms)
 
         # the pairs: owned rows i, columns j within the support (every dof's coordinates
         # are known on every rank, sp.x_all)
-        X = np.ascontiguousarray(sp.x_all[:d].T)
+        X = np.ascontiguousarray(sp.x_all[:d].T)  # spatial coordinates (every channel at a pixel: one point)
         tree = cKDTree(X)
         nbrs = tree.query_ball_point(np.ascontiguousarray(sp.x_owned[:d].T), r=radius * (1 + 1e-9), p=np.inf)
         counts = np.array([len(c) for c in nbrs], dtype=np.int64)
@@ -376,8 +399,10 @@ class LocalKernel(Kernel):
         lcol = np.where(owned, cols - sp.offset, sp.n_local + np.searchsorted(self.halo.ghosts, cols))
         self.n_ext = sp.n_local + self.halo.ghosts.size
         self.nnz = rows.size
-        # Q1 basis values at the offsets: 2^d nonzeros per pair (exact zeros dropped)
+        # Q1 basis values at the offsets: 2^d nonzeros per pair (exact zeros dropped), in
+        # the block of the pair's channels (c_i, c_j)
         pr, pc, pv = q1_basis(offs, radius, cells)
+        pc = pc + (chan[sp.offset + rows[pr]] * C + chan[cols[pr]]) * self.Ms
         w_col = np.concatenate([sp.weights[: sp.n_local], np.zeros(self.halo.ghosts.size)])
         w_col[sp.n_local :] = sp.weights_all[self.halo.ghosts]
         pv = pv * w_col[lcol[pr]]
@@ -389,14 +414,14 @@ class LocalKernel(Kernel):
         order = np.lexsort((lcol, rows))
         self.P = self.P[order]
         self._indices, self._indptr = self._pattern.indices, self._pattern.indptr
-        self._tiles = self._tile_pairs(lo, radius)
+        self._tiles = self._tile_pairs(lo[:d], radius, 64 * C)
 
     def _tile_pairs(self, lo, radius, rows_per_tile=64):
         """The owned rows grouped into boxes of about ``rows_per_tile`` rows (at least the
         support wide), with each box's columns and the positions of its pairs in the box's
         dense rows x columns block: the outer product's sampled products come from one
         GEMM a box (:meth:`outer`)."""
-        sp, d = self.space, self.gdim
+        sp, d = self.space, self.sdim
         nl = sp.n_local
         if nl == 0:
             return []
@@ -503,43 +528,53 @@ class LocalKernel(Kernel):
     def sample(self, b, t):
         """A scalar, a callable ``kappa(d, t)`` of the offsets d ``(gdim, M)`` (kappa's
         nodes), or an array ``(M,)``."""
-        if callable(b):
-            return np.broadcast_to(np.asarray(b(self.kappa_points, t), dtype=float), (self.M,)).copy()
+        if callable(b):  # the same kappa for every pair of channels
+            return np.tile(np.broadcast_to(np.asarray(b(self.kappa_points, t), dtype=float), (self.Ms,)), self.channels**2)
         arr = np.asarray(b, dtype=float)
         if arr.ndim == 0:
             return np.full(self.M, float(arr))
         if arr.shape != (self.M,):
             raise InputError(f"a local kernel's b has shape {arr.shape} per layer; expected ({self.M},) "
-                             f"(kappa's nodal values on a {self.cells}-cell offset box)")
+                             f"(kappa's nodal values on a {self.cells}-cell offset box"
+                             f"{f', for {self.channels}^2 pairs of channels' if self.channels > 1 else ''})")
         return arr
 
     def describe(self):
-        return {"kernel": self.name, "kernel_radius": self.radius, "kernel_cells": self.cells}
+        return {"kernel": self.name, "kernel_radius": self.radius, "kernel_cells": self.cells,
+                "kernel_channels": self.channels}
 
     def transfer(self, source, b_nat, I):
         """kappa does not depend on the node mesh: the same coefficients, or kappa
         interpolated onto this kernel's offset box (zero outside the source's support)."""
         if source.name != self.name:
             raise InputError(f"cannot transfer {source.name} kernels to {self.name} kernels")
-        if (source.radius, source.cells, source.gdim) == (self.radius, self.cells, self.gdim):
+        if (source.sdim, source.channels) != (self.sdim, self.channels):
+            raise InputError(f"cannot transfer a local kernel on {source.sdim}-d images with {source.channels} "
+                             f"channel(s) to one on {self.sdim}-d images with {self.channels}")
+        if (source.radius, source.cells) == (self.radius, self.cells):
             return np.array(b_nat, dtype=float)
-        if source.gdim != self.gdim:
-            raise InputError(f"cannot transfer a {source.gdim}-d local kernel to a {self.gdim}-d one")
         pts = self.kappa_points.T
         inside = np.all(np.abs(pts) <= source.radius * (1 + 1e-12), axis=1)
         r, c, v = q1_basis(pts[inside], source.radius, source.cells)
-        E = np.zeros((self.M, source.M))
+        E = np.zeros((self.Ms, source.Ms))
         np.add.at(E, (np.nonzero(inside)[0][r], c), v)
-        return np.asarray(b_nat) @ E.T
+        N, P = np.shape(b_nat)[0], self.channels**2
+        return (np.asarray(b_nat).reshape(N, P, source.Ms) @ E.T).reshape(N, P * self.Ms)
 
     def image(self, b_nat_layer):
-        r, m = self.radius, self.cells + 1
-        if self.gdim == 1:
-            return b_nat_layer[None, :], (-r, r, -0.5, 0.5), "offset y - z", ""
-        img = np.asarray(b_nat_layer).reshape((m,) * self.gdim)
-        if self.gdim == 3:
-            img = img[:, :, m // 2]
-        return img.T, (-r, r, -r, r), "offset y1 - z1", "offset y2 - z2"
+        """kappa on the offset box; with channels a C x C mosaic of them (row: the
+        receiving channel, column: the sending one)."""
+        r, m, C, d = self.radius, self.cells + 1, self.channels, self.sdim
+        blocks = np.asarray(b_nat_layer).reshape(C, C, *((m,) * d))
+        if d == 1:
+            img = blocks.transpose(0, 2, 1, 3).reshape(C, C * m) if C > 1 else blocks.reshape(1, m)
+            return img, (-r, (2 * C - 1) * r, -0.5, C - 0.5), "offset y - z (per sending channel)", "channel"
+        if d == 3:
+            blocks = blocks[..., m // 2]
+        img = blocks.transpose(0, 3, 1, 2).reshape(C * m, C * m)  # [c_i, y2, c_j, y1]
+        img = img[::-1] if C > 1 else img  # receiving channel 0 on top
+        span = (2 * C - 1) * r
+        return img, (-r, span, -r, span), "offset y1 - z1 (per sending channel)", "offset y2 - z2 (per receiving channel)"
 
 
 def q1_basis(points: np.ndarray, radius: float, cells: int):
@@ -564,11 +599,12 @@ def q1_basis(points: np.ndarray, radius: float, cells: int):
     return np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
 
 
-def cell_extent(space: NodeSpace) -> float:
-    """The largest extent (max-norm) of a node cell, over all ranks."""
+def cell_extent(space: NodeSpace, d: int | None = None) -> float:
+    """The largest extent (max-norm over the first ``d`` axes, default all) of a node
+    cell, over all ranks."""
     msh = space.mesh
     tdim = msh.topology.dim
-    d = int(msh.geometry.dim)
+    d = int(msh.geometry.dim) if d is None else d
     nc = msh.topology.index_map(tdim).size_local
     x = msh.geometry.x[:, :d][msh.geometry.dofmaps[0][:nc]]  # (cells, vertices, d)
     local = float(np.max(x.max(axis=1) - x.min(axis=1))) if nc else 0.0
