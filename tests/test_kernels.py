@@ -1,14 +1,15 @@
 """Kernel families (fem_dnn.core.kernel): the local kernel's operator against closed-form
 integrals (second order in h), exact transposes and derivatives, Taylor tests of the
-network with a local kernel for every scheme, agreement of 2 and 3 ranks with one, the
-transfer of kappa between node meshes and offset boxes, and the refusals."""
+network with local and low-rank kernels for every scheme, agreement of 2 and 3 ranks
+with one, the transfer of kappa between node meshes and offset boxes (and channels),
+and the refusals."""
 
 import numpy as np
 import pytest
 from mpi4py import MPI
 
 from fem_dnn.core.domain import Depth, NodeSpace, create_node_mesh
-from fem_dnn.core.kernel import KERNELS, DenseKernel, LocalKernel, make_kernel
+from fem_dnn.core.kernel import KERNELS, DenseKernel, LocalKernel, LowRankKernel, make_kernel
 from fem_dnn.errors import InputError
 from fem_dnn.learning.controls import ControlSpace
 from fem_dnn.learning.functional import ReducedFunctional
@@ -103,7 +104,8 @@ def test_local_kernel_converges_at_order_two(name):
 
 def _network(comm, name, scheme, kind, kernel="local", eps=0.0):
     sp = space_of(comm, name)
-    kern = LocalKernel(sp, radius=0.3, cells=3) if kernel == "local" else DenseKernel(sp)
+    kern = {"local": lambda: LocalKernel(sp, radius=0.3, cells=3), "lowrank": lambda: LowRankKernel(sp, 3),
+            "dense": lambda: DenseKernel(sp)}[kernel]()
     net = Network(sp, Depth(T=1.0, N=3), "tanh", scheme, eps=eps, kernel=kern)
     rng = np.random.default_rng(3)
     X = rng.normal(size=(5, sp.n))
@@ -119,11 +121,13 @@ def _close(net, J):
 
 @pytest.mark.mpi(ranks=(2,))
 @pytest.mark.parametrize("kind,name,eps", [("classes", "quads-DG0", 0.0), ("function", "triangles-P1", 0.05)])
+@pytest.mark.parametrize("kernel", ["local", "lowrank"])
 @pytest.mark.parametrize("scheme", on_ranks(SCHEMES, ["heun"]))
-def test_taylor_local_kernel(comm, scheme, kind, name, eps):
-    """Remainder rates 2 (gradient) and 3 (Hessian action) with a local kernel, every
-    scheme serially and Heun on 2 ranks."""
-    net, J = _network(comm, name, scheme, kind, eps=eps)
+def test_taylor_structured_kernels(comm, scheme, kernel, kind, name, eps):
+    """Remainder rates 2 (gradient) and 3 (Hessian action) with a local and a low-rank
+    kernel (bilinear in psi, phi: its own second derivative), every scheme serially and
+    Heun on 2 ranks."""
+    net, J = _network(comm, name, scheme, kind, kernel, eps=eps)
     m, dm = J.controls.random(1, 0.5), J.controls.random(2)
     res = taylor_test(J, m, dm, J.derivative(m), J.hessian(m, dm), step=1e-2, n_steps=4)
     assert res.min_rate(1) > 1.9, str(res)
@@ -131,8 +135,8 @@ def test_taylor_local_kernel(comm, scheme, kind, name, eps):
     _close(net, J)
 
 
-def _natural(comm, scheme, kind, name):
-    net, J = _network(comm, name, scheme, kind)
+def _natural(comm, scheme, kind, name, kernel):
+    net, J = _network(comm, name, scheme, kind, kernel)
     m, dm = J.controls.random(1, 0.5), J.controls.random(2)
     out = {"J": J(m)}
     for key, vec in (("grad", J.gradient(m)), ("hess", J.hessian(m, dm))):
@@ -144,12 +148,13 @@ def _natural(comm, scheme, kind, name):
 @ranks_vs_serial
 @pytest.mark.mpi
 @pytest.mark.parametrize("kind,name", [("classes", "quads-DG0"), ("function", "triangles-P1")])
+@pytest.mark.parametrize("kernel", ["local", "lowrank"])
 @pytest.mark.parametrize("scheme", SCHEMES)
-def test_local_kernel_parallel_matches_serial(comm, scheme, kind, name):
-    """J, the Riesz gradient and the Hessian action with a local kernel on 2 and 3 ranks
-    agree with an in-process serial solve to 1e-12 (relative)."""
-    ser = _natural(MPI.COMM_SELF, scheme, kind, name)
-    par = _natural(comm, scheme, kind, name)
+def test_structured_kernels_parallel_match_serial(comm, scheme, kernel, kind, name):
+    """J, the Riesz gradient and the Hessian action with a local and a low-rank kernel on
+    2 and 3 ranks agree with an in-process serial solve to 1e-12 (relative)."""
+    ser = _natural(MPI.COMM_SELF, scheme, kind, name, kernel)
+    par = _natural(comm, scheme, kind, name, kernel)
     assert abs(par["J"] - ser["J"]) <= 1e-12 * abs(ser["J"])
     for key in ("grad", "hess"):
         assert np.linalg.norm(par[key] - ser[key]) <= 1e-12 * np.linalg.norm(ser[key]), key
@@ -200,7 +205,8 @@ def test_kappa_transfers_between_resolutions(comm):
 
 
 def test_kernel_refusals():
-    """A radius below a cell or above the domain, no cells, P2 nodes, unknown names."""
+    """A radius below a cell or above the domain, no cells, P2 nodes, unknown names, a
+    rank below 1 or above n."""
     comm = MPI.COMM_SELF
     sp = space_of(comm, "quads-DG0")  # cells 1/6 a side
     with pytest.raises(InputError, match="smaller than a node cell"):
@@ -209,10 +215,50 @@ def test_kernel_refusals():
         LocalKernel(sp, radius=1.5)
     with pytest.raises(InputError, match="at least one cell"):
         LocalKernel(sp, radius=0.3, cells=0)
-    with pytest.raises(InputError, match="unknown kernel 'lowrank'"):
-        make_kernel(sp, "lowrank")
-    assert set(KERNELS) == {"dense", "local"}
+    with pytest.raises(InputError, match="unknown kernel 'fft'"):
+        make_kernel(sp, "fft")
+    assert set(KERNELS) == {"dense", "local", "lowrank"}
+    for R in (0, sp.n + 1):
+        with pytest.raises(InputError, match=f"rank {R} must be between 1 and the number of neurons {sp.n}"):
+            LowRankKernel(sp, R)
     p2 = NodeSpace(create_node_mesh(comm, "interval", 8), "P", 2, "consistent")
     with pytest.raises(InputError, match="P2 has no positive"):
         LocalKernel(p2, radius=0.3)
     sp.destroy(), p2.destroy()
+
+
+@pytest.mark.mpi(ranks=(2,))
+def test_channels_kernel(comm):
+    """Y = image x C channels (an interval image, C = 3 layers of cells): exact transpose and
+    outer product; with the same kappa for every pair of channels and the same image in
+    every channel, each channel's output is the one-channel kernel's on the image alone;
+    Taylor rates 2 and 3; a mesh whose last axis is not C equal layers is refused."""
+    C, k = 3, 12
+    sp = NodeSpace(create_node_mesh(comm, "rectangle", (k, C), cell="quadrilateral"), "DG", 0)
+    kern = LocalKernel(sp, radius=0.25, cells=3, channels=C)
+    assert kern.M == C * C * 4 and kern.sdim == 1
+    F, V = _batch(sp, 2, 1), _batch(sp, 2, 2)
+    kappa = np.random.default_rng(0).normal(size=kern.M)
+    lhs = comm.allreduce(float(np.vdot(V, kern.apply(kappa, F))))
+    rhs = comm.allreduce(float(np.vdot(kern.apply_transpose(kappa, V), F)))
+    g = kern.reduce(kern.outer(V, F))
+    assert abs(lhs - rhs) <= 1e-13 * (abs(lhs) + 1) and abs(lhs - g @ kappa) <= 1e-13 * (abs(lhs) + 1)
+    image = NodeSpace(create_node_mesh(MPI.COMM_SELF, "interval", k), "DG", 0)
+    one = LocalKernel(image, radius=0.25, cells=3)
+    f = lambda x: np.cos(3 * x)  # noqa: E731
+    k1 = kappa[: one.M]
+    out = kern.apply(np.tile(k1, C * C), f(sp.x_owned[0]))
+    ref = one.apply(k1, f(image.x_owned[0]))
+    at = np.clip(np.floor(sp.x_owned[0] * k).astype(int), 0, k - 1)  # the image cell of each neuron
+    order = np.argsort(image.x_owned[0])
+    assert np.allclose(out, ref[order][at], rtol=0, atol=1e-12)
+    net = Network(sp, Depth(T=1.0, N=2), "tanh", "heun", kernel=kern)
+    X = np.random.default_rng(3).normal(size=(4, sp.n))
+    J = ReducedFunctional(net, X, np.array([0, 1, 2, 0]), "classes", lam=1e-2)
+    m, dm = J.controls.random(1, 0.5), J.controls.random(2)
+    res = taylor_test(J, m, dm, J.derivative(m), J.hessian(m, dm), step=1e-2, n_steps=4)
+    assert res.min_rate(1) > 1.9 and res.min_rate(2) > 2.85, str(res)
+    with pytest.raises(InputError, match="not an image x 4 channels mesh"):
+        LocalKernel(sp, radius=0.25, channels=4)
+    _close(net, J)
+    image.destroy()

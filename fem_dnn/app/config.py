@@ -73,7 +73,9 @@ SPEC = {
         "N": (4, int, _POS, "number of layers (depth cells)"),
         "eps": (0.0, float, _NONNEG, "node diffusion coefficient"),
         "kernel": ("dense", str, _choice(*KERNELS), "family of the layers' kernels b (fem_dnn.core.kernel): dense (n x n "
-                   "per layer), local (translation-invariant kappa(y - z) of support |y - z| <= kernel_radius)"),
+                   "per layer), local (translation-invariant kappa(y - z) of support |y - z| <= kernel_radius), lowrank "
+                   "(sum of kernel_rank products psi_r(y) phi_r(z); needs training.init_scale > 0)"),
+        "kernel_rank": (8, int, _POS, "lowrank kernel: the rank R (1 <= R <= neurons)"),
         "kernel_radius": (0.15, float, _POS, "local kernel: half-width rho of the support box (at least a node cell, "
                           "at most the node domain)"),
         "kernel_cells": (4, int, _POS, "local kernel: Q1 cells a side of kappa's offset box ((cells+1)^d controls a layer)"),

@@ -458,6 +458,9 @@ def estimate(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, store_every: int | None
         nnz_l = int(min(nl * band**ds * C, nl * n))
         kernel_bytes = LOCAL_KERNEL_BYTES_PER_PAIR * nnz_l
         gathered = int(min(n, nl + 2 * ds * band * k ** (ds - 1) * C))  # owned and ghost rows of a batch
+    elif nw["kernel"] == "lowrank":  # psi and phi: 2 n R a layer, no state gathered
+        R = int(nw["kernel_rank"])
+        b, b_l, kernel_bytes, gathered = 2 * N * n * R, 2 * N * nl * R, 0, nl
     else:
         b, b_l, kernel_bytes, gathered = N * n * n, N * nl * n, 0, n
     controls, controls_l = N * n + b + readout, N * nl + b_l + readout_l
@@ -488,7 +491,7 @@ def estimate(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, store_every: int | None
 
     def layer_work(samples, arrays):  # one layer's temporaries: batch arrays, the gathered batch, b M_w
         Bn, Bq = batch(samples)
-        return arrays * max(Bn, Bq) + GATHER_ARRAYS * _F8 * gathered * samples + (2 * _F8 * nl * n if not kernel_bytes else 0)
+        return arrays * max(Bn, Bq) + GATHER_ARRAYS * _F8 * gathered * samples + (2 * _F8 * nl * n if nw["kernel"] == "dense" else 0)
 
     # ---- resident parts
     resident = {"process now (interpreter, DOLFINx, PETSc)": now}
@@ -553,7 +556,7 @@ def estimate(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, store_every: int | None
     phases[f"test evaluation ({S_test} samples)"] = V + test_point + layer_work(St_l, FORWARD_BATCH_ARRAYS)
     outputs = V + NATURAL_GLOBAL_COPIES * G + NATURAL_LOCAL_COPIES * V
     if out["figures"]:
-        outputs += G / N + FIGURE_LAYER_COPIES * _F8 * (n * n if not kernel_bytes else b // N)  # |b| and the images of two layers (rank 0)
+        outputs += G / N + FIGURE_LAYER_COPIES * _F8 * (b // N if nw["kernel"] == "local" else n * n)  # |b| and the images of two layers (rank 0)
     if out["fields"] and gdim <= 2:
         outputs += PRODUCT_MESH_BYTES_PER_CELL * N * cells_l
     phases["outputs (natural order, figures, fields)"] = outputs

@@ -67,6 +67,9 @@ class Run:
         self.layout = split_comm(comm, tr["sample_groups"])
         if d["resolution"] and d["name"] != "mnist":
             raise InputError(f"data.resolution applies to data.name = 'mnist' only, not {d['name']!r}")
+        if nw["kernel"] == "lowrank" and tr["init_scale"] == 0:
+            raise InputError("network.kernel = 'lowrank' needs training.init_scale > 0: at zero controls psi = phi = 0 "
+                             "its derivative in b vanishes and b would never move")
         if nd["channels"] > 1 and (nd["mesh"] or nd["space"] != "DG0"):
             raise InputError(f"node.channels = {nd['channels']} builds an image x channels mesh of DG0 cells: it takes "
                              f"no node.mesh and needs node.space = 'DG0'" + (f", not {nd['space']!r}" if not nd["mesh"] else ""))
@@ -105,8 +108,9 @@ class Run:
             shape, k = ds.domain["shape"], ds.domain["n"] * nd["refine"]
             mesh = create_node_mesh(node_comm, shape, k, cell="quadrilateral" if shape == "rectangle" else None)
         self.space = NodeSpace(mesh, fam, deg, nd["mass"])
-        local = {"radius": nw["kernel_radius"], "cells": nw["kernel_cells"], "channels": nd["channels"]}
-        kernel = make_kernel(self.space, nw["kernel"], **(local if nw["kernel"] == "local" else {}))
+        params = {"dense": {}, "lowrank": {"rank": nw["kernel_rank"]},
+                  "local": {"radius": nw["kernel_radius"], "cells": nw["kernel_cells"], "channels": nd["channels"]}}
+        kernel = make_kernel(self.space, nw["kernel"], **params[nw["kernel"]])
         self.net = Network(self.space, Depth(nw["T"], nw["N"]), nw["activation"], nw["scheme"], nw["eps"], layout=self.layout,
                            kernel=kernel)
         loss = get_loss(ds.kind if tr["loss"] == "default" else tr["loss"], readout=ds.kind)

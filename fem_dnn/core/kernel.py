@@ -48,7 +48,7 @@ def _mpi():
 
     return MPI
 
-__all__ = ["KERNELS", "DenseKernel", "Halo", "Kernel", "LocalKernel", "make_kernel"]
+__all__ = ["KERNELS", "DenseKernel", "Halo", "Kernel", "LocalKernel", "LowRankKernel", "make_kernel"]
 
 
 class Kernel:
@@ -75,10 +75,24 @@ class Kernel:
         coefficient vectors (a fresh Fortran array)."""
         raise NotImplementedError
 
-    def outer(self, Z: np.ndarray, F: np.ndarray) -> np.ndarray:
-        """The derivative of ``<Z, B_b F>`` with respect to b, in b's layout: this rank's
-        part (summed over the node ranks by :meth:`reduce`)."""
+    def outer(self, Z: np.ndarray, F: np.ndarray, b=None) -> np.ndarray:
+        """The derivative of ``<Z, B_b F>`` with respect to b (at ``b``; a family linear in
+        b does not need it), in b's layout: this rank's part (summed over the node ranks by
+        :meth:`reduce`)."""
         raise NotImplementedError
+
+    # ---- derivatives in b: for a family linear in b they are the three above
+    def tangent(self, b, db, F: np.ndarray) -> np.ndarray:
+        """``(dB_b[db]) f``, the derivative of :meth:`apply` in b along db."""
+        return self.apply(db, F)
+
+    def transpose_tangent(self, b, db, V: np.ndarray) -> np.ndarray:
+        """``(dB_b[db])^T v``."""
+        return self.apply_transpose(db, V)
+
+    def outer_tangent(self, Z: np.ndarray, F: np.ndarray, b, db) -> np.ndarray | None:
+        """The derivative of :meth:`outer` in b along db (None: zero, b enters linearly)."""
+        return None
 
     # ---- the control block
     def shape(self) -> tuple:
@@ -190,7 +204,7 @@ class DenseKernel(Kernel):
             part = recv.reshape(S, sp.n_local)
         return part.T  # (n_local, S), Fortran-ordered
 
-    def outer(self, Z: np.ndarray, F: np.ndarray) -> np.ndarray:
+    def outer(self, Z: np.ndarray, F: np.ndarray, b=None) -> np.ndarray:
         """``sum_s Z[:, s] (M_w f_s)^T = (Z F^T) M_w`` (owned rows, all columns): complete
         on each rank, nothing to reduce."""
         sp = self.space
@@ -474,7 +488,7 @@ class LocalKernel(Kernel):
             self.halo.reverse(Y[nl:], out)
         return out
 
-    def outer(self, Z, F):
+    def outer(self, Z, F, b=None):
         """``g = P^T G`` with the sampled products ``G_p = sum_s Z[i_p, s] F[j_p, s]`` on
         the support's pairs, one dense product ``Z[R] F[C]^T`` per box of rows R and their
         columns C (the rank's part; :meth:`reduce` sums over the node ranks)."""
@@ -577,6 +591,140 @@ class LocalKernel(Kernel):
         return img, (-r, span, -r, span), "offset y1 - z1 (per sending channel)", "offset y2 - z2 (per receiving channel)"
 
 
+class LowRankKernel(Kernel):
+    """Separable kernels ``b(y, z, t) = sum_{r <= R} psi_r(y, t) phi_r(z, t)`` with psi_r,
+    phi_r in the node space: ``B_b f = Psi (Phi^T M_w f)``, O(n R S) a layer and one
+    Allreduce of an R x S array, no state exchanged.
+
+    One layer's coefficients are ``(2, n_local, R)``: ``[0]`` Psi, ``[1]`` Phi (owned
+    rows). B is *bilinear* in (Psi, Phi), so its tangent, transposed tangent and the second
+    derivative of the outer product are their own (:meth:`tangent`,
+    :meth:`transpose_tangent`, :meth:`outer_tangent`); at b = 0 the derivative in b
+    vanishes (a saddle: start training from random controls). Inner product: L2 of psi
+    and phi in the node variable (M), times the depth operator.
+
+    Args:
+        space: the node space.
+        rank: R, 1 <= R <= n.
+    """
+
+    name = "lowrank"
+
+    def __init__(self, space: NodeSpace, rank: int = 8):
+        super().__init__(space)
+        R = int(rank)
+        if not 1 <= R <= space.n:
+            raise InputError(f"the low-rank kernel's rank {rank!r} must be between 1 and the number of neurons {space.n}")
+        self.rank = R
+
+    def _sum(self, X):
+        """Sum an (R, S) array over the node ranks (in place)."""
+        comm = self.space.comm
+        if comm.size > 1:
+            comm.Allreduce(_mpi().IN_PLACE, X, op=_mpi().SUM)
+        return X
+
+    def _G(self, Phi, F):  # Phi^T M_w F, (R, S) on every rank
+        return self._sum(np.ascontiguousarray(Phi.T @ self.space.apply_mass(np.asfortranarray(F))))
+
+    def _H(self, Psi, V):  # Psi^T V, (R, S) on every rank
+        return self._sum(np.ascontiguousarray(Psi.T @ V))
+
+    def apply(self, b, F):
+        if np.ndim(F) == 1:
+            return self.apply(b, np.asarray(F)[:, None])[:, 0]
+        return np.asfortranarray(b[0] @ self._G(b[1], F))
+
+    def apply_transpose(self, b, V):
+        if np.ndim(V) == 1:
+            return self.apply_transpose(b, np.asarray(V)[:, None])[:, 0]
+        return np.asfortranarray(self.space.apply_mass(np.asfortranarray(b[1] @ self._H(b[0], V))))
+
+    def tangent(self, b, db, F):
+        if np.ndim(F) == 1:
+            return self.tangent(b, db, np.asarray(F)[:, None])[:, 0]
+        MF = self.space.apply_mass(np.asfortranarray(F))
+        G = self._sum(np.ascontiguousarray(np.concatenate([b[1].T @ MF, db[1].T @ MF])))
+        R = self.rank
+        return np.asfortranarray(db[0] @ G[:R] + b[0] @ G[R:])
+
+    def transpose_tangent(self, b, db, V):
+        if np.ndim(V) == 1:
+            return self.transpose_tangent(b, db, np.asarray(V)[:, None])[:, 0]
+        H = self._sum(np.ascontiguousarray(np.concatenate([b[0].T @ V, db[0].T @ V])))
+        R = self.rank
+        return np.asfortranarray(self.space.apply_mass(np.asfortranarray(db[1] @ H[:R] + b[1] @ H[R:])))
+
+    def outer(self, Z, F, b=None):
+        """``d/dPsi = Z G^T``, ``d/dPhi = (M_w F) H^T`` with ``G = Phi^T M_w F``, ``H =
+        Psi^T Z``: complete on each rank (the R x S sums are reduced inside)."""
+        MF = self.space.apply_mass(np.asfortranarray(F))
+        GH = self._sum(np.ascontiguousarray(np.concatenate([b[1].T @ MF, b[0].T @ Z])))
+        R = self.rank
+        return np.stack([Z @ GH[:R].T, MF @ GH[R:].T])
+
+    def outer_tangent(self, Z, F, b, db):
+        MF = self.space.apply_mass(np.asfortranarray(F))
+        GH = self._sum(np.ascontiguousarray(np.concatenate([db[1].T @ MF, db[0].T @ Z])))
+        R = self.rank
+        return np.stack([Z @ GH[:R].T, MF @ GH[R:].T])
+
+    def shape(self):
+        return (2, self.space.n_local, self.rank)
+
+    def natural_shape(self, N):
+        return (N, 2, self.space.n, self.rank)
+
+    def from_natural(self, b_nat):
+        return np.asarray(b_nat, dtype=float)[:, :, self.space.nat_owned, :]
+
+    def to_natural(self, block):
+        return self.space.to_natural(block, axis=2)
+
+    def weigh(self, block, out, depth, inverse):
+        sp = self.space
+        N, two, nl, R = block.shape
+        if sp.mass == "lumped" and depth.is_diagonal:
+            w, dd = sp.weights[: sp.n_local], depth.diagonal
+            if inverse:
+                w, dd = 1.0 / w, 1.0 / dd
+            np.multiply(block, dd[:, None, None, None] * w[None, None, :, None], out=out)
+            return out
+        rows = sp.solve_mass if inverse else sp.apply_mass
+        across = depth.solve if inverse else depth.apply
+        mb = rows(np.asfortranarray(block.transpose(2, 0, 1, 3).reshape(nl, -1)))
+        out[:] = across(np.ascontiguousarray(mb.reshape(nl, N, two, R).transpose(1, 2, 0, 3)).reshape(N, -1)).reshape(block.shape)
+        return out
+
+    def diagonal(self):
+        return (DenseKernel.diagonal(self)[0][None, :, :],)  # the node weights on the rows of psi and phi
+
+    def sample(self, b, t):
+        """A scalar or an array ``(2, n, R)`` (psi and phi in natural order)."""
+        sp, R = self.space, self.rank
+        if callable(b):
+            raise InputError("a low-rank kernel takes psi and phi as an array (2, n, R) or a scalar, not a callable")
+        arr = np.asarray(b, dtype=float)
+        if arr.ndim == 0:
+            return np.full((2, sp.n_local, R), float(arr))
+        if arr.shape != (2, sp.n, R):
+            raise InputError(f"a low-rank kernel's b has shape {arr.shape} per layer; expected (2, {sp.n}, {R})")
+        return arr[:, sp.nat_owned, :]
+
+    def describe(self):
+        return {"kernel": self.name, "kernel_rank": self.rank}
+
+    def image(self, b_nat_layer):
+        return b_nat_layer[0] @ b_nat_layer[1].T, None, "node z (natural order)", "node y (natural order)"
+
+    def transfer(self, source, b_nat, I):
+        """``psi_f = I psi_c``, ``phi_f = I phi_c`` (so ``b_f = I b_c I^T``)."""
+        if source.name != self.name or source.rank != self.rank:
+            raise InputError(f"cannot transfer {source.name} kernels{f' of rank {source.rank}' if source.name == self.name else ''} "
+                             f"to {self.name} kernels of rank {self.rank}")
+        return np.einsum("fc,kpcr->kpfr", I, np.asarray(b_nat))
+
+
 def q1_basis(points: np.ndarray, radius: float, cells: int):
     """The Q1 basis of the offset box ``[-radius, radius]^d`` (``cells`` cells a side,
     nodes numbered with the last axis fastest) at ``points`` ``(p, d)`` inside the box:
@@ -612,11 +760,12 @@ def cell_extent(space: NodeSpace, d: int | None = None) -> float:
 
 
 #: The kernel families by name (``[network] kernel``).
-KERNELS = {"dense": DenseKernel, "local": LocalKernel}
+KERNELS = {"dense": DenseKernel, "local": LocalKernel, "lowrank": LowRankKernel}
 
 
 def make_kernel(space: NodeSpace, name: str = "dense", **params) -> Kernel:
-    """A kernel family by name with its parameters (dense: none; local: radius, cells)."""
+    """A kernel family by name with its parameters (dense: none; local: radius, cells,
+    channels; lowrank: rank)."""
     if name not in KERNELS:
         raise InputError(f"unknown kernel {name!r}; choose one of {list(KERNELS)}")
     return KERNELS[name](space, **params)

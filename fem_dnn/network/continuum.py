@@ -255,7 +255,7 @@ class Network:
         sp = self.space
         dU = -self.kernel.apply(c.b[k], dX)
         if dc is not None:
-            dU += dc.a[k][:, None] - self.kernel.apply(dc.b[k], st.X)
+            dU += dc.a[k][:, None] - self.kernel.tangent(c.b[k], dc.b[k], st.X)
         dUq = sp.quad_values(dU)
         if sp.mass == "lumped" and not cK:
             return np.asfortranarray(self.dsigma(st) * dUq), Stage(dUq, dX)
@@ -279,11 +279,12 @@ class Network:
             dz = self.sigma.dsigma_from(None, st.sig)
             dz *= z
         zeta = sp.quad_values_T(dz)
-        xi = self.kernel.apply_transpose(-c.b[k], zeta)  # -B_b^T zeta, B linear in b
+        xi = self.kernel.apply_transpose(c.b[k], zeta)
+        xi *= -1.0  # -B_b^T zeta
         if cK:
             xi -= cK * sp.apply(sp.K, kappa / sp.weights[:, None] if y is None else y)
         grad.a[k] += zeta.sum(axis=1)
-        grad.b[k] -= self.kernel.outer(zeta, st.X)
+        grad.b[k] -= self.kernel.outer(zeta, st.X, c.b[k])
         return xi, z
 
     def g_second(self, k, st, z, dst, c, dc, hess):
@@ -293,11 +294,16 @@ class Network:
         dsig, d2sig = (self.dsigma(st), self.d2sigma(st)) if st.sig is None else self.sigma.from_sigma(st.sig)
         zeta = sp.quad_values_T(dsig * z)
         zeta2 = sp.quad_values_T(d2sig * dst.Uq * z)
-        eta = -self.kernel.apply_transpose(c.b[k], zeta2)
+        kern, b = self.kernel, c.b[k]
+        eta = -kern.apply_transpose(b, zeta2)
         if dc is not None:
-            eta -= self.kernel.apply_transpose(dc.b[k], zeta)
+            eta -= kern.transpose_tangent(b, dc.b[k], zeta)
         hess.a[k] += zeta2.sum(axis=1)
-        hess.b[k] -= self.kernel.outer(zeta2, st.X) + self.kernel.outer(zeta, dst.X)
+        hess.b[k] -= kern.outer(zeta2, st.X, b) + kern.outer(zeta, dst.X, b)
+        if dc is not None:
+            second = kern.outer_tangent(zeta, st.X, b, dc.b[k])  # a kernel bilinear in its coefficients
+            if second is not None:
+                hess.b[k] -= second
         return eta
 
     def diffuse(self, F: np.ndarray, h: float, theta: float, transpose: bool = False) -> np.ndarray:
