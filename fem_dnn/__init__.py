@@ -11,7 +11,7 @@ on the (depth, node) domain [0,T] x Y. The modules follow the data flow:
 - :mod:`fem_dnn.core.activation`  sigma and its derivatives, in numpy and UFL
 - :mod:`fem_dnn.core.domain`      node mesh and node space, depth mesh, (depth, node) mesh
 - :mod:`fem_dnn.core.forms`       every local weak form, in UFL
-- :mod:`fem_dnn.core.kernel`      the nonlocal operator B_b and its transpose
+- :mod:`fem_dnn.core.kernel`      the nonlocal operator B_b: kernel families (dense, local, lowrank)
 - :mod:`fem_dnn.network`     controls, depth schemes, the forward, tangent, costate and
                               second-order costate solves, the readout
 - :mod:`fem_dnn.learning.functional`  the reduced functional J(m), gradient, Hessian action

@@ -5,5 +5,5 @@
                                   rank layouts
 - :mod:`fem_dnn.core.forms`       every local weak form, in UFL (the reuse entry point:
                                   ``from fem_dnn.core import forms`` has no side effect)
-- :mod:`fem_dnn.core.kernel`      the nonlocal operator B_b and its transpose
+- :mod:`fem_dnn.core.kernel`      the nonlocal operator B_b: kernel families (dense, local, lowrank)
 """
