@@ -15,11 +15,16 @@ from fem_dnn.learning.controls import ControlSpace
 from fem_dnn.network import Network
 
 
-def make_controls(comm, kind="classes", n=8, N=4, K=3, family="DG", degree=0, mass="lumped", T=1.0, bounds=None, sample_groups=1):
+def make_controls(comm, kind="classes", n=8, N=4, K=3, family="DG", degree=0, mass="lumped", T=1.0, bounds=None, sample_groups=1,
+                  kernel="dense"):
     """A small control space (what ``ReducedFunctional(...).controls`` builds)."""
+    from fem_dnn.core.kernel import LocalKernel, LowRankKernel
+
     layout = split_comm(comm, sample_groups)
     space = NodeSpace(create_node_mesh(layout.node_comm, "interval", n, bounds), family, degree, mass)
-    net = Network(space, Depth(T=T, N=N), layout=layout)
+    kern = {"dense": lambda: "dense", "local": lambda: LocalKernel(space, radius=0.25, cells=2),
+            "lowrank": lambda: LowRankKernel(space, 2)}[kernel]()
+    net = Network(space, Depth(T=T, N=N), layout=layout, kernel=kern)
     return ControlSpace(net, kind, K)
 
 
@@ -101,20 +106,22 @@ def test_roundtrip(comm, tmp_shared, kind, groups):
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("kind", ["classes", "function"])
-def test_other_rank_count(comm, tmp_shared, kind):
+@pytest.mark.parametrize("kind,kernel", [("classes", "dense"), ("function", "dense"), ("classes", "local"),
+                                         ("function", "lowrank")])
+def test_other_rank_count(comm, tmp_shared, kind, kernel):
     """Written on one rank (COMM_SELF, in-process) and read on all ranks, and the other
-    way round: identical natural-order controls."""
+    way round: identical natural-order controls, for every kernel family (the local
+    kernel's kappa lives on node rank 0, the low-rank psi, phi on the node rows)."""
     serial_path = Path(tmp_shared) / "serial.npz"
     nat_serial = None
     if comm.rank == 0:
-        S = make_controls(MPI.COMM_SELF, kind)
+        S = make_controls(MPI.COMM_SELF, kind, kernel=kernel)
         ms = S.random(5)
         nat_serial = S.natural(ms)
         save_checkpoint(serial_path, S, ms, {"iteration": 1})
         close(S, ms)
     nat_serial = comm.bcast(nat_serial, root=0)
-    C = make_controls(comm, kind)
+    C = make_controls(comm, kind, kernel=kernel)
     m, state, _ = load_checkpoint(serial_path, C)
     assert state == {"iteration": 1}
     assert nat_equal(C.natural(m), nat_serial)
@@ -122,7 +129,7 @@ def test_other_rank_count(comm, tmp_shared, kind):
     mp = C.random(6)
     nat_parallel = C.natural(mp)
     parallel_path = save_checkpoint(Path(tmp_shared) / "parallel.npz", C, mp, {"iteration": 2})
-    S = make_controls(MPI.COMM_SELF, kind)
+    S = make_controls(MPI.COMM_SELF, kind, kernel=kernel)
     ms, state, _ = load_checkpoint(parallel_path, S)
     assert state == {"iteration": 2}
     assert nat_equal(S.natural(ms), nat_parallel)
