@@ -7,6 +7,8 @@
                                       gradient, Hessian action; wrappers (fixed readout,
                                       proximal term)
 - :mod:`fem_dnn.learning.verify`      Taylor tests, space-time residuals
+- :mod:`fem_dnn.learning.estimate`    a posteriori (dual-weighted residual) estimates of
+                                      the depth error of J
 
 The names below are loaded on first use (the loss registry is read by the config without
 importing DOLFINx).
@@ -18,5 +20,5 @@ __getattr__, __dir__, __all__ = exports(__name__, {
     "BLOCKS": "controls", "ControlSpace": "controls", "DepthOperator": "controls",
     "AbstractReducedFunctional": "functional", "FixedReadout": "functional", "Proximal": "functional",
     "ReducedFunctional": "functional", "WrappedFunctional": "functional",
-    "LOSSES": "losses", "Loss": "losses",
+    "LOSSES": "losses", "Loss": "losses", "depth_indicators": "estimate",
 })

@@ -1,0 +1,66 @@
+"""Dual-weighted residual estimate of the depth error (fem_dnn.learning.estimate,
+docs/model.md §4.11): the effectivity index against a fine RK4 reference at fixed
+controls tends to 1 under depth refinement, the indicators are the same on 1, 2 and 3
+ranks, and schemes it is not derived for are refused."""
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+from fem_dnn.core.domain import Depth, NodeSpace, create_node_mesh
+from fem_dnn.errors import InputError
+from fem_dnn.learning.estimate import depth_indicators
+from fem_dnn.learning.functional import ReducedFunctional
+from fem_dnn.network import Network
+from fem_dnn.optimize.transfer import transfer_controls
+
+from conftest import ranks_vs_serial
+
+
+def _functional(space, N, scheme="euler", eps=0.0):
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(20, space.n)), rng.integers(0, 3, 20)
+    return ReducedFunctional(Network(space, Depth(T=1.0, N=N), "tanh", scheme, eps=eps), X, y, "classes", K=3, lam=0.0)
+
+
+def _levels(comm, levels, reference=True):
+    """eta and the true error J_ref - J_h for Euler on N = levels, the controls of a
+    2-layer network (random, scale 2) kept piecewise constant; reference RK4, N = 1024."""
+    sp = NodeSpace(create_node_mesh(comm, "interval", 16), "DG", 0)
+    J0 = _functional(sp, 2)
+    m0 = J0.controls.random(1, 2.0)
+    J_ref = 0.0
+    if reference:
+        ref = _functional(sp, 1024, "rk4")
+        J_ref = ref(transfer_controls(J0.controls, m0, ref.controls))
+    out = []
+    for N in levels:
+        Jh = _functional(sp, N)
+        m = transfer_controls(J0.controls, m0, Jh.controls)
+        eta = depth_indicators(Jh, m)
+        out.append((eta, J_ref - Jh(m)))
+    return out
+
+
+def test_depth_effectivity_tends_to_one():
+    """eta / (J_ref - J_h) on N = 4, 8, 16, 32 Euler layers: within [0.95, 1.1] from the
+    first level and closer to 1 at every refinement (measured 1.064, 1.027, 1.012, 1.006)."""
+    eff = [eta.sum() / err for eta, err in _levels(MPI.COMM_SELF, (4, 8, 16, 32))]
+    assert all(0.95 <= e <= 1.1 for e in eff), eff
+    assert all(abs(b - 1) < abs(a - 1) for a, b in zip(eff, eff[1:])), eff
+
+
+@ranks_vs_serial
+@pytest.mark.mpi
+def test_depth_indicators_match_serial(comm):
+    """The indicators on 2 and 3 ranks equal the serial ones to 1e-12 (relative)."""
+    par, ser = _levels(comm, (8,), False)[0][0], _levels(MPI.COMM_SELF, (8,), False)[0][0]
+    assert np.abs(par - ser).max() <= 1e-12 * np.abs(ser).max()
+
+
+def test_depth_estimator_refusals():
+    sp = NodeSpace(create_node_mesh(MPI.COMM_SELF, "interval", 8), "DG", 0)
+    for scheme, eps in (("heun", 0.0), ("euler", 0.1)):
+        J = _functional(sp, 4, scheme, eps)
+        with pytest.raises(InputError, match="derived for the ResNet scheme"):
+            depth_indicators(J, J.controls.create_vec())
