@@ -17,10 +17,12 @@ from fem_dnn.optimize.transfer import transfer_controls
 from conftest import ranks_vs_serial
 
 
-def _functional(space, N, scheme="euler", eps=0.0):
+def _functional(space, N, scheme="euler", eps=0.0, depth=None):
+    """J of 20 random inputs with 3 classes, no regulariser, on N uniform layers (or ``depth``)."""
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(20, space.n)), rng.integers(0, 3, 20)
-    return ReducedFunctional(Network(space, Depth(T=1.0, N=N), "tanh", scheme, eps=eps), X, y, "classes", K=3, lam=0.0)
+    depth = depth or Depth(T=1.0, N=N)
+    return ReducedFunctional(Network(space, depth, "tanh", scheme, eps=eps), X, y, "classes", K=3, lam=0.0)
 
 
 def _levels(comm, levels, reference=True):
@@ -64,3 +66,39 @@ def test_depth_estimator_refusals():
         J = _functional(sp, 4, scheme, eps)
         with pytest.raises(InputError, match="derived for the ResNet scheme"):
             depth_indicators(J, J.controls.create_vec())
+
+
+def test_adaptive_depth_refinement():
+    """Controls that act fast in the first of 8 layers (scale 12 there, 0.5 elsewhere):
+    Dörfler marking (fraction 0.5) of the depth indicators and splitting the marked layers
+    reaches the error of 64 uniform layers with at most 0.65 x 64 layers (measured: 38),
+    with effectivity within [0.97, 1.05] on every graded grid (measured 1.000-1.018)."""
+    from fem_dnn.learning.estimate import mark, refine_depth
+
+    sp = NodeSpace(create_node_mesh(MPI.COMM_SELF, "interval", 16), "DG", 0)
+    J0 = _functional(sp, 8)
+    m0 = J0.controls.random(1, 0.5)
+    c = J0.controls.block_dict(m0)
+    c["a"][0] *= 12
+    c["b"][0] *= 12
+    ref = _functional(sp, 2048, "rk4")
+    J_ref = ref(transfer_controls(J0.controls, m0, ref.controls))
+
+    def error(J):
+        m = transfer_controls(J0.controls, m0, J.controls)
+        return J_ref - J(m), m
+
+    target = abs(error(_functional(sp, 64))[0])
+    depth = Depth(T=1.0, N=8)
+    while True:
+        J = _functional(sp, None, depth=depth)
+        err, m = error(J)
+        eta = depth_indicators(J, m)
+        assert 0.97 <= eta.sum() / err <= 1.05, (depth.N, eta.sum() / err)
+        if abs(err) <= target:
+            break
+        depth = refine_depth(depth, mark(eta, 0.5))
+    assert depth.N <= 0.65 * 64, depth.N
+    with pytest.raises(InputError, match=r"marking fraction must be in \(0, 1\]"):
+        mark(eta, 0.0)
+

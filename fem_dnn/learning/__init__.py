@@ -20,5 +20,6 @@ __getattr__, __dir__, __all__ = exports(__name__, {
     "BLOCKS": "controls", "ControlSpace": "controls", "DepthOperator": "controls",
     "AbstractReducedFunctional": "functional", "FixedReadout": "functional", "Proximal": "functional",
     "ReducedFunctional": "functional", "WrappedFunctional": "functional",
-    "LOSSES": "losses", "Loss": "losses", "depth_indicators": "estimate",
+    "LOSSES": "losses", "Loss": "losses", "depth_indicators": "estimate", "mark": "estimate",
+    "refine_depth": "estimate",
 })

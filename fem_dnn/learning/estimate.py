@@ -25,7 +25,7 @@ from mpi4py import MPI
 
 from fem_dnn.errors import InputError
 
-__all__ = ["depth_indicators"]
+__all__ = ["depth_indicators", "mark", "refine_depth"]
 
 
 def depth_indicators(J, m) -> np.ndarray:
@@ -51,3 +51,30 @@ def depth_indicators(J, m) -> np.ndarray:
         eta[k] = 0.5 * net.depth.tau[k] * float(np.sum(costate.dual[k + 1].T * (g1 - g0)))
     net.layout.world.Allreduce(MPI.IN_PLACE, eta, op=MPI.SUM)  # node ranks and sample groups
     return eta
+
+
+def mark(eta, fraction: float) -> np.ndarray:
+    """Dörfler (bulk) marking: the fewest layers whose ``|eta_k|`` sum to at least
+    ``fraction`` of the total (largest first). Returns their indices, sorted.
+
+    Raises:
+        InputError: ``fraction`` outside (0, 1].
+    """
+    if not (0.0 < fraction <= 1.0):
+        raise InputError(f"the marking fraction must be in (0, 1], got {fraction!r}")
+    size = np.abs(np.asarray(eta, dtype=float))
+    order = np.argsort(-size, kind="stable")
+    total = size.sum()
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    count = int(np.searchsorted(np.cumsum(size[order]), fraction * total * (1 - 1e-12))) + 1
+    return np.sort(order[:count])
+
+
+def refine_depth(depth, marked):
+    """The depth mesh with the ``marked`` layers split at their midpoints (a graded
+    :class:`fem_dnn.core.domain.Depth`; controls move onto it with
+    :func:`fem_dnn.optimize.transfer.transfer_controls`, each new layer taking its parent's)."""
+    from fem_dnn.core.domain import Depth
+
+    return Depth(points=np.sort(np.concatenate([depth.points, depth.mid[np.asarray(marked, dtype=np.int64)]])))
