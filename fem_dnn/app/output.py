@@ -234,12 +234,12 @@ def plot_weights(path, space: NodeSpace, depth_points, a: np.ndarray, b: np.ndar
             ax.set_xticks([]), ax.set_yticks([])
     if coords.shape[1] == 2:
         top.colorbar(art, ax=list(axes), label="bias a", shrink=0.9)
-    blim = np.abs(b).max() or 1.0
     shown = (0, N - 1) if N > 1 else (0,)
+    images = [kernel.image(b[k]) if kernel is not None else (b[k], None, "node z (natural order)", "node y (natural order)")
+              for k in shown]
+    blim = max(float(np.abs(img).max(initial=0.0)) for img, *_ in images) or 1.0
     axes = bottom.subplots(1, len(shown), squeeze=False)[0]
-    for ax, k in zip(axes, shown):
-        img, extent, xlabel, ylabel = (kernel.image(b[k]) if kernel is not None
-                                       else (b[k], None, "node z (natural order)", "node y (natural order)"))
+    for ax, k, (img, extent, xlabel, ylabel) in zip(axes, shown, images):
         im = ax.imshow(img, cmap="RdBu_r", vmin=-blim, vmax=blim, interpolation="nearest", extent=extent,
                        origin="upper" if extent is None else "lower")
         ax.set_title(f"{'b(y, z)' if extent is None else 'kappa(y - z)'}, layer {k}", fontsize=8)
