@@ -102,3 +102,32 @@ def test_adaptive_depth_refinement():
     with pytest.raises(InputError, match=r"marking fraction must be in \(0, 1\]"):
         mark(eta, 0.0)
 
+
+
+def test_depth_effectivity_at_trained_controls():
+    """At trained controls (L-BFGS to |g| 1e-8 relative, each grid from zero) with the
+    H1-in-depth regulariser (gamma = 1e-2: optimal controls smooth in depth), eta at
+    m_h* estimates J_ref(m_ref*) - J_h(m_h*) (reference: RK4 on 32 layers): effectivity
+    within [0.95, 1.05] on 8 and 16 layers (measured 0.981, 0.991; 0.995 on 32). The
+    control error is second order there. Measured outside this test: 0.51 and 0.41 on 2
+    and 4 layers (pre-asymptotic), and 0.61-0.86 on 2-32 layers with the L2 regulariser
+    alone (gamma = 0), whose optimal controls are not smooth in depth."""
+    from fem_dnn.optimize import Optimizer
+
+    sp = NodeSpace(create_node_mesh(MPI.COMM_SELF, "interval", 8), "DG", 0)
+    rng = np.random.default_rng(0)
+    X, y = 2 * rng.normal(size=(12, sp.n)), rng.integers(0, 3, 12)
+
+    def trained(N, scheme):
+        J = ReducedFunctional(Network(sp, Depth(T=1.0, N=N), "tanh", scheme), X, y, "classes", K=3, lam=1e-2, gamma=1e-2)
+        opt = Optimizer(J, "lbfgs", gttol=1e-8, max_it=2000, monitor=False)
+        res = opt.solve(J.controls.create_vec())
+        opt.destroy()
+        return J, res.m
+
+    J_ref = (lambda J, m: J(m))(*trained(32, "rk4"))
+    eff = []
+    for N in (8, 16):
+        J, m = trained(N, "euler")
+        eff.append(depth_indicators(J, m).sum() / (J_ref - J(m)))
+    assert all(0.95 <= e <= 1.05 for e in eff) and abs(eff[1] - 1) < abs(eff[0] - 1), eff
