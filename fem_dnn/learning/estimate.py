@@ -1,20 +1,20 @@
 """A posteriori estimates of the depth discretisation error (dual-weighted residuals).
 
 The goal is the trained network's cost ``J``; at fixed controls m (constant on each layer,
-as the depth mesh defines them) the exact depth-continuous network solves ``f' = g_k(f)``
-on layer k, and the ResNet (explicit Euler) takes one step ``f_{k+1} = f_k + tau_k
-g_k(f_k)``. The discrete costate ``dual_{k+1} = dJ/df_{k+1}`` (docs/model.md §3) weighs the
-local error of each step, and the local error of the Euler step is the difference between
-the trapezoidal rule (a second-order reconstruction of ``int g_k(f) dt``) and the left
-rectangle:
+as the depth mesh defines them) the exact depth-continuous network solves the state
+equation on layer k exactly, and the depth scheme takes one step ``f_{k+1} = Phi_k(f_k)``.
+The discrete costate ``dual_{k+1} = dJ/df_{k+1}`` (docs/model.md §3) weighs the local
+error of each step, estimated by Richardson extrapolation with two half steps of the same
+scheme (order p):
 
     J(f) - J(f_h)  ~  eta = sum_k eta_k,
-    eta_k = (tau_k / 2) < dual_{k+1}, g_k(f_{k+1}) - g_k(f_k) >
+    eta_k = 2^p / (2^p - 1) < dual_{k+1}, Phi_{k, tau/2}(Phi_{k, tau/2}(f_k)) - f_{k+1} >
 
-(Euclidean pairing: ``dual`` is a dual vector, ``g`` the node values of the stage
-function). The regulariser does not depend on the depth discretisation of piecewise
-constant controls, so ``eta`` estimates the error of J as well as that of the loss.
-See docs/model.md §4.11 for the derivation; tests/test_estimate.py measures the
+(Euclidean pairing: ``dual`` is a dual vector). For the ResNet (Euler, p = 1) this is the
+trapezoidal reconstruction ``(tau_k/2) <dual_{k+1}, g_k(f_{k+1}) - g_k(f_k)>`` up to
+higher-order terms. The regulariser does not depend on the depth discretisation of
+piecewise constant controls, so ``eta`` estimates the error of J as well as that of the
+loss. See docs/model.md §4.11 for the derivation; tests/test_estimate.py measures the
 effectivity index ``eta / (J_ref - J_h)`` against a fine reference.
 """
 
@@ -30,25 +30,26 @@ __all__ = ["depth_indicators", "mark", "refine_depth"]
 
 def depth_indicators(J, m) -> np.ndarray:
     """The per-layer indicators ``eta_k`` (``(N,)``, the same on every rank) of the depth
-    error of ``J`` at the controls ``m``, for the explicit Euler scheme (the ResNet)
-    without node diffusion. Their sum estimates ``J(f) - J(f_h)``.
+    error of ``J`` at the controls ``m``, for every depth scheme (with node diffusion the
+    order is that of the splitting: 1 for Euler, 2 otherwise). Their sum estimates
+    ``J(f) - J(f_h)``. Costs two half steps a layer besides the costate.
 
     Raises:
-        InputError: another scheme, or diffusion (eps > 0), or depth checkpointing.
+        InputError: with depth checkpointing (the estimator needs every state level).
     """
     net = J.network
-    if net.scheme != "euler" or net.eps != 0:
-        raise InputError(f"the depth estimator is derived for the ResNet scheme (euler, eps = 0), not "
-                         f"{net.scheme!r} with eps = {net.eps}")
-    traj, costate = J.trajectory(m), J.costate(m)
-    if costate.levels is not None:
-        raise InputError("the depth estimator needs the whole costate (no depth checkpointing)")
+    traj = J.trajectory(m)
+    if traj.levels is not None:
+        raise InputError("the depth estimator needs every state and costate level (no depth checkpointing)")
+    costate = J.costate(m)
+    p = net._scheme.order if net.eps == 0 else min(net._scheme.order, 2)
+    factor = 2.0**p / (2.0**p - 1.0)
     c = traj.controls
     eta = np.empty(net.depth.N)
     for k in range(net.depth.N):
-        g0 = net.rhs(k, np.asfortranarray(traj.state(k)), c)
-        g1 = net.rhs(k, np.asfortranarray(traj.state(k + 1)), c)
-        eta[k] = 0.5 * net.depth.tau[k] * float(np.sum(costate.dual[k + 1].T * (g1 - g0)))
+        h = 0.5 * net.depth.tau[k]
+        half = net.step(k, net.step(k, np.asfortranarray(traj.state(k)), c, tau=h), c, tau=h)
+        eta[k] = factor * float(np.sum(costate.dual[k + 1].T * (half - traj.state(k + 1))))
     net.layout.world.Allreduce(MPI.IN_PLACE, eta, op=MPI.SUM)  # node ranks and sample groups
     return eta
 
