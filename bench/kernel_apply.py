@@ -1,5 +1,5 @@
 """How to apply a translation-invariant kernel of compact support: the measurement behind
-the choice of the ``local`` kernel's implementation (not yet in fem_dnn).
+the choice of the ``local`` kernel's implementation (fem_dnn.core.kernel.LocalKernel).
 
 On a k x k pixel grid (DG0 on the image, n = k^2 neurons) a layer applies
 
