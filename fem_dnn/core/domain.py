@@ -333,6 +333,7 @@ class NodeSpace:
         self.volume = self.comm.allreduce(self.weights.sum())
         self.qdeg = quadrature_degree if quadrature_degree else 2 * degree + 2
         self._M = self._Q = self._P = self._K = None
+        self._diagonal = None
         self._Qt = self._Pt = None
         self._M_all = self._cols_ksp = None
         self.weights_all = np.concatenate(self.comm.allgather(self.weights[: self.n_local]))
@@ -435,6 +436,18 @@ class NodeSpace:
         if self.mass == "lumped":
             return self.weights[:, None] * Y
         return mat_mult(self._Qt, Y)
+
+    def diagonal_weights(self) -> tuple[np.ndarray, np.ndarray]:
+        """A positive diagonal spectrally equivalent to the mass: the node weights (lumped,
+        P1), the diagonal of the consistent mass (P2, whose lumped weights are not all
+        positive). ``(owned, all in global dof order)``; collective the first time."""
+        if self._diagonal is None:
+            if self.mass == "lumped" or self.degree == 1:
+                w = np.asarray(self.weights[: self.n_local])
+            else:
+                w = self.M.getDiagonal().array_r.copy()
+            self._diagonal = (w, np.concatenate(self.comm.allgather(w)))
+        return self._diagonal
 
     def mass_columns(self, X: np.ndarray, inverse: bool = False) -> np.ndarray:
         """``X M`` (or ``X M^{-1}``) for X indexed by *global* dofs along the last axis

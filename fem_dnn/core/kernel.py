@@ -251,12 +251,7 @@ class DenseKernel(Kernel):
         return out
 
     def diagonal(self):
-        sp = self.space
-        if sp.mass == "lumped" or sp.degree == 1:
-            w = np.asarray(sp.weights[: sp.n_local])
-        else:  # P2: the diagonal of the consistent mass is positive and spectrally equivalent
-            w = sp.M.getDiagonal().array_r.copy()
-        w_all = np.concatenate(sp.comm.allgather(w))
+        w, w_all = self.space.diagonal_weights()
         return (w[:, None], w_all[None, :])
 
     def sample(self, b, t):
@@ -697,7 +692,7 @@ class LowRankKernel(Kernel):
         return out
 
     def diagonal(self):
-        return (DenseKernel.diagonal(self)[0][None, :, :],)  # the node weights on the rows of psi and phi
+        return (self.space.diagonal_weights()[0][None, :, None],)  # the node weights on the rows of psi and phi
 
     def sample(self, b, t):
         """A scalar or an array ``(2, n, R)`` (psi and phi in natural order)."""

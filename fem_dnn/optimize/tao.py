@@ -87,12 +87,7 @@ class Coordinates:
 
     def __init__(self, controls: ControlSpace, riesz: bool = True):
         self.controls, self.riesz = controls, riesz
-        sp = controls.space
-        if sp.mass == "lumped" or sp.degree == 1:
-            w = np.asarray(sp.weights[: sp.n_local])
-        else:  # P2: the diagonal of the consistent mass is positive and spectrally equivalent
-            w = sp.M.getDiagonal().array_r.copy()
-        w_all = np.concatenate(sp.comm.allgather(w))
+        w, w_all = controls.space.diagonal_weights()
         self.s, self.s_all = np.sqrt(w), np.sqrt(w_all)
         self.s_b = [np.sqrt(f) for f in controls.network.kernel.diagonal()]  # b's diagonal, as factors
         self.depth = controls.depth_riesz  # = C C^T
