@@ -6,7 +6,8 @@ checkpoint, the transfer between discretisations, the paper's algorithms.
 
 The inner products: ``a`` in L2(Y x (0,T)) (node mass times the layer lengths tau_k),
 ``b`` as its kernel family says (:meth:`fem_dnn.core.kernel.Kernel.weigh`; dense: L2(Y x Y
-x (0,T)), M (x) M times tau_k; local: kappa's L2 on the offset box times tau_k), ``W`` in L2(Y_out x Y), ``mu`` in
+x (0,T)), M (x) M times tau_k; local: kappa's L2 on the offset box times tau_k; lowrank:
+L2 of psi and phi in Y times tau_k), ``W`` in L2(Y_out x Y), ``mu`` in
 L2(Y_out) (counting measure for classes). With ``inner_product="h1"`` the depth part of a and b
 gets an H1 term, ``(c, c~) + l^2 (d_t c, d_t c~)`` with the difference quotients between
 layer midpoints. The depth parts are tridiagonal (:class:`DepthOperator`: two diagonals,
@@ -159,7 +160,7 @@ class ControlSpace:
 
     Each rank owns, in this order: ``a`` (N, n_local), ``b`` (the kernel family's
     :meth:`~fem_dnn.core.kernel.Kernel.block_shape`: dense (N, n_local, n), owned rows,
-    all columns in global dof order; local (N, M) on node rank 0), ``W`` ((K, n_local) for classes, (n_local,
+    all columns in global dof order; local (N, M) on node rank 0; lowrank (N, 2, n_local, R)), ``W`` ((K, n_local) for classes, (n_local,
     n) for functions) and ``mu`` (K values on node rank 0 for classes, (n_local,) for
     functions). With sample groups every group holds the same controls on its node
     communicator.

@@ -54,7 +54,8 @@ class Controls:
     Attributes:
         a: bias, ``(N, n_local)`` owned node values per layer.
         b: selection weight, ``(N,) + kernel.shape()``: dense ``(N, n_local, n)`` (owned
-            rows, columns in global dof order); local ``(N, M)`` (kappa, every rank).
+            rows, columns in global dof order); local ``(N, M)`` (kappa, every rank); lowrank
+            ``(N, 2, n_local, R)`` (psi, phi).
     """
 
     a: np.ndarray
