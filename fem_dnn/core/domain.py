@@ -503,6 +503,38 @@ class NodeSpace:
             f"callable returned shape {vals.shape}; expected ({self.n_local},) or (S, {self.n_local})"
         )
 
+    def cell_averages(self, f, degree: int = 8) -> np.ndarray:
+        """The DG0 data of functions ``f(x)`` (``(p,)`` or ``(S, p)`` values at points ``x``
+        of shape ``(3, p)``): their mean over every cell, by a Gauss rule of ``degree`` on
+        each cell (the L2 projection onto DG0). Cell averages are consistent across nested
+        meshes (a coarse cell's value is the weighted mean of its children's), as pixel
+        data are. Returns ``(S, n)`` in natural order, on every rank (collective).
+
+        Raises:
+            InputError: the space is not DG0.
+        """
+        import basix
+        import ufl
+
+        if (self.family, self.degree) != ("DG", 0):
+            raise InputError(f"cell averages are the data of DG0 node spaces, not {self.family}{self.degree}")
+        msh = self.mesh
+        cells = np.arange(self.n_local, dtype=np.int32)  # DG0: dof i is owned cell i
+        X, w = basix.make_quadrature(msh.basix_cell(), degree)
+        expr = fem.Expression(ufl.as_vector([*ufl.SpatialCoordinate(msh), abs(ufl.JacobianDeterminant(msh))]), X)
+        vals = expr.eval(msh, cells).reshape(len(cells), len(w), -1)
+        gdim = msh.geometry.dim
+        pts = np.zeros((3, len(cells) * len(w)))
+        pts[:gdim] = vals[:, :, :gdim].reshape(-1, gdim).T
+        dx = vals[:, :, gdim] * w  # (cells, q)
+        F = np.asarray(f(pts), dtype=float)
+        F = F.reshape(-1, len(cells), len(w))
+        own = np.einsum("scq,cq->sc", F, dx) / dx.sum(axis=1)
+        dofs = np.array([self.V.dofmap.cell_dofs(c)[0] for c in cells], dtype=np.int64)
+        local = np.empty_like(own)
+        local[:, dofs] = own
+        return self.to_natural(local, axis=1)
+
     def from_natural(self, arr, axis: int = 0) -> np.ndarray:
         """Owned part of an array indexed by node in *natural order* along ``axis``.
 

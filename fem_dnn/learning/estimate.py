@@ -22,10 +22,11 @@ import numpy as np
 
 from fem_dnn import _dolfinx  # noqa: F401
 from mpi4py import MPI
+from petsc4py import PETSc
 
 from fem_dnn.errors import InputError
 
-__all__ = ["depth_indicators", "mark", "refine_depth"]
+__all__ = ["depth_indicators", "width_indicators", "newton_correction", "mark", "refine_depth", "refine_nodes"]
 
 
 def depth_indicators(J, m) -> np.ndarray:
@@ -79,3 +80,129 @@ def refine_depth(depth, marked):
     from fem_dnn.core.domain import Depth
 
     return Depth(points=np.sort(np.concatenate([depth.points, depth.mid[np.asarray(marked, dtype=np.int64)]])))
+
+
+def refine_nodes(space, marked=None):
+    """The node space on the node mesh with the ``marked`` cells (natural DG0 indices, the
+    same on every rank; None: all) refined by ``dolfinx.mesh.refine`` (bisection of the
+    marked cells' edges, neighbours closed conformingly), repartitioned with shared-facet
+    ghosts; same family, degree and mass.
+
+    Raises:
+        InputError: a mesh DOLFINx cannot refine (quadrilaterals, hexahedra).
+    """
+    from dolfinx import mesh as dmesh
+
+    from fem_dnn.core.domain import NodeSpace
+
+    msh = space.mesh
+    if msh.topology.cell_type not in (dmesh.CellType.interval, dmesh.CellType.triangle, dmesh.CellType.tetrahedron):
+        raise InputError(f"the node mesh cannot be refined: dolfinx.mesh.refine takes simplices, not {msh.topology.cell_type.name}s"
+                         " (use triangle or tetrahedron cells)")
+    tdim = msh.topology.dim
+    edges = None
+    if marked is not None:
+        if (space.family, space.degree) != ("DG", 0):
+            raise InputError("marking node cells needs a DG0 node space (a neuron per cell)")
+        mine = np.flatnonzero(np.isin(space.nat_owned, np.asarray(marked, dtype=np.int64))).astype(np.int32)
+        msh.topology.create_entities(1)
+        edges = mine if tdim == 1 else dmesh.compute_incident_entities(msh.topology, mine, tdim, 1)
+    fine = dmesh.refine(msh, edges, partitioner=dmesh.create_cell_partitioner(dmesh.GhostMode.shared_facet, 2))[0]
+    return NodeSpace(fine, space.family, space.degree, space.mass, space.qdeg, space.prefix)
+
+
+class _Hessian:
+    def __init__(self, J, m, gauss_newton):
+        self.J, self.m, self.gn = J, m, gauss_newton
+
+    def mult(self, mat, v, out):
+        self.J.hessian(self.m, v, out, gauss_newton=self.gn)
+
+
+class _Riesz:
+    def __init__(self, controls):
+        self.controls = controls
+
+    def apply(self, pc, x, out):
+        self.controls.riesz(x, out)
+
+
+def newton_correction(J, m, gauss_newton: bool = True, max_it: int = 100, rtol: float = 1e-8):
+    """One (Gauss-)Newton step of ``J`` at ``m``: ``dm`` solving ``H dm = -dJ(m)`` by
+    preconditioned CG (PETSc KSP on shell operators; the preconditioner is the controls'
+    Riesz map), stopped at ``rtol`` or ``max_it``, or at the last positive-curvature
+    iterate. Returns ``(dJ, dm)`` (dual and primal Vecs); ``-1/2 <dJ, dm>`` is the
+    quadratic model's decrease, the estimate of ``J(m) - min J`` near a minimum."""
+    g = J.derivative(m).copy()
+    A = PETSc.Mat().createPython(g.getSizes(), _Hessian(J, m, gauss_newton), comm=g.comm)
+    A.setUp()
+    ksp = PETSc.KSP().create(g.comm)
+    ksp.setOperators(A)
+    ksp.setType("cg")
+    ksp.getPC().setType("python")
+    ksp.getPC().setPythonContext(_Riesz(J.controls))
+    ksp.setTolerances(rtol=rtol, max_it=max_it)
+    rhs, dm = g.copy(), g.duplicate()
+    rhs.scale(-1.0)
+    dm.set(0.0)
+    ksp.solve(rhs, dm)
+    ksp.destroy(), A.destroy(), rhs.destroy()
+    return g, dm
+
+
+def width_indicators(J, m, problem, order: int = 2, gauss_newton: bool = True, max_it: int = 100) -> np.ndarray:
+    """Per node cell indicators of the width error of the trained cost, ``(n,)`` in natural
+    order on every rank; their sum estimates ``J(m*) - J_h(m_h*)`` in the node variables.
+
+    Two-level (enriched) estimate: ``problem(space, depth)`` builds the learning problem
+    on the uniformly refined node mesh (its data resolved there); with the controls
+    transferred, ``J_f(P m_h) - J_h(m_h)`` is the data part (localised by the data's
+    change on each cell) and one Gauss-Newton step ``dm`` of ``J_f`` the control part
+    ``1/2 <dJ_f, dm>`` (localised by the controls' cells: a and the readout's node by their
+    cell, b(y, z) half to y's cell and half to z's). Richardson with the width order
+    ``order`` (2: DG0 cell averages) extrapolates the two-level difference to the limit:
+    ``eta = 2^q/(2^q - 1) (J_f* - J_h*)``. See docs/model.md §4.11.
+
+    Raises:
+        InputError: a node space other than DG0 or a kernel other than dense (the
+        localisation is per cell pair), or a mesh that cannot be refined.
+    """
+    from fem_dnn.optimize.transfer import interpolation_matrix, transfer_controls
+
+    net = J.network
+    sp = net.space
+    if (sp.family, sp.degree) != ("DG", 0) or net.kernel.name != "dense":
+        raise InputError(f"the width estimator needs DG0 nodes and the dense kernel, not {sp.family}{sp.degree} "
+                         f"with the {net.kernel.name} kernel")
+    fine = refine_nodes(sp)
+    Jf = problem(fine, net.depth)
+    mf = transfer_controls(J.controls, m, Jf.controls)
+    data = Jf(mf) - J(m)
+    g, dm = newton_correction(Jf, mf, gauss_newton, max_it)
+    parent = np.argmax(interpolation_matrix(sp, fine), axis=1)
+    G, D = Jf.controls.natural(g), Jf.controls.natural(dm)
+    B = (G["b"] * D["b"]).sum(axis=0)
+    WD = G["W"] * D["W"]
+    per = (G["a"] * D["a"]).sum(axis=0) + 0.5 * (B.sum(axis=1) + B.sum(axis=0))
+    common = 0.0
+    if J.kind == "classes":
+        per += WD.sum(axis=0)
+        common = float((G["mu"] * D["mu"]).sum())
+    else:
+        per += 0.5 * (WD.sum(axis=1) + WD.sum(axis=0)) + G["mu"] * D["mu"]
+    control = 0.5 * (np.bincount(parent, per, sp.n) + common / sp.n)
+    # the data part, localised by the change of the data on each cell (inputs, and the
+    # targets of a function readout), weighed by the fine cells' measures
+    osc = np.zeros(fine.n)
+    w = fine.to_natural(fine.weights[: fine.n_local])
+    pairs = [(J._F0_all, Jf._F0_all)] + ([(J._C_all, Jf._C_all)] if J.kind == "function" else [])
+    for coarse_data, fine_data in pairs:
+        c, f = sp.to_natural(coarse_data, axis=0), fine.to_natural(fine_data, axis=0)
+        osc += w * np.abs(f - c[parent]).sum(axis=1)
+    osc = np.bincount(parent, osc, sp.n)
+    share = osc / osc.sum() if osc.sum() > 0 else np.full(sp.n, 1.0 / sp.n)
+    for v in (g, dm, mf):
+        v.destroy()
+    Jf.destroy()
+    factor = 2.0**order / (2.0**order - 1.0)
+    return factor * (data * share + control)
