@@ -134,7 +134,7 @@ def newton_correction(J, m, gauss_newton: bool = True, max_it: int = 100, rtol: 
     iterate. Returns ``(dJ, dm)`` (dual and primal Vecs); ``-1/2 <dJ, dm>`` is the
     quadratic model's decrease, the estimate of ``J(m) - min J`` near a minimum."""
     g = J.derivative(m).copy()
-    A = PETSc.Mat().createPython(g.getSizes(), _Hessian(J, m, gauss_newton), comm=g.comm)
+    A = PETSc.Mat().createPython((g.getSizes(), g.getSizes()), _Hessian(J, m, gauss_newton), comm=g.comm)
     A.setUp()
     ksp = PETSc.KSP().create(g.comm)
     ksp.setOperators(A)

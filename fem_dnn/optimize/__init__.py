@@ -5,6 +5,8 @@
 - :mod:`fem_dnn.optimize.stochastic` mini-batch SGD and Adam (:func:`minibatch`)
 - :mod:`fem_dnn.optimize.paper`      the paper's proximal-point method and MSA (Pontryagin)
 - :mod:`fem_dnn.optimize.transfer`   controls moved between (depth, node) discretisations
+- :mod:`fem_dnn.optimize.adaptive`   the adaptive loop: train, estimate, mark, refine
+                                     (:func:`adapt`)
 - :mod:`fem_dnn.optimize.methods`    the training methods by name (no PETSc import)
 
 The names below are loaded on first use (PEP 562), so reading the method list (the
@@ -18,5 +20,6 @@ __getattr__, __dir__, __all__ = exports(__name__, {
     "hamiltonian_minimiser": "paper", "msa": "paper", "proximal_point": "paper",
     "Coordinates": "tao", "Optimizer": "tao", "Result": "tao", "multilevel": "tao", "stop_reason": "tao",
     "depth_matrix": "transfer", "interpolation_matrix": "transfer", "transfer_controls": "transfer",
+    "Cycle": "adaptive", "adapt": "adaptive",
     "BOUNDED": "methods", "HESSIAN": "methods", "METHODS": "methods", "TAO": "methods",
 })

@@ -1,0 +1,130 @@
+"""The adaptive loop: train, estimate, mark, refine, transfer, retrain.
+
+Every cycle trains the learning problem on the current (depth, node) discretisation
+(TAO, from the controls transferred from the previous cycle), estimates the error of the
+trained cost per layer (:func:`fem_dnn.learning.estimate.depth_indicators`) and per node
+cell (:func:`fem_dnn.learning.estimate.width_indicators`), marks layers and cells
+together by Dörfler's rule over *all* indicators (so depth and width are balanced by
+their indicators: the larger contributions are refined, wherever they are), splits the
+marked layers and refines the marked cells (``dolfinx.mesh.refine``), and moves the
+controls onto the new discretisation
+(:func:`fem_dnn.optimize.transfer.transfer_controls`). It stops when the estimate is
+below the tolerance, after the maximum number of cycles, or before a discretisation with
+more controls than allowed. See docs/model.md §4.11.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fem_dnn.errors import InputError
+
+__all__ = ["Cycle", "GOALS", "adapt"]
+
+GOALS = ("cost",)  # the goal functionals the estimators support: the trained cost J
+REFINE = ("depth", "width")
+
+
+@dataclass
+class Cycle:
+    """One cycle of :func:`adapt`: the discretisation, the trained controls and cost, the
+    indicators (``depth``: per layer; ``width``: per node cell in natural order; empty when
+    not refined) and which were marked."""
+
+    index: int
+    J: object  # the reduced functional of this discretisation
+    m: object  # its trained controls (PETSc Vec)
+    value: float
+    controls: int
+    iterations: int
+    depth: np.ndarray
+    width: np.ndarray
+    marked_layers: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    marked_cells: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    stop: str = ""
+
+    @property
+    def estimate(self) -> float:
+        """The estimated error of the trained cost, ``sum eta``."""
+        return float(self.depth.sum() + self.width.sum())
+
+
+def _size(J) -> int:
+    """The number of controls of a learning problem."""
+    return int(J.controls.comm.allreduce(J.controls.n_local))
+
+
+def check(goal="cost", tolerance=None, fraction=0.5, cycles=5, max_controls=None, refine=REFINE):
+    """Refuse bad adaptive settings (InputError, one line)."""
+    if goal not in GOALS:
+        raise InputError(f"the error estimators support the goal {list(GOALS)}, not {goal!r}")
+    if tolerance is not None and not (np.isfinite(tolerance) and tolerance > 0):
+        raise InputError(f"the adaptive tolerance must be > 0, got {tolerance!r}")
+    if not (np.isfinite(fraction) and 0.0 < fraction <= 1.0):
+        raise InputError(f"the marking fraction must be in (0, 1], got {fraction!r}")
+    if int(cycles) != cycles or cycles < 1:
+        raise InputError(f"the number of adaptive cycles must be an integer >= 1, got {cycles!r}")
+    if max_controls is not None and (int(max_controls) != max_controls or max_controls < 1):
+        raise InputError(f"the maximum number of controls must be an integer >= 1, got {max_controls!r}")
+    refine = tuple(refine)
+    if not refine or any(r not in REFINE for r in refine):
+        raise InputError(f"refine must name some of {list(REFINE)}, got {list(refine)!r}")
+
+
+def adapt(problem, space, depth, goal: str = "cost", tolerance: float | None = None, fraction: float = 0.5,
+          cycles: int = 5, max_controls: int | None = None, refine=REFINE, method: str = "lbfgs",
+          gttol: float = 1e-8, max_it: int = 2000, callback=None, **optimizer) -> list[Cycle]:
+    """Adaptive training from the discretisation ``(space, depth)``.
+
+    Args:
+        problem: ``problem(space, depth) -> ReducedFunctional``: the learning problem on
+            any discretisation (its data resolved on the node mesh, e.g. by
+            :meth:`fem_dnn.core.domain.NodeSpace.cell_averages`).
+        space, depth: the first node space and depth mesh.
+        goal: the goal functional (:data:`GOALS`: the trained cost).
+        tolerance: stop when ``|sum eta|`` is below it (None: run the cycles).
+        fraction: Dörfler's marking fraction, in (0, 1].
+        cycles: the maximum number of cycles (trainings).
+        max_controls: stop before training a discretisation with more controls.
+        refine: ``("depth", "width")`` or one of them.
+        method, gttol, max_it, optimizer: the TAO training (:class:`Optimizer`) of every cycle.
+        callback: ``callback(cycle)`` after every cycle (the run folder's records).
+
+    Returns:
+        The cycles, in order; the last one's ``stop`` says why the loop ended.
+    """
+    from fem_dnn.learning.estimate import depth_indicators, mark, refine_depth, refine_nodes, width_indicators
+    from fem_dnn.optimize.tao import Optimizer
+    from fem_dnn.optimize.transfer import transfer_controls
+
+    check(goal, tolerance, fraction, cycles, max_controls, refine)
+    out, previous, J = [], None, problem(space, depth)
+    for index in range(int(cycles)):
+        m0 = J.controls.create_vec() if previous is None else transfer_controls(previous.J.controls, previous.m, J.controls)
+        opt = Optimizer(J, method, gttol=gttol, max_it=max_it, monitor=False, **optimizer)
+        res = opt.solve(m0)
+        opt.destroy()
+        eta_d = depth_indicators(J, res.m) if "depth" in refine else np.zeros(0)
+        eta_w = width_indicators(J, res.m, problem) if "width" in refine else np.zeros(0)
+        cycle = Cycle(index, J, res.m, J(res.m), _size(J), res.iterations, eta_d, eta_w)
+        out.append(cycle)
+        if tolerance is not None and abs(cycle.estimate) <= tolerance:
+            cycle.stop = f"estimate {abs(cycle.estimate):.3e} <= tolerance {tolerance:g}"
+        elif index == cycles - 1:
+            cycle.stop = f"{cycles} cycles"
+        else:
+            marked = mark(np.concatenate([eta_d, eta_w]), fraction)
+            cycle.marked_layers, cycle.marked_cells = marked[marked < eta_d.size], marked[marked >= eta_d.size] - eta_d.size
+            net = J.network
+            new_depth = refine_depth(net.depth, cycle.marked_layers) if cycle.marked_layers.size else net.depth
+            new_space = refine_nodes(net.space, cycle.marked_cells) if cycle.marked_cells.size else net.space
+            J_next = problem(new_space, new_depth)
+            size = _size(J_next)
+            if max_controls is not None and size > max_controls:
+                cycle.stop = f"the next discretisation has {size} controls > {max_controls}"
+        if callback is not None:
+            callback(cycle)
+        if cycle.stop:
+            return out
+        previous, J = cycle, J_next
+    return out
