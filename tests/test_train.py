@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -298,3 +299,34 @@ def test_evaluate_at_another_resolution(tmp_path, monkeypatch, capsys):
     assert "transferred to data.resolution=14" in capsys.readouterr().out
     with pytest.raises(InputError, match="only the discretisation may change"):
         evaluate(tmp_path / "run7", out=lambda *a: None, overrides=["network.activation='relu'"])
+
+
+@pytest.mark.mpi
+def test_adaptive_run_folder(tmp_shared, capsys):
+    """``[adapt]`` in a config (digits on triangles, 2 cycles, depth and width): every
+    cycle's records are written (cycles.csv, the JSON with depth points and indicators,
+    the node mesh with the indicators as XDMF, adapt.png), the last discretisation's
+    config and checkpoint evaluate to the last cycle's J; serially and on 2 and 3 ranks
+    (that the cycles do not depend on the ranks: tests/test_estimate.py)."""
+    import json
+
+    from fem_dnn.app.config import load_config
+    from fem_dnn.app.train import evaluate, train
+
+    comm = MPI.COMM_WORLD
+    folder = Path(tmp_shared) / "adapt"
+    cfg = load_config(None, ["data.samples=60", "node.cell='triangle'", "network.N=2", "training.max_it=30",
+                             "training.lam=1e-3", "adapt.cycles=2", "adapt.fraction=0.3", "adapt.tolerance=1e-9",
+                             "output.fields=false", f"output.folder='{folder}'"])
+    summary = train(cfg, comm, out=lambda *a: None)
+    rows = summary["adapt"]
+    assert [r["cycle"] for r in rows] == [0, 1] and rows[-1]["stop"] == "2 cycles"
+    assert rows[0]["marked_layers"] + rows[0]["marked_cells"] > 0
+    assert (rows[1]["layers"], rows[1]["neurons"]) == (2 + rows[0]["marked_layers"], summary["neurons"])
+    for k in range(2):
+        detail = json.loads((folder / "adapt" / f"cycle_{k}.json").read_text())
+        assert len(detail["depth_points"]) == rows[k]["layers"] + 1 and len(detail["width_indicators"]) == rows[k]["neurons"]
+        assert (folder / "adapt" / f"cycle_{k}_mesh.xdmf").is_file()
+    assert (folder / "adapt" / "cycles.csv").read_text().count("\n") == 3 and (folder / "adapt.png").is_file()
+    again = evaluate(folder, comm, out=lambda *a: None)
+    assert abs(again["J"] - rows[-1]["J"]) <= 1e-10 * abs(rows[-1]["J"])

@@ -25,6 +25,7 @@ from fem_dnn.core.activation import ACTIVATIONS
 from fem_dnn.core.kernel import KERNELS
 from fem_dnn.learning.losses import LOSSES
 from fem_dnn.network.schemes import SCHEMES
+from fem_dnn.optimize.adaptive import GOALS
 from fem_dnn.optimize.methods import METHODS
 
 __all__ = ["SPEC", "defaults", "load_config", "parse_overrides", "to_toml", "validate"]
@@ -60,6 +61,8 @@ SPEC = {
         "refine": (1, int, _POS, "node cells per data cell and direction on the built-in grid"),
         "fit": ("none", str, _choice("none", "bbox"), "a node.mesh whose bounding box is not the data's domain (the unit "
                 "interval or square): 'bbox' maps the box onto the domain (per axis), 'none' refuses the mesh"),
+        "cell": ("quadrilateral", str, _choice("quadrilateral", "triangle"), "cells of the built-in grid of image data "
+                 "(triangle: two a pixel; adapt.refine of the width needs triangles)"),
         "space": ("DG0", str, _choice("DG0", "P1", "P2"), "node space: DG0 (a cell is a neuron), P1, P2"),
         "mass": ("lumped", str, _choice("lumped", "consistent"), "node weights (lumped) or consistent mass"),
         "channels": (1, int, _POS, "C > 1: the node domain is the data's domain x C channels (DG0 on the built-in "
@@ -71,6 +74,10 @@ SPEC = {
         "scheme": ("euler", str, _choice(*SCHEMES), "depth scheme (euler: the ResNet; fem_dnn.network.schemes)"),
         "T": (1.0, float, _POS, "depth of the network"),
         "N": (4, int, _POS, "number of layers (depth cells)"),
+        "depth_points": ([], list, (lambda v: len(v) == 0 or (len(v) >= 2 and v[0] == 0 and all(a < b for a, b in zip(v, v[1:])))
+                                    , "[] or increasing points from 0 (a graded depth mesh)"),
+                         "the depth mesh's points 0 = t_0 < ... < t_N = T (a graded mesh, as adaptive runs write it; "
+                         "overrides T and N); empty: N uniform layers"),
         "eps": (0.0, float, _NONNEG, "node diffusion coefficient"),
         "kernel": ("dense", str, _choice(*KERNELS), "family of the layers' kernels b (fem_dnn.core.kernel): dense (n x n "
                    "per layer), local (translation-invariant kappa(y - z) of support |y - z| <= kernel_radius), lowrank "
@@ -100,6 +107,16 @@ SPEC = {
         "init_scale": (0.0, float, _NONNEG, "initial controls: standard normal times this (0: zero)"),
         "checkpoint_every": (10, int, _POS, "iterations (epochs) between checkpoints"),
         "sample_groups": (1, int, _POS, "data-parallel groups of ranks (must divide the number of ranks)"),
+    },
+    "adapt": {
+        "cycles": (0, int, _NONNEG, "adaptive training (fem_dnn.optimize.adaptive): at most this many cycles of train, "
+                   "estimate, mark, refine (0: no adaptation)"),
+        "goal": ("cost", str, _choice(*GOALS), "the goal functional of the error estimate: cost (the trained cost J)"),
+        "refine": ("both", str, _choice("both", "depth", "width"), "what the indicators refine: layers (depth), node cells "
+                   "(width; DG0 triangles or intervals, dense kernel), or both, balanced by their indicators"),
+        "tolerance": (1e-4, float, (lambda v: v > 0, "> 0"), "stop when the estimated error of J is below it"),
+        "fraction": (0.5, float, (lambda v: 0 < v <= 1, "in (0, 1]"), "Dörfler marking fraction"),
+        "max_controls": (1000000, int, _POS, "stop before a discretisation with more controls"),
     },
     "output": {
         "folder": ("out_train", str, _FOLDER, "run folder (relative to the working directory), the only place a run writes"),

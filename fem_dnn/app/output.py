@@ -248,3 +248,64 @@ def plot_weights(path, space: NodeSpace, depth_points, a: np.ndarray, b: np.ndar
     bottom.colorbar(im, ax=list(axes), label="selection weight b", shrink=0.9)
     fig.savefig(path, dpi=110)
     return Path(path)
+
+
+# --------------------------------------------------------------------------- adaptive runs
+def cell_polygons(space: NodeSpace) -> list[np.ndarray]:
+    """The vertex coordinates ``(vertices, gdim)`` of every cell in natural (DG0) order,
+    on every rank (collective)."""
+    msh = space.mesh
+    tdim, gd = msh.topology.dim, msh.geometry.dim
+    ncell = msh.topology.index_map(tdim).size_local
+    x, dofs = msh.geometry.x[:, :gd], msh.geometry.dofmaps[0]
+    mine = [x[dofs[c]] for c in range(ncell)]
+    cells = [p for part in msh.comm.allgather(mine) for p in part]
+    out = [None] * len(cells)
+    for i, nat in enumerate(space.nat_of_global):
+        out[nat] = cells[i]
+    return out
+
+
+def write_indicator_mesh(path, space: NodeSpace, eta_natural: np.ndarray):
+    """The node mesh and the width indicators (a DG0 function ``eta``) as XDMF."""
+    fn = fem.Function(fem.functionspace(space.mesh, ("DG", 0)), name="eta")
+    fn.x.array[: space.n_local] = np.asarray(eta_natural)[space.nat_owned]
+    fn.x.scatter_forward()
+    with dolfinx.io.XDMFFile(space.comm, str(path), "w") as xf:
+        xf.write_mesh(space.mesh)
+        xf.write_function(fn)
+
+
+def plot_adapt(path, polygons: list[np.ndarray], eta: np.ndarray, depth_points: list[np.ndarray], controls: list[int],
+               estimates: list[float], title: str = ""):
+    """The adapted node mesh coloured by the width indicators (1D: the cell widths), the
+    depth points of every cycle, and the estimated error against the controls."""
+    fig = _figure((13, 4))
+    ax0, ax1, ax2 = fig.subplots(1, 3)
+    if polygons and polygons[0].shape[1] == 1:
+        lo = np.array([p[:, 0].min() for p in polygons])
+        hi = np.array([p[:, 0].max() for p in polygons])
+        ax0.bar(lo, hi - lo, width=hi - lo, align="edge", color="C0", edgecolor="k", linewidth=0.3)
+        ax0.set_yscale("log")
+        ax0.set_xlabel("y"), ax0.set_ylabel("cell width")
+        ax0.set_title(f"node cells ({len(polygons)})")
+    else:
+        from matplotlib.collections import PolyCollection
+
+        coll = PolyCollection([p[:, :2] for p in polygons], array=np.abs(eta) if len(eta) else None, cmap="viridis",
+                              edgecolors="k", linewidths=0.2)
+        ax0.add_collection(coll)
+        ax0.autoscale_view()
+        ax0.set_aspect("equal")
+        if len(eta):
+            fig.colorbar(coll, ax=ax0, label="|eta| (width)")
+        ax0.set_title(f"node mesh ({len(polygons)} cells)")
+    for k, pts in enumerate(depth_points):
+        ax1.plot(pts, np.full(len(pts), k), "|", color="C1", markersize=12)
+        ax1.plot([pts[0], pts[-1]], [k, k], color="C1", linewidth=0.5)
+    ax1.set_xlabel("depth t"), ax1.set_ylabel("cycle")
+    ax1.set_title("layers of every cycle")
+    ax2.loglog(controls, np.maximum(np.abs(estimates), 1e-300), "o-")
+    ax2.set_xlabel("controls"), ax2.set_ylabel("|estimated error of J|")
+    ax2.set_title(title or "estimate")
+    fig.savefig(path, dpi=110)

@@ -360,7 +360,8 @@ def _node_sizes(nd: dict, domain: dict, node_comm: MPI.Comm):
         return out
     k = int(domain["n"]) * int(nd["refine"])
     if domain["shape"] == "rectangle":
-        cells, cell, dim = k * k, "quadrilateral", 2
+        cell, dim = nd.get("cell", "quadrilateral"), 2
+        cells = k * k * (2 if cell == "triangle" else 1)
         n = cells if fam == "DG" else (deg * k + 1) ** 2
     else:
         cells, cell, dim = k, "interval", 1
@@ -442,7 +443,8 @@ def estimate(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, store_every: int | None
         node_comm.Free()
     fam, deg = nd["space"][:-1], int(nd["space"][-1])
     mass = "lumped" if fam == "DG" else nd["mass"]
-    N, scheme, method = int(nw["N"]), nw["scheme"], _tao_method(tr["method"], petsc_options_prefix)
+    N = len(nw["depth_points"]) - 1 if nw.get("depth_points") else int(nw["N"])
+    scheme, method = nw["scheme"], _tao_method(tr["method"], petsc_options_prefix)
     Kr = K if kind == "classes" else n  # rows of the readout
     S_l, St_l = _cdiv(S, groups), _cdiv(S_test, groups)
 

@@ -29,6 +29,7 @@ accepted iterate with its checkpoint written: :class:`~fem_dnn.interrupt.Interru
 """
 
 import contextlib
+import copy
 import csv
 import io
 import json
@@ -40,6 +41,8 @@ import numpy as np
 
 from fem_dnn import _dolfinx  # noqa: F401
 from mpi4py import MPI
+
+import dolfinx.io
 
 from fem_dnn.app import data as datasets
 from fem_dnn import interrupt
@@ -106,17 +109,28 @@ class Run:
                                     cell="quadrilateral" if shape == "interval" else "hexahedron")
         else:
             shape, k = ds.domain["shape"], ds.domain["n"] * nd["refine"]
-            mesh = create_node_mesh(node_comm, shape, k, cell="quadrilateral" if shape == "rectangle" else None)
-        self.space = NodeSpace(mesh, fam, deg, nd["mass"])
+            mesh = create_node_mesh(node_comm, shape, k, cell=nd["cell"] if shape == "rectangle" else None)
+        depth = Depth(points=np.array(nw["depth_points"])) if nw["depth_points"] else Depth(nw["T"], nw["N"])
+        self._build(NodeSpace(mesh, fam, deg, nd["mass"]), depth)
+
+    def _build(self, space: NodeSpace, depth: Depth):
+        """The network and the functionals on the discretisation (space, depth)."""
+        nd, nw, tr, ds = self.cfg["node"], self.cfg["network"], self.cfg["training"], self.data
+        self.space = space
         params = {"dense": {}, "lowrank": {"rank": nw["kernel_rank"]},
                   "local": {"radius": nw["kernel_radius"], "cells": nw["kernel_cells"], "channels": nd["channels"]}}
         kernel = make_kernel(self.space, nw["kernel"], **params[nw["kernel"]])
-        self.net = Network(self.space, Depth(nw["T"], nw["N"]), nw["activation"], nw["scheme"], nw["eps"], layout=self.layout,
-                           kernel=kernel)
+        self.net = Network(self.space, depth, nw["activation"], nw["scheme"], nw["eps"], layout=self.layout, kernel=kernel)
         loss = get_loss(ds.kind if tr["loss"] == "default" else tr["loss"], readout=ds.kind)
         kw = dict(loss=loss, K=ds.K, lam=tr["lam"], gamma=tr["gamma"])
         self.J = self._functional(ds.subset(self.train_idx), kw)
         self.J_test = self._functional(ds.subset(self.test_idx), kw) if len(self.test_idx) else None
+
+    def on(self, space: NodeSpace, depth: Depth) -> "Run":
+        """The same run (data, split, layout, settings) on another discretisation."""
+        other = copy.copy(self)
+        other._build(space, depth)
+        return other
 
     def _functional(self, ds, kw):
         return ReducedFunctional(self.net, ds.inputs, ds.targets, **kw)
@@ -194,9 +208,10 @@ def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=
     state = runfolder.inspect(folder, comm)
     resume_from = state.checkpoint if resume else None
     _check_training(run, bounds, resume_from)
+    refine = _check_adaptive(run, resume) if cfg["adapt"]["cycles"] else None
     opt = None
     evaluator = _Evaluator(run, cfg["output"]["test_every"])
-    if method in TAO:
+    if method in TAO and refine is None:
         opt = Optimizer(run.J, method, riesz=tr["riesz"], bounds=bounds or None, gauss_newton=tr["gauss_newton"],
                         gttol=tr["gttol"], max_it=tr["max_it"], monitor=True, checkpoint=ckpt_dir,
                         checkpoint_every=tr["checkpoint_every"], metrics=evaluator)
@@ -210,6 +225,8 @@ def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=
             opt.destroy()
         run.destroy()
         raise
+    if refine is not None:
+        return _train_adaptive(run, refine, bounds, folder, t0)
     m0 = run.initial()
     if resume_from is None:
         # a new run's first checkpoint holds its initial controls (before config.toml,
@@ -329,6 +346,135 @@ def _check_training(run: Run, bounds: dict, resume_from: Path | None):
     missing = [k for k in need if k not in have]
     if missing:
         raise InputError(f"checkpoint {resume_from} lacks the training state {missing} that method {method!r} resumes from")
+
+
+def _check_adaptive(run: Run, resume: bool) -> tuple:
+    """Refuse an adaptive run that cannot run (before anything is written); its refine tuple."""
+    from dolfinx import mesh as dmesh
+
+    from fem_dnn.optimize import TAO
+    from fem_dnn.optimize.adaptive import check
+
+    ad, tr = run.cfg["adapt"], run.cfg["training"]
+    refine = ("depth", "width") if ad["refine"] == "both" else (ad["refine"],)
+    check(ad["goal"], ad["tolerance"], ad["fraction"], ad["cycles"], ad["max_controls"], refine)
+    if tr["method"] not in TAO:
+        raise InputError(f"adapt.cycles > 0 trains every cycle with a TAO method; training.method = {tr['method']!r} "
+                         f"is not one ({', '.join(TAO)})")
+    if resume:
+        raise InputError("an adaptive run (adapt.cycles > 0) cannot resume: its cycles are not checkpointed; train again")
+    if "width" in refine:
+        sp, cell = run.space, run.space.mesh.topology.cell_type
+        if cell not in (dmesh.CellType.interval, dmesh.CellType.triangle, dmesh.CellType.tetrahedron):
+            raise InputError(f"adapt.refine = {ad['refine']!r} refines node cells with dolfinx.mesh.refine, which takes "
+                             f"intervals, triangles and tetrahedra, not {cell.name}s (set node.cell = 'triangle', or "
+                             "adapt.refine = 'depth')")
+        if (sp.family, sp.degree) != ("DG", 0) or run.net.kernel.name != "dense":
+            raise InputError(f"adapt.refine = {ad['refine']!r}: the width estimator needs node.space = 'DG0' and "
+                             f"network.kernel = 'dense', not {sp.family}{sp.degree} with {run.net.kernel.name!r}")
+    return refine
+
+
+def _train_adaptive(run: Run, refine: tuple, bounds: dict, folder: Path, t0: float) -> dict:
+    """The adaptive loop of :func:`fem_dnn.optimize.adaptive.adapt` on the config's problem.
+
+    The run folder gets, besides the usual files for the last cycle's discretisation
+    (checkpoint, metrics.csv with a ``cycle`` column, summary.json with the cycles, the
+    figures and fields): ``adapt/cycles.csv`` (one row per cycle), ``adapt/cycle_<k>.json``
+    (depth points, indicators, marked layers and cells), ``adapt/cycle_<k>_mesh.xdmf`` (the
+    node mesh with the width indicators), ``adapt/final.toml`` (the config of the last
+    discretisation: ``fem-dnn evaluate`` reads it) and ``adapt.png``."""
+    import types
+
+    from fem_dnn.app.checkpoint import save_checkpoint
+    from fem_dnn.app.config import validate
+    from fem_dnn.app.output import cell_polygons, plot_adapt, write_indicator_mesh
+    from fem_dnn.optimize.adaptive import adapt
+
+    cfg, comm = run.cfg, run.comm
+    ad, tr = cfg["adapt"], cfg["training"]
+    records = folder / "adapt"
+    if comm.rank == 0:
+        records.mkdir(parents=True, exist_ok=True)
+    comm.Barrier()
+    runfolder.write_text(folder / "config.toml", to_toml(cfg), comm)
+    made = {}
+
+    def problem(space, depth):
+        other = run.on(space, depth)
+        made[id(other.J)] = other
+        return other.J
+
+    rows = []
+
+    def record(cycle):
+        r = made[id(cycle.J)]
+        sp, depth = r.space, r.net.depth
+        metrics = r.metrics(cycle.m)
+        row = {"cycle": cycle.index, "layers": depth.N, "neurons": sp.n, "controls": cycle.controls,
+               "iterations": cycle.iterations, "J": cycle.value, "estimate": cycle.estimate,
+               "eta_depth": float(cycle.depth.sum()), "eta_width": float(cycle.width.sum()),
+               "marked_layers": int(cycle.marked_layers.size), "marked_cells": int(cycle.marked_cells.size),
+               **{k: v for k, v in metrics.items() if k != "J"}, "stop": cycle.stop}
+        rows.append(row)
+        detail = {"depth_points": depth.points.tolist(), "depth_indicators": cycle.depth.tolist(),
+                  "width_indicators": cycle.width.tolist(), "marked_layers": cycle.marked_layers.tolist(),
+                  "marked_cells": cycle.marked_cells.tolist(), **row}
+        runfolder.write_text(records / f"cycle_{cycle.index}.json", json.dumps(detail, indent=1), comm)
+        with _agreed(comm, f"cannot write {records / f'cycle_{cycle.index}_mesh.xdmf'}"):
+            write_indicator_mesh(records / f"cycle_{cycle.index}_mesh.xdmf", sp,
+                                 cycle.width if cycle.width.size else np.zeros(sp.n))
+        acc = f", test accuracy {metrics['test_accuracy']:.4f}" if "test_accuracy" in metrics else ""
+        run.say(f"fem-dnn train: adapt cycle {cycle.index}: {depth.N} layers, {sp.n} neurons, {cycle.controls} controls, "
+                f"{cycle.iterations} iterations, J {cycle.value:.6e}, estimate {cycle.estimate:+.3e} "
+                f"(depth {row['eta_depth']:+.3e}, width {row['eta_width']:+.3e}){acc}"
+                + (f"; {cycle.stop}" if cycle.stop else f"; refine {row['marked_layers']} layers, {row['marked_cells']} cells"))
+
+    t_train = time.perf_counter()
+    cycles = adapt(problem, run.space, run.net.depth, goal=ad["goal"], tolerance=ad["tolerance"], fraction=ad["fraction"],
+                   cycles=ad["cycles"], max_controls=ad["max_controls"], refine=refine, method=tr["method"],
+                   gttol=tr["gttol"], max_it=tr["max_it"], callback=record, riesz=tr["riesz"], bounds=bounds or None,
+                   gauss_newton=tr["gauss_newton"])
+    training = time.perf_counter() - t_train
+    last = cycles[-1]
+    final = made[id(last.J)]
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    runfolder.write_text(records / "cycles.csv", text.getvalue(), comm)
+    # the last discretisation as a config (fem-dnn evaluate rebuilds the run from it)
+    final_cfg = copy.deepcopy(cfg)
+    final_cfg["adapt"]["cycles"] = 0
+    final_cfg["network"]["depth_points"] = final.net.depth.points.tolist()
+    if "width" in refine:
+        mesh_file = records / "final_mesh.xdmf"
+        with _agreed(comm, f"cannot write {mesh_file}"), dolfinx.io.XDMFFile(comm, str(mesh_file), "w") as xf:
+            xf.write_mesh(final.space.mesh)
+        final_cfg["node"]["mesh"], final_cfg["node"]["fit"] = str(mesh_file.resolve()), "none"
+    runfolder.write_text(records / "final.toml", to_toml(validate(final_cfg, "adapt/final.toml")), comm)
+    save_checkpoint(folder / "checkpoint" / "checkpoint.npz", final.J.controls, last.m,
+                    {"method": tr["method"], "iteration": last.iterations, "history": [], "adapt_cycles": len(cycles)})
+    history = [{"cycle": c.index, **h} for c in cycles for h in c.history]
+    summary = {"data": run.data.name, "method": tr["method"], "iterations": sum(c.iterations for c in cycles),
+               "stop": last.stop, "ranks": comm.size, "neurons": final.space.n, "layers": final.net.depth.N,
+               **final.metrics(last.m), "solves": dict(final.J.counts), "training_seconds": training,
+               "seconds": time.perf_counter() - t0, "adapt": rows}
+    _write_outputs(final, types.SimpleNamespace(m=last.m, history=history), summary, folder)
+    if cfg["output"]["figures"]:
+        polygons = cell_polygons(final.space)
+        with _atomic_figure(folder / "adapt.png", comm) as path:
+            if comm.rank == 0:
+                plot_adapt(path, polygons, last.width, [made[id(c.J)].net.depth.points for c in cycles],
+                           [c.controls for c in cycles], [c.estimate for c in cycles], f"{run.data.name}: adaptive")
+    run.say(f"fem-dnn train: adaptive run stopped ({last.stop}); {training:.1f} s training in {len(cycles)} cycles; "
+            f"run folder {folder}")
+    for c in cycles:
+        c.m.destroy()
+    for r in list(made.values())[::-1]:
+        r.destroy()
+    run.destroy()
+    return summary
 
 
 #: How far (relative to the domain's size) a node mesh's bounding box may be from the
@@ -506,8 +652,11 @@ def evaluate(folder, comm: MPI.Comm = MPI.COMM_WORLD, out=print, overrides=()) -
             if f"{sec}.{key}" not in EVALUATE_KEYS:
                 raise InputError(f"fem-dnn evaluate --set {sec}.{key}: only the discretisation may change "
                                  f"({', '.join(EVALUATE_KEYS)})")
-    cfg = load_config(folder / "config.toml")
-    target_cfg = load_config(folder / "config.toml", list(overrides)) if overrides else None
+    source = folder / "config.toml"
+    if load_config(source)["adapt"]["cycles"] and (folder / "adapt" / "final.toml").is_file():
+        source = folder / "adapt" / "final.toml"  # an adaptive run: the last cycle's discretisation
+    cfg = load_config(source)
+    target_cfg = load_config(source, list(overrides)) if overrides else None
     found = runfolder.inspect(folder, comm).checkpoint  # checkpoint.npz, or the .prev a crash left
     run = Run(cfg, comm, out)
     m, state, _ = load_checkpoint(found or folder / "checkpoint" / "checkpoint.npz", run.J.controls)

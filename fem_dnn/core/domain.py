@@ -175,8 +175,32 @@ def read_node_mesh(path, comm: MPI.Comm, name: str = "mesh") -> dmesh.Mesh:
             reason = " ".join(str(e).split()).rstrip(".")
             raise InputError(f"cannot read XDMF mesh {str(path)!r} (grid {name!r}): {reason}"
                              + ("" if ".h5" in reason else _hdf5_files(path))) from None
+    mesh = _drop_zero_coordinates(mesh)
     _check_cells(mesh, path)
     return mesh
+
+
+def _drop_zero_coordinates(mesh: dmesh.Mesh) -> dmesh.Mesh:
+    """A mesh whose geometry has more coordinates than its cells have dimensions, the
+    extra ones zero everywhere (DOLFINx writes an interval mesh to XDMF with two), as the
+    same mesh with ``tdim`` coordinates (collective; the cells are redistributed)."""
+    import basix.ufl
+
+    tdim, gdim = mesh.topology.dim, mesh.geometry.dim
+    ncell = mesh.topology.index_map(tdim).size_local
+    if gdim == tdim or mesh.comm.allreduce(float(np.abs(mesh.geometry.x[:, tdim:]).max(initial=0.0)), op=MPI.MAX) > 0:
+        return mesh
+    dofs = mesh.geometry.dofmaps[0]
+    mine = mesh.geometry.x[dofs[:ncell], :tdim]  # (cells, vertices, tdim)
+    parts = mesh.comm.gather(mine, root=0)
+    cells, x = np.zeros((0, dofs.shape[1]), dtype=np.int64), np.zeros((0, tdim))
+    if mesh.comm.rank == 0:
+        allv = np.concatenate(parts, axis=0)
+        x, inverse = np.unique(np.round(allv.reshape(-1, tdim), 12), axis=0, return_inverse=True)
+        cells = inverse.reshape(allv.shape[:2]).astype(np.int64)
+    element = basix.ufl.element("Lagrange", mesh.topology.cell_name(), 1, shape=(tdim,))
+    part = dmesh.create_cell_partitioner(dmesh.GhostMode.shared_facet, 2)
+    return dmesh.create_mesh(mesh.comm, cells, element, x, part)
 
 
 def _check_xml(path: Path):

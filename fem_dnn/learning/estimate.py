@@ -100,12 +100,12 @@ def refine_nodes(space, marked=None):
         raise InputError(f"the node mesh cannot be refined: dolfinx.mesh.refine takes simplices, not {msh.topology.cell_type.name}s"
                          " (use triangle or tetrahedron cells)")
     tdim = msh.topology.dim
+    msh.topology.create_entities(1)  # refinement splits edges
     edges = None
     if marked is not None:
         if (space.family, space.degree) != ("DG", 0):
             raise InputError("marking node cells needs a DG0 node space (a neuron per cell)")
         mine = np.flatnonzero(np.isin(space.nat_owned, np.asarray(marked, dtype=np.int64))).astype(np.int32)
-        msh.topology.create_entities(1)
         edges = mine if tdim == 1 else dmesh.compute_incident_entities(msh.topology, mine, tdim, 1)
     fine = dmesh.refine(msh, edges, partitioner=dmesh.create_cell_partitioner(dmesh.GhostMode.shared_facet, 2))[0]
     return NodeSpace(fine, space.family, space.degree, space.mass, space.qdeg, space.prefix)

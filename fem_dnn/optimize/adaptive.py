@@ -42,6 +42,7 @@ class Cycle:
     marked_layers: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     marked_cells: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     stop: str = ""
+    history: list = field(default_factory=list)  # the training's rows (one per iteration)
 
     @property
     def estimate(self) -> float:
@@ -106,7 +107,7 @@ def adapt(problem, space, depth, goal: str = "cost", tolerance: float | None = N
         opt.destroy()
         eta_d = depth_indicators(J, res.m) if "depth" in refine else np.zeros(0)
         eta_w = width_indicators(J, res.m, problem) if "width" in refine else np.zeros(0)
-        cycle = Cycle(index, J, res.m, J(res.m), _size(J), res.iterations, eta_d, eta_w)
+        cycle = Cycle(index, J, res.m, J(res.m), _size(J), res.iterations, eta_d, eta_w, history=res.history)
         out.append(cycle)
         if tolerance is not None and abs(cycle.estimate) <= tolerance:
             cycle.stop = f"estimate {abs(cycle.estimate):.3e} <= tolerance {tolerance:g}"
