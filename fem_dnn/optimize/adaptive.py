@@ -74,7 +74,7 @@ def check(goal="cost", tolerance=None, fraction=0.5, cycles=5, max_controls=None
 
 def adapt(problem, space, depth, goal: str = "cost", tolerance: float | None = None, fraction: float = 0.5,
           cycles: int = 5, max_controls: int | None = None, refine=REFINE, method: str = "lbfgs",
-          gttol: float = 1e-8, max_it: int = 2000, callback=None, **optimizer) -> list[Cycle]:
+          gttol: float = 1e-8, max_it: int = 2000, newton_its: int = 100, callback=None, **optimizer) -> list[Cycle]:
     """Adaptive training from the discretisation ``(space, depth)``.
 
     Args:
@@ -89,6 +89,7 @@ def adapt(problem, space, depth, goal: str = "cost", tolerance: float | None = N
         max_controls: stop before training a discretisation with more controls.
         refine: ``("depth", "width")`` or one of them.
         method, gttol, max_it, optimizer: the TAO training (:class:`Optimizer`) of every cycle.
+        newton_its: CG iterations of the width estimator's Gauss-Newton step.
         callback: ``callback(cycle)`` after every cycle (the run folder's records).
 
     Returns:
@@ -106,7 +107,7 @@ def adapt(problem, space, depth, goal: str = "cost", tolerance: float | None = N
         res = opt.solve(m0)
         opt.destroy()
         eta_d = depth_indicators(J, res.m) if "depth" in refine else np.zeros(0)
-        eta_w = width_indicators(J, res.m, problem) if "width" in refine else np.zeros(0)
+        eta_w = width_indicators(J, res.m, problem, max_it=newton_its) if "width" in refine else np.zeros(0)
         cycle = Cycle(index, J, res.m, J(res.m), _size(J), res.iterations, eta_d, eta_w, history=res.history)
         out.append(cycle)
         if tolerance is not None and abs(cycle.estimate) <= tolerance:
