@@ -129,7 +129,7 @@ def images_part(args, comm, say):
     start = NodeSpace(create_node_mesh(comm, "rectangle", 4, cell="triangle"), "DG", 0)
     uniform, sp, Jc, m = [], start, None, None
     t = time.perf_counter()
-    for level in range(3):
+    for _ in range(3):
         J = problem(sp, depth)
         m, its = train(J, None if Jc is None else transfer_controls(Jc.controls, m, J.controls), gttol=1e-7,
                        max_it=args.its)

@@ -268,28 +268,32 @@ def test_adaptive_width_needs_fewer_controls():
     assert all(0.7 <= s[3] <= 1.4 for s in sizes), sizes
 
 
-@pytest.mark.slow
-def test_combined_effectivity():
+@pytest.mark.parametrize("levels, fine_layers, finest_refinements", [
+    ((2, 4), 16, 3),
+    pytest.param((2, 4, 8, 16), 64, 5, marks=pytest.mark.slow),
+], ids=["2-levels", "4-levels"])
+def test_combined_effectivity(levels, fine_layers, finest_refinements):
     """Depth and width refined together, (layers, cells) = (2, 4), (4, 8), (8, 16), (16,
     32), trained from the previous level; eta = sum of the depth and width indicators
-    against the optimum on RK4 64 layers x 4 x the cells (the same branch): effectivity
-    within [0.7, 1.4] at every level (measured 1.144, 1.029, 1.101, 1.293; depth only,
-    against RK4 64 layers on the same cells: 0.796, 0.924, 0.967, 0.984; width only:
-    1.099, 0.998, 1.062, 1.120). The last combined value is high because the depth
-    (-1.07e-4) and width (+1.91e-4) errors cancel in part."""
+    against the optimum on RK4 ``fine_layers`` x finer cells (the same branch): effectivity
+    within [0.7, 1.4] at every level (4 levels, reference RK4 64 layers x 128 cells, the
+    slow tier: 1.144, 1.029, 1.101, 1.293; depth only, against RK4 64 layers on the same
+    cells: 0.796, 0.924, 0.967, 0.984; width only: 1.099, 0.998, 1.062, 1.120; the last
+    combined value is high because the depth (-1.07e-4) and width (+1.91e-4) errors cancel
+    in part). The default tier runs the first two levels against RK4 16 layers x 32 cells."""
     from fem_dnn.learning.estimate import refine_nodes, width_indicators
 
     sp = NodeSpace(create_node_mesh(MPI.COMM_SELF, "interval", 4), "DG", 0)
-    fine_depth = Depth(T=1.0, N=64)
+    fine_depth = Depth(T=1.0, N=fine_layers)
     Jc = m = None
-    for level, N in enumerate((2, 4, 8, 16)):
+    for level, N in enumerate(levels):
         depth = Depth(T=1.0, N=N)
         J = _problem(sp, depth)
         m = _train(J, None if Jc is None else transfer_controls(Jc.controls, m, J.controls))
         eta_d, eta_w = depth_indicators(J, m).sum(), width_indicators(J, m, _problem).sum()
-        both = _reference(J, m, _refined(sp, 5 - level), fine_depth, "rk4") - J(m)
+        both = _reference(J, m, _refined(sp, finest_refinements - level), fine_depth, "rk4") - J(m)
         depth_only = _reference(J, m, sp, fine_depth, "rk4") - J(m)
-        width_only = _reference(J, m, _refined(sp, 5 - level), depth) - J(m)
+        width_only = _reference(J, m, _refined(sp, finest_refinements - level), depth) - J(m)
         for e in ((eta_d + eta_w) / both, eta_d / depth_only, eta_w / width_only):
             assert 0.7 <= e <= 1.4, (N, sp.n, e)
         Jc, sp = J, refine_nodes(sp)

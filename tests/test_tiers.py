@@ -24,6 +24,7 @@ SOAK = {
     "test_faults.py::test_no_leak_over_gradients[1000]",
     "test_faults.py::test_no_leak_over_hessian_actions[200]",
     "test_faults.py::test_no_leak_over_optimizer_cycles[10]",
+    "test_estimate.py::test_combined_effectivity[4-levels]",
 }
 
 
@@ -43,8 +44,8 @@ def test_tiers_split_the_suite():
 
 
 def test_every_soak_test_has_a_short_version_in_the_default_tier():
-    """The same test with one kill, or a tenth of the solves (test_many_kills, the longer
-    loop, is a longer version of the random-kill tests)."""
+    """The same test with one kill, or a tenth of the solves, or fewer levels (test_many_kills,
+    the longer loop, is a longer version of the random-kill tests)."""
     default = collect()
     for test in {t.replace("test_many_kills", "test_adam_killed_at_random_moments_resumes_exactly") for t in SOAK}:
         name = re.sub(r"\[.*\]$", "", test)
