@@ -24,7 +24,7 @@ from fem_dnn.errors import InputError
 from fem_dnn.core.activation import ACTIVATIONS
 from fem_dnn.core.kernel import KERNELS
 from fem_dnn.learning.losses import LOSSES
-from fem_dnn.network.schemes import SCHEMES
+from fem_dnn.network.schemes import DTYPES, SCHEMES
 from fem_dnn.optimize.adaptive import GOALS
 from fem_dnn.optimize.methods import METHODS
 
@@ -79,6 +79,8 @@ SPEC = {
                          "the depth mesh's points 0 = t_0 < ... < t_N = T (a graded mesh, as adaptive runs write it; "
                          "overrides T and N); empty: N uniform layers"),
         "eps": (0.0, float, _NONNEG, "node diffusion coefficient"),
+        "dtype": ("float64", str, _choice(*DTYPES), "precision of the states, tape and costate (float32: explicit "
+                  "schemes, lumped mass, eps = 0, dense kernel; the controls and gradients stay float64)"),
         "kernel": ("dense", str, _choice(*KERNELS), "family of the layers' kernels b (fem_dnn.core.kernel): dense (n x n "
                    "per layer), local (translation-invariant kappa(y - z) of support |y - z| <= kernel_radius), lowrank "
                    "(sum of kernel_rank products psi_r(y) phi_r(z); needs training.init_scale > 0)"),

@@ -120,7 +120,8 @@ class Run:
         params = {"dense": {}, "lowrank": {"rank": nw["kernel_rank"]},
                   "local": {"radius": nw["kernel_radius"], "cells": nw["kernel_cells"], "channels": nd["channels"]}}
         kernel = make_kernel(self.space, nw["kernel"], **params[nw["kernel"]])
-        self.net = Network(self.space, depth, nw["activation"], nw["scheme"], nw["eps"], layout=self.layout, kernel=kernel)
+        self.net = Network(self.space, depth, nw["activation"], nw["scheme"], nw["eps"], layout=self.layout, kernel=kernel,
+                           dtype=nw["dtype"])
         loss = get_loss(ds.kind if tr["loss"] == "default" else tr["loss"], readout=ds.kind)
         kw = dict(loss=loss, K=ds.K, lam=tr["lam"], gamma=tr["gamma"])
         self.J = self._functional(ds.subset(self.train_idx), kw)

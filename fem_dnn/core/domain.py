@@ -478,7 +478,8 @@ class NodeSpace:
         (kernel coefficients b_ij: owned rows i, all columns j). The consistent mass is
         kept as a sequential copy on every rank for this (it is sparse)."""
         if self.mass == "lumped":
-            return X / self.weights_all if inverse else X * self.weights_all
+            w = self.weights_all if X.dtype != np.float32 else self.weights_all.astype(np.float32)  # keep the precision
+            return X / w if inverse else X * w
         if self._M_all is None:
             rows = PETSc.IS().createStride(self.n, 0, 1, comm=PETSc.COMM_SELF)
             self._M_all = self._M.createSubMatrices(rows, rows)[0]
@@ -586,9 +587,9 @@ class NodeSpace:
         S = G.shape[1]
         if self.comm.size == 1:
             return [np.ascontiguousarray(G.T)]
-        buf = np.empty(self.n * S)
+        buf = np.empty(self.n * S, dtype=G.dtype)
         send = np.ascontiguousarray(G.T)
-        self.comm.Allgatherv(send, [buf, self.counts * S, self.offsets[:-1] * S, MPI.DOUBLE])
+        self.comm.Allgatherv(send, [buf, self.counts * S, self.offsets[:-1] * S, MPI.FLOAT if G.dtype == np.float32 else MPI.DOUBLE])
         return [buf[self.offsets[r] * S : self.offsets[r + 1] * S].reshape(S, -1) for r in range(self.comm.size)]
 
     def function(self, values: np.ndarray | None = None, name: str = "f") -> fem.Function:

@@ -199,7 +199,7 @@ class DenseKernel(Kernel):
             send = np.concatenate(
                 [part[:, sp.offsets[r] : sp.offsets[r + 1]].ravel() for r in range(sp.comm.size)]
             )
-            recv = np.empty(sp.n_local * S)
+            recv = np.empty(sp.n_local * S, dtype=send.dtype)
             sp.comm.Reduce_scatter(send, recv, recvcounts=list(sp.counts * S), op=_mpi().SUM)
             part = recv.reshape(S, sp.n_local)
         return part.T  # (n_local, S), Fortran-ordered

@@ -29,7 +29,7 @@ from fem_dnn.core.domain import Depth, Layout, NodeSpace, locate_points
 from fem_dnn.core.kernel import DenseKernel, Kernel, make_kernel
 from fem_dnn.errors import InputError, NonFiniteError
 from fem_dnn.network.readout import Readout, logistic, softmax
-from fem_dnn.network.schemes import SCHEMES, make_scheme
+from fem_dnn.network.schemes import DTYPES, SCHEMES, float32_unsupported, make_scheme
 
 __all__ = ["Controls", "Costate", "Network", "Stage", "Trajectory"]
 
@@ -133,7 +133,10 @@ class Network:
         layout: Layout | None = None,
         petsc_options_prefix: str = "fem_dnn_",
         kernel: str | Kernel = "dense",
+        dtype: str = "float64",
     ):
+        if dtype not in DTYPES:
+            raise InputError(f"unknown precision {dtype!r}; choose one of {list(DTYPES)}")
         if scheme not in SCHEMES:
             raise InputError(f"unknown depth scheme {scheme!r}; choose one of {list(SCHEMES)}")
         if not (np.isfinite(eps) and eps >= 0):
@@ -147,7 +150,19 @@ class Network:
         self.readout_kernel = DenseKernel(space)  # a function readout's W is a dense kernel
         self.layout = layout or Layout(space.comm, space.comm, MPI.COMM_SELF)
         self.prefix = petsc_options_prefix
+        self.dtype = np.dtype(dtype)
+        if self.dtype == np.float32:
+            why = float32_unsupported(scheme, self.eps, space.mass, self.kernel.name)
+            if why:
+                raise InputError(f"dtype = 'float32' {why}; use dtype = 'float64'")
         self._scheme = make_scheme(scheme, self)
+
+    def cast(self, c: "Controls | None") -> "Controls | None":
+        """The controls in the network's precision (the states', tape's and costate's);
+        the controls, gradients and everything the optimisers see stay float64."""
+        if c is None or self.dtype == np.float64:
+            return c
+        return Controls(np.asarray(c.a, dtype=self.dtype), np.asarray(c.b, dtype=self.dtype))
 
     # ------------------------------------------------------------------ parameters
     def make_controls(self, a=0.0, b=0.0) -> Controls:
@@ -206,6 +221,8 @@ class Network:
             s0, s1 = self.layout.sample_range(F.shape[1])
             F = np.asfortranarray(F[:, s0:s1])
         _check_finite(self.layout.world, "input data f_I", F)
+        if F.dtype != self.dtype:
+            F = np.asfortranarray(F, dtype=self.dtype)
         return F
 
     # ------------------------------------------------------------------ the scheme
@@ -357,10 +374,12 @@ class Network:
         """
         ready = isinstance(f_I, np.ndarray) and f_I.ndim == 2 and f_I.flags.f_contiguous and f_I.shape[0] == self.space.n_local
         F = f_I if ready else self.inputs(f_I)
+        F = np.asfortranarray(F, dtype=self.dtype)
+        controls = self.cast(controls)
         N = self.depth.N
         if store_every is not None:
             return self._forward_checkpointed(F, controls, int(store_every))
-        states = np.empty((N + 1, F.shape[1], F.shape[0]))
+        states = np.empty((N + 1, F.shape[1], F.shape[0]), dtype=self.dtype)
         states[0] = F.T
         F = states[0].T  # each layer writes into the trajectory: the tape's X are views of it
         stages = [] if tape else None
@@ -386,8 +405,8 @@ class Network:
         if every < 1:
             raise InputError(f"store_every (depth checkpointing) must be >= 1, got {every}")
         levels = sorted(set(range(0, N + 1, every)) | {N})
-        store = np.empty((len(levels), F.shape[1], F.shape[0]))
-        work = np.empty((2, F.shape[1], F.shape[0]))
+        store = np.empty((len(levels), F.shape[1], F.shape[0]), dtype=self.dtype)
+        work = np.empty((2, F.shape[1], F.shape[0]), dtype=self.dtype)
         store[0] = F.T
         F = store[0].T
         for k in range(N):
@@ -403,7 +422,7 @@ class Network:
     def _segment(self, traj, s0, s1):
         """States and tape of layers s0..s1-1 recomputed from the checkpoint at level s0."""
         c = traj.controls
-        states = np.empty((s1 - s0 + 1,) + traj.states.shape[1:])
+        states = np.empty((s1 - s0 + 1,) + traj.states.shape[1:], dtype=self.dtype)
         states[0] = traj.states[traj.levels.index(s0)]
         F = states[0].T
         tapes = []
@@ -424,8 +443,9 @@ class Network:
         carry a tape). ``result.tape`` holds the stages' increments."""
         _need_tape(traj)
         c, N = traj.controls, self.depth.N
+        dc = self.cast(dc)
         S, nl = traj.states.shape[1], traj.states.shape[2]
-        dF = np.zeros((nl, S), order="F") if dF0 is None else np.asfortranarray(dF0)
+        dF = np.zeros((nl, S), order="F", dtype=self.dtype) if dF0 is None else np.asfortranarray(dF0, dtype=self.dtype)
         states = np.empty_like(traj.states)
         states[0] = dF.T
         dtape = []
@@ -446,11 +466,11 @@ class Network:
         """
         c, N = traj.controls, self.depth.N
         grad = self.zero_controls()
-        dual = np.asfortranarray(dual_T)
+        dual = np.asfortranarray(dual_T, dtype=self.dtype)
         duals = zs = None
         bad = -1  # the first layer (going backward) whose costate is not finite, checked once at the end
         if keep:
-            duals = np.empty((len(traj.levels) if traj.levels is not None else N + 1,) + traj.states.shape[1:])
+            duals = np.empty((len(traj.levels) if traj.levels is not None else N + 1,) + traj.states.shape[1:], dtype=self.dtype)
             duals[-1] = dual.T
         if traj.levels is not None:  # depth checkpointing: recompute segment by segment
             for i in reversed(range(len(traj.levels) - 1)):
@@ -496,7 +516,7 @@ class Network:
         """
         c, N = traj.controls, self.depth.N
         hess = self.zero_controls()
-        d_dual = np.asfortranarray(d_dual_T)
+        d_dual = np.asfortranarray(d_dual_T, dtype=self.dtype)
         for k in reversed(range(N)):
             d_dual, _ = self._scheme.transpose(
                 k, traj.tape[k], d_dual, c, hess, tangent.tape[k], costate.z[k], tangent.controls, second=not gauss_newton

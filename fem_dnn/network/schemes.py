@@ -33,8 +33,8 @@ import numpy as np
 
 from fem_dnn.errors import SolverError
 
-__all__ = ["IMPLICIT", "ORDER", "SCHEMES", "STAGES", "TABLEAUS", "ExplicitRungeKutta", "ImplicitMidpoint",
-           "Scheme", "Tableau", "make_scheme"]
+__all__ = ["DTYPES", "IMPLICIT", "ORDER", "SCHEMES", "STAGES", "TABLEAUS", "ExplicitRungeKutta", "ImplicitMidpoint",
+           "Scheme", "Tableau", "float32_unsupported", "make_scheme"]
 
 
 @dataclass(frozen=True)
@@ -409,6 +409,25 @@ SCHEMES = tuple(TABLEAUS) + tuple(IMPLICIT)
 ORDER = {**{n: t.order for n, t in TABLEAUS.items()}, **{n: cls.order for n, cls in IMPLICIT.items()}}
 #: stages recorded on the tape per layer
 STAGES = {**{n: len(t.b) for n, t in TABLEAUS.items()}, **{n: cls.stages for n, cls in IMPLICIT.items()}}
+
+
+#: The precisions of the states, the tape and the costate (``Network(dtype=...)``); the
+#: controls, gradients and what the optimisers see are float64 in both.
+DTYPES = ("float64", "float32")
+
+
+def float32_unsupported(scheme: str, eps: float, mass: str, kernel: str) -> str:
+    """Why a float32 network cannot run with these settings ("" when it can): the parts
+    solved by PETSc (float64 only here) and the kernels not yet ported."""
+    if scheme == "midpoint":
+        return "cannot run the implicit midpoint rule: its PETSc SNES and KSP solve in float64"
+    if eps:
+        return "cannot take node diffusion (eps > 0): its PETSc solves are float64"
+    if mass != "lumped":
+        return "needs the lumped node mass: the consistent mass is applied by PETSc in float64"
+    if kernel != "dense":
+        return f"runs the dense kernel only, not the {kernel} kernel"
+    return ""
 
 
 def make_scheme(name: str, net) -> Scheme:
