@@ -3,12 +3,13 @@
     x^{k+1} = x^k + tau tanh(a^k - (1/n) b^k x^k),  O = (1/n) W x^N + mu,
     J = mean cross-entropy(O, labels)
 
-in float64 with autograd. Reads the problem from an .npz written by vs_pytorch.py,
+with autograd, in float64 or float32 (as a PyTorch user trains). Reads the problem from
+an .npz written by vs_pytorch.py,
 prints a JSON line with the best forward and gradient times and the results (J and the
 gradient) written to an .npz for the cross-check. Runs in its own interpreter (PyTorch's
 CPU wheel may need another Python than fem_dnn's).
 
-    python bench/torch_resnet.py problem.npz result.npz THREADS REPEAT
+    python bench/torch_resnet.py problem.npz result.npz THREADS REPEAT [float64|float32]
 """
 
 import json
@@ -21,13 +22,13 @@ import torch
 
 def main():
     src, dst, threads, repeat = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    dtype = getattr(torch, sys.argv[5] if len(sys.argv) > 5 else "float64")
     torch.set_num_threads(threads)
     d = np.load(src)
     n, tau = d["a"].shape[1], float(d["tau"])
-    X = torch.tensor(d["X"].T.copy())  # (n, S): samples as columns, like fem_dnn
+    X = torch.tensor(d["X"].T.copy(), dtype=dtype)  # (n, S): samples as columns, like fem_dnn
     y = torch.tensor(d["y"])
-    params = {k: torch.tensor(d[k], requires_grad=True) for k in ("a", "b", "W", "mu")}
-    Wk = [(-params["b"][k] / n) for k in range(params["b"].shape[0])]
+    params = {k: torch.tensor(d[k], dtype=dtype, requires_grad=True) for k in ("a", "b", "W", "mu")}
 
     def loss(p):
         x = X
@@ -35,8 +36,6 @@ def main():
             x = x + tau * torch.tanh(p["a"][k][:, None] - (p["b"][k] @ x) / n)
         O = (p["W"] @ x) / n + p["mu"][:, None]
         return torch.nn.functional.cross_entropy(O.T, y)
-
-    del Wk
 
     def forward():
         with torch.no_grad():
@@ -60,7 +59,7 @@ def main():
 
     tf, tg = best(forward), best(gradient)
     J = gradient()
-    np.savez(dst, J=J.item(), **{f"d{k}": v.grad.numpy() for k, v in params.items()})
+    np.savez(dst, J=J.item(), **{f"d{k}": v.grad.numpy().astype(np.float64) for k, v in params.items()})
     print(json.dumps({"forward": tf, "gradient": tg, "torch": torch.__version__, "threads": torch.get_num_threads()}))
 
 
