@@ -473,12 +473,15 @@ class NodeSpace:
             self._diagonal = (w, np.concatenate(self.comm.allgather(w)))
         return self._diagonal
 
-    def mass_columns(self, X: np.ndarray, inverse: bool = False) -> np.ndarray:
+    def mass_columns(self, X: np.ndarray, inverse: bool = False, scale: float = 1.0) -> np.ndarray:
         """``X M`` (or ``X M^{-1}``) for X indexed by *global* dofs along the last axis
-        (kernel coefficients b_ij: owned rows i, all columns j). The consistent mass is
+        (kernel coefficients b_ij: owned rows i, all columns j), times ``scale`` (``X M^{-1}``
+        divided by it; a scalar factor of a batch folded into these n^2 coefficients). The consistent mass is
         kept as a sequential copy on every rank for this (it is sparse)."""
         if self.mass == "lumped":
-            w = self.weights_all if X.dtype != np.float32 else self.weights_all.astype(np.float32)  # keep the precision
+            w = self.weights_all if scale == 1.0 else scale * self.weights_all
+            if X.dtype == np.float32:
+                w = w.astype(np.float32)  # keep the precision
             return X / w if inverse else X * w
         if self._M_all is None:
             rows = PETSc.IS().createStride(self.n, 0, 1, comm=PETSc.COMM_SELF)
@@ -493,6 +496,8 @@ class NodeSpace:
             self._cols_ksp = ksp
         Xt = np.asarray(X).reshape(-1, self.n).T
         out = mat_solve(self._cols_ksp, Xt) if inverse else mat_mult(self._M_all, Xt)
+        if scale != 1.0:
+            out *= 1.0 / scale if inverse else scale
         return out.T.reshape(X.shape)
 
     def diffusion_solver(self, theta_tau_eps: float) -> tuple[PETSc.KSP, PETSc.Mat]:

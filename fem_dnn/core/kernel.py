@@ -70,15 +70,17 @@ class Kernel:
         """``B_b f`` (a fresh Fortran array the caller may overwrite)."""
         raise NotImplementedError
 
-    def apply_transpose(self, b, V: np.ndarray) -> np.ndarray:
-        """``B_b^T v``: the adjoint of :meth:`apply` in the Euclidean pairing of
-        coefficient vectors (a fresh Fortran array)."""
+    def apply_transpose(self, b, V: np.ndarray, scale: float = 1.0) -> np.ndarray:
+        """``scale B_b^T v``: the adjoint of :meth:`apply` in the Euclidean pairing of
+        coefficient vectors (a fresh Fortran array). The costate step passes its scalar
+        factors (the step size, the sign) as ``scale`` so that a family can fold them into
+        its coefficients instead of a pass over the batch."""
         raise NotImplementedError
 
-    def outer(self, Z: np.ndarray, F: np.ndarray, b=None) -> np.ndarray:
-        """The derivative of ``<Z, B_b F>`` with respect to b (at ``b``; a family linear in
-        b does not need it), in b's layout: this rank's part (summed over the node ranks by
-        :meth:`reduce`)."""
+    def outer(self, Z: np.ndarray, F: np.ndarray, b=None, scale: float = 1.0) -> np.ndarray:
+        """``scale`` times the derivative of ``<Z, B_b F>`` with respect to b (at ``b``; a
+        family linear in b does not need it), in b's layout: this rank's part (summed over
+        the node ranks by :meth:`reduce`)."""
         raise NotImplementedError
 
     # ---- derivatives in b: for a family linear in b they are the three above
@@ -170,10 +172,10 @@ class DenseKernel(Kernel):
 
     name = "dense"
 
-    def weighted(self, b_local: np.ndarray) -> np.ndarray:
-        """``b M_w``: the kernel coefficients with the measure folded into the columns
-        (diagonal scaling when lumped), so that ``B_b f = (b M_w) f``."""
-        return self.space.mass_columns(b_local)
+    def weighted(self, b_local: np.ndarray, scale: float = 1.0) -> np.ndarray:
+        """``scale b M_w``: the kernel coefficients with the measure folded into the
+        columns (diagonal scaling when lumped), so that ``B_b f = (b M_w) f``."""
+        return self.space.mass_columns(b_local, scale=scale)
 
     def apply(self, b_local: np.ndarray, F: np.ndarray) -> np.ndarray:
         """One Allgatherv of f and one GEMM per rank block with ``b M_w`` (:meth:`weighted`,
@@ -188,12 +190,12 @@ class DenseKernel(Kernel):
             out += blocks[r] @ bw[:, sp.offsets[r] : sp.offsets[r + 1]].T
         return out.T  # (n_local, S), Fortran-ordered view
 
-    def apply_transpose(self, b_local: np.ndarray, V: np.ndarray) -> np.ndarray:
-        """One GEMM with :meth:`weighted` b and one Reduce_scatter."""
+    def apply_transpose(self, b_local: np.ndarray, V: np.ndarray, scale: float = 1.0) -> np.ndarray:
+        """One GEMM with :meth:`weighted` b (``scale`` folded in) and one Reduce_scatter."""
         if np.ndim(V) == 1:
-            return self.apply_transpose(b_local, np.asarray(V)[:, None])[:, 0]
+            return self.apply_transpose(b_local, np.asarray(V)[:, None], scale)[:, 0]
         sp = self.space
-        part = np.ascontiguousarray(V.T) @ self.weighted(b_local)  # (S, n): rank's part of (b M_w)^T v
+        part = np.ascontiguousarray(V.T) @ self.weighted(b_local, scale)  # (S, n): rank's part of (b M_w)^T v
         S = V.shape[1]
         if sp.comm.size > 1:
             send = np.concatenate(
@@ -204,15 +206,15 @@ class DenseKernel(Kernel):
             part = recv.reshape(S, sp.n_local)
         return part.T  # (n_local, S), Fortran-ordered
 
-    def outer(self, Z: np.ndarray, F: np.ndarray, b=None) -> np.ndarray:
-        """``sum_s Z[:, s] (M_w f_s)^T = (Z F^T) M_w`` (owned rows, all columns): complete
-        on each rank, nothing to reduce."""
+    def outer(self, Z: np.ndarray, F: np.ndarray, b=None, scale: float = 1.0) -> np.ndarray:
+        """``scale sum_s Z[:, s] (M_w f_s)^T = scale (Z F^T) M_w`` (owned rows, all
+        columns): complete on each rank, nothing to reduce."""
         sp = self.space
         blocks = sp.gather(np.asfortranarray(F))
         out = np.empty((Z.shape[0], sp.n))
         for r, blk in enumerate(blocks):
             out[:, sp.offsets[r] : sp.offsets[r + 1]] = Z @ blk
-        return sp.mass_columns(out)
+        return sp.mass_columns(out, scale=scale)
 
     def shape(self) -> tuple:
         return (self.space.n_local, self.space.n)
@@ -473,17 +475,19 @@ class LocalKernel(Kernel):
             return self.apply(kappa, np.asarray(F)[:, None])[:, 0]
         return np.asfortranarray(self.matrix(kappa) @ self._extended(F))
 
-    def apply_transpose(self, kappa, V):
+    def apply_transpose(self, kappa, V, scale=1.0):
         if np.ndim(V) == 1:
-            return self.apply_transpose(kappa, np.asarray(V)[:, None])[:, 0]
+            return self.apply_transpose(kappa, np.asarray(V)[:, None], scale)[:, 0]
         nl = self.space.n_local
         Y = self.matrix(kappa).T @ np.ascontiguousarray(V)  # (n_ext, S)
         out = np.array(Y[:nl], order="F")
         if self.space.comm.size > 1:
             self.halo.reverse(Y[nl:], out)
+        if scale != 1.0:
+            out *= scale
         return out
 
-    def outer(self, Z, F, b=None):
+    def outer(self, Z, F, b=None, scale=1.0):
         """``g = P^T G`` with the sampled products ``G_p = sum_s Z[i_p, s] F[j_p, s]`` on
         the support's pairs, one dense product ``Z[R] F[C]^T`` per box of rows R and their
         columns C (the rank's part; :meth:`reduce` sums over the node ranks)."""
@@ -492,7 +496,7 @@ class LocalKernel(Kernel):
         G = np.empty(self.nnz)
         for R, C, q, flat in self._tiles:
             G[q] = (Zc[R] @ X[C].T).ravel()[flat]
-        return self.P.T @ G
+        return scale * (self.P.T @ G)
 
     # ---- the control block: kappa on node rank 0, replicated in the network
     def shape(self):
@@ -630,10 +634,13 @@ class LowRankKernel(Kernel):
             return self.apply(b, np.asarray(F)[:, None])[:, 0]
         return np.asfortranarray(b[0] @ self._G(b[1], F))
 
-    def apply_transpose(self, b, V):
+    def apply_transpose(self, b, V, scale=1.0):
         if np.ndim(V) == 1:
-            return self.apply_transpose(b, np.asarray(V)[:, None])[:, 0]
-        return np.asfortranarray(self.space.apply_mass(np.asfortranarray(b[1] @ self._H(b[0], V))))
+            return self.apply_transpose(b, np.asarray(V)[:, None], scale)[:, 0]
+        H = self._H(b[0], V)
+        if scale != 1.0:
+            H *= scale  # (R, S)
+        return np.asfortranarray(self.space.apply_mass(np.asfortranarray(b[1] @ H)))
 
     def tangent(self, b, db, F):
         if np.ndim(F) == 1:
@@ -650,11 +657,13 @@ class LowRankKernel(Kernel):
         R = self.rank
         return np.asfortranarray(self.space.apply_mass(np.asfortranarray(db[1] @ H[:R] + b[1] @ H[R:])))
 
-    def outer(self, Z, F, b=None):
+    def outer(self, Z, F, b=None, scale=1.0):
         """``d/dPsi = Z G^T``, ``d/dPhi = (M_w F) H^T`` with ``G = Phi^T M_w F``, ``H =
         Psi^T Z``: complete on each rank (the R x S sums are reduced inside)."""
         MF = self.space.apply_mass(np.asfortranarray(F))
         GH = self._sum(np.ascontiguousarray(np.concatenate([b[1].T @ MF, b[0].T @ Z])))
+        if scale != 1.0:
+            GH *= scale  # (2R, S)
         R = self.rank
         return np.stack([Z @ GH[:R].T, MF @ GH[R:].T])
 

@@ -23,7 +23,7 @@ from mpi4py import MPI
 
 import dolfinx.geometry
 
-from fem_dnn._mpi import all_finite
+from fem_dnn._mpi import all_finite, finite
 from fem_dnn.core.activation import Activation, get_activation
 from fem_dnn.core.domain import Depth, Layout, NodeSpace, locate_points
 from fem_dnn.core.kernel import DenseKernel, Kernel, make_kernel
@@ -282,10 +282,20 @@ class Network:
             L -= cK * sp.apply(sp.K, dX)
         return sp.solve_mass(L), Stage(dUq, dX)
 
-    def g_adjoint(self, k, st, kappa, c, grad, cK=0.0):
-        """Transpose of g'(X): returns ``g_X^T kappa`` and ``z = Q^T M^{-1} kappa`` (kept
-        for second-order solves) and adds ``g_m^T kappa`` to ``grad`` (dual, Euclidean)."""
+    def g_adjoint(self, k, st, kappa, c, grad, cK=0.0, scale=1.0, keep=True):
+        """Transpose of g'(X) applied to ``scale kappa``: returns ``g_X^T (scale kappa)`` and
+        ``z = Q^T M^{-1} (scale kappa)`` (kept for second-order solves; None without
+        ``keep``) and adds ``g_m^T (scale kappa)`` to ``grad`` (dual, Euclidean).
+
+        This is the costate half of the fused layer (docs/model.md §4.13): with the
+        lumped mass and nothing to keep, one in-place product ``sigma'(u) kappa`` is the
+        only pass over the batch besides the kernel's two GEMMs; the stage's scalar
+        factor ``scale`` (and the sign) are folded into the n^2-sized operands (the
+        weighted kernel, the outer product, the bias sum), and the bias gradient's sum
+        over the samples is a GEMV."""
         sp = self.space
+        if scale != 1.0 and (keep or cK or sp.mass != "lumped"):
+            kappa, scale = scale * kappa, 1.0
         if sp.mass == "lumped":
             y, z = None, kappa
         else:
@@ -297,13 +307,12 @@ class Network:
             dz = self.sigma.dsigma_from(None, st.sig)
             dz *= z
         zeta = sp.quad_values_T(dz)
-        xi = self.kernel.apply_transpose(c.b[k], zeta)
-        xi *= -1.0  # -B_b^T zeta
+        xi = self.kernel.apply_transpose(c.b[k], zeta, -scale)  # -scale B_b^T zeta
         if cK:
             xi -= cK * sp.apply(sp.K, kappa / sp.weights[:, None] if y is None else y)
-        grad.a[k] += zeta.sum(axis=1)
-        grad.b[k] -= self.kernel.outer(zeta, st.X, c.b[k])
-        return xi, z
+        grad.a[k] += scale * (zeta @ np.ones(zeta.shape[1], dtype=zeta.dtype))
+        grad.b[k] -= self.kernel.outer(zeta, st.X, c.b[k], scale)
+        return xi, (z if keep else None)
 
     def g_second(self, k, st, z, dst, c, dc, hess):
         """Second-order term: the derivative of ``g_X^T kappa`` and ``g_m^T kappa`` (kappa
@@ -478,8 +487,8 @@ class Network:
                 tapes = self._segment(traj, s0, s1)
                 for k in reversed(range(s0, s1)):
                     with np.errstate(over="ignore", invalid="ignore"):
-                        dual, _ = self._scheme.transpose(k, tapes[k - s0], dual, c, grad)
-                    if bad < 0 and not np.isfinite(dual).all():
+                        dual, _ = self._scheme.transpose(k, tapes[k - s0], dual, c, grad, keep=False)
+                    if bad < 0 and not finite(dual):
                         bad = k
                 if keep:
                     duals[i] = dual.T
@@ -490,8 +499,8 @@ class Network:
             zs = [None] * N
         for k in reversed(range(N)):
             with np.errstate(over="ignore", invalid="ignore"):
-                dual, z = self._scheme.transpose(k, traj.tape[k], dual, c, grad)
-            if bad < 0 and not np.isfinite(dual).all():
+                dual, z = self._scheme.transpose(k, traj.tape[k], dual, c, grad, keep=keep)
+            if bad < 0 and not finite(dual):
                 bad = k
             if keep:
                 duals[k], zs[k] = dual.T, z
@@ -519,8 +528,8 @@ class Network:
         d_dual = np.asfortranarray(d_dual_T, dtype=self.dtype)
         for k in reversed(range(N)):
             d_dual, _ = self._scheme.transpose(
-                k, traj.tape[k], d_dual, c, hess, tangent.tape[k], costate.z[k], tangent.controls, second=not gauss_newton
-            )
+                k, traj.tape[k], d_dual, c, hess, tangent.tape[k], costate.z[k], tangent.controls, second=not gauss_newton,
+                keep=False)
         return d_dual, hess
 
     def state_at(self, traj: Trajectory, t: float) -> np.ndarray:

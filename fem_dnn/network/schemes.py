@@ -90,11 +90,12 @@ class Scheme:
         layer and the stages' increments."""
         raise NotImplementedError
 
-    def transpose(self, k, stages, r, c, grad, dstages=None, zs=None, dc=None, second=True):
+    def transpose(self, k, stages, r, c, grad, dstages=None, zs=None, dc=None, second=True, keep=True):
         """The transposed linearised step applied to the costate r after the layer: returns
-        r before the layer and the stages' z; adds the control part to ``grad``. With a
-        tangent (``dstages``, the costate's ``zs``, ``dc``) it is the second-order costate
-        step (r is then the incremental costate; ``second=False``: Gauss-Newton)."""
+        r before the layer and the stages' z (None for each without ``keep``: a gradient
+        does not need them); adds the control part to ``grad``. With a tangent
+        (``dstages``, the costate's ``zs``, ``dc``) it is the second-order costate step (r
+        is then the incremental costate; ``second=False``: Gauss-Newton)."""
         raise NotImplementedError
 
     def destroy(self):
@@ -161,7 +162,7 @@ class ExplicitRungeKutta(Scheme):
             dF = net.diffuse(dF, *after)
         return np.asfortranarray(dF), dstages
 
-    def transpose(self, k, stages, r, c, grad, dstages=None, zs=None, dc=None, second=True):
+    def transpose(self, k, stages, r, c, grad, dstages=None, zs=None, dc=None, second=True, keep=True):
         net, A, bw = self.net, self.A, self.b
         h = net.depth.tau[k]
         before, after = self.splitting(h)
@@ -171,11 +172,14 @@ class ExplicitRungeKutta(Scheme):
         soa = dstages is not None and second
         out_z, xis = [None] * s, [None] * s
         for i in reversed(range(s)):
-            kappa = (h * bw[i]) * r if bw[i] else np.zeros_like(r)
-            for l in range(i + 1, s):
-                if A[l][i]:
+            later = [l for l in range(i + 1, s) if A[l][i]]
+            if bw[i] and not later:  # kappa = (h b_i) r: the factor goes to g_adjoint, not the batch
+                kappa, scale = r, h * bw[i]
+            else:
+                kappa, scale = (h * bw[i]) * r if bw[i] else np.zeros_like(r), 1.0
+                for l in later:
                     kappa = kappa + (h * A[l][i]) * xis[l]
-            xi, out_z[i] = net.g_adjoint(k, stages[i], kappa, c, grad)
+            xi, out_z[i] = net.g_adjoint(k, stages[i], kappa, c, grad, scale=scale, keep=keep)
             if soa:
                 xi = xi + net.g_second(k, stages[i], zs[i], dstages[i], c, dc, grad)
             xis[i] = xi
@@ -217,7 +221,7 @@ class ImplicitMidpoint(Scheme):
         dG, dst = net.g_tangent(k, st, dX, c, dc, net.eps)
         return np.asfortranarray(dF + h * dG), [dst]
 
-    def transpose(self, k, stages, r, c, grad, dstages=None, zs=None, dc=None, second=True):
+    def transpose(self, k, stages, r, c, grad, dstages=None, zs=None, dc=None, second=True, keep=True):
         net = self.net
         h = net.depth.tau[k]
         st = stages[0]
