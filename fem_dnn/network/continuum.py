@@ -379,7 +379,13 @@ class Network:
 
         Raises:
             NonFiniteError: on every rank, naming the first layer whose output is not
-                finite (e.g. ReLU growing exponentially).
+                finite (e.g. ReLU growing exponentially). An explicit scheme tests the
+                final state only (one summation and one collective per solve): a NaN or
+                an Inf never leaves the state again (``f + tau g`` is not finite if f is
+                not), so the final state is finite iff every layer's is; the first bad
+                layer is then looked up in the stored states (or recomputed, when
+                checkpointed). An implicit scheme tests every layer (its solver needs
+                finite data).
         """
         ready = isinstance(f_I, np.ndarray) and f_I.ndim == 2 and f_I.flags.f_contiguous and f_I.shape[0] == self.space.n_local
         F = f_I if ready else self.inputs(f_I)
@@ -392,17 +398,24 @@ class Network:
         states[0] = F.T
         F = states[0].T  # each layer writes into the trajectory: the tape's X are views of it
         stages = [] if tape else None
+        each = self._scheme.implicit
         for k in range(N):
             layer = [] if tape else None
-            with np.errstate(over="ignore", invalid="ignore"):  # checked just below
+            with np.errstate(over="ignore", invalid="ignore"):  # checked below
                 F = self.step(k, F, controls, tape=layer, out=states[k + 1].T)
             if tape:
                 stages.append(layer)
-            self._check_layer(k, F)
+            if each:
+                self._check_layer(k, F)
+        if not each and not all_finite(self.layout.world, F):
+            local = next((k for k in range(N) if not finite(states[k + 1])), N)
+            self._check_layer(self.layout.world.allreduce(local, op=MPI.MIN), None)
         return Trajectory(self, controls, states, stages)
 
     def _check_layer(self, k, F):
-        if not all_finite(self.layout.world, F):
+        """Raise if F (the output of layer k) is not finite on some rank (collective); with
+        ``F=None`` layer k is known to be the first bad one."""
+        if F is None or not all_finite(self.layout.world, F):
             raise NonFiniteError(
                 f"the state is not finite after layer {k} (depth t={self.depth.points[k + 1]:g}); "
                 f"activation {self.sigma.name} may grow exponentially: reduce T, the controls or the data",
@@ -418,12 +431,20 @@ class Network:
         work = np.empty((2, F.shape[1], F.shape[0]), dtype=self.dtype)
         store[0] = F.T
         F = store[0].T
+        each = self._scheme.implicit
         for k in range(N):
             with np.errstate(over="ignore", invalid="ignore"):
                 F = self.step(k, F, controls, out=work[k % 2].T)
-            self._check_layer(k, F)
+            if each:
+                self._check_layer(k, F)
             if k + 1 in levels:
                 store[levels.index(k + 1)] = F.T
+        if not each and not all_finite(self.layout.world, F):  # find the first bad layer: the solve again, tested
+            F = store[0].T
+            for k in range(N):
+                with np.errstate(over="ignore", invalid="ignore"):
+                    F = self.step(k, F, controls, out=work[k % 2].T)
+                self._check_layer(k, F)
         traj = Trajectory(self, controls, store, None)
         traj.levels = levels
         return traj
@@ -473,11 +494,25 @@ class Network:
         current layer's costate is held (a gradient needs no more) and None is returned
         in place of the costate.
         """
+        each = self._scheme.implicit  # explicit: the costate at depth 0 is tested (as the forward's final state)
+        costate, grad, dual, bad = self._costate(traj, dual_T, keep, each)
+        if not each and not all_finite(self.layout.world, dual):
+            if costate is not None and costate.levels is None:
+                bad = next((k for k in reversed(range(self.depth.N)) if not finite(costate.dual[k])), -1)
+            else:  # nothing kept to look in: the solve again, every layer tested
+                bad = self._costate(traj, dual_T, False, True)[3]
+        self._check_costate(bad)
+        return costate, grad
+
+    def _costate(self, traj, dual_T, keep, each):
+        """The costate solve; with ``each`` it records the first layer (going backward)
+        whose costate is not finite on this rank (-1: none). Returns the costate (None
+        without ``keep``), the gradient, the dual at depth 0 and that layer."""
         c, N = traj.controls, self.depth.N
         grad = self.zero_controls()
         dual = np.asfortranarray(dual_T, dtype=self.dtype)
         duals = zs = None
-        bad = -1  # the first layer (going backward) whose costate is not finite, checked once at the end
+        bad = -1
         if keep:
             duals = np.empty((len(traj.levels) if traj.levels is not None else N + 1,) + traj.states.shape[1:], dtype=self.dtype)
             duals[-1] = dual.T
@@ -488,24 +523,22 @@ class Network:
                 for k in reversed(range(s0, s1)):
                     with np.errstate(over="ignore", invalid="ignore"):
                         dual, _ = self._scheme.transpose(k, tapes[k - s0], dual, c, grad, keep=False)
-                    if bad < 0 and not finite(dual):
+                    if each and bad < 0 and not finite(dual):
                         bad = k
                 if keep:
                     duals[i] = dual.T
-            self._check_costate(bad)
-            return (Costate(self, duals, None, traj.levels) if keep else None), grad
+            return (Costate(self, duals, None, traj.levels) if keep else None), grad, dual, bad
         _need_tape(traj)
         if keep:
             zs = [None] * N
         for k in reversed(range(N)):
             with np.errstate(over="ignore", invalid="ignore"):
                 dual, z = self._scheme.transpose(k, traj.tape[k], dual, c, grad, keep=keep)
-            if bad < 0 and not finite(dual):
+            if each and bad < 0 and not finite(dual):
                 bad = k
             if keep:
                 duals[k], zs[k] = dual.T, z
-        self._check_costate(bad)
-        return (Costate(self, duals, zs) if keep else None), grad
+        return (Costate(self, duals, zs) if keep else None), grad, dual, bad
 
     def _check_costate(self, bad):
         bad = self.layout.world.allreduce(bad, op=MPI.MAX)
