@@ -200,10 +200,24 @@ def test_bad_input(comm):
 
 
 @pytest.mark.mpi
-def test_blow_up_names_layer(comm):
+@pytest.mark.parametrize("dtype, first", [("float64", (40, 60)), ("float32", (4, 10))])
+def test_blow_up_names_layer(comm, dtype, first):
+    """The first layer whose state overflows is named, with the full tape, with depth
+    checkpointing (found by a tested re-solve) and in float32 (which overflows at
+    3.4e38: layer 6 where float64 reaches layer 51); the costate's overflow likewise."""
     space = NodeSpace(create_node_mesh(comm, "interval", 8), "DG", 0)
-    net = Network(space, Depth(T=100.0, N=100), "relu", "euler")
+    net = Network(space, Depth(T=100.0, N=100), "relu", "euler", dtype=dtype)
     c = net.make_controls(a=0.0, b=-1e6)  # u = 1e6 int f: each layer multiplies f by ~1e6
-    with pytest.raises(NonFiniteError, match="layer") as info:
-        net.forward(np.ones((1, 8)), c)
-    assert 40 < info.value.layer < 60
+    layers = []
+    for kw in ({}, {"tape": True}, {"store_every": 7}):
+        with pytest.raises(NonFiniteError, match="layer") as info:
+            net.forward(np.ones((1, 8)), c, **kw)
+        layers.append(info.value.layer)
+    assert first[0] < layers[0] < first[1] and layers == [layers[0]] * 3, layers
+    net = Network(space, Depth(T=100.0, N=100), "tanh", "euler", dtype=dtype)
+    traj = net.forward(np.zeros((1, 8)), net.make_controls(a=0.0, b=1e6), tape=True)  # f = 0 stays 0, tanh'(0) = 1
+    dual = np.ones((space.n_local, 1))
+    for keep in (True, False):  # grows by ~1e6 a layer going backward: found in the kept costate / by a re-solve
+        with pytest.raises(NonFiniteError, match="costate is not finite") as info:
+            net.costate(traj, dual, keep=keep)
+        assert 100 - first[1] < info.value.layer < 100 - first[0], info.value.layer

@@ -220,12 +220,19 @@ def test_command_line_errors(tmp_path):
 
 @pytest.mark.skipif(MPI.COMM_WORLD.size > 1, reason="serial check of the main job's claim")
 def test_default_config_reaches_97_percent(tmp_path):
-    """The README's main job (fem-dnn train with the defaults): >= 97% test accuracy."""
+    """The README's main job (fem-dnn train with the defaults): >= 97% test accuracy, and
+    as much in float32 (network.dtype), within a point of float64: measured 0.9805 in
+    both after the 300 L-BFGS iterations (train loss 0.04150 and 0.04164: the two runs'
+    iterates part by rounding, as any two precisions' do)."""
     from fem_dnn.app.train import train
 
-    cfg = load_config(None, [f"output.folder={tmp_path / 'run'}", "output.fields=false", "output.figures=false"])
-    summary = train(cfg, MPI.COMM_SELF, out=lambda *a: None)
-    assert summary["test_accuracy"] >= 0.97, summary
+    out = {}
+    for dtype in ("float64", "float32"):
+        cfg = load_config(None, [f"output.folder={tmp_path / dtype}", "output.fields=false", "output.figures=false",
+                                 f"network.dtype='{dtype}'"])
+        out[dtype] = train(cfg, MPI.COMM_SELF, out=lambda *a: None)
+        assert out[dtype]["test_accuracy"] >= 0.97, out[dtype]
+    assert abs(out["float32"]["test_accuracy"] - out["float64"]["test_accuracy"]) <= 0.01
 
 
 @pytest.mark.skipif(MPI.COMM_WORLD.size > 1, reason="serial")

@@ -162,7 +162,12 @@ class Network:
         the controls, gradients and everything the optimisers see stay float64."""
         if c is None or self.dtype == np.float64:
             return c
-        return Controls(np.asarray(c.a, dtype=self.dtype), np.asarray(c.b, dtype=self.dtype))
+        with np.errstate(over="ignore"):
+            out = Controls(np.asarray(c.a, dtype=self.dtype), np.asarray(c.b, dtype=self.dtype))
+        if not (all_finite(self.layout.world, out.a) and all_finite(self.layout.world, out.b)):
+            raise NonFiniteError(f"the controls exceed the {self.dtype} range (|value| > {np.finfo(self.dtype).max:.3g}) "
+                                 "or are not finite; use dtype = 'float64'")
+        return out
 
     # ------------------------------------------------------------------ parameters
     def make_controls(self, a=0.0, b=0.0) -> Controls:
@@ -222,7 +227,11 @@ class Network:
             F = np.asfortranarray(F[:, s0:s1])
         _check_finite(self.layout.world, "input data f_I", F)
         if F.dtype != self.dtype:
-            F = np.asfortranarray(F, dtype=self.dtype)
+            with np.errstate(over="ignore"):
+                F = np.asfortranarray(F, dtype=self.dtype)
+            if not all_finite(self.layout.world, F):
+                raise InputError(f"input data f_I exceeds the {self.dtype} range (|value| > "
+                                 f"{np.finfo(self.dtype).max:.3g}); use dtype = 'float64'")
         return F
 
     # ------------------------------------------------------------------ the scheme
@@ -358,7 +367,7 @@ class Network:
         result is written to ``out`` (a Fortran ``(n_local, S)`` array not aliasing F)
         when given.
         """
-        h = self.depth.tau[k] if tau is None else tau
+        h = float(self.depth.tau[k] if tau is None else tau)  # a Python float: keeps a float32 batch float32
         F = self._scheme.step(k, F, c, h, tape, out)
         if out is not None and F is not out:
             out[...] = F

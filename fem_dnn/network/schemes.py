@@ -142,7 +142,7 @@ class ExplicitRungeKutta(Scheme):
 
     def tangent(self, k, stages, dF, c, dc):
         net, A, bw = self.net, self.A, self.b
-        h = net.depth.tau[k]
+        h = float(net.depth.tau[k])
         before, after = self.splitting(h)
         if before:
             dF = net.diffuse(dF, *before)
@@ -164,7 +164,7 @@ class ExplicitRungeKutta(Scheme):
 
     def transpose(self, k, stages, r, c, grad, dstages=None, zs=None, dc=None, second=True, keep=True):
         net, A, bw = self.net, self.A, self.b
-        h = net.depth.tau[k]
+        h = float(net.depth.tau[k])
         before, after = self.splitting(h)
         if after:
             r = net.diffuse(r, *after, transpose=True)
@@ -213,7 +213,7 @@ class ImplicitMidpoint(Scheme):
 
     def tangent(self, k, stages, dF, c, dc):
         net = self.net
-        h = net.depth.tau[k]
+        h = float(net.depth.tau[k])
         st = stages[0]
         # J dX = M dF + h/2 M g_m dm,  J = M - h/2 M g_X (the Newton matrix)
         src = dF if dc is None else dF + 0.5 * h * net.g_tangent(k, st, np.zeros_like(dF), c, dc, net.eps)[0]
@@ -223,7 +223,7 @@ class ImplicitMidpoint(Scheme):
 
     def transpose(self, k, stages, r, c, grad, dstages=None, zs=None, dc=None, second=True, keep=True):
         net = self.net
-        h = net.depth.tau[k]
+        h = float(net.depth.tau[k])
         st = stages[0]
         rhs = h * r
         eta = None
