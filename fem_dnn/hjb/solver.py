@@ -117,6 +117,8 @@ __all__ = [
     "readout_cost",
     "box_around",
     "HJBSolver",
+    "SCHEMES",
+    "SemiLagrangian",
     "ClosedLoop",
     "closed_loop",
     "open_loop",
@@ -361,6 +363,9 @@ def bias_value(v, t, T, a_lo, a_hi, target):
 # --------------------------------------------------------------------------- the solver
 _SHAPES = {1: "interval", 2: "rectangle", 3: "box"}
 
+#: The depth schemes of the HJB solver (:class:`HJBSolver` ``scheme``).
+SCHEMES = ("lax_friedrichs", "semi_lagrangian")
+
 
 class HJBSolver:
     """The value function F(v, t) on a box of state space, by the monotone P1 scheme of
@@ -379,8 +384,13 @@ class HJBSolver:
         cell: ``"simplex"`` (interval/triangle/tetrahedron) or ``"tensor"``
             (quadrilateral/hexahedron, n >= 2).
         hamiltonian: ``"auto"`` (UFL closed form when there is one, else numpy),
-            ``"ufl"`` or ``"numpy"``.
+            ``"ufl"`` or ``"numpy"`` (the Lax-Friedrichs scheme's H).
         keep_levels: keep F at every depth step (needed by the feedback).
+        scheme: a name of :data:`SCHEMES`: ``"lax_friedrichs"`` (the monotone P1
+            scheme with graph viscosity, the default) or ``"semi_lagrangian"`` (the
+            Falcone-Ferretti scheme of :class:`SemiLagrangian`, no CFL limit).
+        courant: semi-Lagrangian only: the depth step as ``dt = courant h / speed``
+            (how many cells the characteristics cross a step; > 0).
 
     Attributes:
         steps, dt: the number of depth steps and the step (CFL, or ``T/min_steps``).
@@ -404,8 +414,17 @@ class HJBSolver:
         cell: str = "simplex",
         hamiltonian: str = "auto",
         keep_levels: bool = True,
+        scheme: str = "lax_friedrichs",
+        courant: float = 2.0,
     ):
         n = model.n
+        if scheme not in SCHEMES:
+            raise InputError(f"unknown HJB scheme {scheme!r}; choose one of {list(SCHEMES)}")
+        if scheme == "semi_lagrangian":
+            if not (np.isfinite(courant) and courant > 0):
+                raise InputError(f"courant (the semi-Lagrangian depth step in cells) must be > 0, got {courant!r}")
+            if model.lam != 0.0:
+                raise InputError("the semi-Lagrangian scheme takes no running cost (lam = 0); use scheme='lax_friedrichs'")
         if n not in _SHAPES:
             raise InputError(f"the HJB solver works on state spaces of dimension 1 to 3, not {n}")
         if not (0.0 < cfl <= 1.0):
@@ -461,10 +480,15 @@ class HJBSolver:
         self.C = C
         self.D.diagonalScale(L=self._minv)
         self.speed = comm.allreduce(float(lam_k.max()) if nl else 0.0, op=MPI.MAX)
-        steps = int(np.ceil(self.T / (cfl * dt_max))) if np.isfinite(dt_max) else 1
+        self.scheme = scheme
+        if scheme == "semi_lagrangian":  # no monotonicity limit: the step is a number of cells
+            steps = int(np.ceil(self.T * self.speed / (courant * self.h))) if self.speed > 0 else 1
+        else:
+            steps = int(np.ceil(self.T / (cfl * dt_max))) if np.isfinite(dt_max) else 1
         self.steps = max(steps, int(min_steps))
         self.dt = self.T / self.steps
         self.dt_max = dt_max
+        self._sl = SemiLagrangian(self) if scheme == "semi_lagrangian" else None
 
         # ---- the Hamiltonian at the vertices
         self.F = fem.Function(V, name="F")
@@ -538,10 +562,13 @@ class HJBSolver:
             self.levels[self.steps] = Fa[:nl]
         Fvec = F.x.petsc_vec
         for k in range(self.steps - 1, -1, -1):
-            self._gradient(Fvec)
-            H = self._hamiltonian()
-            self.D.mult(Fvec, self._DF)
-            Fa[:nl] += dt * (H + self._DF.array_r)
+            if self._sl is not None:
+                Fa[:nl] = self._sl.step(Fvec)
+            else:
+                self._gradient(Fvec)
+                H = self._hamiltonian()
+                self.D.mult(Fvec, self._DF)
+                Fa[:nl] += dt * (H + self._DF.array_r)
             F.x.scatter_forward()
             if self.keep_levels:
                 self.levels[k] = Fa[:nl]
@@ -658,6 +685,103 @@ class HJBSolver:
         """Destroy the PETSc objects (collective)."""
         for obj in (*self.C, self.D, self._minv, self._DF):
             obj.destroy()
+        if self._sl is not None:
+            self._sl.destroy()
+
+
+class SemiLagrangian:
+    """The semi-Lagrangian (Falcone-Ferretti) step of :class:`HJBSolver`, without running
+    cost (docs/model.md §6.8):
+
+        F^k(x_i) = min_{c in A} I[F^{k+1}](x_i + dt sigma(a - B_b x_i)),
+
+    one explicit Euler step of the characteristics from each vertex, ``I`` the
+    multilinear (Q1) interpolant on the box's grid of vertices (the DOLFINx P1 dofs of
+    either cell type), points beyond the box moved onto it. The velocities of the
+    control box form the box ``prod_i [sigma(u_i^min(x)), sigma(u_i^max(x))]`` (each
+    row's u_i ranges independently; sigma is non-decreasing), so the minimum is over an
+    axis-aligned box of arrival points; on each grid cell I is multilinear, and a
+    multilinear function on an axis-aligned box takes its minimum at a vertex, so the
+    minimum over the arrival box is the minimum over the finite set whose coordinates
+    are the box's ends and the grid lines between them: **exact**, with no control
+    sampling. The scheme is monotone (I is a convex combination, the minimum of
+    monotone maps is monotone), commutes with constants and has no CFL limit; its step
+    is ``dt = courant h / speed``.
+
+    The arrival points do not move between steps (the dynamics and the box do not
+    depend on t), so the interpolation is one sparse PETSc matrix (rows: each owned
+    vertex's candidate points; columns: global dofs, any rank's), assembled once; a step
+    is one MatMult and a segmented minimum.
+    """
+
+    def __init__(self, solver: "HJBSolver"):
+        self.solver = sv = solver
+        n, nl, comm = sv.model.n, sv.n_owned, sv.comm
+        lower, cells = sv.lower, np.asarray(sv.cells)
+        hd = (sv.upper - lower) / cells
+        # the global dof of every grid vertex (the P1 dofs are the vertices of the box mesh)
+        imap = sv.V.dofmap.index_map
+        owned = np.arange(imap.local_range[0], imap.local_range[1])
+        ijk = np.rint((sv.x[:, :nl] - lower[:, None]) / hd[:, None]).astype(np.int64)
+        flat = np.ravel_multi_index(tuple(ijk), tuple(cells + 1))
+        grid = np.full(int(np.prod(cells + 1)), -1, dtype=np.int64)
+        for f_r, g_r in zip(comm.allgather(flat), comm.allgather(owned)):
+            grid[f_r] = g_r
+        if np.any(grid < 0):
+            raise RuntimeError("the state mesh's vertices are not the box's grid")
+        # the arrival box of each owned vertex and its candidate coordinates per direction
+        x = sv.x[:, :nl]
+        umin, umax = sv.model.u_range(x)
+        s = sv.model.sigma.sigma
+        lo = np.clip(x + sv.dt * s(umin), lower[:, None], sv.upper[:, None])
+        hi = np.clip(x + sv.dt * s(umax), lower[:, None], sv.upper[:, None])
+        axes = []
+        for d in range(n):
+            g_lo, g_hi = (lo[d] - lower[d]) / hd[d], (hi[d] - lower[d]) / hd[d]
+            first = np.floor(g_lo).astype(np.int64) + 1  # grid lines strictly inside (g_lo, g_hi)
+            inside = np.maximum(np.ceil(g_hi).astype(np.int64) - first, 0)
+            K = int(comm.allreduce(int(inside.max()) if nl else 0, op=MPI.MAX)) + 2
+            c = np.empty((nl, K))
+            c[:, 0], c[:, -1] = lo[d], hi[d]
+            for j in range(K - 2):  # padding repeats hi: duplicates do not change a minimum
+                c[:, j + 1] = np.where(j < inside, lower[d] + (first + j) * hd[d], hi[d])
+            axes.append(c)
+        K = [a.shape[1] for a in axes]
+        self.per_vertex = int(np.prod(K))
+        # every combination of the directions' candidates: (n, nl * prod K) arrival points
+        mesh = np.meshgrid(*[np.arange(k) for k in K], indexing="ij")
+        pts = np.stack([axes[d][:, mesh[d].ravel()] for d in range(n)]).reshape(n, -1)
+        rows, cols, vals = self._weights(pts, lower, hd, cells, grid)
+        R = pts.shape[1]
+        N = imap.size_global
+        indptr = np.arange(0, len(cols) + 1, 2**n, dtype=PETSc.IntType)
+        del rows
+        self.I = PETSc.Mat().createAIJ(((R, PETSc.DETERMINE), (nl, N)), csr=(indptr, cols.astype(PETSc.IntType), vals),
+                                       comm=comm)
+        self.I.assemble()
+        self._Y = self.I.createVecLeft()
+
+    @staticmethod
+    def _weights(pts, lower, hd, cells, grid):
+        """Q1 weights of points on the grid: 2^n (row, global dof, weight) per point."""
+        n, P = pts.shape
+        g = (pts - lower[:, None]) / hd[:, None]
+        i0 = np.clip(np.floor(g).astype(np.int64), 0, cells[:, None] - 1)
+        t = np.clip(g - i0, 0.0, 1.0)
+        corners = np.array(np.meshgrid(*[[0, 1]] * n, indexing="ij")).reshape(n, -1)  # (n, 2^n)
+        idx = i0[:, :, None] + corners[:, None, :]  # (n, P, 2^n)
+        w = np.prod(np.where(corners[:, None, :] == 1, t[:, :, None], 1.0 - t[:, :, None]), axis=0)  # (P, 2^n)
+        flat = np.ravel_multi_index(tuple(idx), tuple(cells + 1))
+        return np.repeat(np.arange(P), 2**n), grid[flat].ravel(), w.ravel()
+
+    def step(self, Fvec) -> np.ndarray:
+        """One backward step: the owned values of F^k from the vector of F^{k+1}."""
+        self.I.mult(Fvec, self._Y)
+        return self._Y.array_r.reshape(-1, self.per_vertex).min(axis=1)
+
+    def destroy(self):
+        self.I.destroy()
+        self._Y.destroy()
 
 
 # --------------------------------------------------------------------------- closed loop
