@@ -17,7 +17,7 @@ dissipation, TVD-RK3 in time, CFL 0.75 (``SolverSettings.with_accuracy("very_hig
 Times are the best of ``--repeat`` solves after a first (JIT-compiling) one.
 
     pip install jax hj-reachability      # optional: the benchmark's reference
-    OMP_NUM_THREADS=1 python bench/hjb_vs_hj_reachability.py [--courant 4] [--big 256]
+    OMP_NUM_THREADS=1 python bench/hjb_vs_hj_reachability.py [--courant 2] [--big 256]
 """
 
 import argparse
@@ -116,7 +116,7 @@ def orders(errors):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--courant", type=float, default=4.0)
+    p.add_argument("--courant", type=float, default=2.0)
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--dims", default="1,2")
     p.add_argument("--no-hj", action="store_true", help="fem_dnn's schemes only")
