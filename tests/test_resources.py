@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mpi4py import MPI
+from petsc4py import PETSc
 
 from fem_dnn.app.config import load_config
 from fem_dnn.core.domain import Depth, NodeSpace, create_node_mesh
@@ -209,15 +210,23 @@ def test_estimate_is_within_30_percent_of_measured_peaks():
 
 # --------------------------------------------------------------------------- HJB
 @pytest.mark.mpi
-def test_hjb_estimate_counts_the_grid_and_the_steps(comm):
+@pytest.mark.parametrize("scheme", ["lax_friedrichs", "semi_lagrangian"])
+def test_hjb_estimate_counts_the_grid_and_the_steps(comm, scheme):
+    """Vertices, depth steps and the stored levels of either scheme; the semi-Lagrangian
+    interpolation matrix is bounded by its estimate (within 4x: the bound counts the
+    widest arrival box at every vertex)."""
     from fem_dnn.hjb import HJBSolver, ReducedModel, quadratic_cost
 
     model = ReducedModel(2, "tanh", a=(-0.25, 0.25), b=(-2.0, 2.0))
     args = (model, [-2.0, -2.0], [2.0, 2.0], 48)
-    est = estimate_hjb(*args, T=1.0, comm=comm, min_steps=4)
-    s = HJBSolver(model, quadratic_cost([0.5, 0.5]), *args[1:], T=1.0, comm=comm, min_steps=4)
+    est = estimate_hjb(*args, T=1.0, comm=comm, min_steps=4, scheme=scheme)
+    s = HJBSolver(model, quadratic_cost([0.5, 0.5]), *args[1:], T=1.0, comm=comm, min_steps=4, scheme=scheme)
     assert est.vertices == s.V.dofmap.index_map.size_global
     assert abs(est.steps - s.steps) <= max(1, 0.02 * s.steps), (est.steps, s.steps)
+    if scheme == "semi_lagrangian":
+        nz = comm.allreduce(s._sl.I.getInfo(PETSc.Mat.InfoType.LOCAL)["nz_used"], op=MPI.MAX)
+        part = est.parts["semi-Lagrangian interpolation matrix"]
+        assert nz * 24 <= part <= 4 * nz * 40, (nz, part)
     s.solve()
     levels = comm.allreduce(s.levels.nbytes, op=MPI.MAX)
     stored = next(v for k, v in est.parts.items() if k.startswith("stored levels"))

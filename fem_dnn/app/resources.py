@@ -674,12 +674,15 @@ AIJ_BYTES_PER_NONZERO = 24
 
 
 def estimate_hjb(model, lower, upper, cells, T: float = 1.0, comm: MPI.Comm = MPI.COMM_WORLD, cfl: float = 0.9,
-                 min_steps: int = 1, cell: str = "simplex", keep_levels: bool = True) -> HJBEstimate:
+                 min_steps: int = 1, cell: str = "simplex", keep_levels: bool = True, scheme: str = "lax_friedrichs",
+                 courant: float = 2.0) -> HJBEstimate:
     """Sizes and memory per rank of ``HJBSolver(model, Phi, lower, upper, cells, T, comm,
-    cfl, min_steps, cell, keep_levels)`` and its :meth:`~fem_dnn.hjb.HJBSolver.solve`
-    (collective). The grid is counted; the depth step is that of a solver on a grid of
-    at most 8 cells per direction, scaled with the cell size (the CFL limit is
-    proportional to h on these structured meshes)."""
+    cfl, min_steps, cell, keep_levels, scheme, courant)`` and its
+    :meth:`~fem_dnn.hjb.HJBSolver.solve` (collective). The grid is counted; the depth step
+    is that of a solver on a grid of at most 8 cells per direction, scaled with the cell
+    size (the CFL limit is proportional to h on these structured meshes); the
+    semi-Lagrangian scheme's step is ``courant h / speed`` and its interpolation matrix
+    holds at most ``(ceil(courant) + 3)^n`` candidate points a vertex, 2^n non-zeros each."""
     from fem_dnn.hjb import HJBSolver
 
     n = model.n
@@ -691,7 +694,12 @@ def estimate_hjb(model, lower, upper, cells, T: float = 1.0, comm: MPI.Comm = MP
     for A in probe.C:
         A.destroy()
     probe.D.destroy()
-    steps = max(int(np.ceil(T / (cfl * dt_max))) if np.isfinite(dt_max) else 1, int(min_steps))
+    h = float(np.max((np.broadcast_to(np.asarray(upper, dtype=float), (n,)) - np.broadcast_to(
+        np.asarray(lower, dtype=float), (n,))) / np.array(nn)))
+    if scheme == "semi_lagrangian":
+        steps = max(int(np.ceil(T * probe.speed / (courant * h))) if probe.speed > 0 else 1, int(min_steps))
+    else:
+        steps = max(int(np.ceil(T / (cfl * dt_max))) if np.isfinite(dt_max) else 1, int(min_steps))
     verts = int(np.prod([c + 1 for c in nn]))
     ncell = int(np.prod(nn)) * ({1: 1, 2: 2, 3: 6}[n] if cell == "simplex" else 1)
     vl = _cdiv(verts, comm.size)
@@ -701,6 +709,8 @@ def estimate_hjb(model, lower, upper, cells, T: float = 1.0, comm: MPI.Comm = MP
              f"state-space mesh ({ncell} cells)": MESH_BYTES_PER_CELL * cl + MESH_BUILD_BYTES_PER_CELL * (ncell - cl),
              f"operators (C_1..C_{n}, D)": (n + 1) * AIJ_BYTES_PER_NONZERO * nnz * vl,
              "functions and vertex arrays": (2 * n + 8) * _F8 * vl,
+             "semi-Lagrangian interpolation matrix": (int(np.ceil(courant)) + 3) ** n * (
+                 2**n * AIJ_BYTES_PER_NONZERO + 2 * _F8) * vl if scheme == "semi_lagrangian" else 0,
              f"stored levels ({steps + 1} x {vl})": (steps + 1) * _F8 * vl if keep_levels else 0}
     vals = np.array(list(parts.values()), dtype=float)
     comm.Allreduce(MPI.IN_PLACE, vals, op=MPI.MAX)
