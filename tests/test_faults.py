@@ -748,7 +748,9 @@ def test_leak_check_sees_a_leak(comm, tmp_shared):
     dropped = PETSc.Vec().createMPI((4, PETSc.DECIDE), comm=comm)
     del dropped
     after = objects.live()
-    assert after["Vector"] - before["Vector"] == (2 if comm.size > 1 else 1), (before, after)
+    # a type appears in PETSc's log once one object of it was made after Log.begin(): the
+    # first measurement in a fresh process may have no "Vector" row yet
+    assert after["Vector"] - before.get("Vector", 0) == (2 if comm.size > 1 else 1), (before, after)
     assert after["petsc4py objects"] - before["petsc4py objects"] == 1
     kept.destroy()
     PETSc.garbage_cleanup(comm)
