@@ -751,11 +751,10 @@ class SemiLagrangian:
         # every combination of the directions' candidates: (n, nl * prod K) arrival points
         mesh = np.meshgrid(*[np.arange(k) for k in K], indexing="ij")
         pts = np.stack([axes[d][:, mesh[d].ravel()] for d in range(n)]).reshape(n, -1)
-        rows, cols, vals = self._weights(pts, lower, hd, cells, grid)
+        cols, vals = self._weights(pts, lower, hd, cells, grid)
         R = pts.shape[1]
         N = imap.size_global
-        indptr = np.arange(0, len(cols) + 1, 2**n, dtype=PETSc.IntType)
-        del rows
+        indptr = np.arange(0, len(cols) + 1, 2**n, dtype=PETSc.IntType)  # 2^n non-zeros a row
         self.I = PETSc.Mat().createAIJ(((R, PETSc.DETERMINE), (nl, N)), csr=(indptr, cols.astype(PETSc.IntType), vals),
                                        comm=comm)
         self.I.assemble()
@@ -763,7 +762,7 @@ class SemiLagrangian:
 
     @staticmethod
     def _weights(pts, lower, hd, cells, grid):
-        """Q1 weights of points on the grid: 2^n (row, global dof, weight) per point."""
+        """Q1 weights of points on the grid: 2^n (global dof, weight) per point, point by point."""
         n, P = pts.shape
         g = (pts - lower[:, None]) / hd[:, None]
         i0 = np.clip(np.floor(g).astype(np.int64), 0, cells[:, None] - 1)
@@ -772,7 +771,7 @@ class SemiLagrangian:
         idx = i0[:, :, None] + corners[:, None, :]  # (n, P, 2^n)
         w = np.prod(np.where(corners[:, None, :] == 1, t[:, :, None], 1.0 - t[:, :, None]), axis=0)  # (P, 2^n)
         flat = np.ravel_multi_index(tuple(idx), tuple(cells + 1))
-        return np.repeat(np.arange(P), 2**n), grid[flat].ravel(), w.ravel()
+        return grid[flat].ravel(), w.ravel()
 
     def step(self, Fvec) -> np.ndarray:
         """One backward step: the owned values of F^k from the vector of F^{k+1}."""
