@@ -9,8 +9,8 @@
 #   (fem-dnn gives each rank cores // ranks BLAS threads; a second run into the same folder needs --overwrite)
 #
 # The image performs exactly the install steps CI runs (./run setup, called by
-# ./run test): a virtual environment with the dolfinx-solver-real wheel, and the Debian
-# libraries gmsh needs. On an official DOLFINx 0.11 image, `./run setup` reuses its
+# ./run test): a virtual environment with the dolfinx-solver-real wheel and the exact
+# versions of constraints.txt, and the Debian libraries gmsh needs. On an official DOLFINx 0.11 image, `./run setup` reuses its
 # DOLFINx instead of the wheel:
 #   docker build --build-arg BASE=ghcr.io/fenics/dolfinx/dolfinx:v0.11.0 -t fem-dnn .
 ARG BASE=python:3.12-bookworm

@@ -9,7 +9,9 @@ The run folder (``output.folder``) receives:
   iterations; the test set is evaluated outside the timed training), solves so far, and
   in the last row why training stopped (``stop``);
 - ``summary.json``: final training and test loss (and accuracy), iterations, the stop
-  reason (code and words), solves, seconds (training, test evaluation, all), ranks;
+  reason (code and words; ``at_resolution``: a float32 line search stopped because J
+  reached float32's resolution, a normal end, :meth:`fem_dnn.optimize.tao.Optimizer.resolution`),
+  the final gradient norm ``gnorm`` (in the optimiser's L2 coordinates), solves, seconds (training, test evaluation, all), ranks;
 - ``checkpoint/checkpoint.npz``: the controls (atomic, checksummed; ``--resume``);
 - ``fields.xdmf``/``fields.bp`` (1D and 2D node domains): state f and costate r of a
   few test samples, and the controls a and b (diagonal and row integral) over the
@@ -274,7 +276,8 @@ def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=
         raise interrupt.Interrupted(res.interrupted, res.iterations, ckpt, resumable=method != "msa", unit=unit)
     training = time.perf_counter() - t_train - evaluator.seconds
     summary = {"data": run.data.name, "method": method, "iterations": res.iterations, "reason": res.reason,
-               "stop": res.stop, "ranks": comm.size, "neurons": run.space.n, "layers": run.net.depth.N,
+               "stop": res.stop, "at_resolution": res.resolution, "gnorm": res.gnorm, "ranks": comm.size,
+               "neurons": run.space.n, "layers": run.net.depth.N,
                **run.metrics(res.m), "solves": dict(run.J.counts), "training_seconds": training,
                "evaluation_seconds": evaluator.seconds, "seconds": time.perf_counter() - t0}
     if res.history:
@@ -373,6 +376,10 @@ def _check_adaptive(run: Run, resume: bool) -> tuple:
         if (sp.family, sp.degree) != ("DG", 0) or run.net.kernel.name != "dense":
             raise InputError(f"adapt.refine = {ad['refine']!r}: the width estimator needs node.space = 'DG0' and "
                              f"network.kernel = 'dense', not {sp.family}{sp.degree} with {run.net.kernel.name!r}")
+    size = run.J.controls.comm.allreduce(run.J.controls.n_local)
+    if size > ad["max_controls"]:
+        raise InputError(f"the initial discretisation has {size} controls > adapt.max_controls = {ad['max_controls']}: "
+                         "the adaptive loop could not train a single cycle; start coarser or raise adapt.max_controls")
     return refine
 
 

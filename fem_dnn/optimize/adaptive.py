@@ -101,6 +101,11 @@ def adapt(problem, space, depth, goal: str = "cost", tolerance: float | None = N
 
     check(goal, tolerance, fraction, cycles, max_controls, refine)
     out, previous, J = [], None, problem(space, depth)
+    if max_controls is not None and _size(J) > max_controls:
+        size = _size(J)
+        J.destroy()
+        raise InputError(f"the first discretisation already has {size} controls > the maximum {max_controls} "
+                         "(adapt.max_controls): start coarser or allow more")
     for index in range(int(cycles)):
         m0 = J.controls.create_vec() if previous is None else transfer_controls(previous.J.controls, previous.m, J.controls)
         opt = Optimizer(J, method, gttol=gttol, max_it=max_it, monitor=False, **optimizer)

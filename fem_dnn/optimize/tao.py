@@ -38,7 +38,7 @@ from fem_dnn.learning import ControlSpace, ReducedFunctional
 
 from fem_dnn.optimize.methods import BOUNDED, TAO
 
-__all__ = ["Coordinates", "Optimizer", "Result", "multilevel", "stop_reason"]
+__all__ = ["RESOLUTION_FACTOR", "Coordinates", "Optimizer", "Resolution", "Result", "multilevel", "stop_reason"]
 
 #: TAO's stop reasons in words (``TaoConvergedReason``).
 _TAO_REASONS = {
@@ -55,6 +55,12 @@ _TAO_REASONS = {
     -7: "failed: the trust region shrank to nothing",
     -8: "failed: a user test",
 }
+#: TAO's reasons that :meth:`Optimizer.resolution` examines in float32: the line search
+#: found no decrease, the trust region shrank to nothing.
+_FLOOR_REASONS = (-6, -7)
+#: A decrease within this factor of J's measured rounding noise is below J's resolution
+#: (:meth:`Optimizer.resolution`).
+RESOLUTION_FACTOR = 10.0
 #: MSA's stop reasons (:func:`msa`).
 _MSA_REASONS = {
     1: "converged: the relative decrease of J is below rtol",
@@ -193,10 +199,26 @@ class Result:
     counts: dict = field(default_factory=dict)
     interrupted: int = 0
     stop: str = ""  # why training stopped, in words (:func:`stop_reason`)
+    resolution: bool = False  # a line search failed because J reached its precision's resolution
 
     @property
     def converged(self) -> bool:
-        return self.reason > 0
+        """True when the method converged, or stopped at the resolution of the
+        network's precision (:meth:`Optimizer.resolution`)."""
+        return self.reason > 0 or self.resolution
+
+
+@dataclass
+class Resolution:
+    """What :meth:`Optimizer.resolution` measured: whether a decrease of J is beyond
+    its rounding noise, the decrease a step along the gradient could make, the noise,
+    the gradient norm and the curvature along it (in TAO's coordinates)."""
+
+    reached: bool
+    decrease: float
+    noise: float
+    gnorm: float
+    curvature: float
 
 
 class Optimizer:
@@ -494,12 +516,70 @@ class Optimizer:
             state = {"method": self.method, "iteration": its, "g0": self._g0, "history": self.history}
             save_checkpoint(self.checkpoint, self.J.controls, m, state)
         stop = stop_reason(self.method, reason)
+        floor = None
+        if reason in _FLOOR_REASONS and self.J.network.dtype == np.float32:
+            floor = self.resolution(x)
+            if floor.reached:
+                stop = (f"converged: J reached float32's resolution (|g|/|g0| = {gnorm / self._g0:.2e}; a step along "
+                        f"the gradient would change J by {floor.decrease:.1e}, below its float32 noise "
+                        f"{floor.noise:.1e}); use network.dtype = 'float64' for a tighter training.gttol")
         if self.world.rank == 0 and self.monitor is True and not self._interrupted:
             c = self.J.counts
             print(f"{self.method} ({self.tao.getType()}): {its} iterations; {stop} (TAO reason {reason}); J {f:.10e}, "
                   f"|g| {gnorm:.3e}; solves fwd {c['forward']} adj {c['costate']} "
                   f"inc {c['incremental_forward']}/{c['incremental_costate']}", flush=True)
-        return Result(m, its, reason, f, gnorm, list(self.history), dict(self.J.counts), self._interrupted, stop)
+        return Result(m, its, reason, f, gnorm, list(self.history), dict(self.J.counts), self._interrupted, stop,
+                      floor is not None and floor.reached)
+
+    def resolution(self, x: PETSc.Vec, points: int = 4) -> "Resolution":
+        """Can J still resolve a decrease at x (in coordinates)? Compares the decrease
+        a step along the gradient can make with the rounding noise of J there.
+
+        Along ``x - s e``, ``e = g/|g|``, J is ``J(x) - |g| s + c s^2/2 + noise(s)``
+        with ``c = e^T H e`` (one Hessian action). The best step ``s* = |g|/c`` decreases
+        J by ``|g|^2/(2c)``. The noise is measured: J at ``x - s e`` for ``s = s* i/points``,
+        ``i = -points..points``, the largest residual of the least-squares quadratic
+        through them (the smooth part of J is a quadratic to O(s*^3) there, so what is
+        left is rounding). The line search compares differences of two noisy values
+        (twice the noise), at up to ~30 trial points where the 2 points + 1 samples here
+        see only part of the noise's range, and its sufficient-decrease test asks for a
+        fraction of the model's decrease: a decrease within a factor 10 of the measured
+        noise cannot be told from it, and J has reached the resolution of the network's
+        precision. A larger decrease (or negative curvature, ``c <= 0``) is there to be
+        found: a line search that misses it has failed. Costs ``2 points + 1`` forward
+        solves, one gradient and one Hessian action."""
+        g = self._g.duplicate()
+        self._gradient(self.tao, x, g)
+        gnorm = g.norm()
+        if not (np.isfinite(gnorm) and gnorm > 0):
+            g.destroy()
+            return Resolution(gnorm == 0, 0.0, 0.0, gnorm, 0.0)
+        g.scale(1.0 / gnorm)
+        self._hess_at = self.coords.from_coordinates(x, getattr(self, "_hess_at", None))
+        Hg = g.duplicate()
+        self._hess_mult(g, Hg)
+        c = g.dot(Hg)
+        Hg.destroy()
+        if not c > 0:
+            g.destroy()
+            return Resolution(False, np.inf, 0.0, gnorm, c)
+        step = gnorm / c
+        s = step * np.arange(-points, points + 1) / points
+        y = x.duplicate()
+        vals = []
+        for si in s:
+            x.copy(y)
+            y.axpy(-si, g)
+            vals.append(self._objective(self.tao, y))
+        y.destroy(), g.destroy()
+        self._failure = None  # (a non-finite probe is reported below, not as a divergence)
+        vals = np.array(vals)
+        if not np.all(np.isfinite(vals)):
+            return Resolution(False, 0.5 * gnorm * step, np.inf, gnorm, c)
+        fit = np.polynomial.Polynomial.fit(s, vals, 2)
+        noise = float(np.abs(vals - fit(s)).max())
+        decrease = 0.5 * gnorm * step
+        return Resolution(decrease <= RESOLUTION_FACTOR * noise, decrease, noise, gnorm, c)
 
     def destroy(self):
         for obj in (self.tao, self._H, self._x, self._m, self._g, self._tmp, self._prev, getattr(self, "_lb", None), getattr(self, "_ub", None)):
