@@ -315,3 +315,16 @@ def test_adaptive_loop_matches_serial(comm):
     par, ser = run(comm), run(MPI.COMM_SELF)
     assert [p[:4] for p in par] == [s[:4] for s in ser], (par, ser)
     assert np.allclose([p[4:] for p in par], [s[4:] for s in ser], rtol=1e-6), (par, ser)
+
+
+def test_adaptive_loop_refuses_a_first_discretisation_over_its_limit():
+    """``adapt`` with ``max_controls`` below the first discretisation's controls trains
+    nothing: one InputError before the first cycle (the command line's check is a case of
+    the bad-input corpus)."""
+    from fem_dnn.optimize.adaptive import adapt
+
+    sp = NodeSpace(create_node_mesh(MPI.COMM_SELF, "interval", 4), "DG", 0)
+    trained = []
+    with pytest.raises(InputError, match="already has .* controls > the maximum 10"):
+        adapt(_problem, sp, Depth(T=1.0, N=2), refine=("depth",), cycles=2, max_controls=10, callback=trained.append)
+    assert not trained
