@@ -51,6 +51,7 @@ from fem_dnn import interrupt
 from fem_dnn.app import runfolder
 from fem_dnn.app.config import to_toml
 from fem_dnn.core.domain import Depth, NodeSpace, ProductMesh, create_node_mesh, read_node_mesh, split_comm
+from fem_dnn.core.images import create_image_mesh
 from fem_dnn.core.kernel import make_kernel
 from fem_dnn.errors import InputError, describe_os_error, one_line
 from fem_dnn.learning.controls import BLOCKS
@@ -104,11 +105,9 @@ class Run:
                 raise InputError(f"node mesh {nd['mesh']} is {mesh.topology.dim}D, but the {ds.name} data are functions "
                                  f"on a {dim}D domain (the unit {'interval' if dim == 1 else 'square'})")
             fit_to_unit_box(mesh, nd["fit"], f"node mesh {nd['mesh']}", f"the {ds.name} data")
-        elif nd["channels"] > 1:  # image x channels: C layers of cells along a last axis
+        elif nd["channels"] > 1:  # image x channels: C layers of cells along a last axis, pixel blocks
             shape, k, C = ds.domain["shape"], ds.domain["n"] * nd["refine"], nd["channels"]
-            mesh = create_node_mesh(node_comm, "rectangle" if shape == "interval" else "box",
-                                    (k, C) if shape == "interval" else (k, k, C),
-                                    cell="quadrilateral" if shape == "interval" else "hexahedron")
+            mesh = create_image_mesh(node_comm, k if shape == "interval" else (k, k), C)
         else:
             shape, k = ds.domain["shape"], ds.domain["n"] * nd["refine"]
             mesh = create_node_mesh(node_comm, shape, k, cell=nd["cell"] if shape == "rectangle" else None)
