@@ -366,21 +366,136 @@ def test_feedback_with_every_scheme(scheme):
     s.destroy()
 
 
+# --------------------------------------------------------------------------- more levels than steps
+#: cells a side of the min_steps tests: h = 6/512 in 1-D, 6/128 in 2-D
+LEVEL_CELLS = {1: 512, 2: 128}
+
+
+def bias_l1(n, activation):
+    """The bias-only L1 problem on [-3, 3]^n: b = 0, a_i in [ALO, AHI], Phi = sum_i |v_i - VT|,
+    with its exact value ``F(v, t) = sum_i dist(VT, [v_i + s sigma(a-), v_i + s sigma(a+)])``,
+    s = T - t (:func:`bias_value`, the coordinates separate)."""
+    model = ReducedModel(n, activation, a=(ALO, AHI))
+
+    def Phi(v):
+        return np.sum(np.abs(v - VT), axis=0)
+
+    def exact(t):
+        return lambda x: np.sum(bias_value(x, t, T, ALO, AHI, VT, "l1", activation), axis=0)
+
+    return model, Phi, exact
+
+
+def level_errors(s, exact, signed=False):
+    """Max error of every stored level against the exact value at its t_k, on the vertices
+    of [-1.5, 1.5]^n; with ``signed`` also the smallest ``F_h - F`` there."""
+    n = s.model.n
+    x = s.x[:, : s.n_owned]
+    sel = np.all(np.abs(x) <= 1.5 + 1e-12, axis=0)
+    diff = np.array([(s.levels[k] - exact(k * s.dt)(x))[sel] for k in range(s.steps + 1)])
+    assert s.errors(exact(0.0), 0.0, ([-1.5] * n, [1.5] * n))["max"] == np.abs(diff[0]).max()
+    return (np.abs(diff).max(), diff.min()) if signed else np.abs(diff).max()
+
+
+@pytest.mark.parametrize("activation", ["identity", "tanh"])
+@pytest.mark.parametrize("n", [1, 2])
+def test_semi_lagrangian_min_steps_keep_the_own_error(n, activation):
+    """Asking the semi-Lagrangian scheme for ``min_steps`` = 2 and 8 times its own step
+    count S (the feedback of a deeper network) does not raise the error: the scheme still
+    marches S steps and the levels in between are fractional steps from the march level
+    above (linear in depth between them), so the max error over every stored level is at
+    most 1.5 times that of the own solve (measured 1.00-1.15; marching T/min_steps, as
+    before, gave 1.47-6.3x). Bias-only L1 problem (exact value), 1-D with 512 cells and 2-D
+    with 128^2, on [-1.5, 1.5]^n.
+
+    The bounds, derived for this problem (constant velocities in the box sigma([a-, a+])^n,
+    so the one-step reachable set is the arrival box and the minimum over it is exact):
+
+    - ``F_h >= F`` at every level: the value is convex and separable, so its Q1 interpolant
+      is not below it, and the scheme's minimum runs over a subset of the exact arrival box
+      (points beyond the state box are moved onto it);
+    - ``F_h - F <= n h sqrt(S) / 2`` at the own levels: following the exact optimal constant
+      velocity c* at every step is a candidate, and Q1 interpolation at x + dt c* is the mean
+      over a random step to the cell's corners with variance <= h^2 / 4 a coordinate; after
+      m <= S steps the mean of the 1-Lipschitz (l1) Phi exceeds Phi(x + m dt c*) = F by at
+      most E|noise|_1 <= n h sqrt(m) / 2 (the walk moves toward VT, within one cell a step:
+      it stays inside the box; measured 0.53-1.31 h against bounds of 2.9-3.3 h);
+    - the levels in between: the same with one fractional step, plus the linear
+      interpolation in depth between sub-levels ``march_dt / substeps`` apart of a value
+      convex in t whose t-derivative jumps by at most ``speed`` a coordinate:
+      ``n speed march_dt / (4 substeps) <= n courant h / (4 substeps)``.
+
+    The stored levels keep their contract (``steps + 1`` levels at ``t_k = k dt``) and
+    those on the march grid are the own solve's levels."""
+    model, Phi, exact = bias_l1(n, activation)
+    cells = LEVEL_CELLS[n]
+
+    def solver(min_steps, **kw):
+        return HJBSolver(model, Phi, [-3.0] * n, [3.0] * n, cells, T, comm=MPI.COMM_SELF, scheme="semi_lagrangian",
+                         min_steps=min_steps, hamiltonian="numpy", **kw)
+
+    own = solver(1)
+    own.solve()
+    S, h = own.steps, own.h
+    assert own.march_steps == S and own.substeps == 1 and own.march_dt == own.dt
+    e_own, low = level_errors(own, exact, signed=True)
+    assert low >= -1e-12 and e_own <= n * h * np.sqrt(S) / 2, (e_own / h, S)
+    fewer = solver(S - 1, keep_levels=False)  # min_steps below the own count changes nothing
+    assert (fewer.steps, fewer.march_steps, fewer.substeps) == (S, S, 1)
+    fewer.destroy()
+    for factor in (2, 8):
+        s = solver(factor * S)
+        s.solve()
+        q = min(factor, 4)
+        assert (s.steps, s.march_steps, s.substeps) == (factor * S, S, q)
+        assert s.levels.shape == (factor * S + 1, s.n_owned) and s.dt == T / (factor * S)
+        assert np.max(np.abs(s.levels[::factor] - own.levels)) <= 1e-14
+        e, low = level_errors(s, exact, signed=True)
+        assert low >= -1e-12 and e <= n * h * (np.sqrt(S) / 2 + 2.0 / (4 * q)), (factor, e / h)
+        assert e <= 1.5 * e_own, (factor, e, e_own)
+        s.destroy()
+    own.destroy()
+
+
+def test_lax_friedrichs_min_steps_are_smaller_steps():
+    """Lax-Friedrichs marches ``min_steps`` steps when they are more than its CFL count:
+    smaller steps under the same graph viscosity (whose rate does not depend on dt) lose
+    only the explicit step's anti-diffusion, so the error over every stored level grows
+    little: at most 1.5 times the own solve's at 8 times its steps on the 1-D L1 bias
+    problem (measured 1.05)."""
+    model, Phi, exact = bias_l1(1, "identity")
+    out = []
+    for factor in (1, 8):
+        s = HJBSolver(model, Phi, [-3.0], [3.0], LEVEL_CELLS[1], T, comm=MPI.COMM_SELF,
+                      min_steps=factor * (out[0][1] if out else 1))
+        s.solve()
+        assert s.march_steps == s.steps and s.substeps == 1
+        out.append((level_errors(s, exact), s.steps))
+        s.destroy()
+    (e_own, S), (e8, S8) = out
+    assert S8 == 8 * S and e8 <= 1.5 * e_own, out
+
+
 # --------------------------------------------------------------------------- parallel
 @pytest.mark.mpi
-@pytest.mark.parametrize("kw", [{"hamiltonian": "ufl"}, {"hamiltonian": "numpy"}, {"scheme": "semi_lagrangian"}])
+@pytest.mark.parametrize("kw", [{"hamiltonian": "ufl"}, {"hamiltonian": "numpy"}, {"scheme": "semi_lagrangian"},
+                                {"scheme": "semi_lagrangian", "min_steps": 40}], ids=["ufl", "numpy", "sl", "sl-levels"])
 def test_parallel_bias_problem(comm, kw):
-    """The 1-D value function, its errors and the closed loop on all ranks equal the
-    serial ones (computed in-process on COMM_SELF), with either Hamiltonian of the
-    Lax-Friedrichs scheme and with the semi-Lagrangian scheme (whose arrival points
-    reach into other ranks' vertices)."""
+    """The 1-D value function at every stored level, its errors and the closed loop on all
+    ranks equal the serial ones (computed in-process on COMM_SELF), with either
+    Hamiltonian of the Lax-Friedrichs scheme and with the semi-Lagrangian scheme (whose
+    arrival points reach into other ranks' vertices), also with 8 times its own 5 steps
+    as stored levels (fractional steps between the march levels)."""
     out = []
     for c in (MPI.COMM_SELF, comm):
         s = bias_problem(c, 60, **kw)
-        x, f = s.natural(0)
+        x = s.natural(0)[0]
+        f = np.array([s.natural(k)[1] for k in range(s.steps + 1)])
         e = s.errors(lambda x: bias_value(x[0], 0.0, T, ALO, AHI, VT), 0.0, INNER1)
         cl = closed_loop(s, [-0.4])
         out.append((x, f, e, cl.v, cl.cost))
+        if "min_steps" in kw:
+            assert (s.steps, s.march_steps, s.substeps) == (40, 5, 4)
         s.destroy()
     (x0, f0, e0, v0, c0), (x1, f1, e1, v1, c1) = out
     assert np.allclose(x0, x1, rtol=0, atol=1e-13) and np.max(np.abs(f0 - f1)) <= 1e-13

@@ -680,9 +680,14 @@ def estimate_hjb(model, lower, upper, cells, T: float = 1.0, comm: MPI.Comm = MP
     cfl, min_steps, cell, keep_levels, scheme, courant)`` and its
     :meth:`~fem_dnn.hjb.HJBSolver.solve` (collective). The grid is counted; the depth step
     is that of a solver on a grid of at most 8 cells per direction, scaled with the cell
-    size (the CFL limit is proportional to h on these structured meshes); the
-    semi-Lagrangian scheme's step is ``courant h / speed`` and its interpolation matrix
-    holds at most ``(ceil(courant) + 3)^n`` candidate points a vertex, 2^n non-zeros each."""
+    size (the CFL limit is proportional to h on these structured meshes). The stored
+    levels are ``steps = max(own, min_steps)`` for either scheme. The semi-Lagrangian
+    scheme marches its own ``ceil(T speed / (courant h))`` steps and its interpolation
+    matrix holds at most ``(ceil(courant) + 3)^n`` candidate points a vertex, 2^n
+    non-zeros each; with ``steps`` above its own count (and ``keep_levels``) it adds the
+    ``q - 1`` fractional steps ``i/q`` of a march step (``q = HJBSolver.substeps``), each
+    with at most ``(ceil(i courant / q) + 3)^n`` candidates a vertex, and ``q`` vertex
+    arrays of the sub-levels."""
     from fem_dnn.hjb import HJBSolver
 
     n = model.n
@@ -697,9 +702,14 @@ def estimate_hjb(model, lower, upper, cells, T: float = 1.0, comm: MPI.Comm = MP
     h = float(np.max((np.broadcast_to(np.asarray(upper, dtype=float), (n,)) - np.broadcast_to(
         np.asarray(lower, dtype=float), (n,))) / np.array(nn)))
     if scheme == "semi_lagrangian":
-        steps = max(int(np.ceil(T * probe.speed / (courant * h))) if probe.speed > 0 else 1, int(min_steps))
+        own = int(np.ceil(T * probe.speed / (courant * h))) if probe.speed > 0 else 1
     else:
-        steps = max(int(np.ceil(T / (cfl * dt_max))) if np.isfinite(dt_max) else 1, int(min_steps))
+        own = int(np.ceil(T / (cfl * dt_max))) if np.isfinite(dt_max) else 1
+    steps = max(own, int(min_steps))
+    q = 1  # the solver's substeps: parts of a semi-Lagrangian march step with stored levels between
+    if scheme == "semi_lagrangian" and keep_levels and steps > own:
+        q = min(-(-steps // own), HJBSolver.MAX_SUBSTEPS)
+    sl_row = 2**n * AIJ_BYTES_PER_NONZERO + 2 * _F8  # a candidate point: its Q1 row and its value
     verts = int(np.prod([c + 1 for c in nn]))
     ncell = int(np.prod(nn)) * ({1: 1, 2: 2, 3: 6}[n] if cell == "simplex" else 1)
     vl = _cdiv(verts, comm.size)
@@ -709,8 +719,10 @@ def estimate_hjb(model, lower, upper, cells, T: float = 1.0, comm: MPI.Comm = MP
              f"state-space mesh ({ncell} cells)": MESH_BYTES_PER_CELL * cl + MESH_BUILD_BYTES_PER_CELL * (ncell - cl),
              f"operators (C_1..C_{n}, D)": (n + 1) * AIJ_BYTES_PER_NONZERO * nnz * vl,
              "functions and vertex arrays": (2 * n + 8) * _F8 * vl,
-             "semi-Lagrangian interpolation matrix": (int(np.ceil(courant)) + 3) ** n * (
-                 2**n * AIJ_BYTES_PER_NONZERO + 2 * _F8) * vl if scheme == "semi_lagrangian" else 0,
+             "semi-Lagrangian interpolation matrix": (int(np.ceil(courant)) + 3) ** n * sl_row * vl
+             if scheme == "semi_lagrangian" else 0,
+             f"semi-Lagrangian fractional steps ({q - 1})": (sum(
+                 (int(np.ceil(i * courant / q)) + 3) ** n for i in range(1, q)) * sl_row + q * _F8) * vl if q > 1 else 0,
              f"stored levels ({steps + 1} x {vl})": (steps + 1) * _F8 * vl if keep_levels else 0}
     vals = np.array(list(parts.values()), dtype=float)
     comm.Allreduce(MPI.IN_PLACE, vals, op=MPI.MAX)

@@ -350,14 +350,25 @@ def box_around(model: ReducedModel, points, T: float, margin: float = 0.5):
     raise InputError("no bounded box holds the reachable set (the speeds grow too fast); give the state box by hand")
 
 
-def bias_value(v, t, T, a_lo, a_hi, target):
-    """Exact value for n = 1, identity sigma, b = 0, a in [a-, a+], no running cost and
-    ``Phi = 1/2 (v - v_target)^2``: ``F(v, t) = 1/2 dist(v_target, [v + a-(T-t),
-    v + a+(T-t)])^2`` (the reachable interval)."""
+def bias_value(v, t, T, a_lo, a_hi, target, cost: str = "quadratic", activation="identity"):
+    """Exact value for n = 1, b = 0, a in [a-, a+] and no running cost: the reachable set
+    from v over the depth ``s = T - t`` is the interval ``[v + s sigma(a-), v + s
+    sigma(a+)]`` (constant velocities in the box ``sigma([a-, a+])``, sigma non-decreasing),
+    so with ``d = dist(v_target, that interval)``
+
+    - ``cost="quadratic"``, ``Phi = 1/2 (v - v_target)^2``: ``F(v, t) = 1/2 d^2``;
+    - ``cost="l1"``, ``Phi = |v - v_target|``: ``F(v, t) = d``.
+
+    v of any shape (elementwise); for n neurons with ``Phi = sum_i phi(v_i)`` the value is
+    the sum over the coordinates (each moves at its own speed)."""
+    if cost not in ("quadratic", "l1"):
+        raise InputError(f"bias_value knows the costs 'quadratic' and 'l1', not {cost!r}")
+    sig = get_activation(activation).sigma
+    s_lo, s_hi = (sig(np.asarray(a, dtype=float)) for a in (a_lo, a_hi))
     v = np.asarray(v, dtype=float)
     s = T - t
-    d = np.maximum(0.0, np.maximum(v + a_lo * s - target, target - v - a_hi * s))
-    return 0.5 * d * d
+    d = np.maximum(0.0, np.maximum(v + s_lo * s - target, target - v - s_hi * s))
+    return 0.5 * d * d if cost == "quadratic" else d
 
 
 # --------------------------------------------------------------------------- the solver
@@ -380,7 +391,11 @@ class HJBSolver:
         T: final depth.
         comm: communicator of the state-space mesh.
         cfl: fraction (0, 1] of the monotonicity limit of the depth step.
-        min_steps: at least this many depth steps (e.g. a multiple of the network's N).
+        min_steps: at least this many stored depth levels after t = 0 (e.g. the network's
+            N, or a multiple of it): ``steps = max(own, min_steps)`` with ``own`` the
+            scheme's own step count. Lax-Friedrichs marches ``steps`` steps; the
+            semi-Lagrangian scheme always marches its own count and computes the levels
+            in between (see Attributes and docs/model.md §6.8).
         cell: ``"simplex"`` (interval/triangle/tetrahedron) or ``"tensor"``
             (quadrilateral/hexahedron, n >= 2).
         hamiltonian: ``"auto"`` (UFL closed form when there is one, else numpy),
@@ -393,12 +408,36 @@ class HJBSolver:
             (how many cells the characteristics cross a step; > 0).
 
     Attributes:
-        steps, dt: the number of depth steps and the step (CFL, or ``T/min_steps``).
-        dt_max: the monotonicity limit of the step (``cfl = 1``).
+        steps, dt: the stored depth levels: ``steps + 1`` levels at ``t_k = k dt``,
+            ``dt = T / steps``, ``steps = max(own, min_steps)`` (:attr:`levels`,
+            :meth:`level_of`, the feedback and the closed loop's default layers).
+        march_steps, march_dt: the steps the scheme takes, ``march_dt = T / march_steps``.
+            Lax-Friedrichs: ``march_steps = steps`` (more steps than its own are smaller
+            CFL steps under the same viscosity; measured on the bias problems, its max
+            error over the levels grows by 1-11% at 8x its own count, docs/model.md §6.3).
+            Semi-Lagrangian: ``march_steps = own = ceil(T speed / (courant h))`` whatever
+            ``min_steps``: every step re-interpolates (Q1) and smears a kink, so more,
+            smaller steps would raise the error (measured 2-6x at 2-8x the own count on
+            kinked values; docs/model.md §6.8).
+        substeps: semi-Lagrangian with ``steps > march_steps``: each march step is split
+            into ``substeps = min(ceil(steps / march_steps), MAX_SUBSTEPS)`` equal parts;
+            the level at each interior point is one fractional semi-Lagrangian step of
+            ``i march_dt / substeps`` (i = 1 .. substeps - 1) from the march level above
+            (not chained), and a stored level between two such points is their linear
+            interpolation in depth (a convex combination: monotone, exact where the
+            points coincide, e.g. for ``min_steps`` a multiple of the own count up to
+            ``MAX_SUBSTEPS`` times). 1 otherwise (every stored level is a march level).
+        dt_max: the monotonicity limit of the Lax-Friedrichs step (``cfl = 1``).
         h: the largest cell size; speed: the largest speed lambda over the box.
         levels: ``(steps + 1, n_owned)`` owned values of F at ``t_k = k dt`` after
             :meth:`solve`.
+        MAX_SUBSTEPS: (class attribute, 4) the most parts of a semi-Lagrangian march step,
+            i.e. at most 3 fractional-step matrices besides the march step's. Measured
+            (docs/model.md §6.8): 8 parts give the same max errors as 4 on the test
+            problems at 2.5 times the matrices' memory in 2-D.
     """
+
+    MAX_SUBSTEPS = 4
 
     def __init__(
         self,
@@ -482,13 +521,20 @@ class HJBSolver:
         self.speed = comm.allreduce(float(lam_k.max()) if nl else 0.0, op=MPI.MAX)
         self.scheme = scheme
         if scheme == "semi_lagrangian":  # no monotonicity limit: the step is a number of cells
-            steps = int(np.ceil(self.T * self.speed / (courant * self.h))) if self.speed > 0 else 1
+            own = int(np.ceil(self.T * self.speed / (courant * self.h))) if self.speed > 0 else 1
         else:
-            steps = int(np.ceil(self.T / (cfl * dt_max))) if np.isfinite(dt_max) else 1
-        self.steps = max(steps, int(min_steps))
+            own = int(np.ceil(self.T / (cfl * dt_max))) if np.isfinite(dt_max) else 1
+        self.steps = max(own, int(min_steps))
         self.dt = self.T / self.steps
+        self.march_steps = own if scheme == "semi_lagrangian" else self.steps
+        self.march_dt = self.T / self.march_steps
+        self.substeps = 1
+        if self.steps > self.march_steps:
+            self.substeps = min(-(-self.steps // self.march_steps), self.MAX_SUBSTEPS)
         self.dt_max = dt_max
+        self._sl_grid = None  # the global dof of every grid vertex (SemiLagrangian._grid)
         self._sl = SemiLagrangian(self) if scheme == "semi_lagrangian" else None
+        self._sl_sub = None  # the fractional steps, built by the first solve that keeps levels
 
         # ---- the Hamiltonian at the vertices
         self.F = fem.Function(V, name="F")
@@ -549,19 +595,50 @@ class HJBSolver:
         p = np.array([g.x.array[:nl] for g in self._G])
         return self.model.hamiltonian(self.x[:, :nl], p)
 
+    def _substep_operators(self):
+        """The fractional semi-Lagrangian steps ``i march_dt / substeps``, i = 1 ..
+        substeps - 1 (collective; built once)."""
+        if self._sl_sub is None:
+            q = self.substeps
+            self._sl_sub = [SemiLagrangian(self, i * self.march_dt / q) for i in range(1, q)]
+        return self._sl_sub
+
+    def _store_between(self, j, top, subs, bottom):
+        """Store the levels k with ``t_j <= t_k < t_{j+1}`` (march levels j, j + 1) from the
+        march step's sub-levels: ``top`` at t_{j+1}, ``subs[i-1]`` at ``t_{j+1} - i
+        march_dt / q``, ``bottom`` at t_j; linear in depth between neighbouring ones.
+        Integer arithmetic: a level on a sub-level is copied, not interpolated."""
+        S, M, q = self.march_steps, self.steps, self.substeps
+
+        def sub(b):  # the sub-level b march_dt / q above t_j
+            return bottom if b == 0 else (top if b == q else subs[q - b - 1])
+
+        for k in range(-(-j * M // S), ((j + 1) * M - 1) // S + 1):
+            b, r = divmod((k * S - j * M) * q, M)  # t_k = t_j + (b + r / M) march_dt / q
+            self.levels[k] = sub(b) if r == 0 else (1.0 - r / M) * sub(b) + (r / M) * sub(b + 1)
+
     def solve(self, monitor=False):
         """March backward from ``F(T) = Phi`` to t = 0; returns F(., 0) (owned values).
 
-        With ``keep_levels`` F is kept at every step t_k = k dt (:attr:`levels`)."""
-        nl, dt = self.n_owned, self.dt
+        With ``keep_levels`` F is kept at every stored level t_k = k dt (:attr:`levels`;
+        the semi-Lagrangian levels between its march levels as described under
+        ``substeps`` in the class doc)."""
+        nl, dt = self.n_owned, self.march_dt
+        S = self.march_steps
         F = self.F
         F.interpolate(lambda x: self.Phi(x[: self.model.n]))
         Fa = F.x.array
-        if self.keep_levels:
+        keep = self.keep_levels
+        between = keep and self.steps != S  # semi-Lagrangian levels between the march levels
+        if keep:
             self.levels = np.empty((self.steps + 1, nl))
             self.levels[self.steps] = Fa[:nl]
+        subs = self._substep_operators() if between else []
         Fvec = F.x.petsc_vec
-        for k in range(self.steps - 1, -1, -1):
+        for j in range(S - 1, -1, -1):
+            if between:
+                top = Fa[:nl].copy()
+                fractions = [op.step(Fvec) for op in subs]
             if self._sl is not None:
                 Fa[:nl] = self._sl.step(Fvec)
             else:
@@ -570,10 +647,12 @@ class HJBSolver:
                 self.D.mult(Fvec, self._DF)
                 Fa[:nl] += dt * (H + self._DF.array_r)
             F.x.scatter_forward()
-            if self.keep_levels:
-                self.levels[k] = Fa[:nl]
-            if monitor and self.comm.rank == 0 and k % max(self.steps // 10, 1) == 0:
-                print(f"hjb step t = {k * dt:.4f}", flush=True)
+            if between:
+                self._store_between(j, top, fractions, Fa[:nl])
+            elif keep:
+                self.levels[j] = Fa[:nl]
+            if monitor and self.comm.rank == 0 and j % max(S // 10, 1) == 0:
+                print(f"hjb step t = {j * dt:.4f}", flush=True)
         if not all_finite(self.comm, Fa[:nl]):
             raise NonFiniteError("the HJB value function is not finite", 0)
         self._grad_level = None
@@ -687,6 +766,8 @@ class HJBSolver:
             obj.destroy()
         if self._sl is not None:
             self._sl.destroy()
+        for op in self._sl_sub or ():
+            op.destroy()
 
 
 class SemiLagrangian:
@@ -705,36 +786,34 @@ class SemiLagrangian:
     minimum over the arrival box is the minimum over the finite set whose coordinates
     are the box's ends and the grid lines between them: **exact**, with no control
     sampling. The scheme is monotone (I is a convex combination, the minimum of
-    monotone maps is monotone), commutes with constants and has no CFL limit; its step
-    is ``dt = courant h / speed``.
+    monotone maps is monotone), commutes with constants and has no CFL limit; the
+    solver's march step is ``dt = T / march_steps`` (at most ``courant h / speed``), and
+    its fractional steps (``substeps``) are the same operator with a shorter dt.
 
     The arrival points do not move between steps (the dynamics and the box do not
     depend on t), so the interpolation is one sparse PETSc matrix (rows: each owned
     vertex's candidate points; columns: global dofs, any rank's), assembled once; a step
     is one MatMult and a segmented minimum.
+
+    Args:
+        solver: the :class:`HJBSolver` (its mesh, model and box).
+        dt: the depth step of this operator (default the solver's ``march_dt``).
     """
 
-    def __init__(self, solver: "HJBSolver"):
+    def __init__(self, solver: "HJBSolver", dt: float | None = None):
         self.solver = sv = solver
+        self.dt = dt = sv.march_dt if dt is None else float(dt)
         n, nl, comm = sv.model.n, sv.n_owned, sv.comm
         lower, cells = sv.lower, np.asarray(sv.cells)
         hd = (sv.upper - lower) / cells
-        # the global dof of every grid vertex (the P1 dofs are the vertices of the box mesh)
         imap = sv.V.dofmap.index_map
-        owned = np.arange(imap.local_range[0], imap.local_range[1])
-        ijk = np.rint((sv.x[:, :nl] - lower[:, None]) / hd[:, None]).astype(np.int64)
-        flat = np.ravel_multi_index(tuple(ijk), tuple(cells + 1))
-        grid = np.full(int(np.prod(cells + 1)), -1, dtype=np.int64)
-        for f_r, g_r in zip(comm.allgather(flat), comm.allgather(owned)):
-            grid[f_r] = g_r
-        if np.any(grid < 0):
-            raise RuntimeError("the state mesh's vertices are not the box's grid")
+        grid = self._grid(sv, hd)
         # the arrival box of each owned vertex and its candidate coordinates per direction
         x = sv.x[:, :nl]
         umin, umax = sv.model.u_range(x)
         s = sv.model.sigma.sigma
-        lo = np.clip(x + sv.dt * s(umin), lower[:, None], sv.upper[:, None])
-        hi = np.clip(x + sv.dt * s(umax), lower[:, None], sv.upper[:, None])
+        lo = np.clip(x + dt * s(umin), lower[:, None], sv.upper[:, None])
+        hi = np.clip(x + dt * s(umax), lower[:, None], sv.upper[:, None])
         axes = []
         for d in range(n):
             g_lo, g_hi = (lo[d] - lower[d]) / hd[d], (hi[d] - lower[d]) / hd[d]
@@ -759,6 +838,26 @@ class SemiLagrangian:
                                        comm=comm)
         self.I.assemble()
         self._Y = self.I.createVecLeft()
+
+    @staticmethod
+    def _grid(sv, hd):
+        """The global dof of every grid vertex (the P1 dofs are the vertices of the box
+        mesh), lexicographic in the grid's indices; computed once per solver (collective)."""
+        grid = getattr(sv, "_sl_grid", None)
+        if grid is not None:
+            return grid
+        nl, comm, cells = sv.n_owned, sv.comm, np.asarray(sv.cells)
+        imap = sv.V.dofmap.index_map
+        owned = np.arange(imap.local_range[0], imap.local_range[1])
+        ijk = np.rint((sv.x[:, :nl] - sv.lower[:, None]) / hd[:, None]).astype(np.int64)
+        flat = np.ravel_multi_index(tuple(ijk), tuple(cells + 1))
+        grid = np.full(int(np.prod(cells + 1)), -1, dtype=np.int64)
+        for f_r, g_r in zip(comm.allgather(flat), comm.allgather(owned)):
+            grid[f_r] = g_r
+        if np.any(grid < 0):
+            raise RuntimeError("the state mesh's vertices are not the box's grid")
+        sv._sl_grid = grid
+        return grid
 
     @staticmethod
     def _weights(pts, lower, hd, cells, grid):
