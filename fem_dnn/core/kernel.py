@@ -496,11 +496,8 @@ class LocalKernel(Kernel):
     def apply_transpose(self, kappa, V, scale=1.0):
         if np.ndim(V) == 1:
             return self.apply_transpose(kappa, np.asarray(V)[:, None], scale)[:, 0]
-        if self.grid is not None:
-            Y, G = self.grid.apply_transpose(kappa, V, scale)
-            if self.space.comm.size > 1:
-                self.halo.reverse(G, Y)
-            return Y
+        if self.grid is not None:  # the ghosts' v forward (every rank is on the grid path)
+            return self.grid.apply_transpose(kappa, self._extended(np.asfortranarray(V), True), scale)
         nl = self.space.n_local
         if V.dtype == np.float32:
             Y = self.matrix(scale * np.asarray(kappa, dtype=float)).astype(np.float32).T @ np.ascontiguousarray(V)
@@ -662,7 +659,7 @@ class PixelGrid:
         blo = ko.min(axis=1) if nl else np.zeros(d, np.int64)
         self.box = tuple(int(v) for v in (ko.max(axis=1) + 1 - blo)) if nl else (1,) * d
         box = np.array(self.box)
-        self.pad1, self.pad2 = tuple(box + 2 * R), tuple(box + 4 * R)  # padded by R (inputs), 2R (B^T's)
+        self.pad1 = tuple(box + 2 * R)  # padded by R: the inputs
 
         def flat(rel, shape):  # flat index in a box of ``shape`` (-1 outside)
             shape = np.asarray(shape)
@@ -683,12 +680,8 @@ class PixelGrid:
         inside = in_pad1 >= 0
         self.gather[in_pad1[inside] * C + chan[inside]] = ext[inside]
         owned = slice(off, off + nl)
-        #: rows of the box's (pixel, channel) of the owned dofs; of the R-padded box of the
-        #: owned dofs and the ghosts (B^T's output); of the 2R-padded box of the owned dofs
+        #: rows of the box's (pixel, channel) of the owned dofs
         self.own_box = in_box[owned] * C + chan[owned]
-        self.own_pad1 = in_pad1[owned] * C + chan[owned]
-        self.ghost_pad1 = in_pad1[kern.halo.ghosts] * C + chan[kern.halo.ghosts]
-        self.own_pad2 = flat(rel[:, owned] + 2 * R[:, None], self.pad2) * C + chan[owned]
         self.ghosts_inside = bool(np.all(in_pad1[kern.halo.ghosts] >= 0))
         self.n_box = int(np.prod(box))
         # the support's offsets: the last axis' are the GEMM's K blocks, the others a loop
@@ -703,9 +696,8 @@ class PixelGrid:
 
     @classmethod
     def detect(cls, kern: LocalKernel, chan: np.ndarray, strict: bool = False) -> PixelGrid | None:
-        """The grid layout if the node mesh is a structured image grid and this rank's
-        block suits it, else None (``strict``: raise instead). Each rank decides for its
-        own rows (both paths make the same halo exchanges)."""
+        """The grid layout if the node mesh is a structured image grid and every rank's
+        block suits it, else None (``strict``: raise instead). Collective."""
         sp, C, d = kern.space, kern.channels, kern.sdim
 
         def no(why):
@@ -737,13 +729,15 @@ class PixelGrid:
         # the same pairs as the CSR pattern (their count, from the in-domain offsets per axis)
         ko = k[:, sp.offset : sp.offset + sp.n_local]
         per_axis = [np.minimum(ko[a] + R[a], n[a] - 1) - np.maximum(ko[a] - R[a], 0) + 1 for a in range(d)]
-        if int(C * np.prod(per_axis, axis=0).sum()) != kern.nnz:
-            return no("the support's pixels to be the CSR pattern's pairs")
+        same = int(C * np.prod(per_axis, axis=0).sum()) == kern.nnz
         grid = cls(kern, chan, (k, n, h, R))
-        if grid.C * int(np.prod(grid.pad1)) > 8 * max(sp.n_local, 1):
-            return no("this rank's pixels to fill at least 1/8 of their padded bounding box")
-        if not grid.ghosts_inside:
-            return no("every ghost inside the padded box")
+        fits = grid.C * int(np.prod(grid.pad1)) <= 8 * max(sp.n_local, 1) and grid.ghosts_inside
+        # B^T exchanges v's ghosts forward on the grid path, backward on the CSR one: every
+        # rank takes the same path
+        if not sp.comm.allreduce(same, op=_mpi().LAND):
+            return no("the support's pixels to be the CSR pattern's pairs")
+        if not sp.comm.allreduce(fits, op=_mpi().LAND):
+            return no("every rank's pixels to fill at least 1/8 of their padded bounding box")
         return grid
 
     # ---- the offset weights and the strided views
@@ -791,15 +785,15 @@ class PixelGrid:
         out = self._conv(self._K(kappa, Xe.dtype), buf.reshape(-1), self.pad1, self.box, S)
         return np.asfortranarray(out[self.own_box])
 
-    def apply_transpose(self, kappa, V, scale=1.0):
-        """``scale B^T v`` on the owned rows (Fortran ``(n_local, S)``) and the ghost rows'
-        parts (C-ordered ``(n_ghosts, S)``, for :meth:`Halo.reverse`)."""
-        S = V.shape[1]
-        dt = V.dtype if V.dtype == np.float32 else np.float64
-        buf = np.zeros((int(np.prod(self.pad2)) * self.C, S), dtype=dt)
-        buf[self.own_pad2] = V
-        out = self._conv(self._K(kappa, dt, True, scale), buf.reshape(-1), self.pad2, self.pad1, S)
-        return np.asfortranarray(out[self.own_pad1]), out[self.ghost_pad1]
+    def apply_transpose(self, kappa, Ve, scale=1.0):
+        """``scale B^T v`` (a fresh Fortran ``(n_local, S)``) from v's extended rows (as
+        :meth:`apply`): ``(B^T v)(q) = sum_o K_o^T v(q + o)`` reads v at the owned rows'
+        support, owned or ghost (the support is symmetric), so B^T takes a forward
+        exchange of v's ghost rows instead of the CSR path's reverse one."""
+        S = Ve.shape[1]
+        buf = Ve[self.gather]
+        out = self._conv(self._K(kappa, Ve.dtype, True, scale), buf.reshape(-1), self.pad1, self.box, S)
+        return np.asfortranarray(out[self.own_box])
 
     def outer(self, Z, Xe, scale=1.0):
         """``scale d<Z, B F>/d kappa``: ``G_o = sum_(p, s) Z[p, :, s] F[p - o, :, s]^T``, one
@@ -809,11 +803,12 @@ class PixelGrid:
         buf = Xe[self.gather].reshape(-1)
         Zb = np.zeros((self.n_box * C, S), dtype=Xe.dtype)
         Zb[self.own_box] = Z
-        Zb = Zb.reshape(self.n_box, C, S)
-        G = np.empty((len(self.rest), C, (2 * int(self.R[-1]) + 1) * C))
+        ZT = Zb.reshape(self.box + (C, S)).swapaxes(-1, -2)  # per pixel (S, C)
+        axes = tuple(range(len(self.box)))
+        G = np.empty((len(self.rest), (2 * int(self.R[-1]) + 1) * C, C))
         for r, v in enumerate(self._views(buf, self.pad1, self.box, S)):
-            G[r] = np.matmul(Zb, v.reshape(self.n_box, -1, S).transpose(0, 2, 1)).sum(axis=0)
-        G = G.reshape(len(self.rest), C, -1, C)[::-1, :, ::-1, :]  # [o_rest + R, c_i, o_last + R, c_j]
+            G[r] = np.matmul(v, ZT).sum(axis=axes)  # per pixel ((2R+1) C x S) @ (S x C), then summed
+        G = G.reshape(len(self.rest), -1, C, C)[::-1, ::-1].transpose(0, 3, 1, 2)  # [o_rest + R, c_i, o_last + R, c_j]
         return scale * np.einsum("rioj,rom->ijm", G, self.Q).reshape(-1)
 
 
