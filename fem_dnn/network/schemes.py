@@ -429,8 +429,8 @@ def float32_unsupported(scheme: str, eps: float, mass: str, kernel: str) -> str:
         return "cannot take node diffusion (eps > 0): its PETSc solves are float64"
     if mass != "lumped":
         return "needs the lumped node mass: the consistent mass is applied by PETSc in float64"
-    if kernel != "dense":
-        return f"runs the dense kernel only, not the {kernel} kernel"
+    if kernel not in ("dense", "local"):
+        return f"supports the local kernel and the dense kernel only, not the {kernel} kernel"
     return ""
 
 
