@@ -619,6 +619,16 @@ class LocalKernel(Kernel):
         return img, (-r, span, -r, span), "offset y1 - z1 (per sending channel)", "offset y2 - z2 (per receiving channel)"
 
 
+def _fortran_rows(A: np.ndarray, rows: np.ndarray, block: int = 32) -> np.ndarray:
+    """``np.asfortranarray(A[rows])`` for a C-ordered A, a block of rows at a time: the
+    transposing copy stays in the caches (2-3 times faster than one ``asfortranarray``
+    at 3000-6000 rows x 256, measured)."""
+    out = np.empty((rows.size, A.shape[1]), dtype=A.dtype, order="F")
+    for i in range(0, rows.size, block):
+        out[i : i + block] = A[rows[i : i + block]]
+    return out
+
+
 class PixelGrid:
     """The local kernel on a structured image grid: dense GEMMs over channels and samples.
 
@@ -768,13 +778,20 @@ class PixelGrid:
                                                   writeable=False)
 
     def _conv(self, Kmat, buf, shape, out_shape, S):
-        """``out[p] = sum_r Kmat[r] @ view_r[p]``: C-ordered ``(prod(out_shape) C, S)``."""
+        """``out[p] = sum_r Kmat[r] @ view_r[p]``: C-ordered ``(prod(out_shape) C, S)``,
+        one slab of the first axis at a time (the slab's sum stays in the caches)."""
         out = np.empty(tuple(out_shape) + (self.C, S), dtype=buf.dtype)
-        for r, v in enumerate(self._views(buf, shape, out_shape, S)):
-            if r == 0:
-                np.matmul(Kmat[0], v, out=out)
-            else:
-                out += np.matmul(Kmat[r], v)
+        views = list(self._views(buf, shape, out_shape, S))
+        if len(out_shape) == 1:
+            np.matmul(Kmat[0], views[0], out=out)
+            return out.reshape(-1, S)
+        tmp = np.empty(out.shape[1:], dtype=buf.dtype)
+        for i in range(out_shape[0]):
+            slab = out[i]
+            np.matmul(Kmat[0], views[0][i], out=slab)
+            for r in range(1, len(views)):
+                np.matmul(Kmat[r], views[r][i], out=tmp)
+                slab += tmp
         return out.reshape(-1, S)
 
     def apply(self, kappa, Xe):
@@ -783,7 +800,7 @@ class PixelGrid:
         S = Xe.shape[1]
         buf = Xe[self.gather]  # (R-padded box pixels, C) x S
         out = self._conv(self._K(kappa, Xe.dtype), buf.reshape(-1), self.pad1, self.box, S)
-        return np.asfortranarray(out[self.own_box])
+        return _fortran_rows(out, self.own_box)
 
     def apply_transpose(self, kappa, Ve, scale=1.0):
         """``scale B^T v`` (a fresh Fortran ``(n_local, S)``) from v's extended rows (as
@@ -793,7 +810,7 @@ class PixelGrid:
         S = Ve.shape[1]
         buf = Ve[self.gather]
         out = self._conv(self._K(kappa, Ve.dtype, True, scale), buf.reshape(-1), self.pad1, self.box, S)
-        return np.asfortranarray(out[self.own_box])
+        return _fortran_rows(out, self.own_box)
 
     def outer(self, Z, Xe, scale=1.0):
         """``scale d<Z, B F>/d kappa``: ``G_o = sum_(p, s) Z[p, :, s] F[p - o, :, s]^T``, one
@@ -804,10 +821,13 @@ class PixelGrid:
         Zb = np.zeros((self.n_box * C, S), dtype=Xe.dtype)
         Zb[self.own_box] = Z
         ZT = Zb.reshape(self.box + (C, S)).swapaxes(-1, -2)  # per pixel (S, C)
-        axes = tuple(range(len(self.box)))
-        G = np.empty((len(self.rest), (2 * int(self.R[-1]) + 1) * C, C))
-        for r, v in enumerate(self._views(buf, self.pad1, self.box, S)):
-            G[r] = np.matmul(v, ZT).sum(axis=axes)  # per pixel ((2R+1) C x S) @ (S x C), then summed
+        G = np.zeros((len(self.rest), (2 * int(self.R[-1]) + 1) * C, C))
+        views = list(self._views(buf, self.pad1, self.box, S))
+        slabs = [(Ellipsis,)] if len(self.box) == 1 else [(i,) for i in range(self.box[0])]
+        axes = tuple(range(len(self.box) - (len(self.box) > 1)))
+        for i in slabs:  # per pixel ((2R+1) C x S) @ (S x C), summed over a slab of the first axis
+            for r, v in enumerate(views):
+                G[r] += np.matmul(v[i], ZT[i]).sum(axis=axes)
         G = G.reshape(len(self.rest), -1, C, C)[::-1, ::-1].transpose(0, 3, 1, 2)  # [o_rest + R, c_i, o_last + R, c_j]
         return scale * np.einsum("rioj,rom->ijm", G, self.Q).reshape(-1)
 
