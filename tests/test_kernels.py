@@ -320,27 +320,31 @@ def test_local_grid_path_refusals():
     tri.destroy()
 
 
-@pytest.mark.parametrize("method", ["grid", "csr"])
+@pytest.mark.parametrize("kernel", ["local-grid", "local-csr", "lowrank"])
 @pytest.mark.parametrize("scheme", ["euler", "heun"])
-def test_local_kernel_float32_agrees_with_float64(scheme, method):
-    """A float32 network with the local kernel on a 6 x 6 x 2 channels image (both paths):
-    J, dJ and a Hessian action within 1e-5 relative of float64 (measured 4e-10, 4e-9,
-    5e-8 on both paths: float32's unit round-off 6e-8 times the growth of a few layers),
-    the states float32 and within 1e-5 of float64's (measured 1e-7)."""
+def test_structured_kernels_float32_agree_with_float64(scheme, kernel):
+    """A float32 network with the local kernel (both paths) or the low-rank kernel on a
+    6 x 6 x 2 channels image: J, dJ and a Hessian action within 1e-5 relative of float64
+    (measured at most 7e-10, 1e-8, 5e-8: float32's unit round-off 6e-8 times the growth
+    of a few layers), the states float32 and within 1e-5 of float64's (measured 1e-7),
+    the trajectory with its tape half float64's bytes (every product stays float32)."""
     sp = _image_space(MPI.COMM_SELF, 2, (6, 6))
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(20, sp.n)), rng.integers(0, 3, 20)
     out = {}
     for dtype in ("float64", "float32"):
-        kern = LocalKernel(sp, radius=2 / 6, cells=4, channels=2, method=method)
+        kern = (LowRankKernel(sp, 3) if kernel == "lowrank"
+                else LocalKernel(sp, radius=2 / 6, cells=4, channels=2, method=kernel.split("-")[1]))
         J = ReducedFunctional(Network(sp, Depth(T=1.0, N=4), "tanh", scheme, kernel=kern, dtype=dtype), X, y,
                               "classes", K=3, lam=1e-3)
         m = J.controls.random(1, 0.5)
-        out[dtype] = (J(m), J.derivative(m).copy(), J.hessian(m, J.controls.random(2, 1.0)).copy(),
-                      J.trajectory(m).states)
+        traj = J.trajectory(m)
+        out[dtype] = (J(m), J.derivative(m).copy(), J.hessian(m, J.controls.random(2, 1.0)).copy(), traj.states,
+                      traj.nbytes)
         J.destroy()
-    (J64, g64, h64, s64), (J32, g32, h32, s32) = out["float64"], out["float32"]
+    (J64, g64, h64, s64, b64), (J32, g32, h32, s32, b32) = out["float64"], out["float32"]
     assert s32.dtype == np.float32 and s64.dtype == np.float64
+    assert b32 * 2 == b64
     assert abs(J32 / J64 - 1) < 1e-5
     for a, b in ((g32, g64), (h32, h64)):
         d = a.copy()

@@ -865,8 +865,15 @@ class LowRankKernel(Kernel):
             comm.Allreduce(_mpi().IN_PLACE, X, op=_mpi().SUM)
         return X
 
+    def _mass(self, F):
+        """``M_w F`` in F's precision (a float32 batch stays float32)."""
+        F = np.asfortranarray(F)
+        if F.dtype == np.float32 and self.space.mass == "lumped":
+            return self.space.weights[:, None].astype(np.float32) * F
+        return self.space.apply_mass(F)
+
     def _G(self, Phi, F):  # Phi^T M_w F, (R, S) on every rank
-        return self._sum(np.ascontiguousarray(Phi.T @ self.space.apply_mass(np.asfortranarray(F))))
+        return self._sum(np.ascontiguousarray(Phi.T @ self._mass(F)))
 
     def _H(self, Psi, V):  # Psi^T V, (R, S) on every rank
         return self._sum(np.ascontiguousarray(Psi.T @ V))
@@ -882,12 +889,12 @@ class LowRankKernel(Kernel):
         H = self._H(b[0], V)
         if scale != 1.0:
             H *= scale  # (R, S)
-        return np.asfortranarray(self.space.apply_mass(np.asfortranarray(b[1] @ H)))
+        return np.asfortranarray(self._mass(b[1] @ H))
 
     def tangent(self, b, db, F):
         if np.ndim(F) == 1:
             return self.tangent(b, db, np.asarray(F)[:, None])[:, 0]
-        MF = self.space.apply_mass(np.asfortranarray(F))
+        MF = self._mass(F)
         G = self._sum(np.ascontiguousarray(np.concatenate([b[1].T @ MF, db[1].T @ MF])))
         R = self.rank
         return np.asfortranarray(db[0] @ G[:R] + b[0] @ G[R:])
@@ -897,12 +904,12 @@ class LowRankKernel(Kernel):
             return self.transpose_tangent(b, db, np.asarray(V)[:, None])[:, 0]
         H = self._sum(np.ascontiguousarray(np.concatenate([b[0].T @ V, db[0].T @ V])))
         R = self.rank
-        return np.asfortranarray(self.space.apply_mass(np.asfortranarray(db[1] @ H[:R] + b[1] @ H[R:])))
+        return np.asfortranarray(self._mass(db[1] @ H[:R] + b[1] @ H[R:]))
 
     def outer(self, Z, F, b=None, scale=1.0):
         """``d/dPsi = Z G^T``, ``d/dPhi = (M_w F) H^T`` with ``G = Phi^T M_w F``, ``H =
         Psi^T Z``: complete on each rank (the R x S sums are reduced inside)."""
-        MF = self.space.apply_mass(np.asfortranarray(F))
+        MF = self._mass(F)
         GH = self._sum(np.ascontiguousarray(np.concatenate([b[1].T @ MF, b[0].T @ Z])))
         if scale != 1.0:
             GH *= scale  # (2R, S)
@@ -910,7 +917,7 @@ class LowRankKernel(Kernel):
         return np.stack([Z @ GH[:R].T, MF @ GH[R:].T])
 
     def outer_tangent(self, Z, F, b, db):
-        MF = self.space.apply_mass(np.asfortranarray(F))
+        MF = self._mass(F)
         GH = self._sum(np.ascontiguousarray(np.concatenate([db[1].T @ MF, db[0].T @ Z])))
         R = self.rank
         return np.stack([Z @ GH[:R].T, MF @ GH[R:].T])
