@@ -48,7 +48,7 @@ def _mpi():
 
     return MPI
 
-__all__ = ["KERNELS", "DenseKernel", "Halo", "Kernel", "LocalKernel", "LowRankKernel", "make_kernel"]
+__all__ = ["KERNELS", "DenseKernel", "Halo", "Kernel", "LocalKernel", "LowRankKernel", "PixelGrid", "make_kernel"]
 
 
 class Kernel:
@@ -314,7 +314,7 @@ class Halo:
         """``out[owned row] += G[g]`` summed over the ranks that hold the row as ghost g;
         ``G`` C-ordered ``(len(ghosts), S)``."""
         S = G.shape[1]
-        recv = np.empty((self.send_rows.size, S))
+        recv = np.empty((self.send_rows.size, S), dtype=G.dtype)
         self.comm.Alltoallv([np.ascontiguousarray(G), self.recv_counts * S], [recv, self.send_counts * S])
         np.add.at(out, self.send_rows, recv)
 
@@ -338,11 +338,16 @@ class LocalKernel(Kernel):
             axis holds C layers of DG0 cells, kappa is translation-invariant in the image
             axes and dense across channels (one kappa per pair: ``C^2 (cells+1)^d``
             coefficients a layer; the continuum form of a convolution with C channels).
+        method: how B is applied: ``"grid"`` dense GEMMs over channels and samples on
+            the pixel grid (:class:`PixelGrid`; the node mesh must be a structured DG0
+            image grid), ``"csr"`` SciPy sparse products on the pairs (any node mesh),
+            ``"auto"`` (default) the grid path where this rank's block allows it. Both
+            are the same operator (to round-off).
     """
 
     name = "local"
 
-    def __init__(self, space: NodeSpace, radius: float, cells: int = 4, channels: int = 1):
+    def __init__(self, space: NodeSpace, radius: float, cells: int = 4, channels: int = 1, method: str = "auto"):
         super().__init__(space)
         from scipy import sparse
         from scipy.spatial import cKDTree
@@ -426,6 +431,11 @@ class LocalKernel(Kernel):
         self.P = self.P[order]
         self._indices, self._indptr = self._pattern.indices, self._pattern.indptr
         self._tiles = self._tile_pairs(lo[:d], radius, 64 * C)
+        if method not in ("auto", "grid", "csr"):
+            raise InputError(f"unknown local kernel method {method!r}; choose 'auto', 'grid' or 'csr'")
+        #: the pixel-grid layout of the fast path (None: the CSR path)
+        self.grid = None if method == "csr" else PixelGrid.detect(self, chan, strict=method == "grid")
+        self.method = "csr" if self.grid is None else "grid"
 
     def _tile_pairs(self, lo, radius, rows_per_tile=64):
         """The owned rows grouped into boxes of about ``rows_per_tile`` rows (at least the
@@ -461,24 +471,40 @@ class LocalKernel(Kernel):
         return sparse.csr_array((self.P @ np.asarray(kappa, dtype=float), self._indices, self._indptr),
                                 shape=(self.space.n_local, self.n_ext))
 
-    def _extended(self, F: np.ndarray) -> np.ndarray:
-        """F's owned rows and the ghost rows, C-ordered ``(n_ext, S)``."""
+    def _extended(self, F: np.ndarray, zero_row: bool = False) -> np.ndarray:
+        """F's owned rows and the ghost rows, C-ordered ``(n_ext, S)`` in F's precision
+        (and a last row of zeros with ``zero_row``)."""
         nl = self.space.n_local
-        X = np.empty((self.n_ext, F.shape[1]))
+        dt = F.dtype if F.dtype == np.float32 else np.float64
+        X = np.empty((self.n_ext + int(zero_row), F.shape[1]), dtype=dt)
         X[:nl] = F
         if self.space.comm.size > 1:
-            self.halo.forward(F, X[nl:])
+            self.halo.forward(F, X[nl : self.n_ext])
+        if zero_row:
+            X[-1] = 0
         return X
 
     def apply(self, kappa, F):
         if np.ndim(F) == 1:
             return self.apply(kappa, np.asarray(F)[:, None])[:, 0]
+        if self.grid is not None:
+            return self.grid.apply(kappa, self._extended(F, True))
+        if F.dtype == np.float32:
+            return np.asfortranarray(self.matrix(kappa).astype(np.float32) @ self._extended(F))
         return np.asfortranarray(self.matrix(kappa) @ self._extended(F))
 
     def apply_transpose(self, kappa, V, scale=1.0):
         if np.ndim(V) == 1:
             return self.apply_transpose(kappa, np.asarray(V)[:, None], scale)[:, 0]
+        if self.grid is not None:  # the ghosts' v forward (every rank is on the grid path)
+            return self.grid.apply_transpose(kappa, self._extended(np.asfortranarray(V), True), scale)
         nl = self.space.n_local
+        if V.dtype == np.float32:
+            Y = self.matrix(scale * np.asarray(kappa, dtype=float)).astype(np.float32).T @ np.ascontiguousarray(V)
+            out = np.array(Y[:nl], order="F")
+            if self.space.comm.size > 1:
+                self.halo.reverse(Y[nl:], out)
+            return out
         Y = self.matrix(kappa).T @ np.ascontiguousarray(V)  # (n_ext, S)
         out = np.array(Y[:nl], order="F")
         if self.space.comm.size > 1:
@@ -490,7 +516,10 @@ class LocalKernel(Kernel):
     def outer(self, Z, F, b=None, scale=1.0):
         """``g = P^T G`` with the sampled products ``G_p = sum_s Z[i_p, s] F[j_p, s]`` on
         the support's pairs, one dense product ``Z[R] F[C]^T`` per box of rows R and their
-        columns C (the rank's part; :meth:`reduce` sums over the node ranks)."""
+        columns C (the rank's part; :meth:`reduce` sums over the node ranks). On the grid
+        path: :meth:`PixelGrid.outer`."""
+        if self.grid is not None:
+            return self.grid.outer(np.asarray(Z), self._extended(np.asfortranarray(F), True), scale)
         X = self._extended(np.asfortranarray(F))
         Zc = np.ascontiguousarray(Z)
         G = np.empty(self.nnz)
@@ -590,6 +619,219 @@ class LocalKernel(Kernel):
         return img, (-r, span, -r, span), "offset y1 - z1 (per sending channel)", "offset y2 - z2 (per receiving channel)"
 
 
+def _fortran_rows(A: np.ndarray, rows: np.ndarray, block: int = 32) -> np.ndarray:
+    """``np.asfortranarray(A[rows])`` for a C-ordered A, a block of rows at a time: the
+    transposing copy stays in the caches (2-3 times faster than one ``asfortranarray``
+    at 3000-6000 rows x 256, measured)."""
+    out = np.empty((rows.size, A.shape[1]), dtype=A.dtype, order="F")
+    for i in range(0, rows.size, block):
+        out[i : i + block] = A[rows[i : i + block]]
+    return out
+
+
+class PixelGrid:
+    """The local kernel on a structured image grid: dense GEMMs over channels and samples.
+
+    When the node dofs are the DG0 cells of a regular pixel grid (C layers along the last
+    axis), every pair's offset ``y_i - y_j`` is an integer multiple ``o`` of the pixel
+    size and B is a convolution: ``(B f)(p, c) = sum_o sum_c' K_o[c, c'] f(p - o, c')``
+    with one C x C matrix a support offset, ``K_o[c, c'] = omega kappa_{c c'}(o h)``
+    (kappa's Q1 interpolant at the offset times the cell weight omega): the same operator
+    as the CSR path's ``P kappa`` to round-off.
+
+    This rank's owned pixels are laid out in their bounding box padded by the support
+    (R_a pixels a side, the halo), C-ordered ``(pixels..., C, S)``: samples innermost.
+    For an output pixel, the inputs at the last axis' 2 R + 1 offsets and all channels
+    are one contiguous ``((2 R + 1) C, S)`` block, so ``B f`` is, per offset of the other
+    axes, one batched GEMM ``(C x (2R+1) C) @ ((2R+1) C x S)`` over the box's pixels
+    through a strided view (no im2col copy), with K = (2R+1) C and N = S (docs/kernels.md
+    has the measurements against im2col, row-block GEMMs and the CSR path). B^T and the
+    outer product are the same GEMMs transposed. Pixels of the box the rank neither owns
+    nor holds as ghosts are zero: an owned row never reads them (its support holds only
+    owned and ghost pixels), so a partition whose block is not a rectangle is still
+    exact, only wasteful (refused when the box holds more than 8 times the rank's rows).
+
+    Args:
+        kern: the local kernel (its pairs, halo and channels).
+        chan: every global dof's channel.
+        geometry: ``(k, n, h, R)``: every global dof's integer pixel index per axis
+            ``(d, n_dofs)``, the pixels per axis, the pixel size per axis and the
+            support's half-width in pixels per axis.
+    """
+
+    def __init__(self, kern: LocalKernel, chan: np.ndarray, geometry: tuple):
+        sp, C = kern.space, kern.channels
+        k, n, h, R = geometry
+        d = len(n)
+        nl, off = sp.n_local, sp.offset
+        self.C, self.R = C, R
+        ko = k[:, off : off + nl]
+        blo = ko.min(axis=1) if nl else np.zeros(d, np.int64)
+        self.box = tuple(int(v) for v in (ko.max(axis=1) + 1 - blo)) if nl else (1,) * d
+        box = np.array(self.box)
+        self.pad1 = tuple(box + 2 * R)  # padded by R: the inputs
+
+        def flat(rel, shape):  # flat index in a box of ``shape`` (-1 outside)
+            shape = np.asarray(shape)
+            inside = np.all((rel >= 0) & (rel < shape[:, None]), axis=0)
+            st = np.ones(d, dtype=np.int64)
+            for a in range(d - 2, -1, -1):
+                st[a] = st[a + 1] * shape[a + 1]
+            return np.where(inside, (np.where(inside, rel, 0).T @ st), -1)
+
+        rel = k - blo[:, None]  # box coordinates of every global dof
+        in_box = flat(rel, box)
+        in_pad1 = flat(rel + R[:, None], self.pad1)
+        # the extended row (owned, then ghosts, then the zero row n_ext) of (padded pixel, channel)
+        ext = np.full(sp.n, kern.n_ext, dtype=np.int64)
+        ext[off : off + nl] = np.arange(nl)
+        ext[kern.halo.ghosts] = nl + np.arange(kern.halo.ghosts.size)
+        self.gather = np.full(int(np.prod(self.pad1)) * C, kern.n_ext, dtype=np.int64)
+        inside = in_pad1 >= 0
+        self.gather[in_pad1[inside] * C + chan[inside]] = ext[inside]
+        owned = slice(off, off + nl)
+        #: rows of the box's (pixel, channel) of the owned dofs
+        self.own_box = in_box[owned] * C + chan[owned]
+        self.ghosts_inside = bool(np.all(in_pad1[kern.halo.ghosts] >= 0))
+        self.n_box = int(np.prod(box))
+        # the support's offsets: the last axis' are the GEMM's K blocks, the others a loop
+        self.rest = [tuple(o) for o in np.ndindex(*(2 * R[:-1] + 1))]  # o_rest + R_rest
+        offs = np.array([[*(np.array(r) - R[:-1]), j - R[-1]] for r in self.rest for j in range(2 * R[-1] + 1)],
+                        dtype=np.int64).reshape(-1, d)
+        #: (n_rest, 2 R_d + 1, Ms): kappa's Q1 basis at the offsets times the (uniform) cell weight
+        rr, cc, vv = q1_basis(offs * h, kern.radius, kern.cells)
+        Q = np.zeros((offs.shape[0], kern.Ms))
+        np.add.at(Q, (rr, cc), vv)
+        self.Q = (Q * float(np.mean(sp.weights_all))).reshape(len(self.rest), 2 * R[-1] + 1, kern.Ms)
+
+    @classmethod
+    def detect(cls, kern: LocalKernel, chan: np.ndarray, strict: bool = False) -> PixelGrid | None:
+        """The grid layout if the node mesh is a structured image grid and every rank's
+        block suits it, else None (``strict``: raise instead). Collective."""
+        sp, C, d = kern.space, kern.channels, kern.sdim
+
+        def no(why):
+            if strict:
+                raise InputError(f"the local kernel's grid path needs {why}")
+            return None
+
+        if sp.family != "DG" or sp.degree != 0:
+            return no("a DG0 node space")
+        X = sp.x_all[:d]
+        k, n, h = np.zeros((d, sp.n), dtype=np.int64), np.ones(d, dtype=np.int64), np.ones(d)
+        for a in range(d):
+            u = np.unique(X[a])
+            span = u[-1] - u[0]
+            u = u[np.concatenate([[True], np.diff(u) > 1e-9 * max(span, 1e-300)])]
+            n[a] = u.size
+            if u.size > 1:
+                h[a] = span / (u.size - 1)
+            k[a] = np.rint((X[a] - u[0]) / h[a]).astype(np.int64)
+            if np.abs(X[a] - (u[0] + k[a] * h[a])).max() > 1e-9 * h[a]:
+                return no("a regular pixel grid (the cell centres are not equally spaced)")
+        key = np.ravel_multi_index(tuple(k), tuple(n)) * C + chan
+        if sp.n != C * int(np.prod(n)) or np.unique(key).size != sp.n:
+            return no("a full pixel grid in every channel")
+        w = sp.weights_all
+        if w.size and np.ptp(w) > 1e-12 * np.abs(w).max():
+            return no("equal cell weights")
+        R = np.where(n > 1, np.floor(kern.radius * (1 + 1e-9) / h + 1e-9), 0).astype(np.int64)
+        # the same pairs as the CSR pattern (their count, from the in-domain offsets per axis)
+        ko = k[:, sp.offset : sp.offset + sp.n_local]
+        per_axis = [np.minimum(ko[a] + R[a], n[a] - 1) - np.maximum(ko[a] - R[a], 0) + 1 for a in range(d)]
+        same = int(C * np.prod(per_axis, axis=0).sum()) == kern.nnz
+        grid = cls(kern, chan, (k, n, h, R))
+        fits = grid.C * int(np.prod(grid.pad1)) <= 8 * max(sp.n_local, 1) and grid.ghosts_inside
+        # B^T exchanges v's ghosts forward on the grid path, backward on the CSR one: every
+        # rank takes the same path
+        if not sp.comm.allreduce(same, op=_mpi().LAND):
+            return no("the support's pixels to be the CSR pattern's pairs")
+        if not sp.comm.allreduce(fits, op=_mpi().LAND):
+            return no("every rank's pixels to fill at least 1/8 of their padded bounding box")
+        return grid
+
+    # ---- the offset weights and the strided views
+    def _K(self, kappa, dtype, transpose=False, scale=1.0):
+        """Per view r of :meth:`_views` (a multi-index of the leading axes), the GEMM's left
+        factor ``(n_rest, C, (2R+1) C)``: ``[r, c, (j, c')] = K_(R - r, R - j)[c, c']``
+        (B: the view at r reads the input at the offset o = R - r), or
+        ``K_(r - R, j - R)[c', c]`` (B^T, ``transpose``: it reads at p + o)."""
+        C = self.C
+        kap = scale * np.asarray(kappa, dtype=float).reshape(C, C, -1)
+        K = np.einsum("ijm,rom->rioj", kap, self.Q)  # [r, c_i, o_last + R, c_j]
+        if transpose:  # B^T: the mirrored offset -o, and c_i <-> c_j
+            return np.ascontiguousarray(K.transpose(0, 3, 2, 1)).reshape(len(self.rest), C, -1).astype(dtype)
+        return np.ascontiguousarray(K[::-1, :, ::-1, :]).reshape(len(self.rest), C, -1).astype(dtype)
+
+    def _views(self, buf, shape, out_shape, S):
+        """For each offset of the leading axes, the ``(*out_shape, (2R+1) C, S)`` strided
+        view of ``buf`` (C-ordered ``(*shape, C, S)``) at that offset."""
+        C, it, d = self.C, buf.itemsize, len(shape)
+        st = np.ones(d, dtype=np.int64)
+        for a in range(d - 2, -1, -1):
+            st[a] = st[a + 1] * shape[a + 1]
+        strides = tuple(int(v) * C * S * it for v in st) + (S * it, it)
+        K = (2 * int(self.R[-1]) + 1) * C
+        for r in self.rest:
+            start = int(np.dot(r, st[:-1])) * C * S if d > 1 else 0
+            yield np.lib.stride_tricks.as_strided(buf[start:], shape=tuple(out_shape) + (K, S), strides=strides,
+                                                  writeable=False)
+
+    def _conv(self, Kmat, buf, shape, out_shape, S):
+        """``out[p] = sum_r Kmat[r] @ view_r[p]``: C-ordered ``(prod(out_shape) C, S)``,
+        one slab of the first axis at a time (the slab's sum stays in the caches)."""
+        out = np.empty(tuple(out_shape) + (self.C, S), dtype=buf.dtype)
+        views = list(self._views(buf, shape, out_shape, S))
+        if len(out_shape) == 1:
+            np.matmul(Kmat[0], views[0], out=out)
+            return out.reshape(-1, S)
+        tmp = np.empty(out.shape[1:], dtype=buf.dtype)
+        for i in range(out_shape[0]):
+            slab = out[i]
+            np.matmul(Kmat[0], views[0][i], out=slab)
+            for r in range(1, len(views)):
+                np.matmul(Kmat[r], views[r][i], out=tmp)
+                slab += tmp
+        return out.reshape(-1, S)
+
+    def apply(self, kappa, Xe):
+        """``B f`` from the extended rows (owned, ghosts, a zero row; C-ordered ``(n_ext +
+        1, S)``): a fresh Fortran ``(n_local, S)``."""
+        S = Xe.shape[1]
+        buf = Xe[self.gather]  # (R-padded box pixels, C) x S
+        out = self._conv(self._K(kappa, Xe.dtype), buf.reshape(-1), self.pad1, self.box, S)
+        return _fortran_rows(out, self.own_box)
+
+    def apply_transpose(self, kappa, Ve, scale=1.0):
+        """``scale B^T v`` (a fresh Fortran ``(n_local, S)``) from v's extended rows (as
+        :meth:`apply`): ``(B^T v)(q) = sum_o K_o^T v(q + o)`` reads v at the owned rows'
+        support, owned or ghost (the support is symmetric), so B^T takes a forward
+        exchange of v's ghost rows instead of the CSR path's reverse one."""
+        S = Ve.shape[1]
+        buf = Ve[self.gather]
+        out = self._conv(self._K(kappa, Ve.dtype, True, scale), buf.reshape(-1), self.pad1, self.box, S)
+        return _fortran_rows(out, self.own_box)
+
+    def outer(self, Z, Xe, scale=1.0):
+        """``scale d<Z, B F>/d kappa``: ``G_o = sum_(p, s) Z[p, :, s] F[p - o, :, s]^T``, one
+        batched GEMM per offset of the leading axes, then kappa's part ``Q^T G`` (this
+        rank's)."""
+        S, C = Xe.shape[1], self.C
+        buf = Xe[self.gather].reshape(-1)
+        Zb = np.zeros((self.n_box * C, S), dtype=Xe.dtype)
+        Zb[self.own_box] = Z
+        ZT = Zb.reshape(self.box + (C, S)).swapaxes(-1, -2)  # per pixel (S, C)
+        G = np.zeros((len(self.rest), (2 * int(self.R[-1]) + 1) * C, C))
+        views = list(self._views(buf, self.pad1, self.box, S))
+        slabs = [(Ellipsis,)] if len(self.box) == 1 else [(i,) for i in range(self.box[0])]
+        axes = tuple(range(len(self.box) - (len(self.box) > 1)))
+        for i in slabs:  # per pixel ((2R+1) C x S) @ (S x C), summed over a slab of the first axis
+            for r, v in enumerate(views):
+                G[r] += np.matmul(v[i], ZT[i]).sum(axis=axes)
+        G = G.reshape(len(self.rest), -1, C, C)[::-1, ::-1].transpose(0, 3, 1, 2)  # [o_rest + R, c_i, o_last + R, c_j]
+        return scale * np.einsum("rioj,rom->ijm", G, self.Q).reshape(-1)
+
+
 class LowRankKernel(Kernel):
     """Separable kernels ``b(y, z, t) = sum_{r <= R} psi_r(y, t) phi_r(z, t)`` with psi_r,
     phi_r in the node space: ``B_b f = Psi (Phi^T M_w f)``, O(n R S) a layer and one
@@ -623,8 +865,15 @@ class LowRankKernel(Kernel):
             comm.Allreduce(_mpi().IN_PLACE, X, op=_mpi().SUM)
         return X
 
+    def _mass(self, F):
+        """``M_w F`` in F's precision (a float32 batch stays float32)."""
+        F = np.asfortranarray(F)
+        if F.dtype == np.float32 and self.space.mass == "lumped":
+            return self.space.weights[:, None].astype(np.float32) * F
+        return self.space.apply_mass(F)
+
     def _G(self, Phi, F):  # Phi^T M_w F, (R, S) on every rank
-        return self._sum(np.ascontiguousarray(Phi.T @ self.space.apply_mass(np.asfortranarray(F))))
+        return self._sum(np.ascontiguousarray(Phi.T @ self._mass(F)))
 
     def _H(self, Psi, V):  # Psi^T V, (R, S) on every rank
         return self._sum(np.ascontiguousarray(Psi.T @ V))
@@ -640,12 +889,12 @@ class LowRankKernel(Kernel):
         H = self._H(b[0], V)
         if scale != 1.0:
             H *= scale  # (R, S)
-        return np.asfortranarray(self.space.apply_mass(np.asfortranarray(b[1] @ H)))
+        return np.asfortranarray(self._mass(b[1] @ H))
 
     def tangent(self, b, db, F):
         if np.ndim(F) == 1:
             return self.tangent(b, db, np.asarray(F)[:, None])[:, 0]
-        MF = self.space.apply_mass(np.asfortranarray(F))
+        MF = self._mass(F)
         G = self._sum(np.ascontiguousarray(np.concatenate([b[1].T @ MF, db[1].T @ MF])))
         R = self.rank
         return np.asfortranarray(db[0] @ G[:R] + b[0] @ G[R:])
@@ -655,12 +904,12 @@ class LowRankKernel(Kernel):
             return self.transpose_tangent(b, db, np.asarray(V)[:, None])[:, 0]
         H = self._sum(np.ascontiguousarray(np.concatenate([b[0].T @ V, db[0].T @ V])))
         R = self.rank
-        return np.asfortranarray(self.space.apply_mass(np.asfortranarray(db[1] @ H[:R] + b[1] @ H[R:])))
+        return np.asfortranarray(self._mass(db[1] @ H[:R] + b[1] @ H[R:]))
 
     def outer(self, Z, F, b=None, scale=1.0):
         """``d/dPsi = Z G^T``, ``d/dPhi = (M_w F) H^T`` with ``G = Phi^T M_w F``, ``H =
         Psi^T Z``: complete on each rank (the R x S sums are reduced inside)."""
-        MF = self.space.apply_mass(np.asfortranarray(F))
+        MF = self._mass(F)
         GH = self._sum(np.ascontiguousarray(np.concatenate([b[1].T @ MF, b[0].T @ Z])))
         if scale != 1.0:
             GH *= scale  # (2R, S)
@@ -668,7 +917,7 @@ class LowRankKernel(Kernel):
         return np.stack([Z @ GH[:R].T, MF @ GH[R:].T])
 
     def outer_tangent(self, Z, F, b, db):
-        MF = self.space.apply_mass(np.asfortranarray(F))
+        MF = self._mass(F)
         GH = self._sum(np.ascontiguousarray(np.concatenate([db[1].T @ MF, db[0].T @ Z])))
         R = self.rank
         return np.stack([Z @ GH[:R].T, MF @ GH[R:].T])

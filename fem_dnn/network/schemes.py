@@ -418,6 +418,8 @@ STAGES = {**{n: len(t.b) for n, t in TABLEAUS.items()}, **{n: cls.stages for n, 
 #: The precisions of the states, the tape and the costate (``Network(dtype=...)``); the
 #: controls, gradients and what the optimisers see are float64 in both.
 DTYPES = ("float64", "float32")
+#: the kernel families ported to float32 (their products keep a float32 batch float32)
+FLOAT32_KERNELS = ("dense", "local", "lowrank")
 
 
 def float32_unsupported(scheme: str, eps: float, mass: str, kernel: str) -> str:
@@ -429,8 +431,8 @@ def float32_unsupported(scheme: str, eps: float, mass: str, kernel: str) -> str:
         return "cannot take node diffusion (eps > 0): its PETSc solves are float64"
     if mass != "lumped":
         return "needs the lumped node mass: the consistent mass is applied by PETSc in float64"
-    if kernel != "dense":
-        return f"runs the dense kernel only, not the {kernel} kernel"
+    if kernel not in FLOAT32_KERNELS:
+        return f"runs the {', '.join(FLOAT32_KERNELS)} kernels only, not the {kernel} kernel"
     return ""
 
 
