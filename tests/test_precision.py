@@ -43,7 +43,6 @@ def test_float32_agrees_with_float64(scheme, shape, family):
 @pytest.mark.parametrize("kw, match", [
     ({"scheme": "midpoint"}, "implicit midpoint rule"),
     ({"eps": 0.1}, "node diffusion"),
-    ({"kernel": "lowrank"}, "dense kernel only"),
     ({"dtype": "float16"}, "unknown precision 'float16'"),
 ])
 def test_float32_refusals(kw, match):
