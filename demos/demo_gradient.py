@@ -109,7 +109,10 @@ for n in (8, 16, 32) if quick else (16, 32, 64):
     norms.append((d.norm(), J.controls.norm(g)))
     say(f"{n:4d} {n // 2:4d} {norms[-1][0]:10.3e} {norms[-1][1]:10.3e}")
     J.destroy(), net.destroy()
-assert norms[-1][0] < 0.5 * norms[0][0]  # the raw derivative depends on the mesh
+# the raw derivative depends on the mesh: its blocks' Euclidean norms scale like h^(1/2) (a, W)
+# or faster (b), so over two refinements (h / 4) the ratio tends to at most 1/2 (measured
+# 0.487); 0.6 keeps it apart from the L2 gradient's ratio, which tends to 1
+assert norms[-1][0] < 0.6 * norms[0][0]
 assert abs(norms[-1][1] - norms[-2][1]) < 0.05 * norms[-1][1]  # the L2 gradient converges
 
 # ### State and costate on a disk of neurons

@@ -52,13 +52,18 @@ needs_mpirun = pytest.mark.skipif(mpirun() is None, reason="no mpirun")
 EXIT_BOUND = 30.0
 
 #: Small digits runs (160 training / 40 test images, 64 neurons, 2 layers) checkpointing
-#: every iteration. L-BFGS with lambda = 0.05 converges (|g| reduced by 1e-6, the
-#: default) in about 85 iterations; Adam runs 10 epochs of 10 steps. (A tolerance of
-#: 1e-8 is too tight for this problem: near |g| ~ 2e-9 a step changes J, 2.2, by less than
-#: its round-off, and a resumed run once stopped there on a line-search failure.)
+#: every iteration. L-BFGS with lambda = 0.05 converges (|g| reduced by 1e-5) in 68
+#: iterations; Adam runs 10 epochs of 10 steps. The tolerance keeps the run clear of
+#: J's float64 resolution (J = 2.2): a decrease is there to be found only while it
+#: exceeds J's rounding noise (:meth:`fem_dnn.optimize.Optimizer.resolution`). At 1e-5
+#: the last line searches see decreases 1100-4200 times the noise (measured on 1, 2 and
+#: 3 ranks); at 1e-6 (the default, which this config had) only 3.4-16 times, which is
+#: where the Optimizer declares float32 runs at their resolution: whether they still
+#: converged was rounding luck. (At 1e-8 a resumed run once stopped on a line-search
+#: failure.)
 BASE = ["data.samples=200", "network.N=2", "training.checkpoint_every=1", "output.figures=false",
         "output.fields=false", "output.plot_samples=0"]
-LBFGS = BASE + ["training.method='lbfgs'", "training.lam=5e-2", "training.gttol=1e-6", "training.max_it=1000"]
+LBFGS = BASE + ["training.method='lbfgs'", "training.lam=5e-2", "training.gttol=1e-5", "training.max_it=1000"]
 ADAM = BASE + ["training.method='adam'", "training.epochs=10", "training.batch_size=16", "training.lr=1e-2"]
 #: L-BFGS stopped after 30 iterations, before round-off differences grow (see
 #: test_same_results_on_1_2_3_ranks).
@@ -435,10 +440,19 @@ def test_adam_killed_at_random_moments_resumes_exactly(tmp_path, tmp_path_factor
 def test_lbfgs_killed_at_random_moments_reaches_the_same_minimiser(tmp_path, tmp_path_factory, kills):
     """L-BFGS killed at random moments (once; 3 times in the slow tier) and resumed. Its
     memory is not restored, so the iterates differ, but every run stops at the same
-    absolute gradient norm |g| <= 1e-6 |g_0| (7e-8): J agrees to 1e-10 (J - J* ~ |g|^2 /
-    lambda; measured resuming from 15 different iterations: at most 2.4e-14), the losses
-    to 1e-6 (first order in |m - m*| <= |g| / lambda; measured: at most 3.2e-8), the
-    accuracies exactly."""
+    absolute gradient norm |g| <= 1e-5 |g_0| = 7.4e-7 (in L2 coordinates), so with
+    J's Hessian >= lambda = 0.05 near the minimiser:
+
+    - J agrees to 1e-10: J - J* <= |g|^2 / (2 lambda) = 5.5e-12 = 2.5e-12 J for each run
+      (measured, resuming in-process from 6 iterations between 3 and 65: at most 1.0e-12 J);
+    - the losses to 1e-5: at the minimiser the loss's gradient is -lambda x*, and
+      |x - x*| <= |g| / lambda, so |loss - loss*| <= |x*| |g| = 1.9e-6 for each run
+      (|x*| = 2.52), 1.8e-6 of the train loss (2.07) for the two (measured: at most
+      2.9e-7);
+    - the accuracies exactly: the outputs move by at most 2.7e-6 (measured), and the
+      smallest gap between a sample's two largest outputs is 1.1e-3 (train) and 4.0e-3
+      (test).
+    """
     ref, seconds = reference("lbfgs", 1, tmp_path_factory)
     out = kill_loop("lbfgs", tmp_path, 1, kills=kills, seed=11, training_seconds=seconds)
     a, b = read_summary(tmp_path / "out"), read_summary(ref)
@@ -448,7 +462,7 @@ def test_lbfgs_killed_at_random_moments_reaches_the_same_minimiser(tmp_path, tmp
     assert a["reason"] > 0 and b["reason"] > 0
     assert abs(a["J"] - b["J"]) <= 1e-10 * b["J"]
     for key in ("train_loss", "test_loss"):
-        assert abs(a[key] - b[key]) <= 1e-6 * b[key], key
+        assert abs(a[key] - b[key]) <= 1e-5 * b[key], key
     assert a["train_accuracy"] == b["train_accuracy"] and a["test_accuracy"] == b["test_accuracy"]
     its = [int(r["iteration"]) for r in read_metrics(tmp_path / "out")]
     assert its == list(range(len(its)))  # one row per iteration, none lost or repeated

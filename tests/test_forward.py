@@ -150,6 +150,11 @@ def test_sample_parallel_matches_serial(comm):
 
 @pytest.mark.mpi
 def test_state_at_and_point_evaluation(comm):
+    """The state inside a layer at points between the nodes: the closed form up to the
+    width error at n = 64, which is the P1 interpolation error, at most h^2/8 max|f''| =
+    8.3e-4 (f'' of f_I + t tanh(phi) at t = 0.6, max 27), plus the nodal error of the
+    consistent P1 solution, also second order (measured: at most 1.5e-4): atol 1.2e-3.
+    Measured: 5.0e-4 at y = 0.37, 0.3% below the atol of 5e-4 this test had."""
     space = NodeSpace(create_node_mesh(comm, "interval", 64), "P", 1, "consistent")
     net = Network(space, Depth(T=1.0, N=4), "tanh", "rk4")
     traj = net.forward(f_input, closed_form_controls(net))
@@ -157,7 +162,7 @@ def test_state_at_and_point_evaluation(comm):
     t = 0.6  # inside layer 2: a sub-step of the scheme
     vals = net.evaluate(traj, pts, t)
     exact = f_input(pts.T) + t * np.tanh(phi(pts.T))
-    assert np.allclose(vals[0], exact, atol=5e-4)  # the width error at n = 64
+    assert np.allclose(vals[0], exact, rtol=0, atol=1.2e-3)  # the width error at n = 64
     assert np.allclose(net.evaluate(traj, pts, 1.0), net.evaluate(traj, pts), atol=1e-14)
     with pytest.raises(InputError, match="outside"):
         net.evaluate(traj, np.array([[1.5]]))

@@ -45,7 +45,17 @@ def test_coordinates(comm, gamma):
 def test_mesh_independence(comm):
     """Three refinements of width and depth together: L-BFGS in L2 coordinates and
     Newton-CG need the same number of iterations (within 20%) to reduce the gradient by
-    1e-6; L-BFGS on raw coefficients grows."""
+    1e-6; L-BFGS on raw coefficients grows, by more than those 20% at each refinement.
+
+    L-BFGS iteration counts are not fixed by the algorithm: rounding changes them. Under
+    seven rounding variants (zero initial controls, five random ones of size 1e-12, and
+    OpenBLAS's Haswell kernels with numpy's AVX2 loops) the counts were 31, 31, 32 (L2)
+    and 7, 7, 7 (Newton) every time, and 108-109, 165-187, 269-328 on raw coefficients:
+    growth factors 1.44-1.95 per refinement, so the 20% bound on growth has a margin of
+    at least 20% over the worst variant, where the old bound of 30% had 10%. (The runs end far above J's float64
+    resolution: at the last L-BFGS iterates a step along the gradient decreases J by 430
+    to 33000 times its rounding noise, :meth:`Optimizer.resolution`; Newton's last steps
+    start from 23 times the tolerance.)"""
     sizes = [(8, 4), (16, 8), (32, 16)]
     its = {}
     for method, riesz in (("lbfgs", True), ("newton", True), ("lbfgs", False)):
@@ -55,7 +65,7 @@ def test_mesh_independence(comm):
     for key in (("lbfgs", True), ("newton", True)):
         assert max(its[key]) <= 1.2 * min(its[key]), its
     raw = its[("lbfgs", False)]
-    assert raw[1] > 1.3 * raw[0] and raw[2] > 1.3 * raw[1], its
+    assert raw[1] > 1.2 * raw[0] and raw[2] > 1.2 * raw[1], its
 
 
 def test_newton_needs_fewest_forward_and_costate_solves(comm):
@@ -71,16 +81,29 @@ def test_newton_needs_fewest_forward_and_costate_solves(comm):
 @pytest.mark.parametrize("method", ["lbfgs", "newton", "trust"])
 def test_parallel_same_iterates(comm, method):
     """The same iterates on 1, 2, 3 ranks (node-parallel; and sample-parallel on 2), run
-    to convergence. L-BFGS iterates agree to 1e-10; the inexact Newton steps' inner CG
-    amplifies the different summation order of parallel reductions, so their iterates
-    agree to about 1e-8, and the converged J and controls to round-off again."""
-    ser = train(MPI.COMM_SELF, 12, 6, method, gttol=1e-8)
+    to convergence. L-BFGS iterates agree to 1e-10 (measured: at most 6e-16). The first
+    two Newton steps from m = 0 end their inner CG on negative curvature, and that step
+    amplifies the different summation order of the parallel reductions about 2e9 times:
+    the Newton and trust-region iterates agree to 1e-5 (measured: Newton 3e-8 to 2e-7 on
+    2 and 3 ranks, sample-parallel, and with OpenBLAS's Haswell kernels and numpy without
+    AVX-512; trust region 4e-12), and the converged J and controls to round-off again.
+
+    The runs stop at gttol = 1e-6, where every last line search sees a decrease far above
+    J's rounding noise (measured with :meth:`Optimizer.resolution` at the last iterates: a
+    step along the gradient decreases J by 1400-2900 (L-BFGS) and 1e5-3e5 (Newton, trust
+    region) times its noise, on 1, 2 and 3 ranks), so every run takes the same accept and
+    reject decisions. At the 1e-8 this test had, that ratio was 0.4-1.3 over the last
+    three L-BFGS iterations and 0.7-1.0 at Newton's last step: float64 no longer resolves
+    the decrease, the line searches compare rounding noise, which differs between 1 and 2
+    ranks, and the iteration counts agreed by luck (the last |g| was 0.997 of the
+    tolerance)."""
+    ser = train(MPI.COMM_SELF, 12, 6, method, gttol=1e-6)
     variants = [{}]
     if comm.size == 2:
         variants.append({"sample_groups": 2})
-    rtol = 1e-10 if method == "lbfgs" else 1e-6
+    rtol = 1e-10 if method == "lbfgs" else 1e-5
     for problem_kw in variants:
-        par = train(comm, 12, 6, method, gttol=1e-8, problem=problem_kw)
+        par = train(comm, 12, 6, method, gttol=1e-6, problem=problem_kw)
         assert abs(par["its"] - ser["its"]) <= (0 if method == "lbfgs" else 1)
         k = min(par["its"], ser["its"])
         assert np.allclose(par["history"][:k], ser["history"][:k], rtol=rtol, atol=0)
@@ -279,23 +302,32 @@ class _Killed(Exception):
 @pytest.mark.parametrize("method", ["lbfgs", "newton"])
 def test_restart_from_checkpoint(comm, tmp_shared, method):
     """A run interrupted at iteration 4 resumes from its checkpoint and reaches the same
-    final J as the uninterrupted run; the checkpoint on disk is intact."""
+    final J as the uninterrupted run; the checkpoint on disk is intact.
+
+    Both runs stop at |g| <= 1e-6 |g_0|: the resumed L-BFGS run rebuilds its memory, so
+    its iterates differ from the uninterrupted run's, and each must converge on its own.
+    At 1e-6 the resumed run's last line searches see decreases 2400-9600 times J's
+    rounding noise (:meth:`Optimizer.resolution`, on 1, 2 and 3 ranks), and J - J* (of
+    order |g|^2 / mu) is 8e-13 J for L-BFGS, 1e-15 J for Newton (measured against Newton
+    to 1e-12): 1e-10 J bounds the difference of the two final J (measured 3.4e-13 J). At
+    the 1e-8 this test had, the resumed L-BFGS run's last two line searches saw decreases
+    of 0.2 and 0.13 times the noise: it converged by luck."""
     from fem_dnn.app.checkpoint import load_checkpoint
 
     net, J = problem(comm, 12, 6)
-    whole = Optimizer(J, method, gttol=1e-8, monitor=False).solve(J.controls.create_vec())
+    whole = Optimizer(J, method, gttol=1e-6, monitor=False).solve(J.controls.create_vec())
 
     def kill(row):
         if row["iteration"] == 4:
             raise _Killed("simulated crash")
 
     folder = f"{tmp_shared}/{method}"
-    first = Optimizer(J, method, gttol=1e-8, monitor=kill, checkpoint=folder)
+    first = Optimizer(J, method, gttol=1e-6, monitor=kill, checkpoint=folder)
     with pytest.raises(Exception):  # noqa: B017  (the kill callback raises; the type does not matter)
         first.solve(J.controls.create_vec())
     m4, state, _ = load_checkpoint(f"{folder}/checkpoint.npz", J.controls)
     assert state["iteration"] == 4 and state["method"] == method
-    resumed = Optimizer(J, method, gttol=1e-8, monitor=False, checkpoint=folder).solve(J.controls.create_vec(), resume=True)
+    resumed = Optimizer(J, method, gttol=1e-6, monitor=False, checkpoint=folder).solve(J.controls.create_vec(), resume=True)
     assert resumed.converged
     its = [row["iteration"] for row in resumed.history]
     assert its == list(range(len(its))) and resumed.iterations == its[-1]
