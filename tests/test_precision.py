@@ -129,11 +129,12 @@ def test_float32_stop_at_resolution_is_a_normal_end(tmp_path):
     assert words in rows[-1]["stop"]
 
 
-def test_float32_real_line_search_failure_stays_a_failure():
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_real_line_search_failure_stays_a_failure(dtype):
     """A line search that fails where J could still decrease well above its noise is a
-    failure, in float32 too: an ascent direction (the derivative's sign flipped) makes
-    TAO's line search fail at the first iterate, where a step along the true gradient
-    would decrease J by ~|g|^2/(2c) >> the float32 noise of J."""
+    failure, in either precision: an ascent direction (the derivative's sign flipped)
+    makes TAO's line search fail at the first iterate, where the flipped curvature is
+    negative (or a step would change J by far more than its noise)."""
     from fem_dnn.learning.functional import WrappedFunctional
     from fem_dnn.optimize.tao import RESOLUTION_FACTOR, Optimizer
 
@@ -151,7 +152,7 @@ def test_float32_real_line_search_failure_stays_a_failure():
     sp = NodeSpace(create_node_mesh(MPI.COMM_WORLD, "interval", 8), "DG", 0)
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(30, sp.n)), rng.integers(0, 3, 30)
-    J = ReducedFunctional(Network(sp, Depth(T=1.0, N=2), "tanh", dtype="float32"), X, y, "classes", K=3, lam=1e-2)
+    J = ReducedFunctional(Network(sp, Depth(T=1.0, N=2), "tanh", dtype=dtype), X, y, "classes", K=3, lam=1e-2)
     opt = Optimizer(Flipped(J), "lbfgs", max_it=20, monitor=False)
     m0 = J.controls.random(3, 0.5)
     res = opt.solve(m0)

@@ -9,8 +9,8 @@ The run folder (``output.folder``) receives:
   iterations; the test set is evaluated outside the timed training), solves so far, and
   in the last row why training stopped (``stop``);
 - ``summary.json``: final training and test loss (and accuracy), iterations, the stop
-  reason (code and words; ``at_resolution``: a float32 line search stopped because J
-  reached float32's resolution, a normal end, :meth:`fem_dnn.optimize.tao.Optimizer.resolution`),
+  reason (code and words; ``at_resolution``: a line search stopped because J reached the
+  resolution of the network's precision, a normal end, :meth:`fem_dnn.optimize.tao.Optimizer.resolution`),
   the final gradient norm ``gnorm`` (in the optimiser's L2 coordinates), solves, seconds (training, test evaluation, all), ranks;
 - ``checkpoint/checkpoint.npz``: the controls (atomic, checksummed; ``--resume``);
 - ``fields.xdmf``/``fields.bp`` (1D and 2D node domains): state f and costate r of a

@@ -55,8 +55,8 @@ _TAO_REASONS = {
     -7: "failed: the trust region shrank to nothing",
     -8: "failed: a user test",
 }
-#: TAO's reasons that :meth:`Optimizer.resolution` examines in float32: the line search
-#: found no decrease, the trust region shrank to nothing.
+#: TAO's reasons that :meth:`Optimizer.resolution` examines: the line search found no
+#: decrease, the trust region shrank to nothing.
 _FLOOR_REASONS = (-6, -7)
 #: A decrease within this factor of J's measured rounding noise is below J's resolution
 #: (:meth:`Optimizer.resolution`).
@@ -199,7 +199,7 @@ class Result:
     counts: dict = field(default_factory=dict)
     interrupted: int = 0
     stop: str = ""  # why training stopped, in words (:func:`stop_reason`)
-    resolution: bool = False  # a line search failed because J reached its precision's resolution
+    resolution: bool = False  # the line search found no decrease because J reached its precision's resolution
 
     @property
     def converged(self) -> bool:
@@ -517,12 +517,14 @@ class Optimizer:
             save_checkpoint(self.checkpoint, self.J.controls, m, state)
         stop = stop_reason(self.method, reason)
         floor = None
-        if reason in _FLOOR_REASONS and self.J.network.dtype == np.float32:
+        if reason in _FLOOR_REASONS:  # no decrease found: is there one to find, above J's rounding?
             floor = self.resolution(x)
             if floor.reached:
-                stop = (f"converged: J reached float32's resolution (|g|/|g0| = {gnorm / self._g0:.2e}; a step along "
-                        f"the gradient would change J by {floor.decrease:.1e}, below its float32 noise "
-                        f"{floor.noise:.1e}); use network.dtype = 'float64' for a tighter training.gttol")
+                dtype = np.dtype(self.J.network.dtype).name
+                stop = (f"converged: J reached {dtype}'s resolution (|g|/|g0| = {gnorm / self._g0:.2e}; a step along "
+                        f"the gradient would change J by {floor.decrease:.1e}, within its {dtype} noise "
+                        f"{floor.noise:.1e})" + ("; use network.dtype = 'float64' for a tighter training.gttol"
+                                                 if dtype == "float32" else "; training.gttol is below what J resolves"))
         if self.world.rank == 0 and self.monitor is True and not self._interrupted:
             c = self.J.counts
             print(f"{self.method} ({self.tao.getType()}): {its} iterations; {stop} (TAO reason {reason}); J {f:.10e}, "
