@@ -86,8 +86,8 @@ def test_signal_stops_at_an_accepted_iterate(tmp_path, ranks, sig):
         return  # what follows does not depend on the signal: checked once per rank count
     ev = run(["evaluate", "out"], tmp_path, ranks)
     assert f"iteration {it}:" in ev.stdout, ev.stdout
-    resumed = run(["train", "--resume"] + sets(LBFGS + ["training.max_it=2"], "out"), tmp_path, ranks)
-    assert resumed.progress() == [it, it + 1, it + 2]  # max_it counts from the resumed iteration
+    resumed = run(["train", "--resume"] + sets(LBFGS + [f"training.max_it={it + 2}"], "out"), tmp_path, ranks)
+    assert resumed.progress() == [it, it + 1, it + 2]  # max_it counts the whole run, the resumed part included
     assert read_summary(tmp_path / "out")["iterations"] == it + 2
 
 

@@ -182,8 +182,9 @@ def test_train_evaluate_verify_commands(tmp_path, ranks):
     assert summary["ranks"] == ranks and summary["iterations"] == 15 and summary["test_accuracy"] > 0.5
     ev = _cli(["evaluate", "out_train"], tmp_path, ranks)
     assert ev.returncode == 0 and f"test_accuracy {summary['test_accuracy']:.6g}" in ev.stdout, ev.stdout + ev.stderr
-    res = _cli(["train", "--resume"] + sets + ["--set", "training.max_it=5"], tmp_path, ranks)
-    assert res.returncode == 0 and "it   15" in res.stdout, res.stdout[-2000:]
+    res = _cli(["train", "--resume"] + sets + ["--set", "training.max_it=18"], tmp_path, ranks)  # 3 more: a total
+    assert res.returncode == 0 and "it   15" in res.stdout and "it   18" in res.stdout, res.stdout[-2000:]
+    assert "it   19" not in res.stdout and json.loads((out / "summary.json").read_text())["iterations"] == 18
     ver = _cli(["verify", "--samples", "8"] + sets, tmp_path, ranks)
     assert ver.returncode == 0 and "PASS" in ver.stdout, ver.stdout + ver.stderr
 

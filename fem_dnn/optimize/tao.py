@@ -237,7 +237,8 @@ class Optimizer:
         gauss_newton: Newton methods use the Gauss-Newton Hessian.
         gttol: stop when the gradient norm has dropped by this factor.
         gatol: or when it is below this absolute value.
-        max_it: iteration limit.
+        max_it: iteration limit of the whole run: a resumed run stops at the same total
+            iteration as the uninterrupted one would.
         monitor: print one line per iteration on rank 0 (or a callable(dict)).
         petsc_options_prefix: options prefix of the TAO solver.
         checkpoint: a folder: every ``checkpoint_every`` iterations the controls, the
@@ -344,6 +345,7 @@ class Optimizer:
                 # iterations (-<prefix>tao_<type>_ksp_max_it overrides)
                 ksp.setTolerances(max_it=100)
         tao.setFromOptions()
+        self._max_it = tao.getMaximumIterations()  # (a -<prefix>tao_max_it of the user wins)
         for key in inserted:
             opts.delValue(key)
         self.tao = tao
@@ -486,9 +488,11 @@ class Optimizer:
             if not state.get("initial"):  # (the initial controls of a run: start afresh from them)
                 self._offset, self._g0 = int(state["iteration"]), float(state["g0"])
                 self.history = list(state["history"])[:-1]  # its last row is recomputed now
-                # stop where the uninterrupted run would: the same absolute gradient norm
+                # stop where the uninterrupted run would: the same absolute gradient norm,
+                # and the same total iteration (max_it counts the whole run, not this part)
                 gatol = max(self.tao.getTolerances()[0], self._gttol * self._g0)
                 self.tao.setTolerances(gatol=gatol, gttol=0.0)
+                self.tao.setMaximumIterations(max(self._max_it - self._offset, 0))
         x = self.coords.to_coordinates(m0, self._x)
         if loaded is not None:
             m0.destroy()
