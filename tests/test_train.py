@@ -296,6 +296,35 @@ def test_shipped_configs_are_valid(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.skipif(MPI.COMM_WORLD.size > 1, reason="runs the command line in-process, serially")
+def test_resume_reads_the_run_folders_config(tmp_path, monkeypatch, capsys):
+    """``--resume`` without the config continues the run as its folder's config.toml
+    says (here 3 layers on twice-refined pixels, not the defaults), to the whole run's
+    ``training.max_it``; a config given beside ``--resume`` may change [training],
+    [output] and [adapt] only: one line naming the key, exit 2, the folder untouched."""
+    import json
+
+    from fem_dnn.app.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    run = ["--set", "data.samples=120", "--set", "network.N=3", "--set", "node.refine=2", "--set", "output.figures=false",
+           "--set", "output.fields=false", "--set", "output.folder='out_int'"]
+    assert main(["train", *run, "--set", "training.max_it=3"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", "--set", "output.folder='out_int'", "--set", "training.max_it=5"]) == 0
+    out = capsys.readouterr().out
+    assert "it    5" in out and "it    6" not in out, out[-1500:]
+    summary = json.loads((tmp_path / "out_int" / "summary.json").read_text())
+    assert summary["iterations"] == 5 and summary["layers"] == 3 and summary["neurons"] == 256
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "out_int").rglob("*")}
+    (tmp_path / "other.toml").write_text("[data]\nsamples = 120\n[node]\nrefine = 2\n[network]\nN = 4\n"
+                                         "[output]\nfolder = 'out_int'\nfigures = false\nfields = false\n")
+    assert main(["train", "other.toml", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "network.N = 3 there, 4 here" in err, err
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out_int").rglob("*")} == before
+
+
+@pytest.mark.skipif(MPI.COMM_WORLD.size > 1, reason="runs the command line in-process, serially")
 def test_evaluate_at_another_resolution(tmp_path, monkeypatch, capsys):
     """A network trained on 7x7 MNIST images, evaluated on 14x14 images with the controls
     transferred to the 14x14 node mesh (DG0, nested: b and W are injected): the

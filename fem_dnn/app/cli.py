@@ -72,7 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train on a config (default: digits) and write the run folder", formatter_class=_Help)
     t.add_argument("config", nargs="?", help="TOML config file (default: the built-in defaults)")
     t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key")
-    t.add_argument("--resume", action="store_true", help="continue the run in the run folder from its checkpoint")
+    t.add_argument("--resume", action="store_true", help="continue the run in the run folder from its checkpoint, with the folder's own "
+                   "config.toml (a config given too may change only [training] and [output]; "
+                   "training.max_it and epochs count the whole run)")
     t.add_argument("--dry-run", action="store_true",
                    help="print the problem sizes and the estimated peak memory per rank, check that they fit, "
                         "and stop (nothing is built or written)")
@@ -276,9 +278,11 @@ def _run(args, comm) -> int:
             print(to_toml(defaults()))
         return 0
     if args.command == "train":
+        from fem_dnn.app.config import load_resume_config
         from fem_dnn.app.train import train
 
-        train(load_config(args.config, args.set), comm, resume=args.resume, overwrite=args.overwrite, dry_run=args.dry_run)
+        cfg = load_resume_config(args.config, args.set) if args.resume else load_config(args.config, args.set)
+        train(cfg, comm, resume=args.resume, overwrite=args.overwrite, dry_run=args.dry_run)
         return 0
     if args.command == "evaluate":
         from fem_dnn.app.train import evaluate

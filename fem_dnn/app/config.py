@@ -28,7 +28,7 @@ from fem_dnn.network.schemes import DTYPES, SCHEMES
 from fem_dnn.optimize.adaptive import GOALS
 from fem_dnn.optimize.methods import METHODS
 
-__all__ = ["SPEC", "defaults", "load_config", "parse_overrides", "to_toml", "validate"]
+__all__ = ["RESUMABLE", "SPEC", "defaults", "load_config", "load_resume_config", "parse_overrides", "to_toml", "validate"]
 
 
 def _choice(*options):
@@ -204,6 +204,39 @@ def load_config(path=None, overrides: list[str] | None = None) -> dict:
             base = Path.cwd() if path is None or key in over.get(sec, {}) else path.parent
             cfg[sec][key] = os.path.abspath(base / value)
     return cfg
+
+
+#: The sections a resume may change: how training goes on (method, limits, tolerances,
+#: regularisation), what it writes, and the adaptive settings (an adaptive run does not
+#: resume: the training refuses it with its own message). The others define the network
+#: and its data, which the checkpoint's controls belong to.
+RESUMABLE = ("training", "output", "adapt")
+
+
+def load_resume_config(path=None, overrides: list[str] | None = None) -> dict:
+    """The config of ``fem-dnn train --resume``: the run folder's own ``config.toml``
+    (``output.folder`` from ``overrides`` or the given config, else the default), with
+    ``overrides`` applied, or with a config file ``path`` that file's config and
+    ``overrides``. Either may differ from the run's in the :data:`RESUMABLE` sections only
+    (InputError naming the first other key that differs). A folder without a ``config.toml`` gives the plain
+    :func:`load_config` (the resume then fails on its checkpoint, as without this)."""
+    given = load_config(path, overrides)
+    saved = Path(given["output"]["folder"]) / "config.toml"
+    if not saved.is_file():
+        return given
+    run = load_config(saved)
+    if path is None:  # the run's config, and --set on top of it
+        given = load_config(saved, overrides)
+    for sec in SPEC:
+        if sec in RESUMABLE:
+            continue
+        for key in SPEC[sec]:
+            if given[sec][key] != run[sec][key]:
+                raise InputError(f"--resume continues the run in {given['output']['folder']} ({saved}): "
+                                 f"{sec}.{key} = {_toml(run[sec][key])} there, {_toml(given[sec][key])} here; a resume "
+                                 f"may change [{'], ['.join(RESUMABLE[:-1])}] and [{RESUMABLE[-1]}] only (leave the config out to resume "
+                                 "the run as it is)")
+    return given
 
 
 def parse_overrides(items: list[str]) -> dict:
