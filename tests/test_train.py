@@ -350,6 +350,8 @@ def test_evaluate_at_another_resolution(tmp_path, monkeypatch, capsys):
     assert fine["train_accuracy"] == same["train_accuracy"] and fine["test_accuracy"] == same["test_accuracy"]
     assert main(["evaluate", "run7", "--set", "data.resolution=14"]) == 0
     assert "transferred to data.resolution=14" in capsys.readouterr().out
+    assert main(["evaluate", "run7", "--set", "data.resolution=7"]) == 0  # the trained resolution: no transfer
+    assert "transferred" not in capsys.readouterr().out
     with pytest.raises(InputError, match="only the discretisation may change"):
         evaluate(tmp_path / "run7", out=lambda *a: None, overrides=["network.activation='relu'"])
 
@@ -383,3 +385,12 @@ def test_adaptive_run_folder(tmp_shared, capsys):
     assert (folder / "adapt" / "cycles.csv").read_text().count("\n") == 3 and (folder / "adapt.png").is_file()
     again = evaluate(folder, comm, out=lambda *a: None)
     assert abs(again["J"] - rows[-1]["J"]) <= 1e-10 * abs(rows[-1]["J"])
+    # the last mesh is named relative to adapt/final.toml: the run folder can move
+    mesh_line = [line for line in (folder / "adapt" / "final.toml").read_text().splitlines() if line.startswith("mesh = ")]
+    assert len(mesh_line) == 1 and not Path(mesh_line[0].split("=", 1)[1].strip().strip('"')).is_absolute(), mesh_line
+    comm.Barrier()
+    moved = Path(tmp_shared) / "moved"
+    if comm.rank == 0:
+        folder.rename(moved)
+    comm.Barrier()
+    assert abs(evaluate(moved, comm, out=lambda *a: None)["J"] - rows[-1]["J"]) <= 1e-10 * abs(rows[-1]["J"])

@@ -33,6 +33,7 @@ accepted iterate with its checkpoint written: :class:`~fem_dnn.interrupt.Interru
 import contextlib
 import copy
 import csv
+import inspect
 import io
 import json
 import os
@@ -52,7 +53,7 @@ from fem_dnn.app import runfolder
 from fem_dnn.app.config import to_toml
 from fem_dnn.core.domain import Depth, NodeSpace, ProductMesh, create_node_mesh, read_node_mesh, split_comm
 from fem_dnn.core.images import create_image_mesh
-from fem_dnn.core.kernel import make_kernel
+from fem_dnn.core.kernel import KERNELS, make_kernel
 from fem_dnn.errors import InputError, describe_os_error, one_line
 from fem_dnn.learning.controls import BLOCKS
 from fem_dnn.learning.functional import ReducedFunctional
@@ -79,6 +80,12 @@ class Run:
         if nd["channels"] > 1 and (nd["mesh"] or nd["space"] != "DG0"):
             raise InputError(f"node.channels = {nd['channels']} builds an image x channels mesh of DG0 cells: it takes "
                              f"no node.mesh and needs node.space = 'DG0'" + (f", not {nd['space']!r}" if not nd["mesh"] else ""))
+        with_channels = [name for name, family in KERNELS.items() if "channels" in inspect.signature(family).parameters]
+        if nd["channels"] > 1 and nw["kernel"] not in with_channels:
+            raise InputError(f"node.channels = {nd['channels']} makes the node domain image x channels for a kernel that "
+                             f"is local in the image and dense across channels ({', '.join(with_channels)}); "
+                             f"network.kernel = {nw['kernel']!r} takes no channels (each of its neurons already sees "
+                             "every pixel: for more neurons refine the pixels, node.refine)")
         if d["name"] == "digits":
             ds = datasets.digits()
         elif d["name"] == "mnist":
@@ -458,7 +465,8 @@ def _train_adaptive(run: Run, refine: tuple, bounds: dict, folder: Path, t0: flo
         mesh_file = records / "final_mesh.xdmf"
         with _agreed(comm, f"cannot write {mesh_file}"), dolfinx.io.XDMFFile(comm, str(mesh_file), "w") as xf:
             xf.write_mesh(final.space.mesh)
-        final_cfg["node"]["mesh"], final_cfg["node"]["fit"] = str(mesh_file.resolve()), "none"
+        # relative to final.toml (load_config resolves it from there): the run folder can move
+        final_cfg["node"]["mesh"], final_cfg["node"]["fit"] = os.path.relpath(mesh_file, records), "none"
     runfolder.write_text(records / "final.toml", to_toml(validate(final_cfg, "adapt/final.toml")), comm)
     save_checkpoint(folder / "checkpoint" / "checkpoint.npz", final.J.controls, last.m,
                     {"method": tr["method"], "iteration": last.iterations, "history": [], "adapt_cycles": len(cycles)})
@@ -664,6 +672,10 @@ def evaluate(folder, comm: MPI.Comm = MPI.COMM_WORLD, out=print, overrides=()) -
         source = folder / "adapt" / "final.toml"  # an adaptive run: the last cycle's discretisation
     cfg = load_config(source)
     target_cfg = load_config(source, list(overrides)) if overrides else None
+    moved = [f"{sec}.{key}={target_cfg[sec][key]}" for sec, keys in changed.items() for key in keys
+             if target_cfg[sec][key] != cfg[sec][key]] if target_cfg is not None else []
+    if not moved:  # the trained discretisation itself: nothing to transfer
+        target_cfg = None
     found = runfolder.inspect(folder, comm).checkpoint  # checkpoint.npz, or the .prev a crash left
     run = Run(cfg, comm, out)
     m, state, _ = load_checkpoint(found or folder / "checkpoint" / "checkpoint.npz", run.J.controls)
@@ -676,7 +688,7 @@ def evaluate(folder, comm: MPI.Comm = MPI.COMM_WORLD, out=print, overrides=()) -
         m.destroy()
         run.destroy()
         run, m = target, m_target
-        where += " (transferred to " + ", ".join(overrides) + ")"
+        where += " (transferred to " + ", ".join(moved) + ")"
     metrics = run.metrics(m)
     line = ", ".join(f"{k} {v:.6g}" for k, v in metrics.items())
     run.say(f"fem-dnn evaluate {folder}: {where}: {line}")
