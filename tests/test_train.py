@@ -296,6 +296,47 @@ def test_shipped_configs_are_valid(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.skipif(MPI.COMM_WORLD.size > 1, reason="runs the command line in-process, serially")
+@pytest.mark.parametrize("method", ["lbfgs", "adam"])
+def test_validation_best_model_and_early_stopping(tmp_path, monkeypatch, capsys, method):
+    """``data.validation_fraction`` holds out part of the training samples (stratified,
+    disjoint from the test set), its loss and accuracy go into every row of metrics.csv,
+    the best-validation iterate into checkpoint/best.npz (``evaluate --best`` reproduces
+    its validation metrics), and ``training.patience`` stops training that many
+    iterations (epochs) after the best one, a normal end (exit 0) said in words."""
+    import csv
+    import json
+
+    from fem_dnn.app.cli import main
+    from fem_dnn.app.config import load_config
+    from fem_dnn.app.train import Run, evaluate
+
+    monkeypatch.chdir(tmp_path)
+    sets = ["data.samples=300", "data.validation_fraction=0.25", "network.N=2", "training.patience=4",
+            "output.figures=false", "output.fields=false", "output.folder='out'", f"training.method='{method}'"]
+    sets += ["training.max_it=400"] if method == "lbfgs" else ["training.epochs=60", "training.lr=0.05"]
+    run = Run(load_config(None, sets), MPI.COMM_SELF, out=lambda *a: None)
+    tr, val, te = run.train_idx, run.val_idx, run.test_idx
+    assert not (set(tr) & set(val) or set(tr) & set(te) or set(val) & set(te)) and len(tr) + len(val) + len(te) == 300
+    labels = run.data.targets
+    assert abs(len(val) - 0.25 * (len(tr) + len(val))) <= len(np.unique(labels))  # round() per class
+    run.destroy()
+    assert main(["train"] + sum((["--set", x] for x in sets), [])) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    with open(tmp_path / "out" / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    unit = "iteration" if method == "lbfgs" else "epoch"
+    scores = [(float(r["validation_accuracy"]), -float(r["validation_loss"])) for r in rows]
+    best = max(range(len(rows)), key=lambda i: scores[i])  # the first of the best
+    assert int(rows[best][unit]) == summary["best_iteration"]
+    assert summary["stop"].startswith("early stopping") and f"{unit} {summary['best_iteration']}" in summary["stop"]
+    assert int(rows[-1][unit]) == summary["best_iteration"] + 4  # stopped after patience rows without a better one
+    capsys.readouterr()
+    again = evaluate(tmp_path / "out", MPI.COMM_SELF, out=lambda *a: None, best=True)
+    assert abs(again["validation_loss"] - summary["best_validation_loss"]) <= 1e-10 * summary["best_validation_loss"]
+    assert again["validation_accuracy"] == summary["best_validation_accuracy"]
+
+
+@pytest.mark.skipif(MPI.COMM_WORLD.size > 1, reason="runs the command line in-process, serially")
 def test_resume_reads_the_run_folders_config(tmp_path, monkeypatch, capsys):
     """``--resume`` without the config continues the run as its folder's config.toml
     says (here 3 layers on twice-refined pixels, not the defaults), to the whole run's

@@ -86,6 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="evaluate on another discretisation of the same network (data.resolution, node.*, "
                         "network.N): the controls are transferred, not retrained")
+    e.add_argument("--best", action="store_true",
+                   help="the best-validation controls (checkpoint/best.npz: data.validation_fraction > 0)")
     v = sub.add_parser("verify", help="Taylor tests (gradient rate 2, Hessian rate 3) of a config's functional",
                        formatter_class=_Help)
     v.add_argument("config", nargs="?", help="TOML config file")
@@ -287,7 +289,7 @@ def _run(args, comm) -> int:
     if args.command == "evaluate":
         from fem_dnn.app.train import evaluate
 
-        evaluate(args.folder, comm, overrides=args.set)
+        evaluate(args.folder, comm, overrides=args.set, best=args.best)
         return 0
     from fem_dnn.app.train import verify
 

@@ -55,6 +55,10 @@ SPEC = {
         "samples": (0, int, _NONNEG, "use only the first samples (0: all)"),
         "test_fraction": (0.2, float, _FRACTION, "fraction of samples held out for testing"),
         "seed": (0, int, _NONNEG, "seed of the train/test split"),
+        "validation_fraction": (0.0, float, _FRACTION, "fraction of the training samples held out for validation "
+                                "(never the test set; stratified like the test split): its loss and accuracy every "
+                                "iteration (epoch) in metrics.csv, the best-validation controls in "
+                                "checkpoint/best.npz (evaluate --best), early stopping with training.patience"),
     },
     "node": {
         "mesh": ("", str, _PATH, "node mesh file (.msh or .xdmf, relative to the config file); empty: the data's grid (digits: 8x8 pixels)"),
@@ -108,6 +112,9 @@ SPEC = {
         "seed": (0, int, _NONNEG, "seed of the mini-batch shuffles"),
         "init_scale": (0.0, float, _NONNEG, "initial controls: standard normal times this (0: zero)"),
         "checkpoint_every": (10, int, _POS, "iterations (epochs) between checkpoints"),
+        "patience": (0, int, _NONNEG, "early stopping: stop when the validation metric (accuracy for classes, else "
+                     "loss) has not improved for this many iterations (epochs); 0: never (needs "
+                     "data.validation_fraction > 0)"),
         "sample_groups": (1, int, _POS, "data-parallel groups of ranks (must divide the number of ranks)"),
     },
     "adapt": {

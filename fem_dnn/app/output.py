@@ -149,8 +149,8 @@ def _draw_nodes(ax, coords, values, cmap, vmin, vmax):
 
 
 def plot_training(path, history: list[dict], title: str = ""):
-    """Training curves per iteration (epoch): J, the train and test losses (log scale,
-    left) and, for classes, the train and test accuracy (right). Rows without a test
+    """Training curves per iteration (epoch): J, the train, validation and test losses
+    (log scale, left) and, for classes, the train, validation and test accuracy (right). Rows without a test
     evaluation (``output.test_every``) are skipped in the test curves."""
     key = "iteration" if history and "iteration" in history[0] else "epoch"
     classes = any("train_accuracy" in h for h in history)
@@ -166,6 +166,7 @@ def plot_training(path, history: list[dict], title: str = ""):
     ax = axes[0]
     curve(ax, "J", "J (train loss + regulariser)", color="C0", lw=2.0)
     curve(ax, "train_loss", "train loss", color="C1", ls="--")
+    curve(ax, "validation_loss", "validation loss", color="C3", ls="-.")
     curve(ax, "test_loss", "test loss", color="C2", ls=":", marker=".", ms=3)
     ax.set_yscale("log")
     ax.set_xlabel(key)
@@ -175,6 +176,7 @@ def plot_training(path, history: list[dict], title: str = ""):
     if classes:
         ax = axes[1]
         curve(ax, "train_accuracy", "train accuracy", color="C1", ls="--")
+        curve(ax, "validation_accuracy", "validation accuracy", color="C3", ls="-.")
         curve(ax, "test_accuracy", "test accuracy", color="C2", ls=":", marker=".", ms=3)
         ax.set_xlabel(key)
         ax.set_ylabel("accuracy")

@@ -59,6 +59,7 @@ from fem_dnn.learning.controls import BLOCKS
 from fem_dnn.learning.functional import ReducedFunctional
 from fem_dnn.learning.losses import get_loss
 from fem_dnn.network import Network
+from fem_dnn.optimize.methods import MINIBATCH
 
 __all__ = ["EVALUATE_KEYS", "Run", "evaluate", "train", "verify"]
 
@@ -104,6 +105,18 @@ class Run:
         self.data = ds
         self.train_idx, self.test_idx = datasets.split(ds.size, d["test_fraction"], d["seed"],
                                                        labels=ds.targets if ds.stratified else None)
+        self.val_idx = np.zeros(0, dtype=np.int64)
+        if d["validation_fraction"] > 0:  # from the training samples only: the test set stays unseen
+            part = ds.subset(self.train_idx)
+            keep, val = datasets.split(part.size, d["validation_fraction"], d["seed"] + 1,
+                                       labels=part.targets if ds.stratified else None)
+            if not len(val):
+                raise InputError(f"data.validation_fraction = {d['validation_fraction']} of {part.size} training samples "
+                                 "holds no validation sample; raise it or use more samples")
+            self.train_idx, self.val_idx = self.train_idx[keep], self.train_idx[val]
+        if tr["patience"] and not len(self.val_idx):
+            raise InputError(f"training.patience = {tr['patience']} stops on the validation metric: it needs "
+                             "data.validation_fraction > 0")
         node_comm = self.layout.node_comm
         if nd["mesh"]:
             mesh = read_node_mesh(nd["mesh"], node_comm)
@@ -134,6 +147,7 @@ class Run:
         kw = dict(loss=loss, K=ds.K, lam=tr["lam"], gamma=tr["gamma"])
         self.J = self._functional(ds.subset(self.train_idx), kw)
         self.J_test = self._functional(ds.subset(self.test_idx), kw) if len(self.test_idx) else None
+        self.J_val = self._functional(ds.subset(self.val_idx), kw) if len(self.val_idx) else None
 
     def on(self, space: NodeSpace, depth: Depth) -> "Run":
         """The same run (data, split, layout, settings) on another discretisation."""
@@ -154,14 +168,15 @@ class Run:
         out = {"train_loss": self.J.loss_value(m), "J": self.J(m)}
         if self.data.kind == "classes":
             out["train_accuracy"] = self.J.accuracy(m)
-        if self.J_test is not None:
-            out["test_loss"] = self.J_test.loss_value(m)
-            if self.data.kind == "classes":
-                out["test_accuracy"] = self.J_test.accuracy(m)
+        for name, F in (("validation", self.J_val), ("test", self.J_test)):
+            if F is not None:
+                out[f"{name}_loss"] = F.loss_value(m)
+                if self.data.kind == "classes":
+                    out[f"{name}_accuracy"] = F.accuracy(m)
         return out
 
     def destroy(self):
-        for F in (self.J, self.J_test):
+        for F in (self.J, self.J_test, self.J_val):
             if F is not None:
                 F.destroy()
         self.net.destroy()
@@ -219,7 +234,8 @@ def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=
     _check_training(run, bounds, resume_from)
     refine = _check_adaptive(run, resume) if cfg["adapt"]["cycles"] else None
     opt = None
-    evaluator = _Evaluator(run, cfg["output"]["test_every"])
+    evaluator = _Evaluator(run, cfg["output"]["test_every"], ckpt_dir / "best.npz" if run.J_val is not None else None,
+                           method)
     if method in TAO and refine is None:
         opt = Optimizer(run.J, method, riesz=tr["riesz"], bounds=bounds or None, gauss_newton=tr["gauss_newton"],
                         gttol=tr["gttol"], max_it=tr["max_it"], monitor=True, checkpoint=ckpt_dir,
@@ -253,6 +269,8 @@ def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=
         from fem_dnn.app.checkpoint import recover_checkpoint
 
         recover_checkpoint(ckpt, comm)
+    if resume_from is not None and evaluator.best_path is not None and evaluator.best_path.is_file():
+        evaluator.restore()  # the best iterate before the interruption
     S_train, S_test = len(run.train_idx), len(run.test_idx)
     v = run.J.controls.create_vec()
     n_controls = v.getSize()
@@ -284,7 +302,7 @@ def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=
     summary = {"data": run.data.name, "method": method, "iterations": res.iterations, "reason": res.reason,
                "stop": res.stop, "at_resolution": res.resolution, "gnorm": res.gnorm, "ranks": comm.size,
                "neurons": run.space.n, "layers": run.net.depth.N,
-               **run.metrics(res.m), "solves": dict(run.J.counts), "training_seconds": training,
+               **run.metrics(res.m), **evaluator.summary(), "solves": dict(run.J.counts), "training_seconds": training,
                "evaluation_seconds": evaluator.seconds, "seconds": time.perf_counter() - t0}
     if res.history:
         res.history[-1] = {**res.history[-1], "stop": res.stop}
@@ -526,20 +544,68 @@ def fit_to_unit_box(mesh, fit: str, what: str, data: str):
 
 
 class _Evaluator:
-    """The metrics of an iteration's row besides the optimiser's own: the train loss, and
-    every ``every`` iterations (0: never) the test loss and accuracy; its time is kept
-    apart from the training time (``seconds``)."""
+    """The metrics of an iteration's row besides the optimiser's own: the train loss, the
+    validation loss and accuracy (every iteration, with ``data.validation_fraction``),
+    and every ``every`` iterations (0: never) the test loss and accuracy; its time is kept
+    apart from the training time (``seconds``).
 
-    def __init__(self, run: Run, every: int):
+    With validation data it keeps the best iterate (the highest validation accuracy for
+    classes, ties to the lower validation loss; the lowest validation loss otherwise) in
+    ``checkpoint/best.npz`` (``evaluate --best``), and with ``training.patience = p``
+    asks the optimiser to stop (a ``"stop"`` entry) when p iterations have passed
+    without a better one."""
+
+    def __init__(self, run: Run, every: int, best=None, method: str = ""):
         self.run, self.every, self.seconds = run, int(every), 0.0
+        self.best_path, self.method = best, method
+        self.patience = int(run.cfg["training"]["patience"])
+        self.best = None  # (score, iteration, validation metrics)
+
+    def restore(self):
+        """The best so far of a resumed run, from its ``best.npz``."""
+        from fem_dnn.app.checkpoint import load_checkpoint
+
+        m, state, _ = load_checkpoint(self.best_path, self.run.J.controls)
+        m.destroy()
+        self._consider(state["best"], int(state["iteration"]), None)
+
+    def _consider(self, row, iteration, m):
+        classes = self.run.data.kind == "classes"
+        score = (row["validation_accuracy"], -row["validation_loss"]) if classes else (-row["validation_loss"],)
+        if self.best is None or score > self.best[0]:
+            keep = {k: row[k] for k in ("validation_loss", "validation_accuracy") if k in row}
+            self.best = (score, iteration, keep)
+            if m is not None and self.best_path is not None:
+                from fem_dnn.app.checkpoint import save_checkpoint
+
+                save_checkpoint(self.best_path, self.run.J.controls, m,
+                                {"method": self.method, "iteration": iteration, "history": [], "best": keep})
+
+    def summary(self) -> dict:
+        """``best_iteration`` and the best validation metrics (nothing without validation)."""
+        if self.best is None:
+            return {}
+        return {"best_iteration": self.best[1], **{f"best_{k}": v for k, v in self.best[2].items()}}
 
     def __call__(self, m, iteration: int) -> dict:
         t = time.perf_counter()
-        out = {"train_loss": self.run.J.loss_value(m)}
-        J_test = self.run.J_test
+        run = self.run
+        out = {"train_loss": run.J.loss_value(m)}
+        if run.J_val is not None:
+            out["validation_loss"] = run.J_val.loss_value(m)
+            if run.data.kind == "classes":
+                out["validation_accuracy"] = run.J_val.accuracy(m)
+            self._consider(out, iteration, m)
+            waited = iteration - self.best[1]
+            if self.patience and waited >= self.patience:
+                metric = "accuracy" if run.data.kind == "classes" else "loss"
+                unit = "epoch" if self.method in MINIBATCH else "iteration"
+                out["stop"] = (f"early stopping: the validation {metric} has not improved for {waited} {unit}s "
+                               f"(training.patience); the best, {unit} {self.best[1]}, is in checkpoint/best.npz")
+        J_test = run.J_test
         if J_test is not None and self.every and iteration % self.every == 0:
             out["test_loss"] = J_test.loss_value(m)
-            if self.run.data.kind == "classes":
+            if run.data.kind == "classes":
                 out["test_accuracy"] = J_test.accuracy(m)
         self.seconds += time.perf_counter() - t
         return out
@@ -647,8 +713,11 @@ def _agreed(comm: MPI.Comm, context: str):
 EVALUATE_KEYS = ("data.resolution", "node.mesh", "node.refine", "node.fit", "node.space", "node.mass", "network.N")
 
 
-def evaluate(folder, comm: MPI.Comm = MPI.COMM_WORLD, out=print, overrides=()) -> dict:
+def evaluate(folder, comm: MPI.Comm = MPI.COMM_WORLD, out=print, overrides=(), best: bool = False) -> dict:
     """Rebuild a run from its folder (config + checkpoint) and report its metrics.
+
+    ``best``: the best-validation controls (``checkpoint/best.npz``, a run with
+    ``data.validation_fraction > 0``) instead of the last ones.
 
     ``overrides`` (``["data.resolution=28", "node.refine=2", ...]``, keys of
     :data:`EVALUATE_KEYS`) evaluate the same continuum network on another discretisation:
@@ -677,9 +746,14 @@ def evaluate(folder, comm: MPI.Comm = MPI.COMM_WORLD, out=print, overrides=()) -
     if not moved:  # the trained discretisation itself: nothing to transfer
         target_cfg = None
     found = runfolder.inspect(folder, comm).checkpoint  # checkpoint.npz, or the .prev a crash left
+    if best:
+        found = folder / "checkpoint" / "best.npz"
+        if not found.is_file():
+            raise InputError(f"evaluate --best: {found} does not exist (a run keeps its best-validation controls "
+                             "with data.validation_fraction > 0)")
     run = Run(cfg, comm, out)
     m, state, _ = load_checkpoint(found or folder / "checkpoint" / "checkpoint.npz", run.J.controls)
-    where = _progress(state)
+    where = ("the best validation, " if best else "") + _progress(state)
     if target_cfg is not None:
         from fem_dnn.optimize.transfer import transfer_controls
 

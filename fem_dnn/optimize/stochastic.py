@@ -79,7 +79,9 @@ def minibatch(
             for the history and the monitor (one more forward and costate solve over all
             samples per epoch); ``False`` records the epoch and step count alone.
         metrics: optional callable ``(m, epoch) -> dict``: more columns of an epoch's row
-            (e.g. the test loss and accuracy).
+            (e.g. the test loss and accuracy). A ``"stop"`` entry (a reason in words)
+            ends training after that epoch (early stopping): the Result's reason is 1
+            and its ``stop`` those words.
     """
     if method not in ("sgd", "adam"):
         raise InputError(f"mini-batch method must be 'sgd' or 'adam', not {method!r}")
@@ -172,8 +174,10 @@ def minibatch(
             row = {"epoch": epoch + 1, "J": f, "gnorm": gx.norm(), "step": step, **J.counts}
             if J.kind == "classes":
                 row["train_accuracy"] = J.accuracy(m)
+        request = None
         if metrics is not None:
             row.update(metrics(m, epoch + 1))
+            request = row.pop("stop", None)  # the callback asks to stop here (early stopping)
         history.append(row)
         if callable(monitor):
             monitor(row)
@@ -184,10 +188,14 @@ def minibatch(
             on_epoch(epoch + 1, m, {"x": x, "m1": m1, "m2": m2, "step": step}, row)
         if ckpt is not None:
             save(epoch + 1, 0)
+        if request:
+            break
     J.set_batch(None)
     out = coords.from_coordinates(x, J.controls.create_vec())
     f = J(out)
     for v in (x, m, g, gx, m1, m2):
         v.destroy()
     last = history[-1].get("gnorm", float("nan")) if history else float("nan")
+    if request:  # reason 1: stopped on the callback's request, a normal end
+        return Result(out, step, 1, f, last, history, dict(J.counts), 0, str(request))
     return Result(out, step, 0, f, last, history, dict(J.counts), 0, stop_reason(method, 0))  # reason 0: ran its epochs

@@ -249,7 +249,9 @@ class Optimizer:
             same absolute gradient norm as the uninterrupted run would.
         metrics: optional callable ``(m, iteration) -> dict``: more columns of an
             iteration's row (e.g. the test loss and accuracy), after the row's own J,
-            gradient norm, step, train accuracy and solve counts.
+            gradient norm, step, train accuracy and solve counts. A ``"stop"`` entry (a
+            reason in words) stops training at that iterate (early stopping: TAO's
+            reason 8, the Result's ``stop`` those words).
     """
 
     def __init__(
@@ -286,6 +288,7 @@ class Optimizer:
         self._failure = None  # (NonFiniteError, iteration) of the first non-finite trial point
         self._interrupted = 0  # the signal that stopped training at an accepted iterate
         self._error = None  # an exception of the monitor, raised again by solve()
+        self._requested = None  # the reason in words a metrics callback gave to stop (early stopping)
         cs = J.controls
         self._x = cs.create_vec()
         self._m = cs.create_vec()
@@ -436,6 +439,10 @@ class Optimizer:
             row["train_accuracy"] = self.J.accuracy(m)
         if self.metrics is not None:
             row.update(self.metrics(m, its))
+            request = row.pop("stop", None)  # the callback asks to stop at this iterate (early stopping)
+            if request:
+                self._requested = str(request)
+                tao.setConvergedReason(PETSc.TAO.ConvergedReason.CONVERGED_USER)
         self.history.append(row)
         if self.checkpoint is not None and its % self.checkpoint_every == 0:
             from fem_dnn.app.checkpoint import save_checkpoint
@@ -499,7 +506,7 @@ class Optimizer:
         self.tao.setSolution(x)
         with _plain_mdot():  # TAO and its L-BFGS matrix create their work vectors here
             self.tao.setUp()
-        self._failure, self._interrupted, self._error = None, 0, None
+        self._failure, self._interrupted, self._error, self._requested = None, 0, None, None
         try:
             self.tao.solve(x)
         except PETSc.Error:  # TAO refuses an infinite J at the first point (error 83)
@@ -519,7 +526,7 @@ class Optimizer:
 
             state = {"method": self.method, "iteration": its, "g0": self._g0, "history": self.history}
             save_checkpoint(self.checkpoint, self.J.controls, m, state)
-        stop = stop_reason(self.method, reason)
+        stop = self._requested or stop_reason(self.method, reason)
         floor = None
         if reason in _FLOOR_REASONS:  # no decrease found: is there one to find, above J's rounding?
             floor = self.resolution(x)
