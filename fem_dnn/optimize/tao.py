@@ -454,6 +454,8 @@ class Optimizer:
         elif self.monitor and self.world.rank == 0:
             print(f"it {its:4d}  J {f:.10e}  |g| {gnorm:.3e}  step {step:.3e}{_accuracies(row)}  "
                   f"solves fwd {row['forward']} adj {row['costate']} inc {row['incremental_forward']}", flush=True)
+        if its >= self._max_it:  # the whole run's limit (a resumed run may start at it)
+            tao.setConvergedReason(PETSc.TAO.ConvergedReason.DIVERGED_MAXITS)
         # a safe point: the iterate is accepted (and in the history); solve() writes it
         # to the checkpoint and reports the signal
         self._interrupted = interrupt.requested(self.world)
@@ -499,7 +501,8 @@ class Optimizer:
                 # and the same total iteration (max_it counts the whole run, not this part)
                 gatol = max(self.tao.getTolerances()[0], self._gttol * self._g0)
                 self.tao.setTolerances(gatol=gatol, gttol=0.0)
-                self.tao.setMaximumIterations(max(self._max_it - self._offset, 0))
+                # (TAO takes no limit of 0: a run resumed at its limit stops in the monitor)
+                self.tao.setMaximumIterations(max(self._max_it - self._offset, 1))
         x = self.coords.to_coordinates(m0, self._x)
         if loaded is not None:
             m0.destroy()
