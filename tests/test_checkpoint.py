@@ -16,13 +16,13 @@ from fem_dnn.network import Network
 
 
 def make_controls(comm, kind="classes", n=8, N=4, K=3, family="DG", degree=0, mass="lumped", T=1.0, bounds=None, sample_groups=1,
-                  kernel="dense"):
+                  kernel="dense", quadrature="auto"):
     """A small control space (what ``ReducedFunctional(...).controls`` builds)."""
     from fem_dnn.core.kernel import LocalKernel, LowRankKernel
 
     layout = split_comm(comm, sample_groups)
     space = NodeSpace(create_node_mesh(layout.node_comm, "interval", n, bounds), family, degree, mass)
-    kern = {"dense": lambda: "dense", "local": lambda: LocalKernel(space, radius=0.25, cells=2),
+    kern = {"dense": lambda: "dense", "local": lambda: LocalKernel(space, radius=0.25, cells=2, quadrature=quadrature),
             "lowrank": lambda: LowRankKernel(space, 2)}[kernel]()
     net = Network(space, Depth(T=T, N=N), layout=layout, kernel=kern)
     return ControlSpace(net, kind, K)
@@ -324,6 +324,28 @@ def test_other_discretisation(comm, tmp_shared, case):
     if case == "n":
         assert "N " not in msg and "kind" not in msg  # only what differs
     close(D)
+    close(C, m)
+
+
+@pytest.mark.mpi
+def test_local_kernel_quadrature_is_checked(comm, tmp_shared):
+    """A local kernel's checkpoint records its rule: one trained with the node quadrature
+    is refused by an exact-rule kernel, saying so; a file without the record (written
+    before the exact rule existed) holds a nodal one."""
+    C = make_controls(comm, kernel="local", quadrature="nodal")
+    m = C.random(1)
+    path = save_checkpoint(Path(tmp_shared) / "checkpoint.npz", C, m, {"iteration": 1})
+    D = make_controls(comm, kernel="local")
+    assert D.network.kernel.quadrature == "exact"
+    raises_everywhere(comm, lambda: load_checkpoint(path, D), f"checkpoint {path}", "another discretisation",
+                      "kernel_quadrature 'nodal' in the file, 'exact' here")
+    described = C.network.kernel.describe()
+    C.network.kernel.describe = lambda: {k: v for k, v in described.items() if k != "kernel_quadrature"}
+    old = save_checkpoint(Path(tmp_shared) / "old.npz", C, m, {"iteration": 2})
+    E = make_controls(comm, kernel="local", quadrature="nodal")
+    assert load_checkpoint(old, E)[1] == {"iteration": 2}
+    raises_everywhere(comm, lambda: load_checkpoint(old, D), "kernel_quadrature 'nodal' in the file, 'exact' here")
+    close(E), close(D)
     close(C, m)
 
 

@@ -75,12 +75,15 @@ def _hat_reference(y, rho, f, axes):
     return total
 
 
-@pytest.mark.parametrize("name", ["interval-DG0", "interval-P1", "quads-DG0"])
-def test_local_kernel_converges_at_order_two(name):
+@pytest.mark.parametrize("name,rule", [("interval-DG0", "nodal"), ("interval-P1", "nodal"), ("quads-DG0", "nodal"),
+                                       ("interval-DG0", "exact"), ("quads-DG0", "exact")])
+def test_local_kernel_converges_at_order_two(name, rule):
     """``B_kappa f`` against the closed-form integral for the hat kernel (a Q1 function on
     two cells a side: represented exactly) at rows whose support lies inside the domain:
-    the error falls at order 2 in h (node quadrature of an integrand whose kinks, at
-    z = y and at the support's edge, lie on nodes: rho is a multiple of h)."""
+    the error falls at order 2 in h. Nodal: against ``int kappa(y_i - z) f(z) dz`` (node
+    quadrature of an integrand whose kinks, at z = y and at the support's edge, lie on
+    nodes: rho is a multiple of h); exact: against its average over the cell K_i (the
+    Galerkin entries applied to f at the centres)."""
     comm = MPI.COMM_SELF
     rho = 0.2
     fs = [lambda z: np.cos(2.0 * z), lambda z: 1.0 + z**2]
@@ -90,12 +93,23 @@ def test_local_kernel_converges_at_order_two(name):
         k = (10 if fam == "P" else 5) * scale  # h = rho, rho/2, ...: P1 on 0.1-spaced vertices, DG0 on 0.2-wide cells
         sp = NodeSpace(create_node_mesh(comm, shape, k if shape == "interval" else (k, k), cell=cell), fam, deg)
         d = int(sp.mesh.geometry.dim)
-        kern = LocalKernel(sp, radius=rho, cells=2)
+        kern = LocalKernel(sp, radius=rho, cells=2, quadrature=rule)
         kappa = np.prod(1.0 - np.abs(kern.kappa_points) / rho, axis=0)  # the hat at kappa's nodes
         F = np.prod([fs[a](sp.x_owned[a]) for a in range(d)], axis=0)
         Bf = kern.apply(kappa, F)
         inner = np.all((sp.x_owned[:d] >= rho + 0.05) & (sp.x_owned[:d] <= 1 - rho - 0.05), axis=0)
-        exact = _hat_reference(sp.x_owned[:, inner], rho, fs, d)
+        if rule == "nodal":
+            exact = _hat_reference(sp.x_owned[:, inner], rho, fs, d)
+        else:  # the cell average: 4-point Gauss-Legendre per axis of the (smooth) convolution
+            g, w = np.polynomial.legendre.leggauss(4)
+            hc = 1.0 / k
+            yc = sp.x_owned[:, inner]
+            exact = np.zeros(yc.shape[1])
+            for idx in np.ndindex(*(4,) * d):
+                y = yc.copy()
+                for a in range(d):
+                    y[a] += 0.5 * hc * g[idx[a]]
+                exact += np.prod([w[idx[a]] / 2 for a in range(d)]) * _hat_reference(y, rho, fs, d)
         errs.append(np.abs(Bf[inner] - exact).max())
         sp.destroy()
     rates = observed_orders(errs)
@@ -352,3 +366,139 @@ def test_structured_kernels_float32_agree_with_float64(scheme, kernel):
         assert d.norm() <= 1e-5 * b.norm(), (d.norm() / b.norm())
     assert np.abs(s32 - s64).max() <= 1e-5 * np.abs(s64).max()
     sp.destroy()
+
+
+def _kappa_at(kern, kappa, pts):
+    """kappa (one channel pair's ``(Ms,)`` coefficients) at points ``(p, d)``: its Q1
+    interpolant on the offset box, zero outside (the definition, pointwise)."""
+    from fem_dnn.core.kernel import q1_basis
+
+    inside = np.all(np.abs(pts) <= kern.radius, axis=1)
+    out = np.zeros(pts.shape[0])
+    r, c, v = q1_basis(pts[inside], kern.radius, kern.cells)
+    np.add.at(out, np.nonzero(inside)[0][r], v * kappa[c])
+    return out
+
+
+def _lag_reference(kern, kappa, o, h, delta):
+    """int kappa(o + s) prod_a (h_a - |s_a|) ds over [-h, h]^d (the double integral over two
+    cells of widths h at the centre offset o), by 3-point Gauss-Legendre on a uniform
+    subdivision of step delta, which every breakpoint (kappa's grid lines, s = 0, +-h)
+    lies on: exact up to round-off for the piecewise polynomial integrand."""
+    x, w = np.polynomial.legendre.leggauss(3)
+    axes = []
+    for a in range(len(h)):
+        k = int(round(2 * h[a] / delta))
+        lo = -h[a] + delta * np.arange(k)
+        pts = (lo[:, None] + 0.5 * delta * (x + 1)).ravel()
+        axes.append((pts, (np.tile(0.5 * delta * w, k) * (h[a] - np.abs(pts)))))
+    P = np.stack([g.ravel() for g in np.meshgrid(*[p for p, _ in axes], indexing="ij")], axis=1)
+    W = np.ones(1)
+    for _, wa in axes:
+        W = np.multiply.outer(W, wa).ravel()
+    return float(W @ _kappa_at(kern, kappa, o + P))
+
+
+@pytest.mark.parametrize("case", ["1d-multiple", "1d-not", "1d-C2", "2d-multiple", "2d-not"])
+def test_local_exact_entries_against_brute_force(case):
+    """The exact rule's entries ``B_ij = omega_j avg_{K_i x K_j} kappa_{c_i c_j}(y - z)``
+    against an independent fine quadrature of the double integral (its lag form
+    int kappa(o + s) prod_a (h_a - |s_a|) ds, on a subdivision through every breakpoint),
+    to 1e-12 relative, for rho a multiple of h and not, in 1-D and 2-D, C = 1 and 2
+    (channels dense with weights 1/C); in 1-D the lag form itself against the genuine
+    double integral (nested adaptive quadrature) on a few pairs."""
+    from scipy.integrate import quad
+
+    comm = MPI.COMM_SELF
+    d = 2 if case.startswith("2d") else 1
+    C = 2 if case.endswith("C2") else 1
+    rho, cells = (1 / 3, 4) if case.endswith("multiple") else (0.25, 3)  # h = 1/6: 2 h, or 1.5 h
+    if C > 1:
+        sp = NodeSpace(create_node_mesh(comm, "rectangle", (6, C), cell="quadrilateral"), "DG", 0)
+    else:
+        sp = NodeSpace(create_node_mesh(comm, "interval" if d == 1 else "rectangle", 6 if d == 1 else (6, 6),
+                                        cell=None if d == 1 else "quadrilateral"), "DG", 0)
+    kern = LocalKernel(sp, radius=rho, cells=cells, channels=C, method="csr")
+    assert kern.quadrature == "exact" and kern.describe()["kernel_quadrature"] == "exact"
+    kappa = np.random.default_rng(5).normal(size=kern.M)
+    B = kern.matrix(kappa).toarray()
+    h = np.full(d, 1 / 6)
+    ch = np.clip(np.floor(sp.x_all[1] * C), 0, C - 1).astype(int) if C > 1 else np.zeros(sp.n, int)
+    err, top = 0.0, np.abs(B).max()
+    for i in range(sp.n):
+        for j in range(sp.n):
+            o = sp.x_all[:d, i] - sp.x_all[:d, j]
+            if np.any(np.abs(o) >= rho + h - 1e-12):
+                ref = 0.0
+            else:
+                kp = kappa.reshape(C, C, -1)[ch[i], ch[j]]
+                ref = sp.weights_all[j] / np.prod(h) ** 2 * _lag_reference(kern, kp, o, h, 1 / 24)
+            err = max(err, abs(B[i, j] - ref))
+    assert err <= 1e-12 * top, (err, top)
+    if d == 1:  # the lag form is the double integral over the two cells
+        y = np.unique(sp.x_all[0])  # the cell centres
+        kp = kappa.reshape(C, C, -1)[0, 0]
+        f = lambda z, yy: _kappa_at(kern, kp, np.array([[yy - z]]))[0]  # noqa: E731
+        grid = -rho + 2 * rho / cells * np.arange(cells + 1)
+        for ci, cj in ((y[2], y[2]), (y[2], y[0]), (y[4], y[2])):
+            inner = lambda yy: quad(f, cj - h[0] / 2, cj + h[0] / 2, args=(yy,), points=list(yy - grid),  # noqa: E731
+                                    epsabs=1e-14, epsrel=1e-13, limit=200)[0]
+            outer = quad(inner, ci - h[0] / 2, ci + h[0] / 2, points=list(cj + grid + 0 * h[0]) +
+                         list(cj + grid - h[0] / 2) + list(cj + grid + h[0] / 2), epsabs=1e-14, epsrel=1e-13, limit=200)[0]
+            lag = _lag_reference(kern, kp, np.array([ci - cj]), h, 1 / 24)
+            assert abs(outer - lag) <= 1e-11 * (abs(lag) + 1e-3), (ci, cj, outer, lag)
+    sp.destroy()
+
+
+@pytest.mark.parametrize("case", ["1d", "2d", "1d-C2"])
+def test_local_exact_rule_is_galerkin_consistent_under_nesting(case):
+    """On a DG0 mesh and its uniform refinement (2x per image axis), with Pi the injection
+    of the coarse-constant functions, ``Pi^T M_fine B_fine Pi = M_coarse B_coarse`` to
+    round-off with the exact rule (what makes refinement exact), for rho a multiple of
+    the fine cells and not; the nodal rule is not (the check is not vacuous)."""
+    comm = MPI.COMM_SELF
+    C = 2 if case.endswith("C2") else 1
+
+    def mesh(k):
+        if C > 1:
+            return create_node_mesh(comm, "rectangle", (k, C), cell="quadrilateral")
+        return create_node_mesh(comm, "interval", k) if case == "1d" else \
+            create_node_mesh(comm, "rectangle", (k, k), cell="quadrilateral")
+
+    coarse, fine = NodeSpace(mesh(6), "DG", 0), NodeSpace(mesh(12), "DG", 0)
+    d = 1 if C > 1 or case == "1d" else 2
+    hc = np.r_[[1 / 6] * d, [1 / C] * (C > 1)]
+    # Pi[f, c] = 1 where the fine cell lies in the coarse one
+    Pi = np.all(np.abs(fine.x_all[: len(hc), :, None] - coarse.x_all[: len(hc), None, :]) < hc[:, None, None] / 2, axis=0)
+    assert np.all(Pi.sum(axis=1) == 1)
+    for rho, cells in ((1 / 3, 4), (0.29, 3)):
+        gaps = {}
+        for rule in ("exact", "nodal"):
+            kc = LocalKernel(coarse, radius=rho, cells=cells, channels=C, method="csr", quadrature=rule)
+            kf = LocalKernel(fine, radius=rho, cells=cells, channels=C, method="csr", quadrature=rule)
+            kappa = np.random.default_rng(2).normal(size=kc.M)
+            Mc = coarse.weights_all[:, None] * kc.matrix(kappa).toarray()
+            Mf = fine.weights_all[:, None] * kf.matrix(kappa).toarray()
+            gaps[rule] = np.abs(Pi.T @ Mf @ Pi - Mc).max() / np.abs(Mc).max()
+        assert gaps["exact"] <= 1e-13 and gaps["nodal"] > 1e-3, (rho, gaps)
+    coarse.destroy(), fine.destroy()
+
+
+def test_local_quadrature_choice():
+    """auto is exact on DG0 box cells, nodal on P1 and on triangles; exact is refused
+    there; an unknown rule is refused; the description records the rule."""
+    comm = MPI.COMM_SELF
+    box = space_of(comm, "quads-DG0")
+    assert LocalKernel(box, radius=0.25).quadrature == "exact"
+    assert LocalKernel(box, radius=0.25, quadrature="nodal").describe()["kernel_quadrature"] == "nodal"
+    for name in ("interval-P1", "triangles-P1"):
+        sp = space_of(comm, name)
+        assert LocalKernel(sp, radius=0.25).quadrature == "nodal"
+        with pytest.raises(InputError, match="exact quadrature needs a DG0 node space on axis-aligned box cells"):
+            LocalKernel(sp, radius=0.25, quadrature="exact")
+        sp.destroy()
+    tri = NodeSpace(create_node_mesh(comm, "rectangle", (5, 5), cell="triangle"), "DG", 0)
+    assert LocalKernel(tri, radius=0.25).quadrature == "nodal"
+    with pytest.raises(InputError, match="unknown local kernel quadrature 'gauss'"):
+        LocalKernel(box, radius=0.25, quadrature="gauss")
+    tri.destroy(), box.destroy()

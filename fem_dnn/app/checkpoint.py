@@ -324,9 +324,12 @@ def _differences(desc: dict, desc_arrays: dict, meta: dict, data: dict) -> list[
     for key in ("kind", "K", "n", "N", "family", "degree", "mass", "gdim"):
         if meta.get(key) != desc[key]:
             out.append(f"{key} {meta.get(key)!r} in the file, {desc[key]!r} here")
-    for key in sorted(set(desc) | set(meta)):  # the kernel family and its parameters
-        if key.startswith("kernel") and meta.get(key, "dense" if key == "kernel" else None) != desc.get(key):
-            out.append(f"{key} {meta.get(key, 'dense' if key == 'kernel' else None)!r} in the file, {desc.get(key)!r} here")
+    # the kernel family and its parameters (a file without them: a dense kernel; a local
+    # kernel's without its quadrature: the node quadrature, the only rule before it)
+    missing = {"kernel": "dense", "kernel_quadrature": "nodal" if meta.get("kernel") == "local" else None}
+    for key in sorted(set(desc) | set(meta)):
+        if key.startswith("kernel") and meta.get(key, missing.get(key)) != desc.get(key):
+            out.append(f"{key} {meta.get(key, missing.get(key))!r} in the file, {desc.get(key)!r} here")
     if out:  # the arrays cannot be compared (or the difference is already named)
         return out
     t_file, t_here = data["discretisation/depth_points"], desc_arrays["discretisation/depth_points"]

@@ -92,6 +92,10 @@ SPEC = {
         "kernel_radius": (0.15, float, _POS, "local kernel: half-width rho of the support box (at least a node cell, "
                           "at most the node domain)"),
         "kernel_cells": (4, int, _POS, "local kernel: Q1 cells a side of kappa's offset box ((cells+1)^d controls a layer)"),
+        "kernel_quadrature": ("auto", str, _choice("auto", "exact", "nodal"),
+                              "local kernel: how the entries integrate kappa: exact (Galerkin double integral over "
+                              "the cells; DG0 on axis-aligned box cells), nodal (node quadrature), auto (exact where it "
+                              "applies)"),
     },
     "training": {
         "method": ("lbfgs", str, _choice(*METHODS),

@@ -456,7 +456,8 @@ def estimate(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, store_every: int | None
         ds = gdim - (1 if C > 1 else 0)  # the image axes
         b = b_l = N * C * C * (nw["kernel_cells"] + 1) ** ds
         k = (cells / C) ** (1.0 / ds)  # node cells a side (the unit interval or square)
-        band = 2 * nw["kernel_radius"] * k + 1  # dofs a side within the support
+        # dofs a side within the support (the exact rule's pairs reach one cell further a side)
+        band = 2 * nw["kernel_radius"] * k + 1 + (0 if nw.get("kernel_quadrature") == "nodal" else 2)
         nnz_l = int(min(nl * band**ds * C, nl * n))
         kernel_bytes = LOCAL_KERNEL_BYTES_PER_PAIR * nnz_l
         gathered = int(min(n, nl + 2 * ds * band * k ** (ds - 1) * C))  # owned and ghost rows of a batch

@@ -139,7 +139,8 @@ class Run:
         nd, nw, tr, ds = self.cfg["node"], self.cfg["network"], self.cfg["training"], self.data
         self.space = space
         params = {"dense": {}, "lowrank": {"rank": nw["kernel_rank"]},
-                  "local": {"radius": nw["kernel_radius"], "cells": nw["kernel_cells"], "channels": nd["channels"]}}
+                  "local": {"radius": nw["kernel_radius"], "cells": nw["kernel_cells"], "channels": nd["channels"],
+                            "quadrature": nw["kernel_quadrature"]}}
         kernel = make_kernel(self.space, nw["kernel"], **params[nw["kernel"]])
         self.net = Network(self.space, depth, nw["activation"], nw["scheme"], nw["eps"], layout=self.layout, kernel=kernel,
                            dtype=nw["dtype"])

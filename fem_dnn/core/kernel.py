@@ -48,7 +48,7 @@ def _mpi():
 
     return MPI
 
-__all__ = ["KERNELS", "DenseKernel", "Halo", "Kernel", "LocalKernel", "LowRankKernel", "PixelGrid", "make_kernel"]
+__all__ = ["KERNELS", "DenseKernel", "Halo", "Kernel", "LocalKernel", "LowRankKernel", "PixelGrid", "box_basis", "box_widths", "make_kernel"]
 
 
 class Kernel:
@@ -322,10 +322,15 @@ class Halo:
 class LocalKernel(Kernel):
     """Translation-invariant kernels of compact support (module doc).
 
-    The layer operator is ``(B f)_i = sum_j kappa(y_i - y_j) omega_j f_j`` over the pairs
-    with ``|y_i - y_j|_inf <= rho`` (node quadrature with the node weights omega, whatever
-    the mass option), so ``B = sum_m kappa_m A_m`` with fixed sparse matrices A_m (the Q1
-    basis functions of kappa at the pairs' offsets times omega_j). kappa's coefficients
+    The layer operator is ``(B f)_i = sum_j B_ij f_j`` with, for DG0 on axis-aligned box
+    cells (``quadrature="exact"``), the Galerkin entry ``B_ij = omega_j avg_{K_i x K_j}
+    kappa(y - z)`` (exact: per axis the integral of a hat times the tent of two cells, a
+    piecewise quadratic, by 2-point Gauss-Legendre between its breakpoints; the pairs with
+    ``|y_i - y_j|_a < rho + h_a``), else (``"nodal"``) the node quadrature ``B_ij =
+    kappa(y_i - y_j) omega_j`` over the pairs with ``|y_i - y_j|_inf <= rho`` (the node
+    weights omega, whatever the mass option). Either way ``B = sum_m kappa_m A_m`` with
+    fixed sparse matrices A_m (kappa's Q1 basis functions averaged over, or sampled at,
+    the pairs' offsets, times omega_j). kappa's coefficients
     are replicated: every rank holds all of them and the control Vec stores them on node
     rank 0.
 
@@ -343,11 +348,18 @@ class LocalKernel(Kernel):
             image grid), ``"csr"`` SciPy sparse products on the pairs (any node mesh),
             ``"auto"`` (default) the grid path where this rank's block allows it. Both
             are the same operator (to round-off).
+        quadrature: how the entries integrate kappa: ``"exact"`` the Galerkin entry
+            ``B_ij = (1/omega_i) int_{K_i} int_{K_j} kappa(y - z) dz dy`` (times the channel
+            weight; DG0 on axis-aligned box cells: intervals, quadrilaterals, hexahedra),
+            ``"nodal"`` the node quadrature ``kappa(y_i - y_j) omega_j``, ``"auto"``
+            (default) exact where it applies, else nodal. With the exact rule B_h =
+            Pi_h B Pi_h is consistent on nested meshes (docs/kernels.md).
     """
 
     name = "local"
 
-    def __init__(self, space: NodeSpace, radius: float, cells: int = 4, channels: int = 1, method: str = "auto"):
+    def __init__(self, space: NodeSpace, radius: float, cells: int = 4, channels: int = 1, method: str = "auto",
+                 quadrature: str = "auto"):
         super().__init__(space)
         from scipy import sparse
         from scipy.spatial import cKDTree
@@ -401,15 +413,28 @@ class LocalKernel(Kernel):
         axis = np.linspace(-radius, radius, cells + 1)
         self.kappa_points = np.stack([g.reshape(-1) for g in np.meshgrid(*[axis] * d, indexing="ij")])  # (d, Ms)
 
+        if quadrature not in ("auto", "exact", "nodal"):
+            raise InputError(f"unknown local kernel quadrature {quadrature!r}; choose 'auto', 'exact' or 'nodal'")
+        widths = None if quadrature == "nodal" else box_widths(sp)  # (gdim, n) or None
+        if quadrature == "exact" and widths is None:
+            raise InputError("the local kernel's exact quadrature needs a DG0 node space on axis-aligned box cells "
+                             "(intervals, quadrilaterals, hexahedra); use quadrature='nodal'")
+        #: the rule of the entries: "exact" (Galerkin, box cells) or "nodal" (node quadrature)
+        self.quadrature = "nodal" if widths is None else "exact"
         # the pairs: owned rows i, columns j within the support (every dof's coordinates
         # are known on every rank, sp.x_all)
         X = np.ascontiguousarray(sp.x_all[:d].T)  # spatial coordinates (every channel at a pixel: one point)
         tree = cKDTree(X)
-        nbrs = tree.query_ball_point(np.ascontiguousarray(sp.x_owned[:d].T), r=radius * (1 + 1e-9), p=np.inf)
+        reach = radius + (h if widths is not None else 0.0)
+        nbrs = tree.query_ball_point(np.ascontiguousarray(sp.x_owned[:d].T), r=reach * (1 + 1e-9), p=np.inf)
         counts = np.array([len(c) for c in nbrs], dtype=np.int64)
         rows = np.repeat(np.arange(sp.n_local), counts)
         cols = np.concatenate([np.sort(np.asarray(c, dtype=np.int64)) for c in nbrs]) if len(nbrs) else np.zeros(0, np.int64)
         offs = X[sp.offset + rows] - X[cols]  # (nnz, d) offsets y_i - y_j
+        if widths is not None:  # the exact entry is nonzero for |o_a| < rho + (h_i,a + h_j,a)/2
+            wi, wj = widths[:d, sp.offset + rows].T, widths[:d, cols].T
+            keep = np.all(np.abs(offs) < radius + 0.5 * (wi + wj) - 1e-9 * h, axis=1)
+            rows, cols, offs, wi, wj = rows[keep], cols[keep], offs[keep], wi[keep], wj[keep]
         owned = (cols >= sp.offset) & (cols < sp.offset + sp.n_local)
         self.halo = Halo(comm, sp.offsets, np.unique(cols[~owned]))
         lcol = np.where(owned, cols - sp.offset, sp.n_local + np.searchsorted(self.halo.ghosts, cols))
@@ -417,7 +442,7 @@ class LocalKernel(Kernel):
         self.nnz = rows.size
         # Q1 basis values at the offsets: 2^d nonzeros per pair (exact zeros dropped), in
         # the block of the pair's channels (c_i, c_j)
-        pr, pc, pv = q1_basis(offs, radius, cells)
+        pr, pc, pv = q1_basis(offs, radius, cells) if widths is None else box_basis(offs, wi, wj, radius, cells)
         pc = pc + (chan[sp.offset + rows[pr]] * C + chan[cols[pr]]) * self.Ms
         w_col = np.concatenate([sp.weights[: sp.n_local], np.zeros(self.halo.ghosts.size)])
         w_col[sp.n_local :] = sp.weights_all[self.halo.ghosts]
@@ -583,7 +608,7 @@ class LocalKernel(Kernel):
 
     def describe(self):
         return {"kernel": self.name, "kernel_radius": self.radius, "kernel_cells": self.cells,
-                "kernel_channels": self.channels}
+                "kernel_channels": self.channels, "kernel_quadrature": self.quadrature}
 
     def transfer(self, source, b_nat, I):
         """kappa does not depend on the node mesh: the same coefficients, or kappa
@@ -699,7 +724,11 @@ class PixelGrid:
         offs = np.array([[*(np.array(r) - R[:-1]), j - R[-1]] for r in self.rest for j in range(2 * R[-1] + 1)],
                         dtype=np.int64).reshape(-1, d)
         #: (n_rest, 2 R_d + 1, Ms): kappa's Q1 basis at the offsets times the (uniform) cell weight
-        rr, cc, vv = q1_basis(offs * h, kern.radius, kern.cells)
+        if kern.quadrature == "exact":  # the cells' average of kappa's basis (every cell h wide)
+            hh = np.broadcast_to(np.asarray(h, dtype=float), offs.shape)
+            rr, cc, vv = box_basis(offs * h, hh, hh, kern.radius, kern.cells)
+        else:
+            rr, cc, vv = q1_basis(offs * h, kern.radius, kern.cells)
         Q = np.zeros((offs.shape[0], kern.Ms))
         np.add.at(Q, (rr, cc), vv)
         self.Q = (Q * float(np.mean(sp.weights_all))).reshape(len(self.rest), 2 * R[-1] + 1, kern.Ms)
@@ -735,7 +764,10 @@ class PixelGrid:
         w = sp.weights_all
         if w.size and np.ptp(w) > 1e-12 * np.abs(w).max():
             return no("equal cell weights")
-        R = np.where(n > 1, np.floor(kern.radius * (1 + 1e-9) / h + 1e-9), 0).astype(np.int64)
+        if kern.quadrature == "exact":  # |k h| < rho + h
+            R = np.where(n > 1, np.ceil(kern.radius / h + 1 - 1e-9) - 1, 0).astype(np.int64)
+        else:  # |k h| <= rho
+            R = np.where(n > 1, np.floor(kern.radius * (1 + 1e-9) / h + 1e-9), 0).astype(np.int64)
         # the same pairs as the CSR pattern (their count, from the in-domain offsets per axis)
         ko = k[:, sp.offset : sp.offset + sp.n_local]
         per_axis = [np.minimum(ko[a] + R[a], n[a] - 1) - np.maximum(ko[a] - R[a], 0) + 1 for a in range(d)]
@@ -998,6 +1030,84 @@ def q1_basis(points: np.ndarray, radius: float, cells: int):
         keep = val > 1e-14
         rows.append(np.nonzero(keep)[0]), cols.append(idx[keep]), vals.append(val[keep])
     return np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
+
+
+def _tent_factors(o, hi, hj, radius, cells):
+    """``(p, cells+1)``: per pair the 1-D factor ``(1/(h_i h_j)) int phi_m(o + s) g(s) ds``
+    of kappa's hat functions phi_m, with g(s) the overlap of two cells of widths h_i, h_j
+    at the lag s (a tent, or a trapezoid for unequal widths): the average of phi_m(y - z)
+    over the pair of cells. The integrand is piecewise quadratic between the breakpoints
+    (kappa's grid lines, the kinks of g): 2-point Gauss-Legendre on each piece is exact."""
+    hk = 2 * radius / cells
+    grid = -radius + hk * np.arange(cells + 1)
+    lo, hi_ = o - 0.5 * (hi + hj), o + 0.5 * (hi + hj)
+    kinks = np.stack([lo, o - 0.5 * (hi - hj), o + 0.5 * (hi - hj), hi_], axis=1)
+    bp = np.sort(np.clip(np.concatenate([np.broadcast_to(grid, (o.size, cells + 1)), kinks], axis=1),
+                         lo[:, None], hi_[:, None]), axis=1)
+    mid, half = 0.5 * (bp[:, 1:] + bp[:, :-1]), 0.5 * (bp[:, 1:] - bp[:, :-1])
+    out = np.zeros((o.size, cells + 1))
+    for x in (-1 / np.sqrt(3.0), 1 / np.sqrt(3.0)):
+        t = mid + half * x  # (p, pieces) offsets y - z
+        s = t - o[:, None]
+        g = np.clip(np.minimum(0.5 * hi[:, None], s + 0.5 * hj[:, None]) - np.maximum(-0.5 * hi[:, None], s - 0.5 * hj[:, None]),
+                    0.0, None)
+        phi = np.clip(1 - np.abs(t[..., None] - grid) / hk, 0.0, None) * (np.abs(t) <= radius)[..., None]
+        out += np.einsum("pk,pkm->pm", half * g, phi)
+    return out / (hi * hj)[:, None]
+
+
+def box_basis(offsets: np.ndarray, wi: np.ndarray, wj: np.ndarray, radius: float, cells: int, chunk: int = 4096):
+    """The average of kappa's Q1 basis functions ``phi_m(y - z)`` over pairs of axis-aligned
+    box cells (centre offsets ``(p, d)``, widths ``wi``, ``wj`` ``(p, d)``), exact: a product
+    of 1-D factors (:func:`_tent_factors`, computed once per distinct offset and widths).
+    ``(pair, node, value)`` triplets as :func:`q1_basis`, exact zeros dropped."""
+    p, d = offsets.shape
+    m = cells + 1
+    F = []
+    for a in range(d):
+        key = np.stack([offsets[:, a], wi[:, a], wj[:, a]], axis=1)
+        scale = max(float(np.abs(key).max(initial=0.0)), 1e-300)
+        _, first, inv = np.unique(np.round(key / scale, 11), axis=0, return_index=True, return_inverse=True)
+        F.append(_tent_factors(key[first, 0], key[first, 1], key[first, 2], radius, cells)[inv.reshape(-1)])
+    rows, cols, vals = [], [], []
+    for c0 in range(0, p, chunk):
+        T = np.ones((min(chunk, p - c0), 1))
+        for a in range(d):
+            T = (T[:, :, None] * F[a][c0 : c0 + chunk, None, :]).reshape(T.shape[0], -1)
+        r, c = np.nonzero(np.abs(T) > 1e-300)
+        rows.append(r + c0), cols.append(c), vals.append(T[r, c])
+    if not rows:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    assert m**d == T.shape[1]
+    return np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
+
+
+def box_widths(space: NodeSpace) -> np.ndarray | None:
+    """Every global dof's cell widths per geometric axis ``(gdim, n)`` when the node space
+    is DG0 on axis-aligned box cells (intervals, quadrilaterals, hexahedra) on every rank,
+    else None. Collective."""
+    msh = space.mesh
+    tdim, gdim = msh.topology.dim, int(msh.geometry.dim)
+    ok = space.family == "DG" and space.degree == 0 and tdim == gdim
+    ok = ok and msh.topology.cell_name() in ("interval", "quadrilateral", "hexahedron")
+    nc = msh.topology.index_map(tdim).size_local
+    w = np.zeros((space.n_local, gdim))
+    if ok and nc:
+        x = msh.geometry.x[:, :gdim][msh.geometry.dofmaps[0][:nc]]  # (cells, vertices, gdim)
+        lo, hi = x.min(axis=1, keepdims=True), x.max(axis=1, keepdims=True)
+        tol = 1e-10 * (hi - lo).max()
+        at_lo, at_hi = np.abs(x - lo) <= tol, np.abs(x - hi) <= tol
+        code = np.sort((at_hi * (2 ** np.arange(gdim))).sum(axis=2), axis=1)
+        ok = (x.shape[1] == 2**gdim and bool(np.all(at_lo | at_hi))
+              and bool(np.all(code == np.arange(2**gdim))))  # the 2^d corners of a box
+        dof = np.asarray(space.V.dofmap.list)[:nc, 0]
+        if ok and np.all(dof < space.n_local):
+            w[dof] = (hi - lo)[:, 0, :]
+        else:
+            ok = False
+    if not space.comm.allreduce(bool(ok), op=_mpi().LAND):
+        return None
+    return np.concatenate(space.comm.allgather(w), axis=0).T
 
 
 def cell_extent(space: NodeSpace, d: int | None = None) -> float:
