@@ -4,7 +4,8 @@ An H x W pixel image x C channels node mesh (DG0, the box [0,1]^3 with C cells a
 last axis), explicit Euler, tau = T/N, the local kernel with a (2R+1) x (2R+1) pixel
 support (rho = R/H, kappa on 2R Q1 cells a side: its nodes are the pixel offsets): the
 network is ``x + tau tanh(a_k - B_k x)`` with ``(B_k x)(p, c) = sum_o sum_c' K_o[c, c']
-x(p - o, c')``, ``K_o = omega kappa_k(o h)``, a softmax readout ``W M_w x + mu`` and mean
+x(p - o, c')``, ``K_o = omega kappa_k(o h)`` (the kernel's exact rule: kappa averaged over
+the pixel pair, docs/kernels.md), a softmax readout ``W M_w x + mu`` and mean
 cross-entropy. PyTorch runs the same ResNet with ``conv2d(x, w_k, padding=R)`` (a
 cross-correlation: ``w_k[c, c', u, v] = K_(R-u, R-v)[c, c']``, the kernel flipped), a
 (C, H, W) bias field a_k and the readout weights ``W M_w`` (bench/torch_conv.py). Same
@@ -37,7 +38,7 @@ import numpy as np
 from mpi4py import MPI
 
 from fem_dnn.core.domain import Depth, NodeSpace, create_node_mesh
-from fem_dnn.core.kernel import LocalKernel, q1_basis
+from fem_dnn.core.kernel import LocalKernel, box_basis, q1_basis
 from fem_dnn.learning.functional import ReducedFunctional
 from fem_dnn.network import Network
 
@@ -83,10 +84,15 @@ class Layout:
         self.t = (c * H + k0) * W + k1
         self.omega = np.empty(space.n)
         self.omega[space.nat_of_global] = space.weights_all
-        # kappa's Q1 basis at the offsets o = (R - u, R - v) of conv2d's taps (u, v)
+        # kappa's Q1 basis at the offsets o = (R - u, R - v) of conv2d's taps (u, v), by the
+        # kernel's own rule: sampled (nodal) or averaged over the pixel pairs (exact)
         u, v = np.meshgrid(np.arange(2 * R + 1), np.arange(2 * R + 1), indexing="ij")
         offs = np.stack([(R - u).ravel() / H, (R - v).ravel() / W], axis=1)
-        r, m, val = q1_basis(offs, kern.radius, kern.cells)
+        if kern.quadrature == "exact":
+            h = np.tile([1.0 / H, 1.0 / W], (offs.shape[0], 1))
+            r, m, val = box_basis(offs, h, h, kern.radius, kern.cells)
+        else:
+            r, m, val = q1_basis(offs, kern.radius, kern.cells)
         self.Q = np.zeros((offs.shape[0], kern.Ms))
         np.add.at(self.Q, (r, m), val)
         self.C, self.R, self.Ms, self.w0 = C, R, kern.Ms, float(np.mean(space.weights_all))
