@@ -130,6 +130,7 @@ def minibatch(
                 "step": step, "history": history}
         save_checkpoint(ckpt, cs, m, meta, arrays)
 
+    request = None  # a metrics callback's request to stop (early stopping)
     for epoch in range(start_epoch, epochs):
         for b, idx in enumerate(batches(J.n_samples, batch_size, seed, epoch)):
             if epoch == start_epoch and b < skip:
@@ -174,7 +175,6 @@ def minibatch(
             row = {"epoch": epoch + 1, "J": f, "gnorm": gx.norm(), "step": step, **J.counts}
             if J.kind == "classes":
                 row["train_accuracy"] = J.accuracy(m)
-        request = None
         if metrics is not None:
             row.update(metrics(m, epoch + 1))
             request = row.pop("stop", None)  # the callback asks to stop here (early stopping)
