@@ -29,7 +29,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import fem_dnn  # noqa: F401  (DOLFINx import order)
@@ -42,19 +41,13 @@ from fem_dnn.core.kernel import LocalKernel, box_basis, q1_basis
 from fem_dnn.learning.functional import ReducedFunctional
 from fem_dnn.network import Network
 
+from _timing import best  # noqa: E402  (bench/, this script's folder)
+
 configure()  # the job's process settings: BLAS threads per rank, malloc (fem_dnn.process)
 
 K = 10
 
 
-def best(fn, repeat):
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def torch_run(args, src, dst, dtype):

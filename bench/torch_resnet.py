@@ -12,12 +12,12 @@ CPU wheel may need another Python than fem_dnn's).
     python bench/torch_resnet.py problem.npz result.npz THREADS REPEAT [float64|float32]
 """
 
-import json
 import sys
-import time
 
 import numpy as np
 import torch
+
+from _timing import torch_report  # bench/ (this script's folder)
 
 
 def main():
@@ -37,30 +37,7 @@ def main():
         O = (p["W"] @ x) / n + p["mu"][:, None]
         return torch.nn.functional.cross_entropy(O.T, y)
 
-    def forward():
-        with torch.no_grad():
-            return loss(params)
-
-    def gradient():
-        for v in params.values():
-            v.grad = None
-        J = loss(params)
-        J.backward()
-        return J
-
-    def best(fn):
-        fn()
-        times = []
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return min(times)
-
-    tf, tg = best(forward), best(gradient)
-    J = gradient()
-    np.savez(dst, J=J.item(), **{f"d{k}": v.grad.numpy().astype(np.float64) for k, v in params.items()})
-    print(json.dumps({"forward": tf, "gradient": tg, "torch": torch.__version__, "threads": torch.get_num_threads()}))
+    torch_report(torch, loss, params, repeat, dst)
 
 
 if __name__ == "__main__":

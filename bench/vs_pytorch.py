@@ -20,7 +20,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import fem_dnn  # noqa: F401  (DOLFINx import order)
@@ -32,20 +31,14 @@ from fem_dnn.core.domain import Depth, NodeSpace, create_node_mesh
 from fem_dnn.learning.functional import ReducedFunctional
 from fem_dnn.network import Network
 
+from _timing import best  # noqa: E402  (bench/, this script's folder)
+
 configure()  # the job's process settings: BLAS threads per rank, malloc (fem_dnn.process)
 
 SIZES = [(64, 16, 1797), (256, 32, 1797), (1024, 16, 512)]
 K = 10
 
 
-def best(fn, repeat):
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def gemm_rate(n, S, repeat, dtype):
