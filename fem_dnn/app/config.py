@@ -84,7 +84,7 @@ SPEC = {
                          "overrides T and N); empty: N uniform layers"),
         "eps": (0.0, float, _NONNEG, "node diffusion coefficient"),
         "dtype": ("float64", str, _choice(*DTYPES), "precision of the states, tape and costate (float32: explicit "
-                  "schemes, lumped mass, eps = 0, dense kernel; the controls and gradients stay float64)"),
+                  "schemes, lumped mass, eps = 0; the controls and gradients stay float64)"),
         "kernel": ("dense", str, _choice(*KERNELS), "family of the layers' kernels b (fem_dnn.core.kernel): dense (n x n "
                    "per layer), local (translation-invariant kappa(y - z) of support |y - z| <= kernel_radius), lowrank "
                    "(sum of kernel_rank products psi_r(y) phi_r(z); needs training.init_scale > 0)"),

@@ -643,7 +643,7 @@ class Network:
         and the readout part of the derivative (sums over this rank's samples)."""
         sp = self.space
         if readout.kind == "classes":
-            dual = sp.apply_mass(np.asfortranarray(readout.W.T @ gO))
+            dual = sp.apply_mass((gO.T @ readout.W).T)  # Fortran (n_local, S) without a copy
             return dual, Readout("classes", gO @ sp.apply_mass(F).T, gO.sum(axis=1))
         dual = self.readout_kernel.apply_transpose(readout.W, gO)
         return np.asfortranarray(dual), Readout("function", self.readout_kernel.outer(gO, F), gO.sum(axis=1))
@@ -654,7 +654,7 @@ class Network:
         terminal incremental-costate term and the W term."""
         sp = self.space
         if readout.kind == "classes":
-            return sp.apply_mass(np.asfortranarray(d_readout.W.T @ gO)), gO @ sp.apply_mass(dF).T
+            return sp.apply_mass((gO.T @ d_readout.W).T), gO @ sp.apply_mass(dF).T
         return np.asfortranarray(self.readout_kernel.apply_transpose(d_readout.W, gO)), self.readout_kernel.outer(gO, dF)
 
     def predict(self, F: np.ndarray, readout: Readout) -> np.ndarray:
