@@ -21,6 +21,7 @@ from petsc4py import PETSc
 
 from fem_dnn.errors import InputError
 from fem_dnn.network import Controls, Network, Readout
+from fem_dnn.network.slabs import SlabControls
 
 __all__ = ["BLOCKS", "ControlSpace", "DepthOperator"]
 
@@ -182,28 +183,41 @@ class ControlSpace:
         if inner_product not in ("l2", "h1"):
             raise InputError(f"inner_product must be 'l2' or 'h1', not {inner_product!r}")
         self.network, self.kind, self.inner_product = network, kind, inner_product
-        sp, d = network.space, network.depth
+        #: the layer blocks' networks: one, or a slab network's slabs (each its own node
+        #: space, depth mesh and kernel; the readout on the last one's space)
+        self.layers = list(getattr(network, "slabs", [network]))
+        self.slabs = hasattr(network, "slabs")
+        sp = network.space
         self.space, self.comm = sp, sp.comm
-        N, nl, n = d.N, sp.n_local, sp.n
+        nl, n = sp.n_local, sp.n
         self.K = int(K) if kind == "classes" else n
+        shapes = []
+        for net in self.layers:
+            shapes += [(net.depth.N, net.space.n_local), net.kernel.block_shape(net.depth.N)]
         if kind == "classes":
             mu_local = self.K if self.comm.rank == 0 else 0
-            shapes = [(N, nl), network.kernel.block_shape(N), (self.K, nl), (mu_local,)]
+            shapes += [(self.K, nl), (mu_local,)]
         else:
-            shapes = [(N, nl), network.kernel.block_shape(N), (nl, n), (nl,)]
+            shapes += [(nl, n), (nl,)]
         self.shapes = shapes
+        #: the blocks' names: a, b, W, mu (:data:`BLOCKS`); a slab network's a0, b0, a1, ...
+        self.names = BLOCKS if not self.slabs else tuple(
+            f"{x}{i}" for i in range(len(self.layers)) for x in "ab") + ("W", "mu")
         sizes = [int(np.prod(s)) for s in shapes]
         self.offsets = np.concatenate([[0], np.cumsum(sizes)])
         self.n_local = int(self.offsets[-1])
-        # depth operators (O(N), never N x N): L2 = diag(tau); D_t^T D_t with the
-        # difference quotients between layer midpoints (tridiagonal)
-        self.depth_l2 = DepthOperator(d.tau)
-        self.depth_dt = DepthOperator.difference(d.mid)
-        self.h1_length = float(d.T if h1_length is None else h1_length)
-        if inner_product == "h1":
-            self.depth_riesz = DepthOperator.combine(1.0, self.depth_l2, self.h1_length**2, self.depth_dt)
-        else:
-            self.depth_riesz = self.depth_l2
+        # depth operators per slab (O(N), never N x N): L2 = diag(tau); D_t^T D_t with the
+        # difference quotients between layer midpoints (tridiagonal); the H1 term stays
+        # within a slab (across a slab boundary the node spaces differ)
+        T = sum(net.depth.T for net in self.layers)
+        self.h1_length = float(T if h1_length is None else h1_length)
+        self._depth = []
+        for net in self.layers:
+            l2, dt = DepthOperator(net.depth.tau), DepthOperator.difference(net.depth.mid)
+            riesz = DepthOperator.combine(1.0, l2, self.h1_length**2, dt) if inner_product == "h1" else l2
+            self._depth.append((l2, dt, riesz))
+        #: the depth operators of a uniform network (a slab network: the first slab's)
+        self.depth_l2, self.depth_dt, self.depth_riesz = self._depth[0]
 
     # ---- Vecs and blocks
     def create_vec(self) -> PETSc.Vec:
@@ -219,40 +233,52 @@ class ControlSpace:
         return [arr[o[i] : o[i + 1]].reshape(s) for i, s in enumerate(self.shapes)]
 
     def block_dict(self, vec: PETSc.Vec | np.ndarray) -> dict[str, np.ndarray]:
-        """The views of :meth:`blocks` by name (:data:`BLOCKS`)."""
-        return dict(zip(BLOCKS, self.blocks(vec)))
+        """The views of :meth:`blocks` by name (:attr:`names`)."""
+        return dict(zip(self.names, self.blocks(vec)))
+
+    def _layer_blocks(self, blocks):
+        """``[(net, a, b), ...]`` per slab, and W, mu."""
+        return [(net, blocks[2 * i], blocks[2 * i + 1]) for i, net in enumerate(self.layers)], blocks[-2], blocks[-1]
+
+    def _per_slab(self, c) -> list:
+        return list(c) if self.slabs else [c]
 
     def split(self, vec: PETSc.Vec) -> tuple[Controls, Readout]:
         """Copies of the controls held by a Vec, as the network uses them."""
-        a, b, W, mu = (np.array(x) for x in self.blocks(vec.array_r))
+        layers, W, mu = self._layer_blocks([np.array(x) for x in self.blocks(vec.array_r)])
         if self.kind == "classes":
             mu = self.comm.bcast(mu, root=0)
-        return Controls(a, self.network.kernel.share(b)), Readout(self.kind, W, mu)
+        cs = [Controls(a, net.kernel.share(b)) for net, a, b in layers]
+        return (SlabControls(cs) if self.slabs else cs[0]), Readout(self.kind, W, mu)
 
     def join(self, c: Controls, r: Readout, vec: PETSc.Vec | None = None) -> PETSc.Vec:
         """A Vec holding the given controls (mu of a classes readout: node rank 0's)."""
         vec = vec or self.create_vec()
-        a, b, W, mu = self.blocks(vec)
-        a[:], W[:] = c.a, r.W
-        if b.size:
-            b[:] = c.b
+        layers, W, mu = self._layer_blocks(self.blocks(vec))
+        for (_, a, b), ci in zip(layers, self._per_slab(c)):
+            a[:] = ci.a
+            if b.size:
+                b[:] = ci.b
+        W[:] = r.W
         if mu.size:
             mu[:] = r.mu
         return vec
 
     def from_natural(self, a, b, W, mu, vec: PETSc.Vec | None = None) -> PETSc.Vec:
         """A Vec from arrays in natural node order: a (N, n), b (the kernel's natural shape:
-        dense (N, n, n)), W ((K, n) or (n, n)), mu ((K,) or (n,)). The same arrays give the same controls on any number
-        of ranks."""
+        dense (N, n, n)), W ((K, n) or (n, n)), mu ((K,) or (n,)); a slab network takes a
+        and b as lists, one array a slab. The same arrays give the same controls on any
+        number of ranks."""
         sp = self.space
         vec = vec or self.create_vec()
-        A, B, Wl, M = self.blocks(vec)
-        A[:] = np.asarray(a)[:, sp.nat_owned]
-        kern = self.network.kernel
-        if np.shape(b) != kern.natural_shape(self.network.depth.N):
-            raise InputError(f"b has shape {np.shape(b)}; the {kern.name} kernel's controls have shape "
-                             f"{kern.natural_shape(self.network.depth.N)}")
-        B[:] = kern.from_natural(b)
+        layers, Wl, M = self._layer_blocks(self.blocks(vec))
+        for (net, A, B), ai, bi in zip(layers, *((a, b) if self.slabs else ([a], [b]))):
+            A[:] = np.asarray(ai)[:, net.space.nat_owned]
+            kern = net.kernel
+            if np.shape(bi) != kern.natural_shape(net.depth.N):
+                raise InputError(f"b has shape {np.shape(bi)}; the {kern.name} kernel's controls have shape "
+                                 f"{kern.natural_shape(net.depth.N)}")
+            B[:] = kern.from_natural(bi)
         W = np.asarray(W)
         Wl[:] = W[:, sp.nat_owned] if self.kind == "classes" else W[sp.nat_owned][:, sp.nat_of_global]
         if M.size:
@@ -260,16 +286,19 @@ class ControlSpace:
         return vec
 
     def natural(self, vec: PETSc.Vec) -> dict[str, np.ndarray]:
-        """The controls of a Vec in natural node order, on every rank."""
+        """The controls of a Vec in natural node order, on every rank (a slab network's a
+        and b: lists, one array a slab)."""
         sp = self.space
-        a, b, W, mu = self.blocks(vec.array_r)
+        layers, W, mu = self._layer_blocks(self.blocks(vec.array_r))
 
         def cols(x):
             out = np.empty_like(x)
             out[..., sp.nat_of_global] = x
             return out
 
-        out = {"a": sp.to_natural(a, axis=1), "b": self.network.kernel.to_natural(b)}
+        a = [net.space.to_natural(ai, axis=1) for net, ai, _ in layers]
+        b = [net.kernel.to_natural(bi) for net, _, bi in layers]
+        out = {"a": a, "b": b} if self.slabs else {"a": a[0], "b": b[0]}
         if self.kind == "classes":
             out["W"] = sp.to_natural(W, axis=1)
             out["mu"] = self.comm.bcast(np.array(mu), root=0)
@@ -281,31 +310,43 @@ class ControlSpace:
     def random(self, seed: int = 0, scale: float = 1.0) -> PETSc.Vec:
         """A random direction, standard normal in natural order from ``seed``: the same
         direction whatever the number of ranks."""
-        N, n = self.network.depth.N, self.space.n
+        n = self.space.n
         rng = np.random.default_rng(seed)
-        a = rng.standard_normal((N, n))
-        b = self.network.kernel.random(rng, N)
+        a, b = [], []
+        for net in self.layers:
+            a.append(rng.standard_normal((net.depth.N, net.space.n)))
+            b.append(net.kernel.random(rng, net.depth.N))
         W = rng.standard_normal((self.K, n) if self.kind == "classes" else (n, n))
         mu = rng.standard_normal(self.K if self.kind == "classes" else n)
-        vec = self.from_natural(a, b, W, mu)
+        vec = self.from_natural(a, b, W, mu) if self.slabs else self.from_natural(a[0], b[0], W, mu)
         vec.scale(scale)
         return vec
 
     # ---- inner products
-    def _apply(self, x, out, depth: "DepthOperator", readout_scale: float, inverse: bool):
+    def _apply(self, x, out, depths: list, readout_scale: float, inverse: bool):
         """``out = (depth (x) M_Y) x`` blockwise (or its inverse ``(depth^{-1} (x)
-        M_Y^{-1}) x``): mass in the node variables, ``depth`` across layers,
+        M_Y^{-1}) x``): mass in the node variables, ``depths[i]`` across slab i's layers,
         ``readout_scale`` for W and mu."""
         sp = self.space
-        a, b, W, mu = self.blocks(x.array_r)
-        oa, ob, oW, omu = self.blocks(out)
-        if sp.mass == "lumped" and depth.is_diagonal:
-            # diagonal in depth and nodes: an elementwise scaling, no copies of b
-            w, w_all, dd = sp.weights[: sp.n_local], sp.weights_all, depth.diagonal
+        layers, W, mu = self._layer_blocks(self.blocks(x.array_r))
+        olayers, oW, omu = self._layer_blocks(self.blocks(out))
+        for (net, a, b), (_, oa, ob), depth in zip(layers, olayers, depths):
+            spi = net.space
+            if spi.mass == "lumped" and depth.is_diagonal:
+                # diagonal in depth and nodes: an elementwise scaling, no copies of b
+                w, dd = spi.weights[: spi.n_local], depth.diagonal
+                if inverse:
+                    w, dd = 1.0 / w, 1.0 / dd
+                np.multiply(a, dd[:, None] * w, out=oa)
+            else:
+                rows = (lambda X, s=spi: s.solve_mass(np.asfortranarray(X))) if inverse else (
+                    lambda X, s=spi: s.apply_mass(np.asfortranarray(X)))
+                oa[:] = (depth.solve if inverse else depth.apply)(rows(a.T).T)
+            net.kernel.weigh(b, ob, depth, inverse)
+        if sp.mass == "lumped":
+            w, w_all = sp.weights[: sp.n_local], sp.weights_all
             if inverse:
-                w, w_all, dd = 1.0 / w, 1.0 / w_all, 1.0 / dd
-            np.multiply(a, dd[:, None] * w, out=oa)
-            self.network.kernel.weigh(b, ob, depth, inverse)
+                w, w_all = 1.0 / w, 1.0 / w_all
             if self.kind == "classes":
                 np.multiply(W, readout_scale * w, out=oW)
                 if mu.size:
@@ -316,9 +357,6 @@ class ControlSpace:
                 np.multiply(mu, readout_scale * w, out=omu)
             return out
         rows = (lambda X: sp.solve_mass(np.asfortranarray(X))) if inverse else (lambda X: sp.apply_mass(np.asfortranarray(X)))
-        across = depth.solve if inverse else depth.apply
-        oa[:] = across(rows(a.T).T)
-        self.network.kernel.weigh(b, ob, depth, inverse)
         if self.kind == "classes":
             oW[:] = readout_scale * rows(W.T).T
             if mu.size:
@@ -330,11 +368,11 @@ class ControlSpace:
 
     def mass(self, x: PETSc.Vec, out: PETSc.Vec | None = None) -> PETSc.Vec:
         """The inner product's matrix applied to x (primal -> dual)."""
-        return self._apply(x, out or x.duplicate(), self.depth_riesz, 1.0, False)
+        return self._apply(x, out or x.duplicate(), [d[2] for d in self._depth], 1.0, False)
 
     def riesz(self, dual: PETSc.Vec, out: PETSc.Vec | None = None) -> PETSc.Vec:
         """Riesz map: the representer g of a dual vector, ``(g, v) = dual . v`` (dual -> primal)."""
-        return self._apply(dual, out or dual.duplicate(), self.depth_riesz, 1.0, True)
+        return self._apply(dual, out or dual.duplicate(), [d[2] for d in self._depth], 1.0, True)
 
     def inner(self, x: PETSc.Vec, y: PETSc.Vec) -> float:
         """``(x, y)`` in the controls' inner product."""
@@ -348,5 +386,5 @@ class ControlSpace:
 
     def regularisation_operator(self, lam: float, gamma: float, x: PETSc.Vec, out: PETSc.Vec | None = None) -> PETSc.Vec:
         """``(lambda L2 + gamma D_t^T D_t) x``: derivative (and Hessian) of the regulariser."""
-        depth = DepthOperator.combine(lam, self.depth_l2, gamma, self.depth_dt)
-        return self._apply(x, out or x.duplicate(), depth, lam, False)
+        depths = [DepthOperator.combine(lam, l2, gamma, dt) for l2, dt, _ in self._depth]
+        return self._apply(x, out or x.duplicate(), depths, lam, False)

@@ -298,9 +298,9 @@ class ReducedFunctional(AbstractReducedFunctional):
         """Sum over sample groups (and node ranks, for a shared kernel) and pack into a Vec."""
         comm = self.network.layout.sample_comm
         if comm.size > 1:
-            for arr in (c.a, c.b, r.W, r.mu):
+            for arr in [x for ci in (c if isinstance(c, list) else [c]) for x in (ci.a, ci.b)] + [r.W, r.mu]:
                 comm.Allreduce(MPI.IN_PLACE, arr, op=MPI.SUM)
-        self.network.kernel.reduce(c.b)  # and over node ranks, for kernels shared by all of them
+        self.network.reduce(c)  # and over node ranks, for kernels shared by all of them
         return self.controls.join(c, r, out)
 
     def _costate(self, m, p, keep):

@@ -6,6 +6,8 @@
                                      derivatives, forward / tangent / costate /
                                      second-order costate solves, evaluation, readout
 - :mod:`fem_dnn.network.readout`    the readout's parameters and link functions
+- :mod:`fem_dnn.network.slabs`      depth slabs: networks in sequence on coarsening node
+                                     spaces, joined by the L2 projection
 
 The names below are loaded on first use (PEP 562), so reading the scheme registry
 (the config and the CLI do) does not import DOLFINx or PETSc.
@@ -17,5 +19,6 @@ __getattr__, __dir__, __all__ = exports(__name__, {
     "Controls": "continuum", "Costate": "continuum", "Network": "continuum", "Stage": "continuum",
     "Trajectory": "continuum",
     "Readout": "readout", "logistic": "readout", "softmax": "readout",
+    "SlabControls": "slabs", "SlabNetwork": "slabs", "SlabProjection": "slabs", "SlabTrajectory": "slabs",
     "ORDER": "schemes", "SCHEMES": "schemes", "STAGES": "schemes", "TABLEAUS": "schemes", "Scheme": "schemes",
 })

@@ -494,14 +494,15 @@ class Network:
             dtape.append(dst)
         return Trajectory(self, dc, states, dtape)
 
-    def costate(self, traj: Trajectory, dual_T: np.ndarray, keep: bool = True) -> tuple["Costate | None", Controls]:
+    def costate(self, traj: Trajectory, dual_T: np.ndarray, keep: bool = True, initial: bool = False):
         """Costate (discrete adjoint) solve backward in depth from ``dual_T = dPhi/df(T)``
         (a dual vector: ``M r(T)``), the exact transpose of the forward scheme.
 
         Returns the costate and ``dPhi/dm`` for the layer controls (dual, Euclidean
         coefficients; sums over this rank's samples). With ``keep=False`` only the
         current layer's costate is held (a gradient needs no more) and None is returned
-        in place of the costate.
+        in place of the costate. With ``initial`` a third value: ``dPhi/df(0)``, the dual
+        at depth 0 (what a slab before this one receives, :mod:`fem_dnn.network.slabs`).
         """
         each = self._scheme.implicit  # explicit: the costate at depth 0 is tested (as the forward's final state)
         costate, grad, dual, bad = self._costate(traj, dual_T, keep, each)
@@ -511,7 +512,11 @@ class Network:
             else:  # nothing kept to look in: the solve again, every layer tested
                 bad = self._costate(traj, dual_T, False, True)[3]
         self._check_costate(bad)
-        return costate, grad
+        return (costate, grad, dual) if initial else (costate, grad)
+
+    def reduce(self, c: Controls):
+        """Sum the parts of a kernel shared by the node ranks (:meth:`Kernel.reduce`)."""
+        self.kernel.reduce(c.b)
 
     def _costate(self, traj, dual_T, keep, each):
         """The costate solve; with ``each`` it records the first layer (going backward)

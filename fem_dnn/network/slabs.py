@@ -1,0 +1,263 @@
+"""Depth slabs: a network whose node domain changes along depth (the continuum pooling).
+
+The depth interval ``[0, T]`` is split into slabs ``[t_i, t_{i+1}]``; slab i is a uniform
+network (:class:`~fem_dnn.network.Network`) on its own node space ``Y_i`` (an image x
+channels mesh of DG0 box cells: 28x28x8, then 14x14x16, ...), with its own layers,
+kernel and controls. At a slab boundary the state is carried to the next node space by
+the L2 projection
+
+    f_{i+1}(t_{i+1}) = P_i f_i(t_{i+1}),   (P_i f)|_c = (1/|c|) sum_e |c ∩ e| f_e,
+
+for the DG0 cells c of ``Y_{i+1}`` and e of ``Y_i`` (on nested image meshes: the average
+over a coarse pixel's fine pixels, the continuum average pooling; a channel axis with
+more cells copies a channel's value to its sub-channels). The readout acts on the last
+slab's state. The discrete adjoint of the composition is the composition of the
+adjoints: the costate of slab i+1 at its first depth point, a dual vector (``M r``),
+goes back through the exact matrix transpose ``P_i^T`` as the terminal dual of slab i,
+and the same for the tangent (``dF = P_i dF``) and the second-order costate. So the
+gradient and the Hessian actions stay exact (Taylor tests in tests/test_slabs.py).
+A one-slab network is the uniform network. See docs/model.md §4.14.
+"""
+
+import numpy as np
+
+from fem_dnn.core.domain import NodeSpace
+from fem_dnn.core.kernel import Halo, box_widths
+from fem_dnn.errors import InputError
+from fem_dnn.network.continuum import Network, Readout
+
+__all__ = ["SlabControls", "SlabNetwork", "SlabProjection", "SlabTrajectory"]
+
+
+class SlabProjection:
+    """The L2 projection ``P`` from one DG0 box-cell node space to another on the same
+    domain, and its exact transpose, on any partitions of the two meshes.
+
+    ``P[c, e] = |c ∩ e| / |c|`` (the overlap of the axis-aligned boxes over the target
+    cell's volume): with the lumped DG0 mass, ``M_c P = A`` and ``P^T`` maps a dual vector
+    on the target (``M r``) to the dual on the source. Each rank holds the rows of its
+    target cells and the source values they read: its own and, from other ranks, the
+    ghosts (one Alltoallv, :class:`~fem_dnn.core.kernel.Halo`).
+
+    Args:
+        source: the node space the state leaves (DG0 on box cells).
+        target: the node space it enters (DG0 on box cells, the same domain).
+    """
+
+    def __init__(self, source: NodeSpace, target: NodeSpace):
+        from scipy import sparse
+        from scipy.spatial import cKDTree
+
+        ws, wt = box_widths(source), box_widths(target)
+        if ws is None or wt is None:
+            raise InputError("depth slabs need DG0 node spaces of axis-aligned box cells in every slab")
+        xs, xt = source.x_all[: ws.shape[0]], target.x_all[: wt.shape[0]]
+        # an image mesh of one channel (no channel axis) is the image x [0, 1] of one cell
+        d = max(ws.shape[0], wt.shape[0])
+        if abs(ws.shape[0] - wt.shape[0]) > 1:
+            raise InputError(f"a slab's node mesh is {wt.shape[0]}-D after a {ws.shape[0]}-D one: the slabs' node "
+                             "domains must be the same image (x channels)")
+        if ws.shape[0] < d:
+            xs, ws = np.vstack([xs, np.full((1, xs.shape[1]), 0.5)]), np.vstack([ws, np.ones((1, ws.shape[1]))])
+        if wt.shape[0] < d:
+            xt, wt = np.vstack([xt, np.full((1, xt.shape[1]), 0.5)]), np.vstack([wt, np.ones((1, wt.shape[1]))])
+        lo_s, hi_s = xs - 0.5 * ws, xs + 0.5 * ws
+        lo_t, hi_t = xt - 0.5 * wt, xt + 0.5 * wt
+        span = np.maximum(hi_s.max(axis=1), hi_t.max(axis=1)) - np.minimum(lo_s.min(axis=1), lo_t.min(axis=1))
+        if np.any(np.abs(lo_s.min(axis=1) - lo_t.min(axis=1)) > 1e-9 * span) or np.any(
+                np.abs(hi_s.max(axis=1) - hi_t.max(axis=1)) > 1e-9 * span):
+            raise InputError("the slabs' node meshes must cover the same domain (the image x channels box)")
+        # the owned target cells and every source cell that overlaps them
+        own = slice(target.offset, target.offset + target.n_local)
+        reach = 0.5 * (ws.max() + wt.max())
+        tree = cKDTree(np.ascontiguousarray(xs.T))
+        cand = tree.query_ball_point(np.ascontiguousarray(xt[:, own].T), r=reach * (1 + 1e-9), p=np.inf)
+        counts = np.array([len(c) for c in cand], dtype=np.int64)
+        rows = np.repeat(np.arange(target.n_local), counts)
+        cols = np.concatenate([np.asarray(c, dtype=np.int64) for c in cand]) if len(cand) else np.zeros(0, np.int64)
+        t = target.offset + rows
+        overlap = np.prod(np.clip(np.minimum(hi_t[:, t], hi_s[:, cols]) - np.maximum(lo_t[:, t], lo_s[:, cols]),
+                                  0.0, None), axis=0)
+        keep = overlap > 1e-12 * np.prod(wt[:, t], axis=0)
+        rows, cols, overlap, t = rows[keep], cols[keep], overlap[keep], t[keep]
+        vals = overlap / np.prod(wt[:, t], axis=0)
+        # every target cell is covered: the rows sum to one (P reproduces constants)
+        sums = np.bincount(rows, weights=vals, minlength=target.n_local)
+        if target.n_local and np.abs(sums - 1).max() > 1e-9:
+            raise InputError("a slab's node cells are not covered by the previous slab's cells")
+        owned = (cols >= source.offset) & (cols < source.offset + source.n_local)
+        self.source, self.target = source, target
+        self.halo = Halo(source.comm, source.offsets, np.unique(cols[~owned]))
+        lcol = np.where(owned, cols - source.offset, source.n_local + np.searchsorted(self.halo.ghosts, cols))
+        self.n_ext = source.n_local + self.halo.ghosts.size
+        #: ``(target n_local, source owned + ghosts)``: this rank's rows of P
+        self.P = sparse.csr_array((vals, (rows, lcol)), shape=(target.n_local, self.n_ext))
+        self.P.sort_indices()
+        self._PT = self.P.T.tocsr()
+
+    def apply(self, F: np.ndarray) -> np.ndarray:
+        """``P f`` for the source's owned rows ``(n_local, S)``: Fortran ``(target n_local, S)``."""
+        nl = self.source.n_local
+        X = np.empty((self.n_ext, F.shape[1]), dtype=F.dtype)
+        X[:nl] = F
+        if self.source.comm.size > 1:
+            self.halo.forward(F, X[nl:])
+        P = self.P if F.dtype == np.float64 else self.P.astype(F.dtype)
+        return np.asfortranarray(P @ X)
+
+    def apply_transpose(self, D: np.ndarray) -> np.ndarray:
+        """``P^T d`` for the target's owned rows ``(n_local, S)`` (a dual vector):
+        Fortran ``(source n_local, S)``, the ghost rows' parts summed on their owners."""
+        nl = self.source.n_local
+        PT = self._PT if D.dtype == np.float64 else self._PT.astype(D.dtype)
+        Y = PT @ np.ascontiguousarray(D)
+        out = np.array(Y[:nl], order="F")
+        if self.source.comm.size > 1:
+            self.halo.reverse(Y[nl:], out)
+        return out
+
+
+class SlabControls(list):
+    """The layer controls of a slab network: one :class:`~fem_dnn.network.Controls` a slab."""
+
+
+class SlabTrajectory:
+    """The slabs' trajectories (each a :class:`~fem_dnn.network.Trajectory` on its node
+    space); ``final`` is the last slab's final state, the one the readout reads."""
+
+    def __init__(self, trajectories: list, controls: SlabControls):
+        self.slabs = trajectories
+        self.controls = controls
+
+    @property
+    def final(self) -> np.ndarray:
+        return self.slabs[-1].final
+
+    @property
+    def tape(self):
+        """None unless every slab carries its tape (what the functional checks)."""
+        return None if any(t.tape is None for t in self.slabs) else [t.tape for t in self.slabs]
+
+    @property
+    def levels(self):
+        return None
+
+
+class SlabNetwork:
+    """Uniform networks in sequence along depth, each on its own node space, joined by
+    :class:`SlabProjection` (see the module docstring).
+
+    It offers the solves a :class:`~fem_dnn.learning.ReducedFunctional` uses (forward,
+    costate, tangent, second-order costate, readout and its derivatives), so the
+    functional, its Taylor tests and the optimisers run on it as on one network.
+
+    Args:
+        slabs: the networks, in depth order (the same layout and precision; depth
+            checkpointing and node diffusion are not supported across slabs).
+    """
+
+    def __init__(self, slabs: list[Network]):
+        if len(slabs) < 1:
+            raise InputError("a slab network needs at least one slab")
+        self.slabs = list(slabs)
+        first = self.slabs[0]
+        for net in self.slabs[1:]:
+            if net.dtype != first.dtype:
+                raise InputError("every slab must have the same precision (network.dtype)")
+            if net.layout.world.size != first.layout.world.size:
+                raise InputError("every slab must use the same parallel layout")
+        self.layout, self.dtype = first.layout, first.dtype
+        self.projections = [SlabProjection(a.space, b.space) for a, b in zip(self.slabs, self.slabs[1:])]
+        #: the node space of the readout (the last slab's)
+        self.space = self.slabs[-1].space
+        self.T = float(sum(net.depth.T for net in self.slabs))
+
+    # ---- controls and inputs
+    def make_controls(self, slabs=None) -> SlabControls:
+        """Zero controls (or ``(a, b)`` pairs per slab, as :meth:`Network.make_controls` takes)."""
+        if slabs is None:
+            return SlabControls(net.zero_controls() for net in self.slabs)
+        return SlabControls(net.make_controls(a, b) for net, (a, b) in zip(self.slabs, slabs))
+
+    def zero_controls(self) -> SlabControls:
+        return self.make_controls()
+
+    def inputs(self, f_I, split: bool = True) -> np.ndarray:
+        """The initial data on the first slab's node space (:meth:`Network.inputs`)."""
+        return self.slabs[0].inputs(f_I, split)
+
+    # ---- solves
+    def forward(self, f_I, controls: SlabControls, tape: bool = False, store_every: int | None = None) -> SlabTrajectory:
+        """The slabs' forward solves in turn, the state projected at each slab boundary."""
+        if store_every is not None:
+            raise InputError("depth checkpointing (store_every) is not supported across depth slabs")
+        trajs, F = [], f_I
+        for i, (net, c) in enumerate(zip(self.slabs, controls)):
+            traj = net.forward(F, c, tape=tape)
+            trajs.append(traj)
+            if i < len(self.projections):
+                F = self.projections[i].apply(traj.final)
+        return SlabTrajectory(trajs, controls)
+
+    def costate(self, traj: SlabTrajectory, dual_T: np.ndarray, keep: bool = True):
+        """Backward through the slabs: each slab's costate solve from the transposed
+        projection of the next slab's costate at its first depth point."""
+        costates, grads = [None] * len(self.slabs), [None] * len(self.slabs)
+        dual = dual_T
+        for i in reversed(range(len(self.slabs))):
+            costates[i], grads[i], dual0 = self.slabs[i].costate(traj.slabs[i], dual, keep=keep, initial=True)
+            if i > 0:
+                dual = self.projections[i - 1].apply_transpose(dual0)
+        return (costates if keep else None), SlabControls(grads)
+
+    def tangent(self, traj: SlabTrajectory, dc: SlabControls | None, dF0: np.ndarray | None = None) -> SlabTrajectory:
+        """The linearised forward solves in turn, the increment projected at each boundary."""
+        out, dF = [], dF0
+        for i, net in enumerate(self.slabs):
+            tan = net.tangent(traj.slabs[i], None if dc is None else dc[i], dF)
+            out.append(tan)
+            if i < len(self.projections):
+                dF = self.projections[i].apply(tan.final)
+        return SlabTrajectory(out, dc)
+
+    def costate_incremental(self, traj: SlabTrajectory, costate: list, tangent: SlabTrajectory, d_dual_T: np.ndarray,
+                            gauss_newton: bool = False):
+        """The second-order costate solves backward through the slabs (P linear: its second
+        derivative is zero, so only ``P^T`` joins them)."""
+        hess = [None] * len(self.slabs)
+        d_dual = d_dual_T
+        for i in reversed(range(len(self.slabs))):
+            d_dual, hess[i] = self.slabs[i].costate_incremental(traj.slabs[i], costate[i], tangent.slabs[i], d_dual,
+                                                                gauss_newton)
+            if i > 0:
+                d_dual = self.projections[i - 1].apply_transpose(d_dual)
+        return d_dual, SlabControls(hess)
+
+    def reduce(self, c: SlabControls):
+        """Sum the shared kernels' gradient parts over the node ranks (every slab's)."""
+        for net, ci in zip(self.slabs, c):
+            net.kernel.reduce(ci.b)
+
+    # ---- the readout: the last slab's
+    def readout(self, F, readout: Readout):
+        return self.slabs[-1].readout(F, readout)
+
+    def readout_tangent(self, F, dF, readout, d_readout):
+        return self.slabs[-1].readout_tangent(F, dF, readout, d_readout)
+
+    def readout_adjoint(self, F, readout, gO):
+        return self.slabs[-1].readout_adjoint(F, readout, gO)
+
+    def readout_second(self, F, dF, readout, d_readout, gO):
+        return self.slabs[-1].readout_second(F, dF, readout, d_readout, gO)
+
+    def predict(self, F, readout):
+        return self.slabs[-1].predict(F, readout)
+
+    def make_readout(self, kind: str = "classes", W=0.0, mu=0.0, K: int | None = None) -> Readout:
+        return self.slabs[-1].make_readout(kind, W, mu, K)
+
+    def destroy(self):
+        for net in self.slabs:
+            net.destroy()
+

@@ -1,0 +1,161 @@
+"""Depth slabs (fem_dnn.network.slabs): the L2 projection between the slabs' node
+spaces and its exact transpose, and the exact gradient and Hessian action of a network
+whose node mesh coarsens along depth (28x28x8 -> 14x14x16 in the small: 12x12 -> 6x6x2
+-> 3x3x4), on 1, 2 and 3 ranks against the serial result."""
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+from fem_dnn.core.domain import Depth, NodeSpace, create_node_mesh
+from fem_dnn.core.images import create_image_mesh
+from fem_dnn.core.kernel import LocalKernel
+from fem_dnn.errors import InputError
+from fem_dnn.learning.functional import ReducedFunctional
+from fem_dnn.learning.verify import taylor_test
+from fem_dnn.network import Network
+from fem_dnn.network.slabs import SlabNetwork, SlabProjection
+
+#: (pixels, channels) of each slab
+SLABS = [((12, 12), 1), ((6, 6), 2), ((3, 3), 4)]
+
+
+def image_space(comm, pixels, C):
+    mesh = create_image_mesh(comm, pixels, C) if C > 1 else create_node_mesh(comm, "rectangle", pixels,
+                                                                             cell="quadrilateral")
+    return NodeSpace(mesh, "DG", 0)
+
+
+@pytest.fixture
+def slab_spaces(comm):
+    spaces = [image_space(comm, p, C) for p, C in SLABS]
+    yield spaces
+    for sp in spaces:
+        sp.destroy()
+
+
+def natural(sp, F):
+    """Owned rows (n_local, S) -> (S, n) natural order on every rank."""
+    return sp.to_natural(np.ascontiguousarray(F.T), axis=1)
+
+
+@pytest.mark.mpi
+def test_projection_is_the_l2_projection_and_its_transpose_is_exact(comm, slab_spaces):
+    """P reproduces constants, keeps the integral (P is the L2 projection onto a space that
+    holds the constants), is the pixel average on nested meshes, and <V, P F> = <P^T V, F>
+    to round-off; the same in natural order on any number of ranks."""
+    rng = np.random.default_rng(0)
+    for i, (src, dst) in enumerate(zip(slab_spaces, slab_spaces[1:])):
+        P = SlabProjection(src, dst)
+        S = 3
+        Fn, Vn = rng.standard_normal((S, src.n)), rng.standard_normal((S, dst.n))
+        F = np.asfortranarray(src.from_natural(Fn, axis=1).T)
+        V = np.asfortranarray(dst.from_natural(Vn, axis=1).T)
+        PF = P.apply(F)
+        assert np.allclose(P.apply(np.ones((src.n_local, 1), order="F")), 1.0, rtol=0, atol=1e-14)
+        integral = comm.allreduce(float((src.weights[: src.n_local] @ F).sum()))
+        assert abs(comm.allreduce(float((dst.weights[: dst.n_local] @ PF).sum())) - integral) <= 1e-13 * (
+            1 + abs(integral))
+        lhs = comm.allreduce(float(np.vdot(V, PF)))
+        rhs = comm.allreduce(float(np.vdot(P.apply_transpose(V), F)))
+        assert abs(lhs - rhs) <= 1e-13 * (1 + abs(lhs))
+        # the serial projection of the same natural-order data
+        s_src, s_dst = image_space(MPI.COMM_SELF, *SLABS[i]), image_space(MPI.COMM_SELF, *SLABS[i + 1])
+        ref = natural(s_dst, SlabProjection(s_src, s_dst).apply(np.asfortranarray(s_src.from_natural(Fn, axis=1).T)))
+        assert np.allclose(natural(dst, PF), ref, rtol=0, atol=1e-14)
+        s_src.destroy(), s_dst.destroy()
+
+
+def test_projection_on_nested_pixels_is_the_average():
+    """8x8 (one channel) -> 4x4 x 2 channels: each coarse (pixel, channel) cell holds the
+    mean of the 2x2 fine pixels under it, whatever its channel."""
+    src, dst = image_space(MPI.COMM_SELF, (8, 8), 1), image_space(MPI.COMM_SELF, (4, 4), 2)
+    rng = np.random.default_rng(1)
+    Fn = rng.standard_normal((1, src.n))
+    out = natural(dst, SlabProjection(src, dst).apply(np.asfortranarray(src.from_natural(Fn, axis=1).T)))[0]
+    x_src = np.empty_like(src.x_all)
+    x_src[:, src.nat_of_global] = src.x_all
+    x_dst = np.empty_like(dst.x_all)
+    x_dst[:, dst.nat_of_global] = dst.x_all
+    for j in range(dst.n):
+        inside = (np.abs(x_src[0] - x_dst[0, j]) < 0.125) & (np.abs(x_src[1] - x_dst[1, j]) < 0.125)
+        assert inside.sum() == 4
+        assert abs(out[j] - Fn[0, inside].mean()) <= 1e-14
+    src.destroy(), dst.destroy()
+
+
+def make(comm, spaces, scheme="euler", N=(2, 2, 1), S=6, K=3, seed=0):
+    nets = []
+    for sp, (pixels, C), n_layers in zip(spaces, SLABS, N):
+        kern = LocalKernel(sp, radius=1.0 / pixels[0], cells=2, channels=C)
+        nets.append(Network(sp, Depth(T=1.0 / len(SLABS), N=n_layers), "tanh", scheme, kernel=kern))
+    net = SlabNetwork(nets)
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((S, spaces[0].n))
+    y = np.arange(S) % K
+    J = ReducedFunctional(net, X, y, "classes", K=K, lam=1e-3)
+    return net, J
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("scheme", ["euler", "rk4"])
+def test_slab_network_taylor(comm, slab_spaces, scheme):
+    """The gradient and the Hessian action across two slab boundaries: remainder rates 2
+    and 3, on 1, 2 and 3 ranks."""
+    net, J = make(comm, slab_spaces, scheme)
+    m = J.controls.random(1, 0.5)
+    dm = J.controls.random(2)
+    res = taylor_test(J, m, dm, J.derivative(m), J.hessian(m, dm), step=1e-2, n_steps=4)
+    assert res.min_rate(1) > 1.9, str(res)
+    assert res.min_rate(2) > 2.85, str(res)
+    J.destroy(), net.destroy()
+
+
+@pytest.mark.mpi(ranks=(2, 3))
+def test_slab_network_matches_serial(comm, slab_spaces):
+    """J and the gradient in natural order on 2 and 3 ranks equal the serial ones."""
+    net, J = make(comm, slab_spaces)
+    m = J.controls.random(1, 0.5)
+    g = J.controls.natural(J.derivative(m))
+    val = J(m)
+    serial = [image_space(MPI.COMM_SELF, p, C) for p, C in SLABS]
+    net1, J1 = make(MPI.COMM_SELF, serial)
+    m1 = J1.controls.random(1, 0.5)
+    g1 = J1.controls.natural(J1.derivative(m1))
+    assert abs(val - J1(m1)) <= 1e-13 * abs(val)
+    for key in ("a", "b"):
+        for x, x1 in zip(g[key], g1[key]):
+            assert np.allclose(x, x1, rtol=0, atol=1e-13 * np.abs(x1).max())
+    for key in ("W", "mu"):
+        assert np.allclose(g[key], g1[key], rtol=0, atol=1e-13 * np.abs(g1[key]).max())
+    J.destroy(), net.destroy(), J1.destroy(), net1.destroy()
+    for sp in serial:
+        sp.destroy()
+
+
+def test_one_slab_is_the_uniform_network(comm):
+    """A slab network of one slab has the uniform network's J and gradient, bit for bit."""
+    sp = image_space(comm, (4, 4), 2)
+    kern = LocalKernel(sp, radius=0.25, cells=2, channels=2)
+    net = Network(sp, Depth(T=1.0, N=3), "tanh", "heun", kernel=kern)
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((5, sp.n)), np.arange(5) % 3
+    J = ReducedFunctional(net, X, y, "classes", K=3, lam=1e-3)
+    Js = ReducedFunctional(SlabNetwork([net]), X, y, "classes", K=3, lam=1e-3)
+    m, ms = J.controls.random(4, 0.5), Js.controls.random(4, 0.5)
+    assert np.array_equal(m.array_r, ms.array_r)
+    assert J(m) == Js(ms)
+    assert np.array_equal(J.derivative(m).array_r, Js.derivative(ms).array_r)
+    J.destroy(), Js.destroy(), net.destroy(), sp.destroy()
+
+
+def test_slabs_refuse_what_they_cannot_join():
+    """Node spaces that are not DG0 boxes, or do not cover the same domain, are refused."""
+    a = NodeSpace(create_node_mesh(MPI.COMM_SELF, "rectangle", (4, 4), cell="quadrilateral"), "P", 1)
+    b = image_space(MPI.COMM_SELF, (2, 2), 2)
+    with pytest.raises(InputError, match="DG0 node spaces of axis-aligned box cells"):
+        SlabProjection(a, b)
+    c = NodeSpace(create_node_mesh(MPI.COMM_SELF, "interval", 4), "DG", 0)
+    with pytest.raises(InputError, match="same image"):
+        SlabProjection(c, b)
+    a.destroy(), b.destroy(), c.destroy()
