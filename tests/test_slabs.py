@@ -159,3 +159,47 @@ def test_slabs_refuse_what_they_cannot_join():
     with pytest.raises(InputError, match="same image"):
         SlabProjection(c, b)
     a.destroy(), b.destroy(), c.destroy()
+
+
+@pytest.mark.skipif(MPI.COMM_WORLD.size > 1, reason="runs the command line's train in-process, serially")
+def test_train_resume_and_evaluate_with_slabs(tmp_path):
+    """A slab network from the config (digits 8x8 -> 4x4 x 2 channels): Adam resumed after
+    an epoch ends where the straight run ends, bit for bit (the checkpoint holds every
+    slab's blocks and Adam's moments); ``evaluate`` reproduces the final metrics; L-BFGS
+    trains it too; a uniform network's checkpoint is refused by name."""
+    from fem_dnn.app.config import load_config
+    from fem_dnn.app.train import evaluate, train
+
+    base = ["data.samples=200", "network.kernel='local'", "network.slab_pixels=[8, 4]", "network.slab_channels=[1, 2]",
+            "network.slab_layers=[1, 2]", "network.slab_support=1", "training.method='adam'", "training.lr=0.01",
+            "training.batch_size=50", "training.init_scale=0.1", "output.fields=false", "output.figures=false"]
+    quiet = dict(out=lambda *a: None)
+    straight = train(load_config(None, base + ["training.epochs=2", f"output.folder='{tmp_path / 'a'}'"]), MPI.COMM_SELF,
+                     **quiet)
+    train(load_config(None, base + ["training.epochs=1", f"output.folder='{tmp_path / 'b'}'"]), MPI.COMM_SELF, **quiet)
+    resumed = train(load_config(None, base + ["training.epochs=2", f"output.folder='{tmp_path / 'b'}'"]), MPI.COMM_SELF,
+                    resume=True, **quiet)
+    assert resumed["J"] == straight["J"] and resumed["test_accuracy"] == straight["test_accuracy"]
+    assert straight["neurons"] == [64, 32] and straight["layers"] == 3
+    ev = evaluate(tmp_path / "b", MPI.COMM_SELF, **quiet)
+    assert ev["test_accuracy"] == resumed["test_accuracy"] and abs(ev["J"] - resumed["J"]) <= 1e-12 * resumed["J"]
+    with pytest.raises(InputError, match="a network of depth slabs is evaluated on the slabs it was trained on"):
+        evaluate(tmp_path / "b", MPI.COMM_SELF, overrides=["node.refine=2"], **quiet)
+    lbfgs = train(load_config(None, base + ["training.method='lbfgs'", "training.max_it=5",
+                                            f"output.folder='{tmp_path / 'c'}'"]), MPI.COMM_SELF, **quiet)
+    import csv
+
+    with open(tmp_path / "c" / "metrics.csv", newline="") as fh:
+        J = [float(r["J"]) for r in csv.DictReader(fh)]
+    assert lbfgs["iterations"] <= 5 and len(J) == lbfgs["iterations"] + 1
+    assert all(b <= a for a, b in zip(J, J[1:])) and J[-1] < J[0]  # the line search's sufficient decrease
+    uniform = ["data.samples=200", "network.kernel='local'", "network.kernel_radius=0.125", "training.max_it=1",
+               "output.fields=false", "output.figures=false", f"output.folder='{tmp_path / 'd'}'"]
+    train(load_config(None, uniform), MPI.COMM_SELF, **quiet)
+    from fem_dnn.app.checkpoint import load_checkpoint
+    from fem_dnn.app.train import Run
+
+    run = Run(load_config(None, base), MPI.COMM_SELF, out=lambda *a: None)
+    with pytest.raises(InputError, match=r"1 depth slab\(s\) in the file, 2 here"):
+        load_checkpoint(tmp_path / "d" / "checkpoint" / "checkpoint.npz", run.J.controls)
+    run.destroy()

@@ -118,7 +118,7 @@ def save_checkpoint(
     """
     comm = _world(controls)
     path = _npz_path(path)
-    nat = controls.natural(m)  # collective on each node communicator
+    nat = controls.natural_blocks(m)  # collective on each node communicator
     desc, desc_arrays = _describe(controls)
 
     def write():
@@ -163,14 +163,14 @@ def load_checkpoint(path, controls: ControlSpace, vec: PETSc.Vec | None = None) 
         diff = _differences(desc, desc_arrays, meta, data)
         if diff:
             raise InputError(f"checkpoint {path} is for another discretisation: {'; '.join(diff)}")
-        for k in _CONTROLS:
+        for k in _blocks(meta):
             if not np.isfinite(data[f"controls/{k}"]).all():
                 raise InputError(f"checkpoint {path} holds non-finite controls {k}")
         try:
             state = json.loads(bytes(data["state"]).decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as e:
             raise InputError(f"checkpoint {path} has an unreadable state ({e})") from e
-        nat = {k: data[f"controls/{k}"] for k in _CONTROLS}
+        nat = {k: data[f"controls/{k}"] for k in _blocks(meta)}
         extra = {name: data[f"arrays/{name}"] for name in meta.get("arrays", [])}
         return nat, state, extra
 
@@ -179,7 +179,7 @@ def load_checkpoint(path, controls: ControlSpace, vec: PETSc.Vec | None = None) 
     state = comm.bcast(state, root=0)
     nat = bcast_arrays(comm, nat)
     extra = bcast_arrays(comm, extra)
-    m = controls.from_natural(**nat, vec=vec)
+    m = controls.from_natural_blocks(nat, vec=vec)
     return m, state, extra
 
 
@@ -281,27 +281,31 @@ def _npz_path(path) -> Path:
 
 def _describe(controls: ControlSpace) -> tuple[dict, dict]:
     """What a checkpoint must match: scalars for the metadata and the arrays of the
-    depth mesh and the node coordinates (natural order). Local: no communication."""
-    sp, d = controls.space, controls.network.depth
-    gdim = int(sp.mesh.geometry.dim)
-    coords = np.empty((sp.n, 3))
-    coords[sp.nat_of_global] = np.asarray(sp.x_all).T
-    desc = {
-        "kind": controls.kind,
-        "K": int(controls.K),
-        "n": int(sp.n),
-        "N": int(d.N),
-        "family": sp.family,
-        "degree": int(sp.degree),
-        "mass": sp.mass,
-        "gdim": gdim,
-        **controls.network.kernel.describe(),
-    }
-    arrays = {
-        "discretisation/depth_points": np.ascontiguousarray(d.points, dtype=np.float64),
-        "discretisation/node_coordinates": np.ascontiguousarray(coords[:, :gdim]),
-    }
+    depth mesh and the node coordinates (natural order); a slab network's per slab
+    (``slabs``: one description each, arrays ``..._<i>``). Local: no communication."""
+    layers = []
+    arrays = {}
+    for i, net in enumerate(controls.layers):
+        sp, d = net.space, net.depth
+        gdim = int(sp.mesh.geometry.dim)
+        coords = np.empty((sp.n, 3))
+        coords[sp.nat_of_global] = np.asarray(sp.x_all).T
+        layers.append({"n": int(sp.n), "N": int(d.N), "family": sp.family, "degree": int(sp.degree), "mass": sp.mass,
+                       "gdim": gdim, **net.kernel.describe()})
+        tail = f"_{i}" if controls.slabs else ""
+        arrays[f"discretisation/depth_points{tail}"] = np.ascontiguousarray(d.points, dtype=np.float64)
+        arrays[f"discretisation/node_coordinates{tail}"] = np.ascontiguousarray(coords[:, :gdim])
+    desc = {"kind": controls.kind, "K": int(controls.K)}
+    if controls.slabs:
+        desc.update(blocks=list(controls.names), slabs=layers, n=int(controls.space.n))
+    else:
+        desc.update(layers[0])
     return desc, arrays
+
+
+def _blocks(meta: dict) -> tuple:
+    """The control blocks a checkpoint holds (a file without ``blocks``: a, b, W, mu)."""
+    return tuple(meta.get("blocks", _CONTROLS))
 
 
 def _info(controls: ControlSpace) -> dict:
@@ -320,8 +324,26 @@ def _info(controls: ControlSpace) -> dict:
 
 def _differences(desc: dict, desc_arrays: dict, meta: dict, data: dict) -> list[str]:
     """What differs between this discretisation and a checkpoint's, in words."""
+    out = [f"{key} {meta.get(key)!r} in the file, {desc[key]!r} here" for key in ("kind", "K") if meta.get(key) != desc[key]]
+    mine, theirs = desc.get("slabs"), meta.get("slabs")
+    if (mine is None) != (theirs is None) or (mine is not None and len(mine) != len(theirs)):
+        out.append(f"{len(theirs) if theirs else 1} depth slab(s) in the file, {len(mine) if mine else 1} here")
+        return out
+    pairs = [(desc, meta, "", "")] if mine is None else [
+        (a, b, f"_{i}", f"slab {i}: ") for i, (a, b) in enumerate(zip(mine, theirs))]
+    for here, there, _, label in pairs:
+        out += [label + d for d in _layer_differences(here, there)]
+    if out:  # the arrays cannot be compared (or the difference is already named)
+        return out
+    for _, _, tail, label in pairs:
+        out += [label + d for d in _array_differences(desc_arrays, data, tail)]
+    return out
+
+
+def _layer_differences(desc: dict, meta: dict) -> list[str]:
+    """A uniform network's (or one slab's) differences: sizes, node space, kernel."""
     out = []
-    for key in ("kind", "K", "n", "N", "family", "degree", "mass", "gdim"):
+    for key in ("n", "N", "family", "degree", "mass", "gdim"):
         if meta.get(key) != desc[key]:
             out.append(f"{key} {meta.get(key)!r} in the file, {desc[key]!r} here")
     # the kernel family and its parameters (a file without them: a dense kernel; a local
@@ -330,12 +352,15 @@ def _differences(desc: dict, desc_arrays: dict, meta: dict, data: dict) -> list[
     for key in sorted(set(desc) | set(meta)):
         if key.startswith("kernel") and meta.get(key, missing.get(key)) != desc.get(key):
             out.append(f"{key} {meta.get(key, missing.get(key))!r} in the file, {desc.get(key)!r} here")
-    if out:  # the arrays cannot be compared (or the difference is already named)
-        return out
-    t_file, t_here = data["discretisation/depth_points"], desc_arrays["discretisation/depth_points"]
+    return out
+
+
+def _array_differences(desc_arrays: dict, data: dict, tail: str) -> list[str]:
+    out = []
+    t_file, t_here = data[f"discretisation/depth_points{tail}"], desc_arrays[f"discretisation/depth_points{tail}"]
     if t_file.shape != t_here.shape or not np.allclose(t_file, t_here, rtol=1e-12, atol=1e-14 * abs(t_here[-1])):
         out.append(f"depth points {_short(t_file)} in the file, {_short(t_here)} here")
-    x_file, x_here = data["discretisation/node_coordinates"], desc_arrays["discretisation/node_coordinates"]
+    x_file, x_here = data[f"discretisation/node_coordinates{tail}"], desc_arrays[f"discretisation/node_coordinates{tail}"]
     scale = max(float(np.abs(x_here).max(initial=0.0)), 1.0)
     if x_file.shape != x_here.shape:
         out.append(f"node coordinates of shape {x_file.shape} in the file, {x_here.shape} here")
@@ -356,8 +381,8 @@ def _short(x: np.ndarray) -> str:
 # --------------------------------------------------------------------------- file format
 def _write(path, nat, desc, desc_arrays, controls, ranks, state, arrays, keep_previous):
     """Rank 0's part of :func:`save_checkpoint`."""
-    entries = {f"controls/{k}": np.ascontiguousarray(nat[k], dtype=np.float64) for k in _CONTROLS}
-    bad = [k for k in _CONTROLS if not np.isfinite(entries[f"controls/{k}"]).all()]
+    entries = {f"controls/{k}": np.ascontiguousarray(nat[k], dtype=np.float64) for k in controls.names}
+    bad = [k for k in controls.names if not np.isfinite(entries[f"controls/{k}"]).all()]
     if bad:
         raise InputError(f"controls {', '.join(bad)} are not finite; the previous checkpoint is kept")
     entries.update(desc_arrays)
@@ -446,7 +471,11 @@ def _read_verified(path: Path) -> tuple[dict, dict]:
         raise InputError(f"checkpoint {path} is not a fem_dnn checkpoint (format {meta.get('format') if isinstance(meta, dict) else None!r})")
     if not isinstance(meta.get("version"), int) or meta["version"] > VERSION:
         raise InputError(f"checkpoint {path} has format version {meta.get('version')!r}; this fem_dnn reads versions up to {VERSION}")
-    missing = [k for k in _REQUIRED + tuple(f"arrays/{a}" for a in meta.get("arrays", [])) if k not in data]
+    slabs = meta.get("slabs")
+    need = ("meta", "state", "checksum") + tuple(f"controls/{k}" for k in _blocks(meta)) + (
+        ("discretisation/depth_points", "discretisation/node_coordinates") if slabs is None else tuple(
+            f"discretisation/{a}_{i}" for i in range(len(slabs)) for a in ("depth_points", "node_coordinates")))
+    missing = [k for k in need + tuple(f"arrays/{a}" for a in meta.get("arrays", [])) if k not in data]
     if missing:
         raise InputError(f"checkpoint {path} is incomplete (no {missing[0]!r} entry)")
     return data, meta

@@ -41,6 +41,7 @@ _ANY = (lambda v: True, "")
 _FRACTION = (lambda v: 0 <= v < 1, "in [0, 1)")
 _BOUNDS = (lambda v: len(v) == 0 or (len(v) == 2 and v[0] < v[1]), "[] or [lo, hi] with lo < hi")
 _PATH = (lambda v: "\0" not in v, "a path without NUL characters")
+_COUNTS = (lambda v: all(x >= 1 and x == int(x) for x in v), "[] or a list of integers >= 1")
 _FOLDER = (lambda v: v.strip() != "" and "\0" not in v, "a non-empty path")
 
 #: section -> key -> (default, type, (check, description of the check), meaning)
@@ -82,6 +83,14 @@ SPEC = {
                                     , "[] or increasing points from 0 (a graded depth mesh)"),
                          "the depth mesh's points 0 = t_0 < ... < t_N = T (a graded mesh, as adaptive runs write it; "
                          "overrides T and N); empty: N uniform layers"),
+        "slab_pixels": ([], list, _COUNTS, "depth slabs (docs/model.md 4.14): the pixels a side of each slab's image "
+                        "x channels node mesh, in depth order, the first the data's, each dividing the one before "
+                        "(e.g. [28, 14, 7]: the continuum pooling); empty: one uniform network"),
+        "slab_channels": ([], list, _COUNTS, "depth slabs: the channels of each slab (>= 1)"),
+        "slab_layers": ([], list, _COUNTS, "depth slabs: the layers of each slab (N is their sum; every layer T/N "
+                        "long)"),
+        "slab_support": (2, int, _POS, "depth slabs: the local kernel's half-width in its slab's pixels (radius = "
+                         "support / pixels, 2 support Q1 cells a side)"),
         "eps": (0.0, float, _NONNEG, "node diffusion coefficient"),
         "dtype": ("float64", str, _choice(*DTYPES), "precision of the states, tape and costate (float32: explicit "
                   "schemes, lumped mass, eps = 0; the controls and gradients stay float64)"),

@@ -55,7 +55,6 @@ from fem_dnn.core.domain import Depth, NodeSpace, ProductMesh, create_node_mesh,
 from fem_dnn.core.images import create_image_mesh
 from fem_dnn.core.kernel import KERNELS, make_kernel
 from fem_dnn.errors import InputError, describe_os_error, one_line
-from fem_dnn.learning.controls import BLOCKS
 from fem_dnn.learning.functional import ReducedFunctional
 from fem_dnn.learning.losses import get_loss
 from fem_dnn.network import Network
@@ -117,6 +116,9 @@ class Run:
         if tr["patience"] and not len(self.val_idx):
             raise InputError(f"training.patience = {tr['patience']} stops on the validation metric: it needs "
                              "data.validation_fraction > 0")
+        if nw["slab_pixels"] or nw["slab_channels"] or nw["slab_layers"]:
+            self._build_slabs()
+            return
         node_comm = self.layout.node_comm
         if nd["mesh"]:
             mesh = read_node_mesh(nd["mesh"], node_comm)
@@ -136,7 +138,7 @@ class Run:
 
     def _build(self, space: NodeSpace, depth: Depth):
         """The network and the functionals on the discretisation (space, depth)."""
-        nd, nw, tr, ds = self.cfg["node"], self.cfg["network"], self.cfg["training"], self.data
+        nd, nw = self.cfg["node"], self.cfg["network"]
         self.space = space
         params = {"dense": {}, "lowrank": {"rank": nw["kernel_rank"]},
                   "local": {"radius": nw["kernel_radius"], "cells": nw["kernel_cells"], "channels": nd["channels"],
@@ -144,6 +146,65 @@ class Run:
         kernel = make_kernel(self.space, nw["kernel"], **params[nw["kernel"]])
         self.net = Network(self.space, depth, nw["activation"], nw["scheme"], nw["eps"], layout=self.layout, kernel=kernel,
                            dtype=nw["dtype"])
+        self._functionals()
+
+    def _build_slabs(self):
+        """Depth slabs (``network.slab_pixels``, ``slab_channels``, ``slab_layers``): one
+        image x channels mesh, local kernel and uniform network a slab, joined by the L2
+        projection (:class:`~fem_dnn.network.slabs.SlabNetwork`); checks first."""
+        from fem_dnn.core.kernel import LocalKernel
+        from fem_dnn.network.slabs import SlabNetwork
+
+        cfg, ds = self.cfg, self.data
+        nd, nw, ad = cfg["node"], cfg["network"], cfg["adapt"]
+        pixels, chans, layers = ([int(v) for v in nw[k]] for k in ("slab_pixels", "slab_channels", "slab_layers"))
+        if not (len(pixels) == len(chans) == len(layers)):
+            raise InputError(f"network.slab_pixels, slab_channels and slab_layers give {len(pixels)}, {len(chans)} and "
+                             f"{len(layers)} slabs: one entry each a slab")
+        if nw["kernel"] != "local":
+            raise InputError(f"depth slabs need network.kernel = 'local' (each slab's kernel is the convolution of "
+                             f"its image x channels mesh), not {nw['kernel']!r}")
+        if nd["mesh"] or nd["channels"] != 1 or nd["space"] != "DG0" or nd["refine"] != 1:
+            raise InputError("depth slabs build their own image x channels meshes of DG0 cells: they take no "
+                             "node.mesh, node.channels = 1, node.refine = 1 and node.space = 'DG0'")
+        if ds.domain["shape"] != "rectangle" or ds.kind != "classes":
+            raise InputError(f"depth slabs need images and a classes readout (the last slab is coarser than the "
+                             f"data); the {ds.name} data are {ds.kind} on the unit "
+                             f"{'interval' if ds.domain['shape'] == 'interval' else 'square'}")
+        if nw["depth_points"]:
+            raise InputError("network.depth_points gives one depth mesh; depth slabs have slab_layers layers of "
+                             "length T/N each")
+        if ad["cycles"]:
+            raise InputError("adapt.cycles > 0: the adaptive loop refines one uniform network, not depth slabs")
+        if pixels[0] != ds.domain["n"]:
+            raise InputError(f"network.slab_pixels[0] = {pixels[0]} must be the data's image, {ds.domain['n']} pixels a "
+                             "side (the input is the first slab's initial state)")
+        for a, b in zip(pixels, pixels[1:]):
+            if a % b:
+                raise InputError(f"network.slab_pixels = {pixels}: {b} does not divide {a} (a slab's pixels must be "
+                                 "nested in the ones of the slab before)")
+        R = nw["slab_support"]
+        if R >= min(pixels):
+            raise InputError(f"network.slab_support = {R} pixels is not smaller than the coarsest slab's "
+                             f"{min(pixels)} pixels a side")
+        N = sum(layers)
+        self.spaces, nets = [], []
+        for k, C, n_layers in zip(pixels, chans, layers):
+            node = self.layout.node_comm
+            mesh = create_image_mesh(node, (k, k), C) if C > 1 else create_node_mesh(node, "rectangle", k,
+                                                                                     cell="quadrilateral")
+            sp = NodeSpace(mesh, "DG", 0, nd["mass"])
+            self.spaces.append(sp)
+            kern = LocalKernel(sp, radius=R / k, cells=2 * R, channels=C, quadrature=nw["kernel_quadrature"])
+            nets.append(Network(sp, Depth(nw["T"] * n_layers / N, n_layers), nw["activation"], nw["scheme"], nw["eps"],
+                                layout=self.layout, kernel=kern, dtype=nw["dtype"]))
+        self.space = self.spaces[0]  # the input's
+        self.net = SlabNetwork(nets)
+        self._functionals()
+
+    def _functionals(self):
+        """The training, test and validation functionals of :attr:`net`."""
+        tr, ds = self.cfg["training"], self.data
         loss = get_loss(ds.kind if tr["loss"] == "default" else tr["loss"], readout=ds.kind)
         kw = dict(loss=loss, K=ds.K, lam=tr["lam"], gamma=tr["gamma"])
         self.J = self._functional(ds.subset(self.train_idx), kw)
@@ -181,7 +242,8 @@ class Run:
             if F is not None:
                 F.destroy()
         self.net.destroy()
-        self.space.destroy()
+        for sp in getattr(self, "spaces", [self.space]):
+            sp.destroy()
 
 
 def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=print, overwrite: bool = False,
@@ -277,7 +339,7 @@ def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=
     n_controls = v.getSize()
     v.destroy()  # explicitly: a parallel Vec left to Python would wait in PETSc's garbage
     run.say(f"fem-dnn train: {run.data.name} ({run.data.kind}), {S_train} training / {S_test} test samples; "
-            f"{run.space.n} neurons ({cfg['node']['space']}), {run.net.depth.N} layers ({run.net.scheme}), "
+            f"{_neurons(run)} neurons ({cfg['node']['space']}), {run.net.depth.N} layers ({run.net.scheme}), "
             f"{n_controls} controls; method {tr['method']} on {comm.size} rank(s)")
     t_train = time.perf_counter()
     if opt is not None:
@@ -302,7 +364,8 @@ def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=
     training = time.perf_counter() - t_train - evaluator.seconds
     summary = {"data": run.data.name, "method": method, "iterations": res.iterations, "reason": res.reason,
                "stop": res.stop, "at_resolution": res.resolution, "gnorm": res.gnorm, "ranks": comm.size,
-               "neurons": run.space.n, "layers": run.net.depth.N,
+               "neurons": run.space.n if not hasattr(run, "spaces") else [sp.n for sp in run.spaces],
+               "layers": run.net.depth.N,
                **run.metrics(res.m), **evaluator.summary(), "solves": dict(run.J.counts), "training_seconds": training,
                "evaluation_seconds": evaluator.seconds, "seconds": time.perf_counter() - t0}
     if res.history:
@@ -367,7 +430,7 @@ def _check_training(run: Run, bounds: dict, resume_from: Path | None):
     if method in TAO:
         need, have = ("iteration", "g0", "history"), state
     else:
-        need = ("epoch", "step", "history") + tuple(f"{v}_{k}" for v in ("x", "m1", "m2") for k in BLOCKS)
+        need = ("epoch", "step", "history") + tuple(f"{v}_{k}" for v in ("x", "m1", "m2") for k in run.J.controls.names)
         have = {**state, **arrays}
         if (state.get("seed"), state.get("batch_size")) != (tr["seed"], tr["batch_size"]):
             raise InputError(f"checkpoint {resume_from} is from a {saved} run with seed {state.get('seed')}, batch size "
@@ -612,6 +675,11 @@ class _Evaluator:
         return out
 
 
+def _neurons(run: Run) -> str:
+    """The neurons of the run's node space, or of every slab (``784 -> 1568 -> 784``)."""
+    return " -> ".join(str(sp.n) for sp in getattr(run, "spaces", [run.space]))
+
+
 def _shown_samples(run: Run) -> int:
     """The samples shown in the figures and field files."""
     return min(run.cfg["output"]["plot_samples"], len(run.test_idx) if run.J_test else len(run.train_idx))
@@ -640,6 +708,14 @@ def _write_outputs(run: Run, res, summary: dict, folder: Path):
     _write_metrics(res.history, folder, comm)
     runfolder.write_text(folder / "summary.json", json.dumps(summary, indent=2), comm)
     k = _shown_samples(run)
+    if hasattr(run, "spaces"):  # depth slabs: the training curves (the slabs' field files and figures: not yet)
+        if cfg["output"]["figures"] and res.history:
+            from fem_dnn.app.output import plot_training
+
+            with _atomic_figure(folder / "training.png", comm) as path:
+                if comm.rank == 0:
+                    plot_training(path, res.history, f"{run.data.name}: {summary['method']}")
+        return
     if k == 0 or run.space.mesh.topology.dim > 2 or run.layout.sample_comm.size > 1:
         return  # nothing to show (or 3D node domains / data-parallel runs: no field output)
     Jv = run.J_test or run.J
@@ -746,6 +822,9 @@ def evaluate(folder, comm: MPI.Comm = MPI.COMM_WORLD, out=print, overrides=(), b
              if target_cfg[sec][key] != cfg[sec][key]] if target_cfg is not None else []
     if not moved:  # the trained discretisation itself: nothing to transfer
         target_cfg = None
+    elif cfg["network"]["slab_pixels"]:
+        raise InputError(f"fem-dnn evaluate --set {moved[0]}: a network of depth slabs is evaluated on the slabs it was "
+                         "trained on (moving its controls to other slab meshes is not implemented)")
     found = runfolder.inspect(folder, comm).checkpoint  # checkpoint.npz, or the .prev a crash left
     if best:
         found = folder / "checkpoint" / "best.npz"

@@ -211,13 +211,14 @@ class ControlSpace:
         # within a slab (across a slab boundary the node spaces differ)
         T = sum(net.depth.T for net in self.layers)
         self.h1_length = float(T if h1_length is None else h1_length)
-        self._depth = []
+        #: per slab ``(L2, D_t^T D_t, the Riesz map's depth operator)``
+        self.depths = []
         for net in self.layers:
             l2, dt = DepthOperator(net.depth.tau), DepthOperator.difference(net.depth.mid)
             riesz = DepthOperator.combine(1.0, l2, self.h1_length**2, dt) if inner_product == "h1" else l2
-            self._depth.append((l2, dt, riesz))
+            self.depths.append((l2, dt, riesz))
         #: the depth operators of a uniform network (a slab network: the first slab's)
-        self.depth_l2, self.depth_dt, self.depth_riesz = self._depth[0]
+        self.depth_l2, self.depth_dt, self.depth_riesz = self.depths[0]
 
     # ---- Vecs and blocks
     def create_vec(self) -> PETSc.Vec:
@@ -236,7 +237,7 @@ class ControlSpace:
         """The views of :meth:`blocks` by name (:attr:`names`)."""
         return dict(zip(self.names, self.blocks(vec)))
 
-    def _layer_blocks(self, blocks):
+    def layer_blocks(self, blocks):
         """``[(net, a, b), ...]`` per slab, and W, mu."""
         return [(net, blocks[2 * i], blocks[2 * i + 1]) for i, net in enumerate(self.layers)], blocks[-2], blocks[-1]
 
@@ -245,7 +246,7 @@ class ControlSpace:
 
     def split(self, vec: PETSc.Vec) -> tuple[Controls, Readout]:
         """Copies of the controls held by a Vec, as the network uses them."""
-        layers, W, mu = self._layer_blocks([np.array(x) for x in self.blocks(vec.array_r)])
+        layers, W, mu = self.layer_blocks([np.array(x) for x in self.blocks(vec.array_r)])
         if self.kind == "classes":
             mu = self.comm.bcast(mu, root=0)
         cs = [Controls(a, net.kernel.share(b)) for net, a, b in layers]
@@ -254,7 +255,7 @@ class ControlSpace:
     def join(self, c: Controls, r: Readout, vec: PETSc.Vec | None = None) -> PETSc.Vec:
         """A Vec holding the given controls (mu of a classes readout: node rank 0's)."""
         vec = vec or self.create_vec()
-        layers, W, mu = self._layer_blocks(self.blocks(vec))
+        layers, W, mu = self.layer_blocks(self.blocks(vec))
         for (_, a, b), ci in zip(layers, self._per_slab(c)):
             a[:] = ci.a
             if b.size:
@@ -271,7 +272,7 @@ class ControlSpace:
         number of ranks."""
         sp = self.space
         vec = vec or self.create_vec()
-        layers, Wl, M = self._layer_blocks(self.blocks(vec))
+        layers, Wl, M = self.layer_blocks(self.blocks(vec))
         for (net, A, B), ai, bi in zip(layers, *((a, b) if self.slabs else ([a], [b]))):
             A[:] = np.asarray(ai)[:, net.space.nat_owned]
             kern = net.kernel
@@ -289,7 +290,7 @@ class ControlSpace:
         """The controls of a Vec in natural node order, on every rank (a slab network's a
         and b: lists, one array a slab)."""
         sp = self.space
-        layers, W, mu = self._layer_blocks(self.blocks(vec.array_r))
+        layers, W, mu = self.layer_blocks(self.blocks(vec.array_r))
 
         def cols(x):
             out = np.empty_like(x)
@@ -306,6 +307,23 @@ class ControlSpace:
             out["W"] = cols(sp.to_natural(W, axis=0))
             out["mu"] = sp.to_natural(mu, axis=0)
         return out
+
+    def natural_blocks(self, vec: PETSc.Vec) -> dict[str, np.ndarray]:
+        """:meth:`natural` by block name (:attr:`names`: a slab network's a0, b0, a1, ...),
+        one array each: what a checkpoint stores."""
+        nat = self.natural(vec)
+        if not self.slabs:
+            return nat
+        out = {f"{x}{i}": nat[x][i] for i in range(len(self.layers)) for x in "ab"}
+        return {**out, "W": nat["W"], "mu": nat["mu"]}
+
+    def from_natural_blocks(self, blocks: dict, vec: PETSc.Vec | None = None) -> PETSc.Vec:
+        """:meth:`from_natural` from arrays by block name (:meth:`natural_blocks`)."""
+        if not self.slabs:
+            return self.from_natural(*(blocks[k] for k in BLOCKS), vec=vec)
+        n = len(self.layers)
+        return self.from_natural([blocks[f"a{i}"] for i in range(n)], [blocks[f"b{i}"] for i in range(n)],
+                                 blocks["W"], blocks["mu"], vec=vec)
 
     def random(self, seed: int = 0, scale: float = 1.0) -> PETSc.Vec:
         """A random direction, standard normal in natural order from ``seed``: the same
@@ -328,8 +346,8 @@ class ControlSpace:
         M_Y^{-1}) x``): mass in the node variables, ``depths[i]`` across slab i's layers,
         ``readout_scale`` for W and mu."""
         sp = self.space
-        layers, W, mu = self._layer_blocks(self.blocks(x.array_r))
-        olayers, oW, omu = self._layer_blocks(self.blocks(out))
+        layers, W, mu = self.layer_blocks(self.blocks(x.array_r))
+        olayers, oW, omu = self.layer_blocks(self.blocks(out))
         for (net, a, b), (_, oa, ob), depth in zip(layers, olayers, depths):
             spi = net.space
             if spi.mass == "lumped" and depth.is_diagonal:
@@ -368,11 +386,11 @@ class ControlSpace:
 
     def mass(self, x: PETSc.Vec, out: PETSc.Vec | None = None) -> PETSc.Vec:
         """The inner product's matrix applied to x (primal -> dual)."""
-        return self._apply(x, out or x.duplicate(), [d[2] for d in self._depth], 1.0, False)
+        return self._apply(x, out or x.duplicate(), [d[2] for d in self.depths], 1.0, False)
 
     def riesz(self, dual: PETSc.Vec, out: PETSc.Vec | None = None) -> PETSc.Vec:
         """Riesz map: the representer g of a dual vector, ``(g, v) = dual . v`` (dual -> primal)."""
-        return self._apply(dual, out or dual.duplicate(), [d[2] for d in self._depth], 1.0, True)
+        return self._apply(dual, out or dual.duplicate(), [d[2] for d in self.depths], 1.0, True)
 
     def inner(self, x: PETSc.Vec, y: PETSc.Vec) -> float:
         """``(x, y)`` in the controls' inner product."""
@@ -386,5 +404,5 @@ class ControlSpace:
 
     def regularisation_operator(self, lam: float, gamma: float, x: PETSc.Vec, out: PETSc.Vec | None = None) -> PETSc.Vec:
         """``(lambda L2 + gamma D_t^T D_t) x``: derivative (and Hessian) of the regulariser."""
-        depths = [DepthOperator.combine(lam, l2, gamma, dt) for l2, dt, _ in self._depth]
+        depths = [DepthOperator.combine(lam, l2, gamma, dt) for l2, dt, _ in self.depths]
         return self._apply(x, out or x.duplicate(), depths, lam, False)

@@ -21,7 +21,7 @@ A one-slab network is the uniform network. See docs/model.md §4.14.
 
 import numpy as np
 
-from fem_dnn.core.domain import NodeSpace
+from fem_dnn.core.domain import Depth, NodeSpace
 from fem_dnn.core.kernel import Halo, box_widths
 from fem_dnn.errors import InputError
 from fem_dnn.network.continuum import Network, Readout
@@ -171,6 +171,10 @@ class SlabNetwork:
         #: the node space of the readout (the last slab's)
         self.space = self.slabs[-1].space
         self.T = float(sum(net.depth.T for net in self.slabs))
+        #: every slab's layers in one depth mesh of [0, T] (for reports and figures)
+        self.depth = Depth(points=np.concatenate([[0.0]] + [
+            t0 + net.depth.points[1:] for t0, net in zip(np.cumsum([0.0] + [n.depth.T for n in self.slabs]), self.slabs)]))
+        self.scheme = first.scheme
 
     # ---- controls and inputs
     def make_controls(self, slabs=None) -> SlabControls:

@@ -12,7 +12,6 @@ from petsc4py import PETSc
 from fem_dnn import interrupt
 from fem_dnn.errors import DivergenceError, InputError, NonFiniteError
 from fem_dnn.learning import ReducedFunctional
-from fem_dnn.learning.controls import BLOCKS
 
 from fem_dnn.optimize.tao import Coordinates, Result, _accuracies, stop_reason
 
@@ -105,7 +104,7 @@ def minibatch(
             m_ckpt.destroy()  # the coordinates x of the checkpoint are the exact state
             state = {"step": saved["step"], "batch": int(saved.get("batch", 0))}
             for key in ("x", "m1", "m2"):
-                state[key] = cs.from_natural(**{k: arrays[f"{key}_{k}"] for k in BLOCKS})
+                state[key] = cs.from_natural_blocks({k: arrays[f"{key}_{k}"] for k in cs.names})
             start_epoch, history = int(saved["epoch"]), list(saved["history"])
     state = state or {}
     x = state["x"].copy() if "x" in state else coords.to_coordinates(m0)  # exact resume
@@ -125,7 +124,7 @@ def minibatch(
     def save(epoch_done, batch_done):
         from fem_dnn.app.checkpoint import save_checkpoint
 
-        arrays = {f"{key}_{k}": v for key, vec in (("x", x), ("m1", m1), ("m2", m2)) for k, v in cs.natural(vec).items()}
+        arrays = {f"{key}_{k}": v for key, vec in (("x", x), ("m1", m1), ("m2", m2)) for k, v in cs.natural_blocks(vec).items()}
         meta = {"method": method, "seed": seed, "batch_size": batch_size, "epoch": epoch_done, "batch": batch_done,
                 "step": step, "history": history}
         save_checkpoint(ckpt, cs, m, meta, arrays)

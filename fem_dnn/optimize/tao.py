@@ -93,37 +93,45 @@ class Coordinates:
 
     def __init__(self, controls: ControlSpace, riesz: bool = True):
         self.controls, self.riesz = controls, riesz
-        w, w_all = controls.space.diagonal_weights()
+        w, w_all = controls.space.diagonal_weights()  # the readout's (the last slab's) node space
         self.s, self.s_all = np.sqrt(w), np.sqrt(w_all)
-        self.s_b = [np.sqrt(f) for f in controls.network.kernel.diagonal()]  # b's diagonal, as factors
-        self.depth = controls.depth_riesz  # = C C^T
-        self.diagonal_depth = self.depth.is_diagonal
-        if self.diagonal_depth:  # C = diag(sqrt(tau_k))
-            self._c = np.sqrt(self.depth.diagonal)
-            self._c_inv = 1.0 / self._c
-        else:
-            self.depth.cholesky()  # factor once (cached)
+        #: per slab: a's node factors, b's diagonal (as factors) and the depth operator C C^T
+        self.layers = []
+        for net, (_, _, depth) in zip(controls.layers, controls.depths):
+            if not depth.is_diagonal:
+                depth.cholesky()  # factor once (cached)
+            self.layers.append((np.sqrt(net.space.diagonal_weights()[0]),
+                                [np.sqrt(f) for f in net.kernel.diagonal()], depth))
 
-    def _depth(self, X, transpose, inverse):
-        """``C^T X``, ``C^{-T} X`` or ``C^{-1} X`` across layers (first axis of X)."""
-        if self.diagonal_depth:
-            c = self._c_inv if inverse else self._c
+    @property
+    def diagonal_depth(self) -> bool:
+        """Every slab's depth operator is diagonal (the L2 depth product): boxes stay boxes."""
+        return all(depth.is_diagonal for _, _, depth in self.layers)
+
+    @staticmethod
+    def _depth(depth, X, transpose, inverse):
+        """``C^T X``, ``C^{-T} X`` or ``C^{-1} X`` across layers (first axis of X); for the
+        L2 depth product C = diag(sqrt(tau_k))."""
+        if depth.is_diagonal:
+            c = np.sqrt(depth.diagonal)
+            c = 1.0 / c if inverse else c
             return c.reshape((-1,) + (1,) * (X.ndim - 1)) * X
-        return self.depth.cholesky_apply(X, transpose=transpose, inverse=inverse)
+        return depth.cholesky_apply(X, transpose=transpose, inverse=inverse)
 
     def _map(self, x, out, transpose, inverse, power):
         """Blockwise ``depth (x) D^{power/2}`` (power = +1 or -1), depth one of C^T,
         C^{-T}, C^{-1}."""
         cs = self.controls
         s, s_all = self.s**power, self.s_all**power
-        a, b, W, mu = cs.blocks(x.array_r)
-        oa, ob, oW, omu = cs.blocks(out)
-        oa[:] = self._depth(a * s, transpose, inverse)
-        if b.size:
-            sb = b.copy()
-            for f in self.s_b:
-                sb *= f**power
-            ob[:] = self._depth(sb.reshape(b.shape[0], -1), transpose, inverse).reshape(b.shape)
+        layers, W, mu = cs.layer_blocks(cs.blocks(x.array_r))
+        olayers, oW, omu = cs.layer_blocks(cs.blocks(out))
+        for (_, a, b), (_, oa, ob), (sa, s_b, depth) in zip(layers, olayers, self.layers):
+            oa[:] = self._depth(depth, a * sa**power, transpose, inverse)
+            if b.size:
+                sb = b.copy()
+                for f in s_b:
+                    sb *= f**power
+                ob[:] = self._depth(depth, sb.reshape(b.shape[0], -1), transpose, inverse).reshape(b.shape)
         if cs.kind == "classes":
             oW[:] = W * s
             omu[:] = mu
@@ -326,14 +334,13 @@ class Optimizer:
         if bounds:
             lb, ub = cs.create_vec(), cs.create_vec()
             lb.set(PETSc.NINFINITY), ub.set(PETSc.INFINITY)
-            la, lbb = cs.blocks(lb)[:2]
-            ua, ubb = cs.blocks(ub)[:2]
-            for key, lo_v, hi_v in (("a", la, ua), ("b", lbb, ubb)):
-                if key in bounds:
-                    lo, hi = bounds[key]
-                    if not lo < hi:
-                        raise InputError(f"bounds on {key} must satisfy lo < hi, got {bounds[key]}")
-                    lo_v[:], hi_v[:] = lo, hi
+            for (_, la, lbb), (_, ua, ubb) in zip(cs.layer_blocks(cs.blocks(lb))[0], cs.layer_blocks(cs.blocks(ub))[0]):
+                for key, lo_v, hi_v in (("a", la, ua), ("b", lbb, ubb)):
+                    if key in bounds:
+                        lo, hi = bounds[key]
+                        if not lo < hi:
+                            raise InputError(f"bounds on {key} must satisfy lo < hi, got {bounds[key]}")
+                        lo_v[:], hi_v[:] = lo, hi
             # the map is a positive diagonal scaling for the L2 depth product: boxes stay boxes
             self._lb = self._scale_bounds(lb)
             self._ub = self._scale_bounds(ub)
