@@ -165,8 +165,9 @@ def test_slabs_refuse_what_they_cannot_join():
 def test_train_resume_and_evaluate_with_slabs(tmp_path):
     """A slab network from the config (digits 8x8 -> 4x4 x 2 channels): Adam resumed after
     an epoch ends where the straight run ends, bit for bit (the checkpoint holds every
-    slab's blocks and Adam's moments); ``evaluate`` reproduces the final metrics; L-BFGS
-    trains it too; a uniform network's checkpoint is refused by name."""
+    slab's blocks and Adam's moments); the slab figures are drawn; ``evaluate``
+    reproduces the final metrics and refuses another discretisation; L-BFGS trains it
+    too; a uniform network's checkpoint is refused by name."""
     from fem_dnn.app.config import load_config
     from fem_dnn.app.train import evaluate, train
 
@@ -174,8 +175,9 @@ def test_train_resume_and_evaluate_with_slabs(tmp_path):
             "network.slab_layers=[1, 2]", "network.slab_support=1", "training.method='adam'", "training.lr=0.01",
             "training.batch_size=50", "training.init_scale=0.1", "output.fields=false", "output.figures=false"]
     quiet = dict(out=lambda *a: None)
-    straight = train(load_config(None, base + ["training.epochs=2", f"output.folder='{tmp_path / 'a'}'"]), MPI.COMM_SELF,
-                     **quiet)
+    straight = train(load_config(None, base + ["training.epochs=2", f"output.folder='{tmp_path / 'a'}'",
+                                               "output.figures=true"]), MPI.COMM_SELF, **quiet)
+    assert all((tmp_path / "a" / f).is_file() for f in ("training.png", "states.png", "weights.png"))
     train(load_config(None, base + ["training.epochs=1", f"output.folder='{tmp_path / 'b'}'"]), MPI.COMM_SELF, **quiet)
     resumed = train(load_config(None, base + ["training.epochs=2", f"output.folder='{tmp_path / 'b'}'"]), MPI.COMM_SELF,
                     resume=True, **quiet)

@@ -24,7 +24,8 @@ from dolfinx import fem
 
 from fem_dnn.core.domain import NodeSpace, ProductMesh
 
-__all__ = ["write_trajectory", "write_depth_series", "plot_trajectory", "plot_training", "plot_states", "plot_weights"]
+__all__ = ["write_trajectory", "write_depth_series", "plot_trajectory", "plot_training", "plot_states", "plot_weights",
+           "pixel_images", "plot_slab_states", "plot_slab_kernels"]
 
 
 def write_trajectory(
@@ -249,6 +250,66 @@ def plot_weights(path, space: NodeSpace, depth_points, a: np.ndarray, b: np.ndar
         ax.set_ylabel(ylabel)
     bottom.colorbar(im, ax=list(axes), label="selection weight b", shrink=0.9)
     fig.savefig(path, dpi=110)
+    return Path(path)
+
+
+# --------------------------------------------------------------------------- depth slabs
+def pixel_images(space: NodeSpace, values: np.ndarray) -> np.ndarray:
+    """A DG0 image (x channels) field in natural order as ``(C, k, k)`` pixel images (row 0
+    at the top, as the data's images): the cells drawn as cells."""
+    X = _natural_coordinates(space)
+    k = len(np.unique(np.round(X[:, 0], 9)))
+    C = len(np.unique(np.round(X[:, 2], 9))) if X.shape[1] == 3 else 1
+    j, i = np.floor(X[:, 0] * k).astype(int), k - 1 - np.floor(X[:, 1] * k).astype(int)
+    c = np.floor(X[:, 2] * C).astype(int) if X.shape[1] == 3 else np.zeros(len(X), dtype=int)
+    out = np.zeros((C, k, k))
+    out[c, i, j] = values
+    return out
+
+
+def plot_slab_states(path, spaces: list[NodeSpace], finals: list[list[np.ndarray]], titles: list[str],
+                     channels: int = 4):
+    """A slab network's states: for each sample (a row) the input and the state at the end
+    of every slab, up to ``channels`` channels of each (pixel images). ``finals[s][i]`` is
+    sample s's state at the end of slab i, natural order (``finals[s][0]``: the input).
+    Call on every rank; rank 0 draws."""
+    if spaces[0].comm.rank != 0 or not finals:
+        return None
+    shown = [[pixel_images(sp, f) for sp, f in zip([spaces[0]] + spaces, row)] for row in finals]
+    cols = [min(channels, imgs.shape[0]) for imgs in shown[0]]
+    fig = _figure((1.5 * sum(cols) + 1, 1.7 * len(finals) + 0.4))
+    axes = fig.subplots(len(finals), sum(cols), squeeze=False)
+    for r, (row, title) in enumerate(zip(shown, titles)):
+        col = 0
+        for i, (imgs, m) in enumerate(zip(row, cols)):
+            lim = np.abs(imgs).max() or 1.0
+            for c in range(m):
+                ax = axes[r, col]
+                im = ax.imshow(imgs[c], cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+                where = "input" if i == 0 else f"slab {i - 1} end"
+                ax.set_title(f"{title}: {where}, ch {c}" if c == 0 else f"ch {c}", fontsize=7)
+                ax.set_xticks([]), ax.set_yticks([])
+                col += 1
+        fig.colorbar(im, ax=axes[r, -1], shrink=0.8)
+    fig.savefig(path, dpi=100)
+    return Path(path)
+
+
+def plot_slab_kernels(path, kernels: list, kappas: list[np.ndarray]):
+    """kappa of the first and last layer of every slab (``kappas[i]``: slab i's ``(N_i,
+    M_i)`` natural-order block), as its kernel draws it (channel pairs in blocks)."""
+    rows = [(i, k) for i, K in enumerate(kappas) for k in sorted({0, K.shape[0] - 1})]
+    fig = _figure((3.0 * len(rows) + 1, 3.2))
+    axes = fig.subplots(1, len(rows), squeeze=False)[0]
+    images = [kernels[i].image(kappas[i][k]) for i, k in rows]
+    for ax, (i, k), (img, extent, xlabel, ylabel) in zip(axes, rows, images):
+        lim = float(np.abs(img).max(initial=0.0)) or 1.0
+        im = ax.imshow(img, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest", extent=extent, origin="lower")
+        ax.set_title(f"slab {i}, layer {k}: kappa", fontsize=8)
+        ax.set_xlabel(xlabel, fontsize=7)
+        ax.set_ylabel(ylabel, fontsize=7)
+        fig.colorbar(im, ax=ax, shrink=0.7)
+    fig.savefig(path, dpi=100)
     return Path(path)
 
 

@@ -708,13 +708,9 @@ def _write_outputs(run: Run, res, summary: dict, folder: Path):
     _write_metrics(res.history, folder, comm)
     runfolder.write_text(folder / "summary.json", json.dumps(summary, indent=2), comm)
     k = _shown_samples(run)
-    if hasattr(run, "spaces"):  # depth slabs: the training curves (the slabs' field files and figures: not yet)
-        if cfg["output"]["figures"] and res.history:
-            from fem_dnn.app.output import plot_training
-
-            with _atomic_figure(folder / "training.png", comm) as path:
-                if comm.rank == 0:
-                    plot_training(path, res.history, f"{run.data.name}: {summary['method']}")
+    if hasattr(run, "spaces"):  # depth slabs: figures (no field files: one (depth, node) mesh a slab)
+        if cfg["output"]["figures"]:
+            _slab_figures(run, res, summary, folder, k)
         return
     if k == 0 or run.space.mesh.topology.dim > 2 or run.layout.sample_comm.size > 1:
         return  # nothing to show (or 3D node domains / data-parallel runs: no field output)
@@ -750,6 +746,35 @@ def _write_outputs(run: Run, res, summary: dict, folder: Path):
         with _atomic_figure(folder / "weights.png", comm) as path:
             plot_weights(path, sp, run.net.depth.points, nat["a"], nat["b"], run.net.kernel)
     Jv.set_batch(None)
+
+
+def _slab_figures(run: Run, res, summary: dict, folder: Path, k: int):
+    """A slab network's figures: training.png, states.png (a few samples' input and
+    state at the end of every slab, channel by channel) and weights.png (kappa of each
+    slab's first and last layer)."""
+    from fem_dnn.app.output import plot_slab_kernels, plot_slab_states, plot_training
+
+    comm = run.comm
+    if res.history:
+        with _atomic_figure(folder / "training.png", comm) as path:
+            if comm.rank == 0:
+                plot_training(path, res.history, f"{run.data.name}: {summary['method']}")
+    if k and run.layout.sample_comm.size == 1:
+        Jv = run.J_test or run.J
+        Jv.set_batch(np.arange(k))
+        traj = Jv.trajectory(res.m)
+        first = run.spaces[0]
+        finals = [[first.to_natural(traj.slabs[0].states[0, s, :])] +
+                  [sp.to_natural(t.states[-1, s, :]) for sp, t in zip(run.spaces, traj.slabs)] for s in range(k)]
+        labels = Jv.labels if Jv.labels is not None else [None] * k
+        titles = [f"sample {s}" + (f" ({labels[s]})" if labels[s] is not None else "") for s in range(k)]
+        with _atomic_figure(folder / "states.png", comm) as path:
+            plot_slab_states(path, run.spaces, finals, titles)
+        Jv.set_batch(None)
+    kappas = run.J.controls.natural(res.m)["b"]  # collective
+    with _atomic_figure(folder / "weights.png", comm) as path:
+        if comm.rank == 0:
+            plot_slab_kernels(path, [net.kernel for net in run.net.slabs], kappas)
 
 
 @contextlib.contextmanager
