@@ -33,7 +33,8 @@ CONFIGS = {
     "dense-14": [],
     "dense-7": ["data.resolution=7"],
     "local-14": ["network.kernel='local'", "network.kernel_radius=0.143", "training.lam=1e-6"],
-    "local-14-c4": ["network.kernel='local'", "network.kernel_radius=0.143", "node.channels=4", "training.lam=1e-6"],
+    "local-14-c4": ["network.kernel='local'", "network.kernel_radius=0.143", "node.channels=4", "training.lam=1e-6",
+                   "training.init_scale=0.1"],
     "lowrank-14": ["network.kernel='lowrank'", "network.kernel_rank=16", "training.init_scale=0.1"],
 }
 

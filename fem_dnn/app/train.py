@@ -86,6 +86,9 @@ class Run:
                              f"is local in the image and dense across channels ({', '.join(with_channels)}); "
                              f"network.kernel = {nw['kernel']!r} takes no channels (each of its neurons already sees "
                              "every pixel: for more neurons refine the pixels, node.refine)")
+        if nd["channels"] > 1 and tr["init_scale"] == 0:
+            raise InputError(f"node.channels = {nd['channels']}: at zero controls every channel is the same and stays so "
+                             "(the derivative is symmetric in the channels); start from training.init_scale > 0")
         if d["name"] == "digits":
             ds = datasets.digits()
         elif d["name"] == "mnist":
@@ -183,6 +186,10 @@ class Run:
             if a % b:
                 raise InputError(f"network.slab_pixels = {pixels}: {b} does not divide {a} (a slab's pixels must be "
                                  "nested in the ones of the slab before)")
+        if max(chans) > 1 and cfg["training"]["init_scale"] == 0:
+            raise InputError(f"network.slab_channels = {chans}: at zero controls every channel of a slab is the same "
+                             "and stays so (the derivative is symmetric in the channels); start from training.init_scale "
+                             "> 0")
         R = nw["slab_support"]
         if R >= min(pixels):
             raise InputError(f"network.slab_support = {R} pixels is not smaller than the coarsest slab's "
