@@ -287,21 +287,20 @@ def seen(fig, line) -> float:
     than a quarter of its range: not an anti-aliased rim) that stay changed where it is
     drawn (at its own zorder) rather than on top of everything: 1 for a line nothing
     covers, 0 for one hidden under other artists or outside its axes."""
-    def changed():
+    def frame():
         fig.canvas.draw()
-        on = np.asarray(fig.canvas.buffer_rgba()).astype(int)
-        line.set_visible(False)
-        fig.canvas.draw()
-        off = np.asarray(fig.canvas.buffer_rgba())
-        line.set_visible(True)
-        return int((np.abs(on - off).max(axis=-1) > 64).sum())
+        return np.asarray(fig.canvas.buffer_rgba()).astype(int)
 
-    here = changed()
+    here = frame()
+    line.set_visible(False)
+    without = frame()
+    line.set_visible(True)
     z = line.get_zorder()
     line.set_zorder(1e6)
-    top = changed()
+    top = frame()
     line.set_zorder(z)
-    return here / top if top else 0.0
+    changed = [int((np.abs(f - without).max(axis=-1) > 64).sum()) for f in (here, top)]
+    return changed[0] / changed[1] if changed[1] else 0.0
 
 
 if comm.rank == 0:
