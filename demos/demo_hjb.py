@@ -277,6 +277,31 @@ say(f"wrote {out / 'hjb_value.xdmf'}")
 # feedback law; the trajectories and controls against depth. The feedback maps show thin
 # strips of the "wrong" control along the edges of the box: the boundary layer of the
 # scheme (no boundary condition; `fem_dnn.hjb`), away from the trajectories of interest.
+# The closed and the open loop of n = 2 nearly coincide: the closed loop is a wide red
+# line under the open loop's small dots, and the demo checks that every line a legend
+# names is seen (`seen`: the share of its pixels that no other artist covers).
+
+
+def seen(fig, line) -> float:
+    """The share of the pixels drawing ``line`` changes clearly (a colour channel by more
+    than a quarter of its range: not an anti-aliased rim) that stay changed where it is
+    drawn (at its own zorder) rather than on top of everything: 1 for a line nothing
+    covers, 0 for one hidden under other artists or outside its axes."""
+    def frame():
+        fig.canvas.draw()
+        return np.asarray(fig.canvas.buffer_rgba()).astype(int)
+
+    here = frame()
+    line.set_visible(False)
+    without = frame()
+    line.set_visible(True)
+    z = line.get_zorder()
+    line.set_zorder(1e6)
+    top = frame()
+    line.set_zorder(z)
+    changed = [int((np.abs(f - without).max(axis=-1) > 64).sum()) for f in (here, top)]
+    return changed[0] / changed[1] if changed[1] else 0.0
+
 
 if comm.rank == 0:
     import matplotlib
@@ -312,13 +337,24 @@ if comm.rank == 0:
         ax.contour(X, Y, F2, levels=12, colors="w", linewidths=0.5)
         fig.colorbar(pc, ax=ax, label=f"$F_h(v, {t})$")
         m = cl.t >= t - 1e-12
-        ax.plot(cl.v[m, 0], cl.v[m, 1], "r-", lw=1.5, label="closed loop")
-        ax.plot(ol.v[:, 0][N * t <= np.arange(N + 1)], ol.v[:, 1][N * t <= np.arange(N + 1)], "k.", ms=3, label="open loop")
+        ax.plot(cl.v[m, 0], cl.v[m, 1], "r-", lw=3, solid_capstyle="round", label="closed loop")
+        every = max(N // 16, 1)  # the open loop at every layer (every few, for many layers) over the closed one
+        layers = np.arange(0, N + 1, every)
+        layers = layers[N * t <= layers]
+        ax.plot(ol.v[layers, 0], ol.v[layers, 1], "k.", ms=3,
+                label="open loop" + (f" (one layer in {every})" if every > 1 else ""))
         ax.set_title(f"value at depth t = {t}")
         ax.set_xlabel("$v_1$")
         ax.set_ylabel("$v_2$")
     axes[0].legend(loc="lower right")
     fig.savefig(out / "hjb_value_2d.png", dpi=120)
+    fig.set_dpi(60)  # the check on a coarser raster (the shares stay) with the layout kept as it is
+    fig.canvas.draw()
+    fig.set_layout_engine("none")
+    for line in axes[0].get_legend_handles_labels()[0]:  # every line the legend names is seen
+        share = seen(fig, line)
+        say(f"   hjb_value_2d.png: the {line.get_label()} is {share:.0%} visible")
+        assert share >= 0.5, f"hjb_value_2d.png: the {line.get_label()} is only {share:.0%} visible"
     plt.close(fig)
 
     fig, axes = plt.subplots(2, 3, figsize=(15, 8.4), constrained_layout=True)

@@ -1,6 +1,7 @@
 """Real use: configs, data sets, the train/evaluate/verify commands and the run folder,
 and the main job's claim (the default config reaches 97% test accuracy on the digits)."""
 
+import csv
 import json
 import os
 import re
@@ -424,6 +425,10 @@ def test_adaptive_run_folder(tmp_shared, capsys):
         assert len(detail["depth_points"]) == rows[k]["layers"] + 1 and len(detail["width_indicators"]) == rows[k]["neurons"]
         assert (folder / "adapt" / f"cycle_{k}_mesh.xdmf").is_file()
     assert (folder / "adapt" / "cycles.csv").read_text().count("\n") == 3 and (folder / "adapt.png").is_file()
+    # every cycle's rows carry the test curve (output.test_every), as a plain run's do
+    metrics = list(csv.DictReader((folder / "metrics.csv").open()))
+    assert all(any(r["cycle"] == str(k) and r["test_loss"] for r in metrics) for k in range(2))
+    assert all((folder / f).is_file() for f in ("training.png", "states.png", "weights.png"))
     again = evaluate(folder, comm, out=lambda *a: None)
     assert abs(again["J"] - rows[-1]["J"]) <= 1e-10 * abs(rows[-1]["J"])
     # the last mesh is named relative to adapt/final.toml: the run folder can move

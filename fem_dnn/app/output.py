@@ -21,6 +21,7 @@ from fem_dnn import _dolfinx  # noqa: F401
 
 import dolfinx.io
 from dolfinx import fem
+from dolfinx.mesh import CellType
 
 from fem_dnn.core.domain import NodeSpace, ProductMesh
 
@@ -112,7 +113,7 @@ def plot_trajectory(path, space: NodeSpace, depth_points, natural_states: np.nda
     ax.set_xlabel("node y (width)")
     ax.set_ylabel("depth t (layers)")
     ax.set_title(title)
-    fig.savefig(path, dpi=120)
+    _save(fig, path, dpi=120)
     return Path(path)
 
 
@@ -128,6 +129,20 @@ def _figure(figsize):
     return fig
 
 
+def _layout(fig):
+    """Lay the figure out once more before it is saved. Constrained layout sizes a colour
+    bar's margin by its tick labels as they are before the layout, and placing the bar
+    (shorter, next to equal-aspect panels) changes them ("-5" becomes "-5.0"): from one
+    pass a bar's label could end outside the figure (the dense ``weights.png`` clipped
+    "bias a"). A second pass starts from the final ticks."""
+    fig.draw_without_rendering()
+
+
+def _save(fig, path, dpi):
+    _layout(fig)
+    fig.savefig(path, dpi=dpi)
+
+
 def _natural_coordinates(space: NodeSpace) -> np.ndarray:
     """``(n, gdim)`` dof coordinates in natural order."""
     gd = space.mesh.geometry.dim
@@ -136,66 +151,165 @@ def _natural_coordinates(space: NodeSpace) -> np.ndarray:
     return out
 
 
-def _draw_nodes(ax, coords, values, cmap, vmin, vmax):
-    """One node function: a curve (1D), an image (2D regular grid) or a tripcolor."""
-    if coords.shape[1] == 1:
-        return ax.plot(coords[:, 0], values, color="C0")[0]
+def _dg0_cells(space: NodeSpace):
+    """The cells of a DG0 node space of a 1D or 2D node domain in natural order (their
+    vertex coordinates, :func:`cell_polygons`), to draw a cell function as what it is:
+    one value a cell. None for other spaces (collective)."""
+    if (space.family, space.degree) != ("DG", 0) or space.mesh.geometry.dim > 2:
+        return None
+    return cell_polygons(space)
+
+
+def _uniform_grid(coords: np.ndarray):
+    """``(xs, ys)`` if the 2D points are the centres (nodes) of a uniform tensor grid in
+    natural order (x major, y minor), else None."""
     xs, ys = np.unique(np.round(coords[:, 0], 9)), np.unique(np.round(coords[:, 1], 9))
-    if len(xs) * len(ys) == len(values):  # natural order: x major, y minor
+    if len(xs) * len(ys) != len(coords):
+        return None
+    for v in (xs, ys):
+        if len(v) > 2 and not np.allclose(np.diff(v), v[1] - v[0], rtol=1e-6, atol=1e-12):
+            return None
+    return xs, ys
+
+
+def _draw_nodes(ax, coords, values, cmap, vmin, vmax, cells=None):
+    """One node function. 1D: a curve, or for a cell function (``cells``, from
+    :func:`_dg0_cells`) its steps. 2D: on a uniform grid an image (a pixel a cell or
+    node); a cell function otherwise one filled polygon a cell, coloured by its value (a
+    smooth interpolation between cell centres would show values the function does not
+    take and ragged edges at the boundary); a continuous function a Gouraud-shaded
+    tripcolor."""
+    values = np.asarray(values)
+    if coords.shape[1] == 1:
+        if cells is not None:
+            lo = np.array([c[:, 0].min() for c in cells])
+            hi = np.array([c[:, 0].max() for c in cells])
+            order = np.argsort(lo)
+            return ax.stairs(values[order], np.append(lo[order], hi[order][-1]), baseline=None, color="C0")
+        return ax.plot(coords[:, 0], values, color="C0")[0]
+    grid = _uniform_grid(coords)
+    if grid is not None:
+        xs, ys = grid
         img = values.reshape(len(xs), len(ys)).T[::-1]
         ext = (xs[0] - 0.5 * (xs[1] - xs[0] if len(xs) > 1 else 1), xs[-1] + 0.5 * (xs[1] - xs[0] if len(xs) > 1 else 1),
                ys[0] - 0.5 * (ys[1] - ys[0] if len(ys) > 1 else 1), ys[-1] + 0.5 * (ys[1] - ys[0] if len(ys) > 1 else 1))
         return ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vmax, extent=ext, interpolation="nearest")
+    if cells is not None:
+        from matplotlib.collections import PolyCollection
+
+        coll = PolyCollection([c[:, :2] for c in cells], array=values, cmap=cmap, edgecolors="face", linewidths=0.4)
+        coll.set_clim(vmin, vmax)
+        ax.add_collection(coll)
+        ax.autoscale_view()
+        ax.set_aspect("equal")
+        return coll
     return ax.tripcolor(coords[:, 0], coords[:, 1], values, cmap=cmap, vmin=vmin, vmax=vmax, shading="gouraud")
+
+
+def _training_curves(history: list[dict], name: str) -> list[tuple]:
+    """The curves of one metric of ``history``: ``[(cycle, x, y), ...]``, one per cycle of
+    an adaptive run (rows with a ``cycle`` entry; ``cycle`` None for a plain run) on one
+    cumulative axis: cycle k's iterations (epochs) are offset by the sum of the earlier
+    cycles' counts, so its first point (the transferred controls, iteration 0 of its
+    training) sits where the previous cycle ended. Rows without the metric (a test
+    evaluation every ``output.test_every`` iterations) are left out."""
+    key = _iteration_key(history)
+    out = []
+    for cycle, offset, rows in _cycles(history):
+        pts = [(offset + float(h[key]), float(h[name])) for h in rows if h.get(name) not in (None, "")]
+        if pts:
+            x, y = (np.array(v) for v in zip(*pts))
+            out.append((cycle, x, y))
+    return out
+
+
+def _iteration_key(history: list[dict]) -> str:
+    return "iteration" if history and "iteration" in history[0] else "epoch"
+
+
+def _cycles(history: list[dict]) -> list[tuple]:
+    """``[(cycle, offset, rows), ...]``: the rows of every cycle (cycle None: a run
+    without cycles) in order, and where its iterations start on the cumulative axis."""
+    key, groups = _iteration_key(history), {}
+    for h in history:
+        groups.setdefault(h.get("cycle"), []).append(h)
+    out, offset = [], 0.0
+    for cycle, rows in groups.items():
+        out.append((cycle, offset, rows))
+        offset += max(float(h[key]) for h in rows)
+    return out
 
 
 def plot_training(path, history: list[dict], title: str = ""):
     """Training curves per iteration (epoch): J, the train, validation and test losses
     (log scale, left) and, for classes, the train, validation and test accuracy (right). Rows without a test
-    evaluation (``output.test_every``) are skipped in the test curves."""
-    key = "iteration" if history and "iteration" in history[0] else "epoch"
+    evaluation (``output.test_every``) are skipped in the test curves. An adaptive run's
+    cycles (rows with a ``cycle`` entry) are drawn one after another on one cumulative
+    axis, a curve each, their starts marked and labelled (:func:`_training_curves`)."""
+    _save(_training_figure(history, title), path, dpi=120)
+    return Path(path)
+
+
+def _training_figure(history: list[dict], title: str = ""):
+    key = _iteration_key(history)
     classes = any("train_accuracy" in h for h in history)
     fig = _figure((10.0 if classes else 6.4, 4.0))
     axes = fig.subplots(1, 2 if classes else 1, squeeze=False)[0]
+    cycles = [(c, offset) for c, offset, _ in _cycles(history) if c is not None]
 
     def curve(ax, name, label, **style):
-        pts = [(h[key], h[name]) for h in history if h.get(name) not in (None, "")]
-        if pts:
-            x, y = zip(*pts)
-            ax.plot(x, y, label=label, **style)
+        for i, (_, x, y) in enumerate(_training_curves(history, name)):
+            ax.plot(x, y, label=label if i == 0 else None, **style)
 
+    def mark_cycles(ax):
+        if len(cycles) < 2:
+            return
+        for _, x0 in cycles[1:]:
+            ax.axvline(x0, color="0.5", lw=0.8, ls=":")
+        top = ax.secondary_xaxis("top")  # the cycles' starts, labelled above the curves
+        top.set_xticks([x0 for _, x0 in cycles], [f"cycle {c}" for c, _ in cycles], fontsize=7)
+        top.tick_params(length=0, pad=2)
+
+    xlabel = f"{key} (the cycles one after another)" if len(cycles) > 1 else key
     ax = axes[0]
     curve(ax, "J", "J (train loss + regulariser)", color="C0", lw=2.0)
     curve(ax, "train_loss", "train loss", color="C1", ls="--")
     curve(ax, "validation_loss", "validation loss", color="C3", ls="-.")
     curve(ax, "test_loss", "test loss", color="C2", ls=":", marker=".", ms=3)
     ax.set_yscale("log")
-    ax.set_xlabel(key)
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("loss")
     ax.grid(True, which="both", alpha=0.3)
+    mark_cycles(ax)
     ax.legend(fontsize=8)
     if classes:
         ax = axes[1]
         curve(ax, "train_accuracy", "train accuracy", color="C1", ls="--")
         curve(ax, "validation_accuracy", "validation accuracy", color="C3", ls="-.")
         curve(ax, "test_accuracy", "test accuracy", color="C2", ls=":", marker=".", ms=3)
-        ax.set_xlabel(key)
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("accuracy")
         ax.set_ylim(0, 1.02)
         ax.grid(True, alpha=0.3)
+        mark_cycles(ax)
         ax.legend(fontsize=8, loc="lower right")
     fig.suptitle(title)
-    fig.savefig(path, dpi=120)
-    return Path(path)
+    return fig
 
 
 def plot_states(path, space: NodeSpace, depth_points, states: list[np.ndarray], titles: list[str], max_levels: int = 5):
     """f over the (depth, node) domain for a few samples: for each sample (a row) the
     state at up to ``max_levels`` depths (columns). ``states[i]`` is ``(N+1, n)`` in
-    natural order. Call on every rank; rank 0 draws."""
+    natural order. A DG0 state is drawn cell by cell (:func:`_draw_nodes`). Call on
+    every rank; rank 0 draws."""
+    cells = _dg0_cells(space)
     if space.comm.rank != 0 or not states:
         return None
-    coords = _natural_coordinates(space)
+    _save(_states_figure(_natural_coordinates(space), cells, depth_points, states, titles, max_levels), path, dpi=110)
+    return Path(path)
+
+
+def _states_figure(coords, cells, depth_points, states, titles, max_levels: int = 5):
     pts = np.asarray(depth_points)
     levels = np.unique(np.linspace(0, len(pts) - 1, min(max_levels, len(pts))).round().astype(int))
     fig = _figure((2.2 * len(levels) + 1, 2.2 * len(states) + 0.4))
@@ -204,7 +318,7 @@ def plot_states(path, space: NodeSpace, depth_points, states: list[np.ndarray], 
         lim = np.abs(Z).max() or 1.0
         for j, k in enumerate(levels):
             ax = axes[i, j]
-            art = _draw_nodes(ax, coords, Z[k], "RdBu_r", -lim, lim)
+            art = _draw_nodes(ax, coords, Z[k], "RdBu_r", -lim, lim, cells)
             ax.set_title(f"{title}, t = {pts[k]:.2g}", fontsize=8)
             if coords.shape[1] == 2:
                 ax.set_xticks([]), ax.set_yticks([])
@@ -212,17 +326,22 @@ def plot_states(path, space: NodeSpace, depth_points, states: list[np.ndarray], 
                 ax.set_xlabel("node y")
         if coords.shape[1] == 2:
             fig.colorbar(art, ax=axes[i, -1], label="f(y, t)")
-    fig.savefig(path, dpi=110)
-    return Path(path)
+    return fig
 
 
 def plot_weights(path, space: NodeSpace, depth_points, a: np.ndarray, b: np.ndarray, kernel=None):
-    """The learned controls: the bias a(y, t) per layer (top) and the selection weight
-    of the first and last layers (bottom, as the kernel family shows it: b(y, z) in natural
-    order for dense, kappa on the offset box for local), diverging colours."""
+    """The learned controls: the bias a(y, t) per layer (top; a DG0 bias cell by cell,
+    :func:`_draw_nodes`) and the selection weight of the first and last layers (bottom,
+    as the kernel family shows it: b(y, z) in natural order for dense, kappa on the
+    offset box for local), diverging colours. Call on every rank; rank 0 draws."""
+    cells = _dg0_cells(space)
     if space.comm.rank != 0:
         return None
-    coords = _natural_coordinates(space)
+    _save(_weights_figure(_natural_coordinates(space), cells, depth_points, a, b, kernel), path, dpi=110)
+    return Path(path)
+
+
+def _weights_figure(coords, cells, depth_points, a, b, kernel=None):
     N = a.shape[0]
     layers = np.unique(np.linspace(0, N - 1, min(N, 4)).round().astype(int))
     fig = _figure((2.6 * max(len(layers), 2) + 1, 5.4))
@@ -231,7 +350,7 @@ def plot_weights(path, space: NodeSpace, depth_points, a: np.ndarray, b: np.ndar
     pts = np.asarray(depth_points)
     lim = np.abs(a).max() or 1.0
     for ax, k in zip(axes, layers):
-        art = _draw_nodes(ax, coords, a[k], "PuOr_r", -lim, lim)
+        art = _draw_nodes(ax, coords, a[k], "PuOr_r", -lim, lim, cells)
         ax.set_title(f"a(y), layer {k} (t={0.5 * (pts[k] + pts[k + 1]):.2g})", fontsize=8)
         if coords.shape[1] == 2:
             ax.set_xticks([]), ax.set_yticks([])
@@ -249,8 +368,7 @@ def plot_weights(path, space: NodeSpace, depth_points, a: np.ndarray, b: np.ndar
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
     bottom.colorbar(im, ax=list(axes), label="selection weight b", shrink=0.9)
-    fig.savefig(path, dpi=110)
-    return Path(path)
+    return fig
 
 
 # --------------------------------------------------------------------------- depth slabs
@@ -291,7 +409,7 @@ def plot_slab_states(path, spaces: list[NodeSpace], finals: list[list[np.ndarray
                 ax.set_xticks([]), ax.set_yticks([])
                 col += 1
         fig.colorbar(im, ax=axes[r, -1], shrink=0.8)
-    fig.savefig(path, dpi=100)
+    _save(fig, path, dpi=100)
     return Path(path)
 
 
@@ -309,7 +427,7 @@ def plot_slab_kernels(path, kernels: list, kappas: list[np.ndarray]):
         ax.set_xlabel(xlabel, fontsize=7)
         ax.set_ylabel(ylabel, fontsize=7)
         fig.colorbar(im, ax=ax, shrink=0.7)
-    fig.savefig(path, dpi=100)
+    _save(fig, path, dpi=100)
     return Path(path)
 
 
@@ -321,7 +439,11 @@ def cell_polygons(space: NodeSpace) -> list[np.ndarray]:
     tdim, gd = msh.topology.dim, msh.geometry.dim
     ncell = msh.topology.index_map(tdim).size_local
     x, dofs = msh.geometry.x[:, :gd], msh.geometry.dofmaps[0]
-    mine = [x[dofs[c]] for c in range(ncell)]
+    # the vertices in order around the cell (DOLFINx numbers a quadrilateral's as a
+    # tensor product, (0,0) (1,0) (0,1) (1,1)); higher-order geometry nodes dropped
+    cell = msh.topology.cell_type
+    order = {CellType.interval: [0, 1], CellType.triangle: [0, 1, 2], CellType.quadrilateral: [0, 1, 3, 2]}.get(cell)
+    mine = [x[dofs[c]] if order is None else x[dofs[c][order]] for c in range(ncell)]
     cells = [p for part in msh.comm.allgather(mine) for p in part]
     out = [None] * len(cells)
     for i, nat in enumerate(space.nat_of_global):
@@ -371,4 +493,4 @@ def plot_adapt(path, polygons: list[np.ndarray], eta: np.ndarray, depth_points: 
     ax2.loglog(controls, np.maximum(np.abs(estimates), 1e-300), "o-")
     ax2.set_xlabel("controls"), ax2.set_ylabel("|estimated error of J|")
     ax2.set_title(title or "estimate")
-    fig.savefig(path, dpi=110)
+    _save(fig, path, dpi=110)

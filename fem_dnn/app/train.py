@@ -533,12 +533,20 @@ def _train_adaptive(run: Run, refine: tuple, bounds: dict, folder: Path, t0: flo
                 f"(depth {row['eta_depth']:+.3e}, width {row['eta_width']:+.3e}){acc}"
                 + (f"; {cycle.stop}" if cycle.stop else f"; refine {row['marked_layers']} layers, {row['marked_cells']} cells"))
 
+    evaluators = []
+
+    def metrics(J):  # every cycle's rows get the train, validation and test curves of a plain run
+        ev = _Evaluator(made[id(J)], cfg["output"]["test_every"], None, tr["method"], patience=0)
+        evaluators.append(ev)
+        return ev
+
     t_train = time.perf_counter()
     cycles = adapt(problem, run.space, run.net.depth, goal=ad["goal"], tolerance=ad["tolerance"], fraction=ad["fraction"],
                    cycles=ad["cycles"], max_controls=ad["max_controls"], refine=refine, method=tr["method"],
-                   gttol=tr["gttol"], max_it=tr["max_it"], callback=record, riesz=tr["riesz"], bounds=bounds or None,
-                   gauss_newton=tr["gauss_newton"])
-    training = time.perf_counter() - t_train
+                   gttol=tr["gttol"], max_it=tr["max_it"], callback=record, metrics=metrics, riesz=tr["riesz"],
+                   bounds=bounds or None, gauss_newton=tr["gauss_newton"])
+    evaluation = sum(ev.seconds for ev in evaluators)
+    training = time.perf_counter() - t_train - evaluation
     last = cycles[-1]
     final = made[id(last.J)]
     text = io.StringIO(newline="")
@@ -563,7 +571,7 @@ def _train_adaptive(run: Run, refine: tuple, bounds: dict, folder: Path, t0: flo
     summary = {"data": run.data.name, "method": tr["method"], "iterations": sum(c.iterations for c in cycles),
                "stop": last.stop, "ranks": comm.size, "neurons": final.space.n, "layers": final.net.depth.N,
                **final.metrics(last.m), "solves": dict(final.J.counts), "training_seconds": training,
-               "seconds": time.perf_counter() - t0, "adapt": rows}
+               "evaluation_seconds": evaluation, "seconds": time.perf_counter() - t0, "adapt": rows}
     _write_outputs(final, types.SimpleNamespace(m=last.m, history=history), summary, folder)
     if cfg["output"]["figures"]:
         polygons = cell_polygons(final.space)
@@ -624,12 +632,13 @@ class _Evaluator:
     classes, ties to the lower validation loss; the lowest validation loss otherwise) in
     ``checkpoint/best.npz`` (``evaluate --best``), and with ``training.patience = p``
     asks the optimiser to stop (a ``"stop"`` entry) when p iterations have passed
-    without a better one."""
+    without a better one (``patience``: None takes ``training.patience``; the cycles of
+    an adaptive run pass 0: they end as the adaptive loop says)."""
 
-    def __init__(self, run: Run, every: int, best=None, method: str = ""):
+    def __init__(self, run: Run, every: int, best=None, method: str = "", patience: int | None = None):
         self.run, self.every, self.seconds = run, int(every), 0.0
         self.best_path, self.method = best, method
-        self.patience = int(run.cfg["training"]["patience"])
+        self.patience = int(run.cfg["training"]["patience"] if patience is None else patience)
         self.best = None  # (score, iteration, validation metrics)
 
     def restore(self):

@@ -74,7 +74,8 @@ def check(goal="cost", tolerance=None, fraction=0.5, cycles=5, max_controls=None
 
 def adapt(problem, space, depth, goal: str = "cost", tolerance: float | None = None, fraction: float = 0.5,
           cycles: int = 5, max_controls: int | None = None, refine=REFINE, method: str = "lbfgs",
-          gttol: float = 1e-8, max_it: int = 2000, newton_its: int = 100, callback=None, **optimizer) -> list[Cycle]:
+          gttol: float = 1e-8, max_it: int = 2000, newton_its: int = 100, callback=None, metrics=None,
+          **optimizer) -> list[Cycle]:
     """Adaptive training from the discretisation ``(space, depth)``.
 
     Args:
@@ -91,6 +92,9 @@ def adapt(problem, space, depth, goal: str = "cost", tolerance: float | None = N
         method, gttol, max_it, optimizer: the TAO training (:class:`Optimizer`) of every cycle.
         newton_its: CG iterations of the width estimator's Gauss-Newton step.
         callback: ``callback(cycle)`` after every cycle (the run folder's records).
+        metrics: ``metrics(J)`` gives the per-iteration metrics callback of the cycle that
+            trains ``J`` (:class:`Optimizer`'s ``metrics``: the run folder's test and
+            validation curves); None: none.
 
     Returns:
         The cycles, in order; the last one's ``stop`` says why the loop ended.
@@ -108,7 +112,8 @@ def adapt(problem, space, depth, goal: str = "cost", tolerance: float | None = N
                          "(adapt.max_controls): start coarser or allow more")
     for index in range(int(cycles)):
         m0 = J.controls.create_vec() if previous is None else transfer_controls(previous.J.controls, previous.m, J.controls)
-        opt = Optimizer(J, method, gttol=gttol, max_it=max_it, monitor=False, **optimizer)
+        opt = Optimizer(J, method, gttol=gttol, max_it=max_it, monitor=False,
+                        metrics=None if metrics is None else metrics(J), **optimizer)
         res = opt.solve(m0)
         opt.destroy()
         eta_d = depth_indicators(J, res.m) if "depth" in refine else np.zeros(0)
