@@ -173,7 +173,8 @@ def test_train_resume_and_evaluate_with_slabs(tmp_path):
 
     base = ["data.samples=200", "network.kernel='local'", "network.slab_pixels=[8, 4]", "network.slab_channels=[1, 2]",
             "network.slab_layers=[1, 2]", "network.slab_support=1", "training.method='adam'", "training.lr=0.01",
-            "training.batch_size=50", "training.init_scale=0.1", "output.fields=false", "output.figures=false"]
+            "training.batch_size=50", "training.init_scale=0.1", "training.lr_schedule='cosine'", "output.fields=false",
+            "output.figures=false"]
     quiet = dict(out=lambda *a: None)
     straight = train(load_config(None, base + ["training.epochs=2", f"output.folder='{tmp_path / 'a'}'",
                                                "output.figures=true"]), MPI.COMM_SELF, **quiet)

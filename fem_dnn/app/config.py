@@ -26,7 +26,7 @@ from fem_dnn.core.kernel import KERNELS
 from fem_dnn.learning.losses import LOSSES
 from fem_dnn.network.schemes import DTYPES, SCHEMES
 from fem_dnn.optimize.adaptive import GOALS
-from fem_dnn.optimize.methods import METHODS
+from fem_dnn.optimize.methods import LR_SCHEDULES, METHODS
 
 __all__ = ["RESUMABLE", "SPEC", "defaults", "load_config", "load_resume_config", "parse_overrides", "to_toml", "validate"]
 
@@ -120,6 +120,8 @@ SPEC = {
         "bounds_a": ([], list, _BOUNDS, "box [lo, hi] for a (bounded methods, msa)"),
         "bounds_b": ([], list, _BOUNDS, "box [lo, hi] for b (bounded methods, msa)"),
         "lr": (1e-2, float, _POS, "step size of sgd/adam"),
+        "lr_schedule": ("constant", str, _choice(*LR_SCHEDULES), "sgd/adam: the step size over the run: constant, or "
+                        "cosine (from lr to 0 over training.epochs)"),
         "batch_size": (64, int, _POS, "mini-batch size of sgd/adam"),
         "epochs": (20, int, _POS, "epochs of sgd/adam"),
         "seed": (0, int, _NONNEG, "seed of the mini-batch shuffles"),

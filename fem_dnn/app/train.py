@@ -353,7 +353,8 @@ def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=
         res = opt.solve(m0, resume=resume)
         opt.destroy()
     elif method in ("sgd", "adam"):
-        res = minibatch(run.J, m0, method, lr=tr["lr"], batch_size=tr["batch_size"], epochs=tr["epochs"], seed=tr["seed"],
+        res = minibatch(run.J, m0, method, lr=tr["lr"], lr_schedule=tr["lr_schedule"], batch_size=tr["batch_size"],
+                        epochs=tr["epochs"], seed=tr["seed"],
                         riesz=tr["riesz"], checkpoint=ckpt_dir, resume=resume, metrics=evaluator)
     else:  # msa
         res = msa(run.J, m0, bounds, max_it=tr["max_it"], metrics=evaluator)

@@ -25,6 +25,8 @@ BOUNDED = ("gd", "cg", "lbfgs", "bnewton", "btrust")
 HESSIAN = ("newton", "trust", "bnewton", "btrust")
 #: mini-batch methods (:func:`fem_dnn.optimize.minibatch`)
 MINIBATCH = ("sgd", "adam")
+#: The learning-rate schedules of the mini-batch methods (:func:`fem_dnn.optimize.minibatch`).
+LR_SCHEDULES = ("constant", "cosine")
 #: the paper's method of successive approximations (:func:`fem_dnn.optimize.msa`)
 PAPER = ("msa",)
 #: every method ``training.method`` accepts

@@ -13,6 +13,7 @@ from fem_dnn import interrupt
 from fem_dnn.errors import DivergenceError, InputError, NonFiniteError
 from fem_dnn.learning import ReducedFunctional
 
+from fem_dnn.optimize.methods import LR_SCHEDULES
 from fem_dnn.optimize.tao import Coordinates, Result, _accuracies, stop_reason
 
 __all__ = ["batches", "minibatch"]
@@ -44,6 +45,7 @@ def minibatch(
     resume: bool = False,
     evaluate: bool = True,
     metrics=None,
+    lr_schedule: str = "constant",
 ) -> Result:
     """Stochastic gradient descent or Adam on mini-batches of the same reduced gradient.
 
@@ -77,6 +79,9 @@ def minibatch(
         evaluate: compute the full-batch J, gradient norm and accuracy after every epoch
             for the history and the monitor (one more forward and costate solve over all
             samples per epoch); ``False`` records the epoch and step count alone.
+        lr_schedule: ``"constant"``, or ``"cosine"``: step k of the K = epochs x batches
+            steps of the run takes ``lr (1 + cos(pi (k - 1) / K)) / 2`` (a function of the
+            step count, which the checkpoint holds: a resumed run takes the same steps).
         metrics: optional callable ``(m, epoch) -> dict``: more columns of an epoch's row
             (e.g. the test loss and accuracy). A ``"stop"`` entry (a reason in words)
             ends training after that epoch (early stopping): the Result's reason is 1
@@ -86,6 +91,9 @@ def minibatch(
         raise InputError(f"mini-batch method must be 'sgd' or 'adam', not {method!r}")
     if not (lr > 0 and batch_size >= 1 and epochs >= 0):
         raise InputError(f"need lr > 0, batch_size >= 1, epochs >= 0; got {lr}, {batch_size}, {epochs}")
+    if lr_schedule not in LR_SCHEDULES:
+        raise InputError(f"unknown learning-rate schedule {lr_schedule!r}; choose one of {list(LR_SCHEDULES)}")
+    total = max(epochs * len(batches(J.n_samples, batch_size, seed, 0)), 1)
     coords = Coordinates(J.controls, riesz)
     cs = J.controls
     ckpt = None if checkpoint is None else Path(checkpoint) / "checkpoint.npz"
@@ -145,15 +153,16 @@ def minibatch(
                     f"training diverged at step {step + 1} (epoch {epoch + 1}, {method}): {err}{where}. "
                     "Resume with a smaller step (training.lr)", err.layer, step + 1, ckpt) from err
             step += 1
+            rate = lr if lr_schedule == "constant" else 0.5 * lr * (1.0 + np.cos(np.pi * min(step - 1, total) / total))
             if method == "sgd":
-                x.axpy(-lr, gx)
+                x.axpy(-rate, gx)
             else:
                 m1.scale(b1), m1.axpy(1.0 - b1, gx)
                 m2.scale(b2)
                 m2.array[:] += (1.0 - b2) * gx.array_r**2
                 mh = m1.array_r / (1.0 - b1**step)
                 vh = m2.array_r / (1.0 - b2**step)
-                x.array[:] -= lr * mh / (np.sqrt(vh) + adam_eps)
+                x.array[:] -= rate * mh / (np.sqrt(vh) + adam_eps)
             sig = interrupt.requested(world)
             if sig:  # a safe point: the step is done; keep it (mid-epoch) and stop
                 J.set_batch(None)
