@@ -173,7 +173,7 @@ def test_train_resume_and_evaluate_with_slabs(tmp_path):
 
     base = ["data.samples=200", "network.kernel='local'", "network.slab_pixels=[8, 4]", "network.slab_channels=[1, 2]",
             "network.slab_layers=[1, 2]", "network.slab_support=1", "training.method='adam'", "training.lr=0.01",
-            "training.batch_size=50", "training.init_scale=0.1", "training.lr_schedule='cosine'", "output.fields=false",
+            "training.batch_size=50", "training.init_scale=0.1", "output.fields=false",
             "output.figures=false"]
     quiet = dict(out=lambda *a: None)
     straight = train(load_config(None, base + ["training.epochs=2", f"output.folder='{tmp_path / 'a'}'",
@@ -206,3 +206,28 @@ def test_train_resume_and_evaluate_with_slabs(tmp_path):
     with pytest.raises(InputError, match=r"1 depth slab\(s\) in the file, 2 here"):
         load_checkpoint(tmp_path / "d" / "checkpoint" / "checkpoint.npz", run.J.controls)
     run.destroy()
+
+
+@pytest.mark.skipif(MPI.COMM_WORLD.size > 1, reason="serial")
+def test_cosine_schedule_resumes_bitwise(tmp_path):
+    """Adam with the cosine learning rate on a slab network: stopped after its first epoch
+    (a metrics callback's stop) and resumed, it ends where the straight run ends, bit for
+    bit (the rate is a function of the step count the checkpoint holds); and it differs
+    from the constant rate (the schedule is applied)."""
+    from fem_dnn.optimize.stochastic import minibatch
+
+    spaces = [image_space(MPI.COMM_SELF, p, C) for p, C in SLABS]
+    net, J = make(MPI.COMM_SELF, spaces, S=12)
+    m0 = J.controls.random(3, 0.3)
+    kw = dict(lr=0.02, batch_size=5, epochs=2, seed=1, monitor=False, lr_schedule="cosine")
+    a = minibatch(J, m0, "adam", checkpoint=tmp_path / "a", **kw)
+    minibatch(J, m0, "adam", checkpoint=tmp_path / "b", metrics=lambda m, e: {"stop": "x"} if e == 1 else {}, **kw)
+    b = minibatch(J, m0, "adam", checkpoint=tmp_path / "b", resume=True, **kw)
+    assert np.array_equal(a.m.array_r, b.m.array_r)
+    c = minibatch(J, m0, "adam", **{**kw, "lr_schedule": "constant"})
+    assert not np.array_equal(a.m.array_r, c.m.array_r)
+    for r in (a, b, c):
+        r.m.destroy()
+    J.destroy(), net.destroy()
+    for sp in spaces:
+        sp.destroy()
