@@ -2,16 +2,25 @@
 
 import numpy as np
 
-from fem_dnn.core.kernel.base import Kernel, _mpi
+from fem_dnn.core.kernel.base import Kernel, KernelMemory, _mpi, register
 from fem_dnn.errors import InputError
 
 __all__ = ["DenseKernel"]
 
 
+@register
 class DenseKernel(Kernel):
-    """Today's kernel: every pair of node dofs has its coefficient (module doc)."""
+    """Today's kernel: every pair of node dofs has its coefficient (the package doc)."""
 
     name = "dense"
+    summary = "n x n per layer"
+    float32 = rows_separate = node_pairs = True
+
+    @classmethod
+    def memory(cls, network, node, *, N, n, n_local, cells, gdim):
+        """All pairs; a layer's product gathers the whole batch and holds ``b M_w``
+        (:meth:`weighted`, two float64 n_local x n arrays)."""
+        return KernelMemory(N * n * n, N * n_local * n, gathered=n, work_bytes=2 * 8 * n_local * n, image=n * n)
 
     def weighted(self, b_local: np.ndarray, scale: float = 1.0) -> np.ndarray:
         """``scale b M_w``: the kernel coefficients with the measure folded into the

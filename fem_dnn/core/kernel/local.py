@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fem_dnn.core.kernel.base import Kernel, _mpi
+from fem_dnn.core.kernel.base import POSITIVE, Kernel, KernelMemory, _mpi, one_of, register
 from fem_dnn.core.kernel.basis import box_basis, box_widths, cell_extent, q1_basis
 from fem_dnn.core.kernel.grid import PixelGrid
 from fem_dnn.core.kernel.halo import Halo
@@ -18,8 +18,9 @@ if TYPE_CHECKING:
 __all__ = ["LocalKernel"]
 
 
+@register
 class LocalKernel(Kernel):
-    """Translation-invariant kernels of compact support (module doc).
+    """Translation-invariant kernels of compact support (the package doc).
 
     The layer operator is ``(B f)_i = sum_j B_ij f_j`` with, for DG0 on axis-aligned box
     cells (``quadrature="exact"``), the Galerkin entry ``B_ij = omega_j avg_{K_i x K_j}
@@ -56,6 +57,38 @@ class LocalKernel(Kernel):
     """
 
     name = "local"
+    summary = "translation-invariant kappa(y - z) of support |y - z| <= kernel_radius"
+    float32 = takes_channels = True
+    config = {
+        "kernel_radius": (0.15, float, POSITIVE, "local kernel: half-width rho of the support box (at least a node cell, "
+                          "at most the node domain)"),
+        "kernel_cells": (4, int, POSITIVE, "local kernel: Q1 cells a side of kappa's offset box ((cells+1)^d controls a layer)"),
+        "kernel_quadrature": ("auto", str, one_of("auto", "exact", "nodal"),
+                              "local kernel: how the entries integrate kappa: exact (Galerkin double integral over "
+                              "the cells; DG0 on axis-aligned box cells), nodal (node quadrature), auto (exact where it "
+                              "applies)"),
+    }
+    #: a checkpoint without the rule was trained with the node quadrature, the only rule before it
+    checkpoint_defaults = {"kernel_quadrature": "nodal"}
+    #: bytes per pair of the support: the pattern, the basis values P (2^d a pair in 2-D:
+    #: 4) and the per-coefficient matrices A_m (indices, values), plus the layer's
+    #: assembled values
+    BYTES_PER_PAIR = 12 + 4 * 12 + 4 * 16 + 2 * 8
+
+    @classmethod
+    def memory(cls, network, node, *, N, n, n_local, cells, gdim):
+        """kappa: ``C^2 (cells+1)^d`` a layer (on node rank 0), the sparse pattern and the
+        halo (the support's pairs and ghost rows on the unit interval or square)."""
+        C = int(node["channels"])
+        ds = gdim - (1 if C > 1 else 0)  # the image axes
+        b = N * C * C * (network["kernel_cells"] + 1) ** ds
+        k = (cells / C) ** (1.0 / ds)  # node cells a side
+        # dofs a side within the support (the exact rule's pairs reach one cell further a side)
+        band = 2 * network["kernel_radius"] * k + 1 + (0 if network.get("kernel_quadrature") == "nodal" else 2)
+        nnz_l = int(min(n_local * band**ds * C, n_local * n))
+        gathered = int(min(n, n_local + 2 * ds * band * k ** (ds - 1) * C))  # owned and ghost rows of a batch
+        return KernelMemory(b, b, gathered, operator={"support pattern, basis values": cls.BYTES_PER_PAIR * nnz_l},
+                            image=b // N)
 
     def __init__(self, space: NodeSpace, radius: float, cells: int = 4, channels: int = 1, method: str = "auto",
                  quadrature: str = "auto"):

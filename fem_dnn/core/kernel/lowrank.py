@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fem_dnn.core.kernel.base import Kernel, _mpi
+from fem_dnn.core.kernel.base import POSITIVE, Kernel, KernelMemory, _mpi, register
 from fem_dnn.errors import InputError
 
 if TYPE_CHECKING:
@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 __all__ = ["LowRankKernel"]
 
 
+@register
 class LowRankKernel(Kernel):
     """Separable kernels ``b(y, z, t) = sum_{r <= R} psi_r(y, t) phi_r(z, t)`` with psi_r,
     phi_r in the node space: ``B_b f = Psi (Phi^T M_w f)``, O(n R S) a layer and one
@@ -33,6 +34,16 @@ class LowRankKernel(Kernel):
     """
 
     name = "lowrank"
+    summary = "sum of kernel_rank products psi_r(y) phi_r(z); needs training.init_scale > 0"
+    float32 = True
+    needs_random_start = "at zero controls psi = phi = 0 its derivative in b vanishes and b would never move"
+    config = {"kernel_rank": (8, int, POSITIVE, "lowrank kernel: the rank R (1 <= R <= neurons)")}
+
+    @classmethod
+    def memory(cls, network, node, *, N, n, n_local, cells, gdim):
+        """psi and phi: 2 n R a layer, no state gathered; the figure shows psi phi^T."""
+        R = int(network["kernel_rank"])
+        return KernelMemory(2 * N * n * R, 2 * N * n_local * R, gathered=n_local, image=n * n)
 
     def __init__(self, space: NodeSpace, rank: int = 8):
         super().__init__(space)
