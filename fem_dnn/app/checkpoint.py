@@ -69,6 +69,7 @@ from petsc4py import PETSc
 from fem_dnn import _files
 from fem_dnn._files import NpzError, read_npz
 from fem_dnn._mpi import bcast_arrays, on_root
+from fem_dnn.core.kernel import KERNELS
 from fem_dnn.errors import InputError, describe_exception, one_line
 from fem_dnn.learning.controls import BLOCKS, ControlSpace
 
@@ -346,9 +347,10 @@ def _layer_differences(desc: dict, meta: dict) -> list[str]:
     for key in ("n", "N", "family", "degree", "mass", "gdim"):
         if meta.get(key) != desc[key]:
             out.append(f"{key} {meta.get(key)!r} in the file, {desc[key]!r} here")
-    # the kernel family and its parameters (a file without them: a dense kernel; a local
-    # kernel's without its quadrature: the node quadrature, the only rule before it)
-    missing = {"kernel": "dense", "kernel_quadrature": "nodal" if meta.get("kernel") == "local" else None}
+    # the kernel family and its parameters (a file without them: a dense kernel; one
+    # without a parameter the family added later: its Kernel.checkpoint_defaults)
+    family = KERNELS.get(meta.get("kernel", "dense"))
+    missing = {"kernel": "dense", **(family.checkpoint_defaults if family else {})}
     for key in sorted(set(desc) | set(meta)):
         if key.startswith("kernel") and meta.get(key, missing.get(key)) != desc.get(key):
             out.append(f"{key} {meta.get(key, missing.get(key))!r} in the file, {desc.get(key)!r} here")

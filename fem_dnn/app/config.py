@@ -18,6 +18,7 @@ directory) is the only place a run writes: the file names inside it are fixed
 import math
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 
 from fem_dnn.errors import InputError
@@ -43,6 +44,31 @@ _BOUNDS = (lambda v: len(v) == 0 or (len(v) == 2 and v[0] < v[1]), "[] or [lo, h
 _PATH = (lambda v: "\0" not in v, "a path without NUL characters")
 _COUNTS = (lambda v: all(x >= 1 and x == int(x) for x in v), "[] or a list of integers >= 1")
 _FOLDER = (lambda v: v.strip() != "" and "\0" not in v, "a non-empty path")
+
+
+class _NetworkKeys(Mapping):
+    """The keys of [network]: its own, ``kernel`` (a name of :data:`KERNELS`) and the keys
+    of every kernel family (:attr:`fem_dnn.core.kernel.Kernel.config`), read from the
+    registry when used (a family registered after this module's import is known)."""
+
+    def __init__(self, own: dict):
+        self.own = own
+
+    def _keys(self) -> dict:
+        kernel = ("dense", str, (lambda v: v in KERNELS, f"one of {list(KERNELS)}"),
+                  "family of the layers' kernels b (fem_dnn.core.kernel): "
+                  + ", ".join(f"{name} ({family.summary})" for name, family in KERNELS.items()))
+        return {**self.own, "kernel": kernel, **{k: v for family in KERNELS.values() for k, v in family.config.items()}}
+
+    def __getitem__(self, key):
+        return self._keys()[key]
+
+    def __iter__(self):
+        return iter(self._keys())
+
+    def __len__(self):
+        return len(self._keys())
+
 
 #: section -> key -> (default, type, (check, description of the check), meaning)
 SPEC = {
@@ -74,7 +100,7 @@ SPEC = {
                      "grid, C cells along a last axis; network.kernel = 'local' is translation-invariant in the image "
                      "and dense across channels)"),
     },
-    "network": {
+    "network": _NetworkKeys({
         "activation": ("tanh", str, _choice(*ACTIVATIONS), "sigma (fem_dnn.core.activation)"),
         "scheme": ("euler", str, _choice(*SCHEMES), "depth scheme (euler: the ResNet; fem_dnn.network.schemes)"),
         "T": (1.0, float, _POS, "depth of the network"),
@@ -94,18 +120,7 @@ SPEC = {
         "eps": (0.0, float, _NONNEG, "node diffusion coefficient"),
         "dtype": ("float64", str, _choice(*DTYPES), "precision of the states, tape and costate (float32: explicit "
                   "schemes, lumped mass, eps = 0; the controls and gradients stay float64)"),
-        "kernel": ("dense", str, _choice(*KERNELS), "family of the layers' kernels b (fem_dnn.core.kernel): dense (n x n "
-                   "per layer), local (translation-invariant kappa(y - z) of support |y - z| <= kernel_radius), lowrank "
-                   "(sum of kernel_rank products psi_r(y) phi_r(z); needs training.init_scale > 0)"),
-        "kernel_rank": (8, int, _POS, "lowrank kernel: the rank R (1 <= R <= neurons)"),
-        "kernel_radius": (0.15, float, _POS, "local kernel: half-width rho of the support box (at least a node cell, "
-                          "at most the node domain)"),
-        "kernel_cells": (4, int, _POS, "local kernel: Q1 cells a side of kappa's offset box ((cells+1)^d controls a layer)"),
-        "kernel_quadrature": ("auto", str, _choice("auto", "exact", "nodal"),
-                              "local kernel: how the entries integrate kappa: exact (Galerkin double integral over "
-                              "the cells; DG0 on axis-aligned box cells), nodal (node quadrature), auto (exact where it "
-                              "applies)"),
-    },
+    }),
     "training": {
         "method": ("lbfgs", str, _choice(*METHODS),
                    "training method (TAO methods, mini-batch sgd/adam, or msa)"),

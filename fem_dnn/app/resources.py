@@ -51,6 +51,7 @@ import numpy as np
 from fem_dnn import _dolfinx  # noqa: F401
 from mpi4py import MPI
 
+from fem_dnn.core.kernel import KERNELS
 from fem_dnn.errors import InputError
 from fem_dnn.network.schemes import IMPLICIT, STAGES
 from fem_dnn.optimize.methods import HESSIAN, TAO
@@ -132,11 +133,7 @@ NATURAL_LOCAL_COPIES = 1.5
 COSTATE_BATCH_ARRAYS = 5
 FORWARD_BATCH_ARRAYS = 3
 GATHER_ARRAYS = 2
-#: A local kernel's bytes per pair of its support: the pattern, the basis values P (2^d
-#: a pair in 2-D: 4) and the per-coefficient matrices A_m (indices, values), plus the
-#: layer's assembled values.
-LOCAL_KERNEL_BYTES_PER_PAIR = 12 + 4 * 12 + 4 * 16 + 2 * 8
-#: Copies of one n x n layer of b that the weights figure makes (rank 0).
+#: Copies of one layer's image of b that the weights figure makes (rank 0).
 FIGURE_LAYER_COPIES = 6
 
 #: Built-in data sets: samples, classes, kind and grid (``fem_dnn.app.data``).
@@ -451,21 +448,8 @@ def estimate(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, store_every: int | None
     # ---- sizes of the control vector (global, and the largest rank's)
     readout = (K * n + K) if kind == "classes" else (n * n + n)
     readout_l = (K * nl + K) if kind == "classes" else (nl * n + nl)
-    if nw["kernel"] == "local":  # kappa: (cells+1)^d a layer (on node rank 0), the sparse pattern and a halo
-        C = int(nd["channels"])
-        ds = gdim - (1 if C > 1 else 0)  # the image axes
-        b = b_l = N * C * C * (nw["kernel_cells"] + 1) ** ds
-        k = (cells / C) ** (1.0 / ds)  # node cells a side (the unit interval or square)
-        # dofs a side within the support (the exact rule's pairs reach one cell further a side)
-        band = 2 * nw["kernel_radius"] * k + 1 + (0 if nw.get("kernel_quadrature") == "nodal" else 2)
-        nnz_l = int(min(nl * band**ds * C, nl * n))
-        kernel_bytes = LOCAL_KERNEL_BYTES_PER_PAIR * nnz_l
-        gathered = int(min(n, nl + 2 * ds * band * k ** (ds - 1) * C))  # owned and ghost rows of a batch
-    elif nw["kernel"] == "lowrank":  # psi and phi: 2 n R a layer, no state gathered
-        R = int(nw["kernel_rank"])
-        b, b_l, kernel_bytes, gathered = 2 * N * n * R, 2 * N * nl * R, 0, nl
-    else:
-        b, b_l, kernel_bytes, gathered = N * n * n, N * nl * n, 0, n
+    kern = KERNELS[nw["kernel"]].memory(nw, nd, N=N, n=n, n_local=nl, cells=cells, gdim=gdim)
+    b, b_l, gathered = kern.controls, kern.controls_local, kern.gathered
     controls, controls_l = N * n + b + readout, N * nl + b_l + readout_l
     V, Vab, G = _F8 * controls_l, _F8 * (N * nl + b_l), _F8 * controls
 
@@ -492,9 +476,9 @@ def estimate(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, store_every: int | None
             return levels * Bn, 0, (every + 1) * Bn + every * layer_tape  # segment recomputed in the costate
         return (N + 1) * Bn, N * layer_tape, 0
 
-    def layer_work(samples, arrays):  # one layer's temporaries: batch arrays, the gathered batch, b M_w
+    def layer_work(samples, arrays):  # one layer's temporaries: batch arrays, the gathered batch, the kernel's (dense: b M_w)
         Bn, Bq = batch(samples)
-        return arrays * max(Bn, Bq) + GATHER_ARRAYS * _F8 * gathered * samples + (2 * _F8 * nl * n if nw["kernel"] == "dense" else 0)
+        return arrays * max(Bn, Bq) + GATHER_ARRAYS * _F8 * gathered * samples + kern.work_bytes
 
     # ---- resident parts
     resident = {"process now (interpreter, DOLFINx, PETSc)": now}
@@ -513,8 +497,9 @@ def estimate(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, store_every: int | None
     if nw["eps"] > 0:
         mesh += DIFFUSION_BYTES_PER_DOF * nl
     resident[f"node mesh and space ({cells} cells, {nd['space']} {mass})"] = mesh
-    if kernel_bytes:
-        resident["local kernel (support pattern, basis values)"] = kernel_bytes
+    for what, size in kern.operator.items():
+        if size:
+            resident[f"{nw['kernel']} kernel ({what})"] = size
     held = FUNCTIONAL_VECTORS - (0 if (tr["lam"] > 0 or tr["gamma"] > 0) else 1) + 1  # + the initial controls
     if method == "msa":
         held += 1  # the current iterate
@@ -559,7 +544,7 @@ def estimate(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, store_every: int | None
     phases[f"test evaluation ({S_test} samples)"] = V + test_point + layer_work(St_l, FORWARD_BATCH_ARRAYS)
     outputs = V + NATURAL_GLOBAL_COPIES * G + NATURAL_LOCAL_COPIES * V
     if out["figures"]:
-        outputs += G / N + FIGURE_LAYER_COPIES * _F8 * (b // N if nw["kernel"] == "local" else n * n)  # |b| and the images of two layers (rank 0)
+        outputs += G / N + FIGURE_LAYER_COPIES * _F8 * kern.image  # |b| and the images of two layers (rank 0)
     if out["fields"] and gdim <= 2:
         outputs += PRODUCT_MESH_BYTES_PER_CELL * N * cells_l
     phases["outputs (natural order, figures, fields)"] = outputs

@@ -33,7 +33,6 @@ accepted iterate with its checkpoint written: :class:`~fem_dnn.interrupt.Interru
 import contextlib
 import copy
 import csv
-import inspect
 import io
 import json
 import os
@@ -53,7 +52,7 @@ from fem_dnn.app import runfolder
 from fem_dnn.app.config import to_toml
 from fem_dnn.core.domain import Depth, NodeSpace, ProductMesh, create_node_mesh, read_node_mesh, split_comm
 from fem_dnn.core.images import create_image_mesh
-from fem_dnn.core.kernel import KERNELS, make_kernel
+from fem_dnn.core.kernel import KERNELS
 from fem_dnn.errors import InputError, describe_os_error, one_line
 from fem_dnn.learning.functional import ReducedFunctional
 from fem_dnn.learning.losses import get_loss
@@ -74,14 +73,14 @@ class Run:
         self.layout = split_comm(comm, tr["sample_groups"])
         if d["resolution"] and d["name"] != "mnist":
             raise InputError(f"data.resolution applies to data.name = 'mnist' only, not {d['name']!r}")
-        if nw["kernel"] == "lowrank" and tr["init_scale"] == 0:
-            raise InputError("network.kernel = 'lowrank' needs training.init_scale > 0: at zero controls psi = phi = 0 "
-                             "its derivative in b vanishes and b would never move")
+        family = KERNELS[nw["kernel"]]
+        if family.needs_random_start and tr["init_scale"] == 0:
+            raise InputError(f"network.kernel = {nw['kernel']!r} needs training.init_scale > 0: {family.needs_random_start}")
         if nd["channels"] > 1 and (nd["mesh"] or nd["space"] != "DG0"):
             raise InputError(f"node.channels = {nd['channels']} builds an image x channels mesh of DG0 cells: it takes "
                              f"no node.mesh and needs node.space = 'DG0'" + (f", not {nd['space']!r}" if not nd["mesh"] else ""))
-        with_channels = [name for name, family in KERNELS.items() if "channels" in inspect.signature(family).parameters]
-        if nd["channels"] > 1 and nw["kernel"] not in with_channels:
+        with_channels = [name for name, fam in KERNELS.items() if fam.takes_channels]
+        if nd["channels"] > 1 and not family.takes_channels:
             raise InputError(f"node.channels = {nd['channels']} makes the node domain image x channels for a kernel that "
                              f"is local in the image and dense across channels ({', '.join(with_channels)}); "
                              f"network.kernel = {nw['kernel']!r} takes no channels (each of its neurons already sees "
@@ -143,10 +142,7 @@ class Run:
         """The network and the functionals on the discretisation (space, depth)."""
         nd, nw = self.cfg["node"], self.cfg["network"]
         self.space = space
-        params = {"dense": {}, "lowrank": {"rank": nw["kernel_rank"]},
-                  "local": {"radius": nw["kernel_radius"], "cells": nw["kernel_cells"], "channels": nd["channels"],
-                            "quadrature": nw["kernel_quadrature"]}}
-        kernel = make_kernel(self.space, nw["kernel"], **params[nw["kernel"]])
+        kernel = KERNELS[nw["kernel"]].from_config(self.space, nw, nd)
         self.net = Network(self.space, depth, nw["activation"], nw["scheme"], nw["eps"], layout=self.layout, kernel=kernel,
                            dtype=nw["dtype"])
         self._functionals()
@@ -416,7 +412,7 @@ def _check_training(run: Run, bounds: dict, resume_from: Path | None):
         if run.net.scheme != "euler" or run.space.mass != "lumped" or run.net.eps != 0:
             raise InputError("training.method = 'msa' needs the ResNet scheme: network.scheme = 'euler', "
                              "lumped node mass and network.eps = 0")
-        if run.net.kernel.name != "dense":
+        if not run.net.kernel.rows_separate:
             raise InputError(f"training.method = 'msa' separates over the rows of a dense kernel; network.kernel = "
                              f"{run.net.kernel.name!r} couples them (use a gradient or Newton method)")
     if bounds and method in ("sgd", "adam"):
@@ -469,9 +465,10 @@ def _check_adaptive(run: Run, resume: bool) -> tuple:
             raise InputError(f"adapt.refine = {ad['refine']!r} refines node cells with dolfinx.mesh.refine, which takes "
                              f"intervals, triangles and tetrahedra, not {cell.name}s (set node.cell = 'triangle', or "
                              "adapt.refine = 'depth')")
-        if (sp.family, sp.degree) != ("DG", 0) or run.net.kernel.name != "dense":
+        if (sp.family, sp.degree) != ("DG", 0) or not run.net.kernel.node_pairs:
+            pairs = " or ".join(repr(name) for name, fam in KERNELS.items() if fam.node_pairs)
             raise InputError(f"adapt.refine = {ad['refine']!r}: the width estimator needs node.space = 'DG0' and "
-                             f"network.kernel = 'dense', not {sp.family}{sp.degree} with {run.net.kernel.name!r}")
+                             f"network.kernel = {pairs}, not {sp.family}{sp.degree} with {run.net.kernel.name!r}")
     size = run.J.controls.comm.allreduce(run.J.controls.n_local)
     if size > ad["max_controls"]:
         raise InputError(f"the initial discretisation has {size} controls > adapt.max_controls = {ad['max_controls']}: "

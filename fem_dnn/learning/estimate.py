@@ -164,14 +164,15 @@ def width_indicators(J, m, problem, order: int = 2, gauss_newton: bool = True, m
     ``eta = 2^q/(2^q - 1) (J_f* - J_h*)``. See docs/model.md §4.11.
 
     Raises:
-        InputError: a node space other than DG0 or a kernel other than dense (the
-        localisation is per cell pair), or a mesh that cannot be refined.
+        InputError: a node space other than DG0 or a kernel without a coefficient per
+        pair of node dofs (``Kernel.node_pairs``: the localisation is per cell pair), or a
+        mesh that cannot be refined.
     """
     from fem_dnn.optimize.transfer import interpolation_matrix, transfer_controls
 
     net = J.network
     sp = net.space
-    if (sp.family, sp.degree) != ("DG", 0) or net.kernel.name != "dense":
+    if (sp.family, sp.degree) != ("DG", 0) or not net.kernel.node_pairs:
         raise InputError(f"the width estimator needs DG0 nodes and the dense kernel, not {sp.family}{sp.degree} "
                          f"with the {net.kernel.name} kernel")
     fine = refine_nodes(sp)

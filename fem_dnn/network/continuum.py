@@ -152,7 +152,7 @@ class Network:
         self.prefix = petsc_options_prefix
         self.dtype = np.dtype(dtype)
         if self.dtype == np.float32:
-            why = float32_unsupported(scheme, self.eps, space.mass, self.kernel.name)
+            why = float32_unsupported(scheme, self.eps, space.mass, self.kernel)
             if why:
                 raise InputError(f"dtype = 'float32' {why}; use dtype = 'float64'")
         self._scheme = make_scheme(scheme, self)

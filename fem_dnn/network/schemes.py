@@ -418,21 +418,20 @@ STAGES = {**{n: len(t.b) for n, t in TABLEAUS.items()}, **{n: cls.stages for n, 
 #: The precisions of the states, the tape and the costate (``Network(dtype=...)``); the
 #: controls, gradients and what the optimisers see are float64 in both.
 DTYPES = ("float64", "float32")
-#: the kernel families ported to float32 (their products keep a float32 batch float32)
-FLOAT32_KERNELS = ("dense", "local", "lowrank")
 
 
-def float32_unsupported(scheme: str, eps: float, mass: str, kernel: str) -> str:
+def float32_unsupported(scheme: str, eps: float, mass: str, kernel) -> str:
     """Why a float32 network cannot run with these settings ("" when it can): the parts
-    solved by PETSc (float64 only here) and the kernels not yet ported."""
+    solved by PETSc (float64 only here) and the kernel families not ported (``kernel``, a
+    :class:`~fem_dnn.core.kernel.Kernel` or its class, without ``float32``)."""
     if scheme == "midpoint":
         return "cannot run the implicit midpoint rule: its PETSc SNES and KSP solve in float64"
     if eps:
         return "cannot take node diffusion (eps > 0): its PETSc solves are float64"
     if mass != "lumped":
         return "needs the lumped node mass: the consistent mass is applied by PETSc in float64"
-    if kernel not in FLOAT32_KERNELS:
-        return f"runs the {', '.join(FLOAT32_KERNELS)} kernels only, not the {kernel} kernel"
+    if not kernel.float32:
+        return f"runs the kernel families with float32 products only, not the {kernel.name} kernel"
     return ""
 
 

@@ -74,7 +74,7 @@ def hamiltonian_minimiser(J: ReducedFunctional, m: PETSc.Vec, box: dict, inner_i
     net = J.network
     if net.scheme != "euler" or net.space.mass != "lumped" or net.eps != 0:
         raise InputError("the PMP/MSA step is implemented for the ResNet scheme: euler, lumped mass, eps = 0")
-    if net.kernel.name != "dense":
+    if not net.kernel.rows_separate:
         raise InputError(f"the PMP/MSA step separates over the rows of a dense kernel; a {net.kernel.name} "
                          f"kernel couples them (train it with a gradient or Newton method)")
     cs = J.controls

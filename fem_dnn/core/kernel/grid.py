@@ -1,0 +1,266 @@
+"""The local kernel on a structured image grid: its fast path (:class:`PixelGrid`)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from fem_dnn.core.kernel.base import _mpi
+from fem_dnn.core.kernel.basis import box_basis, q1_basis
+from fem_dnn.errors import InputError
+
+if TYPE_CHECKING:
+    from fem_dnn.core.kernel.local import LocalKernel
+
+__all__ = ["PixelGrid"]
+
+
+class PixelGrid:
+    """The local kernel on a structured image grid: dense GEMMs over channels and samples.
+
+    When the node dofs are the DG0 cells of a regular pixel grid (C layers along the last
+    axis), every pair's offset ``y_i - y_j`` is an integer multiple ``o`` of the pixel
+    size and B is a convolution: ``(B f)(p, c) = sum_o sum_c' K_o[c, c'] f(p - o, c')``
+    with one C x C matrix a support offset, ``K_o[c, c'] = omega kappa_{c c'}(o h)``
+    (kappa's Q1 interpolant at the offset times the cell weight omega): the same operator
+    as the CSR path's ``P kappa`` to round-off.
+
+    This rank's owned pixels are laid out in their bounding box padded by the support
+    (R_a pixels a side, the halo), C-ordered ``(pixels..., C, S)``: samples innermost.
+    For an output pixel, the inputs at the last axis' 2 R + 1 offsets and all channels
+    are one contiguous ``((2 R + 1) C, S)`` block, so ``B f`` is, per offset of the other
+    axes, one batched GEMM ``(C x (2R+1) C) @ ((2R+1) C x S)`` over the box's pixels
+    through a strided view (no im2col copy), with K = (2R+1) C and N = S (docs/kernels.md
+    has the measurements against im2col, row-block GEMMs and the CSR path). B^T and the
+    outer product are the same GEMMs transposed. Pixels of the box the rank neither owns
+    nor holds as ghosts are zero: an owned row never reads them (its support holds only
+    owned and ghost pixels), so a partition whose block is not a rectangle is still
+    exact, only wasteful (refused when the box holds more than 8 times the rank's rows).
+
+    Args:
+        kern: the local kernel (its pairs, halo and channels).
+        chan: every global dof's channel.
+        geometry: ``(k, n, h, R)``: every global dof's integer pixel index per axis
+            ``(d, n_dofs)``, the pixels per axis, the pixel size per axis and the
+            support's half-width in pixels per axis.
+    """
+
+    def __init__(self, kern: LocalKernel, chan: np.ndarray, geometry: tuple):
+        sp, C = kern.space, kern.channels
+        k, n, h, R = geometry
+        d = len(n)
+        nl, off = sp.n_local, sp.offset
+        self.C, self.R = C, R
+        ko = k[:, off : off + nl]
+        blo = ko.min(axis=1) if nl else np.zeros(d, np.int64)
+        self.box = tuple(int(v) for v in (ko.max(axis=1) + 1 - blo)) if nl else (1,) * d
+        box = np.array(self.box)
+        self.pad1 = tuple(box + 2 * R)  # padded by R: the inputs
+
+        def flat(rel, shape):  # flat index in a box of ``shape`` (-1 outside)
+            shape = np.asarray(shape)
+            inside = np.all((rel >= 0) & (rel < shape[:, None]), axis=0)
+            st = np.ones(d, dtype=np.int64)
+            for a in range(d - 2, -1, -1):
+                st[a] = st[a + 1] * shape[a + 1]
+            return np.where(inside, (np.where(inside, rel, 0).T @ st), -1)
+
+        rel = k - blo[:, None]  # box coordinates of every global dof
+        in_box = flat(rel, box)
+        in_pad1 = flat(rel + R[:, None], self.pad1)
+        owned = slice(off, off + nl)
+        #: rows of the box's (pixel, channel) of the owned dofs
+        self.own_box = in_box[owned] * C + chan[owned]
+        #: rows of the padded box's (pixel, channel) of the owned dofs and of the ghosts
+        self.own_pad = in_pad1[owned] * C + chan[owned]
+        gh = kern.halo.ghosts
+        self.ghosts_inside = bool(np.all(in_pad1[gh] >= 0))
+        self.ghost_pad = np.where(in_pad1[gh] >= 0, in_pad1[gh] * C + chan[gh], 0)
+        self.halo = kern.halo
+        self.n_pad = int(np.prod(self.pad1)) * C
+        # per slab of the box's first axis: its owned rows (within the slab) and their local rows
+        self.space_n = nl
+        slabs = box[0] if d > 1 else 1  # 1-D: the whole box is one slab
+        per = int(np.prod(box)) * C // slabs
+        order = np.argsort(self.own_box, kind="stable")
+        cuts = np.searchsorted(self.own_box[order], per * np.arange(slabs + 1))
+        self.slab_dst = [order[cuts[i] : cuts[i + 1]] for i in range(slabs)]
+        self.slab_src = [self.own_box[o] - i * per for i, o in enumerate(self.slab_dst)]
+        #: every pixel of the box is owned (one rank, or a rectangular block): the box's
+        #: rows are a permutation of the owned ones, ``box_row``
+        self.full_box = sp.comm.size == 1 or nl == int(np.prod(box)) * C
+        self.box_row = np.empty(nl if self.full_box else 0, dtype=np.int64)
+        if self.full_box:
+            self.box_row[self.own_box] = np.arange(nl)
+        self._buffers = {}
+        self.n_box = int(np.prod(box))
+        # the support's offsets: the last axis' are the GEMM's K blocks, the others a loop
+        self.rest = [tuple(o) for o in np.ndindex(*(2 * R[:-1] + 1))]  # o_rest + R_rest
+        offs = np.array([[*(np.array(r) - R[:-1]), j - R[-1]] for r in self.rest for j in range(2 * R[-1] + 1)],
+                        dtype=np.int64).reshape(-1, d)
+        #: (n_rest, 2 R_d + 1, Ms): kappa's Q1 basis at the offsets times the (uniform) cell weight
+        if kern.quadrature == "exact":  # the cells' average of kappa's basis (every cell h wide)
+            hh = np.broadcast_to(np.asarray(h, dtype=float), offs.shape)
+            rr, cc, vv = box_basis(offs * h, hh, hh, kern.radius, kern.cells)
+        else:
+            rr, cc, vv = q1_basis(offs * h, kern.radius, kern.cells)
+        Q = np.zeros((offs.shape[0], kern.Ms))
+        np.add.at(Q, (rr, cc), vv)
+        self.Q = (Q * float(np.mean(sp.weights_all))).reshape(len(self.rest), 2 * R[-1] + 1, kern.Ms)
+
+    @classmethod
+    def detect(cls, kern: LocalKernel, chan: np.ndarray, strict: bool = False) -> PixelGrid | None:
+        """The grid layout if the node mesh is a structured image grid and every rank's
+        block suits it, else None (``strict``: raise instead). Collective."""
+        sp, C, d = kern.space, kern.channels, kern.sdim
+
+        def no(why):
+            if strict:
+                raise InputError(f"the local kernel's grid path needs {why}")
+            return None
+
+        if sp.family != "DG" or sp.degree != 0:
+            return no("a DG0 node space")
+        X = sp.x_all[:d]
+        k, n, h = np.zeros((d, sp.n), dtype=np.int64), np.ones(d, dtype=np.int64), np.ones(d)
+        for a in range(d):
+            u = np.unique(X[a])
+            span = u[-1] - u[0]
+            u = u[np.concatenate([[True], np.diff(u) > 1e-9 * max(span, 1e-300)])]
+            n[a] = u.size
+            if u.size > 1:
+                h[a] = span / (u.size - 1)
+            k[a] = np.rint((X[a] - u[0]) / h[a]).astype(np.int64)
+            if np.abs(X[a] - (u[0] + k[a] * h[a])).max() > 1e-9 * h[a]:
+                return no("a regular pixel grid (the cell centres are not equally spaced)")
+        key = np.ravel_multi_index(tuple(k), tuple(n)) * C + chan
+        if sp.n != C * int(np.prod(n)) or np.unique(key).size != sp.n:
+            return no("a full pixel grid in every channel")
+        w = sp.weights_all
+        if w.size and np.ptp(w) > 1e-12 * np.abs(w).max():
+            return no("equal cell weights")
+        if kern.quadrature == "exact":  # |k h| < rho + h
+            R = np.where(n > 1, np.ceil(kern.radius / h + 1 - 1e-9) - 1, 0).astype(np.int64)
+        else:  # |k h| <= rho
+            R = np.where(n > 1, np.floor(kern.radius * (1 + 1e-9) / h + 1e-9), 0).astype(np.int64)
+        # the same pairs as the CSR pattern (their count, from the in-domain offsets per axis)
+        ko = k[:, sp.offset : sp.offset + sp.n_local]
+        per_axis = [np.minimum(ko[a] + R[a], n[a] - 1) - np.maximum(ko[a] - R[a], 0) + 1 for a in range(d)]
+        same = int(C * np.prod(per_axis, axis=0).sum()) == kern.nnz
+        grid = cls(kern, chan, (k, n, h, R))
+        fits = grid.C * int(np.prod(grid.pad1)) <= 8 * max(sp.n_local, 1) and grid.ghosts_inside
+        # B^T exchanges v's ghosts forward on the grid path, backward on the CSR one: every
+        # rank takes the same path
+        if not sp.comm.allreduce(same, op=_mpi().LAND):
+            return no("the support's pixels to be the CSR pattern's pairs")
+        if not sp.comm.allreduce(fits, op=_mpi().LAND):
+            return no("every rank's pixels to fill at least 1/8 of their padded bounding box")
+        return grid
+
+    # ---- the offset weights and the strided views
+    def _K(self, kappa, dtype, transpose=False, scale=1.0):
+        """Per view r of :meth:`_views` (a multi-index of the leading axes), the GEMM's left
+        factor ``(n_rest, C, (2R+1) C)``: ``[r, c, (j, c')] = K_(R - r, R - j)[c, c']``
+        (B: the view at r reads the input at the offset o = R - r), or
+        ``K_(r - R, j - R)[c', c]`` (B^T, ``transpose``: it reads at p + o)."""
+        C = self.C
+        kap = scale * np.asarray(kappa, dtype=float).reshape(C, C, -1)
+        K = np.einsum("ijm,rom->rioj", kap, self.Q)  # [r, c_i, o_last + R, c_j]
+        if transpose:  # B^T: the mirrored offset -o, and c_i <-> c_j
+            return np.ascontiguousarray(K.transpose(0, 3, 2, 1)).reshape(len(self.rest), C, -1).astype(dtype)
+        return np.ascontiguousarray(K[::-1, :, ::-1, :]).reshape(len(self.rest), C, -1).astype(dtype)
+
+    def _views(self, buf, shape, out_shape, S):
+        """For each offset of the leading axes, the ``(*out_shape, (2R+1) C, S)`` strided
+        view of ``buf`` (C-ordered ``(*shape, C, S)``) at that offset."""
+        C, it, d = self.C, buf.itemsize, len(shape)
+        st = np.ones(d, dtype=np.int64)
+        for a in range(d - 2, -1, -1):
+            st[a] = st[a + 1] * shape[a + 1]
+        strides = tuple(int(v) * C * S * it for v in st) + (S * it, it)
+        K = (2 * int(self.R[-1]) + 1) * C
+        for r in self.rest:
+            start = int(np.dot(r, st[:-1])) * C * S if d > 1 else 0
+            yield np.lib.stride_tricks.as_strided(buf[start:], shape=tuple(out_shape) + (K, S), strides=strides,
+                                                  writeable=False)
+
+    def _conv(self, Kmat, buf, S):
+        """``out[p] = sum_r Kmat[r] @ view_r[p]`` on the owned pixels: a fresh Fortran
+        ``(n_local, S)``. One slab of the box's first axis at a time: the slab's sum stays
+        in the caches and its owned rows go to the output from there (the transposing
+        copy to the network's layout costs half as much as a pass afterwards, measured)."""
+        res = np.empty((self.space_n, S), dtype=buf.dtype, order="F")
+        views = list(self._views(buf, self.pad1, self.box, S))
+        if len(self.box) == 1:
+            out = np.matmul(Kmat[0], views[0]).reshape(-1, S)
+            res[self.slab_dst[0]] = out[self.slab_src[0]]
+            return res
+        slab = np.empty(self.box[1:] + (self.C, S), dtype=buf.dtype)
+        tmp = np.empty_like(slab)
+        for i in range(self.box[0]):
+            np.matmul(Kmat[0], views[0][i], out=slab)
+            for r in range(1, len(views)):
+                np.matmul(Kmat[r], views[r][i], out=tmp)
+                slab += tmp
+            res[self.slab_dst[i]] = slab.reshape(-1, S)[self.slab_src[i]]
+        return res
+
+    def _padded(self, F):
+        """F's owned rows (``(n_local, S)``, any memory order) and their ghosts written into
+        the R-padded box, C-ordered ``(padded pixels x C, S)`` in F's precision. The
+        buffer is kept per (S, dtype): its rows that no call writes (the padding, and the
+        box's pixels this rank neither owns nor holds as ghosts) stay zero, so a call
+        costs one pass over F (measured: the extended rows and then a gather took two)."""
+        S = F.shape[1]
+        dt = np.dtype(np.float32 if F.dtype == np.float32 else np.float64)
+        buf = self._buffers.get((S, dt))
+        if buf is None:
+            if len(self._buffers) >= 4:  # minibatches: a few batch sizes at a time
+                self._buffers.clear()
+            buf = self._buffers[(S, dt)] = np.zeros((self.n_pad, S), dtype=dt)
+        buf[self.own_pad] = F
+        if self.halo.comm.size > 1:
+            ghosts = np.empty((self.ghost_pad.size, S), dtype=dt)
+            self.halo.forward(F, ghosts)
+            buf[self.ghost_pad] = ghosts
+        return buf
+
+    def apply(self, kappa, F):
+        """``B f`` for this rank's rows F ``(n_local, S)``: a fresh Fortran ``(n_local, S)``."""
+        buf = self._padded(F)
+        return self._conv(self._K(kappa, buf.dtype), buf.reshape(-1), F.shape[1])
+
+    def apply_transpose(self, kappa, V, scale=1.0):
+        """``scale B^T v`` (a fresh Fortran ``(n_local, S)``): ``(B^T v)(q) = sum_o K_o^T
+        v(q + o)`` reads v at the owned rows' support, owned or ghost (the support is
+        symmetric), so B^T takes a forward exchange of v's ghost rows instead of the CSR
+        path's reverse one."""
+        buf = self._padded(V)
+        return self._conv(self._K(kappa, buf.dtype, True, scale), buf.reshape(-1), V.shape[1])
+
+    def outer(self, Z, F, scale=1.0):
+        """``scale d<Z, B F>/d kappa``: ``G_o = sum_(p, s) Z[p, :, s] F[p - o, :, s]^T``, one
+        batched GEMM per offset of the leading axes, then kappa's part ``Q^T G`` (this
+        rank's). Z enters per pixel as a contiguous ``(S, C)`` block (its box pixels the
+        rank does not own: zero): 1.6 times the GEMM rate of a transposed view at C = 16
+        in float32 (measured), for one copy of Z."""
+        S, C = F.shape[1], self.C
+        buf = self._padded(F).reshape(-1)
+        d = len(self.box)
+        if self.full_box:  # Z^T's columns in box order, then per pixel (S, C)
+            Zs = np.asarray(Z, dtype=buf.dtype).T[:, self.box_row].reshape(S, *self.box, C)
+            ZT = np.ascontiguousarray(Zs.transpose(*range(1, d + 1), 0, d + 1))  # (box..., S, C)
+        else:  # the box's pixels this rank does not own stay zero
+            ZT = np.zeros((self.n_box, S, C), dtype=buf.dtype)
+            ZT[self.own_box // C, :, self.own_box % C] = Z
+            ZT = ZT.reshape(*self.box, S, C)
+        G = np.zeros((len(self.rest), (2 * int(self.R[-1]) + 1) * C, C))
+        views = list(self._views(buf, self.pad1, self.box, S))
+        slabs = [(Ellipsis,)] if len(self.box) == 1 else [(i,) for i in range(self.box[0])]
+        axes = tuple(range(len(self.box) - (len(self.box) > 1)))
+        for i in slabs:  # per pixel ((2R+1) C x S) @ (S x C), summed over a slab of the first axis
+            for r, v in enumerate(views):
+                G[r] += np.matmul(v[i], ZT[i]).sum(axis=axes)
+        G = G.reshape(len(self.rest), -1, C, C)[::-1, ::-1].transpose(0, 3, 1, 2)  # [o_rest + R, c_i, o_last + R, c_j]
+        return scale * np.einsum("rioj,rom->ijm", G, self.Q).reshape(-1)
