@@ -4,6 +4,8 @@ tends to 1 under depth refinement for every scheme, with and without diffusion, 
 trained controls; adaptive depth refinement; the indicators are the same on 1, 2 and 3
 ranks; depth checkpointing is refused."""
 
+import re
+
 import numpy as np
 import pytest
 from mpi4py import MPI
@@ -320,6 +322,33 @@ def test_adaptive_loop_matches_serial(comm):
     par, ser = run(comm), run(MPI.COMM_SELF)
     assert [p[:4] for p in par] == [s[:4] for s in ser], (par, ser)
     assert np.allclose([p[4:] for p in par], [s[4:] for s in ser], rtol=1e-6), (par, ser)
+
+
+@pytest.mark.parametrize("scripted, reason", [
+    ((2e-2, -5e-3), r"changed sign \(\+2\.000e-02 -> -5\.000e-03\)"),
+    ((2e-2, 3e-2), r"did not decrease \(\|\+2\.000e-02\| -> \|\+3\.000e-02\|\)"),
+    ((-2e-2, -5e-3, -5e-3), r"did not decrease"),
+    ((-2e-2, -5e-3, -1e-3), r"^4 cycles"),
+], ids=["sign", "increase", "stall", "reliable"])
+def test_adaptive_loop_stops_when_the_estimate_is_not_reliable(monkeypatch, scripted, reason):
+    """The loop stops at the first cycle whose estimate has the other sign than the
+    previous one's or is not smaller in size (outside the asymptotic regime, where the
+    error of the trained cost keeps its sign and decreases): the stop says so, and a
+    negative first estimate with a tolerance set is named. The depth indicators are
+    scripted (one per layer, summing to the given estimates); a sequence of one sign
+    that decreases runs all 4 cycles. Training is real (10 iterations)."""
+    import fem_dnn.learning.estimate as estimate
+    from fem_dnn.optimize.adaptive import adapt
+
+    calls = iter(scripted + (scripted[-1] / 2,) * 4)
+    monkeypatch.setattr(estimate, "depth_indicators", lambda J, m: np.full(J.network.depth.N, next(calls) / J.network.depth.N))
+    sp = NodeSpace(create_node_mesh(MPI.COMM_SELF, "interval", 4), "DG", 0)
+    cycles = adapt(_problem, sp, Depth(T=1.0, N=2), refine=("depth",), cycles=4, tolerance=1e-9, fraction=0.5, max_it=10)
+    expected = len(scripted) if reason != r"^4 cycles" else 4
+    assert len(cycles) == expected and all(not c.stop for c in cycles[:-1]), [c.stop for c in cycles]
+    assert re.search(reason, cycles[-1].stop), cycles[-1].stop
+    assert ("first cycle's estimate was negative" in cycles[-1].stop) == (scripted[0] < 0), cycles[-1].stop
+    np.testing.assert_allclose([c.estimate for c in cycles[:len(scripted)]], scripted[:expected], rtol=1e-12)
 
 
 def test_adaptive_loop_refuses_a_first_discretisation_over_its_limit():

@@ -417,7 +417,11 @@ def test_adaptive_run_folder(tmp_shared, capsys):
                              "output.fields=false", f"output.folder='{folder}'"])
     summary = train(cfg, comm, out=lambda *a: None)
     rows = summary["adapt"]
-    assert [r["cycle"] for r in rows] == [0, 1] and rows[-1]["stop"] == "2 cycles"
+    # 30 L-BFGS iterations leave an optimisation gap: the first estimate is negative
+    # (-0.56 serially), the second of the same sign and smaller, so the loop runs its 2
+    # cycles and its stop names the negative first estimate (tolerance set)
+    assert [r["cycle"] for r in rows] == [0, 1] and rows[-1]["stop"].startswith("2 cycles"), rows[-1]["stop"]
+    assert rows[0]["estimate"] < 0 and "first cycle's estimate was negative" in rows[-1]["stop"]
     assert rows[0]["marked_layers"] + rows[0]["marked_cells"] > 0
     assert (rows[1]["layers"], rows[1]["neurons"]) == (2 + rows[0]["marked_layers"], summary["neurons"])
     for k in range(2):
@@ -440,3 +444,35 @@ def test_adaptive_run_folder(tmp_shared, capsys):
         folder.rename(moved)
     comm.Barrier()
     assert abs(evaluate(moved, comm, out=lambda *a: None)["J"] - rows[-1]["J"]) <= 1e-10 * abs(rows[-1]["J"])
+
+
+@pytest.mark.parametrize("fraction", [0.5, 1.0])
+def test_adaptive_dry_run_bounds_every_cycle(tmp_path, fraction):
+    """``train(dry_run=True)`` of an adaptive config (bumps on 32 intervals, 2 layers, 3
+    cycles, max_controls 30000) lists every cycle with upper bounds of its layers, neurons
+    and controls, and the run's cycles stay within them. The bound marks every layer and
+    cell (N x 2, cells x 2 for intervals a cycle): with fraction 1 Dörfler marks them all
+    in cycle 0, so cycle 1 attains the bound (4 layers, 64 neurons, 20800 controls), and
+    the next worst case (148608 controls) is over the cap, so the bound of cycle 2 is the
+    cap."""
+    from fem_dnn.app.train import train
+
+    cfg = load_config(None, ["data.name='bumps'", "data.samples=16", "network.N=2", "training.max_it=20",
+                             "adapt.cycles=3", f"adapt.fraction={fraction}", "adapt.tolerance=1e-12",
+                             "adapt.max_controls=30000", "output.fields=false", "output.figures=false",
+                             f"output.folder='{tmp_path / 'run'}'"])
+    lines = []
+    dry = train(cfg, MPI.COMM_SELF, out=lines.append, dry_run=True)
+    bounds = dry["cycles"]
+    assert [(b["cycle"], b["layers"], b["neurons"], b["controls"]) for b in bounds] == [
+        (0, 2, 32, 3168), (1, 4, 64, 20800), (2, 8, 128, 30000)], bounds
+    assert bounds[2]["capped"] and not bounds[1]["capped"] and bounds[0]["gradient"] == 1.0
+    table = "\n".join(lines).split("adaptive cycles (upper bounds")[1].splitlines()[2:]
+    assert [int(row.split()[0]) for row in table] == [0, 1, 2], table
+    assert "relative" in lines[-1] and "no time model" in lines[-1]
+    rows = train(cfg, MPI.COMM_SELF, out=lambda *a: None)["adapt"]
+    assert len(rows) >= 2, rows
+    for row, b in zip(rows, bounds):
+        assert row["layers"] <= b["layers"] and row["neurons"] <= b["neurons"] and row["controls"] <= b["controls"], (row, b)
+    if fraction == 1.0:
+        assert (rows[1]["layers"], rows[1]["neurons"], rows[1]["controls"]) == (4, 64, 20800), rows[1]

@@ -76,8 +76,9 @@ def _parser() -> argparse.ArgumentParser:
                    "config.toml (a config given too may change only [training] and [output]; "
                    "training.max_it and epochs count the whole run)")
     t.add_argument("--dry-run", action="store_true",
-                   help="print the problem sizes and the estimated peak memory per rank, check that they fit, "
-                        "and stop (nothing is built or written)")
+                   help="print the problem sizes and the estimated peak memory per rank (an adaptive config: "
+                        "every cycle's size bounds and relative cost), check that they fit, and stop (nothing is "
+                        "built or written)")
     t.add_argument("--overwrite", action="store_true",
                    help="replace the run in the run folder (its files are removed first); without it a folder "
                         "that holds a run is refused")

@@ -59,6 +59,7 @@ from fem_dnn.optimize.methods import HESSIAN, TAO
 __all__ = [
     "Estimate",
     "HJBEstimate",
+    "adaptive_cycles",
     "available_memory",
     "check",
     "estimate",
@@ -288,6 +289,8 @@ class Estimate:
     indices: dict = field(default_factory=dict)
     index_max: int = 2**31 - 1
     advice: list = field(default_factory=list)
+    cycles: list = field(default_factory=list)
+    cycles_note: str = ""
 
     @property
     def peak_phase(self) -> str:
@@ -309,6 +312,13 @@ class Estimate:
             lines.append(f"    + {name:50s} {val / MiB:9.1f}{mark}")
         lines.append(f"  peak per rank: {self.peak_bytes / GiB:.2f} GiB (resident + the largest phase); "
                      f"available: {self.available_bytes / GiB:.2f} GiB for {self.ranks_per_node} rank(s) on this machine")
+        if self.cycles:
+            lines.append(f"  adaptive cycles (upper bounds; {self.cycles_note})")
+            lines.append("    cycle  layers <=  cells <=  neurons <=  controls <=  gradient <=  training <=  estimate <=")
+            for c in self.cycles:
+                cap = f"  (worst case {c['worst_case']:,} > adapt.max_controls)" if c["capped"] else ""
+                lines.append(f"    {c['cycle']:5d}  {c['layers']:9d}  {c['cells']:8d}  {c['neurons']:10d}  {c['controls']:11,d}  "
+                             f"{c['gradient']:10.3g}  {c['training']:11.4g}  {c['estimation']:11.4g}{cap}")
         return "\n".join(lines)
 
 
@@ -576,7 +586,85 @@ def estimate(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, store_every: int | None
     est = Estimate(P, Pn, n, nl, cells, N, S, S_test, S_l, controls, controls_l, desc, resident, phases, int(peak),
                    now, avail, per_node, indices, petsc_int_max())
     est.advice = _advice(est, method, scheme)
+    if int(cfg.get("adapt", {}).get("cycles", 0)):
+        def total(N_k, n_k, cells_k):  # the control vector's size on a (depth, node) discretisation
+            rd = (K * n_k + K) if kind == "classes" else (n_k * n_k + n_k)
+            km = KERNELS[nw["kernel"]].memory(nw, nd, N=N_k, n=n_k, n_local=_cdiv(n_k, Pn), cells=cells_k, gdim=gdim)
+            return N_k * n_k + km.controls + rd
+
+        est.cycles, est.cycles_note = adaptive_cycles(cfg["adapt"], N, n, cells, cell, fam, deg, int(tr["max_it"]), total)
     return est
+
+
+#: children of a node cell with every edge bisected (``dolfinx.mesh.refine``, Plaza: a
+#: triangle splits into at most 4, a tetrahedron into at most 8, with conforming closure)
+REFINED_CHILDREN = {"interval": 2, "triangle": 4, "tetrahedron": 8}
+#: Gauss-Newton Hessian products the width estimator's CG takes at most (``adapt``'s
+#: ``newton_its``, the run's default)
+NEWTON_ITS = 100
+
+
+def adaptive_cycles(ad: dict, N: int, n: int, cells: int, cell: str, family: str, degree: int, max_it: int,
+                    controls) -> tuple[list, str]:
+    """Upper bounds of an adaptive run's discretisations, one dict a cycle, and a note on
+    what they assume (``fem-dnn train --dry-run`` with ``adapt.cycles > 0``).
+
+    The worst case marks every layer and every cell each cycle: splitting every layer
+    doubles N (``refine_depth``), refining every node cell multiplies the cells by
+    :data:`REFINED_CHILDREN` (DG0: the neurons too). Dörfler's rule marks at most all of
+    them, so cycle k has at most ``N 2^k`` layers and ``cells c^k`` cells, and at most
+    ``adapt.max_controls`` controls (the loop stops before a larger discretisation).
+    There is no time model: the costs are relative, in gradients of the first cycle's
+    size, a gradient's cost taken proportional to the controls (to leading order for the
+    dense kernel the width refinement needs: N n^2 S of both). ``training``: at most
+    ``training.max_it`` iterations (line-search evaluations not counted); ``estimation``:
+    the depth indicators about two gradients (costate and half steps), the width
+    indicators about ``2 + 2 NEWTON_ITS`` (a Gauss-Newton product about two gradients) on
+    the uniformly refined node mesh, at most ``c^2`` times the controls (they are at most
+    quadratic in the neurons).
+
+    Args:
+        ad: the config's ``[adapt]``.
+        N, n, cells, cell, family, degree: the first discretisation.
+        max_it: ``training.max_it``.
+        controls: ``controls(N, n, cells)`` the control vector's size.
+    """
+    refine = ("depth", "width") if ad["refine"] == "both" else (ad["refine"],)
+    notes = []
+    c = REFINED_CHILDREN.get(cell)
+    dg0 = (family, degree) == ("DG", 0)
+    width = "width" in refine and c is not None and dg0
+    if "width" in refine and not width:
+        notes.append(f"no width refinement: it needs DG0 simplices, not {family}{degree} {cell}s (the run refuses it)")
+    grow = (["N x 2 (every layer split)"] if "depth" in refine else []) + (
+        [f"cells x {c} (every {cell} refined)"] if width else [])
+    notes.insert(0, "every layer and cell marked: " + ", ".join(grow) + " a cycle")
+    notes.append("costs relative, in gradients of cycle 0 (no time model; a gradient's cost taken proportional to "
+                 f"the controls); training: <= training.max_it = {max_it} iterations; estimate: the indicators "
+                 f"(width: <= {NEWTON_ITS} Gauss-Newton products on the refined node mesh)")
+    cap = int(ad["max_controls"])
+    first = controls(N, n, cells)
+    out, N_k, cells_k = [], N, cells
+    for k in range(int(ad["cycles"])):
+        n_k = cells_k if width else n
+        worst = controls(N_k, n_k, cells_k)
+        bound = min(worst, cap) if k else worst  # the first is the config's (refused above the cap)
+        gradient = bound / first
+        estimation = 0.0
+        if "depth" in refine:
+            estimation += 2 * gradient
+        if width:
+            # the uniformly refined problem: at most c^2 times the controls (they are at most quadratic in n)
+            refined = min(controls(N_k, cells_k * c, cells_k * c), c * c * bound)
+            estimation += (2 + 2 * NEWTON_ITS) * refined / first
+        out.append({"cycle": k, "layers": N_k, "cells": cells_k, "neurons": n_k, "controls": bound, "worst_case": worst,
+                    "capped": worst > cap, "gradient": gradient, "training": gradient * max_it,
+                    "estimation": estimation})
+        if "depth" in refine:
+            N_k *= 2
+        if width:
+            cells_k *= c
+    return out, "; ".join(notes)
 
 
 def _advice(est: Estimate, method: str, scheme: str) -> list[str]:

@@ -261,7 +261,9 @@ def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=
         overwrite: replace the run in ``output.folder`` (its files are removed first).
         dry_run: print the problem sizes and the memory estimate
             (:func:`fem_dnn.app.resources.estimate`) and return it (as a dict) without
-            building or writing anything.
+            building or writing anything; for an adaptive config, also every cycle's
+            upper bounds of the sizes and relative costs (``cycles``:
+            :func:`fem_dnn.app.resources.adaptive_cycles`; empty otherwise).
 
     Raises:
         InputError: every check fails before anything is written (the run folder rules
@@ -281,7 +283,7 @@ def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=
             out(est.describe())
         resources.check(est, comm)
         return {"neurons": est.neurons, "layers": est.layers, "samples": est.samples, "controls": est.controls,
-                "peak_bytes": est.peak_bytes, "available_bytes": est.available_bytes}
+                "peak_bytes": est.peak_bytes, "available_bytes": est.available_bytes, "cycles": est.cycles}
     resources.check(est, comm)
     run = Run(cfg, comm, out)
     tr, folder = cfg["training"], Path(cfg["output"]["folder"])

@@ -9,8 +9,9 @@ their indicators: the larger contributions are refined, wherever they are), spli
 marked layers and refines the marked cells (``dolfinx.mesh.refine``), and moves the
 controls onto the new discretisation
 (:func:`fem_dnn.optimize.transfer.transfer_controls`). It stops when the estimate is
-below the tolerance, after the maximum number of cycles, or before a discretisation with
-more controls than allowed. See docs/model.md §4.11.
+below the tolerance, after the maximum number of cycles, before a discretisation with
+more controls than allowed, or when the estimate is not reliable: it changed sign or
+did not decrease in size from the previous cycle's. See docs/model.md §4.11-4.12.
 """
 
 from dataclasses import dataclass, field
@@ -55,6 +56,21 @@ def _size(J) -> int:
     return int(J.controls.comm.allreduce(J.controls.n_local))
 
 
+def _unreliable(previous: float, current: float) -> str:
+    """Why the estimate ``current`` after ``previous`` is not a reliable estimate of the
+    error ("" if it may be). In the asymptotic regime, where the indicators' neglected
+    terms are of higher order (docs/model.md §4.11-4.12), the error of the trained cost
+    keeps its sign and decreases under refinement, and so does an estimate that tracks it."""
+    why = ("the estimate is outside the asymptotic regime in which it estimates the error of the trained cost "
+           "(a different local minimum, a remaining optimisation gap, or unresolved data): stopped, since "
+           "|estimate| is no bound of the error and the marking rests on it")
+    if previous * current < 0:
+        return f"the estimate changed sign ({previous:+.3e} -> {current:+.3e}): {why}"
+    if abs(current) >= abs(previous):
+        return f"the estimate did not decrease (|{previous:+.3e}| -> |{current:+.3e}|): {why}"
+    return ""
+
+
 def check(goal="cost", tolerance=None, fraction=0.5, cycles=5, max_controls=None, refine=REFINE):
     """Refuse bad adaptive settings (InputError, one line)."""
     if goal not in GOALS:
@@ -84,7 +100,10 @@ def adapt(problem, space, depth, goal: str = "cost", tolerance: float | None = N
             :meth:`fem_dnn.core.domain.NodeSpace.cell_averages`).
         space, depth: the first node space and depth mesh.
         goal: the goal functional (:data:`GOALS`: the trained cost).
-        tolerance: stop when ``|sum eta|`` is below it (None: run the cycles).
+        tolerance: stop when ``|sum eta|`` is below it (None: run the cycles). Whatever
+            the tolerance, the loop stops at a cycle whose ``sum eta`` has the other sign
+            than the previous cycle's or is not smaller in size (the estimate is then not
+            a reliable estimate of the error; the stop says so).
         fraction: Dörfler's marking fraction, in (0, 1].
         cycles: the maximum number of cycles (trainings).
         max_controls: stop before training a discretisation with more controls.
@@ -120,8 +139,13 @@ def adapt(problem, space, depth, goal: str = "cost", tolerance: float | None = N
         eta_w = width_indicators(J, res.m, problem, max_it=newton_its) if "width" in refine else np.zeros(0)
         cycle = Cycle(index, J, res.m, J(res.m), _size(J), res.iterations, eta_d, eta_w, history=res.history)
         out.append(cycle)
-        if tolerance is not None and abs(cycle.estimate) <= tolerance:
-            cycle.stop = f"estimate {abs(cycle.estimate):.3e} <= tolerance {tolerance:g}"
+        unreliable = None if previous is None else _unreliable(previous.estimate, cycle.estimate)
+        if unreliable:
+            cycle.stop = unreliable
+            if tolerance is not None and abs(cycle.estimate) <= tolerance:
+                cycle.stop += f"; |estimate| {abs(cycle.estimate):.3e} <= tolerance {tolerance:g} does not bound it"
+        elif tolerance is not None and abs(cycle.estimate) <= tolerance:
+            cycle.stop = f"estimate {cycle.estimate:+.3e}: |estimate| {abs(cycle.estimate):.3e} <= tolerance {tolerance:g}"
         elif index == cycles - 1:
             cycle.stop = f"{cycles} cycles"
         else:
@@ -134,6 +158,10 @@ def adapt(problem, space, depth, goal: str = "cost", tolerance: float | None = N
             size = _size(J_next)
             if max_controls is not None and size > max_controls:
                 cycle.stop = f"the next discretisation has {size} controls > {max_controls}"
+        if cycle.stop and tolerance is not None and out[0].estimate < 0:
+            cycle.stop += (f" (the first cycle's estimate was negative, {out[0].estimate:+.3e}: the estimate is signed, "
+                           "the limit's trained cost minus this discretisation's, and the tolerance is on its "
+                           "size; a large negative estimate can be the training's remaining optimisation gap)")
         if callback is not None:
             callback(cycle)
         if cycle.stop:
