@@ -6,7 +6,7 @@ MNIST command).
 
 What is changed, and only that: the environment's own paths for ``.venv/bin/``; ``./run
 main`` and ``./run fem-dnn`` become what ``./run`` executes after its setup (checked
-against the script); small limits on the training commands (``training.max_it=3``,
+against the script); small limits on the training commands (``training.max_it=3``, ``training.epochs=1``,
 ``data.samples=200``, no figures) and ``--quick`` on the demos, so that all of it runs in
 seconds. ``mydata.npz`` (the user's data of the example) is 120 digits. What does not run
 is listed with its reason (:data:`BLOCKS`, :data:`SKIPPED_COMMANDS`), and a new block in
@@ -37,6 +37,7 @@ BLOCKS = [
     ("MNIST (`demos/mnist.toml`)", None),
     ("MNIST (`demos/mnist.toml`)", None),
     ("Kernel families (`[network] kernel`, [docs/kernels.md](docs/kernels.md))", None),
+    ("Depth slabs: a continuum convolutional ResNet (`demos/mnist_conv.toml`, docs/model.md §4.14)", None),
     ("Docker", "needs a Docker engine and builds an image (the runs inside it are the commands above)"),
     ("Tests", "the test suite itself, this test included (minutes)"),
 ]
@@ -46,7 +47,7 @@ SKIPPED_COMMANDS = {
     ".venv/bin/pip install": "installs a package (the test extra already holds mlxtend; no network in the suite)",
 }
 #: The run folders the blocks leave, each with a finished run.
-RUN_FOLDERS = ("out_train", "out_newton", "out_mydata", "out_mnist", "out_mnist_local", "out_mnist_demo")
+RUN_FOLDERS = ("out_train", "out_newton", "out_mydata", "out_mnist", "out_mnist_local", "out_mnist_demo", "out_mnist_conv")
 
 
 def blocks() -> list[tuple[str, list[str]]]:
@@ -86,7 +87,7 @@ def _words(cmd: str, bindir: str) -> list[str]:
     cmd = cmd.replace("./run fem-dnn", ".venv/bin/fem-dnn", 1)
     words = [w.replace(".venv/bin", bindir) if w.startswith(".venv/bin") else w for w in shlex.split(cmd, comments=True)]
     if "train" in words:
-        words += ["--set", "training.max_it=3", "--set", "output.figures=false"]
+        words += ["--set", "training.max_it=3", "--set", "training.epochs=1", "--set", "output.figures=false"]
         if "data.name" not in cmd:  # the user's file holds 120 samples
             words += ["--set", "data.samples=200"]
     if any(w.endswith(".py") and "demos/" in w for w in words):
@@ -123,6 +124,6 @@ def test_readme_blocks_run_in_order(tmp_path):
             if out is not None:
                 out.write_text(res.stdout)
             ran += 1
-    assert ran == 13, ran
+    assert ran == 14, ran
     for folder in RUN_FOLDERS:
         assert (tmp_path / folder / "checkpoint" / "checkpoint.npz").is_file(), folder
