@@ -141,7 +141,7 @@ class Run:
     def _build(self, space: NodeSpace, depth: Depth):
         """The network and the functionals on the discretisation (space, depth)."""
         nd, nw = self.cfg["node"], self.cfg["network"]
-        self.space = space
+        self.space, self.spaces = space, [space]
         kernel = KERNELS[nw["kernel"]].from_config(self.space, nw, nd)
         self.net = Network(self.space, depth, nw["activation"], nw["scheme"], nw["eps"], layout=self.layout, kernel=kernel,
                            dtype=nw["dtype"])
@@ -205,6 +205,11 @@ class Run:
         self.net = SlabNetwork(nets)
         self._functionals()
 
+    @property
+    def slabs(self) -> bool:
+        """The network is a :class:`~fem_dnn.network.slabs.SlabNetwork` (depth slabs)."""
+        return hasattr(self.net, "slabs")
+
     def _functionals(self):
         """The training, test and validation functionals of :attr:`net`."""
         tr, ds = self.cfg["training"], self.data
@@ -245,7 +250,7 @@ class Run:
             if F is not None:
                 F.destroy()
         self.net.destroy()
-        for sp in getattr(self, "spaces", [self.space]):
+        for sp in self.spaces:
             sp.destroy()
 
 
@@ -370,7 +375,7 @@ def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=
     training = time.perf_counter() - t_train - evaluator.seconds
     summary = {"data": run.data.name, "method": method, "iterations": res.iterations, "reason": res.reason,
                "stop": res.stop, "at_resolution": res.resolution, "gnorm": res.gnorm, "ranks": comm.size,
-               "neurons": run.space.n if not hasattr(run, "spaces") else [sp.n for sp in run.spaces],
+               "neurons": [sp.n for sp in run.spaces] if run.slabs else run.space.n,
                "layers": run.net.depth.N,
                **run.metrics(res.m), **evaluator.summary(), "solves": dict(run.J.counts), "training_seconds": training,
                "evaluation_seconds": evaluator.seconds, "seconds": time.perf_counter() - t0}
@@ -693,7 +698,7 @@ class _Evaluator:
 
 def _neurons(run: Run) -> str:
     """The neurons of the run's node space, or of every slab (``784 -> 1568 -> 784``)."""
-    return " -> ".join(str(sp.n) for sp in getattr(run, "spaces", [run.space]))
+    return " -> ".join(str(sp.n) for sp in run.spaces)
 
 
 def _shown_samples(run: Run) -> int:
@@ -724,7 +729,7 @@ def _write_outputs(run: Run, res, summary: dict, folder: Path):
     _write_metrics(res.history, folder, comm)
     runfolder.write_text(folder / "summary.json", json.dumps(summary, indent=2), comm)
     k = _shown_samples(run)
-    if hasattr(run, "spaces"):  # depth slabs: figures (no field files: one (depth, node) mesh a slab)
+    if run.slabs:  # depth slabs: figures (no field files: one (depth, node) mesh a slab)
         if cfg["output"]["figures"]:
             _slab_figures(run, res, summary, folder, k)
         return

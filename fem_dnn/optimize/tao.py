@@ -95,26 +95,29 @@ class Coordinates:
         self.controls, self.riesz = controls, riesz
         w, w_all = controls.space.diagonal_weights()  # the readout's (the last slab's) node space
         self.s, self.s_all = np.sqrt(w), np.sqrt(w_all)
-        #: per slab: a's node factors, b's diagonal (as factors) and the depth operator C C^T
+        #: per slab: a's node factors, b's diagonal (as factors), the depth operator C C^T
+        #: and, for the L2 depth product, C = diag(sqrt(tau_k)) and its inverse (else None)
         self.layers = []
         for net, (_, _, depth) in zip(controls.layers, controls.depths):
-            if not depth.is_diagonal:
+            if depth.is_diagonal:
+                c = np.sqrt(depth.diagonal)
+                factors = (c, 1.0 / c)
+            else:
                 depth.cholesky()  # factor once (cached)
+                factors = None
             self.layers.append((np.sqrt(net.space.diagonal_weights()[0]),
-                                [np.sqrt(f) for f in net.kernel.diagonal()], depth))
+                                [np.sqrt(f) for f in net.kernel.diagonal()], depth, factors))
 
     @property
     def diagonal_depth(self) -> bool:
         """Every slab's depth operator is diagonal (the L2 depth product): boxes stay boxes."""
-        return all(depth.is_diagonal for _, _, depth in self.layers)
+        return all(factors is not None for *_, factors in self.layers)
 
     @staticmethod
-    def _depth(depth, X, transpose, inverse):
-        """``C^T X``, ``C^{-T} X`` or ``C^{-1} X`` across layers (first axis of X); for the
-        L2 depth product C = diag(sqrt(tau_k))."""
-        if depth.is_diagonal:
-            c = np.sqrt(depth.diagonal)
-            c = 1.0 / c if inverse else c
+    def _depth(depth, factors, X, transpose, inverse):
+        """``C^T X``, ``C^{-T} X`` or ``C^{-1} X`` across layers (first axis of X)."""
+        if factors is not None:
+            c = factors[1] if inverse else factors[0]
             return c.reshape((-1,) + (1,) * (X.ndim - 1)) * X
         return depth.cholesky_apply(X, transpose=transpose, inverse=inverse)
 
@@ -125,13 +128,13 @@ class Coordinates:
         s, s_all = self.s**power, self.s_all**power
         layers, W, mu = cs.layer_blocks(cs.blocks(x.array_r))
         olayers, oW, omu = cs.layer_blocks(cs.blocks(out))
-        for (_, a, b), (_, oa, ob), (sa, s_b, depth) in zip(layers, olayers, self.layers):
-            oa[:] = self._depth(depth, a * sa**power, transpose, inverse)
+        for (_, a, b), (_, oa, ob), (sa, s_b, depth, factors) in zip(layers, olayers, self.layers):
+            oa[:] = self._depth(depth, factors, a * sa**power, transpose, inverse)
             if b.size:
                 sb = b.copy()
                 for f in s_b:
                     sb *= f**power
-                ob[:] = self._depth(depth, sb.reshape(b.shape[0], -1), transpose, inverse).reshape(b.shape)
+                ob[:] = self._depth(depth, factors, sb.reshape(b.shape[0], -1), transpose, inverse).reshape(b.shape)
         if cs.kind == "classes":
             oW[:] = W * s
             omu[:] = mu

@@ -80,7 +80,7 @@ class PixelGrid:
         self.halo = kern.halo
         self.n_pad = int(np.prod(self.pad1)) * C
         # per slab of the box's first axis: its owned rows (within the slab) and their local rows
-        self.space_n = nl
+        self.n_local = nl
         slabs = box[0] if d > 1 else 1  # 1-D: the whole box is one slab
         per = int(np.prod(box)) * C // slabs
         order = np.argsort(self.own_box, kind="stable")
@@ -190,7 +190,7 @@ class PixelGrid:
         ``(n_local, S)``. One slab of the box's first axis at a time: the slab's sum stays
         in the caches and its owned rows go to the output from there (the transposing
         copy to the network's layout costs half as much as a pass afterwards, measured)."""
-        res = np.empty((self.space_n, S), dtype=buf.dtype, order="F")
+        res = np.empty((self.n_local, S), dtype=buf.dtype, order="F")
         views = list(self._views(buf, self.pad1, self.box, S))
         if len(self.box) == 1:
             out = np.matmul(Kmat[0], views[0]).reshape(-1, S)
