@@ -116,6 +116,37 @@ def test_local_kernel_converges_at_order_two(name, rule):
     assert rates[-1] > 1.8 and rates[-2] > 1.8, (errs, rates)
 
 
+@pytest.mark.parametrize("name,method", [("interval-DG0", "csr"), ("quads-DG0", "grid"), ("quads-DG0", "csr")])
+def test_trapezoid_rule_is_second_order_where_kappa_jumps(name, method):
+    """kappa = 1 on the support box (a Q1 function: represented exactly) jumps to zero at
+    the box's faces. Against the closed form ``int_{|y - z| <= rho} f(z) dz`` (a product of
+    1-D antiderivatives) the trapezoid rule (half weights on the faces, which lie on the
+    node centres: rho a multiple of h) converges at order 2; the nodal rule weighs the
+    faces fully, an error ``h/2 (f(y - rho) + f(y + rho))`` per axis: order 1."""
+    comm = MPI.COMM_SELF
+    rho = 0.2
+    prims = [lambda z: np.sin(2.0 * z) / 2.0, lambda z: z + z**3 / 3.0]  # antiderivatives of cos 2z, 1 + z^2
+    fs = [lambda z: np.cos(2.0 * z), lambda z: 1.0 + z**2]
+    shape, _, cell, fam, deg = MESHES[name]
+    errs = {"trapezoid": [], "nodal": []}
+    for scale in (1, 2, 4, 8):
+        k = 5 * scale  # DG0 cells h = rho, rho/2, ...
+        sp = NodeSpace(create_node_mesh(comm, shape, k if shape == "interval" else (k, k), cell=cell), fam, deg)
+        d = int(sp.mesh.geometry.dim)
+        F = np.prod([fs[a](sp.x_owned[a]) for a in range(d)], axis=0)
+        y = sp.x_owned[:d]
+        inner = np.all((y >= rho + 0.05) & (y <= 1 - rho - 0.05), axis=0)
+        exact = np.prod([prims[a](y[a, inner] + rho) - prims[a](y[a, inner] - rho) for a in range(d)], axis=0)
+        for rule in errs:
+            kern = LocalKernel(sp, radius=rho, cells=2, quadrature=rule, method=method)
+            assert kern.method == method
+            errs[rule].append(np.abs(kern.apply(np.ones(kern.M), F)[inner] - exact).max())
+        sp.destroy()
+    trap, nodal = observed_orders(errs["trapezoid"]), observed_orders(errs["nodal"])
+    assert trap[-1] > 1.8 and trap[-2] > 1.8, (errs, trap)
+    assert 0.8 < nodal[-1] < 1.2, (errs, nodal)
+
+
 def _network(comm, name, scheme, kind, kernel="local", eps=0.0):
     sp = space_of(comm, name)
     kern = {"local": lambda: LocalKernel(sp, radius=0.3, cells=3), "lowrank": lambda: LowRankKernel(sp, 3),

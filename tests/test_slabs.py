@@ -161,6 +161,42 @@ def test_slabs_refuse_what_they_cannot_join():
     a.destroy(), b.destroy(), c.destroy()
 
 
+@pytest.mark.mpi
+def test_slab_controls_transfer_slab_by_slab(comm, slab_spaces):
+    """:func:`transfer_controls` moves a slab network's controls slab by slab: to the same
+    slabs it is the identity; to slabs of twice the pixels (24x24 -> 12x12x2 -> 6x6x4) with
+    kappa = 0 every state is pointwise (f' = sigma(a)), so on inputs that are the coarse
+    ones copied to the fine pixels the fine network's outputs are the coarse ones to
+    round-off (a, W moved by the DG0 interpolation, the projections and the readout's
+    mass consistent); on 1, 2 and 3 ranks."""
+    from fem_dnn.optimize.transfer import interpolation_matrix, transfer_controls
+
+    net, J = make(comm, slab_spaces)
+    m = J.controls.random(1, 0.5)
+    same = transfer_controls(J.controls, m, J.controls)
+    assert np.array_equal(same.array_r, m.array_r)
+    nat = J.controls.natural(m)
+    m0 = J.controls.from_natural(nat["a"], [np.zeros_like(b) for b in nat["b"]], nat["W"], nat["mu"])
+    fine_spaces = [image_space(comm, (2 * p[0], 2 * p[1]), C) for p, C in SLABS]
+    fine_nets = []
+    for sp, (pixels, C), n_layers in zip(fine_spaces, SLABS, (2, 2, 1)):
+        kern = LocalKernel(sp, radius=1.0 / pixels[0], cells=4, channels=C)
+        fine_nets.append(Network(sp, Depth(T=1.0 / len(SLABS), N=n_layers), "tanh", "euler", kernel=kern))
+    fine = SlabNetwork(fine_nets)
+    I = interpolation_matrix(slab_spaces[0], fine_spaces[0])  # the coarse pixels' values copied to the fine ones
+    X = np.random.default_rng(0).standard_normal((6, slab_spaces[0].n))
+    y = np.arange(6) % 3
+    Jc = ReducedFunctional(net, X, y, "classes", K=3, lam=0.0)
+    Jf = ReducedFunctional(fine, X @ I.T, y, "classes", K=3, lam=0.0)
+    mf = transfer_controls(Jc.controls, m0, Jf.controls)
+    assert abs(Jf(mf) - Jc(m0)) <= 1e-12 * abs(Jc(m0))
+    assert Jf.accuracy(mf) == Jc.accuracy(m0)
+    for x in (Jf, Jc, J, fine, net):
+        x.destroy()
+    for sp in fine_spaces:
+        sp.destroy()
+
+
 @pytest.mark.skipif(MPI.COMM_WORLD.size > 1, reason="runs the command line's train in-process, serially")
 def test_train_resume_and_evaluate_with_slabs(tmp_path):
     """A slab network from the config (digits 8x8 -> 4x4 x 2 channels): Adam resumed after
@@ -186,7 +222,7 @@ def test_train_resume_and_evaluate_with_slabs(tmp_path):
     assert straight["neurons"] == [64, 32] and straight["layers"] == 3
     ev = evaluate(tmp_path / "b", MPI.COMM_SELF, **quiet)
     assert ev["test_accuracy"] == resumed["test_accuracy"] and abs(ev["J"] - resumed["J"]) <= 1e-12 * resumed["J"]
-    with pytest.raises(InputError, match="a network of depth slabs is evaluated on the slabs it was trained on"):
+    with pytest.raises(InputError, match="a network of depth slabs moves to another data.resolution only"):
         evaluate(tmp_path / "b", MPI.COMM_SELF, overrides=["node.refine=2"], **quiet)
     lbfgs = train(load_config(None, base + ["training.method='lbfgs'", "training.max_it=5",
                                             f"output.folder='{tmp_path / 'c'}'"]), MPI.COMM_SELF, **quiet)
@@ -231,3 +267,28 @@ def test_cosine_schedule_resumes_bitwise(tmp_path):
     J.destroy(), net.destroy()
     for sp in spaces:
         sp.destroy()
+
+
+@pytest.mark.skipif(MPI.COMM_WORLD.size > 1, reason="runs the command line's train in-process, serially")
+def test_slab_network_evaluated_at_another_resolution(tmp_path):
+    """A slab network trained on 14x14 MNIST (slabs 14 -> 7 pixels, support 1 pixel) is
+    evaluated on the 28x28 images: every slab's pixels and the support scale by 2 (the
+    same continuum network), the controls move slab by slab, and the metrics are those
+    of a classifier (finite, an accuracy in [0, 1]); a resolution whose scaled support
+    is not a whole number of pixels, and resolution 0, get one line."""
+    from fem_dnn.app.config import load_config
+    from fem_dnn.app.train import evaluate, train
+
+    quiet = dict(out=lambda *a: None)
+    cfg = ["data.name='mnist'", "data.samples=200", "data.resolution=14", "network.kernel='local'",
+           "network.kernel_quadrature='trapezoid'", "network.slab_pixels=[14, 7]", "network.slab_channels=[1, 2]",
+           "network.slab_layers=[1, 1]", "network.slab_support=1", "training.method='adam'", "training.epochs=1",
+           "training.batch_size=50", "training.init_scale=0.1", "output.fields=false", "output.figures=false",
+           f"output.folder='{tmp_path / 'r'}'"]
+    trained = train(load_config(None, cfg), MPI.COMM_SELF, **quiet)
+    ev = evaluate(tmp_path / "r", MPI.COMM_SELF, overrides=["data.resolution=28"], **quiet)
+    assert np.isfinite(ev["J"]) and 0.0 <= ev["test_accuracy"] <= 1.0 and ev["J"] != trained["J"]
+    with pytest.raises(InputError, match="are not whole numbers"):
+        evaluate(tmp_path / "r", MPI.COMM_SELF, overrides=["data.resolution=4"], **quiet)
+    with pytest.raises(InputError, match="give the pixels a side"):
+        evaluate(tmp_path / "r", MPI.COMM_SELF, overrides=["data.resolution=0"], **quiet)

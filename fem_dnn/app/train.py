@@ -201,8 +201,12 @@ class Run:
             kern = LocalKernel(sp, radius=R / k, cells=2 * R, channels=C, quadrature=nw["kernel_quadrature"])
             nets.append(Network(sp, Depth(nw["T"] * n_layers / N, n_layers), nw["activation"], nw["scheme"], nw["eps"],
                                 layout=self.layout, kernel=kern, dtype=nw["dtype"]))
-        self.space = self.spaces[0]  # the input's
-        self.net = SlabNetwork(nets)
+        inputs = None
+        if chans[0] > 1:  # the one-channel image, copied to the first slab's channels by the projection
+            inputs = NodeSpace(create_node_mesh(self.layout.node_comm, "rectangle", pixels[0], cell="quadrilateral"),
+                               "DG", 0, nd["mass"])
+        self.space = inputs or self.spaces[0]  # the input's
+        self.net = SlabNetwork(nets, input_space=inputs)
         self._functionals()
 
     @property
@@ -869,8 +873,7 @@ def evaluate(folder, comm: MPI.Comm = MPI.COMM_WORLD, out=print, overrides=(), b
     if not moved:  # the trained discretisation itself: nothing to transfer
         target_cfg = None
     elif cfg["network"]["slab_pixels"]:
-        raise InputError(f"fem-dnn evaluate --set {moved[0]}: a network of depth slabs is evaluated on the slabs it was "
-                         "trained on (moving its controls to other slab meshes is not implemented)")
+        _slabs_at(cfg, target_cfg, moved)
     found = runfolder.inspect(folder, comm).checkpoint  # checkpoint.npz, or the .prev a crash left
     if best:
         found = folder / "checkpoint" / "best.npz"
@@ -895,6 +898,29 @@ def evaluate(folder, comm: MPI.Comm = MPI.COMM_WORLD, out=print, overrides=(), b
     m.destroy()
     run.destroy()
     return metrics
+
+
+def _slabs_at(cfg: dict, target: dict, moved: list):
+    """A slab network evaluated at another data.resolution: every slab's image scaled by
+    the same factor and the kernel's support kept in length (``slab_support`` in the new
+    pixels), so that each slab is the same continuum operator on a finer or coarser mesh
+    (``target`` changed in place); anything else is refused with one line."""
+    other = [m for m in moved if not m.startswith("data.resolution=")]
+    if other:
+        raise InputError(f"fem-dnn evaluate --set {other[0]}: a network of depth slabs moves to another "
+                         "data.resolution only (its slabs' meshes follow the image)")
+    nw, tw = cfg["network"], target["network"]
+    pixels, new = nw["slab_pixels"], target["data"]["resolution"]
+    old = pixels[0]  # the first slab is the data's image (checked when the run was built)
+    if new == 0:
+        raise InputError("fem-dnn evaluate --set data.resolution=0: give the pixels a side to move the slabs to "
+                         "(e.g. data.resolution=28)")
+    scaled = [p * new / old for p in pixels] + [nw["slab_support"] * new / old]
+    if any(abs(v - round(v)) > 1e-9 or round(v) < 1 for v in scaled):
+        raise InputError(f"fem-dnn evaluate --set data.resolution={new}: the slabs' pixels {list(pixels)} and the "
+                         f"support {nw['slab_support']} scaled by {new}/{old} are not whole numbers")
+    tw["slab_pixels"] = [int(round(v)) for v in scaled[:-1]]
+    tw["slab_support"] = int(round(scaled[-1]))
 
 
 def _progress(state: dict) -> str:

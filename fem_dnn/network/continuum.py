@@ -201,38 +201,9 @@ class Network:
         return Controls(A, B)
 
     def inputs(self, f_I, split: bool = True) -> np.ndarray:
-        """Initial data (the network input) as a Fortran ``(n_local, S_local)`` batch.
-
-        With ``split=False`` every sample group keeps all samples.
-
-        ``f_I``: callable ``f_I(y)`` returning (p,) or (S, p), or an array ``(S, n)``
-        (or ``(n,)``) in natural node order; with sample groups each group keeps its
-        share of the S samples.
-        """
-        sp = self.space
-        if callable(f_I):
-            F = sp.interpolate(f_I)
-        else:
-            arr = np.asarray(f_I, dtype=float)
-            if arr.ndim == 1:
-                arr = arr[None, :]
-            if arr.ndim != 2 or arr.shape[1] != sp.n:
-                raise InputError(
-                    f"input data has shape {np.shape(f_I)}; expected (S, {sp.n}) for a node space of {sp.n} dofs"
-                )
-            F = sp.from_natural(arr, axis=1).T
-        F = np.asfortranarray(F if F.ndim == 2 else F[:, None])
-        if split:
-            s0, s1 = self.layout.sample_range(F.shape[1])
-            F = np.asfortranarray(F[:, s0:s1])
-        _check_finite(self.layout.world, "input data f_I", F)
-        if F.dtype != self.dtype:
-            with np.errstate(over="ignore"):
-                F = np.asfortranarray(F, dtype=self.dtype)
-            if not all_finite(self.layout.world, F):
-                raise InputError(f"input data f_I exceeds the {self.dtype} range (|value| > "
-                                 f"{np.finfo(self.dtype).max:.3g}); use dtype = 'float64'")
-        return F
+        """Initial data (the network input) as a Fortran ``(n_local, S_local)`` batch
+        (:func:`batch_inputs` on the network's node space)."""
+        return batch_inputs(self.space, self.layout, self.dtype, f_I, split)
 
     # ------------------------------------------------------------------ the scheme
     def preactivation(self, k: int, F: np.ndarray, c: Controls) -> np.ndarray:
@@ -722,6 +693,41 @@ class Costate:
         if k is not None:
             return sp.solve_mass(np.asfortranarray(self.dual[k].T)).T
         return np.stack([self.r(j) for j in range(self.dual.shape[0])])
+
+
+def batch_inputs(space: NodeSpace, layout: Layout, dtype, f_I, split: bool = True) -> np.ndarray:
+    """Initial data on ``space`` as a Fortran ``(n_local, S_local)`` batch of ``dtype``.
+
+    With ``split=False`` every sample group keeps all samples.
+
+    ``f_I``: callable ``f_I(y)`` returning (p,) or (S, p), or an array ``(S, n)``
+    (or ``(n,)``) in natural node order; with sample groups each group keeps its
+    share of the S samples.
+    """
+    sp = space
+    if callable(f_I):
+        F = sp.interpolate(f_I)
+    else:
+        arr = np.asarray(f_I, dtype=float)
+        if arr.ndim == 1:
+            arr = arr[None, :]
+        if arr.ndim != 2 or arr.shape[1] != sp.n:
+            raise InputError(
+                f"input data has shape {np.shape(f_I)}; expected (S, {sp.n}) for a node space of {sp.n} dofs"
+            )
+        F = sp.from_natural(arr, axis=1).T
+    F = np.asfortranarray(F if F.ndim == 2 else F[:, None])
+    if split:
+        s0, s1 = layout.sample_range(F.shape[1])
+        F = np.asfortranarray(F[:, s0:s1])
+    _check_finite(layout.world, "input data f_I", F)
+    if F.dtype != dtype:
+        with np.errstate(over="ignore"):
+            F = np.asfortranarray(F, dtype=dtype)
+        if not all_finite(layout.world, F):
+            raise InputError(f"input data f_I exceeds the {dtype} range (|value| > "
+                             f"{np.finfo(dtype).max:.3g}); use dtype = 'float64'")
+    return F
 
 
 def _need_tape(traj):

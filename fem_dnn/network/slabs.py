@@ -24,7 +24,7 @@ import numpy as np
 from fem_dnn.core.domain import Depth, NodeSpace
 from fem_dnn.core.kernel import Halo, box_widths
 from fem_dnn.errors import InputError
-from fem_dnn.network.continuum import Network, Readout
+from fem_dnn.network.continuum import Network, Readout, batch_inputs
 
 __all__ = ["SlabControls", "SlabNetwork", "SlabProjection", "SlabTrajectory"]
 
@@ -154,9 +154,13 @@ class SlabNetwork:
     Args:
         slabs: the networks, in depth order (the same layout and precision; depth
             checkpointing and node diffusion are not supported across slabs).
+        input_space: the node space of the input data when it is not the first slab's
+            (an image of one channel before a first slab of C channels): the input is
+            carried onto the first slab by the L2 projection, which copies it to every
+            channel (docs/model.md §4.14). None: the data live on the first slab.
     """
 
-    def __init__(self, slabs: list[Network]):
+    def __init__(self, slabs: list[Network], input_space: NodeSpace | None = None):
         if len(slabs) < 1:
             raise InputError("a slab network needs at least one slab")
         self.slabs = list(slabs)
@@ -168,6 +172,8 @@ class SlabNetwork:
                 raise InputError("every slab must use the same parallel layout")
         self.layout, self.dtype = first.layout, first.dtype
         self.projections = [SlabProjection(a.space, b.space) for a, b in zip(self.slabs, self.slabs[1:])]
+        #: the projection of the input data onto the first slab (None: the data live there)
+        self.lift = None if input_space is None else SlabProjection(input_space, first.space)
         #: the node space of the readout (the last slab's)
         self.space = self.slabs[-1].space
         self.T = float(sum(net.depth.T for net in self.slabs))
@@ -187,8 +193,11 @@ class SlabNetwork:
         return self.make_controls()
 
     def inputs(self, f_I, split: bool = True) -> np.ndarray:
-        """The initial data on the first slab's node space (:meth:`Network.inputs`)."""
-        return self.slabs[0].inputs(f_I, split)
+        """The initial data on the first slab's node space (:meth:`Network.inputs`; with an
+        input space, projected from it)."""
+        if self.lift is None:
+            return self.slabs[0].inputs(f_I, split)
+        return self.lift.apply(batch_inputs(self.lift.source, self.layout, self.dtype, f_I, split))
 
     # ---- solves
     def forward(self, f_I, controls: SlabControls, tape: bool = False, store_every: int | None = None) -> SlabTrajectory:

@@ -174,7 +174,9 @@ def transfer_controls(coarse_space, m_coarse: PETSc.Vec, fine_space) -> PETSc.Ve
     kappa is kept, or interpolated onto another offset box: :meth:`fem_dnn.core.kernel.Kernel.transfer`), ``W_f = W_c
     I^T`` and ``mu_f = mu_c`` (classes) or ``W_f = I W_c I^T`` and ``mu_f = I mu_c``
     (function), with I from :func:`interpolation_matrix` and D from
-    :func:`depth_matrix`. Transfer to the same discretisation is the identity.
+    :func:`depth_matrix`. Transfer to the same discretisation is the identity. A slab
+    network's controls move slab by slab (each slab's I and D; the readout with the last
+    slab's I).
 
     Args:
         coarse_space: :class:`fem_dnn.learning.controls.ControlSpace` of the coarse network.
@@ -192,12 +194,21 @@ def transfer_controls(coarse_space, m_coarse: PETSc.Vec, fine_space) -> PETSc.Ve
         raise InputError(f"cannot transfer {coarse_space.kind!r} controls to a {fine_space.kind!r} control space")
     if coarse_space.kind == "classes" and coarse_space.K != fine_space.K:
         raise InputError(f"cannot transfer controls of K={coarse_space.K} classes to K={fine_space.K} classes")
-    I = interpolation_matrix(coarse_space.network.space, fine_space.network.space)
-    D = depth_matrix(coarse_space.network.depth, fine_space.network.depth)
+    if coarse_space.slabs != fine_space.slabs or len(coarse_space.layers) != len(fine_space.layers):
+        raise InputError(f"cannot transfer the controls of {len(coarse_space.layers)} depth slab(s) to "
+                         f"{len(fine_space.layers)}: the slabs move one by one")
     c = coarse_space.natural(m_coarse)
-    layer = np.argmax(D, axis=1)  # D has one 1 per row: the coarse layer of each fine layer
-    a = (c["a"] @ I.T)[layer]
-    b = fine_space.network.kernel.transfer(coarse_space.network.kernel, c["b"], I)[layer]
+    a_c, b_c = (c["a"], c["b"]) if coarse_space.slabs else ([c["a"]], [c["b"]])
+    a, b = [], []
+    for cnet, fnet, ai, bi in zip(coarse_space.layers, fine_space.layers, a_c, b_c):  # slab by slab
+        I = interpolation_matrix(cnet.space, fnet.space)
+        D = depth_matrix(cnet.depth, fnet.depth)
+        layer = np.argmax(D, axis=1)  # D has one 1 per row: the coarse layer of each fine layer
+        a.append((ai @ I.T)[layer])
+        b.append(fnet.kernel.transfer(cnet.kernel, bi, I)[layer])
+    if not coarse_space.slabs:
+        a, b = a[0], b[0]
+    # I: the last slab's (the readout's node space)
     if coarse_space.kind == "classes":
         W, mu = c["W"] @ I.T, c["mu"]
     else:

@@ -37,6 +37,17 @@ def q1_basis(points: np.ndarray, radius: float, cells: int):
     return np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
 
 
+def trapezoid_factors(points: np.ndarray, radius: float) -> np.ndarray:
+    """``(p,)``: the composite trapezoid rule's weight factor of an offset on the support
+    box ``[-radius, radius]^d``: 1/2 for each axis on which the offset lies on the box's
+    face, 1 inside. The nodal rule with these factors (``quadrature="trapezoid"``) weighs
+    kappa's jump to zero at the support's edge by its average, as the trapezoid rule
+    does, so that the sum over the pairs approximates ``int kappa(y - z) f(z) dz`` to
+    second order on every mesh: the same kappa is the same operator at any resolution."""
+    on_face = np.abs(np.abs(points) - radius) <= 1e-9 * radius
+    return np.prod(np.where(on_face, 0.5, 1.0), axis=1)
+
+
 def _tent_factors(o, hi, hj, radius, cells):
     """``(p, cells+1)``: per pair the 1-D factor ``(1/(h_i h_j)) int phi_m(o + s) g(s) ds``
     of kappa's hat functions phi_m, with g(s) the overlap of two cells of widths h_i, h_j

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fem_dnn.core.kernel.base import _mpi
-from fem_dnn.core.kernel.basis import box_basis, q1_basis
+from fem_dnn.core.kernel.basis import box_basis, q1_basis, trapezoid_factors
 from fem_dnn.errors import InputError
 
 if TYPE_CHECKING:
@@ -105,6 +105,8 @@ class PixelGrid:
             rr, cc, vv = box_basis(offs * h, hh, hh, kern.radius, kern.cells)
         else:
             rr, cc, vv = q1_basis(offs * h, kern.radius, kern.cells)
+            if kern.quadrature == "trapezoid":
+                vv = vv * trapezoid_factors(offs * h, kern.radius)[rr]
         Q = np.zeros((offs.shape[0], kern.Ms))
         np.add.at(Q, (rr, cc), vv)
         self.Q = (Q * float(np.mean(sp.weights_all))).reshape(len(self.rest), 2 * R[-1] + 1, kern.Ms)

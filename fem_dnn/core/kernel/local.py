@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fem_dnn.core.kernel.base import POSITIVE, Kernel, KernelMemory, _mpi, one_of, register
-from fem_dnn.core.kernel.basis import box_basis, box_widths, cell_extent, q1_basis
+from fem_dnn.core.kernel.basis import box_basis, box_widths, cell_extent, q1_basis, trapezoid_factors
 from fem_dnn.core.kernel.grid import PixelGrid
 from fem_dnn.core.kernel.halo import Halo
 from fem_dnn.errors import InputError
@@ -51,7 +51,10 @@ class LocalKernel(Kernel):
         quadrature: how the entries integrate kappa: ``"exact"`` the Galerkin entry
             ``B_ij = (1/omega_i) int_{K_i} int_{K_j} kappa(y - z) dz dy`` (times the channel
             weight; DG0 on axis-aligned box cells: intervals, quadrilaterals, hexahedra),
-            ``"nodal"`` the node quadrature ``kappa(y_i - y_j) omega_j``, ``"auto"``
+            ``"nodal"`` the node quadrature ``kappa(y_i - y_j) omega_j``,
+            ``"trapezoid"`` the node quadrature with half weights on the support box's
+            faces (the composite trapezoid rule: the same kappa gives the same operator
+            on every mesh to second order; :func:`trapezoid_factors`), ``"auto"``
             (default) exact where it applies, else nodal. With the exact rule B_h =
             Pi_h B Pi_h is consistent on nested meshes (docs/kernels.md).
     """
@@ -63,10 +66,11 @@ class LocalKernel(Kernel):
         "kernel_radius": (0.15, float, POSITIVE, "local kernel: half-width rho of the support box (at least a node cell, "
                           "at most the node domain)"),
         "kernel_cells": (4, int, POSITIVE, "local kernel: Q1 cells a side of kappa's offset box ((cells+1)^d controls a layer)"),
-        "kernel_quadrature": ("auto", str, one_of("auto", "exact", "nodal"),
+        "kernel_quadrature": ("auto", str, one_of("auto", "exact", "nodal", "trapezoid"),
                               "local kernel: how the entries integrate kappa: exact (Galerkin double integral over "
-                              "the cells; DG0 on axis-aligned box cells), nodal (node quadrature), auto (exact where it "
-                              "applies)"),
+                              "the cells; DG0 on axis-aligned box cells), nodal (node quadrature), trapezoid (node "
+                              "quadrature with half weights on the support's faces: consistent across resolutions), "
+                              "auto (exact where it applies)"),
     }
     #: a checkpoint without the rule was trained with the node quadrature, the only rule before it
     checkpoint_defaults = {"kernel_quadrature": "nodal"}
@@ -84,7 +88,7 @@ class LocalKernel(Kernel):
         b = N * C * C * (network["kernel_cells"] + 1) ** ds
         k = (cells / C) ** (1.0 / ds)  # node cells a side
         # dofs a side within the support (the exact rule's pairs reach one cell further a side)
-        band = 2 * network["kernel_radius"] * k + 1 + (0 if network.get("kernel_quadrature") == "nodal" else 2)
+        band = 2 * network["kernel_radius"] * k + 1 + (0 if network.get("kernel_quadrature") in ("nodal", "trapezoid") else 2)
         nnz_l = int(min(n_local * band**ds * C, n_local * n))
         gathered = int(min(n, n_local + 2 * ds * band * k ** (ds - 1) * C))  # owned and ghost rows of a batch
         return KernelMemory(b, b, gathered, operator={"support pattern, basis values": cls.BYTES_PER_PAIR * nnz_l},
@@ -146,14 +150,16 @@ class LocalKernel(Kernel):
         axis = np.linspace(-radius, radius, cells + 1)
         self.kappa_points = np.stack([g.reshape(-1) for g in np.meshgrid(*[axis] * d, indexing="ij")])  # (d, Ms)
 
-        if quadrature not in ("auto", "exact", "nodal"):
-            raise InputError(f"unknown local kernel quadrature {quadrature!r}; choose 'auto', 'exact' or 'nodal'")
-        widths = None if quadrature == "nodal" else box_widths(sp)  # (gdim, n) or None
+        if quadrature not in ("auto", "exact", "nodal", "trapezoid"):
+            raise InputError(f"unknown local kernel quadrature {quadrature!r}; choose 'auto', 'exact', 'nodal' or "
+                             "'trapezoid'")
+        widths = None if quadrature in ("nodal", "trapezoid") else box_widths(sp)  # (gdim, n) or None
         if quadrature == "exact" and widths is None:
             raise InputError("the local kernel's exact quadrature needs a DG0 node space on axis-aligned box cells "
                              "(intervals, quadrilaterals, hexahedra); use quadrature='nodal'")
-        #: the rule of the entries: "exact" (Galerkin, box cells) or "nodal" (node quadrature)
-        self.quadrature = "nodal" if widths is None else "exact"
+        #: the rule of the entries: "exact" (Galerkin, box cells), "nodal" (node quadrature)
+        #: or "trapezoid" (node quadrature, half weights on the support's faces)
+        self.quadrature = "exact" if widths is not None else ("trapezoid" if quadrature == "trapezoid" else "nodal")
         # the pairs: owned rows i, columns j within the support (every dof's coordinates
         # are known on every rank, sp.x_all)
         X = np.ascontiguousarray(sp.x_all[:d].T)  # spatial coordinates (every channel at a pixel: one point)
@@ -176,6 +182,8 @@ class LocalKernel(Kernel):
         # Q1 basis values at the offsets: 2^d nonzeros per pair (exact zeros dropped), in
         # the block of the pair's channels (c_i, c_j)
         pr, pc, pv = q1_basis(offs, radius, cells) if widths is None else box_basis(offs, wi, wj, radius, cells)
+        if self.quadrature == "trapezoid":
+            pv = pv * trapezoid_factors(offs, radius)[pr]
         pc = pc + (chan[sp.offset + rows[pr]] * C + chan[cols[pr]]) * self.Ms
         w_col = np.concatenate([sp.weights[: sp.n_local], np.zeros(self.halo.ghosts.size)])
         w_col[sp.n_local :] = sp.weights_all[self.halo.ghosts]
