@@ -224,7 +224,7 @@ def test_hjb_estimate_counts_the_grid_and_the_steps(comm, scheme):
     assert est.vertices == s.V.dofmap.index_map.size_global
     assert abs(est.steps - s.steps) <= max(1, 0.02 * s.steps), (est.steps, s.steps)
     if scheme == "semi_lagrangian":
-        nz = comm.allreduce(s._sl.I.getInfo(PETSc.Mat.InfoType.LOCAL)["nz_used"], op=MPI.MAX)
+        nz = comm.allreduce(s.stepper.I.getInfo(PETSc.Mat.InfoType.LOCAL)["nz_used"], op=MPI.MAX)
         part = est.parts["semi-Lagrangian interpolation matrix"]
         assert nz * 24 <= part <= 4 * nz * 40, (nz, part)
     s.solve()
