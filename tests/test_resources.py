@@ -22,7 +22,9 @@ from mpi4py import MPI
 from petsc4py import PETSc
 
 from fem_dnn.app.config import load_config
-from fem_dnn.core.domain import Depth, NodeSpace, create_node_mesh
+from fem_dnn.core.depth import Depth
+from fem_dnn.core.meshes import create_node_mesh
+from fem_dnn.core.nodes import NodeSpace
 from fem_dnn.errors import InputError
 from fem_dnn.learning.controls import ControlSpace, DepthOperator
 from fem_dnn.network import Network

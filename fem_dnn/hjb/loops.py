@@ -99,7 +99,9 @@ def open_loop(model: ReducedModel, terminal, v0, N: int, T: float = 1.0, starts=
     the best result is returned. The n-neuron problem is tiny, so it is solved
     redundantly on every rank (COMM_SELF): the same result on any number of ranks.
     """
-    from fem_dnn.core.domain import Depth, NodeSpace, create_node_mesh
+    from fem_dnn.core.depth import Depth
+    from fem_dnn.core.meshes import create_node_mesh
+    from fem_dnn.core.nodes import NodeSpace
     from fem_dnn.learning.functional import ReducedFunctional
     from fem_dnn.network import Network
     from fem_dnn.learning import FixedReadout

@@ -31,7 +31,7 @@ from dolfinx import fem, mesh as dmesh
 
 from fem_dnn._mpi import all_finite
 from fem_dnn.core import forms
-from fem_dnn.core.domain import lexicographic_order, locate_points
+from fem_dnn.core.meshes import lexicographic_order, locate_points
 from fem_dnn.errors import InputError, NonFiniteError
 from fem_dnn.hjb.model import ReducedModel
 from fem_dnn.hjb.schemes import HJB_SCHEMES, HJBScheme, graph_viscosity
