@@ -29,7 +29,9 @@ configure()  # the job's process settings: BLAS threads per rank (fem_dnn.proces
 import numpy as np  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
-from fem_dnn.core.domain import Depth, NodeSpace, create_node_mesh  # noqa: E402
+from fem_dnn.core.depth import Depth  # noqa: E402
+from fem_dnn.core.meshes import create_node_mesh  # noqa: E402
+from fem_dnn.core.nodes import NodeSpace  # noqa: E402
 from fem_dnn.learning.estimate import refine_nodes  # noqa: E402
 from fem_dnn.learning.functional import ReducedFunctional  # noqa: E402
 from fem_dnn.network import Network  # noqa: E402

@@ -25,7 +25,9 @@ import fem_dnn  # noqa: F401  (DOLFINx import order)
 import numpy as np
 from mpi4py import MPI
 
-from fem_dnn.core.domain import Depth, NodeSpace, create_node_mesh
+from fem_dnn.core.depth import Depth
+from fem_dnn.core.meshes import create_node_mesh
+from fem_dnn.core.nodes import NodeSpace
 from fem_dnn.core.images import create_image_mesh
 from fem_dnn.core.kernel import LocalKernel
 from fem_dnn.learning.functional import ReducedFunctional

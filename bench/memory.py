@@ -36,7 +36,9 @@ def worker(n, N, S, scheme, every=0, dtype="float64"):
     import numpy as np
     from mpi4py import MPI
 
-    from fem_dnn.core.domain import Depth, NodeSpace, create_node_mesh
+    from fem_dnn.core.depth import Depth
+    from fem_dnn.core.meshes import create_node_mesh
+    from fem_dnn.core.nodes import NodeSpace
     from fem_dnn.learning.functional import ReducedFunctional
     from fem_dnn.network import Network
 

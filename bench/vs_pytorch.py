@@ -27,7 +27,9 @@ from fem_dnn.process import configure
 import numpy as np
 from mpi4py import MPI
 
-from fem_dnn.core.domain import Depth, NodeSpace, create_node_mesh
+from fem_dnn.core.depth import Depth
+from fem_dnn.core.meshes import create_node_mesh
+from fem_dnn.core.nodes import NodeSpace
 from fem_dnn.learning.functional import ReducedFunctional
 from fem_dnn.network import Network
 

@@ -101,7 +101,8 @@ from dolfinx import fem
 
 from fem_dnn.core import forms
 from fem_dnn.core.activation import get_activation
-from fem_dnn.core.domain import NodeSpace, read_node_mesh
+from fem_dnn.core.meshes import read_node_mesh
+from fem_dnn.core.nodes import NodeSpace
 from fem_dnn.core.kernel import DenseKernel
 
 configure()  # the job's process settings: BLAS threads per rank, malloc (fem_dnn.process)

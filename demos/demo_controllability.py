@@ -56,7 +56,9 @@ import numpy as np
 
 import fem_dnn  # noqa: F401
 from fem_dnn.process import configure
-from fem_dnn.core.domain import Depth, NodeSpace, create_node_mesh
+from fem_dnn.core.depth import Depth
+from fem_dnn.core.meshes import create_node_mesh
+from fem_dnn.core.nodes import NodeSpace
 from fem_dnn.learning.functional import ReducedFunctional
 from fem_dnn.network import Network
 from fem_dnn.optimize import Optimizer, multilevel

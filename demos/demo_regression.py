@@ -51,7 +51,9 @@ import numpy as np
 
 import fem_dnn  # noqa: F401
 from fem_dnn.process import configure
-from fem_dnn.core.domain import Depth, NodeSpace, ProductMesh, create_node_mesh
+from fem_dnn.core.depth import Depth, ProductMesh
+from fem_dnn.core.meshes import create_node_mesh
+from fem_dnn.core.nodes import NodeSpace
 from fem_dnn.learning.functional import ReducedFunctional
 from fem_dnn.app.output import write_trajectory
 from fem_dnn.network import Network

@@ -9,7 +9,10 @@ Markowich (J. Differential Equations 269, 2020)
 on the (depth, node) domain [0,T] x Y. The modules follow the data flow:
 
 - :mod:`fem_dnn.core.activation`  sigma and its derivatives, in numpy and UFL
-- :mod:`fem_dnn.core.domain`      node mesh and node space, depth mesh, (depth, node) mesh
+- :mod:`fem_dnn.core.layout`      rank layouts (node partition, sample groups)
+- :mod:`fem_dnn.core.meshes`      node meshes: built-in, gmsh/XDMF files, points on a mesh
+- :mod:`fem_dnn.core.nodes`       the node space: node weights, mass operators, natural order
+- :mod:`fem_dnn.core.depth`       depth mesh, (depth, node) mesh
 - :mod:`fem_dnn.core.forms`       every local weak form, in UFL
 - :mod:`fem_dnn.core.kernel`      the nonlocal operator B_b: kernel families (dense, local, lowrank)
 - :mod:`fem_dnn.network`     controls, depth schemes, the forward, tangent, costate and

@@ -101,7 +101,10 @@ def bump_targets(y):
 
 def bumps_problem(comm, n, N, family="DG", scheme="heun", lam=1e-2, gamma=0.0, sample_groups=1):
     """``(network, J)``: n cells of the interval, N layers, the bumps problem."""
-    from fem_dnn.core.domain import Depth, NodeSpace, create_node_mesh, split_comm
+    from fem_dnn.core.depth import Depth
+    from fem_dnn.core.layout import split_comm
+    from fem_dnn.core.meshes import create_node_mesh
+    from fem_dnn.core.nodes import NodeSpace
     from fem_dnn.learning.functional import ReducedFunctional
     from fem_dnn.network import Network
 

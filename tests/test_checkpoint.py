@@ -9,7 +9,10 @@ import pytest
 from mpi4py import MPI
 
 from fem_dnn.app.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from fem_dnn.core.domain import Depth, NodeSpace, create_node_mesh, split_comm
+from fem_dnn.core.depth import Depth
+from fem_dnn.core.layout import split_comm
+from fem_dnn.core.meshes import create_node_mesh
+from fem_dnn.core.nodes import NodeSpace
 from fem_dnn.errors import InputError
 from fem_dnn.learning.controls import ControlSpace
 from fem_dnn.network import Network

@@ -12,7 +12,9 @@ import pytest
 from mpi4py import MPI
 
 from fem_dnn.core import forms
-from fem_dnn.core.domain import Depth, NodeSpace, ProductMesh, create_node_mesh
+from fem_dnn.core.depth import Depth, ProductMesh
+from fem_dnn.core.meshes import create_node_mesh
+from fem_dnn.core.nodes import NodeSpace
 from fem_dnn.app.output import write_trajectory
 from fem_dnn.network import ORDER, SCHEMES, Network
 from fem_dnn.learning.verify import costate_residual_norm

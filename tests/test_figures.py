@@ -9,7 +9,8 @@ from mpi4py import MPI
 
 from fem_dnn.app.output import (_dg0_cells, _layout, _natural_coordinates, _states_figure, _training_curves,
                                 _training_figure, _weights_figure, cell_polygons)
-from fem_dnn.core.domain import NodeSpace, create_node_mesh
+from fem_dnn.core.meshes import create_node_mesh
+from fem_dnn.core.nodes import NodeSpace
 
 pytestmark = pytest.mark.skipif(MPI.COMM_WORLD.size > 1, reason="figures are drawn by one rank")
 

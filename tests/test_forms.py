@@ -17,7 +17,9 @@ import dolfinx.fem.petsc
 
 from fem_dnn.core import forms
 from fem_dnn.core.activation import ACTIVATIONS
-from fem_dnn.core.domain import Depth, NodeSpace, create_node_mesh
+from fem_dnn.core.depth import Depth
+from fem_dnn.core.meshes import create_node_mesh
+from fem_dnn.core.nodes import NodeSpace
 from fem_dnn.core.kernel import DenseKernel
 from fem_dnn.network import Network, logistic as np_logistic, softmax as np_softmax
 
@@ -192,7 +194,7 @@ def test_apply_mass_is_assembled_mass(comm, key, shape, n):
 @pytest.mark.parametrize("key", ["P1-consistent", "P2-consistent"])
 @pytest.mark.parametrize("shape,n,cell", [("interval", 9, None), ("rectangle", (3, 4), "triangle"), ("rectangle", (3, 2), "quadrilateral")])
 def test_quadrature_sigma_load_matches_sigma_term(comm, key, shape, n, cell):
-    """Q sigma(P u) (values at quadrature points P, weighted load Q, built in domain.py)
+    """Q sigma(P u) (values at quadrature points P, weighted load Q, built in fem_dnn/core/nodes.py)
     equals the assembled int_Y tanh(u_h) v with the same quadrature degree."""
     space = make_space(comm, key, shape, n, cell=cell)
     U = space.interpolate(lambda y: np.vstack([2.0 * np.sin(3 * y[0]) + y[1], 1.5 - 3.0 * y[0] * (1 + y[1])]))

@@ -7,7 +7,10 @@ import ufl
 from dolfinx import fem
 from mpi4py import MPI
 
-from fem_dnn.core.domain import Depth, NodeSpace, create_node_mesh, split_comm
+from fem_dnn.core.depth import Depth
+from fem_dnn.core.layout import split_comm
+from fem_dnn.core.meshes import create_node_mesh
+from fem_dnn.core.nodes import NodeSpace
 from fem_dnn.errors import InputError, NonFiniteError
 from fem_dnn.network import ORDER, SCHEMES, Network
 

@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from fem_dnn.core.domain import Depth, NodeSpace, create_node_mesh, split_comm
+from fem_dnn.core.depth import Depth
+from fem_dnn.core.layout import split_comm
+from fem_dnn.core.meshes import create_node_mesh
+from fem_dnn.core.nodes import NodeSpace
 from fem_dnn.errors import InputError
 from fem_dnn.learning.functional import ReducedFunctional
 from fem_dnn.learning.losses import DEFAULT, LOSSES

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from fem_dnn.core.domain import Depth, NodeSpace, create_node_mesh
+from fem_dnn.core.depth import Depth
+from fem_dnn.core.meshes import create_node_mesh
+from fem_dnn.core.nodes import NodeSpace
 from fem_dnn.core.kernel import KERNELS, DenseKernel, LocalKernel, LowRankKernel, make_kernel
 from fem_dnn.errors import InputError
 from fem_dnn.learning.controls import ControlSpace

@@ -11,7 +11,9 @@ from mpi4py import MPI
 
 import dolfinx.io
 
-from fem_dnn.core.domain import Depth, NodeSpace, ProductMesh, create_node_mesh, read_node_mesh
+from fem_dnn.core.depth import Depth, ProductMesh
+from fem_dnn.core.meshes import create_node_mesh, read_node_mesh
+from fem_dnn.core.nodes import NodeSpace
 from fem_dnn.errors import InputError
 from fem_dnn.network import Network
 

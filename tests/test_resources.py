@@ -22,7 +22,9 @@ from mpi4py import MPI
 from petsc4py import PETSc
 
 from fem_dnn.app.config import load_config
-from fem_dnn.core.domain import Depth, NodeSpace, create_node_mesh
+from fem_dnn.core.depth import Depth
+from fem_dnn.core.meshes import create_node_mesh
+from fem_dnn.core.nodes import NodeSpace
 from fem_dnn.errors import InputError
 from fem_dnn.learning.controls import ControlSpace, DepthOperator
 from fem_dnn.network import Network
@@ -224,7 +226,7 @@ def test_hjb_estimate_counts_the_grid_and_the_steps(comm, scheme):
     assert est.vertices == s.V.dofmap.index_map.size_global
     assert abs(est.steps - s.steps) <= max(1, 0.02 * s.steps), (est.steps, s.steps)
     if scheme == "semi_lagrangian":
-        nz = comm.allreduce(s._sl.I.getInfo(PETSc.Mat.InfoType.LOCAL)["nz_used"], op=MPI.MAX)
+        nz = comm.allreduce(s.stepper.I.getInfo(PETSc.Mat.InfoType.LOCAL)["nz_used"], op=MPI.MAX)
         part = est.parts["semi-Lagrangian interpolation matrix"]
         assert nz * 24 <= part <= 4 * nz * 40, (nz, part)
     s.solve()

@@ -233,7 +233,9 @@ def _start(args, petsc) -> int:
 def _forward(args, comm) -> int:
     import numpy as np
 
-    from fem_dnn.core.domain import Depth, NodeSpace, ProductMesh, create_node_mesh, read_node_mesh
+    from fem_dnn.core.depth import Depth, ProductMesh
+    from fem_dnn.core.meshes import create_node_mesh, read_node_mesh
+    from fem_dnn.core.nodes import NodeSpace
     from fem_dnn.errors import InputError
     from fem_dnn.app.output import write_depth_series, write_trajectory
     from fem_dnn.network import Network

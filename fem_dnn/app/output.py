@@ -1,7 +1,7 @@
 """Output: trajectories over the (depth, node) mesh for ParaView, and figures.
 
 :func:`write_trajectory` writes state (and costate, controls, ...) fields on the
-:class:`fem_dnn.core.domain.ProductMesh`:
+:class:`fem_dnn.core.depth.ProductMesh`:
 
 - VTX (``.bp``, ADIOS2): every field exactly, in its own space (continuous P1 for P1
   node spaces, discontinuous P1 for DG0 states and layer-wise controls);
@@ -23,7 +23,8 @@ import dolfinx.io
 from dolfinx import fem
 from dolfinx.mesh import CellType
 
-from fem_dnn.core.domain import NodeSpace, ProductMesh
+from fem_dnn.core.depth import ProductMesh
+from fem_dnn.core.nodes import NodeSpace
 
 __all__ = ["write_trajectory", "write_depth_series", "plot_trajectory", "plot_training", "plot_states", "plot_weights",
            "pixel_images", "plot_slab_states", "plot_slab_kernels"]

@@ -354,7 +354,7 @@ def _node_sizes(nd: dict, domain: dict, node_comm: MPI.Comm):
     if nd["mesh"]:
         from dolfinx import fem
 
-        from fem_dnn.core.domain import read_node_mesh
+        from fem_dnn.core.meshes import read_node_mesh
 
         mesh = read_node_mesh(nd["mesh"], node_comm)
         tdim = mesh.topology.dim

@@ -50,7 +50,10 @@ from fem_dnn.app import data as datasets
 from fem_dnn import interrupt
 from fem_dnn.app import runfolder
 from fem_dnn.app.config import to_toml
-from fem_dnn.core.domain import Depth, NodeSpace, ProductMesh, create_node_mesh, read_node_mesh, split_comm
+from fem_dnn.core.depth import Depth, ProductMesh
+from fem_dnn.core.layout import split_comm
+from fem_dnn.core.meshes import create_node_mesh, read_node_mesh
+from fem_dnn.core.nodes import NodeSpace
 from fem_dnn.core.images import create_image_mesh
 from fem_dnn.core.kernel import KERNELS
 from fem_dnn.errors import InputError, describe_os_error, one_line

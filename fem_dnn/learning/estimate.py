@@ -75,9 +75,9 @@ def mark(eta, fraction: float) -> np.ndarray:
 
 def refine_depth(depth, marked):
     """The depth mesh with the ``marked`` layers split at their midpoints (a graded
-    :class:`fem_dnn.core.domain.Depth`; controls move onto it with
+    :class:`fem_dnn.core.depth.Depth`; controls move onto it with
     :func:`fem_dnn.optimize.transfer.transfer_controls`, each new layer taking its parent's)."""
-    from fem_dnn.core.domain import Depth
+    from fem_dnn.core.depth import Depth
 
     return Depth(points=np.sort(np.concatenate([depth.points, depth.mid[np.asarray(marked, dtype=np.int64)]])))
 
@@ -93,7 +93,7 @@ def refine_nodes(space, marked=None):
     """
     from dolfinx import mesh as dmesh
 
-    from fem_dnn.core.domain import NodeSpace
+    from fem_dnn.core.nodes import NodeSpace
 
     msh = space.mesh
     if msh.topology.cell_type not in (dmesh.CellType.interval, dmesh.CellType.triangle, dmesh.CellType.tetrahedron):

@@ -24,7 +24,7 @@ import ufl
 from dolfinx import fem
 
 from fem_dnn.core import forms
-from fem_dnn.core.domain import ProductMesh
+from fem_dnn.core.depth import ProductMesh
 from fem_dnn.network import Costate, Network, Trajectory
 
 __all__ = ["TaylorResult", "costate_residual_norm", "state_residual_norm", "taylor_test"]

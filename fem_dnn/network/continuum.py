@@ -4,7 +4,7 @@ State equation (LM 2.1, docs/model.md §1), semi-discretised in the node space V
 
     M df/dt = Q sigma(P u) - eps K f,     u = a^k - B_{b^k} f   on layer k,
 
-with M, Q, P, K from :class:`fem_dnn.core.domain.NodeSpace` (lumped: M = Q = diag(omega),
+with M, Q, P, K from :class:`fem_dnn.core.nodes.NodeSpace` (lumped: M = Q = diag(omega),
 P = I) and B from a kernel family of :mod:`fem_dnn.core.kernel`. The depth scheme (each one a
 different network architecture built from the same PDE) comes from the registry of
 :mod:`fem_dnn.network.schemes`; it is built from the stage function :meth:`Network.g`
@@ -25,7 +25,10 @@ import dolfinx.geometry
 
 from fem_dnn._mpi import all_finite, finite
 from fem_dnn.core.activation import Activation, get_activation
-from fem_dnn.core.domain import Depth, Layout, NodeSpace, locate_points
+from fem_dnn.core.depth import Depth
+from fem_dnn.core.layout import Layout
+from fem_dnn.core.meshes import locate_points
+from fem_dnn.core.nodes import NodeSpace
 from fem_dnn.core.kernel import DenseKernel, Kernel, make_kernel
 from fem_dnn.errors import InputError, NonFiniteError
 from fem_dnn.network.readout import Readout, logistic, softmax

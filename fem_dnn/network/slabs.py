@@ -21,7 +21,8 @@ A one-slab network is the uniform network. See docs/model.md §4.14.
 
 import numpy as np
 
-from fem_dnn.core.domain import Depth, NodeSpace
+from fem_dnn.core.depth import Depth
+from fem_dnn.core.nodes import NodeSpace
 from fem_dnn.core.kernel import Halo, box_widths
 from fem_dnn.errors import InputError
 from fem_dnn.network.continuum import Network, Readout, batch_inputs

@@ -97,7 +97,7 @@ def adapt(problem, space, depth, goal: str = "cost", tolerance: float | None = N
     Args:
         problem: ``problem(space, depth) -> ReducedFunctional``: the learning problem on
             any discretisation (its data resolved on the node mesh, e.g. by
-            :meth:`fem_dnn.core.domain.NodeSpace.cell_averages`).
+            :meth:`fem_dnn.core.nodes.NodeSpace.cell_averages`).
         space, depth: the first node space and depth mesh.
         goal: the goal functional (:data:`GOALS`: the trained cost).
         tolerance: stop when ``|sum eta|`` is below it (None: run the cycles). Whatever

@@ -32,7 +32,9 @@ from petsc4py import PETSc
 import dolfinx.geometry
 from dolfinx import mesh as dmesh
 
-from fem_dnn.core.domain import Depth, NodeSpace, natural_ranks
+from fem_dnn.core.depth import Depth
+from fem_dnn.core.meshes import natural_ranks
+from fem_dnn.core.nodes import NodeSpace
 from fem_dnn.errors import InputError
 
 __all__ = ["interpolation_matrix", "depth_matrix", "transfer_controls"]

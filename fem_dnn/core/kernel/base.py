@@ -38,7 +38,7 @@ import numpy as np
 from fem_dnn.errors import InputError
 
 if TYPE_CHECKING:  # the registry is read by the config without importing MPI or DOLFINx
-    from fem_dnn.core.domain import NodeSpace
+    from fem_dnn.core.nodes import NodeSpace
 
 __all__ = ["KERNELS", "ControlBlock", "Kernel", "KernelApplication", "KernelMemory", "KernelOperator", "make_kernel",
            "register"]

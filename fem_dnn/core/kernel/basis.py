@@ -10,7 +10,7 @@ import numpy as np
 from fem_dnn.core.kernel.base import _mpi
 
 if TYPE_CHECKING:
-    from fem_dnn.core.domain import NodeSpace
+    from fem_dnn.core.nodes import NodeSpace
 
 __all__ = ["box_basis", "box_widths", "cell_extent", "q1_basis"]
 

@@ -13,7 +13,7 @@ from fem_dnn.core.kernel.halo import Halo
 from fem_dnn.errors import InputError
 
 if TYPE_CHECKING:
-    from fem_dnn.core.domain import NodeSpace
+    from fem_dnn.core.nodes import NodeSpace
 
 __all__ = ["LocalKernel"]
 

@@ -10,7 +10,7 @@ from fem_dnn.core.kernel.base import POSITIVE, Kernel, KernelMemory, _mpi, regis
 from fem_dnn.errors import InputError
 
 if TYPE_CHECKING:
-    from fem_dnn.core.domain import NodeSpace
+    from fem_dnn.core.nodes import NodeSpace
 
 __all__ = ["LowRankKernel"]
 
