@@ -86,12 +86,13 @@ def test_projection_on_nested_pixels_is_the_average():
     src.destroy(), dst.destroy()
 
 
-def make(comm, spaces, scheme="euler", N=(2, 2, 1), S=6, K=3, seed=0):
+def make(comm, spaces, scheme="euler", N=(2, 2, 1), S=6, K=3, seed=0, pooled=None):
+    """The small slab network and J; ``pooled``: the readout's node space (a pooled readout)."""
     nets = []
     for sp, (pixels, C), n_layers in zip(spaces, SLABS, N):
         kern = LocalKernel(sp, radius=1.0 / pixels[0], cells=2, channels=C)
         nets.append(Network(sp, Depth(T=1.0 / len(SLABS), N=n_layers), "tanh", scheme, kernel=kern))
-    net = SlabNetwork(nets)
+    net = SlabNetwork(nets, readout_space=pooled)
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((S, spaces[0].n))
     y = np.arange(S) % K
@@ -111,6 +112,32 @@ def test_slab_network_taylor(comm, slab_spaces, scheme):
     assert res.min_rate(1) > 1.9, str(res)
     assert res.min_rate(2) > 2.85, str(res)
     J.destroy(), net.destroy()
+
+
+@pytest.mark.mpi
+def test_pooled_readout(comm, slab_spaces):
+    """The classes readout of the last state averaged to one pixel a channel (the
+    continuum global average pooling, 3x3x4 -> 1x1x4): J equals the unpooled readout's
+    with W constant over each channel's pixels (to round-off); the gradient and the
+    Hessian action keep remainder rates 2 and 3; the same on 1, 2 and 3 ranks."""
+    pooled = NodeSpace(create_image_mesh(comm, (1, 1), SLABS[-1][1], spare_ranks=True), "DG", 0)
+    net, J = make(comm, slab_spaces, "heun", pooled=pooled)
+    m = J.controls.random(1, 0.5)
+    dm = J.controls.random(2)
+    res = taylor_test(J, m, dm, J.derivative(m), J.hessian(m, dm), step=1e-2, n_steps=4)
+    assert res.min_rate(1) > 1.9, str(res)
+    assert res.min_rate(2) > 2.85, str(res)
+    nat = J.controls.natural(m)
+    assert nat["W"].shape == (3, SLABS[-1][1])
+    full_net, full = make(comm, slab_spaces, "heun")
+    last = slab_spaces[-1]
+    # W constant over each channel's pixels: the channel of every natural-order node of the last slab
+    x_nat = last.to_natural(last.x_owned[-1], axis=0)
+    chan = np.clip(np.floor(x_nat * SLABS[-1][1]), 0, SLABS[-1][1] - 1).astype(int)
+    m_full = full.controls.from_natural(nat["a"], nat["b"], nat["W"][:, chan], nat["mu"])
+    assert abs(full(m_full) - J(m)) <= 1e-12 * abs(J(m))
+    for x in (J, net, full, full_net, pooled):
+        x.destroy()
 
 
 @pytest.mark.mpi(ranks=(2, 3))

@@ -117,6 +117,9 @@ SPEC = {
                         "long)"),
         "slab_support": (2, int, _POS, "depth slabs: the local kernel's half-width in its slab's pixels (radius = "
                          "support / pixels, 2 support Q1 cells a side)"),
+        "slab_readout_pixels": (0, int, _NONNEG, "depth slabs: the classes readout reads the last state averaged to "
+                                "this many pixels a side, per channel (1: the channels' image averages, the continuum "
+                                "global average pooling; a divisor of the last slab's pixels); 0: the last slab's state"),
         "eps": (0.0, float, _NONNEG, "node diffusion coefficient"),
         "dtype": ("float64", str, _choice(*DTYPES), "precision of the states, tape and costate (float32: explicit "
                   "schemes, lumped mass, eps = 0; the controls and gradients stay float64)"),

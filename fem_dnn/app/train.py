@@ -208,8 +208,15 @@ class Run:
         if chans[0] > 1:  # the one-channel image, copied to the first slab's channels by the projection
             inputs = NodeSpace(create_node_mesh(self.layout.node_comm, "rectangle", pixels[0], cell="quadrilateral"),
                                "DG", 0, nd["mass"])
+        pooled, rp = None, nw["slab_readout_pixels"]
+        if rp:  # the readout's pooled image x channels space
+            if pixels[-1] % rp:
+                raise InputError(f"network.slab_readout_pixels = {rp} does not divide the last slab's {pixels[-1]} "
+                                 "pixels a side")
+            pooled = NodeSpace(create_image_mesh(self.layout.node_comm, (rp, rp), chans[-1], spare_ranks=True), "DG", 0,
+                               nd["mass"])
         self.space = inputs or self.spaces[0]  # the input's
-        self.net = SlabNetwork(nets, input_space=inputs)
+        self.net = SlabNetwork(nets, input_space=inputs, readout_space=pooled)
         self._functionals()
 
     @property
@@ -907,7 +914,8 @@ def _slabs_at(cfg: dict, target: dict, moved: list):
     """A slab network evaluated at another data.resolution: every slab's image scaled by
     the same factor and the kernel's support kept in length (``slab_support`` in the new
     pixels), so that each slab is the same continuum operator on a finer or coarser mesh
-    (``target`` changed in place); anything else is refused with one line."""
+    (``target`` changed in place; a pooled readout's cells are cells of the image, the
+    same at every resolution); anything else is refused with one line."""
     other = [m for m in moved if not m.startswith("data.resolution=")]
     if other:
         raise InputError(f"fem-dnn evaluate --set {other[0]}: a network of depth slabs moves to another "

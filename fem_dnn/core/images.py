@@ -62,13 +62,16 @@ def processor_grid(ranks: int, pixels) -> tuple[int, ...]:
     return best
 
 
-def create_image_mesh(comm: MPI.Comm, pixels, channels: int) -> dmesh.Mesh:
+def create_image_mesh(comm: MPI.Comm, pixels, channels: int, spare_ranks: bool = False) -> dmesh.Mesh:
     """The image x channels node mesh on ``[0, 1]^(d+1)``, partitioned by pixel blocks.
 
     Args:
         comm: communicator of the node partition.
         pixels: pixels per image axis (an int for an interval, or d ints, d = 1, 2).
         channels: C >= 1, the cells of the last axis.
+        spare_ranks: with more ranks than pixels, rank r < pixels owns pixel r (all its
+            channels) and the other ranks none (a pooled readout's few pixels); False:
+            one line instead.
 
     Returns:
         A quadrilateral (d = 1) or hexahedral (d = 2) mesh of ``pixels... x C`` cells
@@ -95,7 +98,8 @@ def create_image_mesh(comm: MPI.Comm, pixels, channels: int) -> dmesh.Mesh:
                           for c in range(corners.shape[1])], axis=1).astype(np.int64)
     else:
         x, cells = np.zeros((0, D)), np.zeros((0, 2**D), dtype=np.int64)
-    blocks = processor_grid(comm.size, pixels)
+    spare = spare_ranks and comm.size > int(np.prod(pixels))
+    blocks = tuple(pixels) if spare else processor_grid(comm.size, pixels)  # spare: a pixel a rank
 
     def owner(ijk):
         """The rank of the block of each cell's pixel (its channel does not matter)."""

@@ -31,7 +31,8 @@ from fem_dnn.core.meshes import locate_points
 from fem_dnn.core.nodes import NodeSpace
 from fem_dnn.core.kernel import DenseKernel, Kernel, make_kernel
 from fem_dnn.errors import InputError, NonFiniteError
-from fem_dnn.network.readout import Readout, logistic, softmax
+from fem_dnn.network.readout import (Readout, classes_adjoint, classes_output, classes_readout, classes_second,
+                                     classes_tangent, logistic, softmax)
 from fem_dnn.network.schemes import DTYPES, SCHEMES, float32_unsupported, make_scheme
 
 __all__ = ["Controls", "Costate", "Network", "Stage", "Trajectory"]
@@ -595,22 +596,14 @@ class Network:
     def readout(self, F: np.ndarray, readout: Readout) -> np.ndarray:
         """``O = int W f(T) + mu``: ``(K, S)`` (classes, on every rank) or
         ``(n_local, S)`` (function)."""
-        G = self.space.apply_mass(F)
         if readout.kind == "classes":
-            O = readout.W @ G
-            self.space.comm.Allreduce(MPI.IN_PLACE, O, op=MPI.SUM)
-            return O + readout.mu[:, None]
+            return classes_output(self.space, F, readout.W, readout.mu)
         return np.asfortranarray(self.readout_kernel.apply(readout.W, F) + readout.mu[:, None])
 
     def readout_tangent(self, F, dF, readout: Readout, d_readout: Readout | None) -> np.ndarray:
         """Derivative of the readout O along (dF, dW, dmu)."""
-        sp = self.space
         if readout.kind == "classes":
-            dO = readout.W @ sp.apply_mass(dF)
-            if d_readout is not None:
-                dO += d_readout.W @ sp.apply_mass(F)
-            sp.comm.Allreduce(MPI.IN_PLACE, dO, op=MPI.SUM)
-            return dO if d_readout is None else dO + d_readout.mu[:, None]
+            return classes_tangent(self.space, F, dF, readout, d_readout)
         dO = self.readout_kernel.apply(readout.W, dF)
         if d_readout is not None:
             dO = dO + self.readout_kernel.apply(d_readout.W, F) + d_readout.mu[:, None]
@@ -620,10 +613,8 @@ class Network:
         """Transpose of the readout's derivative applied to ``gO = dloss/dO`` (dual): the
         terminal costate ``dual_T = M r(T)`` (docs/model.md §3: ``r(z,T) = int gO W(., z)``)
         and the readout part of the derivative (sums over this rank's samples)."""
-        sp = self.space
         if readout.kind == "classes":
-            dual = sp.apply_mass((gO.T @ readout.W).T)  # Fortran (n_local, S) without a copy
-            return dual, Readout("classes", gO @ sp.apply_mass(F).T, gO.sum(axis=1))
+            return classes_adjoint(self.space, F, readout, gO)
         dual = self.readout_kernel.apply_transpose(readout.W, gO)
         return np.asfortranarray(dual), Readout("function", self.readout_kernel.outer(gO, F), gO.sum(axis=1))
 
@@ -631,9 +622,8 @@ class Network:
         """Second-order cross terms of the bilinear readout (W, f) -> int W f, with gO
         fixed: the derivative of :meth:`readout_adjoint` along (dF, dW). Returns the
         terminal incremental-costate term and the W term."""
-        sp = self.space
         if readout.kind == "classes":
-            return sp.apply_mass((gO.T @ d_readout.W).T), gO @ sp.apply_mass(dF).T
+            return classes_second(self.space, dF, d_readout, gO)
         return np.asfortranarray(self.readout_kernel.apply_transpose(d_readout.W, gO)), self.readout_kernel.outer(gO, dF)
 
     def predict(self, F: np.ndarray, readout: Readout) -> np.ndarray:
@@ -649,19 +639,7 @@ class Network:
         """
         sp = self.space
         if kind == "classes":
-            if callable(W):
-                Wl = np.asarray(W(sp.x_owned), dtype=float)
-            else:
-                Wa = np.asarray(W, dtype=float)
-                if Wa.ndim == 0:
-                    if K is None:
-                        raise InputError("classes readout needs K or a (K, n) weight array")
-                    Wa = np.full((K, sp.n), float(Wa))
-                if Wa.ndim != 2 or Wa.shape[1] != sp.n:
-                    raise InputError(f"readout W has shape {Wa.shape}; expected (K, {sp.n})")
-                Wl = sp.from_natural(Wa, axis=1)
-            mu_a = np.broadcast_to(np.asarray(mu, dtype=float), (Wl.shape[0],)).copy()
-            return Readout("classes", np.ascontiguousarray(Wl), mu_a)
+            return classes_readout(sp, W, mu, K)
         if kind != "function":
             raise InputError(f"readout kind must be 'classes' or 'function', not {kind!r}")
         if callable(W):

@@ -26,6 +26,8 @@ from fem_dnn.core.nodes import NodeSpace
 from fem_dnn.core.kernel import Halo, box_widths
 from fem_dnn.errors import InputError
 from fem_dnn.network.continuum import Network, Readout, batch_inputs
+from fem_dnn.network.readout import (classes_adjoint, classes_output, classes_readout, classes_second, classes_tangent,
+                                     softmax)
 
 __all__ = ["SlabControls", "SlabNetwork", "SlabProjection", "SlabTrajectory"]
 
@@ -159,9 +161,14 @@ class SlabNetwork:
             (an image of one channel before a first slab of C channels): the input is
             carried onto the first slab by the L2 projection, which copies it to every
             channel (docs/model.md §4.14). None: the data live on the first slab.
+        readout_space: a coarser image x channels space (the last slab's channels) that
+            the classes readout reads the last state on, carried there by the L2
+            projection: a pooled readout (one pixel: the channels' averages over the
+            image, the continuum global average pooling). None: the last slab's space.
     """
 
-    def __init__(self, slabs: list[Network], input_space: NodeSpace | None = None):
+    def __init__(self, slabs: list[Network], input_space: NodeSpace | None = None,
+                 readout_space: NodeSpace | None = None):
         if len(slabs) < 1:
             raise InputError("a slab network needs at least one slab")
         self.slabs = list(slabs)
@@ -175,8 +182,10 @@ class SlabNetwork:
         self.projections = [SlabProjection(a.space, b.space) for a, b in zip(self.slabs, self.slabs[1:])]
         #: the projection of the input data onto the first slab (None: the data live there)
         self.lift = None if input_space is None else SlabProjection(input_space, first.space)
-        #: the node space of the readout (the last slab's)
-        self.space = self.slabs[-1].space
+        #: the projection of the last state onto the pooled readout's space (None: no pooling)
+        self.pool = None if readout_space is None else SlabProjection(self.slabs[-1].space, readout_space)
+        #: the node space of the readout (the last slab's, or the pooled readout's)
+        self.space = self.slabs[-1].space if readout_space is None else readout_space
         self.T = float(sum(net.depth.T for net in self.slabs))
         #: every slab's layers in one depth mesh of [0, T] (for reports and figures)
         self.depth = Depth(points=np.concatenate([[0.0]] + [
@@ -252,24 +261,40 @@ class SlabNetwork:
         for net, ci in zip(self.slabs, c):
             net.kernel.reduce(ci.b)
 
-    # ---- the readout: the last slab's
+    # ---- the readout: the last slab's, or the classes readout of the pooled state
     def readout(self, F, readout: Readout):
-        return self.slabs[-1].readout(F, readout)
+        if self.pool is None:
+            return self.slabs[-1].readout(F, readout)
+        return classes_output(self.space, self.pool.apply(F), readout.W, readout.mu)
 
     def readout_tangent(self, F, dF, readout, d_readout):
-        return self.slabs[-1].readout_tangent(F, dF, readout, d_readout)
+        if self.pool is None:
+            return self.slabs[-1].readout_tangent(F, dF, readout, d_readout)
+        return classes_tangent(self.space, self.pool.apply(F), self.pool.apply(dF), readout, d_readout)
 
     def readout_adjoint(self, F, readout, gO):
-        return self.slabs[-1].readout_adjoint(F, readout, gO)
+        if self.pool is None:
+            return self.slabs[-1].readout_adjoint(F, readout, gO)
+        dual, dr = classes_adjoint(self.space, self.pool.apply(F), readout, gO)
+        return self.pool.apply_transpose(dual), dr
 
     def readout_second(self, F, dF, readout, d_readout, gO):
-        return self.slabs[-1].readout_second(F, dF, readout, d_readout, gO)
+        if self.pool is None:
+            return self.slabs[-1].readout_second(F, dF, readout, d_readout, gO)
+        dual, dW = classes_second(self.space, self.pool.apply(dF), d_readout, gO)
+        return self.pool.apply_transpose(dual), dW
 
     def predict(self, F, readout):
-        return self.slabs[-1].predict(F, readout)
+        if self.pool is None:
+            return self.slabs[-1].predict(F, readout)
+        return softmax(self.readout(F, readout), axis=0)
 
     def make_readout(self, kind: str = "classes", W=0.0, mu=0.0, K: int | None = None) -> Readout:
-        return self.slabs[-1].make_readout(kind, W, mu, K)
+        if self.pool is None:
+            return self.slabs[-1].make_readout(kind, W, mu, K)
+        if kind != "classes":
+            raise InputError(f"a pooled readout is a classes readout, not {kind!r}")
+        return classes_readout(self.space, W, mu, K)
 
     def destroy(self):
         for net in self.slabs:

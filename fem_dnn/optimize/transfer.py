@@ -210,7 +210,8 @@ def transfer_controls(coarse_space, m_coarse: PETSc.Vec, fine_space) -> PETSc.Ve
         b.append(fnet.kernel.transfer(cnet.kernel, bi, I)[layer])
     if not coarse_space.slabs:
         a, b = a[0], b[0]
-    # I: the last slab's (the readout's node space)
+    if coarse_space.space is not coarse_space.layers[-1].space:  # a pooled readout: W on its own space
+        I = interpolation_matrix(coarse_space.space, fine_space.space)
     if coarse_space.kind == "classes":
         W, mu = c["W"] @ I.T, c["mu"]
     else:
