@@ -230,7 +230,8 @@ def test_slab_controls_transfer_slab_by_slab(comm, slab_spaces):
 def test_train_resume_and_evaluate_with_slabs(tmp_path):
     """A slab network from the config (digits 8x8 -> 4x4 x 2 channels): Adam resumed after
     an epoch ends where the straight run ends, bit for bit (the checkpoint holds every
-    slab's blocks and Adam's moments); the slab figures are drawn; ``evaluate``
+    slab's blocks and Adam's moments); the slab figures and each slab's depth series of
+    fields are written; ``evaluate``
     reproduces the final metrics and refuses another discretisation; L-BFGS trains it
     too; a uniform network's checkpoint is refused by name."""
     from fem_dnn.app.config import load_config
@@ -242,8 +243,9 @@ def test_train_resume_and_evaluate_with_slabs(tmp_path):
             "output.figures=false"]
     quiet = dict(out=lambda *a: None)
     straight = train(load_config(None, base + ["training.epochs=2", f"output.folder='{tmp_path / 'a'}'",
-                                               "output.figures=true"]), MPI.COMM_SELF, **quiet)
+                                               "output.figures=true", "output.fields=true"]), MPI.COMM_SELF, **quiet)
     assert all((tmp_path / "a" / f).is_file() for f in ("training.png", "states.png", "weights.png"))
+    assert all((tmp_path / "a" / "fields" / f"slab{i}.bp").is_dir() for i in (0, 1))  # VTX: a folder a file
     train(load_config(None, base + ["training.epochs=1", f"output.folder='{tmp_path / 'b'}'"]), MPI.COMM_SELF, **quiet)
     resumed = train(load_config(None, base + ["training.epochs=2", f"output.folder='{tmp_path / 'b'}'"]), MPI.COMM_SELF,
                     resume=True, **quiet)

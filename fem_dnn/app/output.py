@@ -78,19 +78,22 @@ def write_trajectory(
     return written
 
 
-def write_depth_series(folder, space: NodeSpace, depth_points, states: np.ndarray, name: str = "f", stem: str = "trajectory") -> Path:
-    """Write ``(N+1, n_local)`` states as a time series (time = depth) on the node mesh."""
+def write_depth_series(folder, space: NodeSpace, depth_points, states, name: str = "f", stem: str = "trajectory") -> Path:
+    """Write ``(N+1, n_local)`` states as a time series (time = depth) on the node mesh
+    (``states`` may be a dict ``{name: (N+1, n_local)}``: several fields in one file)."""
     comm = space.comm
     folder = Path(folder)
     if comm.rank == 0:
         folder.mkdir(parents=True, exist_ok=True)
     comm.barrier()
-    fn = space.function(name=name)
+    fields = states if isinstance(states, dict) else {name: states}
+    fns = {key: space.function(name=key) for key in fields}
     path = folder / f"{stem}.bp"
-    with dolfinx.io.VTXWriter(comm, str(path), [fn]) as w:
-        for t, row in zip(depth_points, states):
-            fn.x.array[: space.n_local] = row
-            fn.x.scatter_forward()
+    with dolfinx.io.VTXWriter(comm, str(path), list(fns.values())) as w:
+        for j, t in enumerate(depth_points):
+            for key, fn in fns.items():
+                fn.x.array[: space.n_local] = fields[key][j]
+                fn.x.scatter_forward()
             w.write(float(t))
     return path
 

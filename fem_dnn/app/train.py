@@ -743,7 +743,9 @@ def _write_outputs(run: Run, res, summary: dict, folder: Path):
     _write_metrics(res.history, folder, comm)
     runfolder.write_text(folder / "summary.json", json.dumps(summary, indent=2), comm)
     k = _shown_samples(run)
-    if run.slabs:  # depth slabs: figures (no field files: one (depth, node) mesh a slab)
+    if run.slabs:  # depth slabs: a depth series of node fields a slab, and the figures
+        if cfg["output"]["fields"] and k and run.layout.sample_comm.size == 1:
+            _slab_fields(run, res, folder, k)
         if cfg["output"]["figures"]:
             _slab_figures(run, res, summary, folder, k)
         return
@@ -780,6 +782,24 @@ def _write_outputs(run: Run, res, summary: dict, folder: Path):
             plot_states(path, sp, run.net.depth.points, nat_states, titles)
         with _atomic_figure(folder / "weights.png", comm) as path:
             plot_weights(path, sp, run.net.depth.points, nat["a"], nat["b"], run.net.kernel)
+    Jv.set_batch(None)
+
+
+def _slab_fields(run: Run, res, folder: Path, k: int):
+    """``fields/slab<i>.bp`` (VTX, ParaView): slab i's node mesh (image x channels) with
+    the states ``f_s`` and costates ``r_s`` of the first k test samples as a series in
+    depth (time = t, from the slab's first depth point to its last)."""
+    from fem_dnn.app.output import write_depth_series
+
+    Jv = run.J_test or run.J
+    Jv.set_batch(np.arange(k))
+    traj, costates = Jv.trajectory(res.m), Jv.costate(res.m)
+    starts = np.cumsum([0.0] + [net.depth.T for net in run.net.slabs])
+    with _agreed(run.comm, f"cannot write the field files {folder / 'fields'}/slab*.bp"):
+        for i, (net, t, r) in enumerate(zip(run.net.slabs, traj.slabs, costates)):
+            rr = r.r()
+            fields = {**{f"f_{s}": t.states[:, s, :] for s in range(k)}, **{f"r_{s}": rr[:, s, :] for s in range(k)}}
+            write_depth_series(folder / "fields", net.space, starts[i] + net.depth.points, fields, stem=f"slab{i}")
     Jv.set_batch(None)
 
 
