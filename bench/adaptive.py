@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
 from fem_dnn.core.domain import Depth, NodeSpace, create_node_mesh  # noqa: E402
-from fem_dnn.learning.estimate import refine_nodes  # noqa: E402
+from fem_dnn.learning.transfer import refine_nodes  # noqa: E402
 from fem_dnn.learning.functional import ReducedFunctional  # noqa: E402
 from fem_dnn.network import Network  # noqa: E402
 from fem_dnn.optimize import Optimizer, transfer_controls  # noqa: E402

@@ -277,6 +277,7 @@ def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=
             :func:`fem_dnn.interrupt.handling` installed); the checkpoint holds the last
             accepted iterate.
     """
+    from fem_dnn.app.checkpoint import CheckpointFile
     from fem_dnn.optimize import TAO, Optimizer, minibatch, msa
 
     from fem_dnn.app import resources
@@ -311,7 +312,7 @@ def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=
                            method)
     if method in TAO and refine is None:
         opt = Optimizer(run.J, method, riesz=tr["riesz"], bounds=bounds or None, gauss_newton=tr["gauss_newton"],
-                        gttol=tr["gttol"], max_it=tr["max_it"], monitor=True, checkpoint=ckpt_dir,
+                        gttol=tr["gttol"], max_it=tr["max_it"], monitor=True, checkpoint=CheckpointFile(ckpt, run.J.controls),
                         checkpoint_every=tr["checkpoint_every"], metrics=evaluator)
     try:
         runfolder.prepare(folder, comm, resume=resume, overwrite=overwrite)
@@ -358,7 +359,7 @@ def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=
     elif method in ("sgd", "adam"):
         res = minibatch(run.J, m0, method, lr=tr["lr"], lr_schedule=tr["lr_schedule"], batch_size=tr["batch_size"],
                         epochs=tr["epochs"], seed=tr["seed"],
-                        riesz=tr["riesz"], checkpoint=ckpt_dir, resume=resume, metrics=evaluator)
+                        riesz=tr["riesz"], checkpoint=CheckpointFile(ckpt, run.J.controls), resume=resume, metrics=evaluator)
     else:  # msa
         res = msa(run.J, m0, bounds, max_it=tr["max_it"], metrics=evaluator)
         from fem_dnn.app.checkpoint import save_checkpoint
@@ -845,7 +846,7 @@ def evaluate(folder, comm: MPI.Comm = MPI.COMM_WORLD, out=print, overrides=(), b
     ``overrides`` (``["data.resolution=28", "node.refine=2", ...]``, keys of
     :data:`EVALUATE_KEYS`) evaluate the same continuum network on another discretisation:
     the trained controls are moved there with
-    :func:`~fem_dnn.optimize.transfer.transfer_controls` (no retraining), and the same
+    :func:`~fem_dnn.learning.transfer.transfer_controls` (no retraining), and the same
     train/test split is used (the samples do not depend on the resolution)."""
     from fem_dnn.app.checkpoint import load_checkpoint
     from fem_dnn.app.config import load_config, parse_overrides
@@ -881,7 +882,7 @@ def evaluate(folder, comm: MPI.Comm = MPI.COMM_WORLD, out=print, overrides=(), b
     m, state, _ = load_checkpoint(found or folder / "checkpoint" / "checkpoint.npz", run.J.controls)
     where = ("the best validation, " if best else "") + _progress(state)
     if target_cfg is not None:
-        from fem_dnn.optimize.transfer import transfer_controls
+        from fem_dnn.learning.transfer import transfer_controls
 
         target = Run(target_cfg, comm, out)
         m_target = transfer_controls(run.J.controls, m, target.J.controls)

@@ -240,6 +240,18 @@ class ReducedFunctional(AbstractReducedFunctional):
         self.counts = {"forward": 0, "costate": 0, "incremental_forward": 0, "incremental_costate": 0}
         self._point = None
 
+    @property
+    def inputs_all(self) -> np.ndarray:
+        """The node-space inputs of all samples, ``(n_local, n_samples)`` (every sample
+        group keeps them all; ``F0`` holds the active ones)."""
+        return self._F0_all
+
+    @property
+    def targets_all(self) -> np.ndarray:
+        """The targets of all samples (``C`` holds the active ones): one-hot ``(K,
+        n_samples)`` (classes) or node values ``(n_local, n_samples)`` (function)."""
+        return self._C_all
+
     def set_batch(self, indices=None):
         """Restrict J to the samples ``indices`` (a mini-batch; None: all samples). The
         indices are global and must be the same on every rank; each sample group takes

@@ -8,7 +8,7 @@ together by Dörfler's rule over *all* indicators (so depth and width are balanc
 their indicators: the larger contributions are refined, wherever they are), splits the
 marked layers and refines the marked cells (``dolfinx.mesh.refine``), and moves the
 controls onto the new discretisation
-(:func:`fem_dnn.optimize.transfer.transfer_controls`). It stops when the estimate is
+(:func:`fem_dnn.learning.transfer.transfer_controls`). It stops when the estimate is
 below the tolerance, after the maximum number of cycles, before a discretisation with
 more controls than allowed, or when the estimate is not reliable: it changed sign or
 did not decrease in size from the previous cycle's. See docs/model.md §4.11-4.12.
@@ -118,9 +118,9 @@ def adapt(problem, space, depth, goal: str = "cost", tolerance: float | None = N
     Returns:
         The cycles, in order; the last one's ``stop`` says why the loop ended.
     """
-    from fem_dnn.learning.estimate import depth_indicators, mark, refine_depth, refine_nodes, width_indicators
+    from fem_dnn.learning.estimate import depth_indicators, mark, width_indicators
+    from fem_dnn.learning.transfer import refine_depth, refine_nodes, transfer_controls
     from fem_dnn.optimize.tao import Optimizer
-    from fem_dnn.optimize.transfer import transfer_controls
 
     check(goal, tolerance, fraction, cycles, max_controls, refine)
     out, previous, J = [], None, problem(space, depth)

@@ -25,7 +25,6 @@ Every setting is reachable through the options database with the solver's prefix
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -34,8 +33,9 @@ from petsc4py import PETSc
 
 from fem_dnn import interrupt
 from fem_dnn.errors import DivergenceError, InputError, NonFiniteError
-from fem_dnn.learning import ControlSpace, ReducedFunctional
+from fem_dnn.learning import ControlSpace, ReducedFunctional, transfer_controls
 
+from fem_dnn.optimize.callbacks import StateStore, accuracy_columns
 from fem_dnn.optimize.methods import BOUNDED, TAO
 
 __all__ = ["RESOLUTION_FACTOR", "Coordinates", "Optimizer", "Resolution", "Result", "multilevel", "stop_reason"]
@@ -159,13 +159,6 @@ class Coordinates:
         return self._map(g, out, False, True, -1) if self.riesz else _copy(g, out)
 
 
-def _accuracies(row: dict) -> str:
-    """The accuracy columns of a monitor line (labelled), or ''."""
-    parts = [f"{label} {row[key]:.4f}" for key, label in (("train_accuracy", "train acc"), ("test_accuracy", "test acc"))
-             if key in row and row[key] is not None]
-    return "".join("  " + p for p in parts)
-
-
 def _copy(x, out):
     x.copy(out)
     return out
@@ -252,10 +245,11 @@ class Optimizer:
             iteration as the uninterrupted one would.
         monitor: print one line per iteration on rank 0 (or a callable(dict)).
         petsc_options_prefix: options prefix of the TAO solver.
-        checkpoint: a folder: every ``checkpoint_every`` iterations the controls, the
-            iteration, the history and the initial gradient norm are written atomically
-            to ``checkpoint/checkpoint.npz`` (:mod:`fem_dnn.app.checkpoint`);
-            ``solve(m0, resume=True)`` continues from it. TAO's internal state (the
+        checkpoint: a :class:`~fem_dnn.optimize.callbacks.StateStore` (the application's:
+            :class:`fem_dnn.app.checkpoint.CheckpointFile`): every ``checkpoint_every``
+            iterations, after a divergence and at the end the controls, the iteration, the
+            history and the initial gradient norm go to its ``save``;
+            ``solve(m0, resume=True)`` continues from its ``load``. TAO's internal state (the
             L-BFGS memory) is not restorable: a resumed run rebuilds it, and stops at the
             same absolute gradient norm as the uninterrupted run would.
         metrics: optional callable ``(m, iteration) -> dict``: more columns of an
@@ -277,7 +271,7 @@ class Optimizer:
         max_it: int = 500,
         monitor=True,
         petsc_options_prefix: str = "fem_dnn_",
-        checkpoint=None,
+        checkpoint: StateStore | None = None,
         checkpoint_every: int = 1,
         metrics=None,
     ):
@@ -293,7 +287,7 @@ class Optimizer:
         self.world = J.network.layout.world
         self.monitor, self.metrics = monitor, metrics
         self.history = []
-        self.checkpoint = None if checkpoint is None else Path(checkpoint) / "checkpoint.npz"
+        self.checkpoint = checkpoint
         self.checkpoint_every = max(int(checkpoint_every), 1)
         self._offset, self._g0, self._gttol = 0, None, gttol
         self._failure = None  # (NonFiniteError, iteration) of the first non-finite trial point
@@ -455,14 +449,11 @@ class Optimizer:
                 tao.setConvergedReason(PETSc.TAO.ConvergedReason.CONVERGED_USER)
         self.history.append(row)
         if self.checkpoint is not None and its % self.checkpoint_every == 0:
-            from fem_dnn.app.checkpoint import save_checkpoint
-
-            state = {"method": self.method, "iteration": its, "g0": self._g0, "history": self.history}
-            save_checkpoint(self.checkpoint, self.J.controls, self._point(x), state)
+            self._save(self._point(x), its)
         if callable(self.monitor):
             self.monitor(row)
         elif self.monitor and self.world.rank == 0:
-            print(f"it {its:4d}  J {f:.10e}  |g| {gnorm:.3e}  step {step:.3e}{_accuracies(row)}  "
+            print(f"it {its:4d}  J {f:.10e}  |g| {gnorm:.3e}  step {step:.3e}{accuracy_columns(row)}  "
                   f"solves fwd {row['forward']} adj {row['costate']} inc {row['incremental_forward']}", flush=True)
         if its >= self._max_it:  # the whole run's limit (a resumed run may start at it)
             tao.setConvergedReason(PETSc.TAO.ConvergedReason.DIVERGED_MAXITS)
@@ -481,29 +472,31 @@ class Optimizer:
         good = self.history[-1]["iteration"]
         where = ""
         if self.checkpoint is not None:
-            from fem_dnn.app.checkpoint import save_checkpoint
-
             m = self.coords.from_coordinates(self._prev, self.J.controls.create_vec())
-            state = {"method": self.method, "iteration": good, "g0": self._g0, "history": self.history}
-            save_checkpoint(self.checkpoint, self.J.controls, m, state)
+            self._save(m, good)
             m.destroy()
-            where = f"; the last good controls (iteration {good}) are in {self.checkpoint}"
+            where = f"; the last good controls (iteration {good}) are in {self.checkpoint.path}"
         raise DivergenceError(
             f"training diverged at iteration {its} ({self.method}): {err}{where}. Resume with a smaller step "
             f"(-{self.tao.getOptionsPrefix()}tao_ls_stepmax 0.1, a larger lambda) or another method "
-            "(training.method = 'gd')", err.layer, its, self.checkpoint) from err
+            "(training.method = 'gd')", err.layer, its, None if self.checkpoint is None else self.checkpoint.path) from err
+
+    def _save(self, m, iteration):
+        """The controls m of ``iteration`` and the run's state to the checkpoint store."""
+        state = {"method": self.method, "iteration": iteration, "g0": self._g0, "history": self.history}
+        self.checkpoint.save(m, state)
 
     # ---- public
     def solve(self, m0: PETSc.Vec, resume: bool = False) -> Result:
         """Train from m0 (not modified); returns the result with the trained controls.
 
-        With ``resume=True`` and an existing checkpoint, continue from it instead (m0 is
-        then ignored)."""
+        With ``resume=True`` and a checkpoint store that holds a state, continue from it
+        instead (m0 is then ignored)."""
         loaded = None
-        if resume and self.checkpoint is not None and self.checkpoint.exists():
-            from fem_dnn.app.checkpoint import load_checkpoint
-
-            m0, state, _ = loaded = load_checkpoint(self.checkpoint, self.J.controls)
+        if resume and self.checkpoint is not None:
+            loaded = self.checkpoint.load()
+        if loaded is not None:
+            m0, state, _ = loaded
             if not state.get("initial"):  # (the initial controls of a run: start afresh from them)
                 self._offset, self._g0 = int(state["iteration"]), float(state["g0"])
                 self.history = list(state["history"])[:-1]  # its last row is recomputed now
@@ -535,10 +528,7 @@ class Optimizer:
             self._diverged(*self._failure)
         m = self.coords.from_coordinates(x, self.J.controls.create_vec())
         if self.checkpoint is not None:  # the final controls, whatever checkpoint_every is
-            from fem_dnn.app.checkpoint import save_checkpoint
-
-            state = {"method": self.method, "iteration": its, "g0": self._g0, "history": self.history}
-            save_checkpoint(self.checkpoint, self.J.controls, m, state)
+            self._save(m, its)
         stop = self._requested or stop_reason(self.method, reason)
         floor = None
         if reason in _FLOOR_REASONS:  # no decrease found: is there one to find, above J's rounding?
@@ -636,12 +626,10 @@ class _Hessian:
 def multilevel(levels: list, method: str = "lbfgs", m0: PETSc.Vec | None = None, gttol: float = 1e-6, monitor=True, **kw) -> list:
     """Grid sequencing: train on ``levels[0]`` (the coarsest (depth, node)
     discretisation), transfer the controls to the next level by interpolation in the
-    node and depth spaces (:func:`fem_dnn.optimize.transfer.transfer_controls`), continue training
+    node and depth spaces (:func:`fem_dnn.learning.transfer.transfer_controls`), continue training
     there, and so on. The stopping tolerance is the absolute gradient norm
     ``gttol * |g_0|`` of the coarsest level on every level (the L2 norms are comparable
     across levels). Returns one :class:`Result` per level."""
-    from fem_dnn.optimize.transfer import transfer_controls
-
     results, m = [], m0
     gatol = None
     for i, J in enumerate(levels):
