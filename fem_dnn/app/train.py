@@ -265,10 +265,10 @@ def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=
         out: the print function (rank 0).
         overwrite: replace the run in ``output.folder`` (its files are removed first).
         dry_run: print the problem sizes and the memory estimate
-            (:func:`fem_dnn.app.resources.estimate`) and return it (as a dict) without
+            (:func:`fem_dnn.app.memory.estimate_memory`) and return it (as a dict) without
             building or writing anything; for an adaptive config, also every cycle's
             upper bounds of the sizes and relative costs (``cycles``:
-            :func:`fem_dnn.app.resources.adaptive_cycles`; empty otherwise).
+            :func:`fem_dnn.app.memory.adaptive_cycles`; empty otherwise).
 
     Raises:
         InputError: every check fails before anything is written (the run folder rules
@@ -280,17 +280,17 @@ def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=
     from fem_dnn.app.checkpoint import CheckpointFile
     from fem_dnn.optimize import TAO, Optimizer, minibatch, msa
 
-    from fem_dnn.app import resources
+    from fem_dnn.app import memory
 
     t0 = time.perf_counter()
-    est = resources.estimate(cfg, comm)  # before anything of the problem's size is allocated
+    est = memory.estimate_memory(cfg, comm)  # before anything of the problem's size is allocated
     if dry_run:
         if comm.rank == 0:
             out(est.describe())
-        resources.check(est, comm)
+        memory.check(est, comm)
         return {"neurons": est.neurons, "layers": est.layers, "samples": est.samples, "controls": est.controls,
                 "peak_bytes": est.peak_bytes, "available_bytes": est.available_bytes, "cycles": est.cycles}
-    resources.check(est, comm)
+    memory.check(est, comm)
     run = Run(cfg, comm, out)
     tr, folder = cfg["training"], Path(cfg["output"]["folder"])
     ckpt_dir = folder / "checkpoint"

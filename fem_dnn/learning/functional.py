@@ -45,6 +45,13 @@ from fem_dnn.network import Controls, Network, Readout
 
 __all__ = ["AbstractReducedFunctional", "FixedReadout", "Proximal", "ReducedFunctional", "WrappedFunctional"]
 
+#: Control-sized Vecs a :class:`ReducedFunctional` holds at its point (the memory model's
+#: count, :mod:`fem_dnn.app.memory`): the point m, the network's copy of the controls,
+#: lambda R m (when lambda or gamma > 0) and the derivative; a functional that is only
+#: evaluated (the test set's) holds the first three.
+FUNCTIONAL_VECTORS = 4
+EVALUATION_VECTORS = 3
+
 
 class AbstractReducedFunctional(ABC):
     """The interface every optimiser, Taylor test and checkpoint uses (pyadjoint's

@@ -16,6 +16,13 @@ from fem_dnn.optimize.tao import Coordinates, Result, stop_reason
 
 __all__ = ["batches", "minibatch"]
 
+#: Control-sized Vecs of :func:`minibatch` (the memory model's count, :mod:`fem_dnn.app.memory`):
+#: x, m, g, gx and Adam's two moments; the update's temporaries; Adam's bias-corrected
+#: moments of the last step, alive until the epoch's checkpoint.
+MINIBATCH_VECTORS = 6
+MINIBATCH_WORK_VECTORS = 4
+MINIBATCH_KEPT_VECTORS = 2
+
 
 def batches(n_samples: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
     """The mini-batches of one epoch: a permutation drawn from ``(seed, epoch)``, so any

@@ -61,6 +61,10 @@ _FLOOR_REASONS = (-6, -7)
 #: A decrease within this factor of J's measured rounding noise is below J's resolution
 #: (:meth:`Optimizer.resolution`).
 RESOLUTION_FACTOR = 10.0
+#: The Optimizer's own control-sized Vecs (the memory model's count, :mod:`fem_dnn.app.memory`):
+#: _x, _m, _g, _tmp, the two gradient Vecs it hands to TAO, and _prev (Newton methods add
+#: _hess_at, a box _lb and _ub).
+OPTIMIZER_VECTORS = 7
 #: MSA's stop reasons (:func:`msa`).
 _MSA_REASONS = {
     1: "converged: the relative decrease of J is below rtol",

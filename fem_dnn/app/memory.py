@@ -1,18 +1,21 @@
-"""Resource estimate of a run: problem sizes and peak memory per rank, before any allocation.
+"""The memory model of a training run: problem sizes and peak memory per rank, before any
+allocation.
 
 A training run is refused before it starts when it cannot fit (bad input gets one clear
 error, and nothing is half-written):
 
-- :func:`estimate` computes, from a validated config (:mod:`fem_dnn.app.config`) and
+- :func:`estimate_memory` computes, from a validated config (:mod:`fem_dnn.app.config`) and
   *without building* the node mesh of the built-in grids, the data, the network or any
   control vector, the problem sizes (neurons n, layers N, samples S, the control count
   ``N n + N n^2 + readout``) and the peak resident memory of each rank of a training
   run, part by part;
 - :func:`check` raises :class:`~fem_dnn.errors.InputError` with one line when the
-  estimate exceeds :func:`available_memory`, or when a PETSc index (the global size of
-  the control vector, ...) does not fit PETSc's integer type;
-- :func:`estimate_hjb` does the same for an HJB solver (:class:`fem_dnn.hjb.HJBSolver`)
-  from its constructor arguments.
+  estimate exceeds :func:`~fem_dnn.app.system.available_memory`, or when a PETSc index
+  (the global size of the control vector, ...) does not fit PETSc's integer type;
+- :func:`adaptive_cycles` bounds the discretisations of an adaptive run.
+
+The machine's side (resident memory, available memory, PETSc's index type) is
+:mod:`fem_dnn.app.system`; an HJB solver's model is :mod:`fem_dnn.app.hjb_memory`.
 
 **The memory model.** The peak of a rank is its *resident* memory plus the largest of
 the *phases* of a run (memory freed by one phase is reused by the next: fem_dnn keeps
@@ -36,13 +39,18 @@ a batch of states and ``G`` the bytes of all controls in natural order:
   every rank), *test evaluation* (the test set's trajectory and tape, at the end when
   not during training), *outputs* (natural order again, the figures).
 
-The counts of vectors are read off the code (:mod:`fem_dnn.optimize`,
-:mod:`fem_dnn.learning.functional`, :mod:`fem_dnn.network`) and PETSc's TAO; the constants below
-are measured, and ``bench/memory_estimate.py`` checks the whole estimate against the
-peak resident set of real trainings (within 30%).
+The counts of control-sized vectors are kept by the code they count and read from there
+(``OPTIMIZER_VECTORS`` of :mod:`fem_dnn.optimize.tao`, ``TAO_VECTORS`` of
+:mod:`fem_dnn.optimize.methods`, ``MINIBATCH_VECTORS`` of :mod:`fem_dnn.optimize.stochastic`,
+``MSA_VECTORS`` of :mod:`fem_dnn.optimize.paper`, ``FUNCTIONAL_VECTORS`` of
+:mod:`fem_dnn.learning.functional`, a kernel family's :class:`~fem_dnn.core.kernel.KernelMemory`,
+the schemes' stages), the built-in data sets' sizes from
+:data:`fem_dnn.app.data.BUILT_IN_SIZES`; the constants below are measured, and
+``bench/memory_estimate.py`` checks the whole estimate against the peak resident set of
+real trainings (within 30%).
 """
 
-import os
+import inspect
 import sys
 from dataclasses import dataclass, field
 
@@ -51,22 +59,20 @@ import numpy as np
 from fem_dnn import _dolfinx  # noqa: F401
 from mpi4py import MPI
 
+from fem_dnn.app.data import BUILT_IN_SIZES
+from fem_dnn.app.system import available_memory, petsc_int_max, resident_memory
 from fem_dnn.core.kernel import KERNELS
 from fem_dnn.errors import InputError
+# the counts of control-sized vectors, kept by the code they count
+from fem_dnn.learning.functional import EVALUATION_VECTORS as TEST_POINT_VECTORS, FUNCTIONAL_VECTORS
 from fem_dnn.network.schemes import IMPLICIT, STAGES
-from fem_dnn.optimize.methods import HESSIAN, TAO
+from fem_dnn.optimize.adaptive import adapt
+from fem_dnn.optimize.methods import HESSIAN, HESSIAN_WORK_VECTORS, TAO, TAO_VECTORS
+from fem_dnn.optimize.paper import MSA_VECTORS
+from fem_dnn.optimize.stochastic import MINIBATCH_KEPT_VECTORS, MINIBATCH_VECTORS, MINIBATCH_WORK_VECTORS
+from fem_dnn.optimize.tao import OPTIMIZER_VECTORS
 
-__all__ = [
-    "Estimate",
-    "HJBEstimate",
-    "adaptive_cycles",
-    "available_memory",
-    "check",
-    "estimate",
-    "estimate_hjb",
-    "petsc_int_max",
-    "resident_memory",
-]
+__all__ = ["MemoryEstimate", "adaptive_cycles", "check", "estimate_memory"]
 
 MiB, GiB = 2**20, 2**30
 _F8 = 8  # bytes of a float64
@@ -93,15 +99,6 @@ DIFFUSION_BYTES_PER_DOF = 1500
 #: The (depth, node) mesh of the field output, per product cell (N x owned node cells).
 PRODUCT_MESH_BYTES_PER_CELL = 1200
 
-#: Control-sized Vecs the functional holds at its point: the point m, the network's copy
-#: of the controls, lambda R m (when lambda or gamma > 0) and the derivative.
-FUNCTIONAL_VECTORS = 4
-#: The Optimizer's own control-sized Vecs: _x, _m, _g, _tmp, the two gradient Vecs it
-#: hands to TAO, and _prev (Newton methods add _hess_at, a box _lb and _ub).
-OPTIMIZER_VECTORS = 7
-#: Control-sized Vecs TAO allocates per method (its work vectors, line search, KSP;
-#: measured with PETSc 3.25), without the L-BFGS pairs.
-TAO_VECTORS = {"gd": 12, "cg": 25, "lbfgs": 20, "newton": 9, "trust": 5, "bnewton": 14, "btrust": 13}
 #: Vecs per L-BFGS pair (s and y), and PETSc's default number of pairs
 #: (``-<prefix>tao_bqnls_mat_lmvm_hist_size``).
 LBFGS_VECTORS_PER_PAIR = 2
@@ -109,22 +106,6 @@ LBFGS_PAIRS = 5
 #: Control-sized temporaries of one gradient: the costate's accumulator and the
 #: coordinate maps' temporaries.
 GRADIENT_WORK_VECTORS = 2
-#: Control-sized temporaries of one Hessian action (the direction, the network's copy of
-#: it, the accumulator, the result, the regulariser's action, the coordinate maps), per
-#: Newton method.
-HESSIAN_WORK_VECTORS = {"newton": 5, "trust": 5, "bnewton": 5, "btrust": 9}
-#: Mini-batch methods: x, m, g, gx and Adam's two moments; the update's temporaries.
-MINIBATCH_VECTORS = 6
-MINIBATCH_WORK_VECTORS = 4
-#: Adam's bias-corrected moments of the last step, alive until the epoch's checkpoint.
-MINIBATCH_KEPT_VECTORS = 2
-#: Control-sized Vecs of the test set's functional at its point (m, the network's copy,
-#: lambda R m): held during training when the test set is evaluated there
-#: (``output.test_every``), else at the end.
-TEST_POINT_VECTORS = 3
-#: MSA: m, the Hamiltonian minimiser's copies of (a, b), its result, the step and the
-#: trial point; the functional keeps the whole costate.
-MSA_VECTORS = 5
 #: Gathering the controls in natural order (a checkpoint, the outputs) on every rank:
 #: peak copies of all controls and of this rank's part.
 NATURAL_GLOBAL_COPIES = 2.0
@@ -137,112 +118,11 @@ GATHER_ARRAYS = 2
 #: Copies of one layer's image of b that the weights figure makes (rank 0).
 FIGURE_LAYER_COPIES = 6
 
-#: Built-in data sets: samples, classes, kind and grid (``fem_dnn.app.data``).
-_DATASETS = {"digits": (1797, 10, "classes", {"shape": "rectangle", "n": 8}),
-             "bumps": (64, None, "function", {"shape": "interval", "n": 32})}
-
-
-# --------------------------------------------------------------------------- the machine
-def resident_memory(peak: bool = False) -> int:
-    """This process's resident set size in bytes (``VmRSS``), or its peak (``VmHWM``)."""
-    key = "VmHWM:" if peak else "VmRSS:"
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(key):
-                    return int(line.split()[1]) * 1024
-    except OSError:  # pragma: no cover - not Linux
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kB
-
-
-def _read_int(path):
-    try:
-        with open(path) as fh:
-            text = fh.read().strip()
-    except OSError:
-        return None
-    return None if text in ("", "max") else int(text)
-
-
-def _stat(path, key):
-    try:
-        with open(path) as fh:
-            for line in fh:
-                name, _, value = line.partition(" ")
-                if name == key:
-                    return int(value)
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
-def _cgroup_available() -> int | None:
-    """Memory left under this process's cgroup limits (v2 ``memory.max - memory.current``,
-    v1 ``memory.limit_in_bytes - memory.usage_in_bytes``, the reclaimable inactive file
-    cache not counted as used), the smallest over the cgroup and its parents; None
-    without a limit."""
-    try:
-        with open("/proc/self/cgroup") as fh:
-            lines = fh.read().splitlines()
-    except OSError:
-        return None
-    best = None
-    for line in lines:
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        hier, controllers, path = parts
-        if hier == "0" and controllers == "":
-            root, limit, usage, inactive = "/sys/fs/cgroup", "memory.max", "memory.current", "inactive_file"
-        elif "memory" in controllers.split(","):
-            root, limit, usage, inactive = "/sys/fs/cgroup/memory", "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"
-        else:
-            continue
-        rel = path.strip("/")
-        while True:  # the cgroup and its parents (inside a container the path may not exist)
-            folder = os.path.join(root, rel)
-            lim = _read_int(os.path.join(folder, limit))
-            if lim is not None and lim < 2**60:
-                used = (_read_int(os.path.join(folder, usage)) or 0) - _stat(os.path.join(folder, "memory.stat"), inactive)
-                left = max(lim - max(used, 0), 0)
-                best = left if best is None else min(best, left)
-            if not rel:
-                break
-            rel = os.path.dirname(rel)
-    return best
-
-
-def available_memory() -> int:
-    """Bytes of memory this process can still allocate: the smaller of ``MemAvailable``
-    (/proc/meminfo) and what its cgroup limits leave (cgroup v2 ``memory.max`` minus
-    ``memory.current``, or v1 ``memory.limit_in_bytes`` minus ``memory.usage_in_bytes``)."""
-    avail = None
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    avail = int(line.split()[1]) * 1024
-    except OSError:  # pragma: no cover - not Linux
-        pass
-    if avail is None:  # pragma: no cover - not Linux
-        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    cg = _cgroup_available()
-    return avail if cg is None else min(avail, cg)
-
-
-def petsc_int_max() -> int:
-    """The largest index of PETSc's integer type (``PetscInt``: 2^31 - 1 for 32-bit)."""
-    from petsc4py import PETSc
-
-    return int(np.iinfo(np.dtype(PETSc.IntType)).max)
 
 
 # --------------------------------------------------------------------------- the estimate
 @dataclass
-class Estimate:
+class MemoryEstimate:
     """Sizes and peak memory of a training run, the same on every rank.
 
     Sizes are global unless ``_local`` (the largest rank's share). Memory is in bytes per
@@ -333,8 +213,8 @@ def _dataset_sizes(d: dict):
 
         k = mnist_resolution(d["resolution"])
         return 5000, 10, "classes", {"shape": "rectangle", "n": k}, k * k
-    if d["name"] in _DATASETS:
-        S, K, kind, domain = _DATASETS[d["name"]]
+    if d["name"] in BUILT_IN_SIZES:
+        S, K, kind, domain = BUILT_IN_SIZES[d["name"]]
         feats = domain["n"] ** (2 if domain["shape"] == "rectangle" else 1)
         return S, K, kind, domain, feats
     from fem_dnn.app import data as datasets
@@ -407,8 +287,8 @@ def _tao_method(method: str, prefix: str) -> str:
             "bntr": "btrust", "bncg": "cg", "nls_gn": "newton"}.get(tao_type, method)
 
 
-def estimate(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, store_every: int | None = None,
-             petsc_options_prefix: str = "fem_dnn_") -> Estimate:
+def estimate_memory(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, store_every: int | None = None,
+                    petsc_options_prefix: str = "fem_dnn_") -> MemoryEstimate:
     """Sizes and peak memory per rank of ``fem_dnn.app.train.train(cfg)`` (collective).
 
     Nothing of the problem's size is allocated: the sizes of the built-in grids are
@@ -583,7 +463,7 @@ def estimate(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, store_every: int | None
         indices["the quadrature points of the node mesh"] = cells * _quadrature_points(cell, 2 * deg + 2)
     desc = (f"{d['name']} ({kind}), {nd['space']} {mass}, {scheme} ({nw['activation']}), method {tr['method']}"
             + (f", depth checkpointing every {store_every}" if store_every else ""))
-    est = Estimate(P, Pn, n, nl, cells, N, S, S_test, S_l, controls, controls_l, desc, resident, phases, int(peak),
+    est = MemoryEstimate(P, Pn, n, nl, cells, N, S, S_test, S_l, controls, controls_l, desc, resident, phases, int(peak),
                    now, avail, per_node, indices, petsc_int_max())
     est.advice = _advice(est, method, scheme)
     if int(cfg.get("adapt", {}).get("cycles", 0)):
@@ -601,7 +481,7 @@ def estimate(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, store_every: int | None
 REFINED_CHILDREN = {"interval": 2, "triangle": 4, "tetrahedron": 8}
 #: Gauss-Newton Hessian products the width estimator's CG takes at most (``adapt``'s
 #: ``newton_its``, the run's default)
-NEWTON_ITS = 100
+NEWTON_ITS = inspect.signature(adapt).parameters["newton_its"].default
 
 
 def adaptive_cycles(ad: dict, N: int, n: int, cells: int, cell: str, family: str, degree: int, max_it: int,
@@ -667,7 +547,7 @@ def adaptive_cycles(ad: dict, N: int, n: int, cells: int, cell: str, family: str
     return out, "; ".join(notes)
 
 
-def _advice(est: Estimate, method: str, scheme: str) -> list[str]:
+def _advice(est: MemoryEstimate, method: str, scheme: str) -> list[str]:
     """What to reduce, the largest part first."""
     r, p = est.resident, est.phases
     traj = sum(v for k, v in r.items() if k.startswith(("trajectory", "tape")))
@@ -685,7 +565,7 @@ def _advice(est: Estimate, method: str, scheme: str) -> list[str]:
     return out
 
 
-def check(est: Estimate, comm: MPI.Comm = MPI.COMM_WORLD):
+def check(est: MemoryEstimate, comm: MPI.Comm = MPI.COMM_WORLD):
     """Refuse a run that cannot fit (collective: the same decision on every rank).
 
     Raises:
@@ -712,93 +592,3 @@ def check(est: Estimate, comm: MPI.Comm = MPI.COMM_WORLD):
     refuse = comm.allreduce(msg is not None, op=MPI.LOR)
     if refuse:
         raise InputError(comm.bcast(msg, root=0) or "the run does not fit (see rank 0)")
-
-
-# --------------------------------------------------------------------------- HJB
-@dataclass
-class HJBEstimate:
-    """Sizes and memory per rank of an :class:`fem_dnn.hjb.HJBSolver`.
-
-    Attributes:
-        vertices, vertices_local: P1 dofs of the state-space mesh.
-        cells: its cells.
-        steps: depth steps (CFL or ``min_steps``).
-        parts: bytes per rank by part (mesh, operators, functions, stored levels).
-        peak_bytes: their sum plus the process now.
-    """
-
-    vertices: int
-    vertices_local: int
-    cells: int
-    steps: int
-    parts: dict
-    peak_bytes: int
-
-    def describe(self) -> str:
-        lines = [f"HJB: {self.vertices} vertices ({self.vertices_local} per rank), {self.cells} cells, {self.steps} steps"]
-        lines += [f"    {k:46s} {v / MiB:9.1f} MiB" for k, v in self.parts.items()]
-        lines.append(f"  peak per rank: {self.peak_bytes / GiB:.2f} GiB")
-        return "\n".join(lines)
-
-
-#: Non-zeros per row of the P1 matrices on the structured meshes, by (dimension, cell).
-_P1_NNZ = {(1, "simplex"): 3, (2, "simplex"): 7, (2, "tensor"): 9, (3, "simplex"): 15, (3, "tensor"): 27}
-#: Bytes per non-zero of an assembled AIJ matrix (value, column index and assembly slack).
-AIJ_BYTES_PER_NONZERO = 24
-
-
-def estimate_hjb(model, lower, upper, cells, T: float = 1.0, comm: MPI.Comm = MPI.COMM_WORLD, cfl: float = 0.9,
-                 min_steps: int = 1, cell: str = "simplex", keep_levels: bool = True, scheme: str = "lax_friedrichs",
-                 courant: float = 2.0) -> HJBEstimate:
-    """Sizes and memory per rank of ``HJBSolver(model, Phi, lower, upper, cells, T, comm,
-    cfl, min_steps, cell, keep_levels, scheme, courant)`` and its
-    :meth:`~fem_dnn.hjb.HJBSolver.solve` (collective). The grid is counted; the depth step
-    is that of a solver on a grid of at most 8 cells per direction, scaled with the cell
-    size (the CFL limit is proportional to h on these structured meshes). The stored
-    levels are ``steps = max(own, min_steps)`` for either scheme. The semi-Lagrangian
-    scheme marches its own ``ceil(T speed / (courant h))`` steps and its interpolation
-    matrix holds at most ``(ceil(courant) + 3)^n`` candidate points a vertex, 2^n
-    non-zeros each; with ``steps`` above its own count (and ``keep_levels``) it adds the
-    ``q - 1`` fractional steps ``i/q`` of a march step (``q = HJBSolver.substeps``), each
-    with at most ``(ceil(i courant / q) + 3)^n`` candidates a vertex, and ``q`` vertex
-    arrays of the sub-levels."""
-    from fem_dnn.hjb import HJBSolver
-
-    n = model.n
-    nn = [int(cells)] * n if np.isscalar(cells) else [int(c) for c in cells]
-    coarse = [min(c, 8) for c in nn]
-    probe = HJBSolver(model, lambda v: np.zeros(v.shape[1]), lower, upper, coarse, T, MPI.COMM_SELF, cfl, 1, cell,
-                      keep_levels=False)
-    dt_max = probe.dt_max * min(c / f for c, f in zip(coarse, nn))
-    for A in probe.C:
-        A.destroy()
-    probe.D.destroy()
-    h = float(np.max((np.broadcast_to(np.asarray(upper, dtype=float), (n,)) - np.broadcast_to(
-        np.asarray(lower, dtype=float), (n,))) / np.array(nn)))
-    if scheme == "semi_lagrangian":
-        own = int(np.ceil(T * probe.speed / (courant * h))) if probe.speed > 0 else 1
-    else:
-        own = int(np.ceil(T / (cfl * dt_max))) if np.isfinite(dt_max) else 1
-    steps = max(own, int(min_steps))
-    q = 1  # the solver's substeps: parts of a semi-Lagrangian march step with stored levels between
-    if scheme == "semi_lagrangian" and keep_levels and steps > own:
-        q = min(-(-steps // own), HJBSolver.MAX_SUBSTEPS)
-    sl_row = 2**n * AIJ_BYTES_PER_NONZERO + 2 * _F8  # a candidate point: its Q1 row and its value
-    verts = int(np.prod([c + 1 for c in nn]))
-    ncell = int(np.prod(nn)) * ({1: 1, 2: 2, 3: 6}[n] if cell == "simplex" else 1)
-    vl = _cdiv(verts, comm.size)
-    cl = _cdiv(ncell, comm.size)
-    nnz = _P1_NNZ[(n, cell if n > 1 else "simplex")]
-    parts = {"process now": resident_memory(),
-             f"state-space mesh ({ncell} cells)": MESH_BYTES_PER_CELL * cl + MESH_BUILD_BYTES_PER_CELL * (ncell - cl),
-             f"operators (C_1..C_{n}, D)": (n + 1) * AIJ_BYTES_PER_NONZERO * nnz * vl,
-             "functions and vertex arrays": (2 * n + 8) * _F8 * vl,
-             "semi-Lagrangian interpolation matrix": (int(np.ceil(courant)) + 3) ** n * sl_row * vl
-             if scheme == "semi_lagrangian" else 0,
-             f"semi-Lagrangian fractional steps ({q - 1})": (sum(
-                 (int(np.ceil(i * courant / q)) + 3) ** n for i in range(1, q)) * sl_row + q * _F8) * vl if q > 1 else 0,
-             f"stored levels ({steps + 1} x {vl})": (steps + 1) * _F8 * vl if keep_levels else 0}
-    vals = np.array(list(parts.values()), dtype=float)
-    comm.Allreduce(MPI.IN_PLACE, vals, op=MPI.MAX)
-    parts = {k: int(v) for k, v in zip(parts, vals)}
-    return HJBEstimate(verts, vl, ncell, steps, parts, sum(parts.values()))
