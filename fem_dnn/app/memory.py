@@ -12,7 +12,8 @@ error, and nothing is half-written):
 - :func:`check` raises :class:`~fem_dnn.errors.InputError` with one line when the
   estimate exceeds :func:`~fem_dnn.app.system.available_memory`, or when a PETSc index
   (the global size of the control vector, ...) does not fit PETSc's integer type;
-- :func:`adaptive_cycles` bounds the discretisations of an adaptive run.
+- for an adaptive config, the bounds of its cycles
+  (:func:`fem_dnn.optimize.adaptive.adaptive_cycles`) join the estimate.
 
 The machine's side (resident memory, available memory, PETSc's index type) is
 :mod:`fem_dnn.app.system`; an HJB solver's model is :mod:`fem_dnn.app.hjb_memory`.
@@ -50,7 +51,6 @@ the schemes' stages), the built-in data sets' sizes from
 real trainings (within 30%).
 """
 
-import inspect
 import sys
 from dataclasses import dataclass, field
 
@@ -66,13 +66,13 @@ from fem_dnn.errors import InputError
 # the counts of control-sized vectors, kept by the code they count
 from fem_dnn.learning.functional import EVALUATION_VECTORS as TEST_POINT_VECTORS, FUNCTIONAL_VECTORS
 from fem_dnn.network.schemes import IMPLICIT, STAGES
-from fem_dnn.optimize.adaptive import adapt
+from fem_dnn.optimize.adaptive import adaptive_cycles
 from fem_dnn.optimize.methods import HESSIAN, HESSIAN_WORK_VECTORS, TAO, TAO_VECTORS
 from fem_dnn.optimize.paper import MSA_VECTORS
 from fem_dnn.optimize.stochastic import MINIBATCH_KEPT_VECTORS, MINIBATCH_VECTORS, MINIBATCH_WORK_VECTORS
 from fem_dnn.optimize.tao import OPTIMIZER_VECTORS
 
-__all__ = ["MemoryEstimate", "adaptive_cycles", "check", "estimate_memory"]
+__all__ = ["MemoryEstimate", "check", "estimate_memory"]
 
 MiB, GiB = 2**20, 2**30
 _F8 = 8  # bytes of a float64
@@ -311,7 +311,103 @@ def estimate_memory(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, store_every: int
     from fem_dnn.optimize import tao as optimize  # noqa: F401  (what every run imports: DOLFINx, UFL, PETSc, scipy)
 
     now = resident_memory()
-    d, nd, nw, tr, out = cfg["data"], cfg["node"], cfg["network"], cfg["training"], cfg["output"]
+    r = _sizes(cfg, comm, petsc_options_prefix)
+    resident, segment = _resident(r, now, store_every)
+    phases = _phases(r, resident, segment, petsc_options_prefix)
+
+    # ---- the same numbers on every rank
+    keys = list(resident) + list(phases)
+    vals = np.array([resident[k] for k in resident] + [phases[k] for k in phases], dtype=float)
+    comm.Allreduce(MPI.IN_PLACE, vals, op=MPI.MAX)
+    resident = {k: int(v) for k, v in zip(keys[: len(resident)], vals[: len(resident)])}
+    phases = {k: int(v) for k, v in zip(keys[len(resident):], vals[len(resident):])}
+    peak = sum(resident.values()) + max(phases.values())
+    shm = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    per_node, avail = shm.size, available_memory()
+    shm.Free()
+    avail = comm.allreduce(avail, op=MPI.MIN)
+    per_node = comm.allreduce(per_node, op=MPI.MAX)
+    now = comm.allreduce(now, op=MPI.MAX)
+
+    d, nd, nw, tr = cfg["data"], cfg["node"], cfg["network"], cfg["training"]
+    desc = (f"{d['name']} ({r.kind}), {nd['space']} {r.mass}, {r.scheme} ({nw['activation']}), method {tr['method']}"
+            + (f", depth checkpointing every {store_every}" if store_every else ""))
+    est = MemoryEstimate(r.P, r.Pn, r.n, r.nl, r.cells, r.N, r.S, r.S_test, r.S_l, r.controls, r.controls_l, desc,
+                         resident, phases, int(peak), now, avail, per_node, _indices(r), petsc_int_max())
+    est.advice = _advice(est, r.method, r.scheme)
+    if int(cfg.get("adapt", {}).get("cycles", 0)):
+        def total(N_k, n_k, cells_k):  # the control vector's size on a (depth, node) discretisation
+            rd = (r.K * n_k + r.K) if r.kind == "classes" else (n_k * n_k + n_k)
+            km = KERNELS[nw["kernel"]].memory(nw, nd, N=N_k, n=n_k, n_local=_cdiv(n_k, r.Pn), cells=cells_k, gdim=r.gdim)
+            return N_k * n_k + km.controls + rd
+
+        est.cycles, est.cycles_note = adaptive_cycles(cfg["adapt"], r.N, r.n, r.cells, r.cell, r.fam, r.deg,
+                                                      int(tr["max_it"]), total)
+    return est
+
+
+@dataclass
+class _Sizes:
+    """The sizes of a run that the parts of the memory model read (``_l``: the largest
+    rank's share), and the bytes of its arrays."""
+
+    cfg: dict
+    P: int  # ranks
+    Pn: int  # ranks of a node communicator
+    K: int | None  # classes
+    kind: str
+    feats: int  # features of a sample as loaded
+    S_all: int
+    S: int  # training samples
+    S_test: int
+    S_l: int
+    St_l: int
+    cells: int
+    cells_l: int
+    n: int  # neurons
+    nl: int
+    cell: str
+    gdim: int
+    fam: str
+    deg: int
+    mass: str
+    N: int  # layers
+    scheme: str
+    method: str  # the TAO method as -<prefix>tao_type makes it
+    kern: object  # the kernel family's KernelMemory
+    controls: int
+    controls_l: int
+    V: int  # bytes of this rank's part of one control vector
+    Vab: int  # ... of its (a, b) blocks
+    G: int  # bytes of all controls in natural order
+    q_l: int  # points of the sigma term (nodes, or quadrature points for consistent mass)
+    compact: bool  # the tape keeps sigma(u) alone (the activation's from_sigma)
+    stages: int
+    inputs: int  # stage inputs kept per layer
+
+    def batch(self, samples):
+        """Bytes of one (n_local, S) and one (q_local, S) array."""
+        return _F8 * self.nl * samples, _F8 * self.q_l * samples
+
+    def trajectory(self, samples, every=None):
+        """Bytes of the stored states, of the tape, and of the segment the costate
+        recomputes (depth checkpointing every ``every`` levels)."""
+        Bn, Bq = self.batch(samples)
+        layer_tape = self.stages * (1 if self.compact else 2) * Bq + self.inputs * Bn  # sigma(u), or u and sigma'(u)
+        if every:
+            levels = len(set(range(0, self.N + 1, every)) | {self.N}) + 2  # the kept levels and two work levels
+            return levels * Bn, 0, (every + 1) * Bn + every * layer_tape  # segment recomputed in the costate
+        return (self.N + 1) * Bn, self.N * layer_tape, 0
+
+    def layer_work(self, samples, arrays):
+        """One layer's temporaries: batch arrays, the gathered batch, the kernel's (dense: b M_w)."""
+        Bn, Bq = self.batch(samples)
+        return arrays * max(Bn, Bq) + GATHER_ARRAYS * _F8 * self.kern.gathered * samples + self.kern.work_bytes
+
+
+def _sizes(cfg: dict, comm: MPI.Comm, petsc_options_prefix: str) -> _Sizes:
+    """The sizes of the run of ``cfg`` on ``comm``, by arithmetic (collective)."""
+    d, nd, nw, tr = cfg["data"], cfg["node"], cfg["network"], cfg["training"]
     P, groups = comm.size, int(tr["sample_groups"])
     if groups < 1 or P % groups:
         raise InputError(f"sample_groups={groups} must divide the number of ranks {P}")
@@ -331,79 +427,70 @@ def estimate_memory(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, store_every: int
     fam, deg = nd["space"][:-1], int(nd["space"][-1])
     mass = "lumped" if fam == "DG" else nd["mass"]
     N = len(nw["depth_points"]) - 1 if nw.get("depth_points") else int(nw["N"])
-    scheme, method = nw["scheme"], _tao_method(tr["method"], petsc_options_prefix)
-    Kr = K if kind == "classes" else n  # rows of the readout
-    S_l, St_l = _cdiv(S, groups), _cdiv(S_test, groups)
+    scheme = nw["scheme"]
 
     # ---- sizes of the control vector (global, and the largest rank's)
     readout = (K * n + K) if kind == "classes" else (n * n + n)
     readout_l = (K * nl + K) if kind == "classes" else (nl * n + nl)
     kern = KERNELS[nw["kernel"]].memory(nw, nd, N=N, n=n, n_local=nl, cells=cells, gdim=gdim)
-    b, b_l, gathered = kern.controls, kern.controls_local, kern.gathered
-    controls, controls_l = N * n + b + readout, N * nl + b_l + readout_l
-    V, Vab, G = _F8 * controls_l, _F8 * (N * nl + b_l), _F8 * controls
+    controls, controls_l = N * n + kern.controls + readout, N * nl + kern.controls_local + readout_l
 
     # ---- batches: nodes and the sigma term's points
-    q_l = nl
-    if mass == "consistent":
-        q_l = cells_l * _quadrature_points(cell, 2 * deg + 2)
+    q_l = cells_l * _quadrature_points(cell, 2 * deg + 2) if mass == "consistent" else nl
     from fem_dnn.core.activation import get_activation
 
-    compact = get_activation(nw["activation"]).from_sigma is not None
-    stages = STAGES[scheme]
-    per_stage_q = 1 if compact else 2  # sigma(u) alone, or u and sigma'(u)
-    # stage inputs kept (explicit: the first is a view of the state; implicit: the midpoint state)
-    inputs = 1 if scheme in IMPLICIT else stages - 1
+    return _Sizes(cfg, P, Pn, K, kind, feats, S_all, S, S_test, _cdiv(S, groups), _cdiv(S_test, groups), cells, cells_l,
+                  n, nl, cell, gdim, fam, deg, mass, N, scheme, _tao_method(tr["method"], petsc_options_prefix), kern,
+                  controls, controls_l, _F8 * controls_l, _F8 * (N * nl + kern.controls_local), _F8 * controls, q_l,
+                  get_activation(nw["activation"]).from_sigma is not None, STAGES[scheme],
+                  # stage inputs kept (explicit: the first is a view of the state; implicit: the midpoint state)
+                  1 if scheme in IMPLICIT else STAGES[scheme] - 1)
 
-    def batch(samples):  # bytes of one (n_local, S) and one (q_local, S) array
-        return _F8 * nl * samples, _F8 * q_l * samples
 
-    def trajectory(samples, every=None):
-        Bn, Bq = batch(samples)
-        layer_tape = stages * per_stage_q * Bq + inputs * Bn
-        if every:
-            levels = len(set(range(0, N + 1, every)) | {N}) + 2  # the kept levels and two work levels
-            return levels * Bn, 0, (every + 1) * Bn + every * layer_tape  # segment recomputed in the costate
-        return (N + 1) * Bn, N * layer_tape, 0
-
-    def layer_work(samples, arrays):  # one layer's temporaries: batch arrays, the gathered batch, the kernel's (dense: b M_w)
-        Bn, Bq = batch(samples)
-        return arrays * max(Bn, Bq) + GATHER_ARRAYS * _F8 * gathered * samples + kern.work_bytes
-
-    # ---- resident parts
+def _resident(r: _Sizes, now: int, store_every: int | None) -> tuple[dict, int]:
+    """The parts held for the whole run, by name, and the bytes of the segment a
+    checkpointed costate recomputes."""
+    nd, nw, tr, out = r.cfg["node"], r.cfg["network"], r.cfg["training"], r.cfg["output"]
     resident = {"process now (interpreter, DOLFINx, PETSc)": now}
     imports = RUN_OVERHEAD_BYTES
     if (out["figures"] or out["fields"]) and "matplotlib" not in sys.modules:
         imports += IMPORT_BYTES["matplotlib"]
     resident["modules and objects a run adds"] = imports
-    target_rows = Kr if kind == "classes" else nl
-    data = _F8 * S_all * feats  # the data set as loaded
-    for s, s_l in ((S, S_l), (S_test, St_l)):
-        data += _F8 * (nl + target_rows) * (s + s_l) + _F8 * s
+    target_rows = r.K if r.kind == "classes" else r.nl
+    data = _F8 * r.S_all * r.feats  # the data set as loaded
+    for s, s_l in ((r.S, r.S_l), (r.S_test, r.St_l)):
+        data += _F8 * (r.nl + target_rows) * (s + s_l) + _F8 * s
     resident["data (inputs and targets, training and test)"] = data
-    mesh = MESH_BYTES_PER_CELL * cells_l + MESH_BUILD_BYTES_PER_CELL * (cells - cells_l) + NODE_SPACE_BYTES_PER_DOF * n
-    if mass == "consistent":
-        mesh += CONSISTENT_BYTES_PER_DOF * nl
+    mesh = MESH_BYTES_PER_CELL * r.cells_l + MESH_BUILD_BYTES_PER_CELL * (r.cells - r.cells_l) + NODE_SPACE_BYTES_PER_DOF * r.n
+    if r.mass == "consistent":
+        mesh += CONSISTENT_BYTES_PER_DOF * r.nl
     if nw["eps"] > 0:
-        mesh += DIFFUSION_BYTES_PER_DOF * nl
-    resident[f"node mesh and space ({cells} cells, {nd['space']} {mass})"] = mesh
-    for what, size in kern.operator.items():
+        mesh += DIFFUSION_BYTES_PER_DOF * r.nl
+    resident[f"node mesh and space ({r.cells} cells, {nd['space']} {r.mass})"] = mesh
+    for what, size in r.kern.operator.items():
         if size:
             resident[f"{nw['kernel']} kernel ({what})"] = size
     held = FUNCTIONAL_VECTORS - (0 if (tr["lam"] > 0 or tr["gamma"] > 0) else 1) + 1  # + the initial controls
-    if method == "msa":
+    if r.method == "msa":
         held += 1  # the current iterate
-    resident[f"controls (the functional's {held} copies, {V / MiB:.1f} MiB each)"] = held * V
-    every = store_every if method not in HESSIAN else None
-    traj, tape, segment = trajectory(S_l, every)
-    resident[f"trajectory ({N + 1 if not every else 'checkpointed'} levels x {S_l} samples x {nl} neurons)"] = traj
-    what = "sigma(u)" if compact else "u, sigma'(u)"
-    resident[f"tape ({scheme}: {what} per stage{', stage inputs' if inputs else ''})"] = tape
+    resident[f"controls (the functional's {held} copies, {r.V / MiB:.1f} MiB each)"] = held * r.V
+    every = store_every if r.method not in HESSIAN else None
+    traj, tape, segment = r.trajectory(r.S_l, every)
+    resident[f"trajectory ({r.N + 1 if not every else 'checkpointed'} levels x {r.S_l} samples x {r.nl} neurons)"] = traj
+    what = "sigma(u)" if r.compact else "u, sigma'(u)"
+    resident[f"tape ({r.scheme}: {what} per stage{', stage inputs' if r.inputs else ''})"] = tape
+    return resident, segment
 
-    # ---- phases
+
+def _phases(r: _Sizes, resident: dict, segment: int, petsc_options_prefix: str) -> dict:
+    """The memory each phase of the run adds on top of the resident parts, by name; the
+    test set's point joins ``resident`` when it is evaluated during training."""
+    tr, out = r.cfg["training"], r.cfg["output"]
+    method, V, G, N = r.method, r.V, r.G, r.N
     phases = {}
-    Bn, Bq = batch(S_l)
-    grad_work = max(GRADIENT_WORK_VECTORS * V, Vab + layer_work(S_l, COSTATE_BATCH_ARRAYS)) + segment
+    Bn, Bq = r.batch(r.S_l)
+    grad_work = max(GRADIENT_WORK_VECTORS * V, r.Vab + r.layer_work(r.S_l, COSTATE_BATCH_ARRAYS)) + segment
+    costate = (N + 1) * Bn + N * r.stages * Bq  # the whole costate (Newton methods, MSA)
     if method in TAO:
         opt = OPTIMIZER_VECTORS + TAO_VECTORS[method] + (1 if method in HESSIAN else 0)
         if tr["bounds_a"] or tr["bounds_b"]:
@@ -412,9 +499,8 @@ def estimate_memory(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, store_every: int
             opt += LBFGS_VECTORS_PER_PAIR * _lbfgs_pairs(petsc_options_prefix)
         work = grad_work
         if method in HESSIAN:  # the full costate, the tangent trajectory and the Hessian action
-            costate = (N + 1) * Bn + N * stages * Bq
-            tangent = (N + 1) * Bn + N * stages * (Bn + Bq)
-            work = max(work, costate + tangent + HESSIAN_WORK_VECTORS[method] * V + layer_work(S_l, COSTATE_BATCH_ARRAYS))
+            tangent = (N + 1) * Bn + N * r.stages * (Bn + Bq)
+            work = max(work, costate + tangent + HESSIAN_WORK_VECTORS[method] * V + r.layer_work(r.S_l, COSTATE_BATCH_ARRAYS))
         phases[f"optimisation ({method}: {opt} vectors, gradient work)"] = opt * V + work
         phases["checkpoint (controls in natural order)"] = opt * V + V + NATURAL_GLOBAL_COPIES * G + NATURAL_LOCAL_COPIES * V
     elif method in ("sgd", "adam"):
@@ -423,128 +509,35 @@ def estimate_memory(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, store_every: int
         phases["checkpoint (controls and moments in natural order)"] = (
             (MINIBATCH_VECTORS + MINIBATCH_KEPT_VECTORS) * V + (3 + NATURAL_GLOBAL_COPIES) * G + NATURAL_LOCAL_COPIES * V)
     else:  # msa: the whole costate and the Hamiltonian minimiser's copies
-        costate = (N + 1) * Bn + N * stages * Bq
-        phases[f"optimisation (msa: {MSA_VECTORS} vectors, costate)"] = MSA_VECTORS * V + costate + layer_work(S_l, COSTATE_BATCH_ARRAYS)
+        phases[f"optimisation (msa: {MSA_VECTORS} vectors, costate)"] = (
+            MSA_VECTORS * V + costate + r.layer_work(r.S_l, COSTATE_BATCH_ARRAYS))
         phases["checkpoint (controls in natural order)"] = V + NATURAL_GLOBAL_COPIES * G + NATURAL_LOCAL_COPIES * V
-    t_traj, t_tape, _ = trajectory(St_l)
+    t_traj, t_tape, _ = r.trajectory(r.St_l)
     test_point = TEST_POINT_VECTORS * V + t_traj + t_tape
-    if S_test and out.get("test_every", 0):  # the test set is evaluated during training: its point stays
-        resident[f"test set's point ({TEST_POINT_VECTORS} copies, {S_test} samples)"] = test_point
+    if r.S_test and out.get("test_every", 0):  # the test set is evaluated during training: its point stays
+        resident[f"test set's point ({TEST_POINT_VECTORS} copies, {r.S_test} samples)"] = test_point
         test_point = 0
-    phases[f"test evaluation ({S_test} samples)"] = V + test_point + layer_work(St_l, FORWARD_BATCH_ARRAYS)
+    phases[f"test evaluation ({r.S_test} samples)"] = V + test_point + r.layer_work(r.St_l, FORWARD_BATCH_ARRAYS)
     outputs = V + NATURAL_GLOBAL_COPIES * G + NATURAL_LOCAL_COPIES * V
     if out["figures"]:
-        outputs += G / N + FIGURE_LAYER_COPIES * _F8 * kern.image  # |b| and the images of two layers (rank 0)
-    if out["fields"] and gdim <= 2:
-        outputs += PRODUCT_MESH_BYTES_PER_CELL * N * cells_l
+        outputs += G / N + FIGURE_LAYER_COPIES * _F8 * r.kern.image  # |b| and the images of two layers (rank 0)
+    if out["fields"] and r.gdim <= 2:
+        outputs += PRODUCT_MESH_BYTES_PER_CELL * N * r.cells_l
     phases["outputs (natural order, figures, fields)"] = outputs
-    phases["setup (sampling the data)"] = 3 * _F8 * nl * S
-
-    # ---- the same numbers on every rank
-    keys = list(resident) + list(phases)
-    vals = np.array([resident[k] for k in resident] + [phases[k] for k in phases], dtype=float)
-    comm.Allreduce(MPI.IN_PLACE, vals, op=MPI.MAX)
-    resident = {k: int(v) for k, v in zip(keys[: len(resident)], vals[: len(resident)])}
-    phases = {k: int(v) for k, v in zip(keys[len(resident):], vals[len(resident):])}
-    peak = sum(resident.values()) + max(phases.values())
-    shm = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    per_node, avail = shm.size, available_memory()
-    shm.Free()
-    avail = comm.allreduce(avail, op=MPI.MIN)
-    per_node = comm.allreduce(per_node, op=MPI.MAX)
-    now = comm.allreduce(now, op=MPI.MAX)
-
-    indices = {"the control vector": controls}
-    if scheme == "midpoint":
-        indices["the implicit midpoint's batch vector (neurons x samples)"] = n * S_l
-    if mass == "consistent" or nw["eps"] > 0:
-        indices["a batch as a PETSc dense matrix (neurons x samples)"] = n * S_l
-    if mass == "consistent":
-        indices["the quadrature points of the node mesh"] = cells * _quadrature_points(cell, 2 * deg + 2)
-    desc = (f"{d['name']} ({kind}), {nd['space']} {mass}, {scheme} ({nw['activation']}), method {tr['method']}"
-            + (f", depth checkpointing every {store_every}" if store_every else ""))
-    est = MemoryEstimate(P, Pn, n, nl, cells, N, S, S_test, S_l, controls, controls_l, desc, resident, phases, int(peak),
-                   now, avail, per_node, indices, petsc_int_max())
-    est.advice = _advice(est, method, scheme)
-    if int(cfg.get("adapt", {}).get("cycles", 0)):
-        def total(N_k, n_k, cells_k):  # the control vector's size on a (depth, node) discretisation
-            rd = (K * n_k + K) if kind == "classes" else (n_k * n_k + n_k)
-            km = KERNELS[nw["kernel"]].memory(nw, nd, N=N_k, n=n_k, n_local=_cdiv(n_k, Pn), cells=cells_k, gdim=gdim)
-            return N_k * n_k + km.controls + rd
-
-        est.cycles, est.cycles_note = adaptive_cycles(cfg["adapt"], N, n, cells, cell, fam, deg, int(tr["max_it"]), total)
-    return est
+    phases["setup (sampling the data)"] = 3 * _F8 * r.nl * r.S
+    return phases
 
 
-#: children of a node cell with every edge bisected (``dolfinx.mesh.refine``, Plaza: a
-#: triangle splits into at most 4, a tetrahedron into at most 8, with conforming closure)
-REFINED_CHILDREN = {"interval": 2, "triangle": 4, "tetrahedron": 8}
-#: Gauss-Newton Hessian products the width estimator's CG takes at most (``adapt``'s
-#: ``newton_its``, the run's default)
-NEWTON_ITS = inspect.signature(adapt).parameters["newton_its"].default
-
-
-def adaptive_cycles(ad: dict, N: int, n: int, cells: int, cell: str, family: str, degree: int, max_it: int,
-                    controls) -> tuple[list, str]:
-    """Upper bounds of an adaptive run's discretisations, one dict a cycle, and a note on
-    what they assume (``fem-dnn train --dry-run`` with ``adapt.cycles > 0``).
-
-    The worst case marks every layer and every cell each cycle: splitting every layer
-    doubles N (``refine_depth``), refining every node cell multiplies the cells by
-    :data:`REFINED_CHILDREN` (DG0: the neurons too). Dörfler's rule marks at most all of
-    them, so cycle k has at most ``N 2^k`` layers and ``cells c^k`` cells, and at most
-    ``adapt.max_controls`` controls (the loop stops before a larger discretisation).
-    There is no time model: the costs are relative, in gradients of the first cycle's
-    size, a gradient's cost taken proportional to the controls (to leading order for the
-    dense kernel the width refinement needs: N n^2 S of both). ``training``: at most
-    ``training.max_it`` iterations (line-search evaluations not counted); ``estimation``:
-    the depth indicators about two gradients (costate and half steps), the width
-    indicators about ``2 + 2 NEWTON_ITS`` (a Gauss-Newton product about two gradients) on
-    the uniformly refined node mesh, at most ``c^2`` times the controls (they are at most
-    quadratic in the neurons).
-
-    Args:
-        ad: the config's ``[adapt]``.
-        N, n, cells, cell, family, degree: the first discretisation.
-        max_it: ``training.max_it``.
-        controls: ``controls(N, n, cells)`` the control vector's size.
-    """
-    refine = ("depth", "width") if ad["refine"] == "both" else (ad["refine"],)
-    notes = []
-    c = REFINED_CHILDREN.get(cell)
-    dg0 = (family, degree) == ("DG", 0)
-    width = "width" in refine and c is not None and dg0
-    if "width" in refine and not width:
-        notes.append(f"no width refinement: it needs DG0 simplices, not {family}{degree} {cell}s (the run refuses it)")
-    grow = (["N x 2 (every layer split)"] if "depth" in refine else []) + (
-        [f"cells x {c} (every {cell} refined)"] if width else [])
-    notes.insert(0, "every layer and cell marked: " + ", ".join(grow) + " a cycle")
-    notes.append("costs relative, in gradients of cycle 0 (no time model; a gradient's cost taken proportional to "
-                 f"the controls); training: <= training.max_it = {max_it} iterations; estimate: the indicators "
-                 f"(width: <= {NEWTON_ITS} Gauss-Newton products on the refined node mesh)")
-    cap = int(ad["max_controls"])
-    first = controls(N, n, cells)
-    out, N_k, cells_k = [], N, cells
-    for k in range(int(ad["cycles"])):
-        n_k = cells_k if width else n
-        worst = controls(N_k, n_k, cells_k)
-        bound = min(worst, cap) if k else worst  # the first is the config's (refused above the cap)
-        gradient = bound / first
-        estimation = 0.0
-        if "depth" in refine:
-            estimation += 2 * gradient
-        if width:
-            # the uniformly refined problem: at most c^2 times the controls (they are at most quadratic in n)
-            refined = min(controls(N_k, cells_k * c, cells_k * c), c * c * bound)
-            estimation += (2 + 2 * NEWTON_ITS) * refined / first
-        out.append({"cycle": k, "layers": N_k, "cells": cells_k, "neurons": n_k, "controls": bound, "worst_case": worst,
-                    "capped": worst > cap, "gradient": gradient, "training": gradient * max_it,
-                    "estimation": estimation})
-        if "depth" in refine:
-            N_k *= 2
-        if width:
-            cells_k *= c
-    return out, "; ".join(notes)
+def _indices(r: _Sizes) -> dict:
+    """The PETSc indices of the run, by what they count."""
+    indices = {"the control vector": r.controls}
+    if r.scheme == "midpoint":
+        indices["the implicit midpoint's batch vector (neurons x samples)"] = r.n * r.S_l
+    if r.mass == "consistent" or r.cfg["network"]["eps"] > 0:
+        indices["a batch as a PETSc dense matrix (neurons x samples)"] = r.n * r.S_l
+    if r.mass == "consistent":
+        indices["the quadrature points of the node mesh"] = r.cells * _quadrature_points(r.cell, 2 * r.deg + 2)
+    return indices
 
 
 def _advice(est: MemoryEstimate, method: str, scheme: str) -> list[str]:

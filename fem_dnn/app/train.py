@@ -268,7 +268,7 @@ def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=
             (:func:`fem_dnn.app.memory.estimate_memory`) and return it (as a dict) without
             building or writing anything; for an adaptive config, also every cycle's
             upper bounds of the sizes and relative costs (``cycles``:
-            :func:`fem_dnn.app.memory.adaptive_cycles`; empty otherwise).
+            :func:`fem_dnn.optimize.adaptive.adaptive_cycles`; empty otherwise).
 
     Raises:
         InputError: every check fails before anything is written (the run folder rules
