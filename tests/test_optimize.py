@@ -465,3 +465,19 @@ def test_minibatch_divergence_names_step_and_layer(comm, tmp_path):
                     checkpoint=store, resume=True, evaluate=False)
     assert res.iterations == 12 and [h["epoch"] for h in res.history] == [1, 2, 3]
     res.m.destroy(), J.destroy(), net.destroy()
+
+
+def test_checkpoint_takes_a_store_not_a_path(comm, tmp_path):
+    """The optimisers write no files: a folder given as ``checkpoint`` is refused with
+    one line naming the application's store."""
+    from fem_dnn.optimize import minibatch
+
+    net, J = problem(comm, 4, 4)
+    with pytest.raises(InputError, match="not a path; use fem_dnn.app.checkpoint.CheckpointFile"):
+        Optimizer(J, "lbfgs", monitor=False, checkpoint=tmp_path)
+    m0 = J.controls.create_vec()
+    with pytest.raises(InputError, match="not a path"):
+        minibatch(J, m0, "adam", epochs=1, monitor=False, checkpoint=str(tmp_path))
+    with pytest.raises(InputError, match="not a state store"):
+        Optimizer(J, "lbfgs", monitor=False, checkpoint=object())
+    m0.destroy(), J.destroy(), net.destroy()

@@ -13,9 +13,12 @@ stops) and, for :func:`~fem_dnn.optimize.stochastic.minibatch`, ``on_epoch``.
 No PETSc import.
 """
 
+import os
 from typing import Protocol
 
-__all__ = ["StateStore", "accuracy_columns"]
+from fem_dnn.errors import InputError
+
+__all__ = ["StateStore", "accuracy_columns", "state_store"]
 
 
 class StateStore(Protocol):
@@ -38,6 +41,21 @@ class StateStore(Protocol):
     def load(self) -> tuple | None:
         """``(m, state, arrays)`` as last saved (``m`` a new Vec), or None when nothing
         is kept."""
+
+
+def state_store(checkpoint) -> "StateStore | None":
+    """``checkpoint`` as an optimiser's state store (None: none).
+
+    Raises:
+        InputError: a path (a folder or file name) instead of a store: the optimisers do
+            not write files themselves.
+    """
+    if isinstance(checkpoint, (str, os.PathLike)):
+        raise InputError(f"checkpoint={str(checkpoint)!r}: an optimiser takes a state store, not a path; use "
+                         "fem_dnn.app.checkpoint.CheckpointFile(path, J.controls)")
+    if checkpoint is not None and not all(callable(getattr(checkpoint, f, None)) for f in ("save", "load")):
+        raise InputError(f"checkpoint={checkpoint!r} is not a state store (it needs save and load methods)")
+    return checkpoint
 
 
 def accuracy_columns(row: dict) -> str:

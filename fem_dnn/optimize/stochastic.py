@@ -10,9 +10,10 @@ from fem_dnn import interrupt
 from fem_dnn.errors import DivergenceError, InputError, NonFiniteError
 from fem_dnn.learning import ReducedFunctional
 
-from fem_dnn.optimize.callbacks import StateStore, accuracy_columns
+from fem_dnn.optimize.callbacks import StateStore, accuracy_columns, state_store
 from fem_dnn.optimize.methods import LR_SCHEDULES
-from fem_dnn.optimize.tao import Coordinates, Result, stop_reason
+from fem_dnn.optimize.coordinates import Coordinates
+from fem_dnn.optimize.tao import Result, stop_reason
 
 __all__ = ["batches", "minibatch"]
 
@@ -102,6 +103,7 @@ def minibatch(
     total = max(epochs * len(batches(J.n_samples, batch_size, seed, 0)), 1)
     coords = Coordinates(J.controls, riesz)
     cs = J.controls
+    checkpoint = state_store(checkpoint)
     ckpt = None if checkpoint is None else checkpoint.path  # (named in messages)
     history, loaded, own_m0 = [], None, False
     if resume and checkpoint is not None:
