@@ -32,10 +32,11 @@ from mpi4py import MPI  # noqa: E402
 from fem_dnn.core.depth import Depth  # noqa: E402
 from fem_dnn.core.meshes import create_node_mesh  # noqa: E402
 from fem_dnn.core.nodes import NodeSpace  # noqa: E402
-from fem_dnn.learning.estimate import refine_nodes  # noqa: E402
+from fem_dnn.learning.transfer import refine_nodes  # noqa: E402
 from fem_dnn.learning.functional import ReducedFunctional  # noqa: E402
 from fem_dnn.network import Network  # noqa: E402
-from fem_dnn.optimize import Optimizer, transfer_controls  # noqa: E402
+from fem_dnn.learning.transfer import transfer_controls  # noqa: E402
+from fem_dnn.optimize import Optimizer  # noqa: E402
 from fem_dnn.optimize.adaptive import adapt  # noqa: E402
 
 

@@ -2,7 +2,7 @@
 
 Each case is one ``fem_dnn.app.train.train`` run of the digits (or bumps) in a fresh process
 (under ``mpirun -n 2`` for the 2-rank cases), with a few iterations: the estimate of
-:func:`fem_dnn.app.resources.estimate` is made in that process just before training, as
+:func:`fem_dnn.app.memory.estimate_memory` is made in that process just before training, as
 ``fem-dnn train`` makes it, and the peak resident set of every rank (Linux ``VmHWM``) is
 read at the end. Prints one table: the case, its sizes, the estimated and the measured
 peak per rank (the largest rank), and their ratio; it fails if a ratio leaves
@@ -48,7 +48,8 @@ def worker(overrides: list[str]):
     from mpi4py import MPI
 
     from fem_dnn.app.config import load_config
-    from fem_dnn.app.resources import estimate, resident_memory
+    from fem_dnn.app.memory import estimate_memory
+    from fem_dnn.app.system import resident_memory
     from fem_dnn.app.train import train
 
     from petsc4py import PETSc
@@ -58,7 +59,7 @@ def worker(overrides: list[str]):
     comm = MPI.COMM_WORLD
     folder = comm.bcast(tempfile.mkdtemp(prefix="memory_estimate_") if comm.rank == 0 else None)
     cfg = load_config(None, ["training.max_it=3", f'output.folder="{folder}/run"'] + overrides)
-    est = estimate(cfg, comm)
+    est = estimate_memory(cfg, comm)
     t0 = time.perf_counter()
     train(cfg, comm, out=lambda *a: None)
     peaks = comm.gather(resident_memory(peak=True))

@@ -154,7 +154,7 @@ say(f"Teacher: {S} target functions with values in [{C_ref.min():.3f}, {C_ref.ma
 # - **from zero**: each size on its own, from zero controls;
 # - **grid sequencing** (`fem_dnn.optimize.multilevel`): each size starts from the
 #   trained controls of the previous, smaller one, interpolated to it
-#   (`fem_dnn.optimize.transfer`).
+#   (`fem_dnn.learning.transfer`).
 #
 # Columns: the loss of the zero network; the loss of the teacher's sampled controls (the
 # upper bound on the discrete minimum) and their target loss; for both ways of training,

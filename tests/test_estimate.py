@@ -17,7 +17,7 @@ from fem_dnn.errors import InputError
 from fem_dnn.learning.estimate import depth_indicators
 from fem_dnn.learning.functional import ReducedFunctional
 from fem_dnn.network import SCHEMES, Network
-from fem_dnn.optimize.transfer import transfer_controls
+from fem_dnn.learning.transfer import transfer_controls
 
 from conftest import ranks_vs_serial
 
@@ -108,7 +108,8 @@ def test_adaptive_depth_refinement():
     indicators sum to 0.49987 of the total, against the fraction 0.5) is 2.6e-4 away,
     and the closest indicators at a cut differ by 4.8e-4 (relative), where rounding
     moves them by 1e-13."""
-    from fem_dnn.learning.estimate import mark, refine_depth
+    from fem_dnn.learning.estimate import mark
+    from fem_dnn.learning.transfer import refine_depth
 
     sp = NodeSpace(create_node_mesh(MPI.COMM_SELF, "interval", 16), "DG", 0)
     J0 = _functional(sp, 8)
@@ -205,7 +206,7 @@ def _reference(J, m, space, depth, scheme="euler"):
 
 
 def _refined(space, times):
-    from fem_dnn.learning.estimate import refine_nodes
+    from fem_dnn.learning.transfer import refine_nodes
 
     for _ in range(times):
         space = refine_nodes(space)
@@ -290,7 +291,8 @@ def test_combined_effectivity(levels, fine_layers, finest_refinements):
     cells: 0.796, 0.924, 0.967, 0.984; width only: 1.099, 0.998, 1.062, 1.120; the last
     combined value is high because the depth (-1.07e-4) and width (+1.91e-4) errors cancel
     in part). The default tier runs the first two levels against RK4 16 layers x 32 cells."""
-    from fem_dnn.learning.estimate import refine_nodes, width_indicators
+    from fem_dnn.learning.estimate import width_indicators
+    from fem_dnn.learning.transfer import refine_nodes
 
     sp = NodeSpace(create_node_mesh(MPI.COMM_SELF, "interval", 4), "DG", 0)
     fine_depth = Depth(T=1.0, N=fine_layers)

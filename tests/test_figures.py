@@ -58,7 +58,7 @@ def test_training_curves_of_an_adaptive_run_are_cumulative():
 
 def refined_triangles():
     """A DG0 space on a locally refined triangle mesh (as an adaptive run makes it)."""
-    from fem_dnn.learning.estimate import refine_nodes
+    from fem_dnn.learning.transfer import refine_nodes
 
     sp = NodeSpace(create_node_mesh(MPI.COMM_SELF, "rectangle", 4, cell="triangle"), "DG", 0)
     return refine_nodes(sp, np.arange(0, sp.n, 5))

@@ -17,7 +17,7 @@ from fem_dnn.learning.controls import ControlSpace
 from fem_dnn.learning.functional import ReducedFunctional
 from fem_dnn.learning.verify import taylor_test
 from fem_dnn.network import SCHEMES, Network
-from fem_dnn.optimize.transfer import transfer_controls
+from fem_dnn.learning.transfer import transfer_controls
 
 from conftest import observed_orders, on_ranks, ranks_vs_serial
 

@@ -314,7 +314,7 @@ def test_restart_from_checkpoint(comm, tmp_shared, method):
     to 1e-12): 1e-10 J bounds the difference of the two final J (measured 3.4e-13 J). At
     the 1e-8 this test had, the resumed L-BFGS run's last two line searches saw decreases
     of 0.2 and 0.13 times the noise: it converged by luck."""
-    from fem_dnn.app.checkpoint import load_checkpoint
+    from fem_dnn.app.checkpoint import CheckpointFile, load_checkpoint
 
     net, J = problem(comm, 12, 6)
     whole = Optimizer(J, method, gttol=1e-6, monitor=False).solve(J.controls.create_vec())
@@ -324,12 +324,13 @@ def test_restart_from_checkpoint(comm, tmp_shared, method):
             raise _Killed("simulated crash")
 
     folder = f"{tmp_shared}/{method}"
-    first = Optimizer(J, method, gttol=1e-6, monitor=kill, checkpoint=folder)
+    first = Optimizer(J, method, gttol=1e-6, monitor=kill, checkpoint=CheckpointFile(f"{folder}/checkpoint.npz", J.controls))
     with pytest.raises(Exception):  # noqa: B017  (the kill callback raises; the type does not matter)
         first.solve(J.controls.create_vec())
     m4, state, _ = load_checkpoint(f"{folder}/checkpoint.npz", J.controls)
     assert state["iteration"] == 4 and state["method"] == method
-    resumed = Optimizer(J, method, gttol=1e-6, monitor=False, checkpoint=folder).solve(J.controls.create_vec(), resume=True)
+    resumed = Optimizer(J, method, gttol=1e-6, monitor=False, checkpoint=CheckpointFile(f"{folder}/checkpoint.npz", J.controls)
+                        ).solve(J.controls.create_vec(), resume=True)
     assert resumed.converged
     its = [row["iteration"] for row in resumed.history]
     assert its == list(range(len(its))) and resumed.iterations == its[-1]
@@ -353,6 +354,7 @@ def test_gauss_newton_training(comm):
 def test_minibatch_checkpoint_resume(comm, tmp_shared):
     """Adam interrupted after epoch 3 resumes from its checkpoint file and ends exactly
     where the uninterrupted run ends (moments, coordinates and history restored)."""
+    from fem_dnn.app.checkpoint import CheckpointFile
     from fem_dnn.optimize import minibatch
 
     net, J = problem(comm, 12, 6)
@@ -363,14 +365,14 @@ def test_minibatch_checkpoint_resume(comm, tmp_shared):
         if epoch == 3:
             raise _Killed("simulated crash")
 
-    folder = f"{tmp_shared}/adam"
+    store = CheckpointFile(f"{tmp_shared}/adam/checkpoint.npz", J.controls)
     with pytest.raises(_Killed):
-        minibatch(J, J.controls.create_vec(), "adam", epochs=6, checkpoint=folder, on_epoch=crash, **kw)
-    resumed = minibatch(J, J.controls.create_vec(), "adam", epochs=6, checkpoint=folder, resume=True, **kw)
+        minibatch(J, J.controls.create_vec(), "adam", epochs=6, checkpoint=store, on_epoch=crash, **kw)
+    resumed = minibatch(J, J.controls.create_vec(), "adam", epochs=6, checkpoint=store, resume=True, **kw)
     assert resumed.J == whole.J
     assert [h["J"] for h in resumed.history] == [h["J"] for h in whole.history]
     with pytest.raises(InputError, match="another mini-batch run"):
-        minibatch(J, J.controls.create_vec(), "adam", epochs=6, checkpoint=folder, resume=True, **{**kw, "seed": 6})
+        minibatch(J, J.controls.create_vec(), "adam", epochs=6, checkpoint=store, resume=True, **{**kw, "seed": 6})
     J.destroy(), net.destroy()
 
 
@@ -398,11 +400,12 @@ def test_divergence_stops_and_keeps_the_last_good_controls(comm, tmp_shared):
     """A non-finite state at a new iterate stops training on every rank with a message
     naming the layer and the iteration; the checkpoint then holds the last accepted
     iterate, and a run with another method resumes from it."""
-    from fem_dnn.app.checkpoint import load_checkpoint
+    from fem_dnn.app.checkpoint import CheckpointFile, load_checkpoint
     from fem_dnn.errors import DivergenceError
 
     net, J = _exp_problem(comm)
-    opt = Optimizer(J, "gd", max_it=50, monitor=False, checkpoint=tmp_shared, checkpoint_every=5)
+    store = CheckpointFile(f"{tmp_shared}/checkpoint.npz", J.controls)
+    opt = Optimizer(J, "gd", max_it=50, monitor=False, checkpoint=store, checkpoint_every=5)
     with pytest.raises(DivergenceError, match=r"diverged at iteration \d+ \(gd\): the state is not finite after layer \d"
                        ) as info:
         opt.solve(J.controls.create_vec())
@@ -414,7 +417,7 @@ def test_divergence_stops_and_keeps_the_last_good_controls(comm, tmp_shared):
     assert np.isfinite(J(m)) and abs(J(m) - last["J"]) <= 1e-12 * abs(last["J"])
     opt.destroy()
     rows = []
-    other = Optimizer(J, "lbfgs", max_it=last["iteration"] + 10, monitor=rows.append, checkpoint=tmp_shared)
+    other = Optimizer(J, "lbfgs", max_it=last["iteration"] + 10, monitor=rows.append, checkpoint=store)
     res = other.solve(J.controls.create_vec(), resume=True)
     assert rows[0]["iteration"] == last["iteration"] and abs(rows[0]["J"] - last["J"]) <= 1e-12 * abs(last["J"])
     assert res.iterations > last["iteration"] and res.J <= last["J"]  # it goes on from there
@@ -438,10 +441,12 @@ def test_divergence_at_the_initial_controls(comm):
 def test_minibatch_divergence_names_step_and_layer(comm, tmp_path):
     """Adam/SGD: a non-finite gradient stops with the step, the epoch and the layer;
     the previous epoch's checkpoint stays, and a smaller step resumes from it."""
+    from fem_dnn.app.checkpoint import CheckpointFile
     from fem_dnn.errors import DivergenceError, NonFiniteError
     from fem_dnn.optimize import minibatch
 
     net, J = problem(comm, 8, 4)
+    store = CheckpointFile(tmp_path / "checkpoint.npz", J.controls)
     calls = {"n": 0}
     derivative = J.derivative
 
@@ -455,10 +460,26 @@ def test_minibatch_divergence_names_step_and_layer(comm, tmp_path):
     with pytest.raises(DivergenceError, match=r"diverged at step 7 \(epoch 2, adam\): the costate is not finite at "
                                               r"the start of layer 2; the controls of epoch 1 are in") as info:
         minibatch(J, J.controls.create_vec(), "adam", lr=0.5, batch_size=2, epochs=3, monitor=False,
-                  checkpoint=tmp_path, evaluate=False)
+                  checkpoint=store, evaluate=False)
     assert info.value.layer == 2 and info.value.iteration == 7
     J.derivative = derivative
     res = minibatch(J, J.controls.create_vec(), "adam", lr=0.05, batch_size=2, epochs=3, monitor=False,
-                    checkpoint=tmp_path, resume=True, evaluate=False)
+                    checkpoint=store, resume=True, evaluate=False)
     assert res.iterations == 12 and [h["epoch"] for h in res.history] == [1, 2, 3]
     res.m.destroy(), J.destroy(), net.destroy()
+
+
+def test_checkpoint_takes_a_store_not_a_path(comm, tmp_path):
+    """The optimisers write no files: a folder given as ``checkpoint`` is refused with
+    one line naming the application's store."""
+    from fem_dnn.optimize import minibatch
+
+    net, J = problem(comm, 4, 4)
+    with pytest.raises(InputError, match="not a path; use fem_dnn.app.checkpoint.CheckpointFile"):
+        Optimizer(J, "lbfgs", monitor=False, checkpoint=tmp_path)
+    m0 = J.controls.create_vec()
+    with pytest.raises(InputError, match="not a path"):
+        minibatch(J, m0, "adam", epochs=1, monitor=False, checkpoint=str(tmp_path))
+    with pytest.raises(InputError, match="not a state store"):
+        Optimizer(J, "lbfgs", monitor=False, checkpoint=object())
+    m0.destroy(), J.destroy(), net.destroy()

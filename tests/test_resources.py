@@ -3,9 +3,9 @@
 - The depth operators of the controls' inner products are O(N): a control space with
   200000 layers builds in megabytes, and the H1 Riesz map still inverts the H1 mass and
   matches the dense construction.
-- :func:`fem_dnn.app.resources.estimate` gives the sizes that :class:`fem_dnn.app.train.Run`
+- :func:`fem_dnn.app.memory.estimate_memory` gives the sizes that :class:`fem_dnn.app.train.Run`
   builds, the trajectory and tape that the forward solve stores, and the peak resident
-  memory of real trainings within 30%; :func:`~fem_dnn.app.resources.check` refuses runs that
+  memory of real trainings within 30%; :func:`~fem_dnn.app.memory.check` refuses runs that
   cannot fit (memory, PETSc's 32-bit indices) with one line and no big allocation.
 """
 
@@ -29,7 +29,9 @@ from fem_dnn.errors import InputError
 from fem_dnn.learning.controls import ControlSpace, DepthOperator
 from fem_dnn.network import Network
 from fem_dnn.optimize import Coordinates
-from fem_dnn.app.resources import available_memory, check, estimate, estimate_hjb, resident_memory
+from fem_dnn.app.hjb_memory import estimate_hjb_memory
+from fem_dnn.app.memory import check, estimate_memory
+from fem_dnn.app.system import available_memory, resident_memory
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -131,7 +133,7 @@ def test_estimate_sizes_are_those_run_builds(comm, overrides):
     from fem_dnn.app.train import Run
 
     cfg = load_config(None, [o.replace("RANKS", str(comm.size)) for o in overrides])  # data parallel on every rank
-    est = estimate(cfg, comm)
+    est = estimate_memory(cfg, comm)
     run = Run(cfg, comm, out=lambda *a: None)
     sp, J = run.space, run.J
     assert (est.neurons, est.layers) == (sp.n, run.net.depth.N)
@@ -162,7 +164,7 @@ def test_check_refuses_runs_that_cannot_fit(comm, overrides, match):
     """One line naming the sizes and what to reduce, on every rank, without allocating."""
     cfg = load_config(None, overrides)
     before = resident_memory()
-    est = estimate(cfg, comm)
+    est = estimate_memory(cfg, comm)
     with pytest.raises(InputError, match=match) as err:
         check(est, comm)
     msg = str(err.value)
@@ -174,7 +176,7 @@ def test_check_refuses_runs_that_cannot_fit(comm, overrides, match):
 
 @pytest.mark.mpi
 def test_default_run_passes_and_describe_is_short(comm):
-    est = estimate(load_config(None, []), comm)
+    est = estimate_memory(load_config(None, []), comm)
     check(est, comm)
     text = est.describe()
     assert "peak per rank" in text and len(text.splitlines()) < 30
@@ -221,7 +223,7 @@ def test_hjb_estimate_counts_the_grid_and_the_steps(comm, scheme):
 
     model = ReducedModel(2, "tanh", a=(-0.25, 0.25), b=(-2.0, 2.0))
     args = (model, [-2.0, -2.0], [2.0, 2.0], 48)
-    est = estimate_hjb(*args, T=1.0, comm=comm, min_steps=4, scheme=scheme)
+    est = estimate_hjb_memory(*args, T=1.0, comm=comm, min_steps=4, scheme=scheme)
     s = HJBSolver(model, quadratic_cost([0.5, 0.5]), *args[1:], T=1.0, comm=comm, min_steps=4, scheme=scheme)
     assert est.vertices == s.V.dofmap.index_map.size_global
     assert abs(est.steps - s.steps) <= max(1, 0.02 * s.steps), (est.steps, s.steps)
@@ -238,7 +240,6 @@ def test_hjb_estimate_counts_the_grid_and_the_steps(comm, scheme):
 def test_every_tao_method_has_a_memory_model():
     """The estimate knows the vectors of every TAO method the registry offers (a method
     added to fem_dnn/optimize/methods.py without them would be estimated with none)."""
-    from fem_dnn.app.resources import TAO_VECTORS
-    from fem_dnn.optimize.methods import TAO
+    from fem_dnn.optimize.methods import TAO, TAO_VECTORS
 
     assert set(TAO_VECTORS) == set(TAO)

@@ -198,7 +198,7 @@ def test_slab_controls_transfer_slab_by_slab(comm, slab_spaces):
     ones copied to the fine pixels the fine network's outputs are the coarse ones to
     round-off (a, W moved by the DG0 interpolation, the projections and the readout's
     mass consistent); on 1, 2 and 3 ranks."""
-    from fem_dnn.optimize.transfer import interpolation_matrix, transfer_controls
+    from fem_dnn.learning.transfer import interpolation_matrix, transfer_controls
 
     net, J = make(comm, slab_spaces)
     m = J.controls.random(1, 0.5)
@@ -281,15 +281,17 @@ def test_cosine_schedule_resumes_bitwise(tmp_path):
     (a metrics callback's stop) and resumed, it ends where the straight run ends, bit for
     bit (the rate is a function of the step count the checkpoint holds); and it differs
     from the constant rate (the schedule is applied)."""
+    from fem_dnn.app.checkpoint import CheckpointFile
     from fem_dnn.optimize.stochastic import minibatch
 
     spaces = [image_space(MPI.COMM_SELF, p, C) for p, C in SLABS]
     net, J = make(MPI.COMM_SELF, spaces, S=12)
     m0 = J.controls.random(3, 0.3)
     kw = dict(lr=0.02, batch_size=5, epochs=2, seed=1, monitor=False, lr_schedule="cosine")
-    a = minibatch(J, m0, "adam", checkpoint=tmp_path / "a", **kw)
-    minibatch(J, m0, "adam", checkpoint=tmp_path / "b", metrics=lambda m, e: {"stop": "x"} if e == 1 else {}, **kw)
-    b = minibatch(J, m0, "adam", checkpoint=tmp_path / "b", resume=True, **kw)
+    a = minibatch(J, m0, "adam", checkpoint=CheckpointFile(tmp_path / "a" / "checkpoint.npz", J.controls), **kw)
+    store = CheckpointFile(tmp_path / "b" / "checkpoint.npz", J.controls)
+    minibatch(J, m0, "adam", checkpoint=store, metrics=lambda m, e: {"stop": "x"} if e == 1 else {}, **kw)
+    b = minibatch(J, m0, "adam", checkpoint=store, resume=True, **kw)
     assert np.array_equal(a.m.array_r, b.m.array_r)
     c = minibatch(J, m0, "adam", **{**kw, "lr_schedule": "constant"})
     assert not np.array_equal(a.m.array_r, c.m.array_r)

@@ -14,7 +14,7 @@ from fem_dnn.core.nodes import NodeSpace
 from fem_dnn.errors import InputError
 from fem_dnn.learning.controls import ControlSpace
 from fem_dnn.network import Network
-from fem_dnn.optimize.transfer import depth_matrix, interpolation_matrix, transfer_controls
+from fem_dnn.learning.transfer import depth_matrix, interpolation_matrix, transfer_controls
 
 from conftest import observed_orders
 

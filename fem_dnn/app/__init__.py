@@ -2,7 +2,9 @@
 
 - :mod:`fem_dnn.app.config`      the TOML config: every key with default, type, range
 - :mod:`fem_dnn.app.data`        data sets (digits, bumps, NPZ/CSV)
-- :mod:`fem_dnn.app.resources`   sizes and peak memory before any allocation
+- :mod:`fem_dnn.app.memory`      the memory model: sizes and peak memory before any allocation
+- :mod:`fem_dnn.app.hjb_memory`  the memory model of an HJB solver
+- :mod:`fem_dnn.app.system`      the machine: resident and available memory, PETSc's index
 - :mod:`fem_dnn.app.train`       a run: train, evaluate, verify
 - :mod:`fem_dnn.app.runfolder`   one run per folder, resume / overwrite
 - :mod:`fem_dnn.app.checkpoint`  checksummed restart files in natural order

@@ -73,7 +73,8 @@ from fem_dnn.core.kernel import KERNELS
 from fem_dnn.errors import InputError, describe_exception, one_line
 from fem_dnn.learning.controls import BLOCKS, ControlSpace
 
-__all__ = ["FORMAT", "VERSION", "latest_checkpoint", "load_checkpoint", "recover_checkpoint", "save_checkpoint"]
+__all__ = ["FORMAT", "VERSION", "CheckpointFile", "latest_checkpoint", "load_checkpoint", "recover_checkpoint",
+           "save_checkpoint"]
 
 #: The ``format`` field of a checkpoint's metadata.
 FORMAT = "fem_dnn.checkpoint"
@@ -182,6 +183,26 @@ def load_checkpoint(path, controls: ControlSpace, vec: PETSc.Vec | None = None) 
     extra = bcast_arrays(comm, extra)
     m = controls.from_natural_blocks(nat, vec=vec)
     return m, state, extra
+
+
+class CheckpointFile:
+    """An optimiser's state store (:class:`fem_dnn.optimize.callbacks.StateStore`) on one
+    checkpoint file: ``save`` is :func:`save_checkpoint`, ``load`` is
+    :func:`load_checkpoint` (None when the file does not exist). Collective.
+
+    Args:
+        path: the checkpoint file (``.npz`` appended as in :func:`save_checkpoint`).
+        controls: the control space of the controls kept.
+    """
+
+    def __init__(self, path, controls: ControlSpace):
+        self.path, self.controls = _npz_path(path), controls
+
+    def save(self, m: PETSc.Vec, state: dict, arrays: dict[str, np.ndarray] | None = None) -> None:
+        save_checkpoint(self.path, self.controls, m, state, arrays)
+
+    def load(self) -> tuple[PETSc.Vec, dict, dict] | None:
+        return load_checkpoint(self.path, self.controls) if self.path.exists() else None
 
 
 def latest_checkpoint(folder, stem: str = "checkpoint", comm: MPI.Comm | None = None) -> Path | None:

@@ -27,7 +27,14 @@ import numpy as np
 from fem_dnn._files import NpzError, read_npz
 from fem_dnn.errors import InputError, describe_exception
 
-__all__ = ["MNIST_RESOLUTIONS", "Dataset", "GridFunctions", "bumps", "digits", "load", "mnist", "mnist_resolution", "split"]
+__all__ = ["BUILT_IN_SIZES", "MNIST_RESOLUTIONS", "Dataset", "GridFunctions", "bumps", "digits", "load", "mnist",
+           "mnist_resolution", "split"]
+
+#: The sizes of :func:`digits` and of :func:`bumps` with its defaults, known without
+#: loading them (the memory model reads them): samples, classes (None: functions), kind
+#: and grid.
+BUILT_IN_SIZES = {"digits": (1797, 10, "classes", {"shape": "rectangle", "n": 8}),
+                  "bumps": (64, None, "function", {"shape": "interval", "n": 32})}
 
 
 class GridFunctions:

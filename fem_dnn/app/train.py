@@ -279,10 +279,10 @@ def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=
         out: the print function (rank 0).
         overwrite: replace the run in ``output.folder`` (its files are removed first).
         dry_run: print the problem sizes and the memory estimate
-            (:func:`fem_dnn.app.resources.estimate`) and return it (as a dict) without
+            (:func:`fem_dnn.app.memory.estimate_memory`) and return it (as a dict) without
             building or writing anything; for an adaptive config, also every cycle's
             upper bounds of the sizes and relative costs (``cycles``:
-            :func:`fem_dnn.app.resources.adaptive_cycles`; empty otherwise).
+            :func:`fem_dnn.optimize.adaptive.adaptive_cycles`; empty otherwise).
 
     Raises:
         InputError: every check fails before anything is written (the run folder rules
@@ -291,19 +291,20 @@ def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=
             :func:`fem_dnn.interrupt.handling` installed); the checkpoint holds the last
             accepted iterate.
     """
+    from fem_dnn.app.checkpoint import CheckpointFile
     from fem_dnn.optimize import TAO, Optimizer, minibatch, msa
 
-    from fem_dnn.app import resources
+    from fem_dnn.app import memory
 
     t0 = time.perf_counter()
-    est = resources.estimate(cfg, comm)  # before anything of the problem's size is allocated
+    est = memory.estimate_memory(cfg, comm)  # before anything of the problem's size is allocated
     if dry_run:
         if comm.rank == 0:
             out(est.describe())
-        resources.check(est, comm)
+        memory.check(est, comm)
         return {"neurons": est.neurons, "layers": est.layers, "samples": est.samples, "controls": est.controls,
                 "peak_bytes": est.peak_bytes, "available_bytes": est.available_bytes, "cycles": est.cycles}
-    resources.check(est, comm)
+    memory.check(est, comm)
     run = Run(cfg, comm, out)
     tr, folder = cfg["training"], Path(cfg["output"]["folder"])
     ckpt_dir = folder / "checkpoint"
@@ -325,7 +326,7 @@ def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=
                            method)
     if method in TAO and refine is None:
         opt = Optimizer(run.J, method, riesz=tr["riesz"], bounds=bounds or None, gauss_newton=tr["gauss_newton"],
-                        gttol=tr["gttol"], max_it=tr["max_it"], monitor=True, checkpoint=ckpt_dir,
+                        gttol=tr["gttol"], max_it=tr["max_it"], monitor=True, checkpoint=CheckpointFile(ckpt, run.J.controls),
                         checkpoint_every=tr["checkpoint_every"], metrics=evaluator)
     try:
         runfolder.prepare(folder, comm, resume=resume, overwrite=overwrite)
@@ -372,7 +373,7 @@ def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=
     elif method in ("sgd", "adam"):
         res = minibatch(run.J, m0, method, lr=tr["lr"], lr_schedule=tr["lr_schedule"], batch_size=tr["batch_size"],
                         epochs=tr["epochs"], seed=tr["seed"],
-                        riesz=tr["riesz"], checkpoint=ckpt_dir, resume=resume, metrics=evaluator)
+                        riesz=tr["riesz"], checkpoint=CheckpointFile(ckpt, run.J.controls), resume=resume, metrics=evaluator)
     else:  # msa
         res = msa(run.J, m0, bounds, max_it=tr["max_it"], metrics=evaluator)
         from fem_dnn.app.checkpoint import save_checkpoint
@@ -879,7 +880,7 @@ def evaluate(folder, comm: MPI.Comm = MPI.COMM_WORLD, out=print, overrides=(), b
     ``overrides`` (``["data.resolution=28", "node.refine=2", ...]``, keys of
     :data:`EVALUATE_KEYS`) evaluate the same continuum network on another discretisation:
     the trained controls are moved there with
-    :func:`~fem_dnn.optimize.transfer.transfer_controls` (no retraining), and the same
+    :func:`~fem_dnn.learning.transfer.transfer_controls` (no retraining), and the same
     train/test split is used (the samples do not depend on the resolution)."""
     from fem_dnn.app.checkpoint import load_checkpoint
     from fem_dnn.app.config import load_config, parse_overrides
@@ -914,7 +915,7 @@ def evaluate(folder, comm: MPI.Comm = MPI.COMM_WORLD, out=print, overrides=(), b
     m, state, _ = load_checkpoint(found or folder / "checkpoint" / "checkpoint.npz", run.J.controls)
     where = ("the best validation, " if best else "") + _progress(state)
     if target_cfg is not None:
-        from fem_dnn.optimize.transfer import transfer_controls
+        from fem_dnn.learning.transfer import transfer_controls
 
         target = Run(target_cfg, comm, out)
         m_target = transfer_controls(run.J.controls, m, target.J.controls)

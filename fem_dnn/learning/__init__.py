@@ -9,6 +9,8 @@
 - :mod:`fem_dnn.learning.verify`      Taylor tests, space-time residuals
 - :mod:`fem_dnn.learning.estimate`    a posteriori (dual-weighted residual) estimates of
                                       the depth error of J
+- :mod:`fem_dnn.learning.transfer`    refinement of a (depth, node) discretisation and
+                                      transfer of controls between two
 
 The names below are loaded on first use (the loss registry is read by the config without
 importing DOLFINx).
@@ -21,5 +23,6 @@ __getattr__, __dir__, __all__ = exports(__name__, {
     "AbstractReducedFunctional": "functional", "FixedReadout": "functional", "Proximal": "functional",
     "ReducedFunctional": "functional", "WrappedFunctional": "functional",
     "LOSSES": "losses", "Loss": "losses", "depth_indicators": "estimate", "mark": "estimate",
-    "refine_depth": "estimate",
+    "depth_matrix": "transfer", "interpolation_matrix": "transfer", "refine_depth": "transfer",
+    "refine_nodes": "transfer", "transfer_controls": "transfer",
 })

@@ -25,8 +25,10 @@ from mpi4py import MPI
 from petsc4py import PETSc
 
 from fem_dnn.errors import InputError
+from fem_dnn.learning.transfer import interpolation_matrix, refine_nodes, transfer_controls
+from fem_dnn.network.schemes import ORDER
 
-__all__ = ["depth_indicators", "width_indicators", "newton_correction", "mark", "refine_depth", "refine_nodes"]
+__all__ = ["depth_indicators", "width_indicators", "newton_correction", "mark"]
 
 
 def depth_indicators(J, m) -> np.ndarray:
@@ -43,7 +45,7 @@ def depth_indicators(J, m) -> np.ndarray:
     if traj.levels is not None:
         raise InputError("the depth estimator needs every state and costate level (no depth checkpointing)")
     costate = J.costate(m)
-    p = net._scheme.order if net.eps == 0 else min(net._scheme.order, 2)
+    p = ORDER[net.scheme] if net.eps == 0 else min(ORDER[net.scheme], 2)
     factor = 2.0**p / (2.0**p - 1.0)
     c = traj.controls
     eta = np.empty(net.depth.N)
@@ -71,44 +73,6 @@ def mark(eta, fraction: float) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     count = int(np.searchsorted(np.cumsum(size[order]), fraction * total * (1 - 1e-12))) + 1
     return np.sort(order[:count])
-
-
-def refine_depth(depth, marked):
-    """The depth mesh with the ``marked`` layers split at their midpoints (a graded
-    :class:`fem_dnn.core.depth.Depth`; controls move onto it with
-    :func:`fem_dnn.optimize.transfer.transfer_controls`, each new layer taking its parent's)."""
-    from fem_dnn.core.depth import Depth
-
-    return Depth(points=np.sort(np.concatenate([depth.points, depth.mid[np.asarray(marked, dtype=np.int64)]])))
-
-
-def refine_nodes(space, marked=None):
-    """The node space on the node mesh with the ``marked`` cells (natural DG0 indices, the
-    same on every rank; None: all) refined by ``dolfinx.mesh.refine`` (bisection of the
-    marked cells' edges, neighbours closed conformingly), repartitioned with shared-facet
-    ghosts; same family, degree and mass.
-
-    Raises:
-        InputError: a mesh DOLFINx cannot refine (quadrilaterals, hexahedra).
-    """
-    from dolfinx import mesh as dmesh
-
-    from fem_dnn.core.nodes import NodeSpace
-
-    msh = space.mesh
-    if msh.topology.cell_type not in (dmesh.CellType.interval, dmesh.CellType.triangle, dmesh.CellType.tetrahedron):
-        raise InputError(f"the node mesh cannot be refined: dolfinx.mesh.refine takes simplices, not {msh.topology.cell_type.name}s"
-                         " (use triangle or tetrahedron cells)")
-    tdim = msh.topology.dim
-    msh.topology.create_entities(1)  # refinement splits edges
-    edges = None
-    if marked is not None:
-        if (space.family, space.degree) != ("DG", 0):
-            raise InputError("marking node cells needs a DG0 node space (a neuron per cell)")
-        mine = np.flatnonzero(np.isin(space.nat_owned, np.asarray(marked, dtype=np.int64))).astype(np.int32)
-        edges = mine if tdim == 1 else dmesh.compute_incident_entities(msh.topology, mine, tdim, 1)
-    fine = dmesh.refine(msh, edges, partitioner=dmesh.create_cell_partitioner(dmesh.GhostMode.shared_facet, 2))[0]
-    return NodeSpace(fine, space.family, space.degree, space.mass, space.qdeg, space.prefix)
 
 
 class _Hessian:
@@ -168,8 +132,6 @@ def width_indicators(J, m, problem, order: int = 2, gauss_newton: bool = True, m
         pair of node dofs (``Kernel.node_pairs``: the localisation is per cell pair), or a
         mesh that cannot be refined.
     """
-    from fem_dnn.optimize.transfer import interpolation_matrix, transfer_controls
-
     net = J.network
     sp = net.space
     if (sp.family, sp.degree) != ("DG", 0) or not net.kernel.node_pairs:
@@ -196,7 +158,7 @@ def width_indicators(J, m, problem, order: int = 2, gauss_newton: bool = True, m
     # targets of a function readout), weighed by the fine cells' measures
     osc = np.zeros(fine.n)
     w = fine.to_natural(fine.weights[: fine.n_local])
-    pairs = [(J._F0_all, Jf._F0_all)] + ([(J._C_all, Jf._C_all)] if J.kind == "function" else [])
+    pairs = [(J.inputs_all, Jf.inputs_all)] + ([(J.targets_all, Jf.targets_all)] if J.kind == "function" else [])
     for coarse_data, fine_data in pairs:
         c, f = sp.to_natural(coarse_data, axis=0), fine.to_natural(fine_data, axis=0)
         osc += w * np.abs(f - c[parent]).sum(axis=1)

@@ -45,6 +45,13 @@ from fem_dnn.network import Controls, Network, Readout
 
 __all__ = ["AbstractReducedFunctional", "FixedReadout", "Proximal", "ReducedFunctional", "WrappedFunctional"]
 
+#: Control-sized Vecs a :class:`ReducedFunctional` holds at its point (the memory model's
+#: count, :mod:`fem_dnn.app.memory`): the point m, the network's copy of the controls,
+#: lambda R m (when lambda or gamma > 0) and the derivative; a functional that is only
+#: evaluated (the test set's) holds the first three.
+FUNCTIONAL_VECTORS = 4
+EVALUATION_VECTORS = 3
+
 
 class AbstractReducedFunctional(ABC):
     """The interface every optimiser, Taylor test and checkpoint uses (pyadjoint's
@@ -239,6 +246,18 @@ class ReducedFunctional(AbstractReducedFunctional):
         self.kind = kind
         self.counts = {"forward": 0, "costate": 0, "incremental_forward": 0, "incremental_costate": 0}
         self._point = None
+
+    @property
+    def inputs_all(self) -> np.ndarray:
+        """The node-space inputs of all samples, ``(n_local, n_samples)`` (every sample
+        group keeps them all; ``F0`` holds the active ones)."""
+        return self._F0_all
+
+    @property
+    def targets_all(self) -> np.ndarray:
+        """The targets of all samples (``C`` holds the active ones): one-hot ``(K,
+        n_samples)`` (classes) or node values ``(n_local, n_samples)`` (function)."""
+        return self._C_all
 
     def set_batch(self, indices=None):
         """Restrict J to the samples ``indices`` (a mini-batch; None: all samples). The

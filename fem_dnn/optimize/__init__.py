@@ -1,10 +1,14 @@
 """Training: optimisers of the reduced functional.
 
-- :mod:`fem_dnn.optimize.tao`        TAO methods in L2/H1-orthonormal coordinates
-                                     (:class:`Optimizer`), multilevel training
+- :mod:`fem_dnn.optimize.coordinates` the L2/H1-orthonormal coordinates every optimiser
+                                     steps in (:class:`Coordinates`)
+- :mod:`fem_dnn.optimize.tao`        TAO methods in those coordinates (:class:`Optimizer`),
+                                     multilevel training
 - :mod:`fem_dnn.optimize.stochastic` mini-batch SGD and Adam (:func:`minibatch`)
 - :mod:`fem_dnn.optimize.paper`      the paper's proximal-point method and MSA (Pontryagin)
-- :mod:`fem_dnn.optimize.transfer`   controls moved between (depth, node) discretisations
+- :mod:`fem_dnn.optimize.callbacks`  what an optimiser takes from its caller: the
+                                     checkpoint it saves to and resumes from, the monitor
+                                     line's columns
 - :mod:`fem_dnn.optimize.adaptive`   the adaptive loop: train, estimate, mark, refine
                                      (:func:`adapt`)
 - :mod:`fem_dnn.optimize.methods`    the training methods by name (no PETSc import)
@@ -18,8 +22,8 @@ from fem_dnn._lazy import exports
 __getattr__, __dir__, __all__ = exports(__name__, {
     "batches": "stochastic", "minibatch": "stochastic",
     "hamiltonian_minimiser": "paper", "msa": "paper", "proximal_point": "paper",
-    "Coordinates": "tao", "Optimizer": "tao", "Result": "tao", "multilevel": "tao", "stop_reason": "tao",
-    "depth_matrix": "transfer", "interpolation_matrix": "transfer", "transfer_controls": "transfer",
+    "Coordinates": "coordinates", "Optimizer": "tao", "Result": "tao", "multilevel": "tao", "stop_reason": "tao",
+    "StateStore": "callbacks", "accuracy_columns": "callbacks", "state_store": "callbacks",
     "Cycle": "adaptive", "adapt": "adaptive",
     "BOUNDED": "methods", "HESSIAN": "methods", "METHODS": "methods", "TAO": "methods",
 })

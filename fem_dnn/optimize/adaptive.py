@@ -8,10 +8,12 @@ together by Dörfler's rule over *all* indicators (so depth and width are balanc
 their indicators: the larger contributions are refined, wherever they are), splits the
 marked layers and refines the marked cells (``dolfinx.mesh.refine``), and moves the
 controls onto the new discretisation
-(:func:`fem_dnn.optimize.transfer.transfer_controls`). It stops when the estimate is
+(:func:`fem_dnn.learning.transfer.transfer_controls`). It stops when the estimate is
 below the tolerance, after the maximum number of cycles, before a discretisation with
 more controls than allowed, or when the estimate is not reliable: it changed sign or
 did not decrease in size from the previous cycle's. See docs/model.md §4.11-4.12.
+:func:`adaptive_cycles` bounds the cycles' discretisations and costs before the loop runs
+(``fem-dnn train --dry-run``).
 """
 
 from dataclasses import dataclass, field
@@ -20,10 +22,81 @@ import numpy as np
 
 from fem_dnn.errors import InputError
 
-__all__ = ["Cycle", "GOALS", "adapt"]
+__all__ = ["Cycle", "GOALS", "adapt", "adaptive_cycles"]
 
 GOALS = ("cost",)  # the goal functionals the estimators support: the trained cost J
 REFINE = ("depth", "width")
+
+#: children of a node cell with every edge bisected (``dolfinx.mesh.refine``, Plaza: a
+#: triangle splits into at most 4, a tetrahedron into at most 8, with conforming closure)
+REFINED_CHILDREN = {"interval": 2, "triangle": 4, "tetrahedron": 8}
+#: Gauss-Newton Hessian products the width estimator's CG takes at most (the default of
+#: :func:`adapt`'s ``newton_its``)
+NEWTON_ITS = 100
+
+
+def adaptive_cycles(ad: dict, N: int, n: int, cells: int, cell: str, family: str, degree: int, max_it: int,
+                    controls) -> tuple[list, str]:
+    """Upper bounds of an adaptive run's discretisations, one dict a cycle, and a note on
+    what they assume (``fem-dnn train --dry-run`` with ``adapt.cycles > 0``).
+
+    The worst case marks every layer and every cell each cycle: splitting every layer
+    doubles N (``refine_depth``), refining every node cell multiplies the cells by
+    :data:`REFINED_CHILDREN` (DG0: the neurons too). Dörfler's rule marks at most all of
+    them, so cycle k has at most ``N 2^k`` layers and ``cells c^k`` cells, and at most
+    ``adapt.max_controls`` controls (the loop stops before a larger discretisation).
+    There is no time model: the costs are relative, in gradients of the first cycle's
+    size, a gradient's cost taken proportional to the controls (to leading order for the
+    dense kernel the width refinement needs: N n^2 S of both). ``training``: at most
+    ``training.max_it`` iterations (line-search evaluations not counted); ``estimation``:
+    the depth indicators about two gradients (costate and half steps), the width
+    indicators about ``2 + 2 NEWTON_ITS`` (a Gauss-Newton product about two gradients) on
+    the uniformly refined node mesh, at most ``c^2`` times the controls (they are at most
+    quadratic in the neurons).
+
+    Args:
+        ad: the config's ``[adapt]`` (``cycles``, ``max_controls``, ``refine``: ``"depth"``,
+            ``"width"`` or ``"both"``).
+        N, n, cells, cell, family, degree: the first discretisation.
+        max_it: ``training.max_it``.
+        controls: ``controls(N, n, cells)`` the control vector's size.
+    """
+    refine = ("depth", "width") if ad["refine"] == "both" else (ad["refine"],)
+    notes = []
+    c = REFINED_CHILDREN.get(cell)
+    dg0 = (family, degree) == ("DG", 0)
+    width = "width" in refine and c is not None and dg0
+    if "width" in refine and not width:
+        notes.append(f"no width refinement: it needs DG0 simplices, not {family}{degree} {cell}s (the run refuses it)")
+    grow = (["N x 2 (every layer split)"] if "depth" in refine else []) + (
+        [f"cells x {c} (every {cell} refined)"] if width else [])
+    notes.insert(0, "every layer and cell marked: " + ", ".join(grow) + " a cycle")
+    notes.append("costs relative, in gradients of cycle 0 (no time model; a gradient's cost taken proportional to "
+                 f"the controls); training: <= training.max_it = {max_it} iterations; estimate: the indicators "
+                 f"(width: <= {NEWTON_ITS} Gauss-Newton products on the refined node mesh)")
+    cap = int(ad["max_controls"])
+    first = controls(N, n, cells)
+    out, N_k, cells_k = [], N, cells
+    for k in range(int(ad["cycles"])):
+        n_k = cells_k if width else n
+        worst = controls(N_k, n_k, cells_k)
+        bound = min(worst, cap) if k else worst  # the first is the config's (refused above the cap)
+        gradient = bound / first
+        estimation = 0.0
+        if "depth" in refine:
+            estimation += 2 * gradient
+        if width:
+            # the uniformly refined problem: at most c^2 times the controls (they are at most quadratic in n)
+            refined = min(controls(N_k, cells_k * c, cells_k * c), c * c * bound)
+            estimation += (2 + 2 * NEWTON_ITS) * refined / first
+        out.append({"cycle": k, "layers": N_k, "cells": cells_k, "neurons": n_k, "controls": bound, "worst_case": worst,
+                    "capped": worst > cap, "gradient": gradient, "training": gradient * max_it,
+                    "estimation": estimation})
+        if "depth" in refine:
+            N_k *= 2
+        if width:
+            cells_k *= c
+    return out, "; ".join(notes)
 
 
 @dataclass
@@ -90,7 +163,7 @@ def check(goal="cost", tolerance=None, fraction=0.5, cycles=5, max_controls=None
 
 def adapt(problem, space, depth, goal: str = "cost", tolerance: float | None = None, fraction: float = 0.5,
           cycles: int = 5, max_controls: int | None = None, refine=REFINE, method: str = "lbfgs",
-          gttol: float = 1e-8, max_it: int = 2000, newton_its: int = 100, callback=None, metrics=None,
+          gttol: float = 1e-8, max_it: int = 2000, newton_its: int = NEWTON_ITS, callback=None, metrics=None,
           **optimizer) -> list[Cycle]:
     """Adaptive training from the discretisation ``(space, depth)``.
 
@@ -118,9 +191,9 @@ def adapt(problem, space, depth, goal: str = "cost", tolerance: float | None = N
     Returns:
         The cycles, in order; the last one's ``stop`` says why the loop ended.
     """
-    from fem_dnn.learning.estimate import depth_indicators, mark, refine_depth, refine_nodes, width_indicators
+    from fem_dnn.learning.estimate import depth_indicators, mark, width_indicators
+    from fem_dnn.learning.transfer import refine_depth, refine_nodes, transfer_controls
     from fem_dnn.optimize.tao import Optimizer
-    from fem_dnn.optimize.transfer import transfer_controls
 
     check(goal, tolerance, fraction, cycles, max_controls, refine)
     out, previous, J = [], None, problem(space, depth)

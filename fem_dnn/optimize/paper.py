@@ -18,6 +18,11 @@ from fem_dnn.optimize.tao import Optimizer, Result, stop_reason
 
 __all__ = ["hamiltonian_minimiser", "msa", "proximal_point"]
 
+#: Control-sized Vecs of :func:`msa` (the memory model's count, :mod:`fem_dnn.app.memory`):
+#: m, the Hamiltonian minimiser's copies of (a, b), its result, the step and the trial
+#: point; the functional keeps the whole costate.
+MSA_VECTORS = 5
+
 
 # --------------------------------------------------------------------------- LM §5
 def proximal_point(

@@ -1,9 +1,6 @@
 """Mini-batch training: SGD and Adam in the controls' inner product (Riesz-mapped
 steps), with epochs regenerable from the seed (restart mid-epoch)."""
 
-
-from pathlib import Path
-
 import numpy as np
 
 from fem_dnn import _dolfinx  # noqa: F401
@@ -13,10 +10,19 @@ from fem_dnn import interrupt
 from fem_dnn.errors import DivergenceError, InputError, NonFiniteError
 from fem_dnn.learning import ReducedFunctional
 
+from fem_dnn.optimize.callbacks import StateStore, accuracy_columns, state_store
 from fem_dnn.optimize.methods import LR_SCHEDULES
-from fem_dnn.optimize.tao import Coordinates, Result, _accuracies, stop_reason
+from fem_dnn.optimize.coordinates import Coordinates
+from fem_dnn.optimize.tao import Result, stop_reason
 
 __all__ = ["batches", "minibatch"]
+
+#: Control-sized Vecs of :func:`minibatch` (the memory model's count, :mod:`fem_dnn.app.memory`):
+#: x, m, g, gx and Adam's two moments; the update's temporaries; Adam's bias-corrected
+#: moments of the last step, alive until the epoch's checkpoint.
+MINIBATCH_VECTORS = 6
+MINIBATCH_WORK_VECTORS = 4
+MINIBATCH_KEPT_VECTORS = 2
 
 
 def batches(n_samples: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
@@ -41,7 +47,7 @@ def minibatch(
     start_epoch: int = 0,
     state: dict | None = None,
     on_epoch=None,
-    checkpoint=None,
+    checkpoint: StateStore | None = None,
     resume: bool = False,
     evaluate: bool = True,
     metrics=None,
@@ -68,10 +74,11 @@ def minibatch(
             coordinates, Adam's moments, the step count and the batches of epoch
             ``start_epoch`` already done); m0 is then ignored.
         on_epoch: callable ``(epoch, m, state, row)`` after each epoch.
-        checkpoint: a folder: after every epoch the controls, the optimiser state (the
-            coordinates and Adam's moments, in natural order) and the history are written
-            atomically to ``checkpoint/checkpoint.npz``; with ``resume=True`` training
-            continues from it, bitwise as if it had not been interrupted. After a step at
+        checkpoint: a :class:`~fem_dnn.optimize.callbacks.StateStore` (the application's:
+            :class:`fem_dnn.app.checkpoint.CheckpointFile`): after every epoch the
+            controls, the optimiser state (the coordinates and Adam's moments, in natural
+            order) and the history go to its ``save``; with ``resume=True`` training
+            continues from its ``load``, bitwise as if it had not been interrupted. After a step at
             which SIGINT/SIGTERM was recorded (:mod:`fem_dnn.interrupt`) the checkpoint
             is written mid-epoch and training stops (``Result.interrupted``).
         monitor: print one line per epoch on rank 0 (full-batch J, gradient norm,
@@ -96,12 +103,13 @@ def minibatch(
     total = max(epochs * len(batches(J.n_samples, batch_size, seed, 0)), 1)
     coords = Coordinates(J.controls, riesz)
     cs = J.controls
-    ckpt = None if checkpoint is None else Path(checkpoint) / "checkpoint.npz"
+    checkpoint = state_store(checkpoint)
+    ckpt = None if checkpoint is None else checkpoint.path  # (named in messages)
     history, loaded, own_m0 = [], None, False
-    if resume and ckpt is not None and ckpt.exists():
-        from fem_dnn.app.checkpoint import load_checkpoint
-
-        m_ckpt, saved, arrays = loaded = load_checkpoint(ckpt, cs)
+    if resume and checkpoint is not None:
+        loaded = checkpoint.load()
+    if loaded is not None:
+        m_ckpt, saved, arrays = loaded
         if saved.get("method") != method or saved.get("seed") != seed or saved.get("batch_size") != batch_size:
             m_ckpt.destroy()
             raise InputError(f"checkpoint {ckpt} is from another mini-batch run ({saved.get('method')}, seed "
@@ -130,12 +138,10 @@ def minibatch(
     world = J.network.layout.world
 
     def save(epoch_done, batch_done):
-        from fem_dnn.app.checkpoint import save_checkpoint
-
         arrays = {f"{key}_{k}": v for key, vec in (("x", x), ("m1", m1), ("m2", m2)) for k, v in cs.natural_blocks(vec).items()}
         meta = {"method": method, "seed": seed, "batch_size": batch_size, "epoch": epoch_done, "batch": batch_done,
                 "step": step, "history": history}
-        save_checkpoint(ckpt, cs, m, meta, arrays)
+        checkpoint.save(m, meta, arrays)
 
     request = None  # a metrics callback's request to stop (early stopping)
     for epoch in range(start_epoch, epochs):
@@ -148,7 +154,7 @@ def minibatch(
                 coords.dual_to_coordinates(J.derivative(m, g), gx)
             except NonFiniteError as err:
                 J.set_batch(None)
-                where = f"; the controls of epoch {epoch} are in {ckpt}" if ckpt is not None and epoch > 0 else ""
+                where = f"; the controls of epoch {epoch} are in {ckpt}" if checkpoint is not None and epoch > 0 else ""
                 raise DivergenceError(
                     f"training diverged at step {step + 1} (epoch {epoch + 1}, {method}): {err}{where}. "
                     "Resume with a smaller step (training.lr)", err.layer, step + 1, ckpt) from err
@@ -167,7 +173,7 @@ def minibatch(
             if sig:  # a safe point: the step is done; keep it (mid-epoch) and stop
                 J.set_batch(None)
                 coords.from_coordinates(x, m)
-                if ckpt is not None:
+                if checkpoint is not None:
                     save(epoch, b + 1)
                 out = coords.from_coordinates(x, J.controls.create_vec())
                 for v in (x, m, g, gx, m1, m2):
@@ -190,11 +196,11 @@ def minibatch(
         if callable(monitor):
             monitor(row)
         elif monitor and evaluate and world.rank == 0:
-            print(f"epoch {epoch + 1:4d}  J {f:.10e}  |g| {row['gnorm']:.3e}{_accuracies(row)}  "
+            print(f"epoch {epoch + 1:4d}  J {f:.10e}  |g| {row['gnorm']:.3e}{accuracy_columns(row)}  "
                   f"solves fwd {J.counts['forward']} adj {J.counts['costate']}", flush=True)
         if on_epoch is not None:
             on_epoch(epoch + 1, m, {"x": x, "m1": m1, "m2": m2, "step": step}, row)
-        if ckpt is not None:
+        if checkpoint is not None:
             save(epoch + 1, 0)
         if request:
             break

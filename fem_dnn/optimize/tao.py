@@ -1,22 +1,14 @@
 """Training: reduced-space gradient, quasi-Newton and Newton methods on PETSc TAO.
 
 The learning problem ``min_m J(m)`` (:class:`fem_dnn.learning.functional.ReducedFunctional`) is
-handed to TAO in *L2-orthonormal coordinates* ``x = T m`` with
-
-    T = C^T (x) D^{1/2},   C C^T = the depth part of the inner product (diag(tau_k) for
-                           L2, plus l^2 D_t^T D_t for H1 in depth),
-                           D = node weights omega (lumped mass; diag(M) for P2),
-
-applied to a (N x nodes), b (the kernel family's diagonal, :meth:`fem_dnn.core.kernel.Kernel.diagonal`:
-D on both node indices of a dense b, kappa's lumped weights for a local one), W and mu. In
-these coordinates the Euclidean geometry TAO uses *is* the L2 (or H1-in-depth) geometry
-of the controls up to constants independent of h and tau: TAO's gradient is
-``T^{-T} dJ`` (its 2-norm is the L2 norm of the Riesz gradient for lumped mass), its
-Hessian ``T^{-T} H T^{-1}``. So every TAO method (steepest descent, nonlinear CG,
-L-BFGS, Newton-CG with line search or trust region, and their bound-constrained
-versions) is mesh-independent, with nothing method-specific to set up. ``riesz=False``
-gives TAO the raw coefficients instead (the negative control of the mesh-independence
-study).
+handed to TAO in the L2-orthonormal coordinates ``x = T m`` of
+:class:`~fem_dnn.optimize.coordinates.Coordinates`, in which the Euclidean geometry TAO
+uses is the L2 (or H1-in-depth) geometry of the controls: TAO's gradient is
+``T^{-T} dJ``, its Hessian ``T^{-T} H T^{-1}``. So every TAO method (steepest descent,
+nonlinear CG, L-BFGS, Newton-CG with line search or trust region, and their
+bound-constrained versions) is mesh-independent, with nothing method-specific to set up.
+``riesz=False`` gives TAO the raw coefficients instead (the negative control of the
+mesh-independence study).
 
 Every setting is reachable through the options database with the solver's prefix
 (default ``fem_dnn_``): ``-fem_dnn_tao_type nls -fem_dnn_tao_monitor
@@ -25,7 +17,6 @@ Every setting is reachable through the options database with the solver's prefix
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -34,11 +25,13 @@ from petsc4py import PETSc
 
 from fem_dnn import interrupt
 from fem_dnn.errors import DivergenceError, InputError, NonFiniteError
-from fem_dnn.learning import ControlSpace, ReducedFunctional
+from fem_dnn.learning import ReducedFunctional, transfer_controls
 
+from fem_dnn.optimize.callbacks import StateStore, accuracy_columns, state_store
+from fem_dnn.optimize.coordinates import Coordinates
 from fem_dnn.optimize.methods import BOUNDED, TAO
 
-__all__ = ["RESOLUTION_FACTOR", "Coordinates", "Optimizer", "Resolution", "Result", "multilevel", "stop_reason"]
+__all__ = ["RESOLUTION_FACTOR", "Optimizer", "Resolution", "Result", "multilevel", "stop_reason"]
 
 #: TAO's stop reasons in words (``TaoConvergedReason``).
 _TAO_REASONS = {
@@ -61,6 +54,10 @@ _FLOOR_REASONS = (-6, -7)
 #: A decrease within this factor of J's measured rounding noise is below J's resolution
 #: (:meth:`Optimizer.resolution`).
 RESOLUTION_FACTOR = 10.0
+#: The Optimizer's own control-sized Vecs (the memory model's count, :mod:`fem_dnn.app.memory`):
+#: _x, _m, _g, _tmp, the two gradient Vecs it hands to TAO, and _prev (Newton methods add
+#: _hess_at, a box _lb and _ub).
+OPTIMIZER_VECTORS = 7
 #: MSA's stop reasons (:func:`msa`).
 _MSA_REASONS = {
     1: "converged: the relative decrease of J is below rtol",
@@ -76,99 +73,6 @@ def stop_reason(method: str, reason: int) -> str:
         return "ran its epochs (training.epochs)"
     table = _MSA_REASONS if method == "msa" else _TAO_REASONS
     return table.get(int(reason), f"{'converged' if reason > 0 else 'stopped'} (reason code {reason})")
-
-
-class Coordinates:
-    """The map ``x = T m`` between controls m and TAO's coordinates x (see module doc).
-
-    The depth factor C (``C C^T`` = the depth inner product) is its banded Cholesky
-    factor (:meth:`fem_dnn.learning.controls.DepthOperator.cholesky`): O(N) storage, and
-    ``C^T``, ``C^{-T}``, ``C^{-1}`` act by bidiagonal products and banded triangular
-    solves; for the L2 depth product it is ``diag(sqrt(tau_k))``, an elementwise scaling.
-
-    Args:
-        controls: the control space.
-        riesz: False for the identity (raw coefficients).
-    """
-
-    def __init__(self, controls: ControlSpace, riesz: bool = True):
-        self.controls, self.riesz = controls, riesz
-        w, w_all = controls.space.diagonal_weights()  # the readout's (the last slab's) node space
-        self.s, self.s_all = np.sqrt(w), np.sqrt(w_all)
-        #: per slab: a's node factors, b's diagonal (as factors), the depth operator C C^T
-        #: and, for the L2 depth product, C = diag(sqrt(tau_k)) and its inverse (else None)
-        self.layers = []
-        for net, (_, _, depth) in zip(controls.layers, controls.depths):
-            if depth.is_diagonal:
-                c = np.sqrt(depth.diagonal)
-                factors = (c, 1.0 / c)
-            else:
-                depth.cholesky()  # factor once (cached)
-                factors = None
-            self.layers.append((np.sqrt(net.space.diagonal_weights()[0]),
-                                [np.sqrt(f) for f in net.kernel.diagonal()], depth, factors))
-
-    @property
-    def diagonal_depth(self) -> bool:
-        """Every slab's depth operator is diagonal (the L2 depth product): boxes stay boxes."""
-        return all(factors is not None for *_, factors in self.layers)
-
-    @staticmethod
-    def _depth(depth, factors, X, transpose, inverse):
-        """``C^T X``, ``C^{-T} X`` or ``C^{-1} X`` across layers (first axis of X)."""
-        if factors is not None:
-            c = factors[1] if inverse else factors[0]
-            return c.reshape((-1,) + (1,) * (X.ndim - 1)) * X
-        return depth.cholesky_apply(X, transpose=transpose, inverse=inverse)
-
-    def _map(self, x, out, transpose, inverse, power):
-        """Blockwise ``depth (x) D^{power/2}`` (power = +1 or -1), depth one of C^T,
-        C^{-T}, C^{-1}."""
-        cs = self.controls
-        s, s_all = self.s**power, self.s_all**power
-        layers, W, mu = cs.layer_blocks(cs.blocks(x.array_r))
-        olayers, oW, omu = cs.layer_blocks(cs.blocks(out))
-        for (_, a, b), (_, oa, ob), (sa, s_b, depth, factors) in zip(layers, olayers, self.layers):
-            oa[:] = self._depth(depth, factors, a * sa**power, transpose, inverse)
-            if b.size:
-                sb = b.copy()
-                for f in s_b:
-                    sb *= f**power
-                ob[:] = self._depth(depth, factors, sb.reshape(b.shape[0], -1), transpose, inverse).reshape(b.shape)
-        if cs.kind == "classes":
-            oW[:] = W * s
-            omu[:] = mu
-        else:
-            oW[:] = W * s[:, None] * s_all
-            omu[:] = mu * s
-        return out
-
-    def to_coordinates(self, m: PETSc.Vec, out: PETSc.Vec | None = None) -> PETSc.Vec:
-        """``x = T m``."""
-        out = out or m.duplicate()
-        return self._map(m, out, True, False, 1) if self.riesz else _copy(m, out)
-
-    def from_coordinates(self, x: PETSc.Vec, out: PETSc.Vec | None = None) -> PETSc.Vec:
-        """``m = T^{-1} x``."""
-        out = out or x.duplicate()
-        return self._map(x, out, True, True, -1) if self.riesz else _copy(x, out)
-
-    def dual_to_coordinates(self, g: PETSc.Vec, out: PETSc.Vec | None = None) -> PETSc.Vec:
-        """``T^{-T} g`` for a dual vector g (a derivative or a Hessian action)."""
-        out = out or g.duplicate()
-        return self._map(g, out, False, True, -1) if self.riesz else _copy(g, out)
-
-
-def _accuracies(row: dict) -> str:
-    """The accuracy columns of a monitor line (labelled), or ''."""
-    parts = [f"{label} {row[key]:.4f}" for key, label in (("train_accuracy", "train acc"), ("test_accuracy", "test acc"))
-             if key in row and row[key] is not None]
-    return "".join("  " + p for p in parts)
-
-
-def _copy(x, out):
-    x.copy(out)
-    return out
 
 
 @contextmanager
@@ -252,10 +156,11 @@ class Optimizer:
             iteration as the uninterrupted one would.
         monitor: print one line per iteration on rank 0 (or a callable(dict)).
         petsc_options_prefix: options prefix of the TAO solver.
-        checkpoint: a folder: every ``checkpoint_every`` iterations the controls, the
-            iteration, the history and the initial gradient norm are written atomically
-            to ``checkpoint/checkpoint.npz`` (:mod:`fem_dnn.app.checkpoint`);
-            ``solve(m0, resume=True)`` continues from it. TAO's internal state (the
+        checkpoint: a :class:`~fem_dnn.optimize.callbacks.StateStore` (the application's:
+            :class:`fem_dnn.app.checkpoint.CheckpointFile`): every ``checkpoint_every``
+            iterations, after a divergence and at the end the controls, the iteration, the
+            history and the initial gradient norm go to its ``save``;
+            ``solve(m0, resume=True)`` continues from its ``load``. TAO's internal state (the
             L-BFGS memory) is not restorable: a resumed run rebuilds it, and stops at the
             same absolute gradient norm as the uninterrupted run would.
         metrics: optional callable ``(m, iteration) -> dict``: more columns of an
@@ -277,7 +182,7 @@ class Optimizer:
         max_it: int = 500,
         monitor=True,
         petsc_options_prefix: str = "fem_dnn_",
-        checkpoint=None,
+        checkpoint: StateStore | None = None,
         checkpoint_every: int = 1,
         metrics=None,
     ):
@@ -293,7 +198,7 @@ class Optimizer:
         self.world = J.network.layout.world
         self.monitor, self.metrics = monitor, metrics
         self.history = []
-        self.checkpoint = None if checkpoint is None else Path(checkpoint) / "checkpoint.npz"
+        self.checkpoint = state_store(checkpoint)
         self.checkpoint_every = max(int(checkpoint_every), 1)
         self._offset, self._g0, self._gttol = 0, None, gttol
         self._failure = None  # (NonFiniteError, iteration) of the first non-finite trial point
@@ -455,14 +360,11 @@ class Optimizer:
                 tao.setConvergedReason(PETSc.TAO.ConvergedReason.CONVERGED_USER)
         self.history.append(row)
         if self.checkpoint is not None and its % self.checkpoint_every == 0:
-            from fem_dnn.app.checkpoint import save_checkpoint
-
-            state = {"method": self.method, "iteration": its, "g0": self._g0, "history": self.history}
-            save_checkpoint(self.checkpoint, self.J.controls, self._point(x), state)
+            self._save(self._point(x), its)
         if callable(self.monitor):
             self.monitor(row)
         elif self.monitor and self.world.rank == 0:
-            print(f"it {its:4d}  J {f:.10e}  |g| {gnorm:.3e}  step {step:.3e}{_accuracies(row)}  "
+            print(f"it {its:4d}  J {f:.10e}  |g| {gnorm:.3e}  step {step:.3e}{accuracy_columns(row)}  "
                   f"solves fwd {row['forward']} adj {row['costate']} inc {row['incremental_forward']}", flush=True)
         if its >= self._max_it:  # the whole run's limit (a resumed run may start at it)
             tao.setConvergedReason(PETSc.TAO.ConvergedReason.DIVERGED_MAXITS)
@@ -481,29 +383,31 @@ class Optimizer:
         good = self.history[-1]["iteration"]
         where = ""
         if self.checkpoint is not None:
-            from fem_dnn.app.checkpoint import save_checkpoint
-
             m = self.coords.from_coordinates(self._prev, self.J.controls.create_vec())
-            state = {"method": self.method, "iteration": good, "g0": self._g0, "history": self.history}
-            save_checkpoint(self.checkpoint, self.J.controls, m, state)
+            self._save(m, good)
             m.destroy()
-            where = f"; the last good controls (iteration {good}) are in {self.checkpoint}"
+            where = f"; the last good controls (iteration {good}) are in {self.checkpoint.path}"
         raise DivergenceError(
             f"training diverged at iteration {its} ({self.method}): {err}{where}. Resume with a smaller step "
             f"(-{self.tao.getOptionsPrefix()}tao_ls_stepmax 0.1, a larger lambda) or another method "
-            "(training.method = 'gd')", err.layer, its, self.checkpoint) from err
+            "(training.method = 'gd')", err.layer, its, None if self.checkpoint is None else self.checkpoint.path) from err
+
+    def _save(self, m, iteration):
+        """The controls m of ``iteration`` and the run's state to the checkpoint store."""
+        state = {"method": self.method, "iteration": iteration, "g0": self._g0, "history": self.history}
+        self.checkpoint.save(m, state)
 
     # ---- public
     def solve(self, m0: PETSc.Vec, resume: bool = False) -> Result:
         """Train from m0 (not modified); returns the result with the trained controls.
 
-        With ``resume=True`` and an existing checkpoint, continue from it instead (m0 is
-        then ignored)."""
+        With ``resume=True`` and a checkpoint store that holds a state, continue from it
+        instead (m0 is then ignored)."""
         loaded = None
-        if resume and self.checkpoint is not None and self.checkpoint.exists():
-            from fem_dnn.app.checkpoint import load_checkpoint
-
-            m0, state, _ = loaded = load_checkpoint(self.checkpoint, self.J.controls)
+        if resume and self.checkpoint is not None:
+            loaded = self.checkpoint.load()
+        if loaded is not None:
+            m0, state, _ = loaded
             if not state.get("initial"):  # (the initial controls of a run: start afresh from them)
                 self._offset, self._g0 = int(state["iteration"]), float(state["g0"])
                 self.history = list(state["history"])[:-1]  # its last row is recomputed now
@@ -535,10 +439,7 @@ class Optimizer:
             self._diverged(*self._failure)
         m = self.coords.from_coordinates(x, self.J.controls.create_vec())
         if self.checkpoint is not None:  # the final controls, whatever checkpoint_every is
-            from fem_dnn.app.checkpoint import save_checkpoint
-
-            state = {"method": self.method, "iteration": its, "g0": self._g0, "history": self.history}
-            save_checkpoint(self.checkpoint, self.J.controls, m, state)
+            self._save(m, its)
         stop = self._requested or stop_reason(self.method, reason)
         floor = None
         if reason in _FLOOR_REASONS:  # no decrease found: is there one to find, above J's rounding?
@@ -636,12 +537,10 @@ class _Hessian:
 def multilevel(levels: list, method: str = "lbfgs", m0: PETSc.Vec | None = None, gttol: float = 1e-6, monitor=True, **kw) -> list:
     """Grid sequencing: train on ``levels[0]`` (the coarsest (depth, node)
     discretisation), transfer the controls to the next level by interpolation in the
-    node and depth spaces (:func:`fem_dnn.optimize.transfer.transfer_controls`), continue training
+    node and depth spaces (:func:`fem_dnn.learning.transfer.transfer_controls`), continue training
     there, and so on. The stopping tolerance is the absolute gradient norm
     ``gttol * |g_0|`` of the coarsest level on every level (the L2 norms are comparable
     across levels). Returns one :class:`Result` per level."""
-    from fem_dnn.optimize.transfer import transfer_controls
-
     results, m = [], m0
     gatol = None
     for i, J in enumerate(levels):

@@ -149,7 +149,7 @@ class ControlBlock(ABC):
 
 @dataclass
 class KernelMemory:
-    """A family's part of the memory model of a run (:func:`fem_dnn.app.resources.estimate`),
+    """A family's part of the memory model of a run (:func:`fem_dnn.app.memory.estimate_memory`),
     from :meth:`KernelApplication.memory`.
 
     Attributes:

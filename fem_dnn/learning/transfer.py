@@ -1,5 +1,8 @@
-"""Transfer of controls between (depth, node) discretisations (grid sequencing).
+"""Refinement of a (depth, node) discretisation and transfer of controls between two.
 
+Refinement (:func:`refine_depth`, :func:`refine_nodes`) makes the finer discretisation
+that the a posteriori estimators (:mod:`fem_dnn.learning.estimate`) and the adaptive
+loop (:mod:`fem_dnn.optimize.adaptive`) ask for; the transfer moves controls onto it.
 Multilevel training solves the learning problem on a coarse discretisation of the
 (depth, node) domain first and starts the next finer level from the coarse optimum. The
 controls are functions (docs/model.md §4): ``a(y,t)`` and ``b(y,z,t)`` are node-space
@@ -37,7 +40,7 @@ from fem_dnn.core.meshes import natural_ranks
 from fem_dnn.core.nodes import NodeSpace
 from fem_dnn.errors import InputError
 
-__all__ = ["interpolation_matrix", "depth_matrix", "transfer_controls"]
+__all__ = ["interpolation_matrix", "depth_matrix", "transfer_controls", "refine_depth", "refine_nodes"]
 
 
 def _cell_keys(msh: dmesh.Mesh) -> np.ndarray:
@@ -217,3 +220,35 @@ def transfer_controls(coarse_space, m_coarse: PETSc.Vec, fine_space) -> PETSc.Ve
     else:
         W, mu = I @ c["W"] @ I.T, I @ c["mu"]
     return fine_space.from_natural(a, b, W, mu)
+
+
+def refine_depth(depth: Depth, marked) -> Depth:
+    """The depth mesh with the ``marked`` layers split at their midpoints (a graded
+    :class:`fem_dnn.core.depth.Depth`; controls move onto it with
+    :func:`transfer_controls`, each new layer taking its parent's)."""
+    return Depth(points=np.sort(np.concatenate([depth.points, depth.mid[np.asarray(marked, dtype=np.int64)]])))
+
+
+def refine_nodes(space: NodeSpace, marked=None) -> NodeSpace:
+    """The node space on the node mesh with the ``marked`` cells (natural DG0 indices, the
+    same on every rank; None: all) refined by ``dolfinx.mesh.refine`` (bisection of the
+    marked cells' edges, neighbours closed conformingly), repartitioned with shared-facet
+    ghosts; same family, degree and mass.
+
+    Raises:
+        InputError: a mesh DOLFINx cannot refine (quadrilaterals, hexahedra).
+    """
+    msh = space.mesh
+    if msh.topology.cell_type not in (dmesh.CellType.interval, dmesh.CellType.triangle, dmesh.CellType.tetrahedron):
+        raise InputError(f"the node mesh cannot be refined: dolfinx.mesh.refine takes simplices, not {msh.topology.cell_type.name}s"
+                         " (use triangle or tetrahedron cells)")
+    tdim = msh.topology.dim
+    msh.topology.create_entities(1)  # refinement splits edges
+    edges = None
+    if marked is not None:
+        if (space.family, space.degree) != ("DG", 0):
+            raise InputError("marking node cells needs a DG0 node space (a neuron per cell)")
+        mine = np.flatnonzero(np.isin(space.nat_owned, np.asarray(marked, dtype=np.int64))).astype(np.int32)
+        edges = mine if tdim == 1 else dmesh.compute_incident_entities(msh.topology, mine, tdim, 1)
+    fine = dmesh.refine(msh, edges, partitioner=dmesh.create_cell_partitioner(dmesh.GhostMode.shared_facet, 2))[0]
+    return NodeSpace(fine, space.family, space.degree, space.mass, space.qdeg, space.prefix)
