@@ -99,7 +99,7 @@ def bump_targets(y):
     return 1.0 / (1.0 + np.exp(-2.0 * np.exp(-20.0 * (y[0][None, :] - BUMP_CENTRES[:, None] - 0.1) ** 2) + 0.5))
 
 
-def bumps_problem(comm, n, N, family="DG", scheme="heun", lam=1e-2, gamma=0.0, sample_groups=1):
+def bumps_problem(comm, n, N, family="DG", scheme="heun", lam=1e-2, gamma=0.0, sample_groups=1, block_weights=None):
     """``(network, J)``: n cells of the interval, N layers, the bumps problem."""
     from fem_dnn.core.depth import Depth
     from fem_dnn.core.layout import split_comm
@@ -111,7 +111,8 @@ def bumps_problem(comm, n, N, family="DG", scheme="heun", lam=1e-2, gamma=0.0, s
     layout = split_comm(comm, sample_groups)
     space = NodeSpace(create_node_mesh(layout.node_comm, "interval", n), family, 0 if family == "DG" else 1, "lumped")
     net = Network(space, Depth(T=1.0, N=N), "tanh", scheme, layout=layout)
-    return net, ReducedFunctional(net, bump_inputs, bump_targets, "function", lam=lam, gamma=gamma)
+    return net, ReducedFunctional(net, bump_inputs, bump_targets, "function", lam=lam, gamma=gamma,
+                                  block_weights=block_weights)
 
 
 def observed_orders(errors):

@@ -14,6 +14,7 @@ from fem_dnn.learning.functional import ReducedFunctional
 from fem_dnn.network import Network
 from fem_dnn.optimize import Coordinates, Optimizer
 
+from conftest import bump_inputs, bump_targets
 from conftest import bumps_problem as problem
 
 def train(comm, n, N, method, riesz=True, **kw):
@@ -27,12 +28,32 @@ def train(comm, n, N, method, riesz=True, **kw):
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("gamma", [0.0, 0.1])
-def test_coordinates(comm, gamma):
+@pytest.mark.parametrize("gamma,weights", [(0.0, None), (0.1, None), (0.0, {"a": 100.0, "b": 0.09}),
+                                           (0.1, {"a": 100.0, "b": 0.09})])
+def test_coordinates(comm, gamma, weights):
     """x = T m is invertible, and the dual map is its adjoint: <T^{-T} g, T m> = <g, m>.
-    With lumped mass the 2-norm in coordinates is the L2 (H1) norm of the controls."""
-    net, J = problem(comm, 8, 4, gamma=gamma, lam=0.1)
+    With lumped mass the 2-norm in coordinates is the L2 (H1) norm of the controls, with
+    block weights the weighted one (w_a ||a||^2 + w_b ||b||^2 + ...), and the Riesz map
+    inverts the weighted mass; the regulariser keeps the unweighted norm."""
+    net, J = problem(comm, 8, 4, gamma=gamma, lam=0.1, block_weights=weights)
     cs = J.controls
+    if weights:
+        m = cs.random(3)
+        blocks = {k: v.copy() for k, v in cs.block_dict(m).items()}
+        plain = ReducedFunctional(net, bump_inputs, bump_targets, "function", lam=0.1, gamma=gamma).controls
+        parts = {}
+        for keep in ("a", "b", "W", "mu"):
+            only = cs.create_vec()
+            cs.block_dict(only)[keep][:] = blocks[keep]
+            parts[keep] = plain.inner(only, only)
+        want = weights["a"] * parts["a"] + weights["b"] * parts["b"] + parts["W"] + parts["mu"]
+        assert abs(cs.inner(m, m) - want) <= 1e-12 * want
+        back = cs.riesz(cs.mass(m))
+        back.axpy(-1.0, m)
+        assert back.norm() <= 1e-12 * m.norm()
+        reg, reg0 = cs.regularisation_operator(0.1, gamma, m), plain.regularisation_operator(0.1, gamma, m)
+        reg.axpy(-1.0, reg0)
+        assert reg.norm() == 0.0
     co = Coordinates(cs)
     m, g = cs.random(1), cs.random(2)
     x = co.to_coordinates(m)

@@ -8,7 +8,7 @@ everything needed to refuse a checkpoint that belongs to another discretisation:
 - ``meta``: JSON (UTF-8 bytes stored as uint8): format name and version; kind, K, n, N,
   node space family/degree/mass and geometric dimension, the kernel family and its
   parameters (``kernel``, ``kernel_radius``, ...; a file without them holds a dense
-  kernel) (checked on load, with the two arrays below); the optimiser array names; for information only inner_product, h1_length,
+  kernel) (checked on load, with the two arrays below); the optimiser array names; for information only inner_product, h1_length, block_weights,
   activation, scheme, eps, the numbers of ranks, the fem_dnn version and ``saved_at``
   (ns, what :func:`latest_checkpoint` orders by).
 - ``state``: the caller's JSON-serialisable ``state`` dict (iteration, history, method,
@@ -335,7 +335,8 @@ def _info(controls: ControlSpace) -> dict:
     from fem_dnn import __version__
 
     net = controls.network
-    info = {"inner_product": controls.inner_product, "h1_length": float(controls.h1_length), "fem_dnn": __version__}
+    info = {"inner_product": controls.inner_product, "h1_length": float(controls.h1_length),
+            "block_weights": dict(controls.block_weights), "fem_dnn": __version__}
     sigma = getattr(net, "sigma", None)
     info["activation"] = getattr(sigma, "name", None)
     info["scheme"] = getattr(net, "scheme", None)

@@ -132,6 +132,10 @@ SPEC = {
         "lam": (3e-4, float, _NONNEG, "L2 regularisation weight lambda"),
         "gamma": (0.0, float, _NONNEG, "depth-smoothness weight gamma (H1 geometry when > 0)"),
         "riesz": (True, bool, _ANY, "train in the L2/H1 geometry (false: raw coefficients)"),
+        "a_weight": (1.0, float, _POS, "weight of the a block in the controls' inner product, the geometry every "
+                     "method steps in (Adam/SGD's coordinates, TAO's); 100: a's steps 10 times shorter; the "
+                     "regulariser keeps the plain L2 norm"),
+        "b_weight": (1.0, float, _POS, "weight of the b block (the kernel) in the controls' inner product (as a_weight)"),
         "max_it": (300, int, _POS, "iteration limit (TAO methods, msa)"),
         "gttol": (1e-6, float, _POS, "stop when the gradient norm has dropped by this factor"),
         "gauss_newton": (False, bool, _ANY, "Newton methods use the Gauss-Newton Hessian"),

@@ -228,7 +228,7 @@ class Run:
         """The training, test and validation functionals of :attr:`net`."""
         tr, ds = self.cfg["training"], self.data
         loss = get_loss(ds.kind if tr["loss"] == "default" else tr["loss"], readout=ds.kind)
-        kw = dict(loss=loss, K=ds.K, lam=tr["lam"], gamma=tr["gamma"])
+        kw = dict(loss=loss, K=ds.K, lam=tr["lam"], gamma=tr["gamma"], block_weights={"a": tr["a_weight"], "b": tr["b_weight"]})
         self.J = self._functional(ds.subset(self.train_idx), kw)
         self.J_test = self._functional(ds.subset(self.test_idx), kw) if len(self.test_idx) else None
         self.J_val = self._functional(ds.subset(self.val_idx), kw) if len(self.val_idx) else None

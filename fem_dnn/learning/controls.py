@@ -175,7 +175,8 @@ class ControlSpace:
         h1_length: the length l of the H1 term (default: T).
     """
 
-    def __init__(self, network: Network, kind: str = "classes", K: int | None = None, inner_product: str = "l2", h1_length: float | None = None):
+    def __init__(self, network: Network, kind: str = "classes", K: int | None = None, inner_product: str = "l2",
+                 h1_length: float | None = None, block_weights: dict | None = None):
         if kind not in ("classes", "function"):
             raise InputError(f"learning problem must be 'classes' or 'function', not {kind!r}")
         if kind == "classes" and (K is None or int(K) < 2):
@@ -183,6 +184,14 @@ class ControlSpace:
         if inner_product not in ("l2", "h1"):
             raise InputError(f"inner_product must be 'l2' or 'h1', not {inner_product!r}")
         self.network, self.kind, self.inner_product = network, kind, inner_product
+        #: the weights of the a and b blocks in the inner product (``(m, m') = w_a (a, a') +
+        #: w_b (b, b') + (W, W') + (mu, mu')``, each of the L2 or H1 form): the geometry the
+        #: optimisers step in (:class:`fem_dnn.optimize.Coordinates`); the regulariser keeps
+        #: the unweighted L2 norm
+        self.block_weights = {"a": 1.0, "b": 1.0, **(block_weights or {})}
+        if set(self.block_weights) != {"a", "b"} or not all(
+                np.isfinite(v) and v > 0 for v in self.block_weights.values()):
+            raise InputError(f"block_weights must give positive weights of 'a' and 'b', got {block_weights!r}")
         #: the layer blocks' networks: one, or a slab network's slabs (each its own node
         #: space, depth mesh and kernel; the readout on the last one's space)
         self.layers = list(getattr(network, "slabs", [network]))
@@ -341,10 +350,10 @@ class ControlSpace:
         return vec
 
     # ---- inner products
-    def _apply(self, x, out, depths: list, readout_scale: float, inverse: bool):
+    def _apply(self, x, out, depths: list, readout_scale: float, inverse: bool, weighted: bool = False):
         """``out = (depth (x) M_Y) x`` blockwise (or its inverse ``(depth^{-1} (x)
         M_Y^{-1}) x``): mass in the node variables, ``depths[i]`` across slab i's layers,
-        ``readout_scale`` for W and mu."""
+        ``readout_scale`` for W and mu; ``weighted``: times the :attr:`block_weights`."""
         sp = self.space
         layers, W, mu = self.layer_blocks(self.blocks(x.array_r))
         olayers, oW, omu = self.layer_blocks(self.blocks(out))
@@ -361,6 +370,12 @@ class ControlSpace:
                     lambda X, s=spi: s.apply_mass(np.asfortranarray(X)))
                 oa[:] = (depth.solve if inverse else depth.apply)(rows(a.T).T)
             net.kernel.weigh(b, ob, depth, inverse)
+            if weighted:
+                wa, wb = self.block_weights["a"], self.block_weights["b"]
+                if wa != 1.0:
+                    oa *= 1.0 / wa if inverse else wa
+                if wb != 1.0 and ob.size:
+                    ob *= 1.0 / wb if inverse else wb
         if sp.mass == "lumped":
             w, w_all = sp.weights[: sp.n_local], sp.weights_all
             if inverse:
@@ -386,11 +401,11 @@ class ControlSpace:
 
     def mass(self, x: PETSc.Vec, out: PETSc.Vec | None = None) -> PETSc.Vec:
         """The inner product's matrix applied to x (primal -> dual)."""
-        return self._apply(x, out or x.duplicate(), [d[2] for d in self.depths], 1.0, False)
+        return self._apply(x, out or x.duplicate(), [d[2] for d in self.depths], 1.0, False, weighted=True)
 
     def riesz(self, dual: PETSc.Vec, out: PETSc.Vec | None = None) -> PETSc.Vec:
         """Riesz map: the representer g of a dual vector, ``(g, v) = dual . v`` (dual -> primal)."""
-        return self._apply(dual, out or dual.duplicate(), [d[2] for d in self.depths], 1.0, True)
+        return self._apply(dual, out or dual.duplicate(), [d[2] for d in self.depths], 1.0, True, weighted=True)
 
     def inner(self, x: PETSc.Vec, y: PETSc.Vec) -> float:
         """``(x, y)`` in the controls' inner product."""

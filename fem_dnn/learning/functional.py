@@ -205,6 +205,8 @@ class ReducedFunctional(AbstractReducedFunctional):
         gamma: depth-smoothness weight gamma >= 0.
         inner_product: ``"l2"`` or ``"h1"`` (default: h1 when gamma > 0).
         h1_length: length of the H1 term (default sqrt(gamma/lambda) when both > 0, else T).
+        block_weights: ``{"a": w_a, "b": w_b}``, the blocks' weights in the controls' inner
+            product (:class:`~fem_dnn.learning.controls.ControlSpace`; default 1).
         store_every: depth checkpointing for gradients (keep the states every k
             levels, recompute the rest in the costate solve; the same gradients, one
             extra forward solve). Hessian actions then rebuild the full tape once per
@@ -222,6 +224,7 @@ class ReducedFunctional(AbstractReducedFunctional):
         gamma: float = 0.0,
         inner_product: str | None = None,
         h1_length: float | None = None,
+        block_weights: dict | None = None,
         store_every: int | None = None,
     ):
         if not (np.isfinite(lam) and lam >= 0 and np.isfinite(gamma) and gamma >= 0):
@@ -242,7 +245,7 @@ class ReducedFunctional(AbstractReducedFunctional):
             inner_product = "h1" if gamma > 0 else "l2"
         if h1_length is None and gamma > 0 and lam > 0:
             h1_length = float(np.sqrt(gamma / lam))
-        self.controls = ControlSpace(network, kind, K, inner_product, h1_length)
+        self.controls = ControlSpace(network, kind, K, inner_product, h1_length, block_weights)
         self.kind = kind
         self.counts = {"forward": 0, "costate": 0, "incremental_forward": 0, "incremental_costate": 0}
         self._point = None

@@ -6,7 +6,8 @@ controls m of the learning problem ``min_m J(m)``, with
                            D = node weights omega (lumped mass; diag(M) for P2),
 
 applied to a (N x nodes), b (the kernel family's diagonal, :meth:`fem_dnn.core.kernel.Kernel.diagonal`:
-D on both node indices of a dense b, kappa's lumped weights for a local one), W and mu. In
+D on both node indices of a dense b, kappa's lumped weights for a local one), W and mu, the
+a and b blocks times the square roots of the control space's ``block_weights``. In
 these coordinates the Euclidean geometry *is* the L2 (or H1-in-depth) geometry
 of the controls up to constants independent of h and tau: the gradient in them is
 ``T^{-T} dJ`` (its 2-norm is the L2 norm of the Riesz gradient for lumped mass), its
@@ -53,8 +54,10 @@ class Coordinates:
             else:
                 depth.cholesky()  # factor once (cached)
                 factors = None
-            self.layers.append((np.sqrt(net.space.diagonal_weights()[0]),
-                                [np.sqrt(f) for f in net.kernel.diagonal()], depth, factors))
+            wa, wb = controls.block_weights["a"], controls.block_weights["b"]  # the blocks' weights
+            self.layers.append((np.sqrt(wa * net.space.diagonal_weights()[0]),
+                                [np.sqrt(f) for f in net.kernel.diagonal()] + ([np.sqrt(wb)] if wb != 1.0 else []),
+                                depth, factors))
 
     @property
     def diagonal_depth(self) -> bool:
