@@ -125,7 +125,7 @@ def width_indicators(J, m, problem, order: int = 2, gauss_newton: bool = True, m
     ``1/2 <dJ_f, dm>`` (localised by the controls' cells: a and the readout's node by their
     cell, b(y, z) half to y's cell and half to z's). Richardson with the width order
     ``order`` (2: DG0 cell averages) extrapolates the two-level difference to the limit:
-    ``eta = 2^q/(2^q - 1) (J_f* - J_h*)``. See docs/model.md §4.11.
+    ``eta = 2^q/(2^q - 1) (J_f* - J_h*)``. See docs/model.md §4.12.
 
     Raises:
         InputError: a node space other than DG0 or a kernel without a coefficient per
