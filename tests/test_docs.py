@@ -15,6 +15,7 @@ Pure file checks plus imports (no MPI job, no solve):
   section of its module on the API page of its subpackage (docs/api/<subpackage>.md; the
   top-level modules: docs/api/infrastructure.md), and every entry there still names a
   name of that ``__all__``;
+- docs/api/README.md's table lists every public module of every subpackage;
 - every relative Markdown link of docs/*.md, docs/api/*.md and README.md points to a
   file (or folder) that exists, and to a heading that exists when it has an anchor;
 - every ``fem_dnn/...py`` path mentioned in docs/ and README.md exists.
@@ -398,6 +399,26 @@ def test_every_subpackage_has_an_api_page():
     index = (API / "README.md").read_text()
     for page in sorted(wanted - {"README.md"}):
         assert f"]({page})" in index, f"docs/api/README.md does not link {page}"
+
+
+def test_api_index_lists_every_module():
+    """The modules column of docs/api/README.md's table names exactly the public modules
+    of each subpackage (and the top-level ones on the infrastructure row)."""
+    rows = {}
+    for line in (API / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and (m := re.match(r"\[(\w+)\.md\]", cells[0])):
+            rows[m.group(1)] = set(re.findall(r"`(\w+)`", cells[2]))
+    modules = [m for m in public_modules() if m != "fem_dnn"]
+    wrong = []
+    for page in SUBPACKAGES + (TOP_LEVEL_PAGE[:-3],):
+        if page == TOP_LEVEL_PAGE[:-3]:
+            wanted = {"fem_dnn"} | {m.split(".")[1] for m in modules if m.count(".") == 1 and page_of(m).name == TOP_LEVEL_PAGE}
+        else:
+            wanted = {m.split(".")[2] for m in modules if m.count(".") == 2 and m.split(".")[1] == page}
+        if rows.get(page) != wanted:
+            wrong.append(f"{page}: the table lists {sorted(rows.get(page, ()))}, the modules are {sorted(wanted)}")
+    assert not wrong, "docs/api/README.md:\n" + "\n".join(wrong)
 
 
 def test_every_public_name_is_on_the_api_page_of_its_subpackage():
