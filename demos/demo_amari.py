@@ -460,7 +460,7 @@ for name, wfun in couplings.items():
     assert rise <= 1e-12 * max(1.0, abs(E[0])), (name, rise)
 
 # The Mexican-hat bump persists: from $t = T/2$ on its radius no longer changes, it is
-# within 5% of Amari's $R$ on this mesh (the error decreases under refinement, §4), and it
+# within 5% of Amari's $R$ on this mesh (the error decreases under refinement, part 4 below), and it
 # stays near the centre (a translation is a neutral mode of the free-space problem; here
 # only the mesh and the far boundary hold the bump).
 

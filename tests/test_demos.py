@@ -7,7 +7,6 @@ and against the serial result on 2 and 3 ranks by the unit tests, and the serial
 of all nine took 81 s of test time (about 40 s of the suite's wall time on two workers)."""
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,12 +14,9 @@ from pathlib import Path
 import pytest
 from mpi4py import MPI
 
+from conftest import mpirun
+
 DEMOS = sorted((Path(__file__).resolve().parents[1] / "demos").glob("demo_*.py"))
-
-
-def mpirun():
-    local = Path(sys.executable).parent / "mpirun"
-    return str(local) if local.exists() else shutil.which("mpirun") or shutil.which("mpiexec")
 
 
 @pytest.mark.skipif(MPI.COMM_WORLD.size > 1, reason="demos are launched from the serial session")

@@ -1,4 +1,4 @@
-"""Dual-weighted residual estimate of the depth error (fem_dnn.learning.estimate,
+"""Dual-weighted residual estimate of the depth error (fem_dnn.learning.dwr,
 docs/model.md §4.11): the effectivity index against a fine reference at fixed controls
 tends to 1 under depth refinement for every scheme, with and without diffusion, and at
 trained controls; adaptive depth refinement; the indicators are the same on 1, 2 and 3
@@ -14,7 +14,7 @@ from fem_dnn.core.depth import Depth
 from fem_dnn.core.meshes import create_node_mesh
 from fem_dnn.core.nodes import NodeSpace
 from fem_dnn.errors import InputError
-from fem_dnn.learning.estimate import depth_indicators
+from fem_dnn.learning.dwr import depth_indicators
 from fem_dnn.learning.functional import ReducedFunctional
 from fem_dnn.network import SCHEMES, Network
 from fem_dnn.learning.transfer import transfer_controls
@@ -108,7 +108,7 @@ def test_adaptive_depth_refinement():
     indicators sum to 0.49987 of the total, against the fraction 0.5) is 2.6e-4 away,
     and the closest indicators at a cut differ by 4.8e-4 (relative), where rounding
     moves them by 1e-13."""
-    from fem_dnn.learning.estimate import mark
+    from fem_dnn.learning.dwr import mark
     from fem_dnn.learning.transfer import refine_depth
 
     sp = NodeSpace(create_node_mesh(MPI.COMM_SELF, "interval", 16), "DG", 0)
@@ -217,7 +217,7 @@ def _width_levels(comm, levels):
     """Width-only levels: trained on uniform node meshes of ``levels`` cells (each from the
     previous level's optimum, 2 Euler layers); (eta, error against the optimum on 4 x the
     finest level's cells)."""
-    from fem_dnn.learning.estimate import width_indicators
+    from fem_dnn.learning.dwr import width_indicators
 
     depth = Depth(T=1.0, N=2)
     out, Jc, m = [], None, None
@@ -245,7 +245,7 @@ def test_width_effectivity():
 @pytest.mark.mpi
 def test_width_indicators_match_serial(comm):
     """The width indicators at fixed controls on 2 and 3 ranks equal the serial ones."""
-    from fem_dnn.learning.estimate import width_indicators
+    from fem_dnn.learning.dwr import width_indicators
 
     def run(c):
         sp = NodeSpace(create_node_mesh(c, "interval", 8), "DG", 0)
@@ -291,7 +291,7 @@ def test_combined_effectivity(levels, fine_layers, finest_refinements):
     cells: 0.796, 0.924, 0.967, 0.984; width only: 1.099, 0.998, 1.062, 1.120; the last
     combined value is high because the depth (-1.07e-4) and width (+1.91e-4) errors cancel
     in part). The default tier runs the first two levels against RK4 16 layers x 32 cells."""
-    from fem_dnn.learning.estimate import width_indicators
+    from fem_dnn.learning.dwr import width_indicators
     from fem_dnn.learning.transfer import refine_nodes
 
     sp = NodeSpace(create_node_mesh(MPI.COMM_SELF, "interval", 4), "DG", 0)
@@ -341,11 +341,11 @@ def test_adaptive_loop_stops_when_the_estimate_is_not_reliable(monkeypatch, scri
     negative first estimate with a tolerance set is named. The depth indicators are
     scripted (one per layer, summing to the given estimates); a sequence of one sign
     that decreases runs all 4 cycles. Training is real (10 iterations)."""
-    import fem_dnn.learning.estimate as estimate
+    import fem_dnn.learning.dwr as dwr
     from fem_dnn.optimize.adaptive import adapt
 
     calls = iter(scripted + (scripted[-1] / 2,) * 4)
-    monkeypatch.setattr(estimate, "depth_indicators", lambda J, m: np.full(J.network.depth.N, next(calls) / J.network.depth.N))
+    monkeypatch.setattr(dwr, "depth_indicators", lambda J, m: np.full(J.network.depth.N, next(calls) / J.network.depth.N))
     sp = NodeSpace(create_node_mesh(MPI.COMM_SELF, "interval", 4), "DG", 0)
     cycles = adapt(_problem, sp, Depth(T=1.0, N=2), refine=("depth",), cycles=4, tolerance=1e-9, fraction=0.5, max_it=10)
     expected = len(scripted) if reason != r"^4 cycles" else 4

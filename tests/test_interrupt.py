@@ -27,8 +27,8 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from test_faults import (ADAM, EXIT_BOUND, LBFGS, Job, check_checkpoint, needs_mpirun, read_summary, reference,
-                         result, run, serial_only, sets)
+from conftest import (ADAM, EXIT_BOUND, LBFGS, Job, check_checkpoint, needs_mpirun, read_summary, reference, result,
+                      run, serial_only, sets)
 
 pytestmark = serial_only
 LINE = re.compile(r"^fem-dnn: interrupted \((SIG\w+)\) at (iteration|step) (\d+); checkpoint in (\S+); continue with --resume$")

@@ -23,7 +23,7 @@ import pytest
 
 from fem_dnn.optimize import Optimizer
 
-from conftest import bumps_problem
+from conftest import bumps_problem, destroying
 
 def fill_holes(nbytes):
     """Fill every free heap chunk that could hold ``nbytes``: the arrays of that size
@@ -64,18 +64,16 @@ def apart(nbytes):
 def lbfgs(comm, heap):
     """15 L-BFGS iterations (scalar J0, the Optimizer's default) under a heap layout: the
     bytes of every accepted iterate, its J, |g| and step, and of the trained controls."""
-    net, J = bumps_problem(comm, 32, 4)
     seen = []
-    opt = Optimizer(J, "lbfgs", gttol=0.0, max_it=15, monitor=lambda row: seen.append(
-        (row["J"], row["gnorm"], row["step"], opt.tao.getSolution().array_r.tobytes())))
-    m0 = J.controls.create_vec()
-    with heap(8 * m0.getLocalSize()):
-        res = opt.solve(m0)
-    out = {"iterates": seen, "its": res.iterations, "J": res.J,
-           "m": {k: v.tobytes() for k, v in J.controls.natural(res.m).items()}}
-    for obj in (res.m, m0, opt, J, net):
-        obj.destroy()
-    return out
+    with destroying(*bumps_problem(comm, 32, 4)) as (net, J), destroying(
+            Optimizer(J, "lbfgs", gttol=0.0, max_it=15, monitor=lambda row: seen.append(
+                (row["J"], row["gnorm"], row["step"], opt.tao.getSolution().array_r.tobytes()))),
+            J.controls.create_vec()) as (opt, m0):
+        with heap(8 * m0.getLocalSize()):
+            res = opt.solve(m0)
+        with destroying(res.m):
+            return {"iterates": seen, "its": res.iterations, "J": res.J,
+                    "m": {k: v.tobytes() for k, v in J.controls.natural(res.m).items()}}
 
 
 @pytest.mark.mpi

@@ -1,6 +1,8 @@
 """The code passes the project's linter (ruff, configured in ruff.toml: pyflakes,
-pycodestyle, pyupgrade, bugbear) — the package, tests, demos and benchmarks."""
+pycodestyle, pyupgrade, bugbear) — the package, tests, demos and benchmarks — and no
+test module imports another (what tests share is in tests/conftest.py)."""
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -33,3 +35,16 @@ def test_ruff_checks_what_it_should(tmp_path):
     res = subprocess.run(ruff() + ["check", "--no-cache", "--config", str(ROOT / "ruff.toml"), str(bad)],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 1 and "F401" in res.stdout, res.stdout
+
+
+def test_no_test_module_imports_another():
+    tests = ROOT / "tests"
+    modules = {p.stem for p in tests.glob("test_*.py")}
+    found = []
+    for path in sorted(tests.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+            found += [f"tests/{path.name}:{node.lineno}: imports {n}" for n in names if n.split(".")[0] in modules]
+    assert len(modules) > 20, sorted(modules)
+    assert not found, "\n".join(found) + "\n(move what is shared to tests/conftest.py)"

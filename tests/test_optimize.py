@@ -14,28 +14,26 @@ from fem_dnn.learning.functional import ReducedFunctional
 from fem_dnn.network import Network
 from fem_dnn.optimize import Coordinates, Optimizer
 
-from conftest import bump_inputs, bump_targets
-from conftest import bumps_problem as problem
+from conftest import bump_inputs, bump_targets, bumps_problem, destroying
+
 
 def train(comm, n, N, method, riesz=True, **kw):
-    net, J = problem(comm, n, N, **kw.pop("problem", {}))
-    opt = Optimizer(J, method, riesz=riesz, monitor=False, **kw)
-    res = opt.solve(J.controls.create_vec())
-    out = {"its": res.iterations, "reason": res.reason, "J": res.J, "counts": res.counts,
-           "history": [h["J"] for h in res.history], "m": J.controls.natural(res.m)}
-    opt.destroy(), J.destroy(), net.destroy()
-    return out
+    with destroying(*bumps_problem(comm, n, N, **kw.pop("problem", {}))) as (net, J), \
+            destroying(Optimizer(J, method, riesz=riesz, monitor=False, **kw)) as (opt,):
+        res = opt.solve(J.controls.create_vec())
+        return {"its": res.iterations, "reason": res.reason, "J": res.J, "counts": res.counts,
+                "history": [h["J"] for h in res.history], "m": J.controls.natural(res.m)}
 
 
 @pytest.mark.mpi
 @pytest.mark.parametrize("gamma,weights", [(0.0, None), (0.1, None), (0.0, {"a": 100.0, "b": 0.09}),
                                            (0.1, {"a": 100.0, "b": 0.09})])
-def test_coordinates(comm, gamma, weights):
+def test_coordinates(comm, gamma, weights, bumps):
     """x = T m is invertible, and the dual map is its adjoint: <T^{-T} g, T m> = <g, m>.
     With lumped mass the 2-norm in coordinates is the L2 (H1) norm of the controls, with
     block weights the weighted one (w_a ||a||^2 + w_b ||b||^2 + ...), and the Riesz map
     inverts the weighted mass; the regulariser keeps the unweighted norm."""
-    net, J = problem(comm, 8, 4, gamma=gamma, lam=0.1, block_weights=weights)
+    net, J = bumps(comm, 8, 4, gamma=gamma, lam=0.1, block_weights=weights)
     cs = J.controls
     if weights:
         m = cs.random(3)
@@ -62,7 +60,6 @@ def test_coordinates(comm, gamma, weights):
     assert back.norm() <= 1e-13 * m.norm()
     assert abs(co.dual_to_coordinates(g).dot(x) - g.dot(m)) <= 1e-12 * abs(g.dot(m))
     assert abs(x.norm() ** 2 - cs.inner(m, m)) <= 1e-12 * cs.inner(m, m)
-    J.destroy(), net.destroy()
 
 
 def test_mesh_independence(comm):
@@ -137,12 +134,12 @@ def test_parallel_same_iterates(comm, method):
 
 @pytest.mark.mpi(ranks=(2,))
 @pytest.mark.parametrize("method", ["lbfgs", "bnewton"])
-def test_box_of_controls(comm, method):
+def test_box_of_controls(comm, method, bumps, cleanup):
     """A box A = [a-, a+] x [b-, b+]: the result stays in it, some bounds are active, and
     J is no lower than the unconstrained minimum."""
-    net, J = problem(comm, 12, 6, lam=1e-3)
+    net, J = bumps(comm, 12, 6, lam=1e-3)
     box = {"a": (-0.05, 0.05), "b": (-0.2, 0.2)}
-    opt = Optimizer(J, method, bounds=box, monitor=False, max_it=60)
+    opt = cleanup(Optimizer(J, method, bounds=box, monitor=False, max_it=60))
     res = opt.solve(J.controls.create_vec())
     nat = J.controls.natural(res.m)
     assert nat["a"].min() >= -0.05 - 1e-12 and nat["a"].max() <= 0.05 + 1e-12
@@ -150,11 +147,10 @@ def test_box_of_controls(comm, method):
     assert np.isclose(np.abs(nat["a"]).max(), 0.05) or np.isclose(np.abs(nat["b"]).max(), 0.2)
     free = Optimizer(J, "lbfgs", monitor=False, max_it=60).solve(J.controls.create_vec())
     assert res.J >= free.J - 1e-12
-    opt.destroy(), J.destroy(), net.destroy()
 
 
-def test_monitor_lines(comm, capsys):
-    net, J = problem(comm, 8, 4)
+def test_monitor_lines(comm, capsys, bumps):
+    net, J = bumps(comm, 8, 4)
     rows = []
     Optimizer(J, "lbfgs", monitor=rows.append, max_it=3).solve(J.controls.create_vec())
     assert [r["iteration"] for r in rows] == [0, 1, 2, 3]
@@ -164,39 +160,35 @@ def test_monitor_lines(comm, capsys):
     out = capsys.readouterr().out
     if comm.rank == 0:
         assert out.count("it ") >= 3 and "newton (nls)" in out
-    J.destroy(), net.destroy()
 
 
-def test_bad_options(comm):
-    net, J = problem(comm, 8, 4)
+def test_bad_options(comm, bumps):
+    net, J = bumps(comm, 8, 4)
     with pytest.raises(InputError, match="unknown training method"):
         Optimizer(J, "adamw")
     with pytest.raises(InputError, match="does not take bounds"):
         Optimizer(J, "newton", bounds={"a": (-1, 1)})
     with pytest.raises(InputError, match="lo < hi"):
         Optimizer(J, "lbfgs", bounds={"a": (1, -1)})
-    J.destroy(), net.destroy()
 
 
 def run_minibatch(comm, method, sample_groups=1, epochs=6, split_at=None):
     from fem_dnn.optimize import minibatch
 
-    net, J = problem(comm, 12, 6, sample_groups=sample_groups)
     lr = 0.5 if method == "sgd" else 0.02
     kw = dict(lr=lr, batch_size=3, seed=7, monitor=False)
-    if split_at is None:
-        res = minibatch(J, J.controls.create_vec(), method, epochs=epochs, **kw)
-    else:  # stop after split_at epochs, keep the state, resume
-        saved = {}
+    with destroying(*bumps_problem(comm, 12, 6, sample_groups=sample_groups)) as (net, J):
+        if split_at is None:
+            res = minibatch(J, J.controls.create_vec(), method, epochs=epochs, **kw)
+        else:  # stop after split_at epochs, keep the state, resume
+            saved = {}
 
-        def keep(epoch, m, state, row):
-            saved.update(epoch=epoch, m=m.copy(), state={k: (v.copy() if hasattr(v, "copy") else v) for k, v in state.items()})
+            def keep(epoch, m, state, row):
+                saved.update(epoch=epoch, m=m.copy(), state={k: (v.copy() if hasattr(v, "copy") else v) for k, v in state.items()})
 
-        minibatch(J, J.controls.create_vec(), method, epochs=split_at, on_epoch=keep, **kw)
-        res = minibatch(J, saved["m"], method, epochs=epochs, start_epoch=saved["epoch"], state=saved["state"], **kw)
-    out = {"J": res.J, "history": [h["J"] for h in res.history], "m": J.controls.natural(res.m)}
-    J.destroy(), net.destroy()
-    return out
+            minibatch(J, J.controls.create_vec(), method, epochs=split_at, on_epoch=keep, **kw)
+            res = minibatch(J, saved["m"], method, epochs=epochs, start_epoch=saved["epoch"], state=saved["state"], **kw)
+        return {"J": res.J, "history": [h["J"] for h in res.history], "m": J.controls.natural(res.m)}
 
 
 @pytest.mark.mpi
@@ -232,12 +224,12 @@ def test_batches_are_a_partition(comm):
     assert not all((x == y).all() for x, y in zip(b, batches(10, 3, seed=1, epoch=3)))
 
 
-def test_proximal_point_reaches_the_minimiser(comm):
+def test_proximal_point_reaches_the_minimiser(comm, bumps):
     """LM §5 algorithm 1 converges to the minimiser L-BFGS finds (the subproblems are
     solved inexactly; a larger step h converges faster)."""
     from fem_dnn.optimize import proximal_point
 
-    net, J = problem(comm, 12, 6)
+    net, J = bumps(comm, 12, 6)
     ref = Optimizer(J, "lbfgs", monitor=False).solve(J.controls.create_vec())
     slow = proximal_point(J, J.controls.create_vec(), h=10.0, max_it=5, monitor=False)
     fast = proximal_point(J, J.controls.create_vec(), h=1e3, gttol=1e-5, max_it=40, monitor=False)
@@ -245,7 +237,6 @@ def test_proximal_point_reaches_the_minimiser(comm):
     assert all(b <= a for a, b in zip(Js, Js[1:]))
     assert fast.converged and abs(fast.J - ref.J) < 1e-8 * ref.J
     assert slow.J > fast.J
-    J.destroy(), net.destroy()
 
 
 def msa_problem(comm, S, lam=0.0):
@@ -267,24 +258,23 @@ def test_msa_bang_bang(comm):
     box = {"a": (-1.0, 1.0), "b": (-2.0, 2.0)}
     out = []
     for c in (MPI.COMM_SELF, comm):
-        net, J = msa_problem(c, 1)
-        res = msa(J, J.controls.random(1, 0.3), box, max_it=30, monitor=False)
-        nat = J.controls.natural(res.m)
-        out.append(([h["J"] for h in res.history], nat))
-        assert np.allclose(np.abs(nat["a"]), 1.0) and np.allclose(np.abs(nat["b"]), 2.0)
-        Js = out[-1][0]
-        assert all(b < a for a, b in zip(Js, Js[1:])) and Js[-1] < 0.85 * Js[0]
-        assert res.reason == 2
-        J.destroy(), net.destroy()
+        with destroying(*msa_problem(c, 1)) as (net, J):
+            res = msa(J, J.controls.random(1, 0.3), box, max_it=30, monitor=False)
+            nat = J.controls.natural(res.m)
+            out.append(([h["J"] for h in res.history], nat))
+            assert np.allclose(np.abs(nat["a"]), 1.0) and np.allclose(np.abs(nat["b"]), 2.0)
+            Js = out[-1][0]
+            assert all(b < a for a, b in zip(Js, Js[1:])) and Js[-1] < 0.85 * Js[0]
+            assert res.reason == 2
     assert np.allclose(out[0][0], out[1][0], rtol=1e-12)
 
 
-def test_msa_several_samples(comm):
+def test_msa_several_samples(comm, cleanup):
     """With several samples the Hamiltonian (summed over samples) is minimised by
     projected gradient; J still decreases monotonically and the controls stay in A."""
     from fem_dnn.optimize import msa
 
-    net, J = msa_problem(comm, 4, lam=1e-3)
+    net, J = cleanup(*msa_problem(comm, 4, lam=1e-3))
     res = msa(J, J.controls.random(1, 0.3), {"a": (-1.0, 1.0), "b": (-2.0, 2.0)}, max_it=15, monitor=False)
     Js = [h["J"] for h in res.history]
     assert all(b < a for a, b in zip(Js, Js[1:])) and Js[-1] < 0.9 * Js[0]
@@ -293,28 +283,25 @@ def test_msa_several_samples(comm):
     with pytest.raises(InputError, match="ResNet scheme"):
         net2 = Network(net.space, Depth(1.0, 4), "tanh", "heun")
         msa(ReducedFunctional(net2, np.zeros((2, 10)), np.array([0, 1]), "classes"), J.controls.create_vec(), {"a": (-1, 1), "b": (-1, 1)})
-    J.destroy(), net.destroy()
 
 
 @pytest.mark.mpi(ranks=(2,))
-def test_multilevel_saves_fine_iterations(comm):
+def test_multilevel_saves_fine_iterations(comm, bumps):
     """Newton-CG trained on (8,4), transferred to (16,8) and then (32,16): the finest
     level needs fewer iterations than Newton there from zero to the same gradient norm
     (3 against 7 when this was written), and reaches the same J. (L-BFGS and steepest
     descent gain little at this tolerance: see the README.)"""
     from fem_dnn.optimize import multilevel
 
-    levels = [problem(comm, n, N) for n, N in ((8, 4), (16, 8), (32, 16))]
+    levels = [bumps(comm, n, N) for n, N in ((8, 4), (16, 8), (32, 16))]
     res = multilevel([J for _, J in levels], "newton", monitor=False)
     assert all(r.converged for r in res)
-    net, J = problem(comm, 32, 16)
+    net, J = bumps(comm, 32, 16)
     J0 = levels[0][1]
     g0 = J0.controls.norm(J0.gradient(J0.controls.create_vec()))
     scratch = Optimizer(J, "newton", gttol=0.0, gatol=1e-6 * g0, monitor=False).solve(J.controls.create_vec())
     assert res[-1].iterations < 0.7 * scratch.iterations, (res[-1].iterations, scratch.iterations)
     assert abs(res[-1].J - scratch.J) < 1e-9 * scratch.J
-    for n_, J_ in levels + [(net, J)]:
-        J_.destroy(), n_.destroy()
 
 
 class _Killed(Exception):
@@ -323,7 +310,7 @@ class _Killed(Exception):
 
 @pytest.mark.mpi
 @pytest.mark.parametrize("method", ["lbfgs", "newton"])
-def test_restart_from_checkpoint(comm, tmp_shared, method):
+def test_restart_from_checkpoint(comm, tmp_shared, method, bumps):
     """A run interrupted at iteration 4 resumes from its checkpoint and reaches the same
     final J as the uninterrupted run; the checkpoint on disk is intact.
 
@@ -337,7 +324,7 @@ def test_restart_from_checkpoint(comm, tmp_shared, method):
     of 0.2 and 0.13 times the noise: it converged by luck."""
     from fem_dnn.app.checkpoint import CheckpointFile, load_checkpoint
 
-    net, J = problem(comm, 12, 6)
+    net, J = bumps(comm, 12, 6)
     whole = Optimizer(J, method, gttol=1e-6, monitor=False).solve(J.controls.create_vec())
 
     def kill(row):
@@ -359,26 +346,24 @@ def test_restart_from_checkpoint(comm, tmp_shared, method):
     assert resumed.history[:4] == first.history[:4] or all(
         abs(a["J"] - b["J"]) <= 1e-15 * a["J"] for a, b in zip(resumed.history[:4], first.history[:4]))
     assert abs(resumed.J - whole.J) <= 1e-10 * whole.J
-    J.destroy(), net.destroy()
 
 
-def test_gauss_newton_training(comm):
+def test_gauss_newton_training(comm, bumps):
     """Newton-CG with the Gauss-Newton Hessian reaches the same minimiser."""
-    net, J = problem(comm, 16, 8)
+    net, J = bumps(comm, 16, 8)
     full = Optimizer(J, "newton", monitor=False).solve(J.controls.create_vec())
     gn = Optimizer(J, "newton", gauss_newton=True, monitor=False, max_it=50).solve(J.controls.create_vec())
     assert gn.converged and abs(gn.J - full.J) < 1e-9 * full.J
-    J.destroy(), net.destroy()
 
 
 @pytest.mark.mpi
-def test_minibatch_checkpoint_resume(comm, tmp_shared):
+def test_minibatch_checkpoint_resume(comm, tmp_shared, bumps):
     """Adam interrupted after epoch 3 resumes from its checkpoint file and ends exactly
     where the uninterrupted run ends (moments, coordinates and history restored)."""
     from fem_dnn.app.checkpoint import CheckpointFile
     from fem_dnn.optimize import minibatch
 
-    net, J = problem(comm, 12, 6)
+    net, J = bumps(comm, 12, 6)
     kw = dict(lr=0.02, batch_size=3, seed=5, monitor=False)
     whole = minibatch(J, J.controls.create_vec(), "adam", epochs=6, **kw)
 
@@ -394,7 +379,6 @@ def test_minibatch_checkpoint_resume(comm, tmp_shared):
     assert [h["J"] for h in resumed.history] == [h["J"] for h in whole.history]
     with pytest.raises(InputError, match="another mini-batch run"):
         minibatch(J, J.controls.create_vec(), "adam", epochs=6, checkpoint=store, resume=True, **{**kw, "seed": 6})
-    J.destroy(), net.destroy()
 
 
 # --------------------------------------------------------------------------- divergence
@@ -417,14 +401,14 @@ def _exp_problem(comm):
 
 
 @pytest.mark.mpi
-def test_divergence_stops_and_keeps_the_last_good_controls(comm, tmp_shared):
+def test_divergence_stops_and_keeps_the_last_good_controls(comm, tmp_shared, cleanup):
     """A non-finite state at a new iterate stops training on every rank with a message
     naming the layer and the iteration; the checkpoint then holds the last accepted
     iterate, and a run with another method resumes from it."""
     from fem_dnn.app.checkpoint import CheckpointFile, load_checkpoint
     from fem_dnn.errors import DivergenceError
 
-    net, J = _exp_problem(comm)
+    net, J = cleanup(*_exp_problem(comm))
     store = CheckpointFile(f"{tmp_shared}/checkpoint.npz", J.controls)
     opt = Optimizer(J, "gd", max_it=50, monitor=False, checkpoint=store, checkpoint_every=5)
     with pytest.raises(DivergenceError, match=r"diverged at iteration \d+ \(gd\): the state is not finite after layer \d"
@@ -434,39 +418,39 @@ def test_divergence_stops_and_keeps_the_last_good_controls(comm, tmp_shared):
     assert err.iteration == last["iteration"] + 1 and 0 <= err.layer < 4
     assert comm.allreduce(err.iteration, op=MPI.MAX) == comm.allreduce(err.iteration, op=MPI.MIN)
     m, state, _ = load_checkpoint(err.checkpoint, J.controls)
+    cleanup(m)
     assert state["iteration"] == last["iteration"]  # written although checkpoint_every = 5
     assert np.isfinite(J(m)) and abs(J(m) - last["J"]) <= 1e-12 * abs(last["J"])
     opt.destroy()
     rows = []
-    other = Optimizer(J, "lbfgs", max_it=last["iteration"] + 10, monitor=rows.append, checkpoint=store)
+    other = cleanup(Optimizer(J, "lbfgs", max_it=last["iteration"] + 10, monitor=rows.append, checkpoint=store))
     res = other.solve(J.controls.create_vec(), resume=True)
+    cleanup(res.m)
     assert rows[0]["iteration"] == last["iteration"] and abs(rows[0]["J"] - last["J"]) <= 1e-12 * abs(last["J"])
     assert res.iterations > last["iteration"] and res.J <= last["J"]  # it goes on from there
-    other.destroy(), res.m.destroy(), m.destroy(), J.destroy(), net.destroy()
 
 
-def test_divergence_at_the_initial_controls(comm):
+def test_divergence_at_the_initial_controls(comm, cleanup):
     """Controls whose state overflows at the start are not a divergence of training."""
     from fem_dnn.errors import DivergenceError, NonFiniteError
 
-    net, J = _exp_problem(comm)
-    m0 = J.controls.create_vec()
+    net, J = cleanup(*_exp_problem(comm))
+    m0 = cleanup(J.controls.create_vec())
     J.controls.blocks(m0)[0][:] = 800.0  # a = 800: exp(800) overflows in layer 0
-    opt = Optimizer(J, "lbfgs", max_it=5, monitor=False)
+    opt = cleanup(Optimizer(J, "lbfgs", max_it=5, monitor=False))
     with pytest.raises(NonFiniteError, match="at the initial controls: the state is not finite after layer 0") as info:
         opt.solve(m0)
     assert not isinstance(info.value, DivergenceError) and info.value.layer == 0
-    opt.destroy(), m0.destroy(), J.destroy(), net.destroy()
 
 
-def test_minibatch_divergence_names_step_and_layer(comm, tmp_path):
+def test_minibatch_divergence_names_step_and_layer(comm, tmp_path, bumps, cleanup):
     """Adam/SGD: a non-finite gradient stops with the step, the epoch and the layer;
     the previous epoch's checkpoint stays, and a smaller step resumes from it."""
     from fem_dnn.app.checkpoint import CheckpointFile
     from fem_dnn.errors import DivergenceError, NonFiniteError
     from fem_dnn.optimize import minibatch
 
-    net, J = problem(comm, 8, 4)
+    net, J = bumps(comm, 8, 4)
     store = CheckpointFile(tmp_path / "checkpoint.npz", J.controls)
     calls = {"n": 0}
     derivative = J.derivative
@@ -486,21 +470,20 @@ def test_minibatch_divergence_names_step_and_layer(comm, tmp_path):
     J.derivative = derivative
     res = minibatch(J, J.controls.create_vec(), "adam", lr=0.05, batch_size=2, epochs=3, monitor=False,
                     checkpoint=store, resume=True, evaluate=False)
+    cleanup(res.m)
     assert res.iterations == 12 and [h["epoch"] for h in res.history] == [1, 2, 3]
-    res.m.destroy(), J.destroy(), net.destroy()
 
 
-def test_checkpoint_takes_a_store_not_a_path(comm, tmp_path):
+def test_checkpoint_takes_a_store_not_a_path(comm, tmp_path, bumps, cleanup):
     """The optimisers write no files: a folder given as ``checkpoint`` is refused with
     one line naming the application's store."""
     from fem_dnn.optimize import minibatch
 
-    net, J = problem(comm, 4, 4)
+    net, J = bumps(comm, 4, 4)
     with pytest.raises(InputError, match="not a path; use fem_dnn.app.checkpoint.CheckpointFile"):
         Optimizer(J, "lbfgs", monitor=False, checkpoint=tmp_path)
-    m0 = J.controls.create_vec()
+    m0 = cleanup(J.controls.create_vec())
     with pytest.raises(InputError, match="not a path"):
         minibatch(J, m0, "adam", epochs=1, monitor=False, checkpoint=str(tmp_path))
     with pytest.raises(InputError, match="not a state store"):
         Optimizer(J, "lbfgs", monitor=False, checkpoint=object())
-    m0.destroy(), J.destroy(), net.destroy()

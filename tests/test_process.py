@@ -15,7 +15,7 @@ import textwrap
 import pytest
 from mpi4py import MPI
 
-from test_demos import mpirun
+from conftest import mpirun
 
 pytestmark = pytest.mark.skipif(MPI.COMM_WORLD.size > 1, reason="launches its own processes from the serial session")
 

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from test_demos import mpirun
+from conftest import mpirun
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

@@ -17,7 +17,7 @@ from fem_dnn.app.config import defaults, load_config, to_toml, validate
 from fem_dnn.app.data import GridFunctions, bumps, digits, load, split
 from fem_dnn.errors import InputError
 
-from test_demos import mpirun
+from conftest import mpirun
 
 SMALL = ["data.samples=240", "network.N=2", "training.max_it=15", "output.plot_samples=2"]
 

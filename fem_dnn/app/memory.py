@@ -43,7 +43,7 @@ a batch of states and ``G`` the bytes of all controls in natural order:
 The counts of control-sized vectors are kept by the code they count and read from there
 (``OPTIMIZER_VECTORS`` of :mod:`fem_dnn.optimize.tao`, ``TAO_VECTORS`` of
 :mod:`fem_dnn.optimize.methods`, ``MINIBATCH_VECTORS`` of :mod:`fem_dnn.optimize.stochastic`,
-``MSA_VECTORS`` of :mod:`fem_dnn.optimize.paper`, ``FUNCTIONAL_VECTORS`` of
+``MSA_VECTORS`` of :mod:`fem_dnn.optimize.pmp`, ``FUNCTIONAL_VECTORS`` of
 :mod:`fem_dnn.learning.functional`, a kernel family's :class:`~fem_dnn.core.kernel.KernelMemory`,
 the schemes' stages), the built-in data sets' sizes from
 :data:`fem_dnn.app.data.BUILT_IN_SIZES`; the constants below are measured, and
@@ -68,7 +68,7 @@ from fem_dnn.learning.functional import EVALUATION_VECTORS as TEST_POINT_VECTORS
 from fem_dnn.network.schemes import IMPLICIT, STAGES
 from fem_dnn.optimize.adaptive import adaptive_cycles
 from fem_dnn.optimize.methods import HESSIAN, HESSIAN_WORK_VECTORS, TAO, TAO_VECTORS
-from fem_dnn.optimize.paper import MSA_VECTORS
+from fem_dnn.optimize.pmp import MSA_VECTORS
 from fem_dnn.optimize.stochastic import MINIBATCH_KEPT_VECTORS, MINIBATCH_VECTORS, MINIBATCH_WORK_VECTORS
 from fem_dnn.optimize.tao import OPTIMIZER_VECTORS
 

@@ -7,8 +7,8 @@
                                       gradient, Hessian action; wrappers (fixed readout,
                                       proximal term)
 - :mod:`fem_dnn.learning.verify`      Taylor tests, space-time residuals
-- :mod:`fem_dnn.learning.estimate`    a posteriori (dual-weighted residual) estimates of
-                                      the depth error of J
+- :mod:`fem_dnn.learning.dwr`         a posteriori dual-weighted residual estimators of
+                                      the depth and width error of J (indicators, marking)
 - :mod:`fem_dnn.learning.transfer`    refinement of a (depth, node) discretisation and
                                       transfer of controls between two
 
@@ -22,7 +22,7 @@ __getattr__, __dir__, __all__ = exports(__name__, {
     "BLOCKS": "controls", "ControlSpace": "controls", "DepthOperator": "controls",
     "AbstractReducedFunctional": "functional", "FixedReadout": "functional", "Proximal": "functional",
     "ReducedFunctional": "functional", "WrappedFunctional": "functional",
-    "LOSSES": "losses", "Loss": "losses", "depth_indicators": "estimate", "mark": "estimate",
+    "LOSSES": "losses", "Loss": "losses", "depth_indicators": "dwr", "mark": "dwr",
     "depth_matrix": "transfer", "interpolation_matrix": "transfer", "refine_depth": "transfer",
     "refine_nodes": "transfer", "transfer_controls": "transfer",
 })

@@ -1,6 +1,6 @@
 """The reduced functional of the learning problem, its gradient and Hessian action.
 
-docs/model.md §2-3 (LM 2.2, §4): for controls ``m = (a, b, W, mu)``
+docs/model.md §2-3 (LM 2.2 and LM §4): for controls ``m = (a, b, W, mu)``
 
     J(m) = 1/S sum_s loss_s(h(O_s)) + lambda R(m) + gamma/2 (||d_t a||^2 + ||d_t b||^2),
     R(m) = 1/2 (||a||^2 + ||b||^2 + ||W||^2 + ||mu||^2),

@@ -1,7 +1,7 @@
 """Refinement of a (depth, node) discretisation and transfer of controls between two.
 
 Refinement (:func:`refine_depth`, :func:`refine_nodes`) makes the finer discretisation
-that the a posteriori estimators (:mod:`fem_dnn.learning.estimate`) and the adaptive
+that the a posteriori estimators (:mod:`fem_dnn.learning.dwr`) and the adaptive
 loop (:mod:`fem_dnn.optimize.adaptive`) ask for; the transfer moves controls onto it.
 Multilevel training solves the learning problem on a coarse discretisation of the
 (depth, node) domain first and starts the next finer level from the coarse optimum. The

@@ -5,7 +5,9 @@
 - :mod:`fem_dnn.optimize.tao`        TAO methods in those coordinates (:class:`Optimizer`),
                                      multilevel training
 - :mod:`fem_dnn.optimize.stochastic` mini-batch SGD and Adam (:func:`minibatch`)
-- :mod:`fem_dnn.optimize.paper`      the paper's proximal-point method and MSA (Pontryagin)
+- :mod:`fem_dnn.optimize.proximal`   the proximal-point method (minimising movement)
+- :mod:`fem_dnn.optimize.pmp`        the PMP step and the method of successive
+                                     approximations (Pontryagin)
 - :mod:`fem_dnn.optimize.callbacks`  what an optimiser takes from its caller: the
                                      checkpoint it saves to and resumes from, the monitor
                                      line's columns
@@ -21,7 +23,7 @@ from fem_dnn._lazy import exports
 
 __getattr__, __dir__, __all__ = exports(__name__, {
     "batches": "stochastic", "minibatch": "stochastic",
-    "hamiltonian_minimiser": "paper", "msa": "paper", "proximal_point": "paper",
+    "hamiltonian_minimiser": "pmp", "msa": "pmp", "proximal_point": "proximal",
     "Coordinates": "coordinates", "Optimizer": "tao", "Result": "tao", "multilevel": "tao", "stop_reason": "tao",
     "StateStore": "callbacks", "accuracy_columns": "callbacks", "state_store": "callbacks",
     "Cycle": "adaptive", "adapt": "adaptive",

@@ -2,8 +2,8 @@
 
 Every cycle trains the learning problem on the current (depth, node) discretisation
 (TAO, from the controls transferred from the previous cycle), estimates the error of the
-trained cost per layer (:func:`fem_dnn.learning.estimate.depth_indicators`) and per node
-cell (:func:`fem_dnn.learning.estimate.width_indicators`), marks layers and cells
+trained cost per layer (:func:`fem_dnn.learning.dwr.depth_indicators`) and per node
+cell (:func:`fem_dnn.learning.dwr.width_indicators`), marks layers and cells
 together by Dörfler's rule over *all* indicators (so depth and width are balanced by
 their indicators: the larger contributions are refined, wherever they are), splits the
 marked layers and refines the marked cells (``dolfinx.mesh.refine``), and moves the
@@ -191,7 +191,7 @@ def adapt(problem, space, depth, goal: str = "cost", tolerance: float | None = N
     Returns:
         The cycles, in order; the last one's ``stop`` says why the loop ended.
     """
-    from fem_dnn.learning.estimate import depth_indicators, mark, width_indicators
+    from fem_dnn.learning.dwr import depth_indicators, mark, width_indicators
     from fem_dnn.learning.transfer import refine_depth, refine_nodes, transfer_controls
     from fem_dnn.optimize.tao import Optimizer
 

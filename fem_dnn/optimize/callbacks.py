@@ -18,7 +18,7 @@ from typing import Protocol
 
 from fem_dnn.errors import InputError
 
-__all__ = ["StateStore", "accuracy_columns", "state_store"]
+__all__ = ["StateStore", "accuracy_columns", "report", "state_store"]
 
 
 class StateStore(Protocol):
@@ -63,3 +63,12 @@ def accuracy_columns(row: dict) -> str:
     parts = [f"{label} {row[key]:.4f}" for key, label in (("train_accuracy", "train acc"), ("test_accuracy", "test acc"))
              if key in row and row[key] is not None]
     return "".join("  " + p for p in parts)
+
+
+def report(monitor, world, line: str, row: dict):
+    """Pass a history row to ``monitor`` if it is a callable, else print ``line`` on rank 0
+    of ``world`` if ``monitor`` is true."""
+    if callable(monitor):
+        monitor(row)
+    elif monitor and world.rank == 0:
+        print(line, flush=True)

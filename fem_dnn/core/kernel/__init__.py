@@ -5,9 +5,10 @@ On layer k the selection weight b^k(y, z) enters the state equation through
     (B_b f)(y) = int_Y b^k(y, z) f(z) dz,
 
 and a kernel family says how b^k is discretised, i.e. what the controls of the ``b`` block
-are (docs/model.md §4, docs/kernels.md). A family linear in its coefficients has the
-tangent and the second-order terms of the optimality system for free: they are
-:meth:`Kernel.apply`, :meth:`Kernel.apply_transpose` and :meth:`Kernel.outer` again.
+are (docs/model.md §4.3, docs/kernels.md). A family linear in its coefficients (dense,
+local) has the tangent and the second-order terms of the optimality system for free: they
+are :meth:`Kernel.apply`, :meth:`Kernel.apply_transpose` and :meth:`Kernel.outer` again; a
+bilinear family (low-rank) defines its own.
 
 - :class:`DenseKernel` (``"dense"``, :mod:`.dense`): ``b_h(y,z) = sum_ij b_ij phi_i(y)
   phi_j(z)`` in V_h (x) V_h, so ``B_b f = b M_w f`` (``M_w = diag(omega)`` lumped or M

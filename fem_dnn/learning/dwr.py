@@ -1,4 +1,4 @@
-"""A posteriori estimates of the depth discretisation error (dual-weighted residuals).
+"""Dual-weighted residual (DWR) estimates of the depth and width discretisation error.
 
 The goal is the trained network's cost ``J``; at fixed controls m (constant on each layer,
 as the depth mesh defines them) the exact depth-continuous network solves the state
@@ -16,6 +16,11 @@ higher-order terms. The regulariser does not depend on the depth discretisation 
 piecewise constant controls, so ``eta`` estimates the error of J as well as that of the
 loss. See docs/model.md §4.11 for the derivation; tests/test_estimate.py measures the
 effectivity index ``eta / (J_ref - J_h)`` against a fine reference.
+
+:func:`width_indicators` estimates the width error of the trained cost on the uniformly
+refined node mesh: the data part and the Gauss-Newton decrease of the enriched problem
+(its gradient's residual weighed by the control correction), per node cell (docs/model.md
+§4.12). :func:`mark` is the Dörfler marking of either.
 """
 
 import numpy as np
@@ -125,7 +130,7 @@ def width_indicators(J, m, problem, order: int = 2, gauss_newton: bool = True, m
     ``1/2 <dJ_f, dm>`` (localised by the controls' cells: a and the readout's node by their
     cell, b(y, z) half to y's cell and half to z's). Richardson with the width order
     ``order`` (2: DG0 cell averages) extrapolates the two-level difference to the limit:
-    ``eta = 2^q/(2^q - 1) (J_f* - J_h*)``. See docs/model.md §4.11.
+    ``eta = 2^q/(2^q - 1) (J_f* - J_h*)``. See docs/model.md §4.12.
 
     Raises:
         InputError: a node space other than DG0 or a kernel without a coefficient per

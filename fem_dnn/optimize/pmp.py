@@ -1,7 +1,6 @@
-"""The algorithms of Liu-Markowich section 5: the proximal-point gradient method
-("minimizing movement") and the method of successive approximations (Pontryagin)."""
-
-
+"""Pontryagin's maximum principle as a training method: the pointwise minimiser of the
+discrete Hamiltonian (the PMP step) and the method of successive approximations built on
+it (LM section 5, algorithm 2; docs/model.md §3.5, §5.9)."""
 
 import numpy as np
 
@@ -11,56 +10,18 @@ from petsc4py import PETSc
 
 from fem_dnn import interrupt
 from fem_dnn.errors import InputError
-from fem_dnn.learning import Proximal, ReducedFunctional
+from fem_dnn.learning import ReducedFunctional
 from fem_dnn.network import Controls
 
-from fem_dnn.optimize.tao import Optimizer, Result, stop_reason
+from fem_dnn.optimize.callbacks import report
+from fem_dnn.optimize.tao import Result, stop_reason
 
-__all__ = ["hamiltonian_minimiser", "msa", "proximal_point"]
+__all__ = ["hamiltonian_minimiser", "msa"]
 
 #: Control-sized Vecs of :func:`msa` (the memory model's count, :mod:`fem_dnn.app.memory`):
 #: m, the Hamiltonian minimiser's copies of (a, b), its result, the step and the trial
 #: point; the functional keeps the whole costate.
 MSA_VECTORS = 5
-
-
-# --------------------------------------------------------------------------- LM §5
-def proximal_point(
-    J: ReducedFunctional, m0: PETSc.Vec, h: float = 1.0, gttol: float = 1e-6, max_it: int = 100,
-    inner: str = "lbfgs", inner_gttol: float = 1e-2, monitor=True,
-) -> Result:
-    """Proximal-point gradient method ("minimizing movement", LM §5 algorithm 1):
-    ``m_{k+1} = argmin_m J(m) + 1/(2h) ||m - m_k||^2`` in the controls' inner product
-    (L2, or H1 in depth when J's controls use it), each subproblem solved inexactly by a
-    TAO method (``inner``) to a relative gradient reduction ``inner_gttol``. Stops when
-    the gradient of J, in the same inner product, has dropped by ``gttol``."""
-    if not h > 0:
-        raise InputError(f"the proximal step h must be positive, got {h!r}")
-    cs, world = J.controls, J.network.layout.world
-    m = m0.copy()
-    g0 = cs.norm(J.gradient(m))
-    history, its, reason = [], 0, -1
-    for its in range(1, max_it + 1):
-        sub = Optimizer(Proximal(J, m.copy(), h), inner, gttol=inner_gttol, max_it=200, monitor=False,
-                        petsc_options_prefix="fem_dnn_prox_")
-        res = sub.solve(m)
-        res.m.copy(m)
-        res.m.destroy(), sub.destroy()
-        f, gn = J(m), cs.norm(J.gradient(m))
-        row = {"iteration": its, "J": f, "gnorm": gn, **J.counts}
-        history.append(row)
-        _report(monitor, world, f"prox {its:4d}  J {f:.10e}  |g| {gn:.3e}  solves fwd {J.counts['forward']}", row)
-        if gn <= gttol * g0:
-            reason = 1
-            break
-    return Result(m, its, reason, J(m), cs.norm(J.gradient(m)), history, dict(J.counts))
-
-
-def _report(monitor, world, line, row):
-    if callable(monitor):
-        monitor(row)
-    elif monitor and world.rank == 0:
-        print(line, flush=True)
 
 
 def hamiltonian_minimiser(J: ReducedFunctional, m: PETSc.Vec, box: dict, inner_its: int = 30) -> PETSc.Vec:
@@ -188,7 +149,7 @@ def msa(
         if metrics is not None:
             row.update(metrics(m, its))
         history.append(row)
-        _report(monitor, world, f"msa {its:4d}  J {f:.10e}  theta {theta:.3g}  solves fwd {J.counts['forward']}", row)
+        report(monitor, world, f"msa {its:4d}  J {f:.10e}  theta {theta:.3g}  solves fwd {J.counts['forward']}", row)
         if decrease < rtol:
             reason = 1
             break
