@@ -19,12 +19,12 @@ batch size). ``--configs`` with nothing runs PyTorch only. ``--png`` draws the t
 accuracy against the seconds of training, one curve a network (fem_dnn's: its
 metrics.csv rows with a test accuracy, at the training seconds interpolated linearly in
 the iterations; PyTorch's: every epoch). The table: test accuracy (PyTorch: its best
-epoch's; fem_dnn: the final one), the final train accuracy, the seconds of training
-(PyTorch: to its best epoch; fem_dnn: all) and to the target.
+epoch's; fem_dnn: the final one), the final test and train accuracies, the seconds of
+training (PyTorch: to its best epoch; fem_dnn: all) and to the target.
 
     python bench/mnist_vs_pytorch.py --torch-python PATH [--epochs 30] [--target 0.97]
         [--configs dense-14 local-14 lowrank-14 conv-slabs ...] [--max-it 300] [--seed 0]
-        [--torch-networks cnn,resnet,slabs] [--twin-lr 0.001 0.003] [--twin-init fem_dnn torch]
+        [--torch-networks cnn,resnet,slabs] [--twin-lr 0.001] [--twin-init fem_dnn torch]
         [--torch-threads 2] [--runs FOLDER ...] [--png PATH]
 """
 
@@ -154,7 +154,7 @@ def main():
                     help="PyTorch's threads (2: both cores; on a machine loaded by other jobs 1 thread is faster)")
     ap.add_argument("--torch-networks", default="cnn,resnet,slabs",
                     help="PyTorch's networks, comma-separated: cnn, resnet, slabs (the slab network's twin)")
-    ap.add_argument("--twin-lr", nargs="+", type=float, default=[1e-3, 3e-3],
+    ap.add_argument("--twin-lr", nargs="+", type=float, default=[1e-3],
                     help="the slab twin's Adam learning rates (one run each)")
     ap.add_argument("--twin-init", nargs="+", choices=("torch", "fem_dnn"), default=["fem_dnn", "torch"],
                     help="the slab twin's starts (one run each with each learning rate): fem_dnn's init_scale 0.1 "
@@ -176,10 +176,10 @@ def main():
     rows += [fem_dnn_row(f"run {folder.name}", folder, args.target) for folder in args.runs]
     title = f"MNIST-5k, {S} training / {St} test images (data.seed {args.seed}); time to {args.target:.0%} test accuracy"
     print(title)
-    print(f"{'network':<40} {'params':>7} {'test acc':>8} {'train acc':>9} {'seconds':>8} {'to target':>9}")
+    print(f"{'network':<40} {'params':>7} {'test acc':>8} {'final':>6} {'train acc':>9} {'seconds':>8} {'to target':>9}")
     for r in rows:
-        tt = r["seconds_to_target"]
-        print(f"{r['network']:<40} {r.get('parameters', ''):>7} {r['best_test_accuracy']:>8.4f} "
+        tt, final = r["seconds_to_target"], r["curve"][-1][2] if r.get("curve") else float("nan")
+        print(f"{r['network']:<40} {r.get('parameters', ''):>7} {r['best_test_accuracy']:>8.4f} {final:>6.3f} "
               f"{r.get('train_accuracy', float('nan')):>9.4f} {r.get('seconds_to_best', r['seconds']):>8.1f} "
               f"{'never' if tt is None else f'{tt:.1f}':>9}")
     if args.png:
