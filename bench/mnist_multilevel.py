@@ -21,7 +21,7 @@ configure()  # the job's process settings: BLAS threads per rank (fem_dnn.proces
 from mpi4py import MPI  # noqa: E402
 
 from fem_dnn.app.config import load_config  # noqa: E402
-from fem_dnn.app.train import Run  # noqa: E402
+from fem_dnn.app.run import Run  # noqa: E402
 from fem_dnn.optimize import Optimizer, multilevel  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "demos" / "mnist.toml"

@@ -31,7 +31,7 @@ from mpi4py import MPI
 
 from fem_dnn.app.config import load_config
 from fem_dnn.optimize import Optimizer, minibatch
-from fem_dnn.app.train import Run
+from fem_dnn.app.run import Run
 
 configure()  # the job's process settings: BLAS threads per rank, malloc (fem_dnn.process)
 

@@ -36,7 +36,8 @@ import numpy as np
 import fem_dnn  # noqa: F401
 from fem_dnn.process import configure
 from fem_dnn.app.config import load_config
-from fem_dnn.app.train import evaluate, train
+from fem_dnn.app.evaluate import evaluate
+from fem_dnn.app.train import train
 
 configure()  # the job's process settings: BLAS threads per rank, malloc (fem_dnn.process)
 

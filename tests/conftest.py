@@ -367,7 +367,7 @@ def check_checkpoint(folder: Path) -> dict:
 def _load_state(folder: Path, path: Path) -> dict:
     from fem_dnn.app.checkpoint import load_checkpoint
     from fem_dnn.app.config import load_config
-    from fem_dnn.app.train import Run
+    from fem_dnn.app.run import Run
 
     run_ = _runs.get(folder)
     if run_ is None:

@@ -34,7 +34,7 @@ from mpi4py import MPI
 
 import fem_dnn.app.checkpoint
 import fem_dnn.app.cli
-import fem_dnn.app.train
+import fem_dnn.app.run
 from fem_dnn.errors import InputError
 from fem_dnn.optimize import Optimizer
 
@@ -62,7 +62,7 @@ def main():
         return monitor(self, tao)
 
     if args.kind == "slow-start":
-        _slow(fem_dnn.app.train.Run, "__init__", "start-up", args.seconds, lambda *a, **k: True)
+        _slow(fem_dnn.app.run.Run, "__init__", "start-up", args.seconds, lambda *a, **k: True)
     elif args.kind == "slow-checkpoint":
         _slow(fem_dnn.app.checkpoint, "_write_atomic", "checkpoint write", args.seconds,
               lambda path, entries, keep: _iteration(entries) == args.iteration)

@@ -313,11 +313,11 @@ def test_outputs_are_written_atomically(tmp_path, monkeypatch):
     assert path.read_text() == '{"J": 1.0}'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]  # the temporary is removed
     assert "_files.replace_atomically" in Path(checkpoint.__file__).read_text()
-    from fem_dnn.app import runfolder
+    from fem_dnn.app import results, runfolder
     from fem_dnn.app import train as train_module
 
     assert "atomic_write(path, text)" in Path(runfolder.__file__).read_text()  # write_text
-    src = Path(train_module.__file__).read_text()
+    src = Path(train_module.__file__).read_text() + Path(results.__file__).read_text()
     for name in ("config.toml", "metrics.csv", "summary.json"):
         assert re.search(rf'write_text\(folder / "{re.escape(name)}"', src), name
 

@@ -130,7 +130,7 @@ def test_a_new_family_passes_the_taylor_test(diagonal, comm):
     """The reduced functional that a config builds with the family: gradient rate 2 and
     Hessian action rate 3 (a family linear in b: the default tangents), on 1, 2 and 3
     ranks; B^T and the outer product are exact adjoints."""
-    from fem_dnn.app.train import Run
+    from fem_dnn.app.run import Run
 
     run = Run(load_config(None, SETS), comm, out=lambda *a: None)
     J, kern = run.J, run.net.kernel

@@ -73,7 +73,8 @@ def test_float32_checkpoint_resume_evaluate(tmp_path, method):
     each run, and the two J differ by at most the sum plus the float32 rounding of J,
     bounded by 1e-7 |J| (measured noise 4e-10 at J = 2.2: the margin is a factor 500)."""
     from fem_dnn.app.config import load_config
-    from fem_dnn.app.train import evaluate, train
+    from fem_dnn.app.evaluate import evaluate
+    from fem_dnn.app.train import train
 
     quiet = lambda *a: None  # noqa: E731
     base = ["data.samples=200", "network.N=2", "network.dtype='float32'", "training.checkpoint_every=1",

@@ -3,7 +3,7 @@
 - The depth operators of the controls' inner products are O(N): a control space with
   200000 layers builds in megabytes, and the H1 Riesz map still inverts the H1 mass and
   matches the dense construction.
-- :func:`fem_dnn.app.memory.estimate_memory` gives the sizes that :class:`fem_dnn.app.train.Run`
+- :func:`fem_dnn.app.memory.estimate_memory` gives the sizes that :class:`fem_dnn.app.run.Run`
   builds, the trajectory and tape that the forward solve stores, and the peak resident
   memory of real trainings within 30%; :func:`~fem_dnn.app.memory.check` refuses runs that
   cannot fit (memory, PETSc's 32-bit indices) with one line and no big allocation.
@@ -130,7 +130,7 @@ def test_estimate_sizes_are_those_run_builds(comm, overrides):
     """n, N, S, the control count and the stored trajectory and tape of the estimate are
     those of the objects ``Run(cfg)`` builds (local sizes: the largest rank's, to a few
     percent under MPI, where the mesh partition decides)."""
-    from fem_dnn.app.train import Run
+    from fem_dnn.app.run import Run
 
     cfg = load_config(None, [o.replace("RANKS", str(comm.size)) for o in overrides])  # data parallel on every rank
     est = estimate_memory(cfg, comm)

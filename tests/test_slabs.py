@@ -235,7 +235,8 @@ def test_train_resume_and_evaluate_with_slabs(tmp_path):
     reproduces the final metrics and refuses another discretisation; L-BFGS trains it
     too; a uniform network's checkpoint is refused by name."""
     from fem_dnn.app.config import load_config
-    from fem_dnn.app.train import evaluate, train
+    from fem_dnn.app.evaluate import evaluate
+    from fem_dnn.app.train import train
 
     base = ["data.samples=200", "network.kernel='local'", "network.slab_pixels=[8, 4]", "network.slab_channels=[1, 2]",
             "network.slab_layers=[1, 2]", "network.slab_support=1", "training.method='adam'", "training.lr=0.01",
@@ -267,7 +268,7 @@ def test_train_resume_and_evaluate_with_slabs(tmp_path):
                "output.fields=false", "output.figures=false", f"output.folder='{tmp_path / 'd'}'"]
     train(load_config(None, uniform), MPI.COMM_SELF, **quiet)
     from fem_dnn.app.checkpoint import load_checkpoint
-    from fem_dnn.app.train import Run
+    from fem_dnn.app.run import Run
 
     run = Run(load_config(None, base), MPI.COMM_SELF, out=lambda *a: None)
     with pytest.raises(InputError, match=r"1 depth slab\(s\) in the file, 2 here"):
@@ -310,7 +311,8 @@ def test_slab_network_evaluated_at_another_resolution(tmp_path):
     of a classifier (finite, an accuracy in [0, 1]); a resolution whose scaled support
     is not a whole number of pixels, and resolution 0, get one line."""
     from fem_dnn.app.config import load_config
-    from fem_dnn.app.train import evaluate, train
+    from fem_dnn.app.evaluate import evaluate
+    from fem_dnn.app.train import train
 
     quiet = dict(out=lambda *a: None)
     cfg = ["data.name='mnist'", "data.samples=200", "data.resolution=14", "network.kernel='local'",

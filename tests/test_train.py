@@ -309,7 +309,8 @@ def test_validation_best_model_and_early_stopping(tmp_path, monkeypatch, capsys,
 
     from fem_dnn.app.cli import main
     from fem_dnn.app.config import load_config
-    from fem_dnn.app.train import Run, evaluate
+    from fem_dnn.app.evaluate import evaluate
+    from fem_dnn.app.run import Run
 
     monkeypatch.chdir(tmp_path)
     sets = ["data.samples=300", "data.validation_fraction=0.25", "network.N=2", "training.patience=4",
@@ -377,7 +378,7 @@ def test_evaluate_at_another_resolution(tmp_path, monkeypatch, capsys):
     the outputs agree to round-off, 1e-12 of |O| <= 11, while the smallest gap between a
     sample's two largest outputs is 2.3e-3 (train) and 7.3e-2 (test), measured.)"""
     from fem_dnn.app.cli import main
-    from fem_dnn.app.train import evaluate
+    from fem_dnn.app.evaluate import evaluate
 
     monkeypatch.chdir(tmp_path)
     sets = ["data.name='mnist'", "data.resolution=7", "data.samples=300", "network.N=2", "training.max_it=15",
@@ -408,7 +409,8 @@ def test_adaptive_run_folder(tmp_shared, capsys):
     import json
 
     from fem_dnn.app.config import load_config
-    from fem_dnn.app.train import evaluate, train
+    from fem_dnn.app.evaluate import evaluate
+    from fem_dnn.app.train import train
 
     comm = MPI.COMM_WORLD
     folder = Path(tmp_shared) / "adapt"

@@ -290,11 +290,11 @@ def _run(args, comm) -> int:
         train(cfg, comm, resume=args.resume, overwrite=args.overwrite, dry_run=args.dry_run)
         return 0
     if args.command == "evaluate":
-        from fem_dnn.app.train import evaluate
+        from fem_dnn.app.evaluate import evaluate
 
         evaluate(args.folder, comm, overrides=args.set, best=args.best)
         return 0
-    from fem_dnn.app.train import verify
+    from fem_dnn.app.evaluate import verify
 
     return 0 if verify(load_config(args.config, args.set), comm, args.samples) else 1
 

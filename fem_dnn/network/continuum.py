@@ -1,4 +1,4 @@
-"""The continuum residual network: controls, the stage function, the solves, readout.
+"""The continuum residual network: controls, construction and the solves.
 
 State equation (LM 2.1, docs/model.md §1), semi-discretised in the node space V_h:
 
@@ -9,9 +9,11 @@ P = I) and B from a kernel family of :mod:`fem_dnn.core.kernel`. The depth schem
 different network architecture built from the same PDE) comes from the registry of
 :mod:`fem_dnn.network.schemes`; it is built from the stage function :meth:`Network.g`
 and its derivatives (:meth:`Network.g_tangent`, :meth:`Network.g_adjoint`,
-:meth:`Network.g_second`) and the diffusion sub-step :meth:`Network.diffuse`. This
-module runs the scheme through the layers: forward (with the tape, or with depth
-checkpointing), tangent, costate and second-order costate solves (docs/model.md §3-4).
+:meth:`Network.g_second`) and the diffusion sub-step :meth:`Network.diffuse`
+(:mod:`fem_dnn.network.stage`). This module runs the scheme through the layers: forward
+(with the tape, or with depth checkpointing), tangent, costate and second-order costate
+solves (docs/model.md §3-4). The evaluation between layers and nodes is
+:mod:`fem_dnn.network.evaluation`, the readout :mod:`fem_dnn.network.readout`.
 """
 
 from dataclasses import dataclass, field
@@ -21,34 +23,19 @@ import numpy as np
 from fem_dnn import _dolfinx  # noqa: F401
 from mpi4py import MPI
 
-import dolfinx.geometry
-
 from fem_dnn._mpi import all_finite, finite
 from fem_dnn.core.activation import Activation, get_activation
 from fem_dnn.core.depth import Depth
 from fem_dnn.core.layout import Layout
-from fem_dnn.core.meshes import locate_points
 from fem_dnn.core.nodes import NodeSpace
 from fem_dnn.core.kernel import DenseKernel, Kernel, make_kernel
 from fem_dnn.errors import InputError, NonFiniteError
-from fem_dnn.network.readout import (Readout, classes_adjoint, classes_output, classes_readout, classes_second,
-                                     classes_tangent, logistic, softmax)
+from fem_dnn.network.evaluation import PointEvaluation
+from fem_dnn.network.readout import ReadoutMethods
 from fem_dnn.network.schemes import DTYPES, SCHEMES, float32_unsupported, make_scheme
+from fem_dnn.network.stage import StageFunction
 
-__all__ = ["Controls", "Costate", "Network", "Stage", "Trajectory"]
-
-
-@dataclass
-class Stage:
-    """Linearisation data of one stage X of a layer: ``Uq``, the pre-activation
-    ``u = a - B_b X`` at the sigma-term quadrature points (nodes when lumped), and
-    ``X`` (the stage input itself: for Euler a view of the stored state), and
-    ``dsig = sigma'(Uq)``. For a tangent, ``Uq`` and ``X`` hold their increments."""
-
-    Uq: np.ndarray | None
-    X: np.ndarray
-    dsig: np.ndarray | None = None
-    sig: np.ndarray | None = None  # kept instead of Uq and dsig when sigma' follows from sigma
+__all__ = ["Controls", "Costate", "Network", "Trajectory"]
 
 
 @dataclass
@@ -110,7 +97,7 @@ class Trajectory:
         return np.concatenate(net.layout.sample_comm.allgather(local), axis=0)
 
 
-class Network:
+class Network(StageFunction, PointEvaluation, ReadoutMethods):
     """Continuum ResNet on a node space and a depth mesh.
 
     Args:
@@ -210,129 +197,6 @@ class Network:
         return batch_inputs(self.space, self.layout, self.dtype, f_I, split)
 
     # ------------------------------------------------------------------ the scheme
-    def preactivation(self, k: int, F: np.ndarray, c: Controls) -> np.ndarray:
-        """``u = a^k - B_{b^k} f`` for a batch."""
-        return c.a[k][:, None] - self.kernel.apply(c.b[k], F)
-
-    def rhs(self, k: int, F: np.ndarray, c: Controls) -> np.ndarray:
-        """Activation part of df/dt: ``M^{-1} Q sigma(P u)`` (lumped: ``sigma(u)``)."""
-        return self.g(k, F, c, linearise=False)[0]
-
-    # ---- the stage function g and its derivatives. Every scheme is built from
-    #   g(X) = M^{-1} [ Q sigma(P u) - c_K K X ],   u = a^k - B_{b^k} X
-    # (c_K = eps for the implicit midpoint rule, 0 when diffusion is split off), so its
-    # tangent, transpose and second derivative below give every scheme's linearised,
-    # costate and second-order costate solve (discretise-then-optimise).
-    def g(self, k, X, c, cK=0.0, linearise=True):
-        """Stage value g(X) and its linearisation data (u at the quadrature points, M_w X,
-        sigma'(u)); without ``linearise`` sigma' is not computed."""
-        sp = self.space
-        U = self.kernel.apply(c.b[k], X)
-        np.subtract(c.a[k][:, None], U, out=U)
-        Uq = sp.quad_values(U)
-        compact = linearise and self.sigma.from_sigma is not None
-        if linearise and not compact:
-            sig, dsig = self.sigma.both(Uq)
-        else:  # u is not kept: sigma(u) overwrites it
-            sig, dsig = self.sigma.evaluate(Uq, out=Uq), None
-        if sp.mass == "lumped" and not cK:
-            G = np.asfortranarray(sig)
-        else:
-            L = sp.quad_load(sig)
-            if cK:
-                L -= cK * sp.apply(sp.K, X)
-            G = sp.solve_mass(L)
-        if compact:  # tanh, logistic: sigma(u) alone gives sigma' and sigma''
-            return G, Stage(None, X, None, sig)
-        return G, Stage(Uq, X, dsig)
-
-    def dsigma(self, st):
-        return st.dsig if st.sig is None else self.sigma.dsigma_from(None, st.sig)
-
-    def d2sigma(self, st):
-        return self.sigma.d2sigma(st.Uq) if st.sig is None else self.sigma.from_sigma(st.sig)[1]
-
-    def g_tangent(self, k, st, dX, c, dc, cK=0.0):
-        """``g'(X)[dX, dm]`` at a stage; returns it and the stage's incremental data."""
-        sp = self.space
-        dU = -self.kernel.apply(c.b[k], dX)
-        if dc is not None:
-            dU += dc.a[k][:, None] - self.kernel.tangent(c.b[k], dc.b[k], st.X)
-        dUq = sp.quad_values(dU)
-        if sp.mass == "lumped" and not cK:
-            return np.asfortranarray(self.dsigma(st) * dUq), Stage(dUq, dX)
-        L = sp.quad_load(self.dsigma(st) * dUq)
-        if cK:
-            L -= cK * sp.apply(sp.K, dX)
-        return sp.solve_mass(L), Stage(dUq, dX)
-
-    def g_adjoint(self, k, st, kappa, c, grad, cK=0.0, scale=1.0, keep=True):
-        """Transpose of g'(X) applied to ``scale kappa``: returns ``g_X^T (scale kappa)`` and
-        ``z = Q^T M^{-1} (scale kappa)`` (kept for second-order solves; None without
-        ``keep``) and adds ``g_m^T (scale kappa)`` to ``grad`` (dual, Euclidean).
-
-        This is the costate half of the fused layer (docs/model.md §4.13): with the
-        lumped mass and nothing to keep, one in-place product ``sigma'(u) kappa`` is the
-        only pass over the batch besides the kernel's two GEMMs; the stage's scalar
-        factor ``scale`` (and the sign) are folded into the n^2-sized operands (the
-        weighted kernel, the outer product, the bias sum), and the bias gradient's sum
-        over the samples is a GEMV."""
-        sp = self.space
-        if scale != 1.0 and (keep or cK or sp.mass != "lumped"):
-            kappa, scale = scale * kappa, 1.0
-        if sp.mass == "lumped":
-            y, z = None, kappa
-        else:
-            y = sp.solve_mass(kappa)
-            z = sp.quad_load_T(y)
-        if st.sig is None:
-            dz = st.dsig * z
-        else:  # sigma' from sigma(u): a fresh array
-            dz = self.sigma.dsigma_from(None, st.sig)
-            dz *= z
-        zeta = sp.quad_values_T(dz)
-        xi = self.kernel.apply_transpose(c.b[k], zeta, -scale)  # -scale B_b^T zeta
-        if cK:
-            xi -= cK * sp.apply(sp.K, kappa / sp.weights[:, None] if y is None else y)
-        grad.a[k] += scale * (zeta @ np.ones(zeta.shape[1], dtype=zeta.dtype))
-        grad.b[k] -= self.kernel.outer(zeta, st.X, c.b[k], scale)
-        return xi, (z if keep else None)
-
-    def g_second(self, k, st, z, dst, c, dc, hess):
-        """Second-order term: the derivative of ``g_X^T kappa`` and ``g_m^T kappa`` (kappa
-        fixed, given through z) along the tangent (dX, dm); adds the m part to ``hess``."""
-        sp = self.space
-        dsig, d2sig = (self.dsigma(st), self.d2sigma(st)) if st.sig is None else self.sigma.from_sigma(st.sig)
-        zeta = sp.quad_values_T(dsig * z)
-        zeta2 = sp.quad_values_T(d2sig * dst.Uq * z)
-        kern, b = self.kernel, c.b[k]
-        eta = -kern.apply_transpose(b, zeta2)
-        if dc is not None:
-            eta -= kern.transpose_tangent(b, dc.b[k], zeta)
-        hess.a[k] += zeta2.sum(axis=1)
-        hess.b[k] -= kern.outer(zeta2, st.X, b) + kern.outer(zeta, dst.X, b)
-        if dc is not None:
-            second = kern.outer_tangent(zeta, st.X, b, dc.b[k])  # a kernel bilinear in its coefficients
-            if second is not None:
-                hess.b[k] -= second
-        return eta
-
-    def diffuse(self, F: np.ndarray, h: float, theta: float, transpose: bool = False) -> np.ndarray:
-        """``D = (M + theta h eps K)^{-1} (M - (1-theta) h eps K)`` applied to f, or its
-        transpose ``(M - (1-theta) h eps K)(M + theta h eps K)^{-1}`` (M, K symmetric)."""
-        sp = self.space
-        ksp, _ = sp.diffusion_solver(theta * h * self.eps)
-
-        def explicit(V):
-            R = sp.apply_mass(V)
-            if theta != 1.0:
-                R = R - (1.0 - theta) * h * self.eps * sp.apply(sp.K, V)
-            return R
-
-        if transpose:
-            return explicit(sp.mat_solve(ksp, F))
-        return sp.mat_solve(ksp, explicit(F))
-
     def step(self, k: int, F: np.ndarray, c: Controls, tau: float | None = None, tape: list | None = None,
              out: np.ndarray | None = None) -> np.ndarray:
         """Advance a batch over (part of) layer k with the network's scheme
@@ -553,104 +417,6 @@ class Network:
                 k, traj.tape[k], d_dual, c, hess, tangent.tape[k], costate.z[k], tangent.controls, second=not gauss_newton,
                 keep=False)
         return d_dual, hess
-
-    def state_at(self, traj: Trajectory, t: float) -> np.ndarray:
-        """State at any depth t: one sub-step of the scheme from the last depth point
-        (the scheme's own continuous extension, of its order)."""
-        k = self.depth.layer_of(t)
-        dt = t - self.depth.points[k]
-        if dt == 0.0:
-            return traj.state(k).copy(order="F")
-        if abs(dt - self.depth.tau[k]) <= 1e-14 * self.depth.T:
-            return traj.state(k + 1).copy(order="F")
-        return self.step(k, np.asfortranarray(traj.state(k)), traj.controls, tau=dt)
-
-    def evaluate(self, traj: Trajectory, points, t: float | None = None) -> np.ndarray:
-        """Values ``f(y_p, t)`` at arbitrary points y_p of Y, shape ``(S_local, p)``.
-
-        ``points`` has shape (p, gdim) or (p, 3). Every rank gets every value.
-        """
-        F = traj.final if t is None else self.state_at(traj, t)
-        sp = self.space
-        pts = np.zeros((len(points), 3))
-        P = np.asarray(points, dtype=float).reshape(len(points), -1)
-        pts[:, : P.shape[1]] = P
-        msh = sp.mesh
-        tdim = msh.topology.dim
-        found, bad = locate_points(msh, dolfinx.geometry.bb_tree(msh, tdim, padding=1e-12), pts)
-        if bad is not None:
-            raise InputError(f"point {pts[bad, :tdim]} is outside the node domain")
-        comm = sp.comm
-        sel = np.flatnonzero(found >= 0)
-        out = np.zeros((F.shape[1], len(pts)))
-        fn = sp.function()
-        for s in range(F.shape[1]):
-            fn.x.array[: sp.n_local] = F[:, s]
-            fn.x.scatter_forward()
-            if len(sel):
-                out[s, sel] = fn.eval(pts[sel], found[sel]).ravel()
-        comm.Allreduce(MPI.IN_PLACE, out, op=MPI.SUM)
-        return out
-
-    # ------------------------------------------------------------------ readout
-    def readout(self, F: np.ndarray, readout: Readout) -> np.ndarray:
-        """``O = int W f(T) + mu``: ``(K, S)`` (classes, on every rank) or
-        ``(n_local, S)`` (function)."""
-        if readout.kind == "classes":
-            return classes_output(self.space, F, readout.W, readout.mu)
-        return np.asfortranarray(self.readout_kernel.apply(readout.W, F) + readout.mu[:, None])
-
-    def readout_tangent(self, F, dF, readout: Readout, d_readout: Readout | None) -> np.ndarray:
-        """Derivative of the readout O along (dF, dW, dmu)."""
-        if readout.kind == "classes":
-            return classes_tangent(self.space, F, dF, readout, d_readout)
-        dO = self.readout_kernel.apply(readout.W, dF)
-        if d_readout is not None:
-            dO = dO + self.readout_kernel.apply(d_readout.W, F) + d_readout.mu[:, None]
-        return np.asfortranarray(dO)
-
-    def readout_adjoint(self, F, readout: Readout, gO) -> tuple[np.ndarray, Readout]:
-        """Transpose of the readout's derivative applied to ``gO = dloss/dO`` (dual): the
-        terminal costate ``dual_T = M r(T)`` (docs/model.md §3: ``r(z,T) = int gO W(., z)``)
-        and the readout part of the derivative (sums over this rank's samples)."""
-        if readout.kind == "classes":
-            return classes_adjoint(self.space, F, readout, gO)
-        dual = self.readout_kernel.apply_transpose(readout.W, gO)
-        return np.asfortranarray(dual), Readout("function", self.readout_kernel.outer(gO, F), gO.sum(axis=1))
-
-    def readout_second(self, F, dF, readout: Readout, d_readout: Readout, gO) -> tuple[np.ndarray, np.ndarray]:
-        """Second-order cross terms of the bilinear readout (W, f) -> int W f, with gO
-        fixed: the derivative of :meth:`readout_adjoint` along (dF, dW). Returns the
-        terminal incremental-costate term and the W term."""
-        if readout.kind == "classes":
-            return classes_second(self.space, dF, d_readout, gO)
-        return np.asfortranarray(self.readout_kernel.apply_transpose(d_readout.W, gO)), self.readout_kernel.outer(gO, dF)
-
-    def predict(self, F: np.ndarray, readout: Readout) -> np.ndarray:
-        """``C_pre = h(O)``: softmax over classes, or logistic for function outputs."""
-        O = self.readout(F, readout)
-        return softmax(O, axis=0) if readout.kind == "classes" else logistic(O)
-
-    def make_readout(self, kind: str = "classes", W=0.0, mu=0.0, K: int | None = None) -> Readout:
-        """Readout from natural-order arrays or callables.
-
-        classes: ``W`` of shape (K, n) or callable ``W(z)`` returning (K, p); ``mu`` (K,).
-        function: ``W`` of shape (n, n) or callable ``W(y, z)``; ``mu`` (n,) or callable.
-        """
-        sp = self.space
-        if kind == "classes":
-            return classes_readout(sp, W, mu, K)
-        if kind != "function":
-            raise InputError(f"readout kind must be 'classes' or 'function', not {kind!r}")
-        if callable(W):
-            Wl = np.asarray(W(sp.x_owned, sp.x_all), dtype=float)
-        else:
-            Wa = np.asarray(W, dtype=float)
-            Wl = np.full((sp.n_local, sp.n), float(Wa)) if Wa.ndim == 0 else Wa[sp.nat_owned][:, sp.nat_of_global]
-        mu_l = sp.interpolate(mu) if callable(mu) else (
-            np.full(sp.n_local, float(mu)) if np.ndim(mu) == 0 else sp.from_natural(mu)
-        )
-        return Readout("function", Wl, mu_l)
 
     def destroy(self):
         """Destroy the network's PETSc objects (collective)."""

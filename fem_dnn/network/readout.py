@@ -4,6 +4,8 @@ The classes readout ``O = int W f + mu`` on a node space, with its tangent, tran
 and second derivative (:func:`classes_output` ...), is written here once for the
 networks that use it: :class:`~fem_dnn.network.Network` on its own node space, and a
 slab network on the last slab's (or, with a pooled readout, on the pooled state's).
+:class:`ReadoutMethods` is a network's readout, classes or function (``O = int W(., z)
+f(z) dz + mu`` with a dense kernel W), with its derivatives.
 """
 
 from dataclasses import dataclass
@@ -12,14 +14,14 @@ import numpy as np
 
 from fem_dnn.errors import InputError
 
-__all__ = ["Readout", "logistic", "softmax"]
+__all__ = ["Readout", "ReadoutMethods", "logistic", "softmax"]
 
 
 @dataclass
 class Readout:
     """The readout ``O = int_Y W(., z) f(z,T) dz + mu`` and prediction ``h(O)`` (LM 2.2, docs/model.md §2).
 
-    The readout of a network is applied by :meth:`fem_dnn.network.Network.readout` (with
+    The readout of a network is applied by :meth:`ReadoutMethods.readout` (with
     its tangent, transpose and second derivative there).
 
     Attributes:
@@ -94,3 +96,69 @@ def classes_readout(space, W=0.0, mu=0.0, K: int | None = None) -> Readout:
         Wl = space.from_natural(Wa, axis=1)
     mu_a = np.broadcast_to(np.asarray(mu, dtype=float), (Wl.shape[0],)).copy()
     return Readout("classes", np.ascontiguousarray(Wl), mu_a)
+
+
+# ---------------------------------------------------------------------- a network's readout
+class ReadoutMethods:
+    """The readout of a network on its node space ``space``: the classes readout
+    (:func:`classes_output` ...) or the function readout, whose W is a dense kernel
+    ``readout_kernel`` (a base of :class:`~fem_dnn.network.Network`, which sets them)."""
+
+    def readout(self, F: np.ndarray, readout: Readout) -> np.ndarray:
+        """``O = int W f(T) + mu``: ``(K, S)`` (classes, on every rank) or
+        ``(n_local, S)`` (function)."""
+        if readout.kind == "classes":
+            return classes_output(self.space, F, readout.W, readout.mu)
+        return np.asfortranarray(self.readout_kernel.apply(readout.W, F) + readout.mu[:, None])
+
+    def readout_tangent(self, F, dF, readout: Readout, d_readout: Readout | None) -> np.ndarray:
+        """Derivative of the readout O along (dF, dW, dmu)."""
+        if readout.kind == "classes":
+            return classes_tangent(self.space, F, dF, readout, d_readout)
+        dO = self.readout_kernel.apply(readout.W, dF)
+        if d_readout is not None:
+            dO = dO + self.readout_kernel.apply(d_readout.W, F) + d_readout.mu[:, None]
+        return np.asfortranarray(dO)
+
+    def readout_adjoint(self, F, readout: Readout, gO) -> tuple[np.ndarray, Readout]:
+        """Transpose of the readout's derivative applied to ``gO = dloss/dO`` (dual): the
+        terminal costate ``dual_T = M r(T)`` (docs/model.md §3: ``r(z,T) = int gO W(., z)``)
+        and the readout part of the derivative (sums over this rank's samples)."""
+        if readout.kind == "classes":
+            return classes_adjoint(self.space, F, readout, gO)
+        dual = self.readout_kernel.apply_transpose(readout.W, gO)
+        return np.asfortranarray(dual), Readout("function", self.readout_kernel.outer(gO, F), gO.sum(axis=1))
+
+    def readout_second(self, F, dF, readout: Readout, d_readout: Readout, gO) -> tuple[np.ndarray, np.ndarray]:
+        """Second-order cross terms of the bilinear readout (W, f) -> int W f, with gO
+        fixed: the derivative of :meth:`readout_adjoint` along (dF, dW). Returns the
+        terminal incremental-costate term and the W term."""
+        if readout.kind == "classes":
+            return classes_second(self.space, dF, d_readout, gO)
+        return np.asfortranarray(self.readout_kernel.apply_transpose(d_readout.W, gO)), self.readout_kernel.outer(gO, dF)
+
+    def predict(self, F: np.ndarray, readout: Readout) -> np.ndarray:
+        """``C_pre = h(O)``: softmax over classes, or logistic for function outputs."""
+        O = self.readout(F, readout)
+        return softmax(O, axis=0) if readout.kind == "classes" else logistic(O)
+
+    def make_readout(self, kind: str = "classes", W=0.0, mu=0.0, K: int | None = None) -> Readout:
+        """Readout from natural-order arrays or callables.
+
+        classes: ``W`` of shape (K, n) or callable ``W(z)`` returning (K, p); ``mu`` (K,).
+        function: ``W`` of shape (n, n) or callable ``W(y, z)``; ``mu`` (n,) or callable.
+        """
+        sp = self.space
+        if kind == "classes":
+            return classes_readout(sp, W, mu, K)
+        if kind != "function":
+            raise InputError(f"readout kind must be 'classes' or 'function', not {kind!r}")
+        if callable(W):
+            Wl = np.asarray(W(sp.x_owned, sp.x_all), dtype=float)
+        else:
+            Wa = np.asarray(W, dtype=float)
+            Wl = np.full((sp.n_local, sp.n), float(Wa)) if Wa.ndim == 0 else Wa[sp.nat_owned][:, sp.nat_of_global]
+        mu_l = sp.interpolate(mu) if callable(mu) else (
+            np.full(sp.n_local, float(mu)) if np.ndim(mu) == 0 else sp.from_natural(mu)
+        )
+        return Readout("function", Wl, mu_l)

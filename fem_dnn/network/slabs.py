@@ -25,9 +25,9 @@ from fem_dnn.core.depth import Depth
 from fem_dnn.core.nodes import NodeSpace
 from fem_dnn.core.kernel import Halo, box_widths
 from fem_dnn.errors import InputError
-from fem_dnn.network.continuum import Network, Readout, batch_inputs
-from fem_dnn.network.readout import (classes_adjoint, classes_output, classes_readout, classes_second, classes_tangent,
-                                     softmax)
+from fem_dnn.network.continuum import Network, batch_inputs
+from fem_dnn.network.readout import (Readout, classes_adjoint, classes_output, classes_readout, classes_second,
+                                     classes_tangent, softmax)
 
 __all__ = ["SlabControls", "SlabNetwork", "SlabProjection", "SlabTrajectory"]
 
