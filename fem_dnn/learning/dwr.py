@@ -30,6 +30,7 @@ from mpi4py import MPI
 from petsc4py import PETSc
 
 from fem_dnn.errors import InputError
+from fem_dnn.learning.functional import ReducedHessian
 from fem_dnn.learning.transfer import interpolation_matrix, refine_nodes, transfer_controls
 from fem_dnn.network.schemes import ORDER
 
@@ -80,14 +81,6 @@ def mark(eta, fraction: float) -> np.ndarray:
     return np.sort(order[:count])
 
 
-class _Hessian:
-    def __init__(self, J, m, gauss_newton):
-        self.J, self.m, self.gn = J, m, gauss_newton
-
-    def mult(self, mat, v, out):
-        self.J.hessian(self.m, v, out, gauss_newton=self.gn)
-
-
 class _Riesz:
     def __init__(self, controls):
         self.controls = controls
@@ -98,13 +91,13 @@ class _Riesz:
 
 def newton_correction(J, m, gauss_newton: bool = True, max_it: int = 100, rtol: float = 1e-8):
     """One (Gauss-)Newton step of ``J`` at ``m``: ``dm`` solving ``H dm = -dJ(m)`` by
-    preconditioned CG (PETSc KSP on shell operators; the preconditioner is the controls'
-    Riesz map), stopped at ``rtol`` or ``max_it``, or at the last positive-curvature
-    iterate. Returns ``(dJ, dm)`` (dual and primal Vecs); ``-1/2 <dJ, dm>`` is the
+    preconditioned CG (PETSc KSP on the shell Mat of
+    :class:`~fem_dnn.learning.functional.ReducedHessian`; the preconditioner is the
+    controls' Riesz map), stopped at ``rtol`` or ``max_it``, or at the last
+    positive-curvature iterate. Returns ``(dJ, dm)`` (dual and primal Vecs); ``-1/2 <dJ, dm>`` is the
     quadratic model's decrease, the estimate of ``J(m) - min J`` near a minimum."""
     g = J.derivative(m).copy()
-    A = PETSc.Mat().createPython((g.getSizes(), g.getSizes()), _Hessian(J, m, gauss_newton), comm=g.comm)
-    A.setUp()
+    A = ReducedHessian(J, m, gauss_newton).create_mat()
     ksp = PETSc.KSP().create(g.comm)
     ksp.setOperators(A)
     ksp.setType("cg")
