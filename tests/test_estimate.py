@@ -366,3 +366,28 @@ def test_adaptive_loop_refuses_a_first_discretisation_over_its_limit():
     with pytest.raises(InputError, match="already has .* controls > the maximum 10"):
         adapt(_problem, sp, Depth(T=1.0, N=2), refine=("depth",), cycles=2, max_controls=10, callback=trained.append)
     assert not trained
+
+
+def test_adaptive_loop_takes_an_estimator_object():
+    """An ``Estimator`` defined here (the indicator 1/N^2 on each of the N layers, so a
+    marking fraction of 1 marks them all; its refinement splits them) drives the loop as
+    the depth and width estimators do: its indicators and marks are the cycle's under its
+    name, and its refinement makes the next discretisation."""
+    from fem_dnn.learning.transfer import refine_depth
+    from fem_dnn.optimize.adaptive import adapt
+
+    class Uniform:
+        name = "uniform"
+
+        def indicators(self, J, m):
+            return np.full(J.network.depth.N, 1.0 / J.network.depth.N**2)
+
+        def refine(self, space, depth, marked):
+            return space, refine_depth(depth, marked)
+
+    sp = NodeSpace(create_node_mesh(MPI.COMM_SELF, "interval", 4), "DG", 0)
+    cycles = adapt(_problem, sp, Depth(T=1.0, N=2), refine=(Uniform(),), cycles=3, fraction=1.0, max_it=5)
+    assert [c.J.network.depth.N for c in cycles] == [2, 4, 8], [c.stop for c in cycles]
+    assert cycles[0].marked["uniform"].tolist() == [0, 1] and cycles[-1].stop == "3 cycles"
+    assert all(c.depth.size == 0 and c.width.size == 0 and c.marked_layers.size == 0 for c in cycles)
+    np.testing.assert_allclose([c.estimate for c in cycles], [1 / 2, 1 / 4, 1 / 8], rtol=1e-14)

@@ -70,7 +70,7 @@ def train_adaptive(run: Run, refine: tuple, bounds: dict, folder: Path, t0: floa
     (depth points, indicators, marked layers and cells), ``adapt/cycle_<k>_mesh.xdmf`` (the
     node mesh with the width indicators), ``adapt/final.toml`` (the config of the last
     discretisation: ``fem-dnn evaluate`` reads it) and ``adapt.png``."""
-    import types
+    from dataclasses import replace
 
     from fem_dnn.app.checkpoint import save_checkpoint
     from fem_dnn.app.config import validate
@@ -155,7 +155,7 @@ def train_adaptive(run: Run, refine: tuple, bounds: dict, folder: Path, t0: floa
                "stop": last.stop, "ranks": comm.size, "neurons": final.space.n, "layers": final.net.depth.N,
                **final.metrics(last.m), "solves": dict(final.J.counts), "training_seconds": training,
                "evaluation_seconds": evaluation, "seconds": time.perf_counter() - t0, "adapt": rows}
-    write_results(final, types.SimpleNamespace(m=last.m, history=history), summary, folder)
+    write_results(final, replace(last.result, history=history), summary, folder)
     if cfg["output"]["figures"]:
         polygons = cell_polygons(final.space)
         with atomic_figure(folder / "adapt.png", comm) as path:

@@ -4,8 +4,8 @@
                                       their inner products and Riesz map
 - :mod:`fem_dnn.learning.losses`      the loss registry (one class per loss)
 - :mod:`fem_dnn.learning.functional`  the reduced functional J(m): value, derivative,
-                                      gradient, Hessian action; wrappers (fixed readout,
-                                      proximal term)
+                                      gradient, Hessian action; the reduced Hessian
+                                      operator; wrappers (fixed readout, proximal term)
 - :mod:`fem_dnn.learning.verify`      Taylor tests, space-time residuals
 - :mod:`fem_dnn.learning.dwr`         a posteriori dual-weighted residual estimators of
                                       the depth and width error of J (indicators, marking)
@@ -21,7 +21,7 @@ from fem_dnn._lazy import exports
 __getattr__, __dir__, __all__ = exports(__name__, {
     "BLOCKS": "controls", "ControlSpace": "controls", "DepthOperator": "controls",
     "AbstractReducedFunctional": "functional", "FixedReadout": "functional", "Proximal": "functional",
-    "ReducedFunctional": "functional", "WrappedFunctional": "functional",
+    "ReducedFunctional": "functional", "ReducedHessian": "functional", "WrappedFunctional": "functional",
     "LOSSES": "losses", "Loss": "losses", "depth_indicators": "dwr", "mark": "dwr",
     "depth_matrix": "transfer", "interpolation_matrix": "transfer", "refine_depth": "transfer",
     "refine_nodes": "transfer", "transfer_controls": "transfer",

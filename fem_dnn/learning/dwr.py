@@ -21,7 +21,13 @@ effectivity index ``eta / (J_ref - J_h)`` against a fine reference.
 refined node mesh: the data part and the Gauss-Newton decrease of the enriched problem
 (its gradient's residual weighed by the control correction), per node cell (docs/model.md
 §4.12). :func:`mark` is the Dörfler marking of either.
+
+The adaptive loop (:func:`fem_dnn.optimize.adaptive.adapt`) sees the two through one
+interface, :class:`Estimator` (its indicators at the trained controls and the refinement
+of the marked ones): :class:`DepthEstimator` and :class:`WidthEstimator`.
 """
+
+from typing import Protocol
 
 import numpy as np
 
@@ -30,10 +36,12 @@ from mpi4py import MPI
 from petsc4py import PETSc
 
 from fem_dnn.errors import InputError
-from fem_dnn.learning.transfer import interpolation_matrix, refine_nodes, transfer_controls
+from fem_dnn.learning.functional import ReducedHessian
+from fem_dnn.learning.transfer import interpolation_matrix, refine_depth, refine_nodes, transfer_controls
 from fem_dnn.network.schemes import ORDER
 
-__all__ = ["depth_indicators", "width_indicators", "newton_correction", "mark"]
+__all__ = ["DepthEstimator", "Estimator", "WidthEstimator", "depth_indicators", "width_indicators", "newton_correction",
+           "mark"]
 
 
 def depth_indicators(J, m) -> np.ndarray:
@@ -80,14 +88,6 @@ def mark(eta, fraction: float) -> np.ndarray:
     return np.sort(order[:count])
 
 
-class _Hessian:
-    def __init__(self, J, m, gauss_newton):
-        self.J, self.m, self.gn = J, m, gauss_newton
-
-    def mult(self, mat, v, out):
-        self.J.hessian(self.m, v, out, gauss_newton=self.gn)
-
-
 class _Riesz:
     def __init__(self, controls):
         self.controls = controls
@@ -98,13 +98,13 @@ class _Riesz:
 
 def newton_correction(J, m, gauss_newton: bool = True, max_it: int = 100, rtol: float = 1e-8):
     """One (Gauss-)Newton step of ``J`` at ``m``: ``dm`` solving ``H dm = -dJ(m)`` by
-    preconditioned CG (PETSc KSP on shell operators; the preconditioner is the controls'
-    Riesz map), stopped at ``rtol`` or ``max_it``, or at the last positive-curvature
-    iterate. Returns ``(dJ, dm)`` (dual and primal Vecs); ``-1/2 <dJ, dm>`` is the
+    preconditioned CG (PETSc KSP on the shell Mat of
+    :class:`~fem_dnn.learning.functional.ReducedHessian`; the preconditioner is the
+    controls' Riesz map), stopped at ``rtol`` or ``max_it``, or at the last
+    positive-curvature iterate. Returns ``(dJ, dm)`` (dual and primal Vecs); ``-1/2 <dJ, dm>`` is the
     quadratic model's decrease, the estimate of ``J(m) - min J`` near a minimum."""
     g = J.derivative(m).copy()
-    A = PETSc.Mat().createPython((g.getSizes(), g.getSizes()), _Hessian(J, m, gauss_newton), comm=g.comm)
-    A.setUp()
+    A = ReducedHessian(J, m, gauss_newton).create_mat()
     ksp = PETSc.KSP().create(g.comm)
     ksp.setOperators(A)
     ksp.setType("cg")
@@ -174,3 +174,48 @@ def width_indicators(J, m, problem, order: int = 2, gauss_newton: bool = True, m
     Jf.destroy()
     factor = 2.0**order / (2.0**order - 1.0)
     return factor * (data * share + control)
+
+
+class Estimator(Protocol):
+    """An error estimator of the adaptive loop: ``name`` (what it refines: ``"depth"``,
+    ``"width"``), :meth:`indicators` of the error of the trained cost and :meth:`refine`,
+    the discretisation with the marked indicators' parts refined."""
+
+    name: str
+
+    def indicators(self, J, m) -> np.ndarray:
+        """The indicators of J's error at the trained controls m, the same on every rank."""
+
+    def refine(self, space, depth, marked: np.ndarray) -> tuple:
+        """The node space and depth mesh ``(space, depth)`` with the parts of the marked
+        indicators (indices into :meth:`indicators`) refined."""
+
+
+class DepthEstimator:
+    """The depth error: per layer (:func:`depth_indicators`); a marked layer is split
+    (:func:`~fem_dnn.learning.transfer.refine_depth`)."""
+
+    name = "depth"
+
+    def indicators(self, J, m) -> np.ndarray:
+        return depth_indicators(J, m)
+
+    def refine(self, space, depth, marked):
+        return space, refine_depth(depth, marked)
+
+
+class WidthEstimator:
+    """The width error: per node cell, natural order (:func:`width_indicators` with the
+    learning problem ``problem(space, depth)`` and ``max_it`` Gauss-Newton CG
+    iterations); a marked cell is refined (:func:`~fem_dnn.learning.transfer.refine_nodes`)."""
+
+    name = "width"
+
+    def __init__(self, problem, max_it: int = 100):
+        self.problem, self.max_it = problem, max_it
+
+    def indicators(self, J, m) -> np.ndarray:
+        return width_indicators(J, m, self.problem, max_it=self.max_it)
+
+    def refine(self, space, depth, marked):
+        return refine_nodes(space, marked), depth

@@ -1,4 +1,5 @@
-"""The reduced functional of the learning problem, its gradient and Hessian action.
+"""The reduced functional of the learning problem, its gradient and Hessian action, and the
+reduced Hessian as an operator (:class:`ReducedHessian`).
 
 docs/model.md §2-3 (LM 2.2 and LM §4): for controls ``m = (a, b, W, mu)``
 
@@ -43,7 +44,8 @@ from fem_dnn.learning.controls import ControlSpace
 from fem_dnn.learning.losses import Loss, get_loss
 from fem_dnn.network import Controls, Network, Readout
 
-__all__ = ["AbstractReducedFunctional", "FixedReadout", "Proximal", "ReducedFunctional", "WrappedFunctional"]
+__all__ = ["AbstractReducedFunctional", "FixedReadout", "Proximal", "ReducedFunctional", "ReducedHessian",
+           "WrappedFunctional"]
 
 #: Control-sized Vecs a :class:`ReducedFunctional` holds at its point (the memory model's
 #: count, :mod:`fem_dnn.app.memory`): the point m, the network's copy of the controls,
@@ -423,6 +425,69 @@ class ReducedFunctional(AbstractReducedFunctional):
                 if v is not None:
                     v.destroy()
         self._point = None
+
+
+class ReducedHessian:
+    """The reduced Hessian of a functional at a point as an operator, ``dm -> d^2J(m)[dm, .]``
+    (a dual vector, :meth:`AbstractReducedFunctional.hessian`; the Gauss-Newton
+    approximation with ``gauss_newton``): the one Hessian operator of the width estimator's
+    Newton step (:func:`fem_dnn.learning.dwr.newton_correction`) and of TAO's Newton
+    methods (:class:`fem_dnn.optimize.tao.Optimizer`).
+
+    With ``coordinates`` it acts in the coordinates ``x = T m`` of a map the caller gives,
+    an object with ``from_coordinates(x)`` (``T^{-1} x``, a new Vec) and
+    ``dual_to_coordinates(g, out)`` (``T^{-T} g``), such as
+    :class:`fem_dnn.optimize.coordinates.Coordinates`: ``x -> T^{-T} H T^{-1} x``.
+    :meth:`create_mat` makes a PETSc shell Mat of it, ``H + shift I`` (TAO's Newton methods
+    may shift it: the Mat's ``shift`` adds to the shift, ``zeroEntries`` and :meth:`at`
+    drop it).
+
+    Args:
+        J: the functional (:class:`AbstractReducedFunctional`).
+        m: the point (a control Vec the caller owns; not copied), or None until :meth:`at`.
+        gauss_newton: the Gauss-Newton Hessian.
+        coordinates: the coordinate map (None: the controls' coefficients).
+    """
+
+    def __init__(self, J: AbstractReducedFunctional, m: PETSc.Vec | None = None, gauss_newton: bool = False,
+                 coordinates=None):
+        self.J, self.m, self.gauss_newton, self.coordinates = J, m, gauss_newton, coordinates
+        self.shift_value = 0.0
+
+    def at(self, m: PETSc.Vec) -> "ReducedHessian":
+        """The Hessian at ``m`` from now on (not copied; a shift is dropped)."""
+        self.m, self.shift_value = m, 0.0
+        return self
+
+    def apply(self, v: PETSc.Vec, out: PETSc.Vec) -> PETSc.Vec:
+        """``out = H v`` (without the shift), in the coordinates when given."""
+        if self.coordinates is None:
+            return self.J.hessian(self.m, v, out, gauss_newton=self.gauss_newton)
+        dm = self.coordinates.from_coordinates(v)
+        Hd = self.J.hessian(self.m, dm, gauss_newton=self.gauss_newton)
+        self.coordinates.dual_to_coordinates(Hd, out)
+        dm.destroy(), Hd.destroy()
+        return out
+
+    def create_mat(self) -> PETSc.Mat:
+        """A PETSc shell Mat of the operator (its python context), sized as the controls'
+        Vecs; the caller destroys it."""
+        cs = self.J.controls
+        A = PETSc.Mat().createPython(((cs.n_local, PETSc.DECIDE), (cs.n_local, PETSc.DECIDE)), self, comm=cs.comm)
+        A.setUp()
+        return A
+
+    # ---- the PETSc python Mat context
+    def mult(self, mat, v, out):
+        self.apply(v, out)
+        if self.shift_value:
+            out.axpy(self.shift_value, v)
+
+    def shift(self, mat, s):
+        self.shift_value += s
+
+    def zeroEntries(self, mat):
+        self.shift_value = 0.0
 
 
 def _finite(vec, what):

@@ -375,7 +375,7 @@ class Network(StageFunction, PointEvaluation, ReadoutMethods):
                 tapes = self._segment(traj, s0, s1)
                 for k in reversed(range(s0, s1)):
                     with np.errstate(over="ignore", invalid="ignore"):
-                        dual, _ = self._scheme.transpose(k, tapes[k - s0], dual, c, grad, keep=False)
+                        dual, _ = self._scheme.adjoint_step(k, tapes[k - s0], dual, c, grad, keep=False)
                     if each and bad < 0 and not finite(dual):
                         bad = k
                 if keep:
@@ -386,7 +386,7 @@ class Network(StageFunction, PointEvaluation, ReadoutMethods):
             zs = [None] * N
         for k in reversed(range(N)):
             with np.errstate(over="ignore", invalid="ignore"):
-                dual, z = self._scheme.transpose(k, traj.tape[k], dual, c, grad, keep=keep)
+                dual, z = self._scheme.adjoint_step(k, traj.tape[k], dual, c, grad, keep=keep)
             if each and bad < 0 and not finite(dual):
                 bad = k
             if keep:
@@ -412,10 +412,13 @@ class Network(StageFunction, PointEvaluation, ReadoutMethods):
         c, N = traj.controls, self.depth.N
         hess = self.zero_controls()
         d_dual = np.asfortranarray(d_dual_T, dtype=self.dtype)
+        scheme = self._scheme
         for k in reversed(range(N)):
-            d_dual, _ = self._scheme.transpose(
-                k, traj.tape[k], d_dual, c, hess, tangent.tape[k], costate.z[k], tangent.controls, second=not gauss_newton,
-                keep=False)
+            if gauss_newton:  # the scheme's second derivatives dropped: the first-order step of the increment
+                d_dual, _ = scheme.adjoint_step(k, traj.tape[k], d_dual, c, hess, keep=False)
+            else:
+                d_dual = scheme.second_order_adjoint_step(
+                    k, traj.tape[k], d_dual, c, hess, tangent.tape[k], costate.z[k], tangent.controls)
         return d_dual, hess
 
     def destroy(self):

@@ -7,12 +7,14 @@ Every scheme is built from the network's stage function (docs/model.md §4.5)
 with the controls of layer k held fixed over the layer, and provides the four solves the
 optimality system needs (docs/model.md §4.8): :meth:`Scheme.step` (forward, recording
 the stages on a tape), :meth:`Scheme.tangent` (the linearised step),
-:meth:`Scheme.transpose` (its transpose: one costate step, adding the control
-derivative) and, through the same method with a tangent, the second-order costate step.
+:meth:`Scheme.adjoint_step` (its transpose: one costate step, adding the control
+derivative) and :meth:`Scheme.second_order_adjoint_step` (the incremental costate step
+along a tangent). A scheme implements the two adjoint steps by one core,
+``Scheme._transpose``, the second-order terms added when a tangent is given.
 
 - An **explicit Runge-Kutta scheme** is one entry of :data:`TABLEAUS` (a Butcher
-  tableau and its order): :class:`ExplicitRungeKutta` derives step, tangent, transpose and
-  second-order transpose from the tableau, and the registry makes it a choice of
+  tableau and its order): :class:`ExplicitRungeKutta` derives step, tangent and both
+  adjoint steps from the tableau, and the registry makes it a choice of
   ``network.scheme`` in the config, the CLI and every scheme-parametrised test.
 - The **implicit midpoint rule** is :class:`ImplicitMidpoint`: a PETSc SNES Newton solve
   per layer (prefix ``<prefix>midpoint_``) and a KSP for its linearisation (prefix
@@ -90,12 +92,27 @@ class Scheme:
         layer and the stages' increments."""
         raise NotImplementedError
 
-    def transpose(self, k, stages, r, c, grad, dstages=None, zs=None, dc=None, second=True, keep=True):
-        """The transposed linearised step applied to the costate r after the layer: returns
-        r before the layer and the stages' z (None for each without ``keep``: a gradient
-        does not need them); adds the control part to ``grad``. With a tangent
-        (``dstages``, the costate's ``zs``, ``dc``) it is the second-order costate step (r
-        is then the incremental costate; ``second=False``: Gauss-Newton)."""
+    def adjoint_step(self, k, stages, r, c, grad, keep=True):
+        """One costate step: the transposed linearised step applied to the costate r after
+        layer k. Returns r before the layer and the stages' z (None for each without
+        ``keep``: a gradient does not need them; a second-order step does); adds the
+        control part ``dPhi_k/dm^T r`` to ``grad``."""
+        return self._transpose(k, stages, r, c, grad, keep, None)
+
+    def second_order_adjoint_step(self, k, stages, r, c, grad, dstages, zs, dc):
+        """One second-order (incremental) costate step along the tangent of the layer (its
+        stages' increments ``dstages`` and control increment ``dc``) with the costate's
+        stage values ``zs`` (:meth:`adjoint_step` with ``keep``): the transposed step
+        applied to the incremental costate r after layer k plus the derivative of the
+        first-order step along the tangent. Returns r before the layer; adds the control
+        part of the Hessian action to ``grad``. (Gauss-Newton drops the second term: the
+        :meth:`adjoint_step` of the incremental costate.)"""
+        return self._transpose(k, stages, r, c, grad, False, (dstages, zs, dc))[0]
+
+    def _transpose(self, k, stages, r, c, grad, keep, second):
+        """The core of both adjoint steps: the transposed step of r with ``keep`` (the
+        stages' z returned, else None for each), and with ``second = (dstages, zs, dc)``
+        the second-order terms added. Returns (r before the layer, the stages' z)."""
         raise NotImplementedError
 
     def destroy(self):
@@ -162,14 +179,14 @@ class ExplicitRungeKutta(Scheme):
             dF = net.diffuse(dF, *after)
         return np.asfortranarray(dF), dstages
 
-    def transpose(self, k, stages, r, c, grad, dstages=None, zs=None, dc=None, second=True, keep=True):
+    def _transpose(self, k, stages, r, c, grad, keep, second):
         net, A, bw = self.net, self.A, self.b
         h = float(net.depth.tau[k])
         before, after = self.splitting(h)
         if after:
             r = net.diffuse(r, *after, transpose=True)
         s = len(bw)
-        soa = dstages is not None and second
+        dstages, zs, dc = second or (None, None, None)
         out_z, xis = [None] * s, [None] * s
         for i in reversed(range(s)):
             later = [l for l in range(i + 1, s) if A[l][i]]
@@ -180,7 +197,7 @@ class ExplicitRungeKutta(Scheme):
                 for l in later:
                     kappa = kappa + (h * A[l][i]) * xis[l]
             xi, out_z[i] = net.g_adjoint(k, stages[i], kappa, c, grad, scale=scale, keep=keep)
-            if soa:
+            if second is not None:
                 xi = xi + net.g_second(k, stages[i], zs[i], dstages[i], c, dc, grad)
             xis[i] = xi
         for xi in xis[1:]:
@@ -221,18 +238,19 @@ class ImplicitMidpoint(Scheme):
         dG, dst = net.g_tangent(k, st, dX, c, dc, net.eps)
         return np.asfortranarray(dF + h * dG), [dst]
 
-    def transpose(self, k, stages, r, c, grad, dstages=None, zs=None, dc=None, second=True, keep=True):
+    def _transpose(self, k, stages, r, c, grad, keep, second):
         net = self.net
         h = float(net.depth.tau[k])
         st = stages[0]
         rhs = h * r
         eta = None
-        if dstages is not None and second:
+        if second is not None:
+            dstages, zs, dc = second
             eta = net.g_second(k, st, zs[0], dstages[0], c, dc, grad)
             rhs = rhs + 0.5 * h * eta
         # (I - h/2 g_X^T) kappa = rhs  <=>  J^T (M^{-1} kappa) = rhs
         kappa = net.space.apply_mass(self._linear(k, st, c, h, rhs, transpose=True))
-        xi, z = net.g_adjoint(k, st, kappa, c, grad, net.eps)
+        xi, z = net.g_adjoint(k, st, kappa, c, grad, net.eps, keep=keep)
         if eta is not None:
             xi = xi + eta
         return np.asfortranarray(r + xi), [z]

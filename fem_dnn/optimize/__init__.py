@@ -26,6 +26,6 @@ __getattr__, __dir__, __all__ = exports(__name__, {
     "hamiltonian_minimiser": "pmp", "msa": "pmp", "proximal_point": "proximal",
     "Coordinates": "coordinates", "Optimizer": "tao", "Result": "tao", "multilevel": "tao", "stop_reason": "tao",
     "StateStore": "callbacks", "accuracy_columns": "callbacks", "state_store": "callbacks",
-    "Cycle": "adaptive", "adapt": "adaptive",
+    "Cycle": "adaptive", "adapt": "adaptive", "estimators": "adaptive",
     "BOUNDED": "methods", "HESSIAN": "methods", "METHODS": "methods", "TAO": "methods",
 })

@@ -2,8 +2,9 @@
 
 Every cycle trains the learning problem on the current (depth, node) discretisation
 (TAO, from the controls transferred from the previous cycle), estimates the error of the
-trained cost per layer (:func:`fem_dnn.learning.dwr.depth_indicators`) and per node
-cell (:func:`fem_dnn.learning.dwr.width_indicators`), marks layers and cells
+trained cost by each chosen estimator (:class:`fem_dnn.learning.dwr.Estimator`): per layer
+(:class:`~fem_dnn.learning.dwr.DepthEstimator`) and per node cell
+(:class:`~fem_dnn.learning.dwr.WidthEstimator`), marks layers and cells
 together by Dörfler's rule over *all* indicators (so depth and width are balanced by
 their indicators: the larger contributions are refined, wherever they are), splits the
 marked layers and refines the marked cells (``dolfinx.mesh.refine``), and moves the
@@ -22,7 +23,7 @@ import numpy as np
 
 from fem_dnn.errors import InputError
 
-__all__ = ["Cycle", "GOALS", "adapt", "adaptive_cycles"]
+__all__ = ["Cycle", "GOALS", "adapt", "adaptive_cycles", "estimators"]
 
 GOALS = ("cost",)  # the goal functionals the estimators support: the trained cost J
 REFINE = ("depth", "width")
@@ -101,27 +102,71 @@ def adaptive_cycles(ad: dict, N: int, n: int, cells: int, cell: str, family: str
 
 @dataclass
 class Cycle:
-    """One cycle of :func:`adapt`: the discretisation, the trained controls and cost, the
-    indicators (``depth``: per layer; ``width``: per node cell in natural order; empty when
-    not refined) and which were marked."""
+    """One cycle of :func:`adapt`: the functional of its discretisation, the training's
+    :class:`~fem_dnn.optimize.tao.Result` (the trained controls ``m``, ``iterations``,
+    ``history``), the trained cost, the indicators of every estimator by its name and
+    which of them were marked (``depth``/``width`` and ``marked_layers``/``marked_cells``:
+    those of the depth and width estimators, empty when not refined)."""
 
     index: int
     J: object  # the reduced functional of this discretisation
-    m: object  # its trained controls (PETSc Vec)
+    result: object  # its training's Result
     value: float
     controls: int
-    iterations: int
-    depth: np.ndarray
-    width: np.ndarray
-    marked_layers: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    marked_cells: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    indicators: dict  # estimator name -> its indicators (depth: per layer; width: per node cell, natural order)
+    marked: dict = field(default_factory=dict)  # estimator name -> the indices of its marked indicators
     stop: str = ""
-    history: list = field(default_factory=list)  # the training's rows (one per iteration)
+
+    @property
+    def m(self):
+        """The trained controls (PETSc Vec)."""
+        return self.result.m
+
+    @property
+    def iterations(self) -> int:
+        return self.result.iterations
+
+    @property
+    def history(self) -> list:
+        """The training's rows (one per iteration)."""
+        return self.result.history
+
+    @property
+    def depth(self) -> np.ndarray:
+        return self.indicators.get("depth", np.zeros(0))
+
+    @property
+    def width(self) -> np.ndarray:
+        return self.indicators.get("width", np.zeros(0))
+
+    @property
+    def marked_layers(self) -> np.ndarray:
+        return self.marked.get("depth", np.zeros(0, dtype=np.int64))
+
+    @property
+    def marked_cells(self) -> np.ndarray:
+        return self.marked.get("width", np.zeros(0, dtype=np.int64))
 
     @property
     def estimate(self) -> float:
-        """The estimated error of the trained cost, ``sum eta``."""
-        return float(self.depth.sum() + self.width.sum())
+        """The estimated error of the trained cost, ``sum eta`` over every estimator."""
+        return float(sum((eta.sum() for eta in self.indicators.values()), 0.0))
+
+
+def estimators(refine, problem, newton_its: int = NEWTON_ITS) -> list:
+    """The estimators of ``refine``: its names (:data:`REFINE`: the
+    :class:`~fem_dnn.learning.dwr.DepthEstimator`, the
+    :class:`~fem_dnn.learning.dwr.WidthEstimator` of ``problem`` with ``newton_its`` CG
+    iterations), in that order, then its :class:`~fem_dnn.learning.dwr.Estimator`
+    objects, in its order."""
+    from fem_dnn.learning.dwr import DepthEstimator, WidthEstimator
+
+    make = {"depth": DepthEstimator, "width": lambda: WidthEstimator(problem, newton_its)}
+    out = [make[name]() for name in REFINE if name in refine] + [e for e in refine if not isinstance(e, str)]
+    names = [e.name for e in out]
+    if len(set(names)) < len(names):
+        raise InputError(f"the estimators' names must differ, got {names}")
+    return out
 
 
 def _size(J) -> int:
@@ -157,8 +202,8 @@ def check(goal="cost", tolerance=None, fraction=0.5, cycles=5, max_controls=None
     if max_controls is not None and (int(max_controls) != max_controls or max_controls < 1):
         raise InputError(f"the maximum number of controls must be an integer >= 1, got {max_controls!r}")
     refine = tuple(refine)
-    if not refine or any(r not in REFINE for r in refine):
-        raise InputError(f"refine must name some of {list(REFINE)}, got {list(refine)!r}")
+    if not refine or any(r not in REFINE if isinstance(r, str) else not hasattr(r, "indicators") for r in refine):
+        raise InputError(f"refine must name some of {list(REFINE)} (or hold Estimators), got {list(refine)!r}")
 
 
 def adapt(problem, space, depth, goal: str = "cost", tolerance: float | None = None, fraction: float = 0.5,
@@ -180,7 +225,9 @@ def adapt(problem, space, depth, goal: str = "cost", tolerance: float | None = N
         fraction: Dörfler's marking fraction, in (0, 1].
         cycles: the maximum number of cycles (trainings).
         max_controls: stop before training a discretisation with more controls.
-        refine: ``("depth", "width")`` or one of them.
+        refine: ``("depth", "width")`` or one of them, or
+            :class:`~fem_dnn.learning.dwr.Estimator` objects besides (:func:`estimators`):
+            the loop marks over all their indicators together.
         method, gttol, max_it, optimizer: the TAO training (:class:`Optimizer`) of every cycle.
         newton_its: CG iterations of the width estimator's Gauss-Newton step.
         callback: ``callback(cycle)`` after every cycle (the run folder's records).
@@ -191,11 +238,12 @@ def adapt(problem, space, depth, goal: str = "cost", tolerance: float | None = N
     Returns:
         The cycles, in order; the last one's ``stop`` says why the loop ended.
     """
-    from fem_dnn.learning.dwr import depth_indicators, mark, width_indicators
-    from fem_dnn.learning.transfer import refine_depth, refine_nodes, transfer_controls
+    from fem_dnn.learning.dwr import mark
+    from fem_dnn.learning.transfer import transfer_controls
     from fem_dnn.optimize.tao import Optimizer
 
     check(goal, tolerance, fraction, cycles, max_controls, refine)
+    chosen = estimators(refine, problem, newton_its)
     out, previous, J = [], None, problem(space, depth)
     if max_controls is not None and _size(J) > max_controls:
         size = _size(J)
@@ -208,9 +256,8 @@ def adapt(problem, space, depth, goal: str = "cost", tolerance: float | None = N
                         metrics=None if metrics is None else metrics(J), **optimizer)
         res = opt.solve(m0)
         opt.destroy()
-        eta_d = depth_indicators(J, res.m) if "depth" in refine else np.zeros(0)
-        eta_w = width_indicators(J, res.m, problem, max_it=newton_its) if "width" in refine else np.zeros(0)
-        cycle = Cycle(index, J, res.m, J(res.m), _size(J), res.iterations, eta_d, eta_w, history=res.history)
+        etas = {e.name: e.indicators(J, res.m) for e in chosen}
+        cycle = Cycle(index, J, res, J(res.m), _size(J), etas)
         out.append(cycle)
         unreliable = None if previous is None else _unreliable(previous.estimate, cycle.estimate)
         if unreliable:
@@ -222,12 +269,16 @@ def adapt(problem, space, depth, goal: str = "cost", tolerance: float | None = N
         elif index == cycles - 1:
             cycle.stop = f"{cycles} cycles"
         else:
-            marked = mark(np.concatenate([eta_d, eta_w]), fraction)
-            cycle.marked_layers, cycle.marked_cells = marked[marked < eta_d.size], marked[marked >= eta_d.size] - eta_d.size
-            net = J.network
-            new_depth = refine_depth(net.depth, cycle.marked_layers) if cycle.marked_layers.size else net.depth
-            new_space = refine_nodes(net.space, cycle.marked_cells) if cycle.marked_cells.size else net.space
-            J_next = problem(new_space, new_depth)
+            marked = mark(np.concatenate([etas[e.name] for e in chosen]), fraction)
+            new = (J.network.space, J.network.depth)
+            start = 0
+            for e in chosen:  # each estimator's marked indicators, and its refinement
+                end = start + etas[e.name].size
+                cycle.marked[e.name] = marked[(marked >= start) & (marked < end)] - start
+                if cycle.marked[e.name].size:
+                    new = e.refine(*new, cycle.marked[e.name])
+                start = end
+            J_next = problem(*new)
             size = _size(J_next)
             if max_controls is not None and size > max_controls:
                 cycle.stop = f"the next discretisation has {size} controls > {max_controls}"

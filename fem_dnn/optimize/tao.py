@@ -25,7 +25,7 @@ from petsc4py import PETSc
 
 from fem_dnn import interrupt
 from fem_dnn.errors import DivergenceError, InputError, NonFiniteError
-from fem_dnn.learning import ReducedFunctional, transfer_controls
+from fem_dnn.learning import ReducedFunctional, ReducedHessian, transfer_controls
 
 from fem_dnn.optimize.callbacks import StateStore, accuracy_columns, state_store
 from fem_dnn.optimize.coordinates import Coordinates
@@ -56,7 +56,7 @@ _FLOOR_REASONS = (-6, -7)
 RESOLUTION_FACTOR = 10.0
 #: The Optimizer's own control-sized Vecs (the memory model's count, :mod:`fem_dnn.app.memory`):
 #: _x, _m, _g, _tmp, the two gradient Vecs it hands to TAO, and _prev (Newton methods add
-#: _hess_at, a box _lb and _ub).
+#: the Hessian's point, a box _lb and _ub).
 OPTIMIZER_VECTORS = 7
 #: MSA's stop reasons (:func:`msa`).
 _MSA_REASONS = {
@@ -232,9 +232,9 @@ class Optimizer:
         tao.setObjective(self._objective)
         tao.setGradient(self._gradient, self._g.duplicate())
         tao.setObjectiveGradient(self._objective_gradient, self._g.duplicate())
-        n_local, n = self._x.getLocalSize(), self._x.getSize()
-        self._H = PETSc.Mat().createPython(((n_local, n), (n_local, n)), _Hessian(self), comm=self.comm)
-        self._H.setUp()
+        #: the Hessian in coordinates, ``T^{-T} H T^{-1}`` at the point TAO's Hessian callback gives
+        self._hess = ReducedHessian(J, None, gauss_newton, self.coords)
+        self._H = self._hess.create_mat()
         tao.setHessian(self._hessian, self._H)
         tao.setTolerances(gatol=gatol, grtol=0.0, gttol=gttol)
         tao.setMaximumIterations(max_it)
@@ -314,14 +314,7 @@ class Optimizer:
         return f
 
     def _hessian(self, tao, x, H, P):
-        H.getPythonContext().shift_value = 0.0
-        self._hess_at = self.coords.from_coordinates(x, self._hess_at if hasattr(self, "_hess_at") else None)
-
-    def _hess_mult(self, v, y):
-        dm = self.coords.from_coordinates(v)
-        Hd = self.J.hessian(self._hess_at, dm, gauss_newton=self.gauss_newton)
-        self.coords.dual_to_coordinates(Hd, y)
-        dm.destroy(), Hd.destroy()
+        self._hess.at(self.coords.from_coordinates(x, self._hess.m))
 
     def _monitor(self, tao):
         """TAO's monitor: records the accepted iterate (:meth:`_record`). An exception
@@ -482,9 +475,9 @@ class Optimizer:
             g.destroy()
             return Resolution(gnorm == 0, 0.0, 0.0, gnorm, 0.0)
         g.scale(1.0 / gnorm)
-        self._hess_at = self.coords.from_coordinates(x, getattr(self, "_hess_at", None))
+        self._hess.at(self.coords.from_coordinates(x, self._hess.m))
         Hg = g.duplicate()
-        self._hess_mult(g, Hg)
+        self._hess.apply(g, Hg)
         c = g.dot(Hg)
         Hg.destroy()
         if not c > 0:
@@ -512,26 +505,8 @@ class Optimizer:
         for obj in (self.tao, self._H, self._x, self._m, self._g, self._tmp, self._prev, getattr(self, "_lb", None), getattr(self, "_ub", None)):
             if obj is not None:
                 obj.destroy()
-        if hasattr(self, "_hess_at"):
-            self._hess_at.destroy()
-
-
-class _Hessian:
-    """Shell Hessian ``T^{-T} H T^{-1} + shift I`` (TAO's Newton methods may shift it)."""
-
-    def __init__(self, opt):
-        self.opt, self.shift_value = opt, 0.0
-
-    def mult(self, mat, v, y):
-        self.opt._hess_mult(v, y)
-        if self.shift_value:
-            y.axpy(self.shift_value, v)
-
-    def shift(self, mat, s):
-        self.shift_value += s
-
-    def zeroEntries(self, mat):
-        self.shift_value = 0.0
+        if self._hess.m is not None:
+            self._hess.m.destroy()
 
 
 def multilevel(levels: list, method: str = "lbfgs", m0: PETSc.Vec | None = None, gttol: float = 1e-6, monitor=True, **kw) -> list:
