@@ -391,3 +391,41 @@ def test_adaptive_loop_takes_an_estimator_object():
     assert cycles[0].marked["uniform"].tolist() == [0, 1] and cycles[-1].stop == "3 cycles"
     assert all(c.depth.size == 0 and c.width.size == 0 and c.marked_layers.size == 0 for c in cycles)
     np.testing.assert_allclose([c.estimate for c in cycles], [1 / 2, 1 / 4, 1 / 8], rtol=1e-14)
+
+
+def test_adaptive_cycles_own_their_discretisation():
+    """A problem builder may return an object that owns the functional (``.J``, as the
+    application's run does): every cycle keeps it as ``discretisation`` (its
+    ``node_space`` and ``depth_mesh`` its functional's), the metrics callback gets it,
+    the width estimator's refined problem is destroyed after use, and a discretisation
+    built but not trained (over ``max_controls``) is destroyed by the loop; the ones
+    trained are left to the caller."""
+    from fem_dnn.optimize.adaptive import adapt
+
+    made, destroyed = [], []
+
+    class Owner:
+        def __init__(self, space, depth):
+            self.J = _problem(space, depth)
+            made.append(self)
+
+        def destroy(self):
+            destroyed.append(self)
+            self.J.destroy()
+
+    seen = []
+    sp = NodeSpace(create_node_mesh(MPI.COMM_SELF, "interval", 4), "DG", 0)
+    first = Owner(sp, Depth(T=1.0, N=2))
+    limit = first.J.controls.comm.allreduce(first.J.controls.n_local) + 1  # the next discretisation exceeds it
+    first.destroy()
+    made.clear(), destroyed.clear()
+    cycles = adapt(Owner, sp, Depth(T=1.0, N=2), refine=("depth", "width"), cycles=3, max_controls=limit, max_it=5,
+                   metrics=seen.append)
+    assert len(cycles) == 1 and "controls >" in cycles[0].stop
+    c = cycles[0]
+    assert c.discretisation is made[0] and c.J is made[0].J and seen == [made[0]]
+    assert c.node_space is sp and c.depth_mesh.N == 2
+    # made: the cycle's, the width estimator's refined problem, the next (untrained) one
+    assert len(made) == 3 and destroyed == made[1:]
+    c.m.destroy()
+    c.discretisation.destroy()

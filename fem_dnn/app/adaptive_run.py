@@ -84,17 +84,13 @@ def train_adaptive(run: Run, refine: tuple, bounds: dict, folder: Path, t0: floa
         records.mkdir(parents=True, exist_ok=True)
     comm.Barrier()
     runfolder.write_text(folder / "config.toml", to_toml(cfg), comm)
-    made = {}
-
-    def problem(space, depth):
-        other = run.on(space, depth)
-        made[id(other.J)] = other
-        return other.J
+    def problem(space, depth):  # the run on another discretisation: it owns J and the test data
+        return run.on(space, depth)
 
     rows = []
 
     def record(cycle):
-        r = made[id(cycle.J)]
+        r = cycle.discretisation
         sp, depth = r.space, r.net.depth
         metrics = r.metrics(cycle.m)
         row = {"cycle": cycle.index, "layers": depth.N, "neurons": sp.n, "controls": cycle.controls,
@@ -118,8 +114,8 @@ def train_adaptive(run: Run, refine: tuple, bounds: dict, folder: Path, t0: floa
 
     evaluators = []
 
-    def metrics(J):  # every cycle's rows get the train, validation and test curves of a plain run
-        ev = Evaluator(made[id(J)], cfg["output"]["test_every"], None, tr["method"], patience=0)
+    def metrics(r):  # every cycle's rows get the train, validation and test curves of a plain run
+        ev = Evaluator(r, cfg["output"]["test_every"], None, tr["method"], patience=0)
         evaluators.append(ev)
         return ev
 
@@ -131,7 +127,7 @@ def train_adaptive(run: Run, refine: tuple, bounds: dict, folder: Path, t0: floa
     evaluation = sum(ev.seconds for ev in evaluators)
     training = time.perf_counter() - t_train - evaluation
     last = cycles[-1]
-    final = made[id(last.J)]
+    final = last.discretisation
     text = io.StringIO(newline="")
     w = csv.DictWriter(text, fieldnames=list(rows[0]))
     w.writeheader()
@@ -160,13 +156,12 @@ def train_adaptive(run: Run, refine: tuple, bounds: dict, folder: Path, t0: floa
         polygons = cell_polygons(final.space)
         with atomic_figure(folder / "adapt.png", comm) as path:
             if comm.rank == 0:
-                plot_adapt(path, polygons, last.width, [made[id(c.J)].net.depth.points for c in cycles],
+                plot_adapt(path, polygons, last.width, [c.depth_mesh.points for c in cycles],
                            [c.controls for c in cycles], [c.estimate for c in cycles], f"{run.data.name}: adaptive")
     run.say(f"fem-dnn train: adaptive run stopped ({last.stop}); {training:.1f} s training in {len(cycles)} cycles; "
             f"run folder {folder}")
-    for c in cycles:
+    for c in cycles[::-1]:
         c.m.destroy()
-    for r in list(made.values())[::-1]:
-        r.destroy()
+        c.discretisation.destroy()
     run.destroy()
     return summary

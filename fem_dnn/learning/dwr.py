@@ -40,7 +40,7 @@ from fem_dnn.learning.functional import ReducedHessian
 from fem_dnn.learning.transfer import interpolation_matrix, refine_depth, refine_nodes, transfer_controls
 from fem_dnn.network.schemes import ORDER
 
-__all__ = ["DepthEstimator", "Estimator", "WidthEstimator", "depth_indicators", "width_indicators", "newton_correction",
+__all__ = ["DepthEstimator", "Estimator", "WidthEstimator", "depth_indicators", "width_indicators", "newton_correction", "owned",
            "mark"]
 
 
@@ -119,6 +119,14 @@ def newton_correction(J, m, gauss_newton: bool = True, max_it: int = 100, rtol: 
     return g, dm
 
 
+def owned(made) -> tuple:
+    """``(discretisation, J)`` of what a learning-problem builder ``problem(space, depth)``
+    returned: a reduced functional (its own discretisation), or an object that owns one
+    as ``.J`` and destroys it with its ``destroy()`` (the application's run, which also
+    holds the test data)."""
+    return made, getattr(made, "J", made)
+
+
 def width_indicators(J, m, problem, order: int = 2, gauss_newton: bool = True, max_it: int = 100) -> np.ndarray:
     """Per node cell indicators of the width error of the trained cost, ``(n,)`` in natural
     order on every rank; their sum estimates ``J(m*) - J_h(m_h*)`` in the node variables.
@@ -143,7 +151,7 @@ def width_indicators(J, m, problem, order: int = 2, gauss_newton: bool = True, m
         raise InputError(f"the width estimator needs DG0 nodes and the dense kernel, not {sp.family}{sp.degree} "
                          f"with the {net.kernel.name} kernel")
     fine = refine_nodes(sp)
-    Jf = problem(fine, net.depth)
+    made, Jf = owned(problem(fine, net.depth))
     mf = transfer_controls(J.controls, m, Jf.controls)
     data = Jf(mf) - J(m)
     g, dm = newton_correction(Jf, mf, gauss_newton, max_it)
@@ -171,7 +179,7 @@ def width_indicators(J, m, problem, order: int = 2, gauss_newton: bool = True, m
     share = osc / osc.sum() if osc.sum() > 0 else np.full(sp.n, 1.0 / sp.n)
     for v in (g, dm, mf):
         v.destroy()
-    Jf.destroy()
+    made.destroy()
     factor = 2.0**order / (2.0**order - 1.0)
     return factor * (data * share + control)
 

@@ -116,6 +116,20 @@ class Cycle:
     indicators: dict  # estimator name -> its indicators (depth: per layer; width: per node cell, natural order)
     marked: dict = field(default_factory=dict)  # estimator name -> the indices of its marked indicators
     stop: str = ""
+    #: what ``problem`` returned for this discretisation: the functional itself, or the
+    #: caller's object that owns it (its ``J``; e.g. the application's run, with its test
+    #: data); the cycle's ``node_space`` and ``depth_mesh`` are its functional's
+    discretisation: object = None
+
+    @property
+    def node_space(self):
+        """The node space of this cycle's discretisation."""
+        return self.J.network.space
+
+    @property
+    def depth_mesh(self):
+        """The depth mesh of this cycle's discretisation."""
+        return self.J.network.depth
 
     @property
     def m(self):
@@ -213,9 +227,13 @@ def adapt(problem, space, depth, goal: str = "cost", tolerance: float | None = N
     """Adaptive training from the discretisation ``(space, depth)``.
 
     Args:
-        problem: ``problem(space, depth) -> ReducedFunctional``: the learning problem on
-            any discretisation (its data resolved on the node mesh, e.g. by
-            :meth:`fem_dnn.core.nodes.NodeSpace.cell_averages`).
+        problem: ``problem(space, depth)``: the learning problem on any discretisation
+            (its data resolved on the node mesh, e.g. by
+            :meth:`fem_dnn.core.nodes.NodeSpace.cell_averages`), a ReducedFunctional or
+            an object that owns one as ``.J`` (:func:`~fem_dnn.learning.dwr.owned`);
+            the cycle trained on it keeps it as ``Cycle.discretisation``, and the
+            caller destroys the cycles' discretisations (a discretisation built but
+            not trained is destroyed here).
         space, depth: the first node space and depth mesh.
         goal: the goal functional (:data:`GOALS`: the trained cost).
         tolerance: stop when ``|sum eta|`` is below it (None: run the cycles). Whatever
@@ -231,33 +249,34 @@ def adapt(problem, space, depth, goal: str = "cost", tolerance: float | None = N
         method, gttol, max_it, optimizer: the TAO training (:class:`Optimizer`) of every cycle.
         newton_its: CG iterations of the width estimator's Gauss-Newton step.
         callback: ``callback(cycle)`` after every cycle (the run folder's records).
-        metrics: ``metrics(J)`` gives the per-iteration metrics callback of the cycle that
-            trains ``J`` (:class:`Optimizer`'s ``metrics``: the run folder's test and
-            validation curves); None: none.
+        metrics: ``metrics(discretisation)`` gives the per-iteration metrics callback of
+            the cycle that trains it (:class:`Optimizer`'s ``metrics``: the run folder's
+            test and validation curves); None: none.
 
     Returns:
         The cycles, in order; the last one's ``stop`` says why the loop ended.
     """
-    from fem_dnn.learning.dwr import mark
+    from fem_dnn.learning.dwr import mark, owned
     from fem_dnn.learning.transfer import transfer_controls
     from fem_dnn.optimize.tao import Optimizer
 
     check(goal, tolerance, fraction, cycles, max_controls, refine)
     chosen = estimators(refine, problem, newton_its)
-    out, previous, J = [], None, problem(space, depth)
+    out, previous = [], None
+    disc, J = owned(problem(space, depth))
     if max_controls is not None and _size(J) > max_controls:
         size = _size(J)
-        J.destroy()
+        disc.destroy()
         raise InputError(f"the first discretisation already has {size} controls > the maximum {max_controls} "
                          "(adapt.max_controls): start coarser or allow more")
     for index in range(int(cycles)):
         m0 = J.controls.create_vec() if previous is None else transfer_controls(previous.J.controls, previous.m, J.controls)
         opt = Optimizer(J, method, gttol=gttol, max_it=max_it, monitor=False,
-                        metrics=None if metrics is None else metrics(J), **optimizer)
+                        metrics=None if metrics is None else metrics(disc), **optimizer)
         res = opt.solve(m0)
         opt.destroy()
         etas = {e.name: e.indicators(J, res.m) for e in chosen}
-        cycle = Cycle(index, J, res, J(res.m), _size(J), etas)
+        cycle = Cycle(index, J, res, J(res.m), _size(J), etas, discretisation=disc)
         out.append(cycle)
         unreliable = None if previous is None else _unreliable(previous.estimate, cycle.estimate)
         if unreliable:
@@ -278,10 +297,11 @@ def adapt(problem, space, depth, goal: str = "cost", tolerance: float | None = N
                 if cycle.marked[e.name].size:
                     new = e.refine(*new, cycle.marked[e.name])
                 start = end
-            J_next = problem(*new)
+            disc_next, J_next = owned(problem(*new))
             size = _size(J_next)
             if max_controls is not None and size > max_controls:
                 cycle.stop = f"the next discretisation has {size} controls > {max_controls}"
+                disc_next.destroy()  # never trained: nobody else holds it
         if cycle.stop and tolerance is not None and out[0].estimate < 0:
             cycle.stop += (f" (the first cycle's estimate was negative, {out[0].estimate:+.3e}: the estimate is signed, "
                            "the limit's trained cost minus this discretisation's, and the tolerance is on its "
@@ -290,5 +310,6 @@ def adapt(problem, space, depth, goal: str = "cost", tolerance: float | None = N
             callback(cycle)
         if cycle.stop:
             return out
-        previous, J = cycle, J_next
+        previous, disc, J = cycle, disc_next, J_next
     return out
+
