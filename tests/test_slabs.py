@@ -327,3 +327,31 @@ def test_slab_network_evaluated_at_another_resolution(tmp_path):
         evaluate(tmp_path / "r", MPI.COMM_SELF, overrides=["data.resolution=4"], **quiet)
     with pytest.raises(InputError, match="give the pixels a side"):
         evaluate(tmp_path / "r", MPI.COMM_SELF, overrides=["data.resolution=0"], **quiet)
+
+
+@pytest.mark.skipif(MPI.COMM_WORLD.size > 1, reason="runs the command line's train in-process, serially")
+def test_epoch_evaluation_off_trains_the_same_controls(tmp_path):
+    """``training.epoch_evaluation = false`` (the slab recipe's) drops the full-batch J,
+    gradient and train accuracy of every epoch's row, which only observe: the controls,
+    the final metrics and the test curve are bit for bit those of the run that evaluates,
+    and metrics.csv keeps the test columns."""
+    import csv
+
+    from fem_dnn.app.config import load_config
+    from fem_dnn.app.train import train
+
+    base = ["data.samples=200", "network.kernel='local'", "network.slab_pixels=[8, 4]", "network.slab_channels=[1, 2]",
+            "network.slab_layers=[1, 1]", "network.slab_support=1", "training.method='adam'", "training.epochs=2",
+            "training.batch_size=50", "training.init_scale=0.1", "output.fields=false", "output.figures=false",
+            "output.test_every=1"]
+    quiet = dict(out=lambda *a: None)
+    on = train(load_config(None, base + [f"output.folder='{tmp_path / 'on'}'"]), MPI.COMM_SELF, **quiet)
+    off = train(load_config(None, base + ["training.epoch_evaluation=false", f"output.folder='{tmp_path / 'off'}'"]),
+                MPI.COMM_SELF, **quiet)
+    assert off["J"] == on["J"] and off["test_accuracy"] == on["test_accuracy"]
+    rows = {}
+    for name in ("on", "off"):
+        with open(tmp_path / name / "metrics.csv", newline="") as fh:
+            rows[name] = list(csv.DictReader(fh))
+    assert "J" in rows["on"][0] and "J" not in rows["off"][0] and "gnorm" not in rows["off"][0]
+    assert [r["test_accuracy"] for r in rows["off"]] == [r["test_accuracy"] for r in rows["on"]]

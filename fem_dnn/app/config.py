@@ -146,6 +146,9 @@ SPEC = {
                         "cosine (from lr to 0 over training.epochs)"),
         "batch_size": (64, int, _POS, "mini-batch size of sgd/adam"),
         "epochs": (20, int, _POS, "epochs of sgd/adam"),
+        "epoch_evaluation": (True, bool, _ANY, "sgd/adam: after every epoch evaluate J, its full gradient and the "
+                             "train accuracy on the whole training set for metrics.csv (about the cost of the epoch's "
+                             "steps); false: the epoch's row has the test/validation metrics only"),
         "seed": (0, int, _NONNEG, "seed of the mini-batch shuffles"),
         "init_scale": (0.0, float, _NONNEG, "initial controls: standard normal times this (0: zero)"),
         "checkpoint_every": (10, int, _POS, "iterations (epochs) between checkpoints"),

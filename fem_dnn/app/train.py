@@ -154,7 +154,8 @@ def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=
     elif method in ("sgd", "adam"):
         res = minibatch(run.J, m0, method, lr=tr["lr"], lr_schedule=tr["lr_schedule"], batch_size=tr["batch_size"],
                         epochs=tr["epochs"], seed=tr["seed"],
-                        riesz=tr["riesz"], checkpoint=CheckpointFile(ckpt, run.J.controls), resume=resume, metrics=evaluator)
+                        riesz=tr["riesz"], checkpoint=CheckpointFile(ckpt, run.J.controls), resume=resume, metrics=evaluator,
+                        evaluate=tr["epoch_evaluation"])
     else:  # msa
         res = msa(run.J, m0, bounds, max_it=tr["max_it"], metrics=evaluator)
         from fem_dnn.app.checkpoint import save_checkpoint

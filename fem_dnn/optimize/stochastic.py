@@ -195,8 +195,9 @@ def minibatch(
         history.append(row)
         if callable(monitor):
             monitor(row)
-        elif monitor and evaluate and world.rank == 0:
-            print(f"epoch {epoch + 1:4d}  J {f:.10e}  |g| {row['gnorm']:.3e}{accuracy_columns(row)}  "
+        elif monitor and world.rank == 0:
+            head = f"J {f:.10e}  |g| {row['gnorm']:.3e}" if evaluate else f"step {step}"
+            print(f"epoch {epoch + 1:4d}  {head}{accuracy_columns(row)}  "
                   f"solves fwd {J.counts['forward']} adj {J.counts['costate']}", flush=True)
         if on_epoch is not None:
             on_epoch(epoch + 1, m, {"x": x, "m1": m1, "m2": m2, "step": step}, row)
