@@ -97,25 +97,35 @@ class SlabProjection:
         self.P = sparse.csr_array((vals, (rows, lcol)), shape=(target.n_local, self.n_ext))
         self.P.sort_indices()
         self._PT = self.P.T.tocsr()
+        self._cast = {}  # (P, P^T) in another precision, made once
+        #: no rank reads ghosts (one rank, or nested pixel blocks): the halo exchange is skipped
+        self._local = source.comm.allreduce(int(self.halo.ghosts.size)) == 0
+
+    def _matrices(self, dtype):
+        if dtype == np.float64:
+            return self.P, self._PT
+        if dtype not in self._cast:
+            self._cast[dtype] = (self.P.astype(dtype), self._PT.astype(dtype))
+        return self._cast[dtype]
 
     def apply(self, F: np.ndarray) -> np.ndarray:
         """``P f`` for the source's owned rows ``(n_local, S)``: Fortran ``(target n_local, S)``."""
         nl = self.source.n_local
-        X = np.empty((self.n_ext, F.shape[1]), dtype=F.dtype)
-        X[:nl] = F
-        if self.source.comm.size > 1:
+        if self._local:  # the owned rows are all P reads on every rank
+            X = F
+        else:
+            X = np.empty((self.n_ext, F.shape[1]), dtype=F.dtype)
+            X[:nl] = F
             self.halo.forward(F, X[nl:])
-        P = self.P if F.dtype == np.float64 else self.P.astype(F.dtype)
-        return np.asfortranarray(P @ X)
+        return np.asfortranarray(self._matrices(F.dtype)[0] @ X)
 
     def apply_transpose(self, D: np.ndarray) -> np.ndarray:
         """``P^T d`` for the target's owned rows ``(n_local, S)`` (a dual vector):
         Fortran ``(source n_local, S)``, the ghost rows' parts summed on their owners."""
         nl = self.source.n_local
-        PT = self._PT if D.dtype == np.float64 else self._PT.astype(D.dtype)
-        Y = PT @ np.ascontiguousarray(D)
+        Y = self._matrices(D.dtype)[1] @ np.ascontiguousarray(D)
         out = np.array(Y[:nl], order="F")
-        if self.source.comm.size > 1:
+        if not self._local:
             self.halo.reverse(Y[nl:], out)
         return out
 
