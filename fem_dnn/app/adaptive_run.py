@@ -39,6 +39,9 @@ def check_adaptive(run: Run, resume: bool) -> tuple:
     ad, tr = run.cfg["adapt"], run.cfg["training"]
     refine = ("depth", "width") if ad["refine"] == "both" else (ad["refine"],)
     check(ad["goal"], ad["tolerance"], ad["fraction"], ad["cycles"], ad["max_controls"], refine)
+    if ad["goal"] == "validation" and not len(run.val_idx):
+        raise InputError("adapt.goal = 'validation' estimates the loss on held-out validation data: set "
+                         "data.validation_fraction > 0")
     if tr["method"] not in TAO:
         raise InputError(f"adapt.cycles > 0 trains every cycle with a TAO method; training.method = {tr['method']!r} "
                          f"is not one ({', '.join(TAO)})")

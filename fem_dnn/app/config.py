@@ -160,10 +160,11 @@ SPEC = {
     "adapt": {
         "cycles": (0, int, _NONNEG, "adaptive training (fem_dnn.optimize.adaptive): at most this many cycles of train, "
                    "estimate, mark, refine (0: no adaptation)"),
-        "goal": ("cost", str, _choice(*GOALS), "the goal functional of the error estimate: cost (the trained cost J)"),
+        "goal": ("cost", str, _choice(*GOALS), "the goal functional of the error estimate and the marking: cost (the trained cost "
+                 "J) or validation (the loss on the held-out data.validation_fraction, with its own dual problem)"),
         "refine": ("both", str, _choice("both", "depth", "width"), "what the indicators refine: layers (depth), node cells "
                    "(width; DG0 triangles or intervals, dense kernel), or both, balanced by their indicators"),
-        "tolerance": (1e-4, float, (lambda v: v > 0, "> 0"), "stop when the estimated error of J is below it"),
+        "tolerance": (1e-4, float, (lambda v: v > 0, "> 0"), "stop when the estimated error of the goal is below it"),
         "fraction": (0.5, float, (lambda v: 0 < v <= 1, "in (0, 1]"), "Dörfler marking fraction"),
         "max_controls": (1000000, int, _POS, "stop before a discretisation with more controls"),
     },

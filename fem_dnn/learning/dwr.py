@@ -22,6 +22,18 @@ refined node mesh: the data part and the Gauss-Newton decrease of the enriched p
 (its gradient's residual weighed by the control correction), per node cell (docs/model.md
 §4.12). :func:`mark` is the Dörfler marking of either.
 
+**Another goal.** Both estimate the error of the trained *cost* unless given a goal
+functional G: the mean loss of a functional on other data (held-out validation
+samples), on the same network. Its error ``G(m*) - G_h(m_h*)`` at the optima of the
+*training* cost has two parts (docs/model.md §4.15): the discretisation's at fixed
+controls (G's own costate weighs the depth steps; the width's data part is G's) and
+the move of the optimum, first order for a goal that is not the trained cost. On the
+enriched discretisation (every layer split, or every node cell refined) with the
+controls transferred, ``m_f* - m_f ~ -H_f^{-1} g_f`` (``g_f = dJ_f(m_f)``, the fine
+optimality system's residual), so the second part is ``-<z, g_f>``, ``z`` solving the
+dual problem ``H_f z = dG_f(m_f)`` (:func:`goal_dual`): the residual weighed by the
+dual solution, localised per layer or node cell.
+
 The adaptive loop (:func:`fem_dnn.optimize.adaptive.adapt`) sees the two through one
 interface, :class:`Estimator` (its indicators at the trained controls and the refinement
 of the marked ones): :class:`DepthEstimator` and :class:`WidthEstimator`.
@@ -40,19 +52,51 @@ from fem_dnn.learning.functional import ReducedHessian
 from fem_dnn.learning.transfer import interpolation_matrix, refine_depth, refine_nodes, transfer_controls
 from fem_dnn.network.schemes import ORDER
 
-__all__ = ["DepthEstimator", "Estimator", "WidthEstimator", "depth_indicators", "width_indicators", "newton_correction", "owned",
-           "mark"]
+__all__ = ["DepthEstimator", "Estimator", "WidthEstimator", "depth_indicators", "goal_dual", "hessian_solve",
+           "width_indicators", "newton_correction", "owned", "mark"]
 
 
-def depth_indicators(J, m) -> np.ndarray:
+def depth_indicators(J, m, G=None, problem=None, goal=None, gauss_newton: bool = True,
+                     max_it: int = 100) -> np.ndarray:
     """The per-layer indicators ``eta_k`` (``(N,)``, the same on every rank) of the depth
     error of ``J`` at the controls ``m``, for every depth scheme (with node diffusion the
     order is that of the splitting: 1 for Euler, 2 otherwise). Their sum estimates
     ``J(f) - J(f_h)``. Costs two half steps a layer besides the costate.
 
+    With a goal functional ``G`` (on J's network, e.g. the validation loss) they estimate
+    ``G(m*) - G_h(m_h*)`` at the trained controls instead (docs/model.md §4.15): G's
+    depth error at ``m`` (its own costate) plus the move of the optimum, ``-<z, g_f>`` on
+    every layer split (``problem(space, depth)`` builds it, ``goal(made)`` is its G;
+    ``z`` from :func:`goal_dual` with ``max_it`` CG iterations), both extrapolated by
+    Richardson's factor.
+
     Raises:
         InputError: with depth checkpointing (the estimator needs every state level).
     """
+    if G is None:
+        return _depth_steps(J, m)
+    net = J.network
+    p = ORDER[net.scheme] if net.eps == 0 else min(ORDER[net.scheme], 2)
+    state = _depth_steps(G, m)
+    depth = net.depth
+    made, Jf = owned(problem(net.space, refine_depth(depth, np.arange(depth.N))))
+    Gf = goal(made)
+    mf = transfer_controls(J.controls, m, Jf.controls)
+    z, g = goal_dual(Jf, mf, Gf, gauss_newton, max_it)
+    Gr, Z = Jf.controls.natural(g), Jf.controls.natural(z)
+    per_fine = sum((Gr[x] * Z[x]).reshape(Z[x].shape[0], -1).sum(axis=1) for x in ("a", "b"))
+    per = per_fine[0::2] + per_fine[1::2]  # fine layers 2k, 2k + 1 split coarse layer k
+    common = sum(float((Gr[x] * Z[x]).sum()) for x in ("W", "mu"))  # the readout: by the layers' lengths
+    control = -(per + common * depth.tau / depth.T)
+    for v in (g, z, mf):
+        v.destroy()
+    made.destroy()
+    return state + 2.0**p / (2.0**p - 1.0) * control
+
+
+def _depth_steps(J, m) -> np.ndarray:
+    """Richardson's local errors of J's depth steps weighed by J's costate (the depth
+    indicators of J at fixed controls)."""
     net = J.network
     traj = J.trajectory(m)
     if traj.levels is not None:
@@ -96,27 +140,59 @@ class _Riesz:
         self.controls.riesz(x, out)
 
 
-def newton_correction(J, m, gauss_newton: bool = True, max_it: int = 100, rtol: float = 1e-8):
-    """One (Gauss-)Newton step of ``J`` at ``m``: ``dm`` solving ``H dm = -dJ(m)`` by
-    preconditioned CG (PETSc KSP on the shell Mat of
-    :class:`~fem_dnn.learning.functional.ReducedHessian`; the preconditioner is the
+def hessian_solve(J, m, rhs, gauss_newton: bool = True, max_it: int = 100, rtol: float = 1e-8):
+    """``x`` solving ``H x = rhs`` (``rhs`` a dual vector, ``x`` primal) with H the
+    (Gauss-Newton) Hessian of ``J`` at ``m``, by preconditioned CG (PETSc KSP on the shell
+    Mat of :class:`~fem_dnn.learning.functional.ReducedHessian`; the preconditioner is the
     controls' Riesz map), stopped at ``rtol`` or ``max_it``, or at the last
-    positive-curvature iterate. Returns ``(dJ, dm)`` (dual and primal Vecs); ``-1/2 <dJ, dm>`` is the
-    quadratic model's decrease, the estimate of ``J(m) - min J`` near a minimum."""
-    g = J.derivative(m).copy()
+    positive-curvature iterate."""
     A = ReducedHessian(J, m, gauss_newton).create_mat()
-    ksp = PETSc.KSP().create(g.comm)
+    ksp = PETSc.KSP().create(rhs.comm)
     ksp.setOperators(A)
     ksp.setType("cg")
     ksp.getPC().setType("python")
     ksp.getPC().setPythonContext(_Riesz(J.controls))
     ksp.setTolerances(rtol=rtol, max_it=max_it)
-    rhs, dm = g.copy(), g.duplicate()
+    x = rhs.duplicate()
+    x.set(0.0)
+    ksp.solve(rhs, x)
+    ksp.destroy(), A.destroy()
+    return x
+
+
+def newton_correction(J, m, gauss_newton: bool = True, max_it: int = 100, rtol: float = 1e-8):
+    """One (Gauss-)Newton step of ``J`` at ``m``: ``dm`` solving ``H dm = -dJ(m)``
+    (:func:`hessian_solve`). Returns ``(dJ, dm)`` (dual and primal Vecs); ``-1/2 <dJ, dm>``
+    is the quadratic model's decrease, the estimate of ``J(m) - min J`` near a minimum."""
+    g = J.derivative(m).copy()
+    rhs = g.copy()
     rhs.scale(-1.0)
-    dm.set(0.0)
-    ksp.solve(rhs, dm)
-    ksp.destroy(), A.destroy(), rhs.destroy()
+    dm = hessian_solve(J, m, rhs, gauss_newton, max_it, rtol)
+    rhs.destroy()
     return g, dm
+
+
+def goal_dual(J, m, G, gauss_newton: bool = True, max_it: int = 100, rtol: float = 1e-8):
+    """The dual solution of the goal-oriented estimate and J's derivative, ``(z, g)``:
+    ``g = dJ(m)`` and ``z`` solving ``H z = (dG(m) + dG(m + dm)) / 2``, H the
+    (Gauss-Newton) Hessian of the training cost ``J`` at ``m``, ``dm = -H^{-1} g`` its
+    Newton step (:func:`newton_correction`) and ``dG`` the derivative of the goal's mean
+    loss (``G.loss_derivative``, no regulariser). The optimum moves by ``dm`` to J's
+    quadratic model, and the goal by ``int_0^1 <dG(m + s dm), dm> ds``; the trapezoidal
+    rule makes it ``-<z, g>`` (exact for a goal quadratic along the step; with ``dG(m)``
+    alone it would be the linearisation, which the goal's curvature along the large
+    steps of a trained network's flat directions spoils: docs/model.md §4.15)."""
+    g, dm = newton_correction(J, m, gauss_newton, max_it, rtol)
+    step = m.copy()
+    step.axpy(1.0, dm)
+    rhs = G.loss_derivative(step)
+    here = G.loss_derivative(m)
+    rhs.axpy(1.0, here)
+    rhs.scale(0.5)
+    z = hessian_solve(J, m, rhs, gauss_newton, max_it, rtol)
+    for v in (dm, step, rhs, here):
+        v.destroy()
+    return z, g
 
 
 def owned(made) -> tuple:
@@ -127,7 +203,8 @@ def owned(made) -> tuple:
     return made, getattr(made, "J", made)
 
 
-def width_indicators(J, m, problem, order: int = 2, gauss_newton: bool = True, max_it: int = 100) -> np.ndarray:
+def width_indicators(J, m, problem, order: int = 2, gauss_newton: bool = True, max_it: int = 100, G=None,
+                     goal=None) -> np.ndarray:
     """Per node cell indicators of the width error of the trained cost, ``(n,)`` in natural
     order on every rank; their sum estimates ``J(m*) - J_h(m_h*)`` in the node variables.
 
@@ -139,6 +216,12 @@ def width_indicators(J, m, problem, order: int = 2, gauss_newton: bool = True, m
     cell, b(y, z) half to y's cell and half to z's). Richardson with the width order
     ``order`` (2: DG0 cell averages) extrapolates the two-level difference to the limit:
     ``eta = 2^q/(2^q - 1) (J_f* - J_h*)``. See docs/model.md §4.12.
+
+    With a goal functional ``G`` (on J's network; ``goal(made)`` is its counterpart on
+    what ``problem`` made) they estimate ``G(m*) - G_h(m_h*)`` at the trained controls
+    (docs/model.md §4.15): the data part is G's, ``G_f(P m_h) - G_h(m_h)`` (localised by
+    the change of G's data), and the control part ``-<z, dJ_f>`` with ``z`` from
+    :func:`goal_dual` (localised by the controls' cells as above).
 
     Raises:
         InputError: a node space other than DG0 or a kernel without a coefficient per
@@ -153,25 +236,31 @@ def width_indicators(J, m, problem, order: int = 2, gauss_newton: bool = True, m
     fine = refine_nodes(sp)
     made, Jf = owned(problem(fine, net.depth))
     mf = transfer_controls(J.controls, m, Jf.controls)
-    data = Jf(mf) - J(m)
-    g, dm = newton_correction(Jf, mf, gauss_newton, max_it)
+    if G is None:  # the cost: its change and the Gauss-Newton step's decrease 1/2 <g, dm>
+        data, (g, dm), weight = Jf(mf) - J(m), newton_correction(Jf, mf, gauss_newton, max_it), 0.5
+    else:  # the goal: its change and the move of the optimum, -<g, z>
+        Gf = goal(made)
+        data, weight = Gf.loss_value(mf) - G.loss_value(m), -1.0
+        dm, g = goal_dual(Jf, mf, Gf, gauss_newton, max_it)
     parent = np.argmax(interpolation_matrix(sp, fine), axis=1)
-    G, D = Jf.controls.natural(g), Jf.controls.natural(dm)
-    B = (G["b"] * D["b"]).sum(axis=0)
-    WD = G["W"] * D["W"]
-    per = (G["a"] * D["a"]).sum(axis=0) + 0.5 * (B.sum(axis=1) + B.sum(axis=0))
+    Gr, D = Jf.controls.natural(g), Jf.controls.natural(dm)
+    B = (Gr["b"] * D["b"]).sum(axis=0)
+    WD = Gr["W"] * D["W"]
+    per = (Gr["a"] * D["a"]).sum(axis=0) + 0.5 * (B.sum(axis=1) + B.sum(axis=0))
     common = 0.0
     if J.kind == "classes":
         per += WD.sum(axis=0)
-        common = float((G["mu"] * D["mu"]).sum())
+        common = float((Gr["mu"] * D["mu"]).sum())
     else:
-        per += 0.5 * (WD.sum(axis=1) + WD.sum(axis=0)) + G["mu"] * D["mu"]
-    control = 0.5 * (np.bincount(parent, per, sp.n) + common / sp.n)
+        per += 0.5 * (WD.sum(axis=1) + WD.sum(axis=0)) + Gr["mu"] * D["mu"]
+    control = weight * (np.bincount(parent, per, sp.n) + common / sp.n)
     # the data part, localised by the change of the data on each cell (inputs, and the
     # targets of a function readout), weighed by the fine cells' measures
     osc = np.zeros(fine.n)
     w = fine.to_natural(fine.weights[: fine.n_local])
-    pairs = [(J.inputs_all, Jf.inputs_all)] + ([(J.targets_all, Jf.targets_all)] if J.kind == "function" else [])
+    coarse, enriched = (J, Jf) if G is None else (G, Gf)
+    pairs = [(coarse.inputs_all, enriched.inputs_all)] + (
+        [(coarse.targets_all, enriched.targets_all)] if J.kind == "function" else [])
     for coarse_data, fine_data in pairs:
         c, f = sp.to_natural(coarse_data, axis=0), fine.to_natural(fine_data, axis=0)
         osc += w * np.abs(f - c[parent]).sum(axis=1)
@@ -186,13 +275,16 @@ def width_indicators(J, m, problem, order: int = 2, gauss_newton: bool = True, m
 
 class Estimator(Protocol):
     """An error estimator of the adaptive loop: ``name`` (what it refines: ``"depth"``,
-    ``"width"``), :meth:`indicators` of the error of the trained cost and :meth:`refine`,
-    the discretisation with the marked indicators' parts refined."""
+    ``"width"``), :meth:`indicators` of the error of the goal (the trained cost, or
+    another goal functional) and :meth:`refine`, the discretisation with the marked
+    indicators' parts refined."""
 
     name: str
 
-    def indicators(self, J, m) -> np.ndarray:
-        """The indicators of J's error at the trained controls m, the same on every rank."""
+    def indicators(self, made, m) -> np.ndarray:
+        """The indicators of the goal's error at the trained controls m, the same on
+        every rank; ``made`` is the discretisation (a reduced functional, or an object
+        that owns one: :func:`owned`)."""
 
     def refine(self, space, depth, marked: np.ndarray) -> tuple:
         """The node space and depth mesh ``(space, depth)`` with the parts of the marked
@@ -201,12 +293,23 @@ class Estimator(Protocol):
 
 class DepthEstimator:
     """The depth error: per layer (:func:`depth_indicators`); a marked layer is split
-    (:func:`~fem_dnn.learning.transfer.refine_depth`)."""
+    (:func:`~fem_dnn.learning.transfer.refine_depth`). With a goal (``goal(made)`` the
+    goal functional of a discretisation) the estimate is the goal's, which needs the
+    learning problem ``problem(space, depth)`` and ``max_it`` CG iterations of the dual
+    problem."""
 
     name = "depth"
 
-    def indicators(self, J, m) -> np.ndarray:
-        return depth_indicators(J, m)
+    def __init__(self, problem=None, goal=None, max_it: int = 100):
+        if goal is not None and problem is None:
+            raise InputError("a goal-oriented depth estimate needs the learning problem (to split every layer)")
+        self.problem, self.goal, self.max_it = problem, goal, max_it
+
+    def indicators(self, made, m) -> np.ndarray:
+        _, J = owned(made)
+        if self.goal is None:
+            return depth_indicators(J, m)
+        return depth_indicators(J, m, self.goal(made), self.problem, self.goal, max_it=self.max_it)
 
     def refine(self, space, depth, marked):
         return space, refine_depth(depth, marked)
@@ -215,15 +318,18 @@ class DepthEstimator:
 class WidthEstimator:
     """The width error: per node cell, natural order (:func:`width_indicators` with the
     learning problem ``problem(space, depth)`` and ``max_it`` Gauss-Newton CG
-    iterations); a marked cell is refined (:func:`~fem_dnn.learning.transfer.refine_nodes`)."""
+    iterations; with ``goal``, the goal's); a marked cell is refined
+    (:func:`~fem_dnn.learning.transfer.refine_nodes`)."""
 
     name = "width"
 
-    def __init__(self, problem, max_it: int = 100):
-        self.problem, self.max_it = problem, max_it
+    def __init__(self, problem, max_it: int = 100, goal=None):
+        self.problem, self.max_it, self.goal = problem, max_it, goal
 
-    def indicators(self, J, m) -> np.ndarray:
-        return width_indicators(J, m, self.problem, max_it=self.max_it)
+    def indicators(self, made, m) -> np.ndarray:
+        _, J = owned(made)
+        G = None if self.goal is None else self.goal(made)
+        return width_indicators(J, m, self.problem, max_it=self.max_it, G=G, goal=self.goal)
 
     def refine(self, space, depth, marked):
         return refine_nodes(space, marked), depth

@@ -411,6 +411,17 @@ class ReducedFunctional(AbstractReducedFunctional):
         """Mean loss without the regularisation."""
         return self._at(m).J - 0.5 * self._reg_dot(m)
 
+    def loss_derivative(self, m: PETSc.Vec, out: PETSc.Vec | None = None) -> PETSc.Vec:
+        """The derivative of the mean loss alone (:meth:`loss_value`, no regulariser), a
+        dual vector: what a goal functional on held-out data contributes to the dual
+        problem of the goal-oriented estimate (:mod:`fem_dnn.learning.dwr`)."""
+        p = self._at(m, costate=True)
+        out = out or p.dual.duplicate()
+        p.dual.copy(out)
+        if p.Rm is not None:
+            out.axpy(-1.0, p.Rm)
+        return out
+
     def accuracy(self, m: PETSc.Vec) -> float:
         """Fraction of samples classified correctly (classes only)."""
         if self.kind != "classes":

@@ -23,9 +23,12 @@ import numpy as np
 
 from fem_dnn.errors import InputError
 
-__all__ = ["Cycle", "GOALS", "adapt", "adaptive_cycles", "estimators"]
+__all__ = ["Cycle", "GOALS", "adapt", "adaptive_cycles", "estimators", "goal_functional"]
 
-GOALS = ("cost",)  # the goal functionals the estimators support: the trained cost J
+#: the goal functionals the estimators support: the trained cost J, or the mean loss on
+#: held-out validation data (the discretisation's ``J_val``: the application's run with
+#: ``data.validation_fraction > 0``), estimated with its own dual problem
+GOALS = ("cost", "validation")
 REFINE = ("depth", "width")
 
 #: children of a node cell with every edge bisected (``dolfinx.mesh.refine``, Plaza: a
@@ -53,11 +56,14 @@ def adaptive_cycles(ad: dict, N: int, n: int, cells: int, cell: str, family: str
     the depth indicators about two gradients (costate and half steps), the width
     indicators about ``2 + 2 NEWTON_ITS`` (a Gauss-Newton product about two gradients) on
     the uniformly refined node mesh, at most ``c^2`` times the controls (they are at most
-    quadratic in the neurons).
+    quadratic in the neurons). The goal ``"validation"`` solves its dual problem too
+    (:func:`fem_dnn.learning.dwr.goal_dual`: the Newton step and the dual solve, about
+    ``4 + 4 NEWTON_ITS`` gradients), on the refined node mesh and, for the depth, on
+    every layer split (twice the controls).
 
     Args:
         ad: the config's ``[adapt]`` (``cycles``, ``max_controls``, ``refine``: ``"depth"``,
-            ``"width"`` or ``"both"``).
+            ``"width"`` or ``"both"``; ``goal``, default ``"cost"``).
         N, n, cells, cell, family, degree: the first discretisation.
         max_it: ``training.max_it``.
         controls: ``controls(N, n, cells)`` the control vector's size.
@@ -72,9 +78,12 @@ def adaptive_cycles(ad: dict, N: int, n: int, cells: int, cell: str, family: str
     grow = (["N x 2 (every layer split)"] if "depth" in refine else []) + (
         [f"cells x {c} (every {cell} refined)"] if width else [])
     notes.insert(0, "every layer and cell marked: " + ", ".join(grow) + " a cycle")
+    goal = ad.get("goal", "cost") != "cost"
+    solves = 2 * NEWTON_ITS if goal else NEWTON_ITS  # the goal's Newton step and dual solve
     notes.append("costs relative, in gradients of cycle 0 (no time model; a gradient's cost taken proportional to "
                  f"the controls); training: <= training.max_it = {max_it} iterations; estimate: the indicators "
-                 f"(width: <= {NEWTON_ITS} Gauss-Newton products on the refined node mesh)")
+                 f"(width: <= {solves} Gauss-Newton products on the refined node mesh"
+                 + (f"; depth: <= {solves} on every layer split, for the goal's dual problem" if goal else "") + ")")
     cap = int(ad["max_controls"])
     first = controls(N, n, cells)
     out, N_k, cells_k = [], N, cells
@@ -86,10 +95,12 @@ def adaptive_cycles(ad: dict, N: int, n: int, cells: int, cell: str, family: str
         estimation = 0.0
         if "depth" in refine:
             estimation += 2 * gradient
+            if goal:  # the dual problem on every layer split
+                estimation += (4 + 2 * solves) * min(controls(2 * N_k, n_k, cells_k), 2 * bound) / first
         if width:
             # the uniformly refined problem: at most c^2 times the controls (they are at most quadratic in n)
             refined = min(controls(N_k, cells_k * c, cells_k * c), c * c * bound)
-            estimation += (2 + 2 * NEWTON_ITS) * refined / first
+            estimation += (2 + 2 * solves + (2 if goal else 0)) * refined / first
         out.append({"cycle": k, "layers": N_k, "cells": cells_k, "neurons": n_k, "controls": bound, "worst_case": worst,
                     "capped": worst > cap, "gradient": gradient, "training": gradient * max_it,
                     "estimation": estimation})
@@ -163,19 +174,39 @@ class Cycle:
 
     @property
     def estimate(self) -> float:
-        """The estimated error of the trained cost, ``sum eta`` over every estimator."""
+        """The estimated error of the goal (the trained cost, or :func:`adapt`'s other
+        goal functional), ``sum eta`` over every estimator."""
         return float(sum((eta.sum() for eta in self.indicators.values()), 0.0))
 
 
-def estimators(refine, problem, newton_its: int = NEWTON_ITS) -> list:
+def goal_functional(goal):
+    """How to get the goal functional of a discretisation (what ``problem`` made): None
+    for the trained cost; ``"validation"``: its ``J_val``; a callable: itself."""
+    if callable(goal):
+        return goal
+    if goal == "cost":
+        return None
+
+    def validation(made):
+        G = getattr(made, "J_val", None)
+        if G is None:
+            raise InputError("the goal 'validation' is the loss on held-out validation data: the learning problem holds "
+                             "none (data.validation_fraction > 0 gives it)")
+        return G
+
+    return validation
+
+
+def estimators(refine, problem, newton_its: int = NEWTON_ITS, goal=None) -> list:
     """The estimators of ``refine``: its names (:data:`REFINE`: the
     :class:`~fem_dnn.learning.dwr.DepthEstimator`, the
     :class:`~fem_dnn.learning.dwr.WidthEstimator` of ``problem`` with ``newton_its`` CG
-    iterations), in that order, then its :class:`~fem_dnn.learning.dwr.Estimator`
-    objects, in its order."""
+    iterations; both of the goal functional ``goal(made)``, None: the cost), in that
+    order, then its :class:`~fem_dnn.learning.dwr.Estimator` objects, in its order."""
     from fem_dnn.learning.dwr import DepthEstimator, WidthEstimator
 
-    make = {"depth": DepthEstimator, "width": lambda: WidthEstimator(problem, newton_its)}
+    make = {"depth": lambda: DepthEstimator(problem, goal, newton_its) if goal else DepthEstimator(),
+            "width": lambda: WidthEstimator(problem, newton_its, goal)}
     out = [make[name]() for name in REFINE if name in refine] + [e for e in refine if not isinstance(e, str)]
     names = [e.name for e in out]
     if len(set(names)) < len(names):
@@ -193,7 +224,7 @@ def _unreliable(previous: float, current: float) -> str:
     error ("" if it may be). In the asymptotic regime, where the indicators' neglected
     terms are of higher order (docs/model.md §4.11-4.12), the error of the trained cost
     keeps its sign and decreases under refinement, and so does an estimate that tracks it."""
-    why = ("the estimate is outside the asymptotic regime in which it estimates the error of the trained cost "
+    why = ("the estimate is outside the asymptotic regime in which it estimates the error of the goal "
            "(a different local minimum, a remaining optimisation gap, or unresolved data): stopped, since "
            "|estimate| is no bound of the error and the marking rests on it")
     if previous * current < 0:
@@ -205,7 +236,7 @@ def _unreliable(previous: float, current: float) -> str:
 
 def check(goal="cost", tolerance=None, fraction=0.5, cycles=5, max_controls=None, refine=REFINE):
     """Refuse bad adaptive settings (InputError, one line)."""
-    if goal not in GOALS:
+    if not callable(goal) and goal not in GOALS:
         raise InputError(f"the error estimators support the goal {list(GOALS)}, not {goal!r}")
     if tolerance is not None and not (np.isfinite(tolerance) and tolerance > 0):
         raise InputError(f"the adaptive tolerance must be > 0, got {tolerance!r}")
@@ -235,7 +266,11 @@ def adapt(problem, space, depth, goal: str = "cost", tolerance: float | None = N
             caller destroys the cycles' discretisations (a discretisation built but
             not trained is destroyed here).
         space, depth: the first node space and depth mesh.
-        goal: the goal functional (:data:`GOALS`: the trained cost).
+        goal: the goal functional whose error the estimators estimate and the marking
+            follows: ``"cost"``, the trained cost; ``"validation"``, the mean loss on the
+            held-out data each discretisation holds as ``J_val`` (docs/model.md §4.15); or
+            a callable ``goal(made)`` giving the goal functional (its ``loss_value``) of
+            what ``problem`` made, on the same network.
         tolerance: stop when ``|sum eta|`` is below it (None: run the cycles). Whatever
             the tolerance, the loop stops at a cycle whose ``sum eta`` has the other sign
             than the previous cycle's or is not smaller in size (the estimate is then not
@@ -261,9 +296,16 @@ def adapt(problem, space, depth, goal: str = "cost", tolerance: float | None = N
     from fem_dnn.optimize.tao import Optimizer
 
     check(goal, tolerance, fraction, cycles, max_controls, refine)
-    chosen = estimators(refine, problem, newton_its)
+    of = goal_functional(goal)
+    chosen = estimators(refine, problem, newton_its, of)
     out, previous = [], None
     disc, J = owned(problem(space, depth))
+    if of is not None:
+        try:
+            of(disc)
+        except InputError:
+            disc.destroy()
+            raise
     if max_controls is not None and _size(J) > max_controls:
         size = _size(J)
         disc.destroy()
@@ -275,7 +317,7 @@ def adapt(problem, space, depth, goal: str = "cost", tolerance: float | None = N
                         metrics=None if metrics is None else metrics(disc), **optimizer)
         res = opt.solve(m0)
         opt.destroy()
-        etas = {e.name: e.indicators(J, res.m) for e in chosen}
+        etas = {e.name: e.indicators(disc, res.m) for e in chosen}
         cycle = Cycle(index, J, res, J(res.m), _size(J), etas, discretisation=disc)
         out.append(cycle)
         unreliable = None if previous is None else _unreliable(previous.estimate, cycle.estimate)
@@ -304,7 +346,7 @@ def adapt(problem, space, depth, goal: str = "cost", tolerance: float | None = N
                 disc_next.destroy()  # never trained: nobody else holds it
         if cycle.stop and tolerance is not None and out[0].estimate < 0:
             cycle.stop += (f" (the first cycle's estimate was negative, {out[0].estimate:+.3e}: the estimate is signed, "
-                           "the limit's trained cost minus this discretisation's, and the tolerance is on its "
+                           "the limit's goal minus this discretisation's, and the tolerance is on its "
                            "size; a large negative estimate can be the training's remaining optimisation gap)")
         if callback is not None:
             callback(cycle)
