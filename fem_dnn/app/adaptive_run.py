@@ -124,7 +124,8 @@ def train_adaptive(run: Run, refine: tuple, bounds: dict, folder: Path, t0: floa
 
     t_train = time.perf_counter()
     cycles = adapt(problem, run.space, run.net.depth, goal=ad["goal"], tolerance=ad["tolerance"], fraction=ad["fraction"],
-                   cycles=ad["cycles"], max_controls=ad["max_controls"], refine=refine, method=tr["method"],
+                   cycles=ad["cycles"], max_controls=ad["max_controls"], refine=refine, newton_its=ad["newton_its"],
+                   method=tr["method"],
                    gttol=tr["gttol"], max_it=tr["max_it"], callback=record, metrics=metrics, riesz=tr["riesz"],
                    bounds=bounds or None, gauss_newton=tr["gauss_newton"])
     evaluation = sum(ev.seconds for ev in evaluators)

@@ -167,6 +167,8 @@ SPEC = {
         "tolerance": (1e-4, float, (lambda v: v > 0, "> 0"), "stop when the estimated error of the goal is below it"),
         "fraction": (0.5, float, (lambda v: 0 < v <= 1, "in (0, 1]"), "Dörfler marking fraction"),
         "max_controls": (1000000, int, _POS, "stop before a discretisation with more controls"),
+        "newton_its": (100, int, _POS, "at most this many Gauss-Newton CG iterations in each of the estimators' "
+                       "Hessian solves (the width's Newton step; the goal's Newton step and dual problem)"),
     },
     "output": {
         "folder": ("out_train", str, _FOLDER, "run folder (relative to the working directory), the only place a run writes"),

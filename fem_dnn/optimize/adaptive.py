@@ -54,16 +54,17 @@ def adaptive_cycles(ad: dict, N: int, n: int, cells: int, cell: str, family: str
     dense kernel the width refinement needs: N n^2 S of both). ``training``: at most
     ``training.max_it`` iterations (line-search evaluations not counted); ``estimation``:
     the depth indicators about two gradients (costate and half steps), the width
-    indicators about ``2 + 2 NEWTON_ITS`` (a Gauss-Newton product about two gradients) on
+    indicators about ``2 + 2 newton_its`` (a Gauss-Newton product about two gradients) on
     the uniformly refined node mesh, at most ``c^2`` times the controls (they are at most
     quadratic in the neurons). The goal ``"validation"`` solves its dual problem too
     (:func:`fem_dnn.learning.dwr.goal_dual`: the Newton step and the dual solve, about
-    ``4 + 4 NEWTON_ITS`` gradients), on the refined node mesh and, for the depth, on
+    ``4 + 4 newton_its`` gradients), on the refined node mesh and, for the depth, on
     every layer split (twice the controls).
 
     Args:
         ad: the config's ``[adapt]`` (``cycles``, ``max_controls``, ``refine``: ``"depth"``,
-            ``"width"`` or ``"both"``; ``goal``, default ``"cost"``).
+            ``"width"`` or ``"both"``; ``goal``, default ``"cost"``; ``newton_its``,
+            default :data:`NEWTON_ITS`).
         N, n, cells, cell, family, degree: the first discretisation.
         max_it: ``training.max_it``.
         controls: ``controls(N, n, cells)`` the control vector's size.
@@ -78,12 +79,13 @@ def adaptive_cycles(ad: dict, N: int, n: int, cells: int, cell: str, family: str
     grow = (["N x 2 (every layer split)"] if "depth" in refine else []) + (
         [f"cells x {c} (every {cell} refined)"] if width else [])
     notes.insert(0, "every layer and cell marked: " + ", ".join(grow) + " a cycle")
-    goal = ad.get("goal", "cost") != "cost"
-    solves = 2 * NEWTON_ITS if goal else NEWTON_ITS  # the goal's Newton step and dual solve
+    goal, its = ad.get("goal", "cost") != "cost", int(ad.get("newton_its", NEWTON_ITS))
+    solves = 2 * its if goal else its  # the goal's Newton step and dual solve
     notes.append("costs relative, in gradients of cycle 0 (no time model; a gradient's cost taken proportional to "
                  f"the controls); training: <= training.max_it = {max_it} iterations; estimate: the indicators "
                  f"(width: <= {solves} Gauss-Newton products on the refined node mesh"
-                 + (f"; depth: <= {solves} on every layer split, for the goal's dual problem" if goal else "") + ")")
+                 + (f"; depth: <= {solves} on every layer split, for the goal's dual problem"
+                    if goal and "depth" in refine else "") + ")")
     cap = int(ad["max_controls"])
     first = controls(N, n, cells)
     out, N_k, cells_k = [], N, cells
