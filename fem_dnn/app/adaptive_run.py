@@ -164,8 +164,11 @@ def train_adaptive(run: Run, refine: tuple, bounds: dict, folder: Path, t0: floa
                            [c.controls for c in cycles], [c.estimate for c in cycles], f"{run.data.name}: adaptive")
     run.say(f"fem-dnn train: adaptive run stopped ({last.stop}); {training:.1f} s training in {len(cycles)} cycles; "
             f"run folder {folder}")
+    spaces = {id(c.node_space): c.node_space for c in cycles if c.node_space is not run.space}
     for c in cycles[::-1]:
         c.m.destroy()
         c.discretisation.destroy()
+    for sp in spaces.values():  # the refined node spaces (a run made by Run.on does not own its space)
+        sp.destroy()
     run.destroy()
     return summary

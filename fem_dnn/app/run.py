@@ -196,9 +196,12 @@ class Run:
         self.J_val = self._functional(ds.subset(self.val_idx), kw) if len(self.val_idx) else None
 
     def on(self, space: NodeSpace, depth: Depth) -> "Run":
-        """The same run (data, split, layout, settings) on another discretisation."""
+        """The same run (data, split, layout, settings) on another discretisation. The node
+        space stays the caller's: :meth:`destroy` of the new run leaves it alive (runs on
+        other depth meshes share it)."""
         other = copy.copy(self)
         other._build(space, depth)
+        other.spaces = []
         return other
 
     def _functional(self, ds, kw):

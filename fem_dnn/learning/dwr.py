@@ -269,6 +269,7 @@ def width_indicators(J, m, problem, order: int = 2, gauss_newton: bool = True, m
     for v in (g, dm, mf):
         v.destroy()
     made.destroy()
+    fine.destroy()
     factor = 2.0**order / (2.0**order - 1.0)
     return factor * (data * share + control)
 

@@ -265,8 +265,10 @@ def adapt(problem, space, depth, goal: str = "cost", tolerance: float | None = N
             :meth:`fem_dnn.core.nodes.NodeSpace.cell_averages`), a ReducedFunctional or
             an object that owns one as ``.J`` (:func:`~fem_dnn.learning.dwr.owned`);
             the cycle trained on it keeps it as ``Cycle.discretisation``, and the
-            caller destroys the cycles' discretisations (a discretisation built but
-            not trained is destroyed here).
+            caller destroys the cycles' discretisations and the node spaces the loop
+            refined (``Cycle.node_space``; a discretisation built but not trained is
+            destroyed here, with its space). ``problem`` does not own the space it is
+            given: the goal's depth estimate builds a problem on the same space.
         space, depth: the first node space and depth mesh.
         goal: the goal functional whose error the estimators estimate and the marking
             follows: ``"cost"``, the trained cost; ``"validation"``, the mean loss on the
@@ -345,7 +347,9 @@ def adapt(problem, space, depth, goal: str = "cost", tolerance: float | None = N
             size = _size(J_next)
             if max_controls is not None and size > max_controls:
                 cycle.stop = f"the next discretisation has {size} controls > {max_controls}"
-                disc_next.destroy()  # never trained: nobody else holds it
+                disc_next.destroy()  # never trained: nobody else holds it, nor its refined node space
+                if new[0] is not J.network.space:
+                    new[0].destroy()
         if cycle.stop and tolerance is not None and out[0].estimate < 0:
             cycle.stop += (f" (the first cycle's estimate was negative, {out[0].estimate:+.3e}: the estimate is signed, "
                            "the limit's goal minus this discretisation's, and the tolerance is on its "
