@@ -478,3 +478,24 @@ def test_adaptive_dry_run_bounds_every_cycle(tmp_path, fraction):
         assert row["layers"] <= b["layers"] and row["neurons"] <= b["neurons"] and row["controls"] <= b["controls"], (row, b)
     if fraction == 1.0:
         assert (rows[1]["layers"], rows[1]["neurons"], rows[1]["controls"]) == (4, 64, 20800), rows[1]
+
+
+def test_a_run_on_another_depth_leaves_the_node_space_alive():
+    """``Run.on(space, depth)`` shares the caller's node space: destroying the new run (as
+    the goal's depth estimate does with its problem on every layer split) leaves the
+    space alive (its PETSc mass matrix not destroyed: P1 nodes, consistent mass) and the
+    run it came from working."""
+    from fem_dnn.app.run import Run
+    from fem_dnn.core.depth import Depth
+
+    cfg = load_config(None, ["data.name='bumps'", "data.samples=8", "node.space='P1'", "node.mass='consistent'", "network.N=2"])
+    run = Run(cfg, MPI.COMM_SELF, out=lambda *a: None)
+    m = run.J.controls.random(1, 0.3)
+    other = run.on(run.space, Depth(1.0, 4))
+    assert np.isfinite(other.J(other.J.controls.random(2, 0.3)))
+    other.destroy()
+    assert run.space.M.handle, "the shared node space's mass matrix was destroyed"
+    fresh = Run(cfg, MPI.COMM_SELF, out=lambda *a: None)
+    assert run.J(m) == fresh.J(fresh.J.controls.random(1, 0.3))
+    fresh.destroy()
+    run.destroy()
