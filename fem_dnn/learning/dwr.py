@@ -52,8 +52,8 @@ from fem_dnn.learning.functional import ReducedHessian
 from fem_dnn.learning.transfer import interpolation_matrix, refine_depth, refine_nodes, transfer_controls
 from fem_dnn.network.schemes import ORDER
 
-__all__ = ["DepthEstimator", "Estimator", "WidthEstimator", "depth_indicators", "goal_dual", "hessian_solve",
-           "width_indicators", "newton_correction", "owned", "mark"]
+__all__ = ["DepthEstimator", "Estimator", "TRUST_RATIO", "TRUST_TRIES", "WidthEstimator", "depth_indicators", "goal_dual",
+           "hessian_solve", "trusted_step", "width_indicators", "newton_correction", "owned", "mark"]
 
 
 def depth_indicators(J, m, G=None, problem=None, goal=None, gauss_newton: bool = True,
@@ -140,13 +140,37 @@ class _Riesz:
         self.controls.riesz(x, out)
 
 
-def hessian_solve(J, m, rhs, gauss_newton: bool = True, max_it: int = 100, rtol: float = 1e-8):
-    """``x`` solving ``H x = rhs`` (``rhs`` a dual vector, ``x`` primal) with H the
-    (Gauss-Newton) Hessian of ``J`` at ``m``, by preconditioned CG (PETSc KSP on the shell
-    Mat of :class:`~fem_dnn.learning.functional.ReducedHessian`; the preconditioner is the
+#: The estimators' Newton steps are trusted when the cost realises at least this fraction
+#: of the quadratic model's decrease (the trust-region ratio test), else damped
+TRUST_RATIO = 0.25
+#: damped steps tried at most (each a quarter of the previous one's length, to leading order)
+TRUST_TRIES = 10
+
+
+class _Damped(ReducedHessian):
+    """``H + mu M`` (M the controls' inner product: Levenberg-Marquardt damping in the
+    metric the Riesz map preconditions)."""
+
+    def __init__(self, J, m, gauss_newton, mu):
+        super().__init__(J, m, gauss_newton)
+        self.mu = mu
+
+    def mult(self, mat, v, out):
+        self.apply(v, out)
+        if self.mu:
+            Mv = self.J.controls.mass(v)
+            out.axpy(self.mu, Mv)
+            Mv.destroy()
+
+
+def hessian_solve(J, m, rhs, gauss_newton: bool = True, max_it: int = 100, rtol: float = 1e-8, damping: float = 0.0):
+    """``x`` solving ``(H + damping M) x = rhs`` (``rhs`` a dual vector, ``x`` primal) with H
+    the (Gauss-Newton) Hessian of ``J`` at ``m`` and M the controls' inner product, by
+    preconditioned CG (PETSc KSP on a shell Mat of
+    :class:`~fem_dnn.learning.functional.ReducedHessian`; the preconditioner is the
     controls' Riesz map), stopped at ``rtol`` or ``max_it``, or at the last
     positive-curvature iterate."""
-    A = ReducedHessian(J, m, gauss_newton).create_mat()
+    A = _Damped(J, m, gauss_newton, damping).create_mat()
     ksp = PETSc.KSP().create(rhs.comm)
     ksp.setOperators(A)
     ksp.setType("cg")
@@ -160,36 +184,67 @@ def hessian_solve(J, m, rhs, gauss_newton: bool = True, max_it: int = 100, rtol:
     return x
 
 
-def newton_correction(J, m, gauss_newton: bool = True, max_it: int = 100, rtol: float = 1e-8):
-    """One (Gauss-)Newton step of ``J`` at ``m``: ``dm`` solving ``H dm = -dJ(m)``
-    (:func:`hessian_solve`). Returns ``(dJ, dm)`` (dual and primal Vecs); ``-1/2 <dJ, dm>``
-    is the quadratic model's decrease, the estimate of ``J(m) - min J`` near a minimum."""
-    g = J.derivative(m).copy()
+def trusted_step(J, m, gauss_newton: bool = True, max_it: int = 100, rtol: float = 1e-8) -> tuple:
+    """The estimators' Newton step of ``J`` at ``m``, with the trust-region ratio test:
+    ``dm`` solving ``(H + mu M) dm = -g`` (``g = dJ(m)``, :func:`hessian_solve`), first with
+    ``mu = 0``; while the cost realises less than :data:`TRUST_RATIO` of the model's
+    decrease ``q = <g, dm> + <dm, H dm>/2`` (the step left the region where the quadratic
+    model holds: the flat directions of a network trained with a small regulariser), mu
+    becomes ``4 |g|_* / |dm|`` (then 4 times the last mu), which shortens the step by
+    about 4, at most :data:`TRUST_TRIES` times. Returns ``(g, dm, mu, q, ratio)``: at a
+    minimiser with a quadratic model that holds, ``mu = 0`` and ``q = <g, dm>/2``."""
+    g = J.derivative(m)
     rhs = g.copy()
     rhs.scale(-1.0)
-    dm = hessian_solve(J, m, rhs, gauss_newton, max_it, rtol)
+    J0, mu = J(m), 0.0
+    dual_norm = float(np.sqrt(max(g.dot(J.controls.riesz(g)), 0.0)))
+    for attempt in range(TRUST_TRIES + 1):
+        dm = hessian_solve(J, m, rhs, gauss_newton, max_it, rtol, damping=mu)
+        Hd = J.hessian(m, dm, gauss_newton=gauss_newton)
+        q = g.dot(dm) + 0.5 * dm.dot(Hd)
+        Hd.destroy()
+        x = m.copy()
+        x.axpy(1.0, dm)
+        actual = J(x) - J0
+        x.destroy()
+        ratio = actual / q if q < 0 else -np.inf
+        if ratio >= TRUST_RATIO or attempt == TRUST_TRIES or dual_norm == 0:
+            break
+        length = J.controls.norm(dm)
+        mu = max(4.0 * mu, 4.0 * dual_norm / length) if length > 0 else max(4.0 * mu, 1.0)
+        dm.destroy()
     rhs.destroy()
+    return g, dm, mu, q, ratio
+
+
+def newton_correction(J, m, gauss_newton: bool = True, max_it: int = 100, rtol: float = 1e-8):
+    """One (Gauss-)Newton step of ``J`` at ``m`` (:func:`trusted_step`: ``H dm = -dJ(m)``,
+    damped where the quadratic model does not hold). Returns ``(dJ, dm)`` (dual and primal
+    Vecs); ``-1/2 <dJ, dm>`` is the undamped model's decrease, the estimate of
+    ``J(m) - min J`` near a minimum."""
+    g, dm, *_ = trusted_step(J, m, gauss_newton, max_it, rtol)
     return g, dm
 
 
 def goal_dual(J, m, G, gauss_newton: bool = True, max_it: int = 100, rtol: float = 1e-8):
     """The dual solution of the goal-oriented estimate and J's derivative, ``(z, g)``:
-    ``g = dJ(m)`` and ``z`` solving ``H z = (dG(m) + dG(m + dm)) / 2``, H the
-    (Gauss-Newton) Hessian of the training cost ``J`` at ``m``, ``dm = -H^{-1} g`` its
-    Newton step (:func:`newton_correction`) and ``dG`` the derivative of the goal's mean
-    loss (``G.loss_derivative``, no regulariser). The optimum moves by ``dm`` to J's
-    quadratic model, and the goal by ``int_0^1 <dG(m + s dm), dm> ds``; the trapezoidal
-    rule makes it ``-<z, g>`` (exact for a goal quadratic along the step; with ``dG(m)``
-    alone it would be the linearisation, which the goal's curvature along the large
-    steps of a trained network's flat directions spoils: docs/model.md §4.15)."""
-    g, dm = newton_correction(J, m, gauss_newton, max_it, rtol)
+    ``g = dJ(m)`` and ``z`` solving ``(H + mu M) z = (dG(m) + dG(m + dm)) / 2``, H the
+    (Gauss-Newton) Hessian of the training cost ``J`` at ``m``, ``dm = -(H + mu M)^{-1}
+    g`` its trusted Newton step (:func:`trusted_step`: mu = 0 where the quadratic model
+    holds) and ``dG`` the derivative of the goal's mean loss (``G.loss_derivative``, no
+    regulariser). The optimum moves by ``dm`` to J's model, and the goal by ``int_0^1
+    <dG(m + s dm), dm> ds``; the trapezoidal rule makes it ``-<z, g>`` (exact for a goal
+    quadratic along the step; with ``dG(m)`` alone it would be the linearisation, which
+    the goal's curvature along the large steps of a trained network's flat directions
+    spoils: docs/model.md §4.15)."""
+    g, dm, mu, *_ = trusted_step(J, m, gauss_newton, max_it, rtol)
     step = m.copy()
     step.axpy(1.0, dm)
     rhs = G.loss_derivative(step)
     here = G.loss_derivative(m)
     rhs.axpy(1.0, here)
     rhs.scale(0.5)
-    z = hessian_solve(J, m, rhs, gauss_newton, max_it, rtol)
+    z = hessian_solve(J, m, rhs, gauss_newton, max_it, rtol, damping=mu)
     for v in (dm, step, rhs, here):
         v.destroy()
     return z, g
@@ -236,8 +291,10 @@ def width_indicators(J, m, problem, order: int = 2, gauss_newton: bool = True, m
     fine = refine_nodes(sp)
     made, Jf = owned(problem(fine, net.depth))
     mf = transfer_controls(J.controls, m, Jf.controls)
-    if G is None:  # the cost: its change and the Gauss-Newton step's decrease 1/2 <g, dm>
-        data, (g, dm), weight = Jf(mf) - J(m), newton_correction(Jf, mf, gauss_newton, max_it), 0.5
+    if G is None:  # the cost: its change and the model's decrease q along the trusted step (1/2 <g, dm> undamped)
+        g, dm, _, q, _ = trusted_step(Jf, mf, gauss_newton, max_it)
+        data, gd = Jf(mf) - J(m), g.dot(dm)
+        weight = q / gd if gd else 0.5
     else:  # the goal: its change and the move of the optimum, -<g, z>
         Gf = goal(made)
         data, weight = Gf.loss_value(mf) - G.loss_value(m), -1.0
