@@ -198,3 +198,36 @@ def test_cli_adaptive_run_on_the_validation_goal(tmp_path):
     rows = train(cfg, MPI.COMM_SELF, out=lambda *a: None)["adapt"]
     assert len(rows) >= 1 and all(np.isfinite(r["estimate"]) and r["eta_depth"] == r["estimate"] for r in rows), rows
     assert all(r["validation_loss"] > 0 for r in rows), rows
+
+
+def test_trusted_step_damps_where_the_quadratic_model_fails():
+    """The estimators' Newton step (``trusted_step``) at a classifier stopped after 20
+    L-BFGS iterations (random inputs, lambda = 1e-3): the undamped Gauss-Newton step
+    leaves the region of its quadratic model (the cost rises along it: ratio measured
+    -31), so the step is damped, mu > 0, until the cost realises at least TRUST_RATIO of
+    the model's decrease (measured 0.47), and it solves the damped system (H + mu M) dm =
+    -g to the CG tolerance."""
+    from fem_dnn.learning.dwr import TRUST_RATIO, hessian_solve, trusted_step
+    from fem_dnn.optimize import Optimizer
+
+    rng = np.random.default_rng(0)
+    sp = NodeSpace(create_node_mesh(MPI.COMM_SELF, "interval", 16), "DG", 0)
+    X, y = 3 * rng.normal(size=(30, sp.n)), rng.integers(0, 3, 30)
+    J = ReducedFunctional(Network(sp, Depth(T=2.0, N=4), "tanh", "euler"), X, y, "classes", K=3, lam=1e-3)
+    opt = Optimizer(J, "lbfgs", gttol=1e-12, max_it=20, monitor=False)
+    m = opt.solve(J.controls.random(1, 1.0)).m
+    opt.destroy()
+    g, dm, mu, q, ratio = trusted_step(J, m)
+    rhs = g.copy()
+    rhs.scale(-1.0)
+    plain = hessian_solve(J, m, rhs)
+    x = m.copy()
+    x.axpy(1.0, plain)
+    model = g.dot(plain) + 0.5 * plain.dot(J.hessian(m, plain, gauss_newton=True))
+    assert (J(x) - J(m)) / model < TRUST_RATIO, "the undamped step should fail the ratio test here"
+    assert mu > 0 and ratio >= TRUST_RATIO and q < 0, (mu, ratio, q)
+    residual = J.hessian(m, dm, gauss_newton=True)
+    residual.axpy(mu, J.controls.mass(dm))
+    residual.axpy(1.0, g)
+    riesz = lambda v: float(np.sqrt(v.dot(J.controls.riesz(v))))  # noqa: E731  (the dual norm CG measures)
+    assert riesz(residual) <= 1e-6 * riesz(g), (riesz(residual), riesz(g))
