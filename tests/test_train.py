@@ -416,14 +416,16 @@ def test_adaptive_run_folder(tmp_shared, capsys):
     folder = Path(tmp_shared) / "adapt"
     cfg = load_config(None, ["data.samples=60", "node.cell='triangle'", "network.N=2", "training.max_it=30",
                              "training.lam=1e-3", "adapt.cycles=2", "adapt.fraction=0.3", "adapt.tolerance=1e-9",
-                             "output.fields=false", f"output.folder='{folder}'"])
+                             "adapt.newton_its=20", "output.fields=false", f"output.folder='{folder}'"])
     summary = train(cfg, comm, out=lambda *a: None)
     rows = summary["adapt"]
-    # 30 L-BFGS iterations leave an optimisation gap: the first estimate is negative
-    # (-0.56 serially), the second of the same sign and smaller, so the loop runs its 2
-    # cycles and its stop names the negative first estimate (tolerance set)
-    assert [r["cycle"] for r in rows] == [0, 1] and rows[-1]["stop"].startswith("2 cycles"), rows[-1]["stop"]
-    assert rows[0]["estimate"] < 0 and "first cycle's estimate was negative" in rows[-1]["stop"]
+    # 30 L-BFGS iterations leave an optimisation gap (measured serially: estimates -2.1e-2
+    # and -3.0e-2 with the trusted Newton step, -0.56 before it): the second cycle is the
+    # last, by the cycle limit or by the reliability stop, and with the tolerance set the
+    # stop names a negative first estimate
+    stop = rows[-1]["stop"]
+    assert [r["cycle"] for r in rows] == [0, 1] and (stop.startswith("2 cycles") or "the estimate" in stop), stop
+    assert (rows[0]["estimate"] < 0) == ("first cycle's estimate was negative" in stop), (rows[0]["estimate"], stop)
     assert rows[0]["marked_layers"] + rows[0]["marked_cells"] > 0
     assert (rows[1]["layers"], rows[1]["neurons"]) == (2 + rows[0]["marked_layers"], summary["neurons"])
     for k in range(2):
