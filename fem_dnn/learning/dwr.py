@@ -31,8 +31,10 @@ the move of the optimum, first order for a goal that is not the trained cost. On
 enriched discretisation (every layer split, or every node cell refined) with the
 controls transferred, ``m_f* - m_f ~ -H_f^{-1} g_f`` (``g_f = dJ_f(m_f)``, the fine
 optimality system's residual), so the second part is ``-<z, g_f>``, ``z`` solving the
-dual problem ``H_f z = dG_f(m_f)`` (:func:`goal_dual`): the residual weighed by the
-dual solution, localised per layer or node cell.
+dual problem ``H_f z = (dG_f(m_f) + dG_f(m_f + dm))/2`` (:func:`goal_dual`; ``dm`` the
+Newton step, the trapezoidal rule along it): the residual weighed by the dual solution,
+localised per layer or node cell. Every Newton step of the estimators passes a
+trust-region ratio test (:func:`trusted_step`), damped where the quadratic model fails.
 
 The adaptive loop (:func:`fem_dnn.optimize.adaptive.adapt`) sees the two through one
 interface, :class:`Estimator` (its indicators at the trained controls and the refinement
@@ -76,7 +78,6 @@ def depth_indicators(J, m, G=None, problem=None, goal=None, gauss_newton: bool =
     if G is None:
         return _depth_steps(J, m)
     net = J.network
-    p = ORDER[net.scheme] if net.eps == 0 else min(ORDER[net.scheme], 2)
     state = _depth_steps(G, m)
     depth = net.depth
     made, Jf = owned(problem(net.space, refine_depth(depth, np.arange(depth.N))))
@@ -91,7 +92,14 @@ def depth_indicators(J, m, G=None, problem=None, goal=None, gauss_newton: bool =
     for v in (g, z, mf):
         v.destroy()
     made.destroy()
-    return state + 2.0**p / (2.0**p - 1.0) * control
+    return state + _richardson(net) * control
+
+
+def _richardson(net) -> float:
+    """Richardson's factor ``2^p / (2^p - 1)`` of the network's depth scheme (with node
+    diffusion the order of the splitting: 1 for Euler, 2 otherwise)."""
+    p = ORDER[net.scheme] if net.eps == 0 else min(ORDER[net.scheme], 2)
+    return 2.0**p / (2.0**p - 1.0)
 
 
 def _depth_steps(J, m) -> np.ndarray:
@@ -102,8 +110,7 @@ def _depth_steps(J, m) -> np.ndarray:
     if traj.levels is not None:
         raise InputError("the depth estimator needs every state and costate level (no depth checkpointing)")
     costate = J.costate(m)
-    p = ORDER[net.scheme] if net.eps == 0 else min(ORDER[net.scheme], 2)
-    factor = 2.0**p / (2.0**p - 1.0)
+    factor = _richardson(net)
     c = traj.controls
     eta = np.empty(net.depth.N)
     for k in range(net.depth.N):
@@ -197,7 +204,9 @@ def trusted_step(J, m, gauss_newton: bool = True, max_it: int = 100, rtol: float
     rhs = g.copy()
     rhs.scale(-1.0)
     J0, mu = J(m), 0.0
-    dual_norm = float(np.sqrt(max(g.dot(J.controls.riesz(g)), 0.0)))
+    Rg = J.controls.riesz(g)
+    dual_norm = float(np.sqrt(max(g.dot(Rg), 0.0)))
+    Rg.destroy()
     for attempt in range(TRUST_TRIES + 1):
         dm = hessian_solve(J, m, rhs, gauss_newton, max_it, rtol, damping=mu)
         Hd = J.hessian(m, dm, gauss_newton=gauss_newton)
