@@ -16,7 +16,7 @@ from fem_dnn.errors import InputError
 from fem_dnn.learning.functional import ReducedFunctional
 from fem_dnn.learning.verify import taylor_test
 from fem_dnn.network import Network
-from fem_dnn.network.slabs import SlabNetwork, SlabProjection
+from fem_dnn.network.slabs import SlabMaxPooling, SlabNetwork, SlabProjection
 
 #: (pixels, channels) of each slab
 SLABS = [((12, 12), 1), ((6, 6), 2), ((3, 3), 4)]
@@ -86,13 +86,51 @@ def test_projection_on_nested_pixels_is_the_average():
     src.destroy(), dst.destroy()
 
 
-def make(comm, spaces, scheme="euler", N=(2, 2, 1), S=6, K=3, seed=0, pooled=None):
-    """The small slab network and J; ``pooled``: the readout's node space (a pooled readout)."""
+@pytest.mark.mpi
+def test_max_pooling_and_its_exact_derivative(comm, slab_spaces):
+    """Q on nested pixels is the largest of the 2x2 fine pixels under each coarse cell (the
+    serial max in natural order, on any number of ranks); its derivative routes dF from
+    the maximisers, so Q(F + h dF) = Q(F) + h dQ(F) dF exactly for h below the smallest
+    gap between a maximum and the runner-up; and <V, dQ(F) dF> = <dQ(F)^T V, dF>."""
+    rng = np.random.default_rng(3)
+    for i, (src, dst) in enumerate(zip(slab_spaces, slab_spaces[1:])):
+        Q, S = SlabMaxPooling(src, dst), 3
+        Fn, dFn, Vn = rng.standard_normal((S, src.n)), rng.standard_normal((S, src.n)), rng.standard_normal((S, dst.n))
+        F, dF = (np.asfortranarray(src.from_natural(x, axis=1).T) for x in (Fn, dFn))
+        V = np.asfortranarray(dst.from_natural(Vn, axis=1).T)
+        QF = natural(dst, Q.apply(F))
+        # the max of the fine cells under each coarse cell, from the cells' centres (serial, natural order)
+        x_src, x_dst = np.empty_like(src.x_all), np.empty_like(dst.x_all)
+        x_src[:, src.nat_of_global], x_dst[:, dst.nat_of_global] = src.x_all, dst.x_all
+        # the boxes overlap: the centres closer than the half widths' sum on every axis
+        (p0, q0), c0 = SLABS[i]
+        (p1, q1), c1 = SLABS[i + 1]
+        if c0 == 1:  # one channel, a 2-D mesh: the image x [0, 1]
+            x_src[2] = 0.5
+        reach = 0.5 * np.array([1 / p0 + 1 / p1, 1 / q0 + 1 / q1, 1 / c0 + 1 / c1])
+        gap = np.inf
+        for j in range(dst.n):
+            under = np.all(np.abs(x_src - x_dst[:, j:j + 1]) < reach[:, None] - 1e-12, axis=0)
+            assert under.sum() == 4
+            top = np.sort(Fn[:, under], axis=1)
+            assert np.array_equal(QF[:, j], top[:, -1])
+            gap = min(gap, float((top[:, -1] - top[:, -2]).min()))
+        h = 0.4 * gap / np.abs(dFn).max()  # no maximiser changes along F + t h dF, t in [0, 1]
+        moved = natural(dst, Q.apply(F + h * dF))
+        assert np.allclose(moved, QF + h * natural(dst, Q.tangent(F, dF)), rtol=0, atol=1e-14)
+        lhs = comm.allreduce(float(np.vdot(V, Q.tangent(F, dF))))
+        rhs = comm.allreduce(float(np.vdot(Q.transpose(F, V), dF)))
+        assert abs(lhs - rhs) <= 1e-13 * (1 + abs(lhs))
+
+
+def make(comm, spaces, scheme="euler", N=(2, 2, 1), S=6, K=3, seed=0, pooled=None, pooling="average"):
+    """The small slab network and J; ``pooled``: the readout's node space (a pooled
+    readout); ``pooling``: the slab transfer."""
     nets = []
     for sp, (pixels, C), n_layers in zip(spaces, SLABS, N):
         kern = LocalKernel(sp, radius=1.0 / pixels[0], cells=2, channels=C)
         nets.append(Network(sp, Depth(T=1.0 / len(SLABS), N=n_layers), "tanh", scheme, kernel=kern))
-    net = SlabNetwork(nets, readout_space=pooled)
+    net = SlabNetwork(nets, readout_space=pooled, pooling=pooling)
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((S, spaces[0].n))
     y = np.arange(S) % K
@@ -101,11 +139,12 @@ def make(comm, spaces, scheme="euler", N=(2, 2, 1), S=6, K=3, seed=0, pooled=Non
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("scheme", ["euler", "rk4"])
-def test_slab_network_taylor(comm, slab_spaces, scheme):
-    """The gradient and the Hessian action across two slab boundaries: remainder rates 2
-    and 3, on 1, 2 and 3 ranks."""
-    net, J = make(comm, slab_spaces, scheme)
+@pytest.mark.parametrize("scheme, pooling", [("euler", "average"), ("rk4", "average"), ("euler", "max")])
+def test_slab_network_taylor(comm, slab_spaces, scheme, pooling):
+    """The gradient and the Hessian action across two slab boundaries (the L2 projection,
+    or the max pooling: piecewise linear, its second derivative zero away from ties, which
+    the steps here do not cross): remainder rates 2 and 3, on 1, 2 and 3 ranks."""
+    net, J = make(comm, slab_spaces, scheme, pooling=pooling)
     m = J.controls.random(1, 0.5)
     dm = J.controls.random(2)
     res = taylor_test(J, m, dm, J.derivative(m), J.hessian(m, dm), step=1e-2, n_steps=4)
@@ -141,14 +180,15 @@ def test_pooled_readout(comm, slab_spaces):
 
 
 @pytest.mark.mpi(ranks=(2, 3))
-def test_slab_network_matches_serial(comm, slab_spaces):
+@pytest.mark.parametrize("pooling", ["average", "max"])
+def test_slab_network_matches_serial(comm, slab_spaces, pooling):
     """J and the gradient in natural order on 2 and 3 ranks equal the serial ones."""
-    net, J = make(comm, slab_spaces)
+    net, J = make(comm, slab_spaces, pooling=pooling)
     m = J.controls.random(1, 0.5)
     g = J.controls.natural(J.derivative(m))
     val = J(m)
     serial = [image_space(MPI.COMM_SELF, p, C) for p, C in SLABS]
-    net1, J1 = make(MPI.COMM_SELF, serial)
+    net1, J1 = make(MPI.COMM_SELF, serial, pooling=pooling)
     m1 = J1.controls.random(1, 0.5)
     g1 = J1.controls.natural(J1.derivative(m1))
     assert abs(val - J1(m1)) <= 1e-13 * abs(val)

@@ -117,6 +117,9 @@ SPEC = {
                         "long)"),
         "slab_support": (2, int, _POS, "depth slabs: the local kernel's half-width in its slab's pixels (radius = "
                          "support / pixels, 2 support Q1 cells a side)"),
+        "slab_pooling": ("average", str, _choice("average", "max"), "depth slabs: how the state crosses a slab "
+                         "boundary: 'average' the L2 projection (the average over a coarse pixel's fine pixels), 'max' "
+                         "the max pooling (their largest; docs/model.md 4.14)"),
         "slab_readout_pixels": (0, int, _NONNEG, "depth slabs: the classes readout reads the last state averaged to "
                                 "this many pixels a side, per channel (1: the channels' image averages, the continuum "
                                 "global average pooling; a divisor of the last slab's pixels); 0: the last slab's state"),

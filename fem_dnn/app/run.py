@@ -86,6 +86,9 @@ class Run:
         if nw["slab_pixels"] or nw["slab_channels"] or nw["slab_layers"]:
             self._build_slabs()
             return
+        if nw["slab_pooling"] != "average":
+            raise InputError(f"network.slab_pooling = {nw['slab_pooling']!r} joins depth slabs; this network has none "
+                             "(network.slab_pixels, slab_channels and slab_layers are empty)")
         node_comm = self.layout.node_comm
         if nd["mesh"]:
             mesh = read_node_mesh(nd["mesh"], node_comm)
@@ -178,7 +181,7 @@ class Run:
             pooled = NodeSpace(create_image_mesh(self.layout.node_comm, (rp, rp), chans[-1], spare_ranks=True), "DG", 0,
                                nd["mass"])
         self.space = inputs or self.spaces[0]  # the input's
-        self.net = SlabNetwork(nets, input_space=inputs, readout_space=pooled)
+        self.net = SlabNetwork(nets, input_space=inputs, readout_space=pooled, pooling=nw["slab_pooling"])
         self._functionals()
 
     @property

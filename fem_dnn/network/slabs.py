@@ -29,7 +29,7 @@ from fem_dnn.network.continuum import Network, batch_inputs
 from fem_dnn.network.readout import (Readout, classes_adjoint, classes_output, classes_readout, classes_second,
                                      classes_tangent, softmax)
 
-__all__ = ["SlabControls", "SlabNetwork", "SlabProjection", "SlabTrajectory"]
+__all__ = ["SLAB_POOLINGS", "SlabControls", "SlabMaxPooling", "SlabNetwork", "SlabProjection", "SlabTrajectory"]
 
 
 class SlabProjection:
@@ -110,24 +110,101 @@ class SlabProjection:
 
     def apply(self, F: np.ndarray) -> np.ndarray:
         """``P f`` for the source's owned rows ``(n_local, S)``: Fortran ``(target n_local, S)``."""
-        nl = self.source.n_local
-        if self._local:  # the owned rows are all P reads on every rank
-            X = F
-        else:
-            X = np.empty((self.n_ext, F.shape[1]), dtype=F.dtype)
-            X[:nl] = F
-            self.halo.forward(F, X[nl:])
-        return np.asfortranarray(self._matrices(F.dtype)[0] @ X)
+        return np.asfortranarray(self._matrices(F.dtype)[0] @ self._extended(F))
 
     def apply_transpose(self, D: np.ndarray) -> np.ndarray:
         """``P^T d`` for the target's owned rows ``(n_local, S)`` (a dual vector):
         Fortran ``(source n_local, S)``, the ghost rows' parts summed on their owners."""
-        nl = self.source.n_local
-        Y = self._matrices(D.dtype)[1] @ np.ascontiguousarray(D)
-        out = np.array(Y[:nl], order="F")
+        return self._sum_ghosts(self._matrices(D.dtype)[1] @ np.ascontiguousarray(D))
+
+    def _sum_ghosts(self, Y: np.ndarray) -> np.ndarray:
+        """The owned rows of ``Y`` (source owned + ghosts, S), the ghost rows added on their owners."""
+        out = np.array(Y[: self.source.n_local], order="F")
         if not self._local:
-            self.halo.reverse(Y[nl:], out)
+            self.halo.reverse(Y[self.source.n_local:], out)
         return out
+
+    def _extended(self, F: np.ndarray) -> np.ndarray:
+        """The source's owned rows and the ghosts P reads (``n_ext`` rows)."""
+        if self._local:
+            return F
+        X = np.empty((self.n_ext, F.shape[1]), dtype=F.dtype)
+        X[: self.source.n_local] = F
+        self.halo.forward(F, X[self.source.n_local:])
+        return X
+
+    # the slab transfer's interface (:class:`SlabMaxPooling` has the same): P is linear, so
+    # its derivative at any state F is P and the transpose of the derivative is P^T
+    def tangent(self, F: np.ndarray, dF: np.ndarray) -> np.ndarray:
+        """The derivative at ``F`` applied to ``dF``: ``P dF``."""
+        return self.apply(dF)
+
+    def transpose(self, F: np.ndarray, D: np.ndarray) -> np.ndarray:
+        """The transposed derivative at ``F`` applied to a dual vector: ``P^T D``."""
+        return self.apply_transpose(D)
+
+
+class SlabMaxPooling:
+    """The continuum max pooling between two DG0 box-cell node spaces: the state on a
+    target cell c is the essential supremum of the source state over c,
+
+        (Q f)|_c = max { f_e : |c ∩ e| > 0 },
+
+    over the source cells e that overlap c (on nested image meshes: the largest of the
+    fine pixels under a coarse pixel, in the coarse channel's source channel; the
+    CNN's max pooling). Q is piecewise linear: away from ties its derivative at a state F
+    routes each target cell to its maximising source cell, ``(dQ(F) dF)_c = dF_{e*(c)}``,
+    its transpose adds a target dual value to that source cell, and its second derivative
+    is zero. So the gradient is exact and the Hessian action is the exact one wherever the
+    maximiser is unique (docs/model.md §4.14).
+
+    Args:
+        source: the node space the state leaves (DG0 on box cells).
+        target: the node space it enters (the same domain).
+    """
+
+    def __init__(self, source: NodeSpace, target: NodeSpace):
+        #: the overlap pattern and the halo of the L2 projection between the same spaces
+        self.cells = SlabProjection(source, target)
+        self.source, self.target = source, target
+        P = self.cells.P
+        counts = np.diff(P.indptr)
+        width = int(counts.max()) if counts.size else 1
+        # (target n_local, width): the overlapping source cells (a row's first repeated to the width)
+        pad = np.arange(width)[None, :] < counts[:, None]
+        pos = np.where(pad, P.indptr[:-1, None] + np.arange(width)[None, :], P.indptr[:-1, None])
+        self.index = P.indices[pos] if P.nnz else np.zeros((0, width), dtype=np.int64)
+
+    def _argmax(self, X: np.ndarray) -> np.ndarray:
+        """``(target n_local, S)``: the source row (of the extended rows) where each target
+        cell's maximum of each sample is."""
+        S = X.shape[1]
+        vals = X[self.index.ravel()].reshape(self.index.shape + (S,))
+        k = vals.argmax(axis=1)
+        return np.take_along_axis(self.index, k, axis=1) if S else np.zeros((self.index.shape[0], 0), np.int64)
+
+    def apply(self, F: np.ndarray) -> np.ndarray:
+        """``Q f`` for the source's owned rows ``(n_local, S)``: Fortran ``(target n_local, S)``."""
+        X = self.cells._extended(F)
+        return np.asfortranarray(np.take_along_axis(X, self._argmax(X), axis=0))
+
+    def tangent(self, F: np.ndarray, dF: np.ndarray) -> np.ndarray:
+        """``dQ(F) dF``: each target cell takes ``dF`` at its maximiser under ``F``."""
+        rows = self._argmax(self.cells._extended(F))
+        return np.asfortranarray(np.take_along_axis(self.cells._extended(dF), rows, axis=0))
+
+    def transpose(self, F: np.ndarray, D: np.ndarray) -> np.ndarray:
+        """``dQ(F)^T D`` for a dual vector on the target's owned rows: each value added to
+        its maximiser's source row (ghost rows summed on their owners)."""
+        rows = self._argmax(self.cells._extended(F))
+        S = D.shape[1]
+        flat = (rows * S + np.arange(S)[None, :]).ravel()
+        Y = np.bincount(flat, weights=np.ascontiguousarray(D).ravel(), minlength=self.cells.n_ext * S)
+        return self.cells._sum_ghosts(Y.reshape(self.cells.n_ext, S).astype(D.dtype, copy=False))
+
+
+#: the slabs' transfers (``network.slab_pooling``): the L2 projection (average pooling) or the max pooling
+SLAB_POOLINGS = {"average": SlabProjection, "max": SlabMaxPooling}
 
 
 class SlabControls(list):
@@ -175,10 +252,12 @@ class SlabNetwork:
             the classes readout reads the last state on, carried there by the L2
             projection: a pooled readout (one pixel: the channels' averages over the
             image, the continuum global average pooling). None: the last slab's space.
+        pooling: how the state crosses a slab boundary, a key of :data:`SLAB_POOLINGS`:
+            ``"average"`` the L2 projection, ``"max"`` the max pooling.
     """
 
     def __init__(self, slabs: list[Network], input_space: NodeSpace | None = None,
-                 readout_space: NodeSpace | None = None):
+                 readout_space: NodeSpace | None = None, pooling: str = "average"):
         if len(slabs) < 1:
             raise InputError("a slab network needs at least one slab")
         self.slabs = list(slabs)
@@ -189,7 +268,11 @@ class SlabNetwork:
             if net.layout.world.size != first.layout.world.size:
                 raise InputError("every slab must use the same parallel layout")
         self.layout, self.dtype = first.layout, first.dtype
-        self.projections = [SlabProjection(a.space, b.space) for a, b in zip(self.slabs, self.slabs[1:])]
+        if pooling not in SLAB_POOLINGS:
+            raise InputError(f"slab pooling {pooling!r}: one of {', '.join(SLAB_POOLINGS)}")
+        self.pooling = pooling
+        #: the transfers at the slab boundaries (:data:`SLAB_POOLINGS`)
+        self.projections = [SLAB_POOLINGS[pooling](a.space, b.space) for a, b in zip(self.slabs, self.slabs[1:])]
         #: the projection of the input data onto the first slab (None: the data live there)
         self.lift = None if input_space is None else SlabProjection(input_space, first.space)
         #: the projection of the last state onto the pooled readout's space (None: no pooling)
@@ -240,7 +323,7 @@ class SlabNetwork:
         for i in reversed(range(len(self.slabs))):
             costates[i], grads[i], dual0 = self.slabs[i].costate(traj.slabs[i], dual, keep=keep, initial=True)
             if i > 0:
-                dual = self.projections[i - 1].apply_transpose(dual0)
+                dual = self.projections[i - 1].transpose(traj.slabs[i - 1].final, dual0)
         return (costates if keep else None), SlabControls(grads)
 
     def tangent(self, traj: SlabTrajectory, dc: SlabControls | None, dF0: np.ndarray | None = None) -> SlabTrajectory:
@@ -250,20 +333,21 @@ class SlabNetwork:
             tan = net.tangent(traj.slabs[i], None if dc is None else dc[i], dF)
             out.append(tan)
             if i < len(self.projections):
-                dF = self.projections[i].apply(tan.final)
+                dF = self.projections[i].tangent(traj.slabs[i].final, tan.final)
         return SlabTrajectory(out, dc)
 
     def costate_incremental(self, traj: SlabTrajectory, costate: list, tangent: SlabTrajectory, d_dual_T: np.ndarray,
                             gauss_newton: bool = False):
-        """The second-order costate solves backward through the slabs (P linear: its second
-        derivative is zero, so only ``P^T`` joins them)."""
+        """The second-order costate solves backward through the slabs (the transfers are
+        linear or piecewise linear: their second derivative is zero, so only the
+        transposed derivative at the forward state joins them)."""
         hess = [None] * len(self.slabs)
         d_dual = d_dual_T
         for i in reversed(range(len(self.slabs))):
             d_dual, hess[i] = self.slabs[i].costate_incremental(traj.slabs[i], costate[i], tangent.slabs[i], d_dual,
                                                                 gauss_newton)
             if i > 0:
-                d_dual = self.projections[i - 1].apply_transpose(d_dual)
+                d_dual = self.projections[i - 1].transpose(traj.slabs[i - 1].final, d_dual)
         return d_dual, SlabControls(hess)
 
     def reduce(self, c: SlabControls):
