@@ -10,9 +10,10 @@ mapped to the twin's weights (bench/conv_vs_pytorch.py's ``Layout``: natural ord
 (C, H, W) images, kappa -> conv2d weights with the cell volume omega and the kernel's
 quadrature rule), PyTorch computes J and the gradient by autograd in float64 and its
 gradient is mapped back by the chain rule. Prints the largest relative differences (J;
-every slab's a and kappa blocks; W and mu), per kernel rule (``--quadratures``) and
-fem_dnn precision (``--dtypes``; each against PyTorch float64); exits non-zero when a
-float64 one exceeds ``--tol``.
+every slab's a and kappa blocks; W and mu), per slab transfer (``--poolings``: the L2
+projection against ``avg_pool2d``, the max pooling against ``max_pool2d``), kernel rule
+(``--quadratures``) and fem_dnn precision (``--dtypes``; each against PyTorch float64);
+exits non-zero when a float64 one exceeds ``--tol``.
 
 PyTorch runs in its own interpreter (``--torch-python``, default $FEM_DNN_TORCH_PYTHON):
 
@@ -33,7 +34,9 @@ from fem_dnn.process import configure
 import numpy as np
 from mpi4py import MPI
 
-from fem_dnn.core.domain import Depth, NodeSpace, create_node_mesh
+from fem_dnn.core.depth import Depth
+from fem_dnn.core.meshes import create_node_mesh
+from fem_dnn.core.nodes import NodeSpace
 from fem_dnn.core.images import create_image_mesh
 from fem_dnn.core.kernel import LocalKernel
 from fem_dnn.learning.functional import ReducedFunctional
@@ -61,6 +64,7 @@ def main():
     p.add_argument("--T", type=float, default=4.0)
     p.add_argument("--S", type=int, default=32, help="samples")
     p.add_argument("--quadratures", default="nodal,exact")
+    p.add_argument("--poolings", default="average,max")
     p.add_argument("--dtypes", default="float64,float32")
     p.add_argument("--tol", type=float, default=1e-12, help="the largest float64 relative difference accepted")
     args = p.parse_args()
@@ -75,7 +79,7 @@ def main():
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((args.S, spaces[0].n)), rng.integers(0, K, args.S)
     rows, fails = [], []
-    for quad in args.quadratures.split(","):
+    for pooling, quad in ((pl, q) for pl in args.poolings.split(",") for q in args.quadratures.split(",")):
         kerns = [LocalKernel(sp, radius=R / H, cells=2 * R, channels=C, quadrature=quad)
                  for sp, H, C in zip(spaces, args.pixels, args.channels)]
         lays = [Layout(sp, kern, H, H, C, R) for sp, kern, H, C in zip(spaces, kerns, args.pixels, args.channels)]
@@ -86,7 +90,7 @@ def main():
         Wn, mu = rng.standard_normal((K, spaces[-1].n)) / (np.sqrt(spaces[-1].n) * last.w0), 0.1 * rng.standard_normal(K)
         with tempfile.TemporaryDirectory() as tmp:
             src, dst = Path(tmp) / "p.npz", Path(tmp) / "r.npz"
-            np.savez(src, pixels=args.pixels, channels=args.channels, layers=args.layers, support=R, T=args.T,
+            np.savez(src, pixels=args.pixels, channels=args.channels, layers=args.layers, support=R, T=args.T, pooling=pooling,
                      X=lays[0].image(X), y=y, Wr=last.image(Wn * last.omega), mu=mu,
                      **{f"a{i}": lay.image(ai) for i, (lay, ai) in enumerate(zip(lays, a))},
                      **{f"w{i}": lay.conv_weights(bi) for i, (lay, bi) in enumerate(zip(lays, b))})
@@ -103,7 +107,7 @@ def main():
         for dt in args.dtypes.split(","):
             nets = [Network(sp, Depth(args.T * n / N, n), "tanh", "euler", kernel=kern, dtype=dt)
                     for sp, kern, n in zip(spaces, kerns, args.layers)]
-            net = SlabNetwork(nets)
+            net = SlabNetwork(nets, pooling=pooling)
             J = ReducedFunctional(net, X, y, "classes", K=K, lam=0.0)
             m = J.controls.from_natural(a, b, Wn, mu)
             val = J(m)
@@ -112,9 +116,9 @@ def main():
                     "W": g["W"], "mu": g["mu"]}
             err = {"J": abs(val - float(ref["J"])) / abs(float(ref["J"]))}
             err.update({k: np.abs(mine[k] - ref_nat[k]).max() / np.abs(ref_nat[k]).max() for k in ref_nat})
-            rows.append((quad, dt, float(ref["J"]), val, err))
+            rows.append((pooling, quad, dt, float(ref["J"]), val, err))
             if dt == "float64" and max(err.values()) > args.tol:
-                fails.append(f"{quad} {dt}: {max(err.values()):.1e}")
+                fails.append(f"{pooling} {quad} {dt}: {max(err.values()):.1e}")
             J.destroy(), net.destroy()
     for sp in spaces:
         sp.destroy()
@@ -122,11 +126,11 @@ def main():
     print(f"fem_dnn slab network vs its PyTorch twin (torch {info['torch']}, float64 autograd): {slabs}, layers "
           f"{'/'.join(map(str, args.layers))}, {2 * R + 1}x{2 * R + 1} support, T = {args.T:g}, Euler, tanh, "
           f"S = {args.S}, K = {K}")
-    keys = list(rows[0][4])
-    print("| kernel rule | fem_dnn dtype | J (PyTorch) | " + " | ".join(f"rel. diff {k}" for k in keys) + " |")
-    print("| --- | --- | ---: | " + " | ".join("---:" for _ in keys) + " |")
-    for quad, dt, Jt, _, err in rows:
-        print(f"| {quad} | {dt} | {Jt:.15g} | " + " | ".join(f"{err[k]:.1e}" for k in keys) + " |")
+    keys = list(rows[0][5])
+    print("| pooling | kernel rule | fem_dnn dtype | J (PyTorch) | " + " | ".join(f"rel. diff {k}" for k in keys) + " |")
+    print("| --- | --- | --- | ---: | " + " | ".join("---:" for _ in keys) + " |")
+    for pooling, quad, dt, Jt, _, err in rows:
+        print(f"| {pooling} | {quad} | {dt} | {Jt:.15g} | " + " | ".join(f"{err[k]:.1e}" for k in keys) + " |")
     if fails:
         sys.exit(f"slabs_vs_pytorch: float64 differences above {args.tol:g}: {', '.join(fails)}")
 

@@ -14,7 +14,9 @@ padding R (the boundary pixels' missing offsets). Between slabs the L2 projectio
 coarse pixel (``avg_pool2d``); on the channel axis, the 1-D DG0 mesh of [0, 1] with C
 cells, ``(P x)_j = C_{i+1} sum_c |I_j ∩ I_c| x_c`` (I_j the j-th of C_{i+1} intervals):
 when C_i divides C_{i+1} each new cell lies in one old one and P copies channel c to its
-C_{i+1}/C_i sub-channels (``repeat_interleave``), otherwise the overlap matrix. The
+C_{i+1}/C_i sub-channels (``repeat_interleave``), otherwise the overlap matrix. With
+``pooling="max"`` (fem_dnn's ``network.slab_pooling``, ``SlabMaxPooling``) the pixels'
+average becomes their largest value (``max_pool2d``); the channel copy is the same. The
 readout ``O = <W_r, x> + mu`` (fem_dnn's ``W M_w``, the last slab's cell volumes folded
 in), J the mean cross-entropy.
 
@@ -45,7 +47,7 @@ def channel_projection(c_from: int, c_to: int) -> np.ndarray:
 
 class SlabResNet(torch.nn.Module):
     """fem_dnn's slab network (``network.slab_pixels``, ``slab_channels``, ``slab_layers``,
-    ``slab_support``, ``T``, ``scheme = "euler"``, a classes readout of ``K`` classes).
+    ``slab_support``, ``T``, ``scheme = "euler"``, ``slab_pooling``, a classes readout of ``K`` classes).
 
     ``init``: ``"torch"`` PyTorch's defaults (each layer's conv weights as ``nn.Conv2d``'s,
     U(+-1/sqrt(fan-in)), the bias fields zero, the readout as ``nn.Linear``'s); ``"fem_dnn"``
@@ -55,10 +57,13 @@ class SlabResNet(torch.nn.Module):
     """
 
     def __init__(self, pixels, channels, layers, support, T, K=10, scheme="euler", activation="tanh", init="torch",
-                 init_scale=0.1):
+                 init_scale=0.1, pooling="average"):
         super().__init__()
         if scheme != "euler":
             raise ValueError(f"SlabResNet is the explicit Euler network, not {scheme!r}")
+        if pooling not in ("average", "max"):
+            raise ValueError(f"pooling {pooling!r}: 'average' or 'max'")
+        self.pooling = pooling
         if not len(pixels) == len(channels) == len(layers):
             raise ValueError("pixels, channels and layers need one entry a slab")
         for p, q in zip(pixels, pixels[1:]):
@@ -98,7 +103,7 @@ class SlabResNet(torch.nn.Module):
         """The L2 projection from slab i's image x channels cells to slab i+1's."""
         r = self.pixels[i] // self.pixels[i + 1]
         if r > 1:
-            x = torch.nn.functional.avg_pool2d(x, r)
+            x = (torch.nn.functional.max_pool2d if self.pooling == "max" else torch.nn.functional.avg_pool2d)(x, r)
         c1, c2 = self.channels[i], self.channels[i + 1]
         if self.Pc[i] is None:
             return x.repeat_interleave(c2 // c1, dim=1) if c2 > c1 else x
@@ -121,7 +126,7 @@ def main():
     d = np.load(src)
     n_slabs = len(d["pixels"])
     net = SlabResNet(d["pixels"], d["channels"], d["layers"], int(d["support"]), float(d["T"]),
-                     K=d["mu"].size).double()
+                     K=d["mu"].size, pooling=str(d["pooling"]) if "pooling" in d else "average").double()
     with torch.no_grad():
         for i in range(n_slabs):
             net.a[i].copy_(torch.tensor(d[f"a{i}"]))

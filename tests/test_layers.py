@@ -111,3 +111,28 @@ def test_no_module_imports_a_private_name_of_another_package():
              if name is not None and name.startswith("_") and not name.startswith("__")
              and target.rpartition(".")[0] != package_of(path)]
     assert not found, "private names imported from other modules:\n" + "\n".join(found)
+
+
+def test_scripts_import_what_the_package_has():
+    """Every ``from fem_dnn... import name`` of the bench, demo and test scripts names a
+    module of the package and a name it defines, exports or holds as a submodule (a
+    restructured package leaves no script behind: bench/slabs_vs_pytorch.py once
+    imported the removed ``fem_dnn.core.domain``)."""
+    import importlib
+
+    root = PACKAGE.parent
+    stale = []
+    for path in sorted([*root.glob("bench/*.py"), *root.glob("demos/*.py"), *root.glob("tests/*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not (isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+                    and node.module.split(".")[0] == "fem_dnn"):
+                continue
+            where = f"{path.relative_to(root)}:{node.lineno}"
+            if not is_module(node.module):
+                stale.append(f"{where}: no module {node.module}")
+                continue
+            mod = importlib.import_module(node.module)
+            for alias in node.names:
+                if alias.name != "*" and not (hasattr(mod, alias.name) or is_module(f"{node.module}.{alias.name}")):
+                    stale.append(f"{where}: {node.module} has no {alias.name}")
+    assert not stale, "\n".join(stale)

@@ -395,3 +395,13 @@ def test_epoch_evaluation_off_trains_the_same_controls(tmp_path):
             rows[name] = list(csv.DictReader(fh))
     assert "J" in rows["on"][0] and "J" not in rows["off"][0] and "gnorm" not in rows["off"][0]
     assert [r["test_accuracy"] for r in rows["off"]] == [r["test_accuracy"] for r in rows["on"]]
+
+
+def test_slab_pooling_names_are_the_configs():
+    """``network.slab_pooling`` accepts exactly the transfers :data:`SLAB_POOLINGS` holds."""
+    from fem_dnn.app.config import SPEC
+    from fem_dnn.network.slabs import SLAB_POOLINGS
+
+    check, described = SPEC["network"]["slab_pooling"][2]
+    assert all(check(name) for name in SLAB_POOLINGS) and not check("min")
+    assert described == f"one of {list(SLAB_POOLINGS)}"
