@@ -405,3 +405,39 @@ def test_slab_pooling_names_are_the_configs():
     check, described = SPEC["network"]["slab_pooling"][2]
     assert all(check(name) for name in SLAB_POOLINGS) and not check("min")
     assert described == f"one of {list(SLAB_POOLINGS)}"
+
+
+@pytest.mark.skipif(MPI.COMM_WORLD.size > 1, reason="serial")
+def test_slab_kernel_cells_keep_kappa_a_function_of_length():
+    """``network.slab_kernel_cells``: every slab's kappa has that many Q1 cells a side on
+    its support, at any resolution; the 28x28 network of ``fem-dnn evaluate`` (pixels and
+    support doubled, the cells kept) has kappa's nodes at the same lengths, so the
+    transfer keeps the coefficients, while the default (2 support cells, one node a
+    pixel) interpolates them onto twice the nodes."""
+    from fem_dnn.app.config import load_config
+    from fem_dnn.app.run import Run
+
+    rng = np.random.default_rng(4)
+    for cells, fine_nodes in ((1, 4), (0, 25)):
+        runs = [Run(load_config(None, ["data.name='mnist'", "data.samples=40", f"data.resolution={r}",
+                                       "network.kernel='local'", f"network.slab_pixels=[{r}, {r // 2}]",
+                                       "network.slab_channels=[1, 2]", "network.slab_layers=[1, 1]",
+                                       f"network.slab_support={r // 14}", f"network.slab_kernel_cells={cells}",
+                                       "training.init_scale=0.1"]), MPI.COMM_SELF, out=lambda *a: None)
+                for r in (14, 28)]
+        coarse, fine = ([net.kernel for net in run.net.slabs] for run in runs)
+        assert [k.cells for k in coarse] == [cells or 2] * 2 and [k.cells for k in fine] == [cells or 4] * 2
+        assert all(k.Ms == fine_nodes for k in fine)
+        for kc, kf in zip(coarse, fine):
+            assert np.isclose(kc.radius, kf.radius, rtol=1e-12)  # one pixel of 14 = two of 28
+            b = rng.standard_normal((1, kc.M))
+            moved = kf.transfer(kc, b, None)
+            if cells:
+                assert np.array_equal(moved, b)
+            else:  # kappa's Q1 interpolant: its values at the coarse nodes are kept
+                assert moved.shape == (1, kf.M)
+                at = np.all(np.isclose(np.abs(kf.kappa_points), kc.radius) | np.isclose(kf.kappa_points, 0), axis=0)
+                C2 = kf.channels**2
+                assert np.allclose(moved.reshape(C2, -1)[:, at], b.reshape(C2, -1), rtol=0, atol=1e-14)
+        for run in runs:
+            run.destroy()

@@ -117,6 +117,10 @@ SPEC = {
                         "long)"),
         "slab_support": (2, int, _POS, "depth slabs: the local kernel's half-width in its slab's pixels (radius = "
                          "support / pixels, 2 support Q1 cells a side)"),
+        "slab_kernel_cells": (0, int, _NONNEG, "depth slabs: the Q1 cells a side of kappa's offset box, the same in "
+                              "every slab and at every data.resolution (kappa a function of length, not of pixels: "
+                              "fewer cells than 2 slab_support give a kernel smoother than the pixels, which the "
+                              "finer meshes resolve alike); 0: 2 slab_support, one kappa node a pixel"),
         "slab_pooling": ("average", str, _choice("average", "max"), "depth slabs: how the state crosses a slab "
                          "boundary: 'average' the L2 projection (the average over a coarse pixel's fine pixels), 'max' "
                          "the max pooling (their largest; docs/model.md 4.14)"),

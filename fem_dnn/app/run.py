@@ -86,8 +86,9 @@ class Run:
         if nw["slab_pixels"] or nw["slab_channels"] or nw["slab_layers"]:
             self._build_slabs()
             return
-        if nw["slab_pooling"] != "average":
-            raise InputError(f"network.slab_pooling = {nw['slab_pooling']!r} joins depth slabs; this network has none "
+        if nw["slab_pooling"] != "average" or nw["slab_kernel_cells"]:
+            key = "slab_pooling" if nw["slab_pooling"] != "average" else "slab_kernel_cells"
+            raise InputError(f"network.{key} = {nw[key]!r} is a setting of depth slabs; this network has none "
                              "(network.slab_pixels, slab_channels and slab_layers are empty)")
         node_comm = self.layout.node_comm
         if nd["mesh"]:
@@ -158,6 +159,7 @@ class Run:
         if R >= min(pixels):
             raise InputError(f"network.slab_support = {R} pixels is not smaller than the coarsest slab's "
                              f"{min(pixels)} pixels a side")
+        cells = nw["slab_kernel_cells"] or 2 * R
         N = sum(layers)
         self.spaces, nets = [], []
         for k, C, n_layers in zip(pixels, chans, layers):
@@ -166,7 +168,7 @@ class Run:
                                                                                      cell="quadrilateral")
             sp = NodeSpace(mesh, "DG", 0, nd["mass"])
             self.spaces.append(sp)
-            kern = LocalKernel(sp, radius=R / k, cells=2 * R, channels=C, quadrature=nw["kernel_quadrature"])
+            kern = LocalKernel(sp, radius=R / k, cells=cells, channels=C, quadrature=nw["kernel_quadrature"])
             nets.append(Network(sp, Depth(nw["T"] * n_layers / N, n_layers), nw["activation"], nw["scheme"], nw["eps"],
                                 layout=self.layout, kernel=kern, dtype=nw["dtype"]))
         inputs = None
