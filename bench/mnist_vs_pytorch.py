@@ -64,9 +64,13 @@ def twin_config() -> dict:
 
     cfg = load_config(BASE["conv-slabs"])
     nw = cfg["network"]
+    if nw["slab_readout_pixels"] or nw["slab_kernel_cells"] or nw["slab_channels"][0] > 1:
+        sys.exit("mnist_vs_pytorch: the twin (bench/torch_slabs.py) reads the last slab's state, has one kappa node a "
+                 "pixel and a one-channel first slab; demos/mnist_conv.toml sets more")
     return {"slab_pixels": nw["slab_pixels"], "slab_channels": nw["slab_channels"], "slab_layers": nw["slab_layers"],
             "slab_support": nw["slab_support"], "slab_T": nw["T"], "slab_scheme": nw["scheme"],
-            "slab_activation": nw["activation"], "slab_batch": cfg["training"]["batch_size"]}
+            "slab_activation": nw["activation"], "slab_pooling": nw["slab_pooling"],
+            "slab_batch": cfg["training"]["batch_size"]}
 
 
 def split_problem(path: Path, target: float, seed: int = 0, twin_lr=(), twin_init=("fem_dnn",)):
