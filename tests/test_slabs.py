@@ -123,12 +123,13 @@ def test_max_pooling_and_its_exact_derivative(comm, slab_spaces):
         assert abs(lhs - rhs) <= 1e-13 * (1 + abs(lhs))
 
 
-def make(comm, spaces, scheme="euler", N=(2, 2, 1), S=6, K=3, seed=0, pooled=None, pooling="average"):
+def make(comm, spaces, scheme="euler", N=(2, 2, 1), S=6, K=3, seed=0, pooled=None, pooling="average",
+         quadrature="auto"):
     """The small slab network and J; ``pooled``: the readout's node space (a pooled
-    readout); ``pooling``: the slab transfer."""
+    readout); ``pooling``: the slab transfer; ``quadrature``: the kernels' rule."""
     nets = []
     for sp, (pixels, C), n_layers in zip(spaces, SLABS, N):
-        kern = LocalKernel(sp, radius=1.0 / pixels[0], cells=2, channels=C)
+        kern = LocalKernel(sp, radius=1.0 / pixels[0], cells=2, channels=C, quadrature=quadrature)
         nets.append(Network(sp, Depth(T=1.0 / len(SLABS), N=n_layers), "tanh", scheme, kernel=kern))
     net = SlabNetwork(nets, readout_space=pooled, pooling=pooling)
     rng = np.random.default_rng(seed)
@@ -151,6 +152,27 @@ def test_slab_network_taylor(comm, slab_spaces, scheme, pooling):
     assert res.min_rate(1) > 1.9, str(res)
     assert res.min_rate(2) > 2.85, str(res)
     J.destroy(), net.destroy()
+
+
+@pytest.mark.mpi
+def test_max_pooled_readout_taylor(comm, slab_spaces):
+    """The classes readout of the last state max-pooled to one pixel a channel (the
+    continuum global max pooling, 3x3x4 -> 1x1x4) behind max pooling at the slab
+    boundaries: remainder rates 2 and 3 on 1, 2 and 3 ranks."""
+    pooled = NodeSpace(create_image_mesh(comm, (1, 1), SLABS[-1][1], spare_ranks=True), "DG", 0)
+    nets = []
+    for sp, (pixels, C), n_layers in zip(slab_spaces, SLABS, (2, 2, 1)):
+        kern = LocalKernel(sp, radius=1.0 / pixels[0], cells=2, channels=C)
+        nets.append(Network(sp, Depth(T=1.0 / len(SLABS), N=n_layers), "tanh", "euler", kernel=kern))
+    net = SlabNetwork(nets, readout_space=pooled, pooling="max", readout_pooling="max")
+    rng = np.random.default_rng(0)
+    J = ReducedFunctional(net, rng.standard_normal((6, slab_spaces[0].n)), np.arange(6) % 3, "classes", K=3, lam=1e-3)
+    m, dm = J.controls.random(1, 0.5), J.controls.random(2)
+    res = taylor_test(J, m, dm, J.derivative(m), J.hessian(m, dm), step=1e-2, n_steps=4)
+    assert res.min_rate(1) > 1.9, str(res)
+    assert res.min_rate(2) > 2.85, str(res)
+    for x in (J, net, pooled):
+        x.destroy()
 
 
 @pytest.mark.mpi
@@ -441,3 +463,38 @@ def test_slab_kernel_cells_keep_kappa_a_function_of_length():
                 assert np.allclose(moved.reshape(C2, -1)[:, at], b.reshape(C2, -1), rtol=0, atol=1e-14)
         for run in runs:
             run.destroy()
+
+
+@pytest.mark.mpi
+def test_unit_gain_start_is_pytorchs_default_initialisation(comm, slab_spaces):
+    """``training.init = "unit_gain"``: a = 0; every slab's B has entries ``omega kappa``
+    uniform on +-1/sqrt(fan_in), fan_in the nodes a row reads (nn.Conv2d's default), the
+    readout's ``omega W`` and mu uniform on +-1/sqrt(n) (nn.Linear's); the channels differ
+    (no symmetric start); the same natural-order controls on 1, 2 and 3 ranks. With the
+    nodal rule B's entries are kappa's nodal values times omega, so the bound is sharp."""
+    net, J = make(comm, slab_spaces, quadrature="nodal")
+    m = J.controls.unit_gain(5)
+    nat = J.controls.natural(m)
+    assert all(np.all(a == 0) for a in nat["a"])
+    for slab, b in zip(net.slabs, nat["b"]):
+        kern = slab.kernel
+        rows = comm.allreduce(int(np.diff(kern._indptr).max()), op=MPI.MAX)
+        bound = 1 / np.sqrt(rows)
+        for k in range(b.shape[0]):
+            B = kern.matrix(b[k]).data
+            top = comm.allreduce(float(np.abs(B).max()), op=MPI.MAX)
+            assert top <= bound * (1 + 1e-12) and top > 0.8 * bound  # 9 or more uniform draws a layer
+        if kern.channels > 1:  # the output channels' kernels differ
+            per_pair = b[0].reshape(kern.channels, kern.channels, -1)
+            assert not np.allclose(per_pair[0], per_pair[1])
+    n = net.space.n
+    omega = float(np.mean(net.space.weights_all))
+    assert np.abs(omega * nat["W"]).max() <= 1 / np.sqrt(n) and np.abs(nat["mu"]).max() <= 1 / np.sqrt(n)
+    serial = [image_space(MPI.COMM_SELF, p, C) for p, C in SLABS]
+    net1, J1 = make(MPI.COMM_SELF, serial, quadrature="nodal")
+    nat1 = J1.controls.natural(J1.controls.unit_gain(5))
+    for x, x1 in zip(nat["b"] + [nat["W"], nat["mu"]], nat1["b"] + [nat1["W"], nat1["mu"]]):
+        assert np.array_equal(x, x1)
+    m.destroy(), J.destroy(), net.destroy(), J1.destroy(), net1.destroy()
+    for sp in serial:
+        sp.destroy()

@@ -124,6 +124,8 @@ SPEC = {
         "slab_pooling": ("average", str, _choice("average", "max"), "depth slabs: how the state crosses a slab "
                          "boundary: 'average' the L2 projection (the average over a coarse pixel's fine pixels), 'max' "
                          "the max pooling (their largest; docs/model.md 4.14)"),
+        "slab_readout_pooling": ("average", str, _choice("average", "max"), "depth slabs: how the last state reaches "
+                                 "the readout's slab_readout_pixels cells ('average' or 'max', as slab_pooling)"),
         "slab_readout_pixels": (0, int, _NONNEG, "depth slabs: the classes readout reads the last state averaged to "
                                 "this many pixels a side, per channel (1: the channels' image averages, the continuum "
                                 "global average pooling; a divisor of the last slab's pixels); 0: the last slab's state"),
@@ -158,6 +160,10 @@ SPEC = {
                              "steps); false: the epoch's row has the test/validation metrics only"),
         "seed": (0, int, _NONNEG, "seed of the mini-batch shuffles"),
         "init_scale": (0.0, float, _NONNEG, "initial controls: standard normal times this (0: zero)"),
+        "init": ("normal", str, _choice("normal", "unit_gain"), "the initial controls: 'normal' (init_scale times "
+                 "standard normal, or zero) or 'unit_gain' (PyTorch's default conv/linear initialisation in the "
+                 "continuum: a = 0, each local kernel's B with unit gain, the readout as nn.Linear's; "
+                 "docs/model.md 4.14)"),
         "checkpoint_every": (10, int, _POS, "iterations (epochs) between checkpoints"),
         "patience": (0, int, _NONNEG, "early stopping: stop when the validation metric (accuracy for classes, else "
                      "loss) has not improved for this many iterations (epochs); 0: never (needs "

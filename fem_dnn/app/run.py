@@ -39,7 +39,11 @@ class Run:
         if d["resolution"] and d["name"] != "mnist":
             raise InputError(f"data.resolution applies to data.name = 'mnist' only, not {d['name']!r}")
         family = KERNELS[nw["kernel"]]
-        if family.needs_random_start and tr["init_scale"] == 0:
+        if tr["init"] == "unit_gain" and nw["kernel"] != "local":
+            raise InputError(f"training.init = 'unit_gain' starts local kernels with unit gain; network.kernel = "
+                             f"{nw['kernel']!r} has no such start (use training.init_scale)")
+        zero_start = tr["init_scale"] == 0 and tr["init"] == "normal"
+        if family.needs_random_start and zero_start:
             raise InputError(f"network.kernel = {nw['kernel']!r} needs training.init_scale > 0: {family.needs_random_start}")
         if nd["channels"] > 1 and (nd["mesh"] or nd["space"] != "DG0"):
             raise InputError(f"node.channels = {nd['channels']} builds an image x channels mesh of DG0 cells: it takes "
@@ -50,7 +54,7 @@ class Run:
                              f"is local in the image and dense across channels ({', '.join(with_channels)}); "
                              f"network.kernel = {nw['kernel']!r} takes no channels (each of its neurons already sees "
                              "every pixel: for more neurons refine the pixels, node.refine)")
-        if nd["channels"] > 1 and tr["init_scale"] == 0:
+        if nd["channels"] > 1 and zero_start:
             raise InputError(f"node.channels = {nd['channels']}: at zero controls every channel is the same and stays so "
                              "(the derivative is symmetric in the channels); start from training.init_scale > 0")
         if d["name"] == "digits":
@@ -86,8 +90,10 @@ class Run:
         if nw["slab_pixels"] or nw["slab_channels"] or nw["slab_layers"]:
             self._build_slabs()
             return
-        if nw["slab_pooling"] != "average" or nw["slab_kernel_cells"]:
-            key = "slab_pooling" if nw["slab_pooling"] != "average" else "slab_kernel_cells"
+        set_ = [k for k, default in (("slab_pooling", "average"), ("slab_readout_pooling", "average"),
+                                    ("slab_kernel_cells", 0)) if nw[k] != default]
+        if set_:
+            key = set_[0]
             raise InputError(f"network.{key} = {nw[key]!r} is a setting of depth slabs; this network has none "
                              "(network.slab_pixels, slab_channels and slab_layers are empty)")
         node_comm = self.layout.node_comm
@@ -151,7 +157,7 @@ class Run:
             if a % b:
                 raise InputError(f"network.slab_pixels = {pixels}: {b} does not divide {a} (a slab's pixels must be "
                                  "nested in the ones of the slab before)")
-        if max(chans) > 1 and cfg["training"]["init_scale"] == 0:
+        if max(chans) > 1 and cfg["training"]["init_scale"] == 0 and cfg["training"]["init"] == "normal":
             raise InputError(f"network.slab_channels = {chans}: at zero controls every channel of a slab is the same "
                              "and stays so (the derivative is symmetric in the channels); start from training.init_scale "
                              "> 0")
@@ -159,6 +165,9 @@ class Run:
         if R >= min(pixels):
             raise InputError(f"network.slab_support = {R} pixels is not smaller than the coarsest slab's "
                              f"{min(pixels)} pixels a side")
+        if nw["slab_readout_pooling"] != "average" and not nw["slab_readout_pixels"]:
+            raise InputError(f"network.slab_readout_pooling = {nw['slab_readout_pooling']!r} pools the last state onto "
+                             "the readout's cells: set network.slab_readout_pixels")
         cells = nw["slab_kernel_cells"] or 2 * R
         N = sum(layers)
         self.spaces, nets = [], []
@@ -183,7 +192,8 @@ class Run:
             pooled = NodeSpace(create_image_mesh(self.layout.node_comm, (rp, rp), chans[-1], spare_ranks=True), "DG", 0,
                                nd["mass"])
         self.space = inputs or self.spaces[0]  # the input's
-        self.net = SlabNetwork(nets, input_space=inputs, readout_space=pooled, pooling=nw["slab_pooling"])
+        self.net = SlabNetwork(nets, input_space=inputs, readout_space=pooled, pooling=nw["slab_pooling"],
+                               readout_pooling=nw["slab_readout_pooling"])
         self._functionals()
 
     @property
@@ -214,6 +224,8 @@ class Run:
 
     def initial(self):
         tr = self.cfg["training"]
+        if tr["init"] == "unit_gain":
+            return self.J.controls.unit_gain(tr["seed"])
         if tr["init_scale"] > 0:
             return self.J.controls.random(tr["seed"], tr["init_scale"])
         return self.J.controls.create_vec()

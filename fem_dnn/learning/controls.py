@@ -349,6 +349,23 @@ class ControlSpace:
         vec.scale(scale)
         return vec
 
+    def unit_gain(self, seed: int = 0) -> PETSc.Vec:
+        """The start of ``training.init = "unit_gain"``: PyTorch's default initialisation
+        of a conv net carried to the continuum, the same whatever the number of ranks.
+        The biases a are zero; each layer's kernel starts with unit gain
+        (:meth:`~fem_dnn.core.kernel.Kernel.unit_gain`); the readout ``O = W M f + mu``
+        has ``omega W`` and ``mu`` uniform on ``+-1/sqrt(n)``, n its nodes (``nn.Linear``'s)."""
+        if self.kind != "classes":
+            raise InputError("training.init = 'unit_gain' starts a classes readout; this problem is a function")
+        rng = np.random.default_rng(seed)
+        n = self.space.n
+        a = [np.zeros((net.depth.N, net.space.n)) for net in self.layers]
+        b = [net.kernel.unit_gain(rng, net.depth.N) for net in self.layers]
+        bound = 1.0 / np.sqrt(n)
+        W = rng.uniform(-bound, bound, (self.K, n)) / float(np.mean(self.space.weights_all))
+        mu = rng.uniform(-bound, bound, self.K)
+        return self.from_natural(a, b, W, mu) if self.slabs else self.from_natural(a[0], b[0], W, mu)
+
     # ---- inner products
     def _apply(self, x, out, depths: list, readout_scale: float, inverse: bool, weighted: bool = False):
         """``out = (depth (x) M_Y) x`` blockwise (or its inverse ``(depth^{-1} (x)

@@ -254,10 +254,11 @@ class SlabNetwork:
             image, the continuum global average pooling). None: the last slab's space.
         pooling: how the state crosses a slab boundary, a key of :data:`SLAB_POOLINGS`:
             ``"average"`` the L2 projection, ``"max"`` the max pooling.
+        readout_pooling: how the last state reaches ``readout_space`` (the same keys).
     """
 
     def __init__(self, slabs: list[Network], input_space: NodeSpace | None = None,
-                 readout_space: NodeSpace | None = None, pooling: str = "average"):
+                 readout_space: NodeSpace | None = None, pooling: str = "average", readout_pooling: str = "average"):
         if len(slabs) < 1:
             raise InputError("a slab network needs at least one slab")
         self.slabs = list(slabs)
@@ -268,15 +269,17 @@ class SlabNetwork:
             if net.layout.world.size != first.layout.world.size:
                 raise InputError("every slab must use the same parallel layout")
         self.layout, self.dtype = first.layout, first.dtype
-        if pooling not in SLAB_POOLINGS:
-            raise InputError(f"slab pooling {pooling!r}: one of {', '.join(SLAB_POOLINGS)}")
+        for name in (pooling, readout_pooling):
+            if name not in SLAB_POOLINGS:
+                raise InputError(f"slab pooling {name!r}: one of {', '.join(SLAB_POOLINGS)}")
         self.pooling = pooling
         #: the transfers at the slab boundaries (:data:`SLAB_POOLINGS`)
         self.projections = [SLAB_POOLINGS[pooling](a.space, b.space) for a, b in zip(self.slabs, self.slabs[1:])]
         #: the projection of the input data onto the first slab (None: the data live there)
         self.lift = None if input_space is None else SlabProjection(input_space, first.space)
-        #: the projection of the last state onto the pooled readout's space (None: no pooling)
-        self.pool = None if readout_space is None else SlabProjection(self.slabs[-1].space, readout_space)
+        #: the transfer of the last state onto the pooled readout's space (None: no pooling)
+        self.pool = None if readout_space is None else SLAB_POOLINGS[readout_pooling](self.slabs[-1].space,
+                                                                                      readout_space)
         #: the node space of the readout (the last slab's, or the pooled readout's)
         self.space = self.slabs[-1].space if readout_space is None else readout_space
         self.T = float(sum(net.depth.T for net in self.slabs))
@@ -364,19 +367,19 @@ class SlabNetwork:
     def readout_tangent(self, F, dF, readout, d_readout):
         if self.pool is None:
             return self.slabs[-1].readout_tangent(F, dF, readout, d_readout)
-        return classes_tangent(self.space, self.pool.apply(F), self.pool.apply(dF), readout, d_readout)
+        return classes_tangent(self.space, self.pool.apply(F), self.pool.tangent(F, dF), readout, d_readout)
 
     def readout_adjoint(self, F, readout, gO):
         if self.pool is None:
             return self.slabs[-1].readout_adjoint(F, readout, gO)
         dual, dr = classes_adjoint(self.space, self.pool.apply(F), readout, gO)
-        return self.pool.apply_transpose(dual), dr
+        return self.pool.transpose(F, dual), dr
 
     def readout_second(self, F, dF, readout, d_readout, gO):
         if self.pool is None:
             return self.slabs[-1].readout_second(F, dF, readout, d_readout, gO)
-        dual, dW = classes_second(self.space, self.pool.apply(dF), d_readout, gO)
-        return self.pool.apply_transpose(dual), dW
+        dual, dW = classes_second(self.space, self.pool.tangent(F, dF), d_readout, gO)
+        return self.pool.transpose(F, dual), dW
 
     def predict(self, F, readout):
         if self.pool is None:

@@ -146,6 +146,12 @@ class ControlBlock(ABC):
         """A standard normal natural-order b block."""
         return rng.standard_normal(self.natural_shape(N))
 
+    def unit_gain(self, rng: np.random.Generator, N: int) -> np.ndarray:
+        """A natural-order b block whose operators B have unit gain at the start (the
+        ``training.init = "unit_gain"`` start, PyTorch's default layer initialisation in
+        the continuum): families that define it override this."""
+        raise InputError(f"training.init = 'unit_gain' is defined for the local kernel, not the {self.name} kernel")
+
 
 @dataclass
 class KernelMemory:

@@ -319,6 +319,16 @@ class LocalKernel(Kernel):
             self.space.comm.Allreduce(_mpi().IN_PLACE, g, op=_mpi().SUM)
         return g
 
+    def unit_gain(self, rng, N):
+        """kappa uniform on ``+-1 / (omega sqrt(fan_in))``, fan_in the nodes a row of B
+        reads (every channel's pixels in the support): B's entries ``omega kappa`` are
+        then those of PyTorch's default ``Conv2d`` initialisation, U(+-1/sqrt(fan_in)),
+        so ``B f`` starts with about the size of ``f`` (docs/model.md §4.14)."""
+        rows = np.diff(self._indptr)
+        fan_in = self.space.comm.allreduce(int(rows.max()) if rows.size else 0, op=_mpi().MAX)
+        omega = float(np.mean(self.space.weights_all))
+        return rng.uniform(-1.0, 1.0, self.natural_shape(N)) / (omega * np.sqrt(fan_in))
+
     def weigh(self, block, out, depth, inverse):
         """``tau_k`` (or the depth operator) times kappa's lumped Q1 mass on the offset box."""
         if block.size == 0:
