@@ -64,12 +64,13 @@ def twin_config() -> dict:
 
     cfg = load_config(BASE["conv-slabs"])
     nw = cfg["network"]
-    if nw["slab_readout_pixels"] or nw["slab_kernel_cells"] or nw["slab_channels"][0] > 1:
-        sys.exit("mnist_vs_pytorch: the twin (bench/torch_slabs.py) reads the last slab's state, has one kappa node a "
-                 "pixel and a one-channel first slab; demos/mnist_conv.toml sets more")
+    if nw["slab_kernel_cells"]:
+        sys.exit("mnist_vs_pytorch: the twin (bench/torch_slabs.py) has one kappa node a pixel; demos/mnist_conv.toml "
+                 "sets network.slab_kernel_cells")
     return {"slab_pixels": nw["slab_pixels"], "slab_channels": nw["slab_channels"], "slab_layers": nw["slab_layers"],
             "slab_support": nw["slab_support"], "slab_T": nw["T"], "slab_scheme": nw["scheme"],
             "slab_activation": nw["activation"], "slab_pooling": nw["slab_pooling"],
+            "slab_readout_pixels": nw["slab_readout_pixels"], "slab_readout_pooling": nw["slab_readout_pooling"],
             "slab_batch": cfg["training"]["batch_size"]}
 
 

@@ -57,7 +57,7 @@ class SlabResNet(torch.nn.Module):
     """
 
     def __init__(self, pixels, channels, layers, support, T, K=10, scheme="euler", activation="tanh", init="torch",
-                 init_scale=0.1, pooling="average"):
+                 init_scale=0.1, pooling="average", readout_pixels=0, readout_pooling="average"):
         super().__init__()
         if scheme != "euler":
             raise ValueError(f"SlabResNet is the explicit Euler network, not {scheme!r}")
@@ -77,6 +77,10 @@ class SlabResNet(torch.nn.Module):
         self.w = torch.nn.ParameterList(torch.nn.Parameter(torch.zeros(N, C, C, s, s))
                                         for C, N in zip(self.channels, self.layers))
         C, H = self.channels[-1], self.pixels[-1]
+        #: the readout's pooled pixels a side (0: the last slab's state) and the pooling
+        self.readout_pixels, self.readout_pooling = int(readout_pixels), readout_pooling
+        if self.readout_pixels:
+            H = self.readout_pixels
         self.Wr = torch.nn.Parameter(torch.zeros(K, C, H, H))
         self.mu = torch.nn.Parameter(torch.zeros(K))
         #: the channel projections (None: a copy to the sub-channels, or the identity)
@@ -110,12 +114,17 @@ class SlabResNet(torch.nn.Module):
         return torch.einsum("dc,schw->sdhw", self.Pc[i].to(x.dtype), x)
 
     def forward(self, x):
-        x = x.reshape(-1, self.channels[0], self.pixels[0], self.pixels[0])
+        # the one-channel image, copied to the first slab's channels (fem_dnn's input projection)
+        x = x.reshape(-1, 1, self.pixels[0], self.pixels[0]).repeat(1, self.channels[0], 1, 1)
         for i, (a, w) in enumerate(zip(self.a, self.w)):
             for k in range(a.shape[0]):
                 x = x + self.tau * self.sigma(a[k] - torch.nn.functional.conv2d(x, w[k], padding=self.R))
             if i + 1 < len(self.pixels):
                 x = self.project(x, i)
+        if self.readout_pixels:  # fem_dnn's slab_readout_pixels / slab_readout_pooling
+            pool = (torch.nn.functional.adaptive_max_pool2d if self.readout_pooling == "max"
+                    else torch.nn.functional.adaptive_avg_pool2d)
+            x = pool(x, self.readout_pixels)
         return x.flatten(1) @ self.Wr.flatten(1).T + self.mu
 
 
