@@ -42,7 +42,8 @@ class Run:
         if tr["init"] == "unit_gain" and nw["kernel"] != "local":
             raise InputError(f"training.init = 'unit_gain' starts local kernels with unit gain; network.kernel = "
                              f"{nw['kernel']!r} has no such start (use training.init_scale)")
-        zero_start = tr["init_scale"] == 0 and tr["init"] == "normal"
+        #: the run starts from zero controls (every channel the same, and staying so)
+        self.zero_start = zero_start = tr["init_scale"] == 0 and tr["init"] == "normal"
         if family.needs_random_start and zero_start:
             raise InputError(f"network.kernel = {nw['kernel']!r} needs training.init_scale > 0: {family.needs_random_start}")
         if nd["channels"] > 1 and (nd["mesh"] or nd["space"] != "DG0"):
@@ -157,7 +158,7 @@ class Run:
             if a % b:
                 raise InputError(f"network.slab_pixels = {pixels}: {b} does not divide {a} (a slab's pixels must be "
                                  "nested in the ones of the slab before)")
-        if max(chans) > 1 and cfg["training"]["init_scale"] == 0 and cfg["training"]["init"] == "normal":
+        if max(chans) > 1 and self.zero_start:
             raise InputError(f"network.slab_channels = {chans}: at zero controls every channel of a slab is the same "
                              "and stays so (the derivative is symmetric in the channels); start from training.init_scale "
                              "> 0")

@@ -178,10 +178,8 @@ class SlabMaxPooling:
     def _argmax(self, X: np.ndarray) -> np.ndarray:
         """``(target n_local, S)``: the source row (of the extended rows) where each target
         cell's maximum of each sample is."""
-        S = X.shape[1]
-        vals = X[self.index.ravel()].reshape(self.index.shape + (S,))
-        k = vals.argmax(axis=1)
-        return np.take_along_axis(self.index, k, axis=1) if S else np.zeros((self.index.shape[0], 0), np.int64)
+        vals = X[self.index.ravel()].reshape(self.index.shape + (X.shape[1],))
+        return np.take_along_axis(self.index, vals.argmax(axis=1), axis=1)
 
     def apply(self, F: np.ndarray) -> np.ndarray:
         """``Q f`` for the source's owned rows ``(n_local, S)``: Fortran ``(target n_local, S)``."""
