@@ -66,6 +66,10 @@ def main():
     p.add_argument("--quadratures", default="nodal,exact")
     p.add_argument("--poolings", default="average,max")
     p.add_argument("--dtypes", default="float64,float32")
+    p.add_argument("--activation", default="tanh")
+    p.add_argument("--decay", type=float, default=0.0, help="network.decay gamma: df/dt = sigma(.) - gamma f")
+    p.add_argument("--readout-pixels", type=int, default=0, help="network.slab_readout_pixels (0: the last state)")
+    p.add_argument("--readout-pooling", default="average", help="network.slab_readout_pooling: average or max")
     p.add_argument("--tol", type=float, default=1e-12, help="the largest float64 relative difference accepted")
     args = p.parse_args()
     if not args.torch_python:
@@ -76,8 +80,16 @@ def main():
         mesh = create_image_mesh(comm, (H, H), C) if C > 1 else create_node_mesh(comm, "rectangle", H,
                                                                                  cell="quadrilateral")
         spaces.append(NodeSpace(mesh, "DG", 0))
+    H0, C0, Hr, Cr = args.pixels[0], args.channels[0], args.readout_pixels, args.channels[-1]
+    # a first slab of C0 > 1 channels: the one-channel image, copied by the input projection
+    inputs = NodeSpace(create_node_mesh(comm, "rectangle", H0, cell="quadrilateral"), "DG", 0) if C0 > 1 else None
+    pooled = None
+    if Hr:  # the readout's pooled image x channels space
+        pooled = NodeSpace(create_image_mesh(comm, (Hr, Hr), Cr) if Cr > 1 else
+                           create_node_mesh(comm, "rectangle", Hr, cell="quadrilateral"), "DG", 0)
+    data_space, readout_space = inputs or spaces[0], pooled or spaces[-1]
     rng = np.random.default_rng(0)
-    X, y = rng.standard_normal((args.S, spaces[0].n)), rng.integers(0, K, args.S)
+    X, y = rng.standard_normal((args.S, data_space.n)), rng.integers(0, K, args.S)
     rows, fails = [], []
     for pooling, quad in ((pl, q) for pl in args.poolings.split(",") for q in args.quadratures.split(",")):
         kerns = [LocalKernel(sp, radius=R / H, cells=2 * R, channels=C, quadrature=quad)
@@ -86,12 +98,14 @@ def main():
         a = [0.5 * rng.standard_normal((n, sp.n)) for n, sp in zip(args.layers, spaces)]
         b = [rng.standard_normal((n, kern.M)) / (np.sqrt((2 * R + 1) ** 2 * C) * lay.w0)  # conv weights ~ 1/sqrt(fan-in)
              for n, kern, lay, C in zip(args.layers, kerns, lays, args.channels)]
-        last = lays[-1]
-        Wn, mu = rng.standard_normal((K, spaces[-1].n)) / (np.sqrt(spaces[-1].n) * last.w0), 0.1 * rng.standard_normal(K)
+        first = Layout(inputs, kerns[0], H0, H0, 1, R) if inputs else lays[0]
+        last = Layout(pooled, kerns[-1], Hr, Hr, Cr, R) if pooled else lays[-1]
+        Wn, mu = rng.standard_normal((K, readout_space.n)) / (np.sqrt(readout_space.n) * last.w0), 0.1 * rng.standard_normal(K)
         with tempfile.TemporaryDirectory() as tmp:
             src, dst = Path(tmp) / "p.npz", Path(tmp) / "r.npz"
             np.savez(src, pixels=args.pixels, channels=args.channels, layers=args.layers, support=R, T=args.T, pooling=pooling,
-                     X=lays[0].image(X), y=y, Wr=last.image(Wn * last.omega), mu=mu,
+                     activation=args.activation, decay=args.decay, readout_pixels=Hr, readout_pooling=args.readout_pooling,
+                     X=first.image(X), y=y, Wr=last.image(Wn * last.omega), mu=mu,
                      **{f"a{i}": lay.image(ai) for i, (lay, ai) in enumerate(zip(lays, a))},
                      **{f"w{i}": lay.conv_weights(bi) for i, (lay, bi) in enumerate(zip(lays, b))})
             res = subprocess.run([args.torch_python, str(Path(__file__).with_name("torch_slabs.py")), str(src), str(dst)],
@@ -105,9 +119,10 @@ def main():
         ref_nat.update({f"b{i}": lay.kappa_gradient(ref[f"dw{i}"]) for i, lay in enumerate(lays)})
         ref_nat.update(W=last.natural(ref["dWr"]) * last.omega, mu=ref["dmu"])
         for dt in args.dtypes.split(","):
-            nets = [Network(sp, Depth(args.T * n / N, n), "tanh", "euler", kernel=kern, dtype=dt)
+            nets = [Network(sp, Depth(args.T * n / N, n), args.activation, "euler", kernel=kern, dtype=dt, decay=args.decay)
                     for sp, kern, n in zip(spaces, kerns, args.layers)]
-            net = SlabNetwork(nets, pooling=pooling)
+            net = SlabNetwork(nets, input_space=inputs, readout_space=pooled, pooling=pooling,
+                              readout_pooling=args.readout_pooling)
             J = ReducedFunctional(net, X, y, "classes", K=K, lam=0.0)
             m = J.controls.from_natural(a, b, Wn, mu)
             val = J(m)
@@ -120,12 +135,14 @@ def main():
             if dt == "float64" and max(err.values()) > args.tol:
                 fails.append(f"{pooling} {quad} {dt}: {max(err.values()):.1e}")
             J.destroy(), net.destroy()
-    for sp in spaces:
-        sp.destroy()
+    for sp in spaces + [inputs, pooled]:
+        if sp is not None:
+            sp.destroy()
     slabs = " -> ".join(f"{H}x{H} x {C}" for H, C in zip(args.pixels, args.channels))
+    readout = f"readout {args.readout_pooling}-pooled to {Hr}x{Hr}" if Hr else "readout on the last state"
     print(f"fem_dnn slab network vs its PyTorch twin (torch {info['torch']}, float64 autograd): {slabs}, layers "
-          f"{'/'.join(map(str, args.layers))}, {2 * R + 1}x{2 * R + 1} support, T = {args.T:g}, Euler, tanh, "
-          f"S = {args.S}, K = {K}")
+          f"{'/'.join(map(str, args.layers))}, {2 * R + 1}x{2 * R + 1} support, T = {args.T:g}, Euler, "
+          f"{args.activation}, decay {args.decay:g}, {readout}, S = {args.S}, K = {K}")
     keys = list(rows[0][5])
     print("| pooling | kernel rule | fem_dnn dtype | J (PyTorch) | " + " | ".join(f"rel. diff {k}" for k in keys) + " |")
     print("| --- | --- | --- | ---: | " + " | ".join("---:" for _ in keys) + " |")

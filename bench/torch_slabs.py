@@ -4,12 +4,13 @@
 Slab i is an H_i x H_i pixel image x C_i channels with N_i explicit Euler layers, every
 layer tau = T / sum(N_i) long (``network.slab_layers``, "every layer T/N long"):
 
-    x <- x + tau tanh(a^k - conv2d(x, w^k, padding=R))
+    x <- x + tau (sigma(a^k - conv2d(x, w^k, padding=R)) - gamma x)
 
 with a^k a (C_i, H_i, H_i) bias field (one value a node: fem_dnn's a), w^k the
 (C_i, C_i, 2R+1, 2R+1) weights of the local kernel (fem_dnn's ``omega kappa`` at the
 pixel offsets, the kernel flipped: bench/conv_vs_pytorch.py's ``Layout``) and zero
-padding R (the boundary pixels' missing offsets). Between slabs the L2 projection of
+padding R (the boundary pixels' missing offsets), sigma tanh (or any of ``ACTIVATIONS``)
+and gamma fem_dnn's ``network.decay`` (0 by default). Between slabs the L2 projection of
 ``SlabProjection``: on nested pixels the average over the H_i/H_{i+1} square under each
 coarse pixel (``avg_pool2d``); on the channel axis, the 1-D DG0 mesh of [0, 1] with C
 cells, ``(P x)_j = C_{i+1} sum_c |I_j ∩ I_c| x_c`` (I_j the j-th of C_{i+1} intervals):
@@ -18,7 +19,10 @@ C_{i+1}/C_i sub-channels (``repeat_interleave``), otherwise the overlap matrix. 
 ``pooling="max"`` (fem_dnn's ``network.slab_pooling``, ``SlabMaxPooling``) the pixels'
 average becomes their largest value (``max_pool2d``); the channel copy is the same. The
 readout ``O = <W_r, x> + mu`` (fem_dnn's ``W M_w``, the last slab's cell volumes folded
-in), J the mean cross-entropy.
+in; with ``readout_pixels`` the last state pooled first, ``adaptive_avg_pool2d`` or
+``adaptive_max_pool2d``: fem_dnn's ``slab_readout_pixels``, ``slab_readout_pooling``),
+J the mean cross-entropy. A first slab of C_0 > 1 channels gets the one-channel image
+copied to each (fem_dnn's input projection).
 
 :class:`SlabResNet` is the network (bench/torch_mnist.py trains it on MNIST); run as a
 script it reads a problem written by slabs_vs_pytorch.py (the configuration, every
@@ -57,7 +61,7 @@ class SlabResNet(torch.nn.Module):
     """
 
     def __init__(self, pixels, channels, layers, support, T, K=10, scheme="euler", activation="tanh", init="torch",
-                 init_scale=0.1, pooling="average", readout_pixels=0, readout_pooling="average"):
+                 init_scale=0.1, pooling="average", readout_pixels=0, readout_pooling="average", decay=0.0):
         super().__init__()
         if scheme != "euler":
             raise ValueError(f"SlabResNet is the explicit Euler network, not {scheme!r}")
@@ -71,6 +75,7 @@ class SlabResNet(torch.nn.Module):
                 raise ValueError(f"pixels {pixels}: {q} does not divide {p} (nested pixels)")
         self.pixels, self.channels, self.layers = [int(p) for p in pixels], [int(c) for c in channels], [int(n) for n in layers]
         self.R, self.tau, self.sigma = int(support), float(T) / sum(self.layers), ACTIVATIONS[activation]
+        self.decay = float(decay)  # fem_dnn's network.decay gamma: x <- x + tau (sigma(.) - gamma x)
         s = 2 * self.R + 1
         self.a = torch.nn.ParameterList(torch.nn.Parameter(torch.zeros(N, C, H, H))
                                         for H, C, N in zip(self.pixels, self.channels, self.layers))
@@ -118,7 +123,8 @@ class SlabResNet(torch.nn.Module):
         x = x.reshape(-1, 1, self.pixels[0], self.pixels[0]).repeat(1, self.channels[0], 1, 1)
         for i, (a, w) in enumerate(zip(self.a, self.w)):
             for k in range(a.shape[0]):
-                x = x + self.tau * self.sigma(a[k] - torch.nn.functional.conv2d(x, w[k], padding=self.R))
+                g = self.sigma(a[k] - torch.nn.functional.conv2d(x, w[k], padding=self.R))
+                x = x + self.tau * (g - self.decay * x if self.decay else g)
             if i + 1 < len(self.pixels):
                 x = self.project(x, i)
         if self.readout_pixels:  # fem_dnn's slab_readout_pixels / slab_readout_pooling
@@ -134,8 +140,10 @@ def main():
     torch.set_num_threads(1)
     d = np.load(src)
     n_slabs = len(d["pixels"])
-    net = SlabResNet(d["pixels"], d["channels"], d["layers"], int(d["support"]), float(d["T"]),
-                     K=d["mu"].size, pooling=str(d["pooling"]) if "pooling" in d else "average").double()
+    opt = {key: (str(d[key]) if d[key].dtype.kind == "U" else d[key].item()) for key in
+           ("activation", "pooling", "readout_pixels", "readout_pooling", "decay") if key in d}
+    net = SlabResNet(d["pixels"], d["channels"], d["layers"], int(d["support"]), float(d["T"]), K=d["mu"].size,
+                     **opt).double()
     with torch.no_grad():
         for i in range(n_slabs):
             net.a[i].copy_(torch.tensor(d[f"a{i}"]))

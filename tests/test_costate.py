@@ -1,7 +1,7 @@
 """The costate equation on the (depth, node) mesh: the discrete costate (the exact
 transpose of each depth scheme) is consistent with
 
-    d/dt r = B_b^T(sigma'(u) r) - eps Lap_y r,   r(T) = f(T) - target   (docs/model.md §3),
+    d/dt r = B_b^T(sigma'(u) r) + gamma r - eps Lap_y r,   r(T) = f(T) - target   (docs/model.md §3),
 
 checked by its space-time residual, and it can be written for ParaView."""
 
@@ -17,7 +17,7 @@ from fem_dnn.core.meshes import create_node_mesh
 from fem_dnn.core.nodes import NodeSpace
 from fem_dnn.app.output import write_trajectory
 from fem_dnn.network import ORDER, SCHEMES, Network
-from fem_dnn.learning.verify import costate_residual_norm
+from fem_dnn.learning.verify import costate_residual_norm, state_residual_norm
 
 from conftest import observed_orders, on_ranks
 
@@ -45,10 +45,10 @@ def solve(net):
     return traj, costate
 
 
-def residuals(space, scheme, eps, Ns=(4, 8, 16, 32)):
+def residuals(space, scheme, eps, Ns=(4, 8, 16, 32), decay=0.0):
     res = []
     for N in Ns:
-        net = Network(space, Depth(1.0, N), "tanh", scheme, eps=eps)
+        net = Network(space, Depth(1.0, N), "tanh", scheme, eps=eps, decay=decay)
         traj, costate = solve(net)
         res.append(costate_residual_norm(net, traj, costate))
         net.destroy()
@@ -56,13 +56,13 @@ def residuals(space, scheme, eps, Ns=(4, 8, 16, 32)):
 
 
 @pytest.mark.mpi(ranks=(2,))
-@pytest.mark.parametrize("eps", [0.0, 0.02])
+@pytest.mark.parametrize("eps,decay", [(0.0, 0.0), (0.02, 0.0), (0.0, 0.8)])
 @pytest.mark.parametrize("scheme", on_ranks(SCHEMES, ["heun"]))
 @pytest.mark.parametrize("family,degree,mass", [("DG", 0, "lumped"), ("P", 1, "consistent")])
-def test_costate_residual_vanishes_at_scheme_rate(comm, family, degree, mass, scheme, eps):
+def test_costate_residual_vanishes_at_scheme_rate(comm, family, degree, mass, scheme, eps, decay):
     space = NodeSpace(create_node_mesh(comm, "interval", 12), family, degree, mass)
     # Euler's costate error has a large O(tau^2) part: refine further to see order 1
-    res = residuals(space, scheme, eps, Ns=(8, 16, 32, 64) if scheme == "euler" else (4, 8, 16, 32))
+    res = residuals(space, scheme, eps, Ns=(8, 16, 32, 64) if scheme == "euler" else (4, 8, 16, 32), decay=decay)
     rates = observed_orders(res)
     expected = min(ORDER[scheme], 2)  # the linear-in-depth representation caps it at 2
     assert np.all(np.diff(res) < 0), (res, rates)
@@ -80,6 +80,33 @@ def test_costate_residual_detects_wrong_diffusion_sign(monkeypatch, comm, family
     wrong = residuals(space, "midpoint", 0.02, Ns=(8, 16))
     assert right[1] < 0.3 * right[0]
     assert wrong[1] > 0.9 * wrong[0] and wrong[1] > 1e3 * right[1], (right, wrong)
+
+
+@pytest.mark.parametrize("family,degree,mass", [("DG", 0, "lumped"), ("P", 1, "consistent")])
+def test_residuals_detect_a_wrong_decay_sign(monkeypatch, comm, family, degree, mass):
+    """The residual checks see the relaxation term: with its sign flipped in the state's or
+    the costate's form the residual of the decaying network stays put under refinement."""
+    space = NodeSpace(create_node_mesh(comm, "interval", 12), family, degree, mass)
+    right = residuals(space, "midpoint", 0.0, Ns=(8, 16), decay=0.8)
+
+    def states(Ns):
+        out = []
+        for N in Ns:
+            net = Network(space, Depth(1.0, N), "tanh", "midpoint", decay=0.8)
+            f0, c, _ = problem(net)
+            out.append(state_residual_norm(net, net.forward(f0, c)))
+            net.destroy()
+        return out
+
+    state_right = states((8, 16))
+    for name in ("state_residual", "costate_residual"):
+        orig = getattr(forms, name)
+        monkeypatch.setattr(forms, name, lambda *a, decay=0.0, _f=orig, **k: _f(*a, decay=-decay, **k))
+        wrong = states((8, 16)) if name == "state_residual" else residuals(space, "midpoint", 0.0, Ns=(8, 16), decay=0.8)
+        good = state_right if name == "state_residual" else right
+        monkeypatch.setattr(forms, name, orig)
+        assert good[1] < 0.3 * good[0], (name, good)
+        assert wrong[1] > 0.9 * wrong[0] and wrong[1] > 100 * good[1], (name, good, wrong)
 
 
 @pytest.mark.mpi

@@ -1,5 +1,6 @@
 """Forward solve: convergence in width and depth, the closed-form solution (LM §3.3),
-the exact-ResNet special case, parallel agreement, bad input."""
+the exact-ResNet special case, the relaxation term (network.decay: its closed form and
+the feed-forward special case), parallel agreement, bad input."""
 
 import numpy as np
 import pytest
@@ -122,10 +123,51 @@ def test_exact_resnet(comm):
     assert np.allclose(traj.natural(), x.T, rtol=1e-13, atol=1e-13)
 
 
-def run_all(comm, family, degree, mass, scheme, eps, sample_groups=1):
+GAMMA = 0.7  # the relaxation rate (network.decay) of the decay tests
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_decay_closed_form_depth_convergence(comm, scheme):
+    """With b = 0 and a constant in depth, df/dt = sigma(a) - gamma f has the solution
+    f(t) = s + (f_I - s) exp(-gamma t), s = sigma(a)/gamma, at every node: the error at T
+    against it falls at the scheme's order."""
+    space = NodeSpace(create_node_mesh(comm, "interval", 16), "DG", 0)
+    a = lambda y, t: 1.5 * np.sin(np.pi * y[0]) - 0.4
+    f_in = lambda y: np.cos(2 * np.pi * y[0])
+    s = space.interpolate(lambda y: np.tanh(a(y, 0.0))) / GAMMA
+    exact = s + (space.interpolate(f_in) - s) * np.exp(-GAMMA * 2.0)
+    errors = []
+    for N in (4, 8, 16, 32):
+        net = Network(space, Depth(T=2.0, N=N), "tanh", scheme, decay=GAMMA)
+        F = net.forward(f_in, net.make_controls(a=a, b=0.0)).final[:, 0]
+        errors.append(np.sqrt(comm.allreduce(float(np.sum(space.weights * (F - exact) ** 2)))))
+        net.destroy()
+    rates = observed_orders(errors)
+    assert abs(rates[-1] - ORDER[scheme]) < 0.2, (errors, rates)
+
+
+@pytest.mark.mpi
+def test_decay_at_the_relaxation_step_is_a_feedforward_network(comm):
+    """Explicit Euler with gamma tau = 1 forgets the state each layer: DG0 on n cells is
+    the feed-forward network x^{k+1} = tau sigma(W^k x^k + a^k), W^k = -b^k/n, to round-off."""
+    n, N, S, T = 12, 4, 3, 2.0
+    rng = np.random.default_rng(1)
+    a, b, x0 = rng.normal(size=(N, n)), 3 * rng.normal(size=(N, n, n)), rng.normal(size=(S, n))
+    tau = T / N
+    space = NodeSpace(create_node_mesh(comm, "interval", n), "DG", 0)
+    net = Network(space, Depth(T=T, N=N), "tanh", "euler", decay=1.0 / tau)
+    traj = net.forward(x0, net.make_controls(a=a, b=b))
+    x = x0.T.copy()
+    for k in range(N):
+        x = tau * np.tanh((-b[k] / n) @ x + a[k][:, None])
+    assert np.allclose(traj.natural(), x.T, rtol=1e-13, atol=1e-13)
+    net.destroy()
+
+
+def run_all(comm, family, degree, mass, scheme, eps, sample_groups=1, decay=0.0):
     layout = split_comm(comm, sample_groups)
     space = NodeSpace(create_node_mesh(layout.node_comm, "interval", 10), family, degree, mass)
-    net = Network(space, Depth(T=1.0, N=4), "arctan", scheme, eps=eps, layout=layout)
+    net = Network(space, Depth(T=1.0, N=4), "arctan", scheme, eps=eps, layout=layout, decay=decay)
     f0, c = smooth_problem(net)
     traj = net.forward(f0, c)
     out = traj.natural()
@@ -136,11 +178,12 @@ def run_all(comm, family, degree, mass, scheme, eps, sample_groups=1):
 @ranks_vs_serial
 @pytest.mark.mpi
 @pytest.mark.parametrize("scheme", SCHEMES)
-@pytest.mark.parametrize("family,degree,mass,eps",
-                         [("DG", 0, "lumped", 0.0), ("DG", 0, "lumped", 0.01), ("P", 1, "consistent", 0.01), ("P", 1, "lumped", 0.0)])
-def test_parallel_matches_serial(comm, scheme, family, degree, mass, eps):
-    serial = run_all(MPI.COMM_SELF, family, degree, mass, scheme, eps)
-    par = run_all(comm, family, degree, mass, scheme, eps)
+@pytest.mark.parametrize("family,degree,mass,eps,decay",
+                         [("DG", 0, "lumped", 0.0, 0.0), ("DG", 0, "lumped", 0.01, 0.0), ("P", 1, "consistent", 0.01, 0.0),
+                          ("P", 1, "lumped", 0.0, 0.0), ("P", 1, "consistent", 0.0, GAMMA)])
+def test_parallel_matches_serial(comm, scheme, family, degree, mass, eps, decay):
+    serial = run_all(MPI.COMM_SELF, family, degree, mass, scheme, eps, decay=decay)
+    par = run_all(comm, family, degree, mass, scheme, eps, decay=decay)
     assert np.linalg.norm(par - serial) <= 1e-12 * np.linalg.norm(serial)
 
 

@@ -1,6 +1,6 @@
 """The optimality system: exact discrete gradients and Hessian actions of J(m).
 
-Taylor tests for every scheme, element, eps and loss; agreement across ranks; the
+Taylor tests for every scheme, element, eps, decay and loss; agreement across ranks; the
 exact-ResNet case against a hand-written backpropagation; derivative vs Riesz gradient;
 convergence of the discrete L2 gradient to the continuous formulas of docs/model.md §3 on the
 closed-form problem of LM §3.3; critical points (LM Remark 4.1)."""
@@ -35,10 +35,11 @@ def data(kind, n_nat, S=5, K=3, seed=3):
     return X, y
 
 
-def make(comm, family, degree, mass, scheme, eps, kind, sample_groups=1, n=8, N=4, lam=1e-2, gamma=0.0, act="tanh"):
+def make(comm, family, degree, mass, scheme, eps, kind, sample_groups=1, n=8, N=4, lam=1e-2, gamma=0.0, act="tanh",
+         decay=0.0):
     layout = split_comm(comm, sample_groups)
     space = NodeSpace(create_node_mesh(layout.node_comm, "interval", n), family, degree, mass)
-    net = Network(space, Depth(T=1.0, N=N), act, scheme, eps=eps, layout=layout)
+    net = Network(space, Depth(T=1.0, N=N), act, scheme, eps=eps, layout=layout, decay=decay)
     X, y = data(kind, space.n)
     J = ReducedFunctional(net, X, y, kind, lam=lam, gamma=gamma)
     return net, J
@@ -52,13 +53,14 @@ def close(net, J):
 
 @pytest.mark.mpi(ranks=(2,))
 @pytest.mark.parametrize("kind", ["classes", "function"])
-@pytest.mark.parametrize("eps", [0.0, 0.05])
+@pytest.mark.parametrize("eps,decay", [(0.0, 0.0), (0.05, 0.0), (0.0, 0.8)])
 @pytest.mark.parametrize("family,degree,mass", ELEMENTS)
 @pytest.mark.parametrize("scheme", on_ranks(SCHEMES, ["heun"]))
-def test_taylor(comm, scheme, family, degree, mass, eps, kind):
-    """Remainder rates 2 (gradient) and 3 (Hessian action) serially (every scheme) and on 2
-    ranks (Heun; every scheme's rank agreement is test_parallel_matches_serial's)."""
-    net, J = make(comm, family, degree, mass, scheme, eps, kind, gamma=1e-2 if eps else 0.0)
+def test_taylor(comm, scheme, family, degree, mass, eps, decay, kind):
+    """Remainder rates 2 (gradient) and 3 (Hessian action) serially (every scheme; without
+    and with node diffusion eps and the relaxation rate decay) and on 2 ranks (Heun; every
+    scheme's rank agreement is test_parallel_matches_serial's)."""
+    net, J = make(comm, family, degree, mass, scheme, eps, kind, gamma=1e-2 if eps else 0.0, decay=decay)
     m = J.controls.random(1, 0.5)
     dm = J.controls.random(2)
     res = taylor_test(J, m, dm, J.derivative(m), J.hessian(m, dm), step=1e-2, n_steps=4)
@@ -95,8 +97,8 @@ def test_taylor_p1_lumped_relu_like(comm, scheme):
     close(net, J)
 
 
-def natural_results(comm, family, degree, mass, scheme, eps, kind, sample_groups=1):
-    net, J = make(comm, family, degree, mass, scheme, eps, kind, sample_groups)
+def natural_results(comm, family, degree, mass, scheme, eps, kind, sample_groups=1, decay=0.0):
+    net, J = make(comm, family, degree, mass, scheme, eps, kind, sample_groups, decay=decay)
     m, dm = J.controls.random(1, 0.5), J.controls.random(2)
     out = {"J": J(m)}
     for name, vec in (("grad", J.gradient(m)), ("hess", J.hessian(m, dm)), ("gn", J.hessian(m, dm, gauss_newton=True))):
@@ -114,13 +116,14 @@ def assert_same(par, ser):
 @ranks_vs_serial
 @pytest.mark.mpi
 @pytest.mark.parametrize("kind", ["classes", "function"])
-@pytest.mark.parametrize("family,degree,mass,eps", [("DG", 0, "lumped", 0.05), ("P", 1, "consistent", 0.0), ("P", 1, "lumped", 0.05)])
+@pytest.mark.parametrize("family,degree,mass,eps,decay", [("DG", 0, "lumped", 0.05, 0.0), ("P", 1, "consistent", 0.0, 0.0),
+                                                         ("P", 1, "lumped", 0.05, 0.0), ("P", 1, "consistent", 0.0, 0.8)])
 @pytest.mark.parametrize("scheme", SCHEMES)
-def test_parallel_matches_serial(comm, scheme, family, degree, mass, eps, kind):
+def test_parallel_matches_serial(comm, scheme, family, degree, mass, eps, decay, kind):
     """Gradient, Hessian action and Gauss-Newton action agree with an in-process serial
     solve to 1e-12 (relative), the directions being the same on any number of ranks."""
-    ser = natural_results(MPI.COMM_SELF, family, degree, mass, scheme, eps, kind)
-    par = natural_results(comm, family, degree, mass, scheme, eps, kind)
+    ser = natural_results(MPI.COMM_SELF, family, degree, mass, scheme, eps, kind, decay=decay)
+    par = natural_results(comm, family, degree, mass, scheme, eps, kind, decay=decay)
     assert_same(par, ser)
 
 

@@ -124,13 +124,14 @@ def test_max_pooling_and_its_exact_derivative(comm, slab_spaces):
 
 
 def make(comm, spaces, scheme="euler", N=(2, 2, 1), S=6, K=3, seed=0, pooled=None, pooling="average",
-         quadrature="auto"):
+         quadrature="auto", decay=0.0):
     """The small slab network and J; ``pooled``: the readout's node space (a pooled
-    readout); ``pooling``: the slab transfer; ``quadrature``: the kernels' rule."""
+    readout); ``pooling``: the slab transfer; ``quadrature``: the kernels' rule;
+    ``decay``: the slabs' relaxation rate."""
     nets = []
     for sp, (pixels, C), n_layers in zip(spaces, SLABS, N):
         kern = LocalKernel(sp, radius=1.0 / pixels[0], cells=2, channels=C, quadrature=quadrature)
-        nets.append(Network(sp, Depth(T=1.0 / len(SLABS), N=n_layers), "tanh", scheme, kernel=kern))
+        nets.append(Network(sp, Depth(T=1.0 / len(SLABS), N=n_layers), "tanh", scheme, kernel=kern, decay=decay))
     net = SlabNetwork(nets, readout_space=pooled, pooling=pooling)
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((S, spaces[0].n))
@@ -140,12 +141,14 @@ def make(comm, spaces, scheme="euler", N=(2, 2, 1), S=6, K=3, seed=0, pooled=Non
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("scheme, pooling", [("euler", "average"), ("rk4", "average"), ("euler", "max")])
-def test_slab_network_taylor(comm, slab_spaces, scheme, pooling):
+@pytest.mark.parametrize("scheme, pooling, decay", [("euler", "average", 0.0), ("rk4", "average", 0.0),
+                                                    ("euler", "max", 0.0), ("heun", "max", 1.5)])
+def test_slab_network_taylor(comm, slab_spaces, scheme, pooling, decay):
     """The gradient and the Hessian action across two slab boundaries (the L2 projection,
     or the max pooling: piecewise linear, its second derivative zero away from ties, which
-    the steps here do not cross): remainder rates 2 and 3, on 1, 2 and 3 ranks."""
-    net, J = make(comm, slab_spaces, scheme, pooling=pooling)
+    the steps here do not cross; with and without the relaxation term): remainder rates
+    2 and 3, on 1, 2 and 3 ranks."""
+    net, J = make(comm, slab_spaces, scheme, pooling=pooling, decay=decay)
     m = J.controls.random(1, 0.5)
     dm = J.controls.random(2)
     res = taylor_test(J, m, dm, J.derivative(m), J.hessian(m, dm), step=1e-2, n_steps=4)
@@ -394,7 +397,7 @@ def test_slab_network_evaluated_at_another_resolution(tmp_path):
 @pytest.mark.skipif(MPI.COMM_WORLD.size > 1, reason="runs the command line's train in-process, serially")
 def test_epoch_evaluation_off_trains_the_same_controls(tmp_path):
     """``training.epoch_evaluation = false`` (the slab recipe's) drops the full-batch J,
-    gradient and train accuracy of every epoch's row, which only observe: the controls,
+    gradient, train loss and train accuracy of every epoch's row, which only observe: the controls,
     the final metrics and the test curve are bit for bit those of the run that evaluates,
     and metrics.csv keeps the test columns."""
     import csv
@@ -416,6 +419,7 @@ def test_epoch_evaluation_off_trains_the_same_controls(tmp_path):
         with open(tmp_path / name / "metrics.csv", newline="") as fh:
             rows[name] = list(csv.DictReader(fh))
     assert "J" in rows["on"][0] and "J" not in rows["off"][0] and "gnorm" not in rows["off"][0]
+    assert "train_loss" in rows["on"][0] and "train_loss" not in rows["off"][0]  # nor the full pass of the loss
     assert [r["test_accuracy"] for r in rows["off"]] == [r["test_accuracy"] for r in rows["on"]]
 
 

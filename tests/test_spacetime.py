@@ -27,14 +27,14 @@ def problem(net):
 
 
 @pytest.mark.mpi(ranks=(2,))
-@pytest.mark.parametrize("eps", [0.0, 0.02])
+@pytest.mark.parametrize("eps,decay", [(0.0, 0.0), (0.02, 0.0), (0.0, 0.8)])
 @pytest.mark.parametrize("scheme", on_ranks(SCHEMES, ["heun"]))
 @pytest.mark.parametrize("family,degree,mass", [("DG", 0, "lumped"), ("P", 1, "consistent")])
-def test_residual_vanishes_at_scheme_rate(comm, family, degree, mass, scheme, eps):
+def test_residual_vanishes_at_scheme_rate(comm, family, degree, mass, scheme, eps, decay):
     space = NodeSpace(create_node_mesh(comm, "interval", 12), family, degree, mass)
     res = []
     for N in (8, 16, 32):
-        net = Network(space, Depth(1.0, N), "tanh", scheme, eps=eps)
+        net = Network(space, Depth(1.0, N), "tanh", scheme, eps=eps, decay=decay)
         f0, c = problem(net)
         res.append(state_residual_norm(net, net.forward(f0, c)))
         net.destroy()

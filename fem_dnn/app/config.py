@@ -130,6 +130,9 @@ SPEC = {
                                 "this many pixels a side, per channel (1: the channels' image averages, the continuum "
                                 "global average pooling; a divisor of the last slab's pixels); 0: the last slab's state"),
         "eps": (0.0, float, _NONNEG, "node diffusion coefficient"),
+        "decay": (0.0, float, _NONNEG, "the state's relaxation rate gamma: df/dt = sigma(a - int b f dz) - gamma f "
+                  "(a neural field's leak; with explicit Euler and gamma tau = 1 each layer is feed-forward, "
+                  "f <- tau sigma(.); docs/model.md 1)"),
         "dtype": ("float64", str, _choice(*DTYPES), "precision of the states, tape and costate (float32: explicit "
                   "schemes, lumped mass, eps = 0; the controls and gradients stay float64)"),
     }),

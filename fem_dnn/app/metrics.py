@@ -12,8 +12,9 @@ __all__ = ["Evaluator"]
 
 
 class Evaluator:
-    """The metrics of an iteration's row besides the optimiser's own: the train loss, the
-    validation loss and accuracy (every iteration, with ``data.validation_fraction``),
+    """The metrics of an iteration's row besides the optimiser's own: the train loss
+    (unless ``train_loss`` is False: a minibatch run without ``training.epoch_evaluation``
+    skips that full pass over the training set), the validation loss and accuracy (every iteration, with ``data.validation_fraction``),
     and every ``every`` iterations (0: never) the test loss and accuracy; its time is kept
     apart from the training time (``seconds``).
 
@@ -24,8 +25,9 @@ class Evaluator:
     without a better one (``patience``: None takes ``training.patience``; the cycles of
     an adaptive run pass 0: they end as the adaptive loop says)."""
 
-    def __init__(self, run: Run, every: int, best=None, method: str = "", patience: int | None = None):
-        self.run, self.every, self.seconds = run, int(every), 0.0
+    def __init__(self, run: Run, every: int, best=None, method: str = "", patience: int | None = None,
+                 train_loss: bool = True):
+        self.run, self.every, self.seconds, self.train_loss = run, int(every), 0.0, bool(train_loss)
         self.best_path, self.method = best, method
         self.patience = int(run.cfg["training"]["patience"] if patience is None else patience)
         self.best = None  # (score, iteration, validation metrics)
@@ -59,7 +61,7 @@ class Evaluator:
     def __call__(self, m, iteration: int) -> dict:
         t = time.perf_counter()
         run = self.run
-        out = {"train_loss": run.J.loss_value(m)}
+        out = {"train_loss": run.J.loss_value(m)} if self.train_loss else {}
         if run.J_val is not None:
             out["validation_loss"] = run.J_val.loss_value(m)
             if run.data.kind == "classes":

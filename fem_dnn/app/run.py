@@ -120,7 +120,7 @@ class Run:
         self.space, self.spaces = space, [space]
         kernel = KERNELS[nw["kernel"]].from_config(self.space, nw, nd)
         self.net = Network(self.space, depth, nw["activation"], nw["scheme"], nw["eps"], layout=self.layout, kernel=kernel,
-                           dtype=nw["dtype"])
+                           dtype=nw["dtype"], decay=nw["decay"])
         self._functionals()
 
     def _build_slabs(self):
@@ -180,7 +180,7 @@ class Run:
             self.spaces.append(sp)
             kern = LocalKernel(sp, radius=R / k, cells=cells, channels=C, quadrature=nw["kernel_quadrature"])
             nets.append(Network(sp, Depth(nw["T"] * n_layers / N, n_layers), nw["activation"], nw["scheme"], nw["eps"],
-                                layout=self.layout, kernel=kern, dtype=nw["dtype"]))
+                                layout=self.layout, kernel=kern, dtype=nw["dtype"], decay=nw["decay"]))
         inputs = None
         if chans[0] > 1:  # the one-channel image, copied to the first slab's channels by the projection
             inputs = NodeSpace(create_node_mesh(self.layout.node_comm, "rectangle", pixels[0], cell="quadrilateral"),

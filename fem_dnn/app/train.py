@@ -45,6 +45,7 @@ from fem_dnn.app.results import write_metrics, write_results, writes_fields
 from fem_dnn.app.run import Run
 from fem_dnn.core.depth import ProductMesh
 from fem_dnn.errors import InputError
+from fem_dnn.optimize.methods import MINIBATCH
 
 __all__ = ["train"]
 
@@ -104,7 +105,7 @@ def train(cfg: dict, comm: MPI.Comm = MPI.COMM_WORLD, resume: bool = False, out=
     refine = check_adaptive(run, resume) if cfg["adapt"]["cycles"] else None
     opt = None
     evaluator = Evaluator(run, cfg["output"]["test_every"], ckpt_dir / "best.npz" if run.J_val is not None else None,
-                           method)
+                          method, train_loss=method not in MINIBATCH or tr["epoch_evaluation"])
     if method in TAO and refine is None:
         opt = Optimizer(run.J, method, riesz=tr["riesz"], bounds=bounds or None, gauss_newton=tr["gauss_newton"],
                         gttol=tr["gttol"], max_it=tr["max_it"], monitor=True, checkpoint=CheckpointFile(ckpt, run.J.controls),

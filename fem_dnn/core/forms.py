@@ -116,10 +116,11 @@ def state_rhs(a, Bf, v, sigma, degree=None, measure=None):
     return sigma_term(a - Bf, v, sigma, degree, measure)
 
 
-def state_residual(f, a, Bf, v, sigma, eps=0.0, centres=None, degree=None):
+def state_residual(f, a, Bf, v, sigma, eps=0.0, centres=None, degree=None, decay=0.0):
     """Space-time residual of the state equation on the (depth, node) mesh (LM 2.1).
 
-    ``R(v) = int_0^T int_Y (d_t f - sigma(a - Bf)) v + eps grad_y f . grad_y v``,
+    ``R(v) = int_0^T int_Y (d_t f - sigma(a - Bf) + gamma f) v + eps grad_y f . grad_y v``
+    (gamma = ``decay``, the state's relaxation rate; 0 in LM 2.1),
     where depth t is the *last* coordinate of the (depth, node) mesh. ``a`` and ``Bf``
     are coefficients on that mesh: the nonlocal term enters as data. For a DG0 node
     space pass ``centres`` (DG0 vector of cell midpoints of the product cells); the
@@ -127,7 +128,7 @@ def state_residual(f, a, Bf, v, sigma, eps=0.0, centres=None, degree=None):
     """
     t_axis = len(ufl.SpatialCoordinate(f.ufl_function_space().mesh)) - 1
     dx = _dx(None, degree)
-    return (f.dx(t_axis) - _sigma(sigma)(a - Bf)) * v * dx + _node_diffusion(f, v, eps, centres, t_axis, dx)
+    return (f.dx(t_axis) - _sigma(sigma)(a - Bf) + decay * f) * v * dx + _node_diffusion(f, v, eps, centres, t_axis, dx)
 
 
 def _node_diffusion(f, v, eps, centres, t_axis, dx):
@@ -145,13 +146,14 @@ def _node_diffusion(f, v, eps, centres, t_axis, dx):
     return eps * across_nodes * ufl.jump(f) * ufl.jump(v) / d * ufl.dS
 
 
-def costate_residual(r, BTsr, v, eps=0.0, centres=None, degree=None):
+def costate_residual(r, BTsr, v, eps=0.0, centres=None, degree=None, decay=0.0):
     """Space-time residual of the costate equation on the (depth, node) mesh (docs/model.md §3).
 
-    The costate solves ``d_t r = B_b^T(sigma'(u) r) - eps Lap_y r`` backward in depth
-    (homogeneous Neumann), so with depth t the *last* coordinate
+    The costate solves ``d_t r = B_b^T(sigma'(u) r) + gamma r - eps Lap_y r`` backward in
+    depth (homogeneous Neumann; gamma = ``decay``, the state's relaxation rate), so with
+    depth t the *last* coordinate
 
-    ``R(v) = int_0^T int_Y (d_t r - BTsr) v - eps grad_y r . grad_y v``
+    ``R(v) = int_0^T int_Y (d_t r - BTsr - gamma r) v - eps grad_y r . grad_y v``
 
     (the diffusion enters with the opposite sign to :func:`state_residual`). The whole
     nonlocal term ``B_b^T(sigma'(a - B_b f) r)`` is one coefficient ``BTsr`` on the
@@ -162,7 +164,7 @@ def costate_residual(r, BTsr, v, eps=0.0, centres=None, degree=None):
     """
     t_axis = len(ufl.SpatialCoordinate(r.ufl_function_space().mesh)) - 1
     dx = _dx(None, degree)
-    return (r.dx(t_axis) - BTsr) * v * dx - _node_diffusion(r, v, eps, centres, t_axis, dx)
+    return (r.dx(t_axis) - BTsr - decay * r) * v * dx - _node_diffusion(r, v, eps, centres, t_axis, dx)
 
 
 def readout(W, fT, measure=None):

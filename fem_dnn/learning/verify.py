@@ -111,7 +111,7 @@ def state_residual_norm(net: Network, traj: Trajectory, sample: int = 0, product
     Bf = pm.layer_function(bf, "Bf")
     a = pm.layer_function(c.a, "a")
     centres, v = _residual_test_space(pm)
-    R = forms.state_residual(f, a, Bf, v, net.sigma, net.eps, centres, degree=max(sp.qdeg, 4))
+    R = forms.state_residual(f, a, Bf, v, net.sigma, net.eps, centres, degree=max(sp.qdeg, 4), decay=net.decay)
     return _residual_norm(net, pm, R)
 
 
@@ -176,5 +176,5 @@ def costate_residual_norm(
             btsr[k, j] = sp.solve_mass(net.kernel.apply_transpose(c.b[k], load))[:, 0]
     BTsr = pm.layer_function(btsr, "BTsr")
     centres, v = _residual_test_space(pm)
-    R = forms.costate_residual(r, BTsr, v, net.eps, centres, degree=max(sp.qdeg, 4))
+    R = forms.costate_residual(r, BTsr, v, net.eps, centres, degree=max(sp.qdeg, 4), decay=net.decay)
     return _residual_norm(net, pm, R)

@@ -2,7 +2,7 @@
 
 State equation (LM 2.1, docs/model.md §1), semi-discretised in the node space V_h:
 
-    M df/dt = Q sigma(P u) - eps K f,     u = a^k - B_{b^k} f   on layer k,
+    M df/dt = Q sigma(P u) - eps K f - gamma M f,     u = a^k - B_{b^k} f   on layer k,
 
 with M, Q, P, K from :class:`fem_dnn.core.nodes.NodeSpace` (lumped: M = Q = diag(omega),
 P = I) and B from a kernel family of :mod:`fem_dnn.core.kernel`. The depth scheme (each one a
@@ -107,6 +107,8 @@ class Network(StageFunction, PointEvaluation, ReadoutMethods):
             leaky_relu, elu, identity).
         scheme: a name of :data:`fem_dnn.network.schemes.SCHEMES` (euler, heun, rk4, ssprk3, midpoint).
         eps: node diffusion coefficient (>= 0, default 0: exactly LM 2.1).
+        decay: the state's relaxation rate gamma (>= 0, default 0: exactly LM 2.1): the
+            term ``-gamma f`` of df/dt, the leak of a neural field (docs/model.md §1).
         layout: rank layout (default: node-parallel over the space's communicator).
         petsc_options_prefix: prefix of every PETSc solver the network creates.
         kernel: the family of the layers' kernels b: a name of
@@ -125,6 +127,7 @@ class Network(StageFunction, PointEvaluation, ReadoutMethods):
         petsc_options_prefix: str = "fem_dnn_",
         kernel: str | Kernel = "dense",
         dtype: str = "float64",
+        decay: float = 0.0,
     ):
         if dtype not in DTYPES:
             raise InputError(f"unknown precision {dtype!r}; choose one of {list(DTYPES)}")
@@ -132,9 +135,11 @@ class Network(StageFunction, PointEvaluation, ReadoutMethods):
             raise InputError(f"unknown depth scheme {scheme!r}; choose one of {list(SCHEMES)}")
         if not (np.isfinite(eps) and eps >= 0):
             raise InputError(f"diffusion eps must be >= 0, got {eps!r}")
+        if not (np.isfinite(decay) and decay >= 0):
+            raise InputError(f"the relaxation rate decay must be >= 0, got {decay!r}")
         self.space, self.depth = space, depth
         self.sigma = get_activation(activation)
-        self.scheme, self.eps = scheme, float(eps)
+        self.scheme, self.eps, self.decay = scheme, float(eps), float(decay)
         self.kernel = make_kernel(space, kernel) if isinstance(kernel, str) else kernel
         if self.kernel.space is not space:
             raise InputError("the network's kernel must be built on the network's node space")

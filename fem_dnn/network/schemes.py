@@ -210,7 +210,7 @@ class ExplicitRungeKutta(Scheme):
 
 
 class ImplicitMidpoint(Scheme):
-    """The implicit midpoint rule ``M(f1 - f0) = h [Q sigma(P u(fm)) - eps K fm]``,
+    """The implicit midpoint rule ``M(f1 - f0) = h [Q sigma(P u(fm)) - eps K fm - gamma M fm]``,
     ``fm = (f0 + f1)/2``: one Newton solve per layer (PETSc SNES, matrix-free Jacobian,
     GMRES preconditioned by the mass matrix), order 2 with or without diffusion."""
 
@@ -301,6 +301,8 @@ class ImplicitMidpoint(Scheme):
             R = sp.apply_mass(F1 - ctx["F0"]) - ctx["h"] * sp.quad_load(net.sigma.sigma(Uq))
             if net.eps > 0:
                 R = R + ctx["h"] * net.eps * sp.apply(sp.K, Fm)
+            if net.decay:
+                R = R + (ctx["h"] * net.decay) * sp.apply_mass(Fm)
             rv.array.reshape(S, sp.n_local).T[:] = R
 
         class Jacobian:
@@ -310,6 +312,8 @@ class ImplicitMidpoint(Scheme):
                 Y = sp.apply_mass(D) + 0.5 * ctx["h"] * sp.quad_load(ctx["dsig"] * sp.quad_values(BD))
                 if net.eps > 0:
                     Y = Y + 0.5 * ctx["h"] * net.eps * sp.apply(sp.K, D)
+                if net.decay:
+                    Y = Y + (0.5 * ctx["h"] * net.decay) * sp.apply_mass(D)
                 yv.array.reshape(S, sp.n_local).T[:] = Y
 
         J = PETSc.Mat().createPython((sizes, sizes), Jacobian(), comm=comm)
@@ -334,7 +338,7 @@ class ImplicitMidpoint(Scheme):
     # ---- its linearisation (tangent and costate)
     def _linear(self, k, st, c, h, rhs, transpose):
         """Solve ``J x = rhs`` or ``J^T x = rhs`` with the Newton matrix
-        ``J = M + h/2 (Q sigma'(u) P B_b + eps K)`` at a taped stage (KSP prefix
+        ``J = M + h/2 (Q sigma'(u) P B_b + eps K + gamma M)`` at a taped stage (KSP prefix
         ``<prefix>midpoint_linear_``, GMRES preconditioned by the mass matrix)."""
         net, sp = self.net, self.net.space
         S = rhs.shape[1]
@@ -381,6 +385,8 @@ class ImplicitMidpoint(Scheme):
                     Y = sp.apply_mass(D) + 0.5 * h * sp.quad_load(dsig * sp.quad_values(BD))
                 if net.eps > 0:
                     Y = Y + 0.5 * h * net.eps * sp.apply(sp.K, D)
+                if net.decay:
+                    Y = Y + (0.5 * h * net.decay) * sp.apply_mass(D)
                 yv.array.reshape(S, sp.n_local).T[:] = Y
 
         J = PETSc.Mat().createPython((sizes, sizes), Newton(), comm=sp.comm)

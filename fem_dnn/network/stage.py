@@ -1,9 +1,10 @@
 """The stage function of a layer and its derivatives, from which every depth scheme of
 :mod:`fem_dnn.network.schemes` is built (docs/model.md §4.5, §4.8):
 
-    g(X) = M^{-1} [ Q sigma(P u) - c_K K X ],   u = a^k - B_{b^k} X
+    g(X) = M^{-1} [ Q sigma(P u) - c_K K X ] - gamma X,   u = a^k - B_{b^k} X
 
-(c_K = eps for the implicit midpoint rule, 0 when diffusion is split off), so its
+(c_K = eps for the implicit midpoint rule, 0 when diffusion is split off; gamma the
+state's relaxation rate ``decay``, docs/model.md §1), so its
 tangent, transpose and second derivative give every scheme's linearised, costate and
 second-order costate solve (discretise-then-optimise); and the diffusion sub-step of a
 split scheme. :class:`StageFunction` holds them for :class:`fem_dnn.network.Network`,
@@ -39,7 +40,7 @@ class Stage:
 class StageFunction:
     """The stage function g of a layer, its tangent, transpose and second derivative, and
     the diffusion sub-step, on the network's node space ``space``, kernel family
-    ``kernel``, activation ``sigma`` and diffusion ``eps`` (a base of
+    ``kernel``, activation ``sigma``, diffusion ``eps`` and relaxation rate ``decay`` (a base of
     :class:`~fem_dnn.network.Network`, which sets them)."""
 
     def preactivation(self, k: int, F: np.ndarray, c: Controls) -> np.ndarray:
@@ -69,6 +70,8 @@ class StageFunction:
             if cK:
                 L -= cK * sp.apply(sp.K, X)
             G = sp.solve_mass(L)
+        if self.decay:  # a fresh array: G may be sigma(u) itself, which the tape keeps
+            G = G - self.decay * X
         if compact:  # tanh, logistic: sigma(u) alone gives sigma' and sigma''
             return G, Stage(None, X, None, sig)
         return G, Stage(Uq, X, dsig)
@@ -87,11 +90,15 @@ class StageFunction:
             dU += dc.a[k][:, None] - self.kernel.tangent(c.b[k], dc.b[k], st.X)
         dUq = sp.quad_values(dU)
         if sp.mass == "lumped" and not cK:
-            return np.asfortranarray(self.dsigma(st) * dUq), Stage(dUq, dX)
-        L = sp.quad_load(self.dsigma(st) * dUq)
-        if cK:
-            L -= cK * sp.apply(sp.K, dX)
-        return sp.solve_mass(L), Stage(dUq, dX)
+            dG = np.asfortranarray(self.dsigma(st) * dUq)
+        else:
+            L = sp.quad_load(self.dsigma(st) * dUq)
+            if cK:
+                L -= cK * sp.apply(sp.K, dX)
+            dG = sp.solve_mass(L)
+        if self.decay:
+            dG -= self.decay * dX
+        return dG, Stage(dUq, dX)
 
     def g_adjoint(self, k, st, kappa, c, grad, cK=0.0, scale=1.0, keep=True):
         """Transpose of g'(X) applied to ``scale kappa``: returns ``g_X^T (scale kappa)`` and
@@ -121,6 +128,8 @@ class StageFunction:
         xi = self.kernel.apply_transpose(c.b[k], zeta, -scale)  # -scale B_b^T zeta
         if cK:
             xi -= cK * sp.apply(sp.K, kappa / sp.weights[:, None] if y is None else y)
+        if self.decay:  # (-gamma I)^T
+            xi -= (self.decay * scale) * kappa
         grad.a[k] += scale * (zeta @ np.ones(zeta.shape[1], dtype=zeta.dtype))
         grad.b[k] -= self.kernel.outer(zeta, st.X, c.b[k], scale)
         return xi, (z if keep else None)
