@@ -42,6 +42,28 @@ def test_float32_agrees_with_float64(scheme, shape, family):
     assert np.abs(s32 - s64).max() <= 1e-5 * np.abs(s64).max()
 
 
+def test_every_activation_keeps_float32():
+    """sigma, sigma' and sigma'' of a float32 array are float32 for every activation, so a
+    float32 network's tape and costate stay float32 (relu's sigma' was float64, which
+    doubled its tape and ran its costate in float64)."""
+    from fem_dnn.core.activation import ACTIVATIONS
+
+    s = np.linspace(-2.0, 2.0, 9, dtype=np.float32)
+    for name, act in ACTIVATIONS.items():
+        got = [act.sigma(s), act.dsigma(s), act.d2sigma(s), *act.both(s)]
+        assert all(v.dtype == np.float32 for v in got), (name, [v.dtype for v in got])
+    sp = NodeSpace(create_node_mesh(MPI.COMM_WORLD, "interval", 8), "DG", 0)
+    X = np.random.default_rng(0).normal(size=(5, sp.n))
+    nbytes = {}
+    for dtype in ("float64", "float32"):
+        net = Network(sp, Depth(T=1.0, N=3), "relu", "heun", dtype=dtype)
+        traj = net.forward(X, net.make_controls(a=0.3, b=1.0), tape=True)
+        costate, _ = net.costate(traj, np.asfortranarray(np.ones_like(traj.final)))
+        assert all(np.asarray(d).dtype == np.dtype(dtype) for d in costate.dual)
+        nbytes[dtype] = traj.nbytes
+    assert nbytes["float32"] * 2 == nbytes["float64"]
+
+
 @pytest.mark.parametrize("kw, match", [
     ({"scheme": "midpoint"}, "implicit midpoint rule"),
     ({"eps": 0.1}, "node diffusion"),

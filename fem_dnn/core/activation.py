@@ -104,6 +104,11 @@ def _d2logistic(s):
     return p * (1.0 - p) * (1.0 - 2.0 * p)
 
 
+def _real(s):
+    """The floating type a derivative of s comes back in: s's own (float32 stays float32)."""
+    return np.result_type(s, np.float32)
+
+
 def _elu(s):
     return np.where(s > 0, s, np.expm1(np.minimum(s, 0.0)))
 
@@ -144,7 +149,7 @@ ACTIVATIONS: dict[str, Activation] = {
     "relu": Activation(
         "relu",
         lambda s: np.maximum(s, 0.0),
-        lambda s: (s > 0).astype(float),
+        lambda s: (np.asarray(s) > 0).astype(_real(s)),
         np.zeros_like,
         lambda s: ufl.max_value(s, 0.0),
         1.0,
@@ -152,7 +157,7 @@ ACTIVATIONS: dict[str, Activation] = {
     "leaky_relu": Activation(
         "leaky_relu",
         lambda s: np.maximum(_LEAK * s, s),
-        lambda s: np.where(s > 0, 1.0, _LEAK),
+        lambda s: np.where(np.asarray(s) > 0, 1.0, _LEAK).astype(_real(s)),
         np.zeros_like,
         lambda s: ufl.max_value(_LEAK * s, s),
         1.0,
@@ -163,7 +168,7 @@ ACTIVATIONS: dict[str, Activation] = {
 }
 ACTIVATIONS["logistic"] = ACTIVATIONS["sigmoid"]
 ACTIVATIONS["identity"] = Activation(
-    "identity", lambda s: np.array(s, dtype=float), np.ones_like, np.zeros_like, lambda s: s, 1.0
+    "identity", lambda s: np.array(s, dtype=_real(s)), np.ones_like, np.zeros_like, lambda s: s, 1.0
 )
 
 
