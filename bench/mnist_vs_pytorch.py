@@ -51,7 +51,7 @@ CONFIGS = {
     "local-14-c4": ["network.kernel='local'", "network.kernel_radius=0.143", "node.channels=4", "training.lam=1e-6",
                    "training.init_scale=0.1"],
     "lowrank-14": ["network.kernel='lowrank'", "network.kernel_rank=16", "training.init_scale=0.1"],
-    # demos/mnist_conv.toml as shipped: depth slabs 28x28x1 -> 14x14x8 -> 7x7x16, Adam, float32
+    # demos/mnist_conv.toml as shipped: depth slabs 28x28x16 -> 14x14x32, relu, decay, max pooling, Adam, float32
     "conv-slabs": [],
 }
 #: the configurations that run another demo config than demos/mnist.toml
@@ -71,7 +71,7 @@ def twin_config() -> dict:
             "slab_support": nw["slab_support"], "slab_T": nw["T"], "slab_scheme": nw["scheme"],
             "slab_activation": nw["activation"], "slab_pooling": nw["slab_pooling"],
             "slab_readout_pixels": nw["slab_readout_pixels"], "slab_readout_pooling": nw["slab_readout_pooling"],
-            "slab_batch": cfg["training"]["batch_size"]}
+            "slab_decay": nw["decay"], "slab_batch": cfg["training"]["batch_size"]}
 
 
 def split_problem(path: Path, target: float, seed: int = 0, twin_lr=(), twin_init=("fem_dnn",)):

@@ -13,7 +13,7 @@ every epoch outside the timed part:
 - slabs: the exact twin of fem_dnn's depth-slab network (:class:`torch_slabs.SlabResNet`,
   verified by bench/slabs_vs_pytorch.py) built from the problem's ``slab_pixels``,
   ``slab_channels``, ``slab_layers``, ``slab_support``, ``slab_T``, ``slab_scheme``,
-  ``slab_activation``, ``slab_pooling``, ``slab_readout_pixels``, ``slab_readout_pooling``, trained in its conv-weight coordinates from each start of
+  ``slab_activation``, ``slab_pooling``, ``slab_readout_pixels``, ``slab_readout_pooling``, ``slab_decay``, trained in its conv-weight coordinates from each start of
   ``slab_init`` (torch: PyTorch's default initialisation; fem_dnn: fem_dnn's
   ``training.init_scale = 0.1`` start in distribution) at each learning rate of
   ``slab_lr`` (constant), mini-batches of ``slab_batch``.
@@ -108,7 +108,8 @@ def main():
                        activation=str(d["slab_activation"]),
                        pooling=str(d["slab_pooling"]) if "slab_pooling" in d else "average",
                        readout_pixels=int(d["slab_readout_pixels"]) if "slab_readout_pixels" in d else 0,
-                       readout_pooling=str(d["slab_readout_pooling"]) if "slab_readout_pooling" in d else "average")
+                       readout_pooling=str(d["slab_readout_pooling"]) if "slab_readout_pooling" in d else "average",
+                       decay=float(d["slab_decay"]) if "slab_decay" in d else 0.0)
             for init in np.atleast_1d(d["slab_init"]):
                 for lr in d["slab_lr"]:
                     torch.manual_seed(0)
