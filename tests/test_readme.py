@@ -37,7 +37,7 @@ BLOCKS = [
     ("MNIST (`demos/mnist.toml`)", None),
     ("MNIST (`demos/mnist.toml`)", None),
     ("Kernel families (`[network] kernel`, [docs/kernels.md](docs/kernels.md))", None),
-    ("Depth slabs: a continuum convolutional ResNet (`demos/mnist_conv.toml`, docs/model.md §4.14)", None),
+    ("Depth slabs: a continuum CNN (`demos/mnist_conv.toml`, docs/model.md §4.14)", None),
     ("Docker", "needs a Docker engine and builds an image (the runs inside it are the commands above)"),
     ("Tests", "the test suite itself, this test included (minutes)"),
 ]
