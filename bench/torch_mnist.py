@@ -13,7 +13,8 @@ every epoch outside the timed part:
 - slabs: the exact twin of fem_dnn's depth-slab network (:class:`torch_slabs.SlabResNet`,
   verified by bench/slabs_vs_pytorch.py) built from the problem's ``slab_pixels``,
   ``slab_channels``, ``slab_layers``, ``slab_support``, ``slab_T``, ``slab_scheme``,
-  ``slab_activation``, ``slab_pooling``, ``slab_readout_pixels``, ``slab_readout_pooling``, ``slab_decay``, trained in its conv-weight coordinates from each start of
+  ``slab_activation``, ``slab_pooling``, ``slab_readout_pixels``, ``slab_readout_pooling``,
+  ``slab_decay``, trained in its conv-weight coordinates from each start of
   ``slab_init`` (torch: PyTorch's default initialisation; fem_dnn: fem_dnn's
   ``training.init_scale = 0.1`` start in distribution) at each learning rate of
   ``slab_lr`` (constant), mini-batches of ``slab_batch``.
