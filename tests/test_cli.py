@@ -14,7 +14,8 @@ def run(args, cwd):
 
 
 def test_forward_writes_output(tmp_path):
-    r = run(["forward", "--scheme", "midpoint", "--N", "4", "--n", "8", "-fem_dnn_midpoint_snes_max_it", "20", "--out", "o"], tmp_path)
+    r = run(["forward", "--scheme", "midpoint", "--N", "4", "--n", "8", "--decay", "0.5", "-fem_dnn_midpoint_snes_max_it", "20",
+             "--out", "o"], tmp_path)
     assert r.returncode == 0, r.stderr
     assert "||f(T)||_L2" in r.stdout
     assert (tmp_path / "o" / "trajectory.xdmf").exists()
@@ -28,6 +29,7 @@ def test_forward_writes_output(tmp_path):
         (["forward", "--T", "-1"], "positive"),
         (["forward", "--N", "0"], "layers"),
         (["forward", "--mesh", "missing.msh"], "does not exist"),
+        (["forward", "--decay", "-1"], "the relaxation rate decay must be >= 0"),
     ],
 )
 def test_bad_input_exit_2(tmp_path, args, msg):

@@ -96,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--samples", type=int, default=16, help="training samples used")
     sub.add_parser("config", help="print the default config, every key documented")
     f = sub.add_parser("forward", help="solve the state equation and write the trajectory", formatter_class=_Help,
-                       description="Solve the state equation df/dt = sigma(a - int b f dz) + eps Lap f for one input "
+                       description="Solve the state equation df/dt = sigma(a - int b f dz) + eps Lap f - decay f for one input "
                                    "and write f over depth (XDMF/VTX over the (depth, node) mesh; for 3D node domains "
                                    "a VTX time series on the node mesh, time = depth). Expressions: numbers, the "
                                    "coordinates named below, pi, + - * / ** %, and sin cos exp tanh sqrt abs "
@@ -111,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--T", type=float, default=1.0, help="final depth")
     f.add_argument("--N", type=int, default=16, help="number of layers")
     f.add_argument("--eps", type=float, default=0.0, help="node diffusion")
+    f.add_argument("--decay", type=float, default=0.0, help="the state's relaxation rate gamma (the term -gamma f)")
     f.add_argument("--input", default="sin(pi*x)", help="f_I(y): an expression in x, y, z (the coordinates of y)")
     f.add_argument("--bias", default="0", help="a(y,t): an expression in x, y, z, t")
     f.add_argument("--weight", default="1", help="b(y,z,t): an expression in x, y (of node y), xz, yz (of node z) and t")
@@ -246,7 +247,7 @@ def _forward(args, comm) -> int:
     mesh = read_node_mesh(args.mesh, comm) if args.mesh else create_node_mesh(comm, args.shape, args.n)
     fam, deg = args.space[:-1], int(args.space[-1])
     space = NodeSpace(mesh, fam, deg, args.mass)
-    net = Network(space, Depth(args.T, args.N), args.activation, args.scheme, args.eps)
+    net = Network(space, Depth(args.T, args.N), args.activation, args.scheme, args.eps, decay=args.decay)
     ones = lambda y: np.ones(y.shape[1])  # noqa: E731
     try:  # net.controls refuses non-finite a (the bias) or b (the weight) on every rank
         c = net.make_controls(
