@@ -255,6 +255,16 @@ class ImplicitMidpoint(Scheme):
             xi = xi + eta
         return np.asfortranarray(r + xi), [z]
 
+    def _linear_terms(self, X):
+        """``eps K X + gamma M X``, the linear part of ``-M g(X)`` (node diffusion and the
+        relaxation term) that the Newton residual and both Newton matrices carry; None
+        when both are zero."""
+        net, sp = self.net, self.net.space
+        out = net.eps * sp.apply(sp.K, X) if net.eps > 0 else None
+        if net.decay:
+            out = net.decay * sp.apply_mass(X) + (0.0 if out is None else out)
+        return out
+
     # ---- the Newton solve of one layer
     def _solve(self, k, F0, c, h):
         net, sp = self.net, self.net.space
@@ -289,6 +299,8 @@ class ImplicitMidpoint(Scheme):
         r = x.duplicate()
         ctx = {"x": x}
 
+        scheme = self
+
         def batch(v):
             return v.array_r.reshape(S, sp.n_local).T
 
@@ -299,10 +311,9 @@ class ImplicitMidpoint(Scheme):
             Uq = sp.quad_values(U)
             ctx["dsig"] = net.sigma.dsigma(Uq)
             R = sp.apply_mass(F1 - ctx["F0"]) - ctx["h"] * sp.quad_load(net.sigma.sigma(Uq))
-            if net.eps > 0:
-                R = R + ctx["h"] * net.eps * sp.apply(sp.K, Fm)
-            if net.decay:
-                R = R + (ctx["h"] * net.decay) * sp.apply_mass(Fm)
+            linear = scheme._linear_terms(Fm)
+            if linear is not None:
+                R = R + ctx["h"] * linear
             rv.array.reshape(S, sp.n_local).T[:] = R
 
         class Jacobian:
@@ -310,10 +321,9 @@ class ImplicitMidpoint(Scheme):
                 D = np.asfortranarray(batch(dv))
                 BD = net.kernel.apply(ctx["c"].b[ctx["k"]], D)
                 Y = sp.apply_mass(D) + 0.5 * ctx["h"] * sp.quad_load(ctx["dsig"] * sp.quad_values(BD))
-                if net.eps > 0:
-                    Y = Y + 0.5 * ctx["h"] * net.eps * sp.apply(sp.K, D)
-                if net.decay:
-                    Y = Y + (0.5 * ctx["h"] * net.decay) * sp.apply_mass(D)
+                linear = scheme._linear_terms(D)
+                if linear is not None:
+                    Y = Y + 0.5 * ctx["h"] * linear
                 yv.array.reshape(S, sp.n_local).T[:] = Y
 
         J = PETSc.Mat().createPython((sizes, sizes), Jacobian(), comm=comm)
@@ -366,7 +376,7 @@ class ImplicitMidpoint(Scheme):
     def _linear_ksp(self, S):
         from petsc4py import PETSc
 
-        net = self.net
+        net, scheme = self.net, self
         sp = net.space
         sizes = (sp.n_local * S, sp.n * S)
 
@@ -383,10 +393,9 @@ class ImplicitMidpoint(Scheme):
                 else:
                     BD = net.kernel.apply(c.b[k], D)
                     Y = sp.apply_mass(D) + 0.5 * h * sp.quad_load(dsig * sp.quad_values(BD))
-                if net.eps > 0:
-                    Y = Y + 0.5 * h * net.eps * sp.apply(sp.K, D)
-                if net.decay:
-                    Y = Y + (0.5 * h * net.decay) * sp.apply_mass(D)
+                linear = scheme._linear_terms(D)
+                if linear is not None:
+                    Y = Y + 0.5 * h * linear
                 yv.array.reshape(S, sp.n_local).T[:] = Y
 
         J = PETSc.Mat().createPython((sizes, sizes), Newton(), comm=sp.comm)

@@ -70,8 +70,8 @@ class StageFunction:
             if cK:
                 L -= cK * sp.apply(sp.K, X)
             G = sp.solve_mass(L)
-        if self.decay:  # a fresh array: G may be sigma(u) itself, which the tape keeps
-            G = G - self.decay * X
+        if self.decay:  # in place, unless G is the sigma(u) a compact tape keeps
+            G = G - self.decay * X if compact else np.subtract(G, self.decay * X, out=G)
         if compact:  # tanh, logistic: sigma(u) alone gives sigma' and sigma''
             return G, Stage(None, X, None, sig)
         return G, Stage(Uq, X, dsig)
