@@ -127,6 +127,26 @@ def test_parallel_matches_serial(comm, scheme, family, degree, mass, eps, decay,
     assert_same(par, ser)
 
 
+@pytest.mark.parametrize("scheme,eps", [(name, 0.0) for name in SCHEMES] + [("heun", 0.05)])
+def test_gradient_skips_the_costate_at_depth_zero(scheme, eps):
+    """A gradient's costate solve does not form the costate at depth 0 (nobody reads it):
+    the first layer's step adds its control part only, the first stage's B^T product
+    skipped. The control parts are the same operations as the solve that forms it
+    (``initial``), so the gradients agree to round-off, for every scheme (and with the
+    diffusion split off)."""
+    net, J = make(MPI.COMM_SELF, "DG", 0, "lumped", scheme, eps, "classes", decay=0.3)
+    c = net.make_controls(0.1, 0.5)
+    F = net.inputs(np.random.default_rng(0).normal(size=(4, net.space.n)))
+    traj = net.forward(F, c, tape=True)
+    dual_T = np.asfortranarray(np.random.default_rng(1).normal(size=F.shape))
+    _, skipped = net.costate(traj, dual_T, keep=False)
+    _, formed, dual0 = net.costate(traj, dual_T, keep=False, initial=True)
+    assert np.isfinite(dual0).all()
+    for x, y in ((skipped.a, formed.a), (skipped.b, formed.b)):
+        assert np.allclose(np.asarray(x), np.asarray(y), rtol=0, atol=1e-14 * np.abs(np.asarray(y)).max())
+    close(net, J)
+
+
 @pytest.mark.mpi
 @pytest.mark.parametrize("kind", ["classes", "function"])
 def test_sample_parallel_matches_serial(comm, kind):

@@ -227,6 +227,34 @@ def test_slab_network_matches_serial(comm, slab_spaces, pooling):
         sp.destroy()
 
 
+@pytest.mark.mpi
+def test_slab_first_stage_reads_the_channel_groups(comm, slab_spaces):
+    """A slab whose state enters from fewer channels (1 -> 2 -> 4 here; the input's one
+    channel copied to all C of a first slab) is constant on groups of C_prev channels
+    at its first depth point: the slabs find the groups (2, 2; the lift C), and J and
+    the gradient with the groups' summed kernels equal those with the plain products
+    (groups 1) to 1e-13, on 1, 2 and 3 ranks, for Heun (whose second stage reads a state
+    without groups) and max pooling. Data on a one-channel image before a 2-channel first
+    slab: the first slab's groups are 2."""
+    net, J = make(comm, slab_spaces, "heun", pooling="max")
+    plain_net, plain = make(comm, slab_spaces, "heun", pooling="max")
+    assert net.groups == [1, 2, 2]
+    plain_net.groups = [1, 1, 1]
+    m = J.controls.random(1, 0.5)
+    assert abs(J(m) - plain(m)) <= 1e-13 * abs(plain(m))
+    g, g1 = J.controls.natural(J.derivative(m)), plain.controls.natural(plain.derivative(m))
+    for key in ("a", "b"):
+        for x, x1 in zip(g[key], g1[key]):
+            assert np.allclose(x, x1, rtol=0, atol=1e-13 * np.abs(x1).max())
+    for x in (J, net, plain, plain_net):
+        x.destroy()
+    image, first = slab_spaces[0], image_space(comm, SLABS[0][0], 2)
+    kern = LocalKernel(first, radius=1.0 / 12, cells=2, channels=2)
+    lifted = SlabNetwork([Network(first, Depth(T=1.0, N=1), "tanh", "euler", kernel=kern)], input_space=image)
+    assert lifted.groups == [2]
+    lifted.destroy(), first.destroy()
+
+
 def test_one_slab_is_the_uniform_network(comm):
     """A slab network of one slab has the uniform network's J and gradient, bit for bit."""
     sp = image_space(comm, (4, 4), 2)

@@ -203,27 +203,36 @@ class Network(StageFunction, PointEvaluation, ReadoutMethods):
 
     # ------------------------------------------------------------------ the scheme
     def step(self, k: int, F: np.ndarray, c: Controls, tau: float | None = None, tape: list | None = None,
-             out: np.ndarray | None = None) -> np.ndarray:
+             out: np.ndarray | None = None, groups: int = 1) -> np.ndarray:
         """Advance a batch over (part of) layer k with the network's scheme
         (:mod:`fem_dnn.network.schemes`).
 
         If ``tape`` is a list, the stages' linearisation data are appended to it. The
         result is written to ``out`` (a Fortran ``(n_local, S)`` array not aliasing F)
-        when given.
+        when given. ``groups``: F is constant on consecutive groups of that many channels
+        (:meth:`forward`).
         """
         h = float(self.depth.tau[k] if tau is None else tau)  # a Python float: keeps a float32 batch float32
-        F = self._scheme.step(k, F, c, h, tape, out)
+        F = self._scheme.step(k, F, c, h, tape, out, groups)
         if out is not None and F is not out:
             out[...] = F
             return out
         return np.asfortranarray(F)
 
     # ------------------------------------------------------------------ forward solve
-    def forward(self, f_I, controls: Controls, tape: bool = False, store_every: int | None = None) -> Trajectory:
+    def forward(self, f_I, controls: Controls, tape: bool = False, store_every: int | None = None,
+                groups: int = 1) -> Trajectory:
         """Solve the state equation from the input f_I through all N layers.
 
         With ``tape=True`` the stages' linearisation data are kept (``traj.tape[k]``), as
         the costate and incremental solves need them.
+
+        ``groups`` = m > 1 states that f_I is constant on consecutive groups of m channels
+        (what a slab boundary or the input's copy to every channel makes,
+        :class:`~fem_dnn.network.SlabNetwork`): the first stage's kernel product and its
+        gradient part then use the groups' summed kernel (1/m of the multiply-adds, the
+        same values; :meth:`KernelOperator.apply_grouped`). Not checked here: the caller
+        states it.
 
         With ``store_every=k`` (depth checkpointing, a memory budget) only the states
         at the depth levels 0, k, 2k, ..., N are kept (``traj.levels``) and no tape: the
@@ -255,7 +264,7 @@ class Network(StageFunction, PointEvaluation, ReadoutMethods):
         for k in range(N):
             layer = [] if tape else None
             with np.errstate(over="ignore", invalid="ignore"):  # checked below
-                F = self.step(k, F, controls, tape=layer, out=states[k + 1].T)
+                F = self.step(k, F, controls, tape=layer, out=states[k + 1].T, groups=groups if k == 0 else 1)
             if tape:
                 stages.append(layer)
             if each:
@@ -348,13 +357,18 @@ class Network(StageFunction, PointEvaluation, ReadoutMethods):
         in place of the costate. With ``initial`` a third value: ``dPhi/df(0)``, the dual
         at depth 0 (what a slab before this one receives, :mod:`fem_dnn.network.slabs`).
         """
-        each = self._scheme.implicit  # explicit: the costate at depth 0 is tested (as the forward's final state)
-        costate, grad, dual, bad = self._costate(traj, dual_T, keep, each)
-        if not each and not all_finite(self.layout.world, dual):
+        each = self._scheme.implicit  # explicit: the last costate formed is tested (as the forward's final state)
+        # without keep or initial the costate at depth 0 is not formed: the first layer's
+        # step adds its control part only (Scheme.adjoint_step), and the tested values
+        # are the costate after the first layer and that layer's bias gradient
+        skip = not keep and not initial
+        costate, grad, dual, bad = self._costate(traj, dual_T, keep, each, skip)
+        ok = finite(dual) and (not skip or finite(grad.a[0]))
+        if not each and not self.layout.world.allreduce(ok, op=MPI.LAND):
             if costate is not None and costate.levels is None:
                 bad = next((k for k in reversed(range(self.depth.N)) if not finite(costate.dual[k])), -1)
             else:  # nothing kept to look in: the solve again, every layer tested
-                bad = self._costate(traj, dual_T, False, True)[3]
+                bad = self._costate(traj, dual_T, False, True, skip)[3]
         self._check_costate(bad)
         return (costate, grad, dual) if initial else (costate, grad)
 
@@ -362,10 +376,11 @@ class Network(StageFunction, PointEvaluation, ReadoutMethods):
         """Sum the parts of a kernel shared by the node ranks (:meth:`Kernel.reduce`)."""
         self.kernel.reduce(c.b)
 
-    def _costate(self, traj, dual_T, keep, each):
+    def _costate(self, traj, dual_T, keep, each, skip=False):
         """The costate solve; with ``each`` it records the first layer (going backward)
         whose costate is not finite on this rank (-1: none). Returns the costate (None
-        without ``keep``), the gradient, the dual at depth 0 and that layer."""
+        without ``keep``), the gradient, the dual at depth 0 (with ``skip``: after the
+        first layer, whose step then forms its control part only) and that layer."""
         c, N = traj.controls, self.depth.N
         grad = self.zero_controls()
         dual = np.asfortranarray(dual_T, dtype=self.dtype)
@@ -380,9 +395,9 @@ class Network(StageFunction, PointEvaluation, ReadoutMethods):
                 tapes = self._segment(traj, s0, s1)
                 for k in reversed(range(s0, s1)):
                     with np.errstate(over="ignore", invalid="ignore"):
-                        dual, _ = self._scheme.adjoint_step(k, tapes[k - s0], dual, c, grad, keep=False)
-                    if each and bad < 0 and not finite(dual):
-                        bad = k
+                        new, _ = self._scheme.adjoint_step(k, tapes[k - s0], dual, c, grad, keep=False,
+                                                           dual=not (skip and k == 0))
+                    dual, bad = self._tested(k, new, dual, grad, each, bad)
                 if keep:
                     duals[i] = dual.T
             return (Costate(self, duals, None, traj.levels) if keep else None), grad, dual, bad
@@ -391,12 +406,24 @@ class Network(StageFunction, PointEvaluation, ReadoutMethods):
             zs = [None] * N
         for k in reversed(range(N)):
             with np.errstate(over="ignore", invalid="ignore"):
-                dual, z = self._scheme.adjoint_step(k, traj.tape[k], dual, c, grad, keep=keep)
-            if each and bad < 0 and not finite(dual):
-                bad = k
+                new, z = self._scheme.adjoint_step(k, traj.tape[k], dual, c, grad, keep=keep, dual=not (skip and k == 0))
+            dual, bad = self._tested(k, new, dual, grad, each, bad)
             if keep:
                 duals[k], zs[k] = dual.T, z
         return (Costate(self, duals, zs) if keep else None), grad, dual, bad
+
+    @staticmethod
+    def _tested(k, new, dual, grad, each, bad):
+        """After the costate step of layer k: the costate to go on with (``new``; the one
+        after the layer when the step formed none) and, with ``each``, the first layer whose
+        costate (or, when none was formed, bias gradient) is not finite."""
+        if new is None:
+            if each and bad < 0 and not finite(grad.a[k]):
+                bad = k
+            return dual, bad
+        if each and bad < 0 and not finite(new):
+            bad = k
+        return new, bad
 
     def _check_costate(self, bad):
         bad = self.layout.world.allreduce(bad, op=MPI.MAX)

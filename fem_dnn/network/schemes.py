@@ -82,9 +82,11 @@ class Scheme:
         (None: none)."""
         return None, None
 
-    def step(self, k, F, c, h, tape=None, out=None):
+    def step(self, k, F, c, h, tape=None, out=None, groups=1):
         """The state after layer k from F (a Fortran ``(n_local, S)`` batch); appends the
-        stages' linearisation data to ``tape`` when given; writes into ``out`` if given."""
+        stages' linearisation data to ``tape`` when given; writes into ``out`` if given.
+        ``groups`` > 1: F is constant on consecutive groups of that many channels
+        (:meth:`StageFunction.g`; a scheme may ignore it)."""
         raise NotImplementedError
 
     def tangent(self, k, stages, dF, c, dc):
@@ -92,12 +94,14 @@ class Scheme:
         layer and the stages' increments."""
         raise NotImplementedError
 
-    def adjoint_step(self, k, stages, r, c, grad, keep=True):
+    def adjoint_step(self, k, stages, r, c, grad, keep=True, dual=True):
         """One costate step: the transposed linearised step applied to the costate r after
         layer k. Returns r before the layer and the stages' z (None for each without
         ``keep``: a gradient does not need them; a second-order step does); adds the
-        control part ``dPhi_k/dm^T r`` to ``grad``."""
-        return self._transpose(k, stages, r, c, grad, keep, None)
+        control part ``dPhi_k/dm^T r`` to ``grad``. Without ``dual`` r before the layer is
+        not formed (None is returned for it): the first layer's step of a gradient, whose
+        costate at depth 0 nobody reads, skips the stage's B^T product that only feeds it."""
+        return self._transpose(k, stages, r, c, grad, keep, None, dual)
 
     def second_order_adjoint_step(self, k, stages, r, c, grad, dstages, zs, dc):
         """One second-order (incremental) costate step along the tangent of the layer (its
@@ -109,10 +113,11 @@ class Scheme:
         :meth:`adjoint_step` of the incremental costate.)"""
         return self._transpose(k, stages, r, c, grad, False, (dstages, zs, dc))[0]
 
-    def _transpose(self, k, stages, r, c, grad, keep, second):
+    def _transpose(self, k, stages, r, c, grad, keep, second, dual=True):
         """The core of both adjoint steps: the transposed step of r with ``keep`` (the
         stages' z returned, else None for each), and with ``second = (dstages, zs, dc)``
-        the second-order terms added. Returns (r before the layer, the stages' z)."""
+        the second-order terms added. Returns (r before the layer, the stages' z); r is
+        None without ``dual`` (:meth:`adjoint_step`)."""
         raise NotImplementedError
 
     def destroy(self):
@@ -134,18 +139,19 @@ class ExplicitRungeKutta(Scheme):
             return None, (h, 1.0)  # Lie: backward Euler after the stages
         return (0.5 * h, 0.5), (0.5 * h, 0.5)  # Strang with Crank-Nicolson half steps
 
-    def step(self, k, F, c, h, tape=None, out=None):
+    def step(self, k, F, c, h, tape=None, out=None, groups=1):
         net, A, bw = self.net, self.A, self.b
         before, after = self.splitting(h)
         if before:
-            F = net.diffuse(F, *before)
+            F, groups = net.diffuse(F, *before), 1
         G = []
         for i in range(len(bw)):
             X = F
             for j in range(i):
                 if A[i][j]:
                     X = X + (h * A[i][j]) * G[j]
-            Gi, st = net.g(k, X, c, linearise=tape is not None)
+            # the first stage reads F itself: its channel groups, if any
+            Gi, st = net.g(k, X, c, linearise=tape is not None, groups=groups if i == 0 else 1)
             G.append(Gi)
             if tape is not None:
                 tape.append(st)
@@ -179,7 +185,7 @@ class ExplicitRungeKutta(Scheme):
             dF = net.diffuse(dF, *after)
         return np.asfortranarray(dF), dstages
 
-    def _transpose(self, k, stages, r, c, grad, keep, second):
+    def _transpose(self, k, stages, r, c, grad, keep, second, dual=True):
         net, A, bw = self.net, self.A, self.b
         h = float(net.depth.tau[k])
         before, after = self.splitting(h)
@@ -196,10 +202,13 @@ class ExplicitRungeKutta(Scheme):
                 kappa, scale = (h * bw[i]) * r if bw[i] else np.zeros_like(r), 1.0
                 for l in later:
                     kappa = kappa + (h * A[l][i]) * xis[l]
-            xi, out_z[i] = net.g_adjoint(k, stages[i], kappa, c, grad, scale=scale, keep=keep)
+            # the first stage's xi feeds only r before the layer (no later stage reads it)
+            xi, out_z[i] = net.g_adjoint(k, stages[i], kappa, c, grad, scale=scale, keep=keep, dual=dual or i > 0)
             if second is not None:
                 xi = xi + net.g_second(k, stages[i], zs[i], dstages[i], c, dc, grad)
             xis[i] = xi
+        if not dual:
+            return None, out_z
         for xi in xis[1:]:
             xis[0] += xi
         xis[0] += r  # the xi are fresh arrays
@@ -221,7 +230,7 @@ class ImplicitMidpoint(Scheme):
         self._snes = None  # (snes, S, objects to destroy)
         self._lin = None  # (ksp, S)
 
-    def step(self, k, F, c, h, tape=None, out=None):
+    def step(self, k, F, c, h, tape=None, out=None, groups=1):
         net = self.net
         F1 = self._solve(k, F, c, h)
         if tape is not None:
@@ -238,7 +247,7 @@ class ImplicitMidpoint(Scheme):
         dG, dst = net.g_tangent(k, st, dX, c, dc, net.eps)
         return np.asfortranarray(dF + h * dG), [dst]
 
-    def _transpose(self, k, stages, r, c, grad, keep, second):
+    def _transpose(self, k, stages, r, c, grad, keep, second, dual=True):
         net = self.net
         h = float(net.depth.tau[k])
         st = stages[0]
@@ -250,7 +259,9 @@ class ImplicitMidpoint(Scheme):
             rhs = rhs + 0.5 * h * eta
         # (I - h/2 g_X^T) kappa = rhs  <=>  J^T (M^{-1} kappa) = rhs
         kappa = net.space.apply_mass(self._linear(k, st, c, h, rhs, transpose=True))
-        xi, z = net.g_adjoint(k, st, kappa, c, grad, net.eps, keep=keep)
+        xi, z = net.g_adjoint(k, st, kappa, c, grad, net.eps, keep=keep, dual=dual)
+        if not dual:
+            return None, [z]
         if eta is not None:
             xi = xi + eta
         return np.asfortranarray(r + xi), [z]

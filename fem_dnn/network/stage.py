@@ -35,6 +35,7 @@ class Stage:
     X: np.ndarray
     dsig: np.ndarray | None = None
     sig: np.ndarray | None = None  # kept instead of Uq and dsig when sigma' follows from sigma
+    groups: int = 1  # X is constant on consecutive groups of this many channels (KernelOperator.apply_grouped)
 
 
 class StageFunction:
@@ -51,11 +52,13 @@ class StageFunction:
         """Activation part of df/dt: ``M^{-1} Q sigma(P u)`` (lumped: ``sigma(u)``)."""
         return self.g(k, F, c, linearise=False)[0]
 
-    def g(self, k, X, c, cK=0.0, linearise=True):
+    def g(self, k, X, c, cK=0.0, linearise=True, groups=1):
         """Stage value g(X) and its linearisation data (u at the quadrature points, M_w X,
-        sigma'(u)); without ``linearise`` sigma' is not computed."""
+        sigma'(u)); without ``linearise`` sigma' is not computed. ``groups`` > 1: X is
+        constant on consecutive groups of that many channels (a slab's initial state),
+        which the kernel's product and the gradient's outer product may use."""
         sp = self.space
-        U = self.kernel.apply(c.b[k], X)
+        U = self.kernel.apply(c.b[k], X) if groups == 1 else self.kernel.apply_grouped(c.b[k], X, groups)
         np.subtract(c.a[k][:, None], U, out=U)
         Uq = sp.quad_values(U)
         compact = linearise and self.sigma.from_sigma is not None
@@ -73,8 +76,8 @@ class StageFunction:
         if self.decay:  # in place, unless G is the sigma(u) a compact tape keeps
             G = G - self.decay * X if compact else np.subtract(G, self.decay * X, out=G)
         if compact:  # tanh, logistic: sigma(u) alone gives sigma' and sigma''
-            return G, Stage(None, X, None, sig)
-        return G, Stage(Uq, X, dsig)
+            return G, Stage(None, X, None, sig, groups)
+        return G, Stage(Uq, X, dsig, groups=groups)
 
     def dsigma(self, st):
         return st.dsig if st.sig is None else self.sigma.dsigma_from(None, st.sig)
@@ -100,10 +103,12 @@ class StageFunction:
             dG -= self.decay * dX
         return dG, Stage(dUq, dX)
 
-    def g_adjoint(self, k, st, kappa, c, grad, cK=0.0, scale=1.0, keep=True):
+    def g_adjoint(self, k, st, kappa, c, grad, cK=0.0, scale=1.0, keep=True, dual=True):
         """Transpose of g'(X) applied to ``scale kappa``: returns ``g_X^T (scale kappa)`` and
         ``z = Q^T M^{-1} (scale kappa)`` (kept for second-order solves; None without
-        ``keep``) and adds ``g_m^T (scale kappa)`` to ``grad`` (dual, Euclidean).
+        ``keep``) and adds ``g_m^T (scale kappa)`` to ``grad`` (dual, Euclidean). Without
+        ``dual`` the first value is None and its B^T product is skipped (the control part
+        alone).
 
         This is the costate half of the fused layer (docs/model.md §4.13): with the
         lumped mass and nothing to keep, one in-place product ``sigma'(u) kappa`` is the
@@ -125,13 +130,16 @@ class StageFunction:
             dz = self.sigma.dsigma_from(None, st.sig)
             dz *= z
         zeta = sp.quad_values_T(dz)
-        xi = self.kernel.apply_transpose(c.b[k], zeta, -scale)  # -scale B_b^T zeta
-        if cK:
-            xi -= cK * sp.apply(sp.K, kappa / sp.weights[:, None] if y is None else y)
-        if self.decay:  # (-gamma I)^T
-            xi -= (self.decay * scale) * kappa
+        xi = None
+        if dual:
+            xi = self.kernel.apply_transpose(c.b[k], zeta, -scale)  # -scale B_b^T zeta
+            if cK:
+                xi -= cK * sp.apply(sp.K, kappa / sp.weights[:, None] if y is None else y)
+            if self.decay:  # (-gamma I)^T
+                xi -= (self.decay * scale) * kappa
         grad.a[k] += scale * (zeta @ np.ones(zeta.shape[1], dtype=zeta.dtype))
-        grad.b[k] -= self.kernel.outer(zeta, st.X, c.b[k], scale)
+        grad.b[k] -= (self.kernel.outer(zeta, st.X, c.b[k], scale) if st.groups == 1 else
+                      self.kernel.outer_grouped(zeta, st.X, c.b[k], st.groups, scale))
         return xi, (z if keep else None)
 
     def g_second(self, k, st, z, dst, c, dc, hess):

@@ -85,7 +85,8 @@ def minibatch(
             accuracy, solves), or a callable(dict).
         evaluate: compute the full-batch J, gradient norm and accuracy after every epoch
             for the history and the monitor (one more forward and costate solve over all
-            samples per epoch); ``False`` records the epoch and step count alone.
+            samples per epoch); ``False`` records the epoch and step count alone, and the
+            Result's J is NaN (no full-batch solve at the end either).
         lr_schedule: ``"constant"``, or ``"cosine"``: step k of the K = epochs x batches
             steps of the run takes ``lr (1 + cos(pi (k - 1) / K)) / 2`` (a function of the
             step count, which the checkpoint holds: a resumed run takes the same steps).
@@ -207,7 +208,9 @@ def minibatch(
             break
     J.set_batch(None)
     out = coords.from_coordinates(x, J.controls.create_vec())
-    f = J(out)
+    # the final full-batch J: a solve over every sample, skipped with the epochs' evaluation
+    # (the caller evaluates what it reports, outside the training's time)
+    f = J(out) if evaluate else float("nan")
     for v in (x, m, g, gx, m1, m2):
         v.destroy()
     last = history[-1].get("gnorm", float("nan")) if history else float("nan")

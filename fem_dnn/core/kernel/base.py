@@ -81,6 +81,17 @@ class KernelOperator(ABC):
         family linear in b does not need it), in b's layout: this rank's part (summed over
         the node ranks by :meth:`ControlBlock.reduce`)."""
 
+    # ---- inputs constant on groups of channels (a slab's first stage): the same values
+    def apply_grouped(self, b, F: np.ndarray, groups: int) -> np.ndarray:
+        """:meth:`apply` for F constant on consecutive groups of ``groups`` channels (the
+        state a slab boundary copies to more channels). A family whose product can use
+        the structure overrides it; the values are :meth:`apply`'s."""
+        return self.apply(b, F)
+
+    def outer_grouped(self, Z: np.ndarray, F: np.ndarray, b, groups: int, scale: float = 1.0) -> np.ndarray:
+        """:meth:`outer` for F constant on groups of channels (:meth:`apply_grouped`)."""
+        return self.outer(Z, F, b, scale)
+
     # ---- derivatives in b: for a family linear in b they are the three above
     def tangent(self, b, db, F: np.ndarray) -> np.ndarray:
         """``(dB_b[db]) f``, the derivative of :meth:`apply` in b along db."""

@@ -94,6 +94,7 @@ class PixelGrid:
         if self.full_box:
             self.box_row[self.own_box] = np.arange(nl)
         self._buffers = {}
+        self._groups = {}  # m -> the rows of inputs constant on groups of m channels (_group_rows)
         self.n_box = int(np.prod(box))
         # the support's offsets: the last axis' are the GEMM's K blocks, the others a loop
         self.rest = [tuple(o) for o in np.ndindex(*(2 * R[:-1] + 1))]  # o_rest + R_rest
@@ -161,22 +162,27 @@ class PixelGrid:
         return grid
 
     # ---- the offset weights and the strided views
-    def _K(self, kappa, dtype, transpose=False, scale=1.0):
+    def _K(self, kappa, dtype, transpose=False, scale=1.0, groups=1):
         """Per view r of :meth:`_views` (a multi-index of the leading axes), the GEMM's left
         factor ``(n_rest, C, (2R+1) C)``: ``[r, c, (j, c')] = K_(R - r, R - j)[c, c']``
         (B: the view at r reads the input at the offset o = R - r), or
-        ``K_(r - R, j - R)[c', c]`` (B^T, ``transpose``: it reads at p + o)."""
+        ``K_(r - R, j - R)[c', c]`` (B^T, ``transpose``: it reads at p + o). With
+        ``groups`` = m (B only) the input channels' columns of each group of m are summed:
+        ``(n_rest, C, (2R+1) C/m)``, the factor of an input constant on the groups."""
         C = self.C
         kap = scale * np.asarray(kappa, dtype=float).reshape(C, C, -1)
         K = np.einsum("ijm,rom->rioj", kap, self.Q)  # [r, c_i, o_last + R, c_j]
+        if groups > 1:
+            K = K.reshape(*K.shape[:3], C // groups, groups).sum(axis=-1)
         if transpose:  # B^T: the mirrored offset -o, and c_i <-> c_j
             return np.ascontiguousarray(K.transpose(0, 3, 2, 1)).reshape(len(self.rest), C, -1).astype(dtype)
         return np.ascontiguousarray(K[::-1, :, ::-1, :]).reshape(len(self.rest), C, -1).astype(dtype)
 
-    def _views(self, buf, shape, out_shape, S):
+    def _views(self, buf, shape, out_shape, S, C=None):
         """For each offset of the leading axes, the ``(*out_shape, (2R+1) C, S)`` strided
-        view of ``buf`` (C-ordered ``(*shape, C, S)``) at that offset."""
-        C, it, d = self.C, buf.itemsize, len(shape)
+        view of ``buf`` (C-ordered ``(*shape, C, S)``, C the kernel's channels unless
+        given) at that offset."""
+        C, it, d = C or self.C, buf.itemsize, len(shape)
         st = np.ones(d, dtype=np.int64)
         for a in range(d - 2, -1, -1):
             st[a] = st[a + 1] * shape[a + 1]
@@ -187,13 +193,13 @@ class PixelGrid:
             yield np.lib.stride_tricks.as_strided(buf[start:], shape=tuple(out_shape) + (K, S), strides=strides,
                                                   writeable=False)
 
-    def _conv(self, Kmat, buf, S):
+    def _conv(self, Kmat, buf, S, C_in=None):
         """``out[p] = sum_r Kmat[r] @ view_r[p]`` on the owned pixels: a fresh Fortran
         ``(n_local, S)``. One slab of the box's first axis at a time: the slab's sum stays
         in the caches and its owned rows go to the output from there (the transposing
         copy to the network's layout costs half as much as a pass afterwards, measured)."""
         res = np.empty((self.n_local, S), dtype=buf.dtype, order="F")
-        views = list(self._views(buf, self.pad1, self.box, S))
+        views = list(self._views(buf, self.pad1, self.box, S, C_in))
         if len(self.box) == 1:
             out = np.matmul(Kmat[0], views[0]).reshape(-1, S)
             res[self.slab_dst[0]] = out[self.slab_src[0]]
@@ -228,8 +234,49 @@ class PixelGrid:
             buf[self.ghost_pad] = ghosts
         return buf
 
-    def apply(self, kappa, F):
-        """``B f`` for this rank's rows F ``(n_local, S)``: a fresh Fortran ``(n_local, S)``."""
+    def _group_rows(self, m):
+        """For inputs constant on consecutive groups of m channels: the owned rows and the
+        ghost rows of each group's first channel, and their rows in the R-padded box of
+        C/m channels (made once per m)."""
+        rows = self._groups.get(m)
+        if rows is None:
+            C, Cq = self.C, self.C // m
+
+            def firsts(pad):
+                pix, ch = pad // C, pad % C
+                keep = np.flatnonzero(ch % m == 0)
+                return keep, pix[keep] * Cq + ch[keep] // m
+
+            rows = self._groups[m] = (firsts(self.own_pad), firsts(self.ghost_pad))
+        return rows
+
+    def _padded_groups(self, F, m):
+        """:meth:`_padded` for F constant on consecutive groups of m channels: one channel
+        of each group, ``(padded pixels x C/m, S)``. A pass over 1/m of F."""
+        S = F.shape[1]
+        dt = np.dtype(np.float32 if F.dtype == np.float32 else np.float64)
+        (own, own_q), (gh, gh_q) = self._group_rows(m)
+        buf = self._buffers.get((S, dt, m))
+        if buf is None:
+            if len(self._buffers) >= 4:
+                self._buffers.clear()
+            buf = self._buffers[(S, dt, m)] = np.zeros((self.n_pad // m, S), dtype=dt)
+        buf[own_q] = F[own]
+        if self.halo.comm.size > 1:
+            ghosts = np.empty((self.ghost_pad.size, S), dtype=dt)
+            self.halo.forward(F, ghosts)
+            buf[gh_q] = ghosts[gh]
+        return buf
+
+    def apply(self, kappa, F, groups=1):
+        """``B f`` for this rank's rows F ``(n_local, S)``: a fresh Fortran ``(n_local, S)``.
+        With ``groups`` = m > 1, F is constant on consecutive groups of m channels (a state
+        a slab boundary copied to more channels, the input copied to every channel): B f
+        is then the GEMMs of the groups' summed kernel on one channel of each group, 1/m
+        of the multiply-adds, the same values to round-off."""
+        if groups > 1:
+            buf = self._padded_groups(F, groups)
+            return self._conv(self._K(kappa, buf.dtype, groups=groups), buf.reshape(-1), F.shape[1], self.C // groups)
         buf = self._padded(F)
         return self._conv(self._K(kappa, buf.dtype), buf.reshape(-1), F.shape[1])
 
@@ -241,14 +288,17 @@ class PixelGrid:
         buf = self._padded(V)
         return self._conv(self._K(kappa, buf.dtype, True, scale), buf.reshape(-1), V.shape[1])
 
-    def outer(self, Z, F, scale=1.0):
+    def outer(self, Z, F, scale=1.0, groups=1):
         """``scale d<Z, B F>/d kappa``: ``G_o = sum_(p, s) Z[p, :, s] F[p - o, :, s]^T``, one
         batched GEMM per offset of the leading axes, then kappa's part ``Q^T G`` (this
         rank's). Z enters per pixel as a contiguous ``(S, C)`` block (its box pixels the
         rank does not own: zero): 1.6 times the GEMM rate of a transposed view at C = 16
-        in float32 (measured), for one copy of Z."""
+        in float32 (measured), for one copy of Z. With ``groups`` = m > 1 (F constant on
+        groups of m channels, :meth:`apply`) the products are formed with one channel of
+        each group and copied to the group's m channels."""
         S, C = F.shape[1], self.C
-        buf = self._padded(F).reshape(-1)
+        Cin = C // groups
+        buf = (self._padded(F) if groups == 1 else self._padded_groups(F, groups)).reshape(-1)
         d = len(self.box)
         if self.full_box:  # Z^T's columns in box order, then per pixel (S, C)
             Zs = np.asarray(Z, dtype=buf.dtype).T[:, self.box_row].reshape(S, *self.box, C)
@@ -257,12 +307,15 @@ class PixelGrid:
             ZT = np.zeros((self.n_box, S, C), dtype=buf.dtype)
             ZT[self.own_box // C, :, self.own_box % C] = Z
             ZT = ZT.reshape(*self.box, S, C)
-        G = np.zeros((len(self.rest), (2 * int(self.R[-1]) + 1) * C, C))
-        views = list(self._views(buf, self.pad1, self.box, S))
+        G = np.zeros((len(self.rest), (2 * int(self.R[-1]) + 1) * Cin, C))
+        views = list(self._views(buf, self.pad1, self.box, S, Cin))
         slabs = [(Ellipsis,)] if len(self.box) == 1 else [(i,) for i in range(self.box[0])]
         axes = tuple(range(len(self.box) - (len(self.box) > 1)))
         for i in slabs:  # per pixel ((2R+1) C x S) @ (S x C), summed over a slab of the first axis
             for r, v in enumerate(views):
                 G[r] += np.matmul(v[i], ZT[i]).sum(axis=axes)
-        G = G.reshape(len(self.rest), -1, C, C)[::-1, ::-1].transpose(0, 3, 1, 2)  # [o_rest + R, c_i, o_last + R, c_j]
+        G = G.reshape(len(self.rest), -1, Cin, C)
+        if groups > 1:  # d<Z, B F>/dK_o[c, c'] reads F's channel c' = its group's
+            G = np.repeat(G, groups, axis=2)
+        G = G[::-1, ::-1].transpose(0, 3, 1, 2)  # [o_rest + R, c_i, o_last + R, c_j]
         return scale * np.einsum("rioj,rom->ijm", G, self.Q).reshape(-1)

@@ -256,6 +256,17 @@ class LocalKernel(Kernel):
             return np.asfortranarray(self.matrix(kappa).astype(np.float32) @ self._extended(F))
         return np.asfortranarray(self.matrix(kappa) @ self._extended(F))
 
+    def apply_grouped(self, kappa, F, groups):
+        """On the grid path, the GEMMs of the groups' summed kernel (:meth:`PixelGrid.apply`)."""
+        if self.grid is None or groups == 1 or np.ndim(F) == 1:
+            return self.apply(kappa, F)
+        return self.grid.apply(kappa, F, groups)
+
+    def outer_grouped(self, Z, F, b, groups, scale=1.0):
+        if self.grid is None or groups == 1:
+            return self.outer(Z, F, b, scale)
+        return self.grid.outer(Z, F, scale, groups)
+
     def apply_transpose(self, kappa, V, scale=1.0):
         if np.ndim(V) == 1:
             return self.apply_transpose(kappa, np.asarray(V)[:, None], scale)[:, 0]
