@@ -482,6 +482,18 @@ def test_adaptive_dry_run_bounds_every_cycle(tmp_path, fraction):
         assert (rows[1]["layers"], rows[1]["neurons"], rows[1]["controls"]) == (4, 64, 20800), rows[1]
 
 
+@pytest.mark.mpi
+def test_sample_groups_zero_is_one_group_a_rank(comm):
+    """``training.sample_groups = 0``: pure data parallelism on any number of ranks (each
+    rank its own node communicator, the whole network; the ranks split the samples)."""
+    from fem_dnn.app.run import Run
+
+    run = Run(load_config(None, SMALL + ["training.sample_groups=0"]), comm, out=lambda *a: None)
+    assert run.layout.node_comm.size == 1 and run.layout.sample_comm.size == comm.size
+    assert run.net.space.n_local == run.net.space.n
+    run.destroy()
+
+
 def test_a_run_on_another_depth_leaves_the_node_space_alive():
     """``Run.on(space, depth)`` shares the caller's node space: destroying the new run (as
     the goal's depth estimate does with its problem on every layer split) leaves the

@@ -171,7 +171,8 @@ SPEC = {
         "patience": (0, int, _NONNEG, "early stopping: stop when the validation metric (accuracy for classes, else "
                      "loss) has not improved for this many iterations (epochs); 0: never (needs "
                      "data.validation_fraction > 0)"),
-        "sample_groups": (1, int, _POS, "data-parallel groups of ranks (must divide the number of ranks)"),
+        "sample_groups": (1, int, _NONNEG, "data-parallel groups of ranks (must divide the number of ranks; 0: one "
+                          "a rank, pure data parallelism: the ranks split each batch, every rank holds the whole network)"),
     },
     "adapt": {
         "cycles": (0, int, _NONNEG, "adaptive training (fem_dnn.optimize.adaptive): at most this many cycles of train, "

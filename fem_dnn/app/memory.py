@@ -408,7 +408,8 @@ class _Sizes:
 def _sizes(cfg: dict, comm: MPI.Comm, petsc_options_prefix: str) -> _Sizes:
     """The sizes of the run of ``cfg`` on ``comm``, by arithmetic (collective)."""
     d, nd, nw, tr = cfg["data"], cfg["node"], cfg["network"], cfg["training"]
-    P, groups = comm.size, int(tr["sample_groups"])
+    P = comm.size
+    groups = int(tr["sample_groups"]) or P  # 0: one a rank
     if groups < 1 or P % groups:
         raise InputError(f"sample_groups={groups} must divide the number of ranks {P}")
     Pn = P // groups

@@ -35,7 +35,7 @@ class Run:
         self.cfg, self.comm = cfg, comm
         self.say = (lambda *a: out(*a)) if comm.rank == 0 else (lambda *a: None)
         d, nd, nw, tr = cfg["data"], cfg["node"], cfg["network"], cfg["training"]
-        self.layout = split_comm(comm, tr["sample_groups"])
+        self.layout = split_comm(comm, tr["sample_groups"] or comm.size)  # 0: one group a rank
         if d["resolution"] and d["name"] != "mnist":
             raise InputError(f"data.resolution applies to data.name = 'mnist' only, not {d['name']!r}")
         family = KERNELS[nw["kernel"]]
