@@ -356,7 +356,8 @@ def test_local_grid_path_on_channel_groups(comm, m):
     """A state constant on groups of m consecutive channels (what a slab boundary makes:
     the L2 projection from C/m channels copies each to its m sub-channels): the grid
     path's grouped product and outer product (the groups' summed kernel on one channel of
-    each group, 1/m of the multiply-adds) equal the plain ones to 1e-13 relative in
+    each group, 1/m of the multiply-adds), and the group sums of its grouped B^T (read
+    back through the projection's transpose) equal the plain ones to 1e-13 relative in
     float64, serially and on 2 and 3 ranks; in float32 each entry is within the
     summation bound 2 n u (B_|kappa| |f|) of the float64 one (n = 25 C terms, u the unit
     round-off; kappa's Q1 weights are nonnegative, so B_|kappa| |f| bounds the terms'
@@ -378,6 +379,12 @@ def test_local_grid_path_on_channel_groups(comm, m):
     plain = kern.apply(kappa, F)
     assert close(kern.apply_grouped(kappa, F, m), plain)
     assert close(kern.reduce(kern.outer_grouped(Z, F, kappa, m, 0.3)), kern.reduce(kern.outer(Z, F, kappa, 0.3)))
+    # B^T's sums over the groups (what the transfer's transpose reads): P^T of the grouped
+    # and of the plain transpose agree, and the grouped one is zero off the groups' first channels
+    back = SlabProjection(coarse, sp)
+    grouped_T = kern.apply_transpose_grouped(kappa, Z, m, 0.7)
+    assert close(back.apply_transpose(grouped_T), back.apply_transpose(kern.apply_transpose(kappa, Z, 0.7)))
+    assert comm.allreduce(int(np.count_nonzero(np.abs(grouped_T).max(axis=1)))) == sp.n // m
     bound = 2 * 25 * C * np.finfo(np.float32).eps / 2 * kern.apply(np.abs(kappa), np.abs(F))
     single = kern.apply_grouped(kappa, F.astype(np.float32), m)
     assert single.dtype == np.float32

@@ -232,12 +232,14 @@ def test_slab_first_stage_reads_the_channel_groups(comm, slab_spaces):
     """A slab whose state enters from fewer channels (1 -> 2 -> 4 here; the input's one
     channel copied to all C of a first slab) is constant on groups of C_prev channels
     at its first depth point: the slabs find the groups (2, 2; the lift C), and J and
-    the gradient with the groups' summed kernels equal those with the plain products
-    (groups 1) to 1e-13, on 1, 2 and 3 ranks, for Heun (whose second stage reads a state
-    without groups) and max pooling. Data on a one-channel image before a 2-channel first
-    slab: the first slab's groups are 2."""
-    net, J = make(comm, slab_spaces, "heun", pooling="max")
-    plain_net, plain = make(comm, slab_spaces, "heun", pooling="max")
+    the gradient with the groups' summed kernels (the forward product, the gradient's
+    outer product, and the group sums of B^T in the dual a slab passes back) equal those
+    with the plain products (groups 1) to 1e-13, on 1, 2 and 3 ranks, for Heun (whose
+    second stage reads a state without groups), the relaxation term and max pooling.
+    Data on a one-channel image before a 2-channel first slab: the first slab's groups
+    are 2."""
+    net, J = make(comm, slab_spaces, "heun", pooling="max", decay=1.5)
+    plain_net, plain = make(comm, slab_spaces, "heun", pooling="max", decay=1.5)
     assert net.groups == [1, 2, 2]
     plain_net.groups = [1, 1, 1]
     m = J.controls.random(1, 0.5)

@@ -355,20 +355,24 @@ class Network(StageFunction, PointEvaluation, ReadoutMethods):
         coefficients; sums over this rank's samples). With ``keep=False`` only the
         current layer's costate is held (a gradient needs no more) and None is returned
         in place of the costate. With ``initial`` a third value: ``dPhi/df(0)``, the dual
-        at depth 0 (what a slab before this one receives, :mod:`fem_dnn.network.slabs`).
+        at depth 0 (what a slab before this one receives, :mod:`fem_dnn.network.slabs`);
+        ``initial="groups"`` (without ``keep``): that dual exact in its sums over the
+        channel groups of the forward's ``groups`` only, which is all that the transpose
+        of a transfer that copied them reads.
         """
         each = self._scheme.implicit  # explicit: the last costate formed is tested (as the forward's final state)
         # without keep or initial the costate at depth 0 is not formed: the first layer's
         # step adds its control part only (Scheme.adjoint_step), and the tested values
         # are the costate after the first layer and that layer's bias gradient
         skip = not keep and not initial
-        costate, grad, dual, bad = self._costate(traj, dual_T, keep, each, skip)
+        first = False if skip else ("groups" if initial == "groups" and not keep else True)  # the first layer's dual
+        costate, grad, dual, bad = self._costate(traj, dual_T, keep, each, first)
         ok = finite(dual) and (not skip or finite(grad.a[0]))
         if not each and not self.layout.world.allreduce(ok, op=MPI.LAND):
             if costate is not None and costate.levels is None:
                 bad = next((k for k in reversed(range(self.depth.N)) if not finite(costate.dual[k])), -1)
             else:  # nothing kept to look in: the solve again, every layer tested
-                bad = self._costate(traj, dual_T, False, True, skip)[3]
+                bad = self._costate(traj, dual_T, False, True, first)[3]
         self._check_costate(bad)
         return (costate, grad, dual) if initial else (costate, grad)
 
@@ -376,11 +380,12 @@ class Network(StageFunction, PointEvaluation, ReadoutMethods):
         """Sum the parts of a kernel shared by the node ranks (:meth:`Kernel.reduce`)."""
         self.kernel.reduce(c.b)
 
-    def _costate(self, traj, dual_T, keep, each, skip=False):
+    def _costate(self, traj, dual_T, keep, each, first=True):
         """The costate solve; with ``each`` it records the first layer (going backward)
         whose costate is not finite on this rank (-1: none). Returns the costate (None
-        without ``keep``), the gradient, the dual at depth 0 (with ``skip``: after the
-        first layer, whose step then forms its control part only) and that layer."""
+        without ``keep``), the gradient, the dual at depth 0 and that layer. ``first``:
+        the first layer's step's ``dual`` (:meth:`Scheme.adjoint_step`; False: the dual
+        returned is the one after the first layer)."""
         c, N = traj.controls, self.depth.N
         grad = self.zero_controls()
         dual = np.asfortranarray(dual_T, dtype=self.dtype)
@@ -396,7 +401,7 @@ class Network(StageFunction, PointEvaluation, ReadoutMethods):
                 for k in reversed(range(s0, s1)):
                     with np.errstate(over="ignore", invalid="ignore"):
                         new, _ = self._scheme.adjoint_step(k, tapes[k - s0], dual, c, grad, keep=False,
-                                                           dual=not (skip and k == 0))
+                                                           dual=first if k == 0 else True)
                     dual, bad = self._tested(k, new, dual, grad, each, bad)
                 if keep:
                     duals[i] = dual.T
@@ -406,7 +411,7 @@ class Network(StageFunction, PointEvaluation, ReadoutMethods):
             zs = [None] * N
         for k in reversed(range(N)):
             with np.errstate(over="ignore", invalid="ignore"):
-                new, z = self._scheme.adjoint_step(k, traj.tape[k], dual, c, grad, keep=keep, dual=not (skip and k == 0))
+                new, z = self._scheme.adjoint_step(k, traj.tape[k], dual, c, grad, keep=keep, dual=first if k == 0 else True)
             dual, bad = self._tested(k, new, dual, grad, each, bad)
             if keep:
                 duals[k], zs[k] = dual.T, z

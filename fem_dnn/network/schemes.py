@@ -100,7 +100,10 @@ class Scheme:
         ``keep``: a gradient does not need them; a second-order step does); adds the
         control part ``dPhi_k/dm^T r`` to ``grad``. Without ``dual`` r before the layer is
         not formed (None is returned for it): the first layer's step of a gradient, whose
-        costate at depth 0 nobody reads, skips the stage's B^T product that only feeds it."""
+        costate at depth 0 nobody reads, skips the stage's B^T product that only feeds it.
+        With ``dual="groups"`` r before the layer is exact in its sums over the first
+        stage's channel groups only (what a slab transfer that copied them reads back;
+        :meth:`StageFunction.g_adjoint`)."""
         return self._transpose(k, stages, r, c, grad, keep, None, dual)
 
     def second_order_adjoint_step(self, k, stages, r, c, grad, dstages, zs, dc):
@@ -203,7 +206,8 @@ class ExplicitRungeKutta(Scheme):
                 for l in later:
                     kappa = kappa + (h * A[l][i]) * xis[l]
             # the first stage's xi feeds only r before the layer (no later stage reads it)
-            xi, out_z[i] = net.g_adjoint(k, stages[i], kappa, c, grad, scale=scale, keep=keep, dual=dual or i > 0)
+            xi, out_z[i] = net.g_adjoint(k, stages[i], kappa, c, grad, scale=scale, keep=keep,
+                                         dual=dual if i == 0 else True)
             if second is not None:
                 xi = xi + net.g_second(k, stages[i], zs[i], dstages[i], c, dc, grad)
             xis[i] = xi

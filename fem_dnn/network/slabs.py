@@ -393,8 +393,11 @@ class SlabNetwork:
         costates, grads = [None] * len(self.slabs), [None] * len(self.slabs)
         dual = dual_T
         for i in reversed(range(len(self.slabs))):
-            # the first slab's costate at depth 0 is not needed (the data are not controls)
-            solved = self.slabs[i].costate(traj.slabs[i], dual, keep=keep, initial=i > 0)
+            # the first slab's costate at depth 0 is not needed (the data are not controls);
+            # a later slab's is read through the transfer's transpose, which sums the
+            # channel groups the transfer copied: their sums suffice
+            initial = (True if keep else "groups") if i > 0 else False
+            solved = self.slabs[i].costate(traj.slabs[i], dual, keep=keep, initial=initial)
             costates[i], grads[i] = solved[:2]
             if i > 0:
                 dual = self.projections[i - 1].transpose(traj.slabs[i - 1].final, solved[2])

@@ -108,7 +108,8 @@ class StageFunction:
         ``z = Q^T M^{-1} (scale kappa)`` (kept for second-order solves; None without
         ``keep``) and adds ``g_m^T (scale kappa)`` to ``grad`` (dual, Euclidean). Without
         ``dual`` the first value is None and its B^T product is skipped (the control part
-        alone).
+        alone); with ``dual="groups"`` (at a stage whose X has channel groups) it is exact
+        in its sums over the groups only (:meth:`KernelOperator.apply_transpose_grouped`).
 
         This is the costate half of the fused layer (docs/model.md §4.13): with the
         lumped mass and nothing to keep, one in-place product ``sigma'(u) kappa`` is the
@@ -132,7 +133,10 @@ class StageFunction:
         zeta = sp.quad_values_T(dz)
         xi = None
         if dual:
-            xi = self.kernel.apply_transpose(c.b[k], zeta, -scale)  # -scale B_b^T zeta
+            if dual == "groups" and st.groups > 1:  # -scale B_b^T zeta's group sums
+                xi = self.kernel.apply_transpose_grouped(c.b[k], zeta, st.groups, -scale)
+            else:
+                xi = self.kernel.apply_transpose(c.b[k], zeta, -scale)  # -scale B_b^T zeta
             if cK:
                 xi -= cK * sp.apply(sp.K, kappa / sp.weights[:, None] if y is None else y)
             if self.decay:  # (-gamma I)^T

@@ -92,6 +92,13 @@ class KernelOperator(ABC):
         """:meth:`outer` for F constant on groups of channels (:meth:`apply_grouped`)."""
         return self.outer(Z, F, b, scale)
 
+    def apply_transpose_grouped(self, b, V: np.ndarray, groups: int, scale: float = 1.0) -> np.ndarray:
+        """``scale B_b^T v`` up to its sums over each group of ``groups`` consecutive
+        channels: an array whose group sums are those of :meth:`apply_transpose` (the dual
+        that a transfer which copied the groups reads back, its transpose summing them;
+        the entries themselves may differ). Here: :meth:`apply_transpose` itself."""
+        return self.apply_transpose(b, V, scale)
+
     # ---- derivatives in b: for a family linear in b they are the three above
     def tangent(self, b, db, F: np.ndarray) -> np.ndarray:
         """``(dB_b[db]) f``, the derivative of :meth:`apply` in b along db."""

@@ -167,15 +167,16 @@ class PixelGrid:
         factor ``(n_rest, C, (2R+1) C)``: ``[r, c, (j, c')] = K_(R - r, R - j)[c, c']``
         (B: the view at r reads the input at the offset o = R - r), or
         ``K_(r - R, j - R)[c', c]`` (B^T, ``transpose``: it reads at p + o). With
-        ``groups`` = m (B only) the input channels' columns of each group of m are summed:
-        ``(n_rest, C, (2R+1) C/m)``, the factor of an input constant on the groups."""
+        ``groups`` = m, B's input channels of each group of m are summed: for B
+        ``(n_rest, C, (2R+1) C/m)``, the factor of an input constant on the groups; for
+        B^T ``(n_rest, C/m, (2R+1) C)``, the group sums of B^T's output."""
         C = self.C
         kap = scale * np.asarray(kappa, dtype=float).reshape(C, C, -1)
         K = np.einsum("ijm,rom->rioj", kap, self.Q)  # [r, c_i, o_last + R, c_j]
         if groups > 1:
             K = K.reshape(*K.shape[:3], C // groups, groups).sum(axis=-1)
         if transpose:  # B^T: the mirrored offset -o, and c_i <-> c_j
-            return np.ascontiguousarray(K.transpose(0, 3, 2, 1)).reshape(len(self.rest), C, -1).astype(dtype)
+            return np.ascontiguousarray(K.transpose(0, 3, 2, 1)).reshape(len(self.rest), C // groups, -1).astype(dtype)
         return np.ascontiguousarray(K[::-1, :, ::-1, :]).reshape(len(self.rest), C, -1).astype(dtype)
 
     def _views(self, buf, shape, out_shape, S, C=None):
@@ -193,26 +194,44 @@ class PixelGrid:
             yield np.lib.stride_tricks.as_strided(buf[start:], shape=tuple(out_shape) + (K, S), strides=strides,
                                                   writeable=False)
 
-    def _conv(self, Kmat, buf, S, C_in=None):
+    def _conv(self, Kmat, buf, S, C_in=None, groups_out=1):
         """``out[p] = sum_r Kmat[r] @ view_r[p]`` on the owned pixels: a fresh Fortran
         ``(n_local, S)``. One slab of the box's first axis at a time: the slab's sum stays
         in the caches and its owned rows go to the output from there (the transposing
-        copy to the network's layout costs half as much as a pass afterwards, measured)."""
-        res = np.empty((self.n_local, S), dtype=buf.dtype, order="F")
+        copy to the network's layout costs half as much as a pass afterwards, measured).
+        With ``groups_out`` = m the GEMMs give C/m channels (group sums, :meth:`_K`): each
+        goes to its group's first channel, the others are zero."""
         views = list(self._views(buf, self.pad1, self.box, S, C_in))
+        if groups_out > 1:
+            res = np.zeros((self.n_local, S), dtype=buf.dtype, order="F")
+            dst, src = self._group_out(groups_out)
+        else:
+            res = np.empty((self.n_local, S), dtype=buf.dtype, order="F")
+            dst, src = self.slab_dst, self.slab_src
         if len(self.box) == 1:
             out = np.matmul(Kmat[0], views[0]).reshape(-1, S)
-            res[self.slab_dst[0]] = out[self.slab_src[0]]
+            res[dst[0]] = out[src[0]]
             return res
-        slab = np.empty(self.box[1:] + (self.C, S), dtype=buf.dtype)
+        slab = np.empty(self.box[1:] + (Kmat.shape[1], S), dtype=buf.dtype)
         tmp = np.empty_like(slab)
         for i in range(self.box[0]):
             np.matmul(Kmat[0], views[0][i], out=slab)
             for r in range(1, len(views)):
                 np.matmul(Kmat[r], views[r][i], out=tmp)
                 slab += tmp
-            res[self.slab_dst[i]] = slab.reshape(-1, S)[self.slab_src[i]]
+            res[dst[i]] = slab.reshape(-1, S)[src[i]]
         return res
+
+    def _group_out(self, m):
+        """Per slab of the box's first axis, the owned rows of each group's first channel
+        and their rows in a slab of C/m channels (:meth:`_conv`'s group sums)."""
+        key = ("out", m)
+        if key not in self._groups:
+            C, Cq = self.C, self.C // m
+            keep = [(src % C) % m == 0 for src in self.slab_src]
+            self._groups[key] = ([d[k] for d, k in zip(self.slab_dst, keep)],
+                                 [(src[k] // C) * Cq + (src[k] % C) // m for src, k in zip(self.slab_src, keep)])
+        return self._groups[key]
 
     def _padded(self, F):
         """F's owned rows (``(n_local, S)``, any memory order) and their ghosts written into
@@ -280,13 +299,17 @@ class PixelGrid:
         buf = self._padded(F)
         return self._conv(self._K(kappa, buf.dtype), buf.reshape(-1), F.shape[1])
 
-    def apply_transpose(self, kappa, V, scale=1.0):
+    def apply_transpose(self, kappa, V, scale=1.0, groups=1):
         """``scale B^T v`` (a fresh Fortran ``(n_local, S)``): ``(B^T v)(q) = sum_o K_o^T
         v(q + o)`` reads v at the owned rows' support, owned or ghost (the support is
         symmetric), so B^T takes a forward exchange of v's ghost rows instead of the CSR
-        path's reverse one."""
+        path's reverse one. With ``groups`` = m > 1 only the sums of B^T v over each group
+        of m consecutive channels are formed (the GEMMs of the groups' summed kernel,
+        1/m of the multiply-adds), in each group's first channel, the others zero: the
+        dual a transfer that copied the groups reads back (its transpose sums them)."""
         buf = self._padded(V)
-        return self._conv(self._K(kappa, buf.dtype, True, scale), buf.reshape(-1), V.shape[1])
+        return self._conv(self._K(kappa, buf.dtype, True, scale, groups), buf.reshape(-1), V.shape[1],
+                          groups_out=groups)
 
     def outer(self, Z, F, scale=1.0, groups=1):
         """``scale d<Z, B F>/d kappa``: ``G_o = sum_(p, s) Z[p, :, s] F[p - o, :, s]^T``, one

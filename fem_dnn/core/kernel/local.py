@@ -267,6 +267,12 @@ class LocalKernel(Kernel):
             return self.outer(Z, F, b, scale)
         return self.grid.outer(Z, F, scale, groups)
 
+    def apply_transpose_grouped(self, kappa, V, groups, scale=1.0):
+        """On the grid path, the group sums alone (:meth:`PixelGrid.apply_transpose`)."""
+        if self.grid is None or groups == 1 or np.ndim(V) == 1:
+            return self.apply_transpose(kappa, V, scale)
+        return self.grid.apply_transpose(kappa, V, scale, groups)
+
     def apply_transpose(self, kappa, V, scale=1.0):
         if np.ndim(V) == 1:
             return self.apply_transpose(kappa, np.asarray(V)[:, None], scale)[:, 0]
