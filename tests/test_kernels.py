@@ -351,8 +351,9 @@ def test_local_grid_path_matches_csr(comm, C):
 
 
 @pytest.mark.mpi
+@pytest.mark.parametrize("im2col", [True, False])
 @pytest.mark.parametrize("m", [2, 4])
-def test_local_grid_path_on_channel_groups(comm, m):
+def test_local_grid_path_on_channel_groups(comm, m, im2col, monkeypatch):
     """A state constant on groups of m consecutive channels (what a slab boundary makes:
     the L2 projection from C/m channels copies each to its m sub-channels): the grid
     path's grouped product and outer product (the groups' summed kernel on one channel of
@@ -361,9 +362,13 @@ def test_local_grid_path_on_channel_groups(comm, m):
     float64, serially and on 2 and 3 ranks; in float32 each entry is within the
     summation bound 2 n u (B_|kappa| |f|) of the float64 one (n = 25 C terms, u the unit
     round-off; kappa's Q1 weights are nonnegative, so B_|kappa| |f| bounds the terms'
-    absolute sum)."""
+    absolute sum). Both ways of the grouped product: one im2col GEMM (a shallow depth,
+    here 15-30) and the per-pixel GEMMs (forced by a depth limit of 0)."""
+    from fem_dnn.core.kernel.grid import PixelGrid
     from fem_dnn.network.slabs import SlabProjection
 
+    if not im2col:
+        monkeypatch.setattr(PixelGrid, "IM2COL_DEPTH", 0)
     C = 4
     sp, coarse = _image_space(comm, C), _image_space(comm, C // m)
     kern = LocalKernel(sp, radius=2.2 / 7, cells=3, channels=C)
