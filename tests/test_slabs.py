@@ -123,6 +123,28 @@ def test_max_pooling_and_its_exact_derivative(comm, slab_spaces):
         assert abs(lhs - rhs) <= 1e-13 * (1 + abs(lhs))
 
 
+@pytest.mark.mpi
+@pytest.mark.parametrize("pixels", [(6, 6), (5, 4)])
+def test_max_pooling_transpose_on_disjoint_and_overlapping_windows(comm, pixels):
+    """The max pooling's transpose is the adjoint of its derivative, <V, dQ(F) dF> =
+    <dQ(F)^T V, dF> to round-off, whether the windows are disjoint (12x12 -> 6x6 x 2
+    channels: a scatter after the channel copies are summed) or overlap (12x12 -> 5x4,
+    nested in neither axis: the summed scatter), on 1, 2 and 3 ranks."""
+    src, dst = image_space(comm, (12, 12), 1), image_space(comm, pixels, 2)
+    Q = SlabMaxPooling(src, dst)
+    overlapping = comm.allreduce(int(not Q._disjoint))  # ranks whose own windows overlap
+    assert overlapping == 0 if pixels == (6, 6) else overlapping >= 1
+    rng = np.random.default_rng(4)
+    F = np.asfortranarray(src.from_natural(rng.standard_normal((3, src.n)), axis=1).T)
+    dF = np.asfortranarray(src.from_natural(rng.standard_normal((3, src.n)), axis=1).T)
+    V = np.asfortranarray(dst.from_natural(rng.standard_normal((3, dst.n)), axis=1).T)
+    Q.apply(F)
+    lhs = comm.allreduce(float(np.vdot(V, Q.tangent(F, dF))))
+    rhs = comm.allreduce(float(np.vdot(Q.transpose(F, V), dF)))
+    assert abs(lhs - rhs) <= 1e-13 * (1 + abs(lhs))
+    src.destroy(), dst.destroy()
+
+
 def make(comm, spaces, scheme="euler", N=(2, 2, 1), S=6, K=3, seed=0, pooled=None, pooling="average",
          quadrature="auto", decay=0.0):
     """The small slab network and J; ``pooled``: the readout's node space (a pooled

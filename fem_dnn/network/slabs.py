@@ -171,6 +171,8 @@ class SlabMaxPooling:
     """
 
     def __init__(self, source: NodeSpace, target: NodeSpace):
+        from scipy import sparse
+
         #: the overlap pattern and the halo of the L2 projection between the same spaces
         self.cells = SlabProjection(source, target)
         self.source, self.target = source, target
@@ -181,21 +183,34 @@ class SlabMaxPooling:
         pad = np.arange(width)[None, :] < counts[:, None]
         pos = np.where(pad, P.indptr[:-1, None] + np.arange(width)[None, :], P.indptr[:-1, None])
         self.index = P.indices[pos] if P.nnz else np.zeros((0, width), dtype=np.int64)
+        # target cells over the same source cells (a channel's copies in a slab of more
+        # channels) pool once: the distinct windows, and each target cell's window
+        if self.index.shape[0]:
+            self.windows, copy = np.unique(self.index, axis=0, return_inverse=True)
+        else:
+            self.windows, copy = self.index, np.zeros(0, dtype=np.int64)
+        self._copy = np.asarray(copy).ravel()
+        n_w, n_t = self.windows.shape[0], self.index.shape[0]
+        self._sum_copies = sparse.csr_array((np.ones(n_t), (self._copy, np.arange(n_t))), shape=(n_w, n_t))
+        self._sums = {}  # the same in a batch's precision
+        # no source cell in two windows (a pooling of nested pixels): the transpose is a scatter
+        cells = np.unique(np.stack([np.repeat(np.arange(n_w), width), self.windows.ravel()]), axis=1)[1]
+        self._disjoint = cells.size == 0 or int(np.bincount(cells).max()) <= 1
         small = self.cells.n_ext < 2**31
-        self._flat_index = np.ascontiguousarray(self.index, dtype=np.int32 if small else np.int64).ravel()
-        self._row_base = (np.arange(self.index.shape[0], dtype=np.intp) * width)[:, None]
+        self._flat_index = np.ascontiguousarray(self.windows, dtype=np.int32 if small else np.int64).ravel()
+        self._row_base = (np.arange(n_w, dtype=np.intp) * width)[:, None]
         self._position = np.dtype(np.int8 if width < 128 else np.int32)  # the winner's position among the cells
         self._known = {}  # the maximisers of the states pooled last: see _rows
 
     def _argmax(self, X: np.ndarray, values: bool = False):
-        """``(target n_local, S)``: the source row (of the extended rows) where each target
-        cell's maximum of each sample is, the first of ties (and, with ``values``, the
-        maxima). A running maximum over the few overlapping cells on the C-ordered rows,
-        the winner's position kept by integer arithmetic (``j += (k - j) [v > best]``) and
-        the rows gathered once at the end: a boolean-masked copy costs 0.9 ms a pass where
-        these cost 0.02-0.1 ms (measured, 28x28 x 16 -> 14x14 x 16, S = 64, float32: 1.4 ms
-        a call against 6.8 ms)."""
-        idx = self.index
+        """``(windows, S)``: the source row (of the extended rows) where each window's
+        maximum of each sample is, the first of ties (and, with ``values``, the maxima;
+        a target cell takes its window's, ``[self._copy]``). A running maximum over the
+        few overlapping cells on the C-ordered rows, the winner's position kept by
+        integer arithmetic (``j += (k - j) [v > best]``) and the rows gathered once at the
+        end: a boolean-masked copy costs 0.9 ms a pass where these cost 0.02-0.1 ms
+        (measured, 28x28 x 16 -> 14x14 x 16, S = 64, float32: 1.4 ms a call against 6.8 ms)."""
+        idx = self.windows
         Xc = np.ascontiguousarray(X)
         best = Xc[idx[:, 0]]
         j = np.zeros(best.shape, dtype=self._position)
@@ -226,6 +241,7 @@ class SlabMaxPooling:
     def apply(self, F: np.ndarray) -> np.ndarray:
         """``Q f`` for the source's owned rows ``(n_local, S)``: Fortran ``(target n_local, S)``."""
         rows, best = self._argmax(self.cells._extended(F), values=True)
+        best = best[self._copy]
         if len(self._known) >= 4:  # the states of a few solves (a slab boundary, the readout)
             self._known.pop(next(iter(self._known)))
         owner = F
@@ -238,16 +254,25 @@ class SlabMaxPooling:
     def tangent(self, F: np.ndarray, dF: np.ndarray) -> np.ndarray:
         """``dQ(F) dF``: each target cell takes ``dF`` at its maximiser under ``F``."""
         rows = self._rows(F)
-        return np.asfortranarray(np.take_along_axis(self.cells._extended(dF), rows, axis=0))
+        return np.asfortranarray(np.take_along_axis(self.cells._extended(dF), rows, axis=0)[self._copy])
 
     def transpose(self, F: np.ndarray, D: np.ndarray) -> np.ndarray:
         """``dQ(F)^T D`` for a dual vector on the target's owned rows: each value added to
-        its maximiser's source row (ghost rows summed on their owners)."""
+        its maximiser's source row (ghost rows summed on their owners): the copies of a
+        window summed first, then one scatter when the windows are disjoint."""
         rows = self._rows(F)
         S = D.shape[1]
-        flat = (rows.astype(np.intp) * S + np.arange(S)[None, :]).ravel()
-        Y = np.bincount(flat, weights=np.ascontiguousarray(D).ravel(), minlength=self.cells.n_ext * S)
-        return self.cells._sum_ghosts(Y.reshape(self.cells.n_ext, S).astype(D.dtype, copy=False))
+        if D.dtype not in self._sums:
+            self._sums[D.dtype] = self._sum_copies.astype(D.dtype)
+        Dw = np.asarray(self._sums[D.dtype] @ D)  # each window's copies summed
+        if self._disjoint:  # every source row takes at most one window's value
+            Y = np.zeros((self.cells.n_ext, S), dtype=D.dtype)
+            Y[rows, np.arange(S)[None, :]] = Dw
+        else:
+            flat = (rows.astype(np.intp) * S + np.arange(S)[None, :]).ravel()
+            Y = np.bincount(flat, weights=np.ascontiguousarray(Dw).ravel(), minlength=self.cells.n_ext * S)
+            Y = Y.reshape(self.cells.n_ext, S).astype(D.dtype, copy=False)
+        return self.cells._sum_ghosts(Y)
 
 
 #: the slabs' transfers (``network.slab_pooling``): the L2 projection (average pooling) or the max pooling
