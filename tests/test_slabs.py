@@ -371,7 +371,7 @@ def test_train_resume_and_evaluate_with_slabs(tmp_path):
     assert straight["neurons"] == [64, 32] and straight["layers"] == 3
     ev = evaluate(tmp_path / "b", MPI.COMM_SELF, **quiet)
     assert ev["test_accuracy"] == resumed["test_accuracy"] and abs(ev["J"] - resumed["J"]) <= 1e-12 * resumed["J"]
-    with pytest.raises(InputError, match="a network of depth slabs moves to another data.resolution only"):
+    with pytest.raises(InputError, match=r"a network of depth slabs moves to another data.resolution \(and slab_pixels\) only"):
         evaluate(tmp_path / "b", MPI.COMM_SELF, overrides=["node.refine=2"], **quiet)
     lbfgs = train(load_config(None, base + ["training.method='lbfgs'", "training.max_it=5",
                                             f"output.folder='{tmp_path / 'c'}'"]), MPI.COMM_SELF, **quiet)
@@ -425,8 +425,11 @@ def test_slab_network_evaluated_at_another_resolution(tmp_path):
     """A slab network trained on 14x14 MNIST (slabs 14 -> 7 pixels, support 1 pixel) is
     evaluated on the 28x28 images: every slab's pixels and the support scale by 2 (the
     same continuum network), the controls move slab by slab, and the metrics are those
-    of a classifier (finite, an accuracy in [0, 1]); a resolution whose scaled support
-    is not a whole number of pixels, and resolution 0, get one line."""
+    of a classifier (finite, an accuracy in [0, 1]); with ``network.slab_pixels = [28, 7]``
+    the first slab alone is refined (its support 2 pixels of 28, the later slab's mesh
+    and kernel kept; given the trained pixels it is the trained network); a resolution
+    whose scaled support is not a whole number of pixels, slab pixels whose first is not
+    the resolution, and resolution 0, get one line."""
     from fem_dnn.app.config import load_config
     from fem_dnn.app.evaluate import evaluate
     from fem_dnn.app.train import train
@@ -440,6 +443,15 @@ def test_slab_network_evaluated_at_another_resolution(tmp_path):
     trained = train(load_config(None, cfg), MPI.COMM_SELF, **quiet)
     ev = evaluate(tmp_path / "r", MPI.COMM_SELF, overrides=["data.resolution=28"], **quiet)
     assert np.isfinite(ev["J"]) and 0.0 <= ev["test_accuracy"] <= 1.0 and ev["J"] != trained["J"]
+    # the first slab refined alone (the later slab keeps its 7-pixel mesh and its kernel):
+    # at the trained resolution that is the trained network itself
+    same = evaluate(tmp_path / "r", MPI.COMM_SELF, overrides=["data.resolution=14", "network.slab_pixels=[14, 7]"], **quiet)
+    assert same["J"] == pytest.approx(trained["J"], rel=1e-12)
+    first = evaluate(tmp_path / "r", MPI.COMM_SELF, overrides=["data.resolution=28", "network.slab_pixels=[28, 7]"],
+                     **quiet)
+    assert np.isfinite(first["J"]) and 0.0 <= first["test_accuracy"] <= 1.0 and first["J"] not in (ev["J"], trained["J"])
+    with pytest.raises(InputError, match="the first the data's resolution 28"):
+        evaluate(tmp_path / "r", MPI.COMM_SELF, overrides=["data.resolution=28", "network.slab_pixels=[14, 7]"], **quiet)
     with pytest.raises(InputError, match="are not whole numbers"):
         evaluate(tmp_path / "r", MPI.COMM_SELF, overrides=["data.resolution=4"], **quiet)
     with pytest.raises(InputError, match="give the pixels a side"):

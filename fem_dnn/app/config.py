@@ -117,6 +117,9 @@ SPEC = {
                         "long)"),
         "slab_support": (2, int, _POS, "depth slabs: the local kernel's half-width in its slab's pixels (radius = "
                          "support / pixels, 2 support Q1 cells a side)"),
+        "slab_supports": ([], list, _COUNTS, "depth slabs: the local kernel's half-width in each slab's pixels, one "
+                          "entry a slab (what fem-dnn evaluate sets when it refines some slabs and not others); "
+                          "empty: slab_support in every slab"),
         "slab_kernel_cells": (0, int, _NONNEG, "depth slabs: the Q1 cells a side of kappa's offset box, the same in "
                               "every slab and at every data.resolution (kappa a function of length, not of pixels: "
                               "fewer cells than 2 slab_support give a kernel smoother than the pixels, which the "

@@ -19,7 +19,8 @@ __all__ = ["EVALUATE_KEYS", "evaluate", "verify"]
 
 #: The keys ``fem-dnn evaluate --set`` may change: the discretisation of the same continuum
 #: network (data resolution, node mesh and space, depth grid), never the network itself.
-EVALUATE_KEYS = ("data.resolution", "node.mesh", "node.refine", "node.fit", "node.space", "node.mass", "network.N")
+EVALUATE_KEYS = ("data.resolution", "node.mesh", "node.refine", "node.fit", "node.space", "node.mass", "network.N",
+                 "network.slab_pixels")
 
 
 def evaluate(folder, comm: MPI.Comm = MPI.COMM_WORLD, out=print, overrides=(), best: bool = False) -> dict:
@@ -55,7 +56,7 @@ def evaluate(folder, comm: MPI.Comm = MPI.COMM_WORLD, out=print, overrides=(), b
     if not moved:  # the trained discretisation itself: nothing to transfer
         target_cfg = None
     elif cfg["network"]["slab_pixels"]:
-        _slabs_at(cfg, target_cfg, moved)
+        _slabs_at(cfg, target_cfg, moved, "slab_pixels" in changed.get("network", ()))
     found = runfolder.inspect(folder, comm).checkpoint  # checkpoint.npz, or the .prev a crash left
     if best:
         found = folder / "checkpoint" / "best.npz"
@@ -82,28 +83,37 @@ def evaluate(folder, comm: MPI.Comm = MPI.COMM_WORLD, out=print, overrides=(), b
     return metrics
 
 
-def _slabs_at(cfg: dict, target: dict, moved: list):
-    """A slab network evaluated at another data.resolution: every slab's image scaled by
-    the same factor and the kernel's support kept in length (``slab_support`` in the new
-    pixels), so that each slab is the same continuum operator on a finer or coarser mesh
-    (``target`` changed in place; a pooled readout's cells are cells of the image, the
-    same at every resolution); anything else is refused with one line."""
-    other = [m for m in moved if not m.startswith("data.resolution=")]
+def _slabs_at(cfg: dict, target: dict, moved: list, pixels_given: bool = False):
+    """A slab network evaluated at another data.resolution: by default every slab's image
+    scaled by the same factor; with ``network.slab_pixels`` given too (``pixels_given``),
+    the slabs' pixels given (the first the new resolution; e.g. ``[28, 7]`` refines the first slab only and
+    keeps the later slabs' meshes, the pooling's scales). Each slab's kernel keeps its
+    support in length (``slab_supports``: the trained support in the new pixels), so that
+    each slab is the same continuum operator on its mesh (``target`` changed in place; a
+    pooled readout's cells are cells of the image, the same at every resolution);
+    anything else is refused with one line."""
+    other = [m for m in moved if not m.startswith(("data.resolution=", "network.slab_pixels="))]
     if other:
         raise InputError(f"fem-dnn evaluate --set {other[0]}: a network of depth slabs moves to another "
-                         "data.resolution only (its slabs' meshes follow the image)")
+                         "data.resolution (and slab_pixels) only (its slabs' meshes follow the image)")
     nw, tw = cfg["network"], target["network"]
-    pixels, new = nw["slab_pixels"], target["data"]["resolution"]
+    pixels, new = [int(p) for p in nw["slab_pixels"]], target["data"]["resolution"]
     old = pixels[0]  # the first slab is the data's image (checked when the run was built)
+    supports = [int(v) for v in nw["slab_supports"]] or [nw["slab_support"]] * len(pixels)
     if new == 0:
         raise InputError("fem-dnn evaluate --set data.resolution=0: give the pixels a side to move the slabs to "
                          "(e.g. data.resolution=28)")
-    scaled = [p * new / old for p in pixels] + [nw["slab_support"] * new / old]
-    if any(abs(v - round(v)) > 1e-9 or round(v) < 1 for v in scaled):
-        raise InputError(f"fem-dnn evaluate --set data.resolution={new}: the slabs' pixels {list(pixels)} and the "
-                         f"support {nw['slab_support']} scaled by {new}/{old} are not whole numbers")
-    tw["slab_pixels"] = [int(round(v)) for v in scaled[:-1]]
-    tw["slab_support"] = int(round(scaled[-1]))
+    given = [float(p) for p in tw["slab_pixels"]] if pixels_given else None
+    if given is not None and (len(given) != len(pixels) or given[0] != new):
+        raise InputError(f"fem-dnn evaluate --set network.slab_pixels={[int(p) for p in given]}: one entry a slab "
+                         f"({len(pixels)}), the first the data's resolution {new}")
+    scaled = given or [p * new / old for p in pixels]
+    sup = [R * q / p for R, q, p in zip(supports, scaled, pixels)]
+    if any(abs(v - round(v)) > 1e-9 or round(v) < 1 for v in scaled + sup):
+        raise InputError(f"fem-dnn evaluate --set data.resolution={new}: the slabs' pixels {pixels} and the "
+                         f"supports {supports} moved to {[round(v, 3) for v in scaled]} pixels are not whole numbers")
+    tw["slab_pixels"] = [int(round(v)) for v in scaled]
+    tw["slab_supports"] = [int(round(v)) for v in sup]
 
 
 def _progress(state: dict) -> str:

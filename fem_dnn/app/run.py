@@ -92,7 +92,7 @@ class Run:
             self._build_slabs()
             return
         set_ = [k for k, default in (("slab_pooling", "average"), ("slab_readout_pooling", "average"),
-                                    ("slab_kernel_cells", 0)) if nw[k] != default]
+                                    ("slab_kernel_cells", 0), ("slab_supports", [])) if nw[k] != default]
         if set_:
             key = set_[0]
             raise InputError(f"network.{key} = {nw[key]!r} is a setting of depth slabs; this network has none "
@@ -162,17 +162,21 @@ class Run:
             raise InputError(f"network.slab_channels = {chans}: at zero controls every channel of a slab is the same "
                              "and stays so (the derivative is symmetric in the channels); start from training.init_scale "
                              "> 0")
-        R = nw["slab_support"]
-        if R >= min(pixels):
-            raise InputError(f"network.slab_support = {R} pixels is not smaller than the coarsest slab's "
-                             f"{min(pixels)} pixels a side")
+        supports = [int(v) for v in nw["slab_supports"]] or [nw["slab_support"]] * len(pixels)
+        if len(supports) != len(pixels):
+            raise InputError(f"network.slab_supports = {supports}: {len(supports)} entries for {len(pixels)} slabs "
+                             "(one a slab, or empty)")
+        for R, k in zip(supports, pixels):
+            if R >= k:
+                key = "slab_supports" if nw["slab_supports"] else "slab_support"
+                raise InputError(f"network.{key}: {R} pixels is not smaller than the slab's {k} pixels a side")
         if nw["slab_readout_pooling"] != "average" and not nw["slab_readout_pixels"]:
             raise InputError(f"network.slab_readout_pooling = {nw['slab_readout_pooling']!r} pools the last state onto "
                              "the readout's cells: set network.slab_readout_pixels")
-        cells = nw["slab_kernel_cells"] or 2 * R
         N = sum(layers)
         self.spaces, nets = [], []
-        for k, C, n_layers in zip(pixels, chans, layers):
+        for k, C, n_layers, R in zip(pixels, chans, layers, supports):
+            cells = nw["slab_kernel_cells"] or 2 * R
             node = self.layout.node_comm
             mesh = create_image_mesh(node, (k, k), C) if C > 1 else create_node_mesh(node, "rectangle", k,
                                                                                      cell="quadrilateral")
