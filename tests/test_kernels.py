@@ -326,7 +326,8 @@ def test_local_grid_path_matches_csr(comm, C):
     B f, ``scale B^T v`` and the outer product agree to 1e-13 relative (sums of at most
     25 C terms: round-off ~1e-15), serially and on 2 and 3 ranks (ghost pixels across
     the ranks' blocks); its transpose is exact and its outer product the derivative of
-    <V, B F>; one function is a batch of one."""
+    <V, B F>; one function is a batch of one. The grid path builds the CSR matrices on
+    first use only (``matrix``), the same as the CSR path's."""
     sp = _image_space(comm, C)
     fast = LocalKernel(sp, radius=2.2 / 7, cells=3, channels=C)  # 2 pixels a side in x, 1 in y
     csr = LocalKernel(sp, radius=2.2 / 7, cells=3, channels=C, method="csr")
@@ -347,6 +348,9 @@ def test_local_grid_path_matches_csr(comm, C):
     scale = abs(lhs) + 1.0
     assert abs(lhs - rhs) <= 1e-13 * scale and abs(lhs - g @ kappa / 0.3) <= 1e-13 * scale
     assert close(fast.apply(kappa, F[:, 0]), fast.apply(kappa, F)[:, 0])
+    # the grid path builds the CSR matrices on first use only, and they are the CSR path's
+    assert fast._csr is None and csr._csr is not None
+    assert close(fast.matrix(kappa) @ fast._extended(F), csr.apply(kappa, F))
     sp.destroy()
 
 

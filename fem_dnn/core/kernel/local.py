@@ -97,9 +97,6 @@ class LocalKernel(Kernel):
     def __init__(self, space: NodeSpace, radius: float, cells: int = 4, channels: int = 1, method: str = "auto",
                  quadrature: str = "auto"):
         super().__init__(space)
-        from scipy import sparse
-        from scipy.spatial import cKDTree
-
         sp, comm = space, space.comm
         if sp.degree == 2:
             raise InputError("the local kernel integrates with the node weights, and P2 has no positive ones; "
@@ -160,8 +157,35 @@ class LocalKernel(Kernel):
         #: the rule of the entries: "exact" (Galerkin, box cells), "nodal" (node quadrature)
         #: or "trapezoid" (node quadrature, half weights on the support's faces)
         self.quadrature = "exact" if widths is not None else ("trapezoid" if quadrature == "trapezoid" else "nodal")
-        # the pairs: owned rows i, columns j within the support (every dof's coordinates
-        # are known on every rank, sp.x_all)
+        self._where = (d, lo[:d], h, widths, chan)  # what the pairs are found from (_pairs)
+        rows, cols, offs, wi, wj = self._pairs()
+        owned = (cols >= sp.offset) & (cols < sp.offset + sp.n_local)
+        self.halo = Halo(comm, sp.offsets, np.unique(cols[~owned]))
+        self.n_ext = sp.n_local + self.halo.ghosts.size
+        self.nnz = rows.size
+        self._fan_in = int(np.bincount(rows, minlength=1).max()) if rows.size else 0  # the pairs of a row, at most
+        if method not in ("auto", "grid", "csr"):
+            raise InputError(f"unknown local kernel method {method!r}; choose 'auto', 'grid' or 'csr'")
+        #: the pixel-grid layout of the fast path (None: the CSR path)
+        self.grid = None if method == "csr" else PixelGrid.detect(self, chan, strict=method == "grid")
+        self.method = "csr" if self.grid is None else "grid"
+        # the CSR path's matrices (P: pairs x kappa nodes, the pattern, the outer product's
+        # tiles): built now for the CSR path, on first use on the grid path (which never
+        # needs them in a solve; at 28x28 x 16 channels they are 5 million pairs, 2-3 s
+        # and about 240 MB)
+        self._csr = None
+        if self.grid is None:
+            self._build_csr(rows, cols, offs, wi, wj)
+
+    def _pairs(self):
+        """The pairs: owned rows i and columns j within the support (every dof's
+        coordinates are known on every rank, ``sp.x_all``), their offsets ``y_i - y_j``
+        and, for the exact rule, the two cells' widths."""
+        from scipy.spatial import cKDTree
+
+        sp = self.space
+        d, lo, h, widths, chan = self._where
+        radius = self.radius
         X = np.ascontiguousarray(sp.x_all[:d].T)  # spatial coordinates (every channel at a pixel: one point)
         tree = cKDTree(X)
         reach = radius + (h if widths is not None else 0.0)
@@ -170,38 +194,49 @@ class LocalKernel(Kernel):
         rows = np.repeat(np.arange(sp.n_local), counts)
         cols = np.concatenate([np.sort(np.asarray(c, dtype=np.int64)) for c in nbrs]) if len(nbrs) else np.zeros(0, np.int64)
         offs = X[sp.offset + rows] - X[cols]  # (nnz, d) offsets y_i - y_j
+        wi = wj = None
         if widths is not None:  # the exact entry is nonzero for |o_a| < rho + (h_i,a + h_j,a)/2
             wi, wj = widths[:d, sp.offset + rows].T, widths[:d, cols].T
             keep = np.all(np.abs(offs) < radius + 0.5 * (wi + wj) - 1e-9 * h, axis=1)
             rows, cols, offs, wi, wj = rows[keep], cols[keep], offs[keep], wi[keep], wj[keep]
+        return rows, cols, offs, wi, wj
+
+    def _build_csr(self, rows, cols, offs, wi, wj):
+        """P (the values of B are ``P kappa`` on the pattern), the pattern and the tiles."""
+        from scipy import sparse
+
+        sp, C = self.space, self.channels
+        d, lo, h, widths, chan = self._where
         owned = (cols >= sp.offset) & (cols < sp.offset + sp.n_local)
-        self.halo = Halo(comm, sp.offsets, np.unique(cols[~owned]))
         lcol = np.where(owned, cols - sp.offset, sp.n_local + np.searchsorted(self.halo.ghosts, cols))
-        self.n_ext = sp.n_local + self.halo.ghosts.size
-        self.nnz = rows.size
         # Q1 basis values at the offsets: 2^d nonzeros per pair (exact zeros dropped), in
         # the block of the pair's channels (c_i, c_j)
-        pr, pc, pv = q1_basis(offs, radius, cells) if widths is None else box_basis(offs, wi, wj, radius, cells)
+        pr, pc, pv = q1_basis(offs, self.radius, self.cells) if widths is None else box_basis(offs, wi, wj, self.radius,
+                                                                                              self.cells)
         if self.quadrature == "trapezoid":
-            pv = pv * trapezoid_factors(offs, radius)[pr]
+            pv = pv * trapezoid_factors(offs, self.radius)[pr]
         pc = pc + (chan[sp.offset + rows[pr]] * C + chan[cols[pr]]) * self.Ms
         w_col = np.concatenate([sp.weights[: sp.n_local], np.zeros(self.halo.ghosts.size)])
         w_col[sp.n_local :] = sp.weights_all[self.halo.ghosts]
         pv = pv * w_col[lcol[pr]]
         #: (nnz x M): the values of B are ``P kappa`` on the pattern (rows, lcol), in its CSR order
-        self.P = sparse.csr_array((pv, (pr, pc)), shape=(self.nnz, self.M))
-        self._pattern = sparse.csr_array((np.ones(self.nnz), (rows, lcol)), shape=(sp.n_local, self.n_ext))
-        self._pattern.sort_indices()
+        P = sparse.csr_array((pv, (pr, pc)), shape=(self.nnz, self.M))
+        pattern = sparse.csr_array((np.ones(self.nnz), (rows, lcol)), shape=(sp.n_local, self.n_ext))
+        pattern.sort_indices()
         # the pattern's CSR order is (row, local column): reorder P's rows to match it
         order = np.lexsort((lcol, rows))
-        self.P = self.P[order]
-        self._indices, self._indptr = self._pattern.indices, self._pattern.indptr
-        self._tiles = self._tile_pairs(lo[:d], radius, 64 * C)
-        if method not in ("auto", "grid", "csr"):
-            raise InputError(f"unknown local kernel method {method!r}; choose 'auto', 'grid' or 'csr'")
-        #: the pixel-grid layout of the fast path (None: the CSR path)
-        self.grid = None if method == "csr" else PixelGrid.detect(self, chan, strict=method == "grid")
-        self.method = "csr" if self.grid is None else "grid"
+        self._csr = {"P": P[order], "indices": pattern.indices, "indptr": pattern.indptr}
+        self._csr["tiles"] = self._tile_pairs(lo, self.radius, 64 * C)
+
+    def _csr_part(self, key):
+        if self._csr is None:  # the grid path asked for a CSR matrix (matrix(), a test): built now
+            self._build_csr(*self._pairs())
+        return self._csr[key]
+
+    P = property(lambda self: self._csr_part("P"), doc="(nnz x M): the values of B are ``P kappa`` on the pattern")
+    _indices = property(lambda self: self._csr_part("indices"))
+    _indptr = property(lambda self: self._csr_part("indptr"))
+    _tiles = property(lambda self: self._csr_part("tiles"))
 
     def _tile_pairs(self, lo, radius, rows_per_tile=64):
         """The owned rows grouped into boxes of about ``rows_per_tile`` rows (at least the
@@ -341,8 +376,7 @@ class LocalKernel(Kernel):
         reads (every channel's pixels in the support): B's entries ``omega kappa`` are
         then those of PyTorch's default ``Conv2d`` initialisation, U(+-1/sqrt(fan_in)),
         so ``B f`` starts with about the size of ``f`` (docs/model.md §4.14)."""
-        rows = np.diff(self._indptr)
-        fan_in = self.space.comm.allreduce(int(rows.max()) if rows.size else 0, op=_mpi().MAX)
+        fan_in = self.space.comm.allreduce(self._fan_in, op=_mpi().MAX)
         omega = float(np.mean(self.space.weights_all))
         return rng.uniform(-1.0, 1.0, self.natural_shape(N)) / (omega * np.sqrt(fan_in))
 
