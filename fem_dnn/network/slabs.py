@@ -125,7 +125,10 @@ class SlabProjection:
         return self._sum_ghosts(self._matrices(D.dtype)[1] @ np.ascontiguousarray(D))
 
     def _sum_ghosts(self, Y: np.ndarray) -> np.ndarray:
-        """The owned rows of ``Y`` (source owned + ghosts, S), the ghost rows added on their owners."""
+        """The owned rows of ``Y`` (source owned + ghosts, S), the ghost rows added on their
+        owners (a fresh Fortran array: Y itself when it is one and has no ghost rows)."""
+        if Y.shape[0] == self.source.n_local and Y.flags.f_contiguous and self._local:
+            return Y
         out = np.array(Y[: self.source.n_local], order="F")
         if not self._local:
             self.halo.reverse(Y[self.source.n_local:], out)
@@ -266,7 +269,7 @@ class SlabMaxPooling:
             self._sums[D.dtype] = self._sum_copies.astype(D.dtype)
         Dw = np.asarray(self._sums[D.dtype] @ D)  # each window's copies summed
         if self._disjoint:  # every source row takes at most one window's value
-            Y = np.zeros((self.cells.n_ext, S), dtype=D.dtype)
+            Y = np.zeros((self.cells.n_ext, S), dtype=D.dtype, order="F")
             Y[rows, np.arange(S)[None, :]] = Dw
         else:
             flat = (rows.astype(np.intp) * S + np.arange(S)[None, :]).ravel()

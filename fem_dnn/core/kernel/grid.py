@@ -374,13 +374,19 @@ class PixelGrid:
             Zc[ch, pix, :] = Z
             G = (self._im2col(buf, S, Cin) @ Zc.reshape(C, -1).T).reshape(len(self.rest), depth, C)
             return self._outer_kappa(G, groups, scale)
-        G = np.zeros((len(self.rest), depth, C))
         views = list(self._views(buf, self.pad1, self.box, S, Cin))
         slabs = [(Ellipsis,)] if len(self.box) == 1 else [(i,) for i in range(self.box[0])]
         axes = tuple(range(len(self.box) - (len(self.box) > 1)))
-        for i in slabs:  # per pixel ((2R+1) C x S) @ (S x C), summed over a slab of the first axis
+        # per pixel ((2R+1) C x S) @ (S x C), accumulated per pixel of a slab of the first
+        # axis over the slabs and summed over those pixels once at the end (a reduction a
+        # GEMM call cost 0.9 ms a step at 14x14 x 32, S = 32)
+        acc = np.zeros((len(views),) + views[0][slabs[0]].shape[:-1] + (C,), dtype=buf.dtype)
+        tmp = np.empty(acc.shape[1:], dtype=buf.dtype)
+        for i in slabs:
             for r, v in enumerate(views):
-                G[r] += np.matmul(v[i], ZT[i]).sum(axis=axes)
+                np.matmul(v[i], ZT[i], out=tmp)
+                acc[r] += tmp
+        G = acc.sum(axis=tuple(a + 1 for a in axes))
         return self._outer_kappa(G, groups, scale)
 
     def _outer_kappa(self, G, groups, scale):
