@@ -95,6 +95,7 @@ class PixelGrid:
             self.box_row[self.own_box] = np.arange(nl)
         self._buffers = {}
         self._groups = {}  # m -> the rows of inputs constant on groups of m channels (_group_rows)
+        self._view_cache = {}  # the strided views of the padded buffers (_views)
         self.n_box = int(np.prod(box))
         # the support's offsets: the last axis' are the GEMM's K blocks, the others a loop
         self.rest = [tuple(o) for o in np.ndindex(*(2 * R[:-1] + 1))]  # o_rest + R_rest
@@ -184,7 +185,18 @@ class PixelGrid:
     def _views(self, buf, shape, out_shape, S, C=None):
         """For each offset of the leading axes, the ``(*out_shape, (2R+1) C, S)`` strided
         view of ``buf`` (C-ordered ``(*shape, C, S)``, C the kernel's channels unless
-        given) at that offset."""
+        given) at that offset: a list, kept with the buffer (the padded buffers are kept
+        per batch size, so their views are made once, not 30 times a training step)."""
+        key = (buf.__array_interface__["data"][0], buf.size, buf.dtype.str, tuple(shape), tuple(out_shape), S, C or self.C)
+        # the address is the buffer's: the cached views hold that memory, so no other array has it
+        views = self._view_cache.get(key)
+        if views is None:
+            if len(self._view_cache) >= 16:  # a few batch sizes at a time
+                self._view_cache.clear()
+            views = self._view_cache[key] = list(self._make_views(buf, shape, out_shape, S, C))
+        return views
+
+    def _make_views(self, buf, shape, out_shape, S, C=None):
         C, it, d = C or self.C, buf.itemsize, len(shape)
         st = np.ones(d, dtype=np.int64)
         for a in range(d - 2, -1, -1):
