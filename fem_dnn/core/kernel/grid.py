@@ -94,7 +94,10 @@ class PixelGrid:
         if self.full_box:
             self.box_row[self.own_box] = np.arange(nl)
         self._buffers = {}
-        self._groups = {}  # m -> the rows of inputs constant on groups of m channels (_group_rows)
+        # index arrays made once: m -> the rows of inputs constant on groups of m channels
+        # (_group_rows), ("out", m) -> the rows of the group sums (_group_out), "box" -> the
+        # owned rows' (pixel, channel) in the box (_box_order)
+        self._index_cache = {}
         self._view_cache = {}  # the strided views of the padded buffers (_views)
         self.n_box = int(np.prod(box))
         # the support's offsets: the last axis' are the GEMM's K blocks, the others a loop
@@ -252,20 +255,20 @@ class PixelGrid:
 
     def _box_order(self):
         """The owned rows' (pixel, channel) in the box: ``(pixels, channels)`` index arrays."""
-        if "box" not in self._groups:
-            self._groups["box"] = (self.own_box // self.C, self.own_box % self.C)
-        return self._groups["box"]
+        if "box" not in self._index_cache:
+            self._index_cache["box"] = (self.own_box // self.C, self.own_box % self.C)
+        return self._index_cache["box"]
 
     def _group_out(self, m):
         """Per slab of the box's first axis, the owned rows of each group's first channel
         and their rows in a slab of C/m channels (:meth:`_conv`'s group sums)."""
         key = ("out", m)
-        if key not in self._groups:
+        if key not in self._index_cache:
             C, Cq = self.C, self.C // m
             keep = [(src % C) % m == 0 for src in self.slab_src]
-            self._groups[key] = ([d[k] for d, k in zip(self.slab_dst, keep)],
+            self._index_cache[key] = ([d[k] for d, k in zip(self.slab_dst, keep)],
                                  [(src[k] // C) * Cq + (src[k] % C) // m for src, k in zip(self.slab_src, keep)])
-        return self._groups[key]
+        return self._index_cache[key]
 
     def _im2col_conv(self, Kmat, buf, S, C_in):
         """:meth:`_conv` as one GEMM ``(C x n_rest (2R+1) C_in) @ im2col``, for a shallow
@@ -303,7 +306,7 @@ class PixelGrid:
         """For inputs constant on consecutive groups of m channels: the owned rows and the
         ghost rows of each group's first channel, and their rows in the R-padded box of
         C/m channels (made once per m)."""
-        rows = self._groups.get(m)
+        rows = self._index_cache.get(m)
         if rows is None:
             C, Cq = self.C, self.C // m
 
@@ -312,7 +315,7 @@ class PixelGrid:
                 keep = np.flatnonzero(ch % m == 0)
                 return keep, pix[keep] * Cq + ch[keep] // m
 
-            rows = self._groups[m] = (firsts(self.own_pad), firsts(self.ghost_pad))
+            rows = self._index_cache[m] = (firsts(self.own_pad), firsts(self.ghost_pad))
         return rows
 
     def _padded_groups(self, F, m):
