@@ -244,7 +244,6 @@ class SlabMaxPooling:
     def apply(self, F: np.ndarray) -> np.ndarray:
         """``Q f`` for the source's owned rows ``(n_local, S)``: Fortran ``(target n_local, S)``."""
         rows, best = self._argmax(self.cells._extended(F), values=True)
-        best = best[self._copy]
         if len(self._known) >= 4:  # the states of a few solves (a slab boundary, the readout)
             self._known.pop(next(iter(self._known)))
         owner = F
@@ -252,12 +251,19 @@ class SlabMaxPooling:
             owner = owner.base
         key, known = self._key(F), self._known
         known[key] = (weakref.ref(owner, lambda _: known.pop(key, None)), rows)
-        return np.asfortranarray(best)
+        return self._to_targets(best)
+
+    def _to_targets(self, W: np.ndarray) -> np.ndarray:
+        """Each target cell's row of a windows' ``(windows, S)`` array, in one gather into a
+        Fortran ``(target n_local, S)``."""
+        out = np.empty((self._copy.size, W.shape[1]), dtype=W.dtype, order="F")
+        np.take(W, self._copy, axis=0, out=out)
+        return out
 
     def tangent(self, F: np.ndarray, dF: np.ndarray) -> np.ndarray:
         """``dQ(F) dF``: each target cell takes ``dF`` at its maximiser under ``F``."""
         rows = self._rows(F)
-        return np.asfortranarray(np.take_along_axis(self.cells._extended(dF), rows, axis=0)[self._copy])
+        return self._to_targets(np.take_along_axis(self.cells._extended(dF), rows, axis=0))
 
     def transpose(self, F: np.ndarray, D: np.ndarray) -> np.ndarray:
         """``dQ(F)^T D`` for a dual vector on the target's owned rows: each value added to

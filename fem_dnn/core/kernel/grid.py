@@ -282,30 +282,12 @@ class PixelGrid:
         res[...] = out[ch, pix, :].T
         return res.T
 
-    def _padded(self, F):
-        """F's owned rows (``(n_local, S)``, any memory order) and their ghosts written into
-        the R-padded box, C-ordered ``(padded pixels x C, S)`` in F's precision. The
-        buffer is kept per (S, dtype): its rows that no call writes (the padding, and the
-        box's pixels this rank neither owns nor holds as ghosts) stay zero, so a call
-        costs one pass over F (measured: the extended rows and then a gather took two)."""
-        S = F.shape[1]
-        dt = np.dtype(np.float32 if F.dtype == np.float32 else np.float64)
-        buf = self._buffers.get((S, dt))
-        if buf is None:
-            if len(self._buffers) >= 4:  # minibatches: a few batch sizes at a time
-                self._buffers.clear()
-            buf = self._buffers[(S, dt)] = np.zeros((self.n_pad, S), dtype=dt)
-        buf[self.own_pad] = F
-        if self.halo.comm.size > 1:
-            ghosts = np.empty((self.ghost_pad.size, S), dtype=dt)
-            self.halo.forward(F, ghosts)
-            buf[self.ghost_pad] = ghosts
-        return buf
-
     def _group_rows(self, m):
-        """For inputs constant on consecutive groups of m channels: the owned rows and the
-        ghost rows of each group's first channel, and their rows in the R-padded box of
-        C/m channels (made once per m)."""
+        """The owned rows and the ghost rows :meth:`_padded` writes, and their rows in the
+        R-padded box of C/m channels: every row for m = 1; for inputs constant on
+        consecutive groups of m channels each group's first channel (made once per m)."""
+        if m == 1:
+            return (slice(None), self.own_pad), (slice(None), self.ghost_pad)
         rows = self._index_cache.get(m)
         if rows is None:
             C, Cq = self.C, self.C // m
@@ -318,17 +300,22 @@ class PixelGrid:
             rows = self._index_cache[m] = (firsts(self.own_pad), firsts(self.ghost_pad))
         return rows
 
-    def _padded_groups(self, F, m):
-        """:meth:`_padded` for F constant on consecutive groups of m channels: one channel
-        of each group, ``(padded pixels x C/m, S)``. A pass over 1/m of F."""
+    def _padded(self, F, groups=1):
+        """F's owned rows (``(n_local, S)``, any memory order) and their ghosts written into
+        the R-padded box, C-ordered ``(padded pixels x C, S)`` in F's precision; with
+        ``groups`` = m (F constant on consecutive groups of m channels) one channel of
+        each group, ``(padded pixels x C/m, S)``, a pass over 1/m of F. The buffer is kept
+        per (S, dtype, m): its rows that no call writes (the padding, and the box's
+        pixels this rank neither owns nor holds as ghosts) stay zero, so a call costs one
+        pass over F (measured: the extended rows and then a gather took two)."""
         S = F.shape[1]
         dt = np.dtype(np.float32 if F.dtype == np.float32 else np.float64)
-        (own, own_q), (gh, gh_q) = self._group_rows(m)
-        buf = self._buffers.get((S, dt, m))
+        (own, own_q), (gh, gh_q) = self._group_rows(groups)
+        buf = self._buffers.get((S, dt, groups))
         if buf is None:
-            if len(self._buffers) >= 4:
+            if len(self._buffers) >= 4:  # minibatches: a few batch sizes at a time
                 self._buffers.clear()
-            buf = self._buffers[(S, dt, m)] = np.zeros((self.n_pad // m, S), dtype=dt)
+            buf = self._buffers[(S, dt, groups)] = np.zeros((self.n_pad // groups, S), dtype=dt)
         buf[own_q] = F[own]
         if self.halo.comm.size > 1:
             ghosts = np.empty((self.ghost_pad.size, S), dtype=dt)
@@ -343,7 +330,7 @@ class PixelGrid:
         is then the GEMMs of the groups' summed kernel on one channel of each group, 1/m
         of the multiply-adds, the same values to round-off."""
         if groups > 1:
-            buf = self._padded_groups(F, groups)
+            buf = self._padded(F, groups)
             Kmat, S, Cin = self._K(kappa, buf.dtype, groups=groups), F.shape[1], self.C // groups
             if Kmat.shape[0] * Kmat.shape[2] <= self.IM2COL_DEPTH:  # a shallow GEMM: one im2col GEMM
                 return self._im2col_conv(Kmat, buf.reshape(-1), S, Cin)
@@ -373,7 +360,7 @@ class PixelGrid:
         each group and copied to the group's m channels."""
         S, C = F.shape[1], self.C
         Cin = C // groups
-        buf = (self._padded(F) if groups == 1 else self._padded_groups(F, groups)).reshape(-1)
+        buf = self._padded(F, groups).reshape(-1)
         d = len(self.box)
         if self.full_box:  # Z^T's columns in box order, then per pixel (S, C)
             Zs = np.asarray(Z, dtype=buf.dtype).T[:, self.box_row].reshape(S, *self.box, C)
