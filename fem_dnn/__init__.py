@@ -10,6 +10,7 @@ on the (depth, node) domain [0,T] x Y. The modules follow the data flow:
 
 - :mod:`fem_dnn.core.activation`  sigma and its derivatives, in numpy and UFL
 - :mod:`fem_dnn.core.layout`      rank layouts (node partition, sample groups)
+- :mod:`fem_dnn.core.batch`       the batch arrays' memory order, blocked copies between orders
 - :mod:`fem_dnn.core.meshes`      node meshes: built-in, gmsh/XDMF files, points on a mesh
 - :mod:`fem_dnn.core.nodes`       the node space: node weights, mass operators, natural order
 - :mod:`fem_dnn.core.depth`       depth mesh, (depth, node) mesh

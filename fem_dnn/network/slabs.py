@@ -23,6 +23,7 @@ import weakref
 
 import numpy as np
 
+from fem_dnn.core.batch import fortran
 from fem_dnn.core.depth import Depth
 from fem_dnn.core.nodes import NodeSpace
 from fem_dnn.core.kernel import Halo, box_widths
@@ -117,7 +118,7 @@ class SlabProjection:
 
     def apply(self, F: np.ndarray) -> np.ndarray:
         """``P f`` for the source's owned rows ``(n_local, S)``: Fortran ``(target n_local, S)``."""
-        return np.asfortranarray(self._matrices(F.dtype)[0] @ self._extended(F))
+        return fortran(self._matrices(F.dtype)[0] @ self._extended(F))
 
     def apply_transpose(self, D: np.ndarray) -> np.ndarray:
         """``P^T d`` for the target's owned rows ``(n_local, S)`` (a dual vector):
@@ -129,7 +130,7 @@ class SlabProjection:
         owners (a fresh Fortran array: Y itself when it is one and has no ghost rows)."""
         if Y.shape[0] == self.source.n_local and Y.flags.f_contiguous and self._local:
             return Y
-        out = np.array(Y[: self.source.n_local], order="F")
+        out = fortran(Y[: self.source.n_local])
         if not self._local:
             self.halo.reverse(Y[self.source.n_local:], out)
         return out

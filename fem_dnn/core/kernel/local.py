@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fem_dnn.core.batch import fortran
 from fem_dnn.core.kernel.base import POSITIVE, Kernel, KernelMemory, _mpi, one_of, register
 from fem_dnn.core.kernel.basis import box_basis, box_widths, cell_extent, q1_basis, trapezoid_factors
 from fem_dnn.core.kernel.grid import PixelGrid
@@ -288,8 +289,8 @@ class LocalKernel(Kernel):
         if self.grid is not None:
             return self.grid.apply(kappa, F)
         if F.dtype == np.float32:
-            return np.asfortranarray(self.matrix(kappa).astype(np.float32) @ self._extended(F))
-        return np.asfortranarray(self.matrix(kappa) @ self._extended(F))
+            return fortran(self.matrix(kappa).astype(np.float32) @ self._extended(F))
+        return fortran(self.matrix(kappa) @ self._extended(F))
 
     def apply_grouped(self, kappa, F, groups):
         """On the grid path, the GEMMs of the groups' summed kernel (:meth:`PixelGrid.apply`)."""
@@ -316,12 +317,12 @@ class LocalKernel(Kernel):
         nl = self.space.n_local
         if V.dtype == np.float32:
             Y = self.matrix(scale * np.asarray(kappa, dtype=float)).astype(np.float32).T @ np.ascontiguousarray(V)
-            out = np.array(Y[:nl], order="F")
+            out = fortran(Y[:nl])
             if self.space.comm.size > 1:
                 self.halo.reverse(Y[nl:], out)
             return out
         Y = self.matrix(kappa).T @ np.ascontiguousarray(V)  # (n_ext, S)
-        out = np.array(Y[:nl], order="F")
+        out = fortran(Y[:nl])
         if self.space.comm.size > 1:
             self.halo.reverse(Y[nl:], out)
         if scale != 1.0:
