@@ -24,3 +24,19 @@ def test_fortran_copy_equals_numpys(shape, dtype):
 def test_fortran_of_one_dimensional_arrays():
     v = np.arange(10.0)
     assert fortran(v) is v or np.array_equal(fortran(v), v)
+
+
+def test_array_memo_forgets_a_freed_array():
+    from fem_dnn.core.batch import ArrayMemo
+
+    memo = ArrayMemo(2)
+    A = np.ones((4, 3))
+    memo.put(A, "a")
+    assert memo.get(A) == "a" and memo.get(A[:, :]) == "a"  # the same memory, shape and strides
+    assert memo.get(A[:2]) is None and memo.get(A.copy()) is None
+    del A  # freed: its entry goes with it, whatever is allocated at that address next
+    assert len(memo._entries) == 0
+    B, C, D = np.zeros(2), np.zeros(3), np.zeros(4)
+    for X, v in ((B, 1), (C, 2), (D, 3)):
+        memo.put(X, v)
+    assert memo.get(B) is None and memo.get(C) == 2 and memo.get(D) == 3  # the oldest goes first

@@ -387,7 +387,12 @@ def test_local_grid_path_on_channel_groups(comm, m, im2col, monkeypatch):
 
     plain = kern.apply(kappa, F)
     assert close(kern.apply_grouped(kappa, F, m), plain)
-    assert close(kern.reduce(kern.outer_grouped(Z, F, kappa, m, 0.3)), kern.reduce(kern.outer(Z, F, kappa, 0.3)))
+    outer = kern.reduce(kern.outer(Z, F, kappa, 0.3))
+    assert close(kern.reduce(kern.outer_grouped(Z, F, kappa, m, 0.3)), outer)  # the padded box of F's product, kept
+    # another state's product in between: the outer product pads F again (ArrayMemo's identity)
+    F2 = SlabProjection(coarse, sp).apply(_batch(coarse, 3, 5))
+    kern.apply_grouped(kappa, F2, m)
+    assert close(kern.reduce(kern.outer_grouped(Z, F, kappa, m, 0.3)), outer)
     # B^T's sums over the groups (what the transfer's transpose reads): P^T of the grouped
     # and of the plain transpose agree, and the grouped one is zero off the groups' first channels
     back = SlabProjection(coarse, sp)

@@ -16,9 +16,11 @@ fit in the level-1 cache. The other direction (Fortran to C) numpy does at full 
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
-__all__ = ["fortran", "BLOCK"]
+__all__ = ["ArrayMemo", "BLOCK", "fortran"]
 
 #: elements per block of a blocked copy to Fortran order (16 KiB of float32: measured
 #: best or within 10% of best for S from 16 to 200, float32 and float64)
@@ -43,3 +45,39 @@ def fortran(A: np.ndarray, dtype=None, out: np.ndarray | None = None) -> np.ndar
     for i in range(0, n, step):
         out[i : i + step] = A[i : i + step]
     return out
+
+
+class ArrayMemo:
+    """Values computed from arrays, recalled by the array while it lives: a state's max
+    pooling maximisers, the box a product last padded it into. An array is known by its
+    memory (address, shape, strides, type) while the array owning that memory lives (a
+    weak reference drops the entry with it, so a later array at the same address is not
+    mistaken for it). Only for arrays nobody writes into between :meth:`put` and
+    :meth:`get`: the solves' states, which are never changed once computed.
+
+    Args:
+        size: the entries kept (the oldest goes first).
+    """
+
+    def __init__(self, size: int = 4):
+        self.size = size
+        self._entries = {}
+
+    @staticmethod
+    def _key(F):
+        return (F.__array_interface__["data"][0], F.shape, F.strides, F.dtype.str)
+
+    def get(self, F: np.ndarray):
+        """The value put for F (None if there is none, or F's memory was freed since)."""
+        hit = self._entries.get(self._key(F))
+        return None if hit is None else hit[1]
+
+    def put(self, F: np.ndarray, value) -> None:
+        """Keep ``value`` for F while F's memory lives."""
+        if len(self._entries) >= self.size:
+            self._entries.pop(next(iter(self._entries)))
+        owner = F
+        while isinstance(owner.base, np.ndarray):
+            owner = owner.base
+        key, entries = self._key(F), self._entries
+        entries[key] = (weakref.ref(owner, lambda _: entries.pop(key, None)), value)

@@ -19,11 +19,9 @@ gradient and the Hessian actions stay exact (Taylor tests in tests/test_slabs.py
 A one-slab network is the uniform network. See docs/model.md §4.14.
 """
 
-import weakref
-
 import numpy as np
 
-from fem_dnn.core.batch import fortran
+from fem_dnn.core.batch import ArrayMemo, fortran
 from fem_dnn.core.depth import Depth
 from fem_dnn.core.nodes import NodeSpace
 from fem_dnn.core.kernel import Halo, box_widths
@@ -204,7 +202,7 @@ class SlabMaxPooling:
         self._flat_index = np.ascontiguousarray(self.windows, dtype=np.int32 if small else np.int64).ravel()
         self._row_base = (np.arange(n_w, dtype=np.intp) * width)[:, None]
         self._position = np.dtype(np.int8 if width < 128 else np.int32)  # the winner's position among the cells
-        self._known = {}  # the maximisers of the states pooled last: see _rows
+        self._known = ArrayMemo(4)  # the maximisers of the states pooled last (a slab boundary, the readout)
 
     def _argmax(self, X: np.ndarray, values: bool = False):
         """``(windows, S)``: the source row (of the extended rows) where each window's
@@ -228,30 +226,18 @@ class SlabMaxPooling:
         rows = np.take(self._flat_index, self._row_base + j)
         return (rows, best) if values else rows
 
-    @staticmethod
-    def _key(F):
-        return (F.__array_interface__["data"][0], F.shape, F.strides, F.dtype.str)
-
     def _rows(self, F: np.ndarray) -> np.ndarray:
         """The maximisers under the state F: the ones :meth:`apply` found for F if it was
         among the last states pooled (the costate and the tangent pool the forward's
-        states again), else computed. A state is known by its memory (address, shape,
-        strides, type) while the array owning that memory lives (a weak reference drops
-        the entry with it, so a later array at the same address is not mistaken for it);
-        the solves never write into a state they have pooled."""
-        hit = self._known.get(self._key(F))
-        return hit[1] if hit is not None else self._argmax(self.cells._extended(F))
+        states again; :class:`~fem_dnn.core.batch.ArrayMemo`: the solves never write into
+        a state they have pooled), else computed."""
+        hit = self._known.get(F)
+        return hit if hit is not None else self._argmax(self.cells._extended(F))
 
     def apply(self, F: np.ndarray) -> np.ndarray:
         """``Q f`` for the source's owned rows ``(n_local, S)``: Fortran ``(target n_local, S)``."""
         rows, best = self._argmax(self.cells._extended(F), values=True)
-        if len(self._known) >= 4:  # the states of a few solves (a slab boundary, the readout)
-            self._known.pop(next(iter(self._known)))
-        owner = F
-        while isinstance(owner.base, np.ndarray):
-            owner = owner.base
-        key, known = self._key(F), self._known
-        known[key] = (weakref.ref(owner, lambda _: known.pop(key, None)), rows)
+        self._known.put(F, rows)
         return self._to_targets(best)
 
     def _to_targets(self, W: np.ndarray) -> np.ndarray:
