@@ -510,3 +510,15 @@ def test_mentioned_module_paths_exist():
                 missing.append(f"{page.relative_to(ROOT)}:{line_of(text, m.start())}: {m.group(0)} does not exist")
     assert mentioned >= 30, f"only {mentioned} fem_dnn/...py paths found: is the pattern still right?"
     assert not missing, "\n".join(missing)
+
+
+def test_markdown_has_no_control_characters():
+    """No tab, carriage return or other control character in the Markdown files: a
+    Python string that wrote LaTeX without a raw prefix turns ``\\rangle`` into a carriage
+    return (then ``angle``) and ``\\to`` into a tab (then ``o``)."""
+    bad = []
+    for path in [README, *sorted(DOCS.rglob("*.md"))]:
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"[\x00-\x09\x0b-\x1f\x7f]", line) or re.match(r"(angle|ightarrow|abla|imes|heta)\b", line):
+                bad.append(f"{path.relative_to(ROOT)}:{n}: {line[:60]!r}")
+    assert not bad, "\n".join(bad)

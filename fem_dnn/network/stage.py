@@ -58,7 +58,7 @@ class StageFunction:
         constant on consecutive groups of that many channels (a slab's initial state),
         which the kernel's product and the gradient's outer product may use."""
         sp = self.space
-        U = self.kernel.apply(c.b[k], X) if groups == 1 else self.kernel.apply_grouped(c.b[k], X, groups)
+        U = self.kernel.apply(c.b[k], X) if groups == 1 else self.kernel.apply_grouped(c.b[k], X, groups, keep=linearise)
         np.subtract(c.a[k][:, None], U, out=U)
         Uq = sp.quad_values(U)
         compact = linearise and self.sigma.from_sigma is not None

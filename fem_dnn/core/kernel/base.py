@@ -82,10 +82,12 @@ class KernelOperator(ABC):
         the node ranks by :meth:`ControlBlock.reduce`)."""
 
     # ---- inputs constant on groups of channels (a slab's first stage): the same values
-    def apply_grouped(self, b, F: np.ndarray, groups: int) -> np.ndarray:
+    def apply_grouped(self, b, F: np.ndarray, groups: int, keep: bool = False) -> np.ndarray:
         """:meth:`apply` for F constant on consecutive groups of ``groups`` channels (the
         state a slab boundary copies to more channels). A family whose product can use
-        the structure overrides it; the values are :meth:`apply`'s."""
+        the structure overrides it; the values are :meth:`apply`'s. ``keep``: a gradient
+        will follow (:meth:`outer_grouped` on the same F), so the product may keep what
+        that reads again."""
         return self.apply(b, F)
 
     def outer_grouped(self, Z: np.ndarray, F: np.ndarray, b, groups: int, scale: float = 1.0) -> np.ndarray:

@@ -82,15 +82,13 @@ class PixelGrid:
         self.n_pad = int(np.prod(self.pad1)) * C
         self.n_local = nl
         #: every pixel of the box is owned (one rank, or a rectangular block): the box's
-        #: rows are a permutation of the owned ones, ``box_row``
+        #: rows are a permutation of the owned ones
         self.full_box = sp.comm.size == 1 or nl == int(np.prod(box)) * C
-        self.box_row = np.empty(nl if self.full_box else 0, dtype=np.int64)
-        if self.full_box:
-            self.box_row[self.own_box] = np.arange(nl)
         self._buffers = {}
-        # which state each buffer holds: (S, dtype, m) -> times written; the state of each
-        # write (ArrayMemo: state -> (buffer key, count)); the im2col of a buffer's state
-        self._writes, self._written, self._im2cols = {}, ArrayMemo(4), {}
+        # which state each buffer holds: (S, dtype, m) -> times written; per state (ArrayMemo,
+        # dropped with the state) the buffer and count of its write, and the im2col that a
+        # product a gradient follows keeps for its outer product
+        self._writes, self._written, self._im2cols = {}, ArrayMemo(4), ArrayMemo(4)
         # index arrays made once: m -> the rows of inputs constant on groups of m channels
         # (_group_rows), ("out", m) -> the rows of the group sums (_group_out), "box" -> the
         # owned rows' (pixel, channel) in the box (_box_order)
@@ -240,14 +238,14 @@ class PixelGrid:
     #: instead of the per-pixel GEMMs: a slab's first stage on the input's one channel
     IM2COL_DEPTH = 64
 
-    def _im2col(self, buf, S, C_in, groups):
+    def _im2col(self, buf, S, C_in, F=None, keep=False):
         """``(n_rest (2R+1) C_in, n_box S)``: the input at every support offset of every
         box pixel (``[(r, j, c'), (p, s)]``), one copy of each strided view of the padded
-        buffer of ``groups``; kept until that buffer is written again (a stage's product
-        and outer product read the same state)."""
-        key = (S, buf.dtype, groups)
-        hit = self._im2cols.get(key)
-        if hit is not None and hit[0] == self._writes[key]:
+        buffer (which holds the state F). With ``keep`` it is kept for F (ArrayMemo:
+        dropped with F), and a later call for F takes it (a stage's product and its outer
+        product read the same state)."""
+        hit = None if F is None else self._im2cols.get(F)
+        if hit is not None and hit[0] == C_in:
             return hit[1]
         views = list(self._views(buf, self.pad1, self.box, S, C_in))
         K = views[0].shape[-2]
@@ -255,7 +253,8 @@ class PixelGrid:
         for r, v in enumerate(views):
             V[r] = np.moveaxis(v, -2, 0)
         V = V.reshape(len(views) * K, -1)
-        self._im2cols[key] = (self._writes[key], V)
+        if keep and F is not None:
+            self._im2cols.put(F, (C_in, V))
         return V
 
     def _box_order(self):
@@ -294,13 +293,13 @@ class PixelGrid:
             self._index_cache[key] = (keep, pix[keep] * Cq + ch[keep] // m)
         return self._index_cache[key]
 
-    def _im2col_conv(self, Kmat, buf, S, C_in):
-        """:meth:`_conv` as one GEMM ``(C x n_rest (2R+1) C_in) @ im2col``, for a shallow
-        depth (the input's one channel: 25 against 5 a per-pixel GEMM; measured 1.0 ms
-        against 1.5 ms at 28x28 x 16, S = 32, float32), then the owned rows gathered
-        into the network's layout."""
+    def _im2col_conv(self, Kmat, buf, S, C_in, F, keep):
+        """:meth:`_conv` as one GEMM ``(C x n_rest (2R+1) C_in) @ im2col`` (of the state F,
+        kept with ``keep``), for a shallow depth (the input's one channel: 25 against 5 a
+        per-pixel GEMM; measured 1.0 ms against 1.5 ms at 28x28 x 16, S = 32, float32),
+        then the owned rows gathered into the network's layout."""
         Kall = np.ascontiguousarray(Kmat.transpose(1, 0, 2)).reshape(self.C, -1)  # [c, (r, j, c')]
-        out = (Kall @ self._im2col(buf, S, C_in, self.C // C_in)).reshape(self.C * self.n_box, S)  # [(c, p), s]
+        out = (Kall @ self._im2col(buf, S, C_in, F, keep)).reshape(self.C * self.n_box, S)  # [(c, p), s]
         pix, ch = self._box_order()
         return fortran(np.take(out, ch * self.n_box + pix, axis=0))
 
@@ -343,7 +342,6 @@ class PixelGrid:
         if buf is None:
             if len(self._buffers) >= 4:  # minibatches: a few batch sizes at a time
                 self._buffers.clear()
-                self._im2cols.clear()
             buf = self._buffers[key] = np.zeros((self.n_pad // groups, S), dtype=dt)
         buf[own_q] = F[own]
         if self.halo.comm.size > 1:
@@ -354,17 +352,18 @@ class PixelGrid:
         self._written.put(F, (key, self._writes[key]))
         return buf
 
-    def apply(self, kappa, F, groups=1):
+    def apply(self, kappa, F, groups=1, keep=False):
         """``B f`` for this rank's rows F ``(n_local, S)``: a fresh Fortran ``(n_local, S)``.
         With ``groups`` = m > 1, F is constant on consecutive groups of m channels (a state
         a slab boundary copied to more channels, the input copied to every channel): B f
         is then the GEMMs of the groups' summed kernel on one channel of each group, 1/m
-        of the multiply-adds, the same values to round-off."""
+        of the multiply-adds, the same values to round-off. ``keep``: the outer product
+        with F follows (a gradient), so a shallow product's im2col is kept for it."""
         if groups > 1:
             buf = self._padded(F, groups)
             Kmat, S, Cin = self._K(kappa, buf.dtype, groups=groups), F.shape[1], self.C // groups
             if Kmat.shape[0] * Kmat.shape[2] <= self.IM2COL_DEPTH:  # a shallow GEMM: one im2col GEMM
-                return self._im2col_conv(Kmat, buf.reshape(-1), S, Cin)
+                return self._im2col_conv(Kmat, buf.reshape(-1), S, Cin, F, keep)
             return self._conv(Kmat, buf.reshape(-1), S, Cin)
         buf = self._padded(F)
         return self._conv(self._K(kappa, buf.dtype), buf.reshape(-1), F.shape[1])
@@ -394,7 +393,7 @@ class PixelGrid:
         buf = self._padded(F, groups, reuse=True).reshape(-1)
         depth = (2 * int(self.R[-1]) + 1) * Cin
         if groups > 1 and len(self.rest) * depth <= self.IM2COL_DEPTH:  # one GEMM over every pixel and sample
-            G = self._im2col(buf, S, Cin, groups) @ self._box_rows(Z, "channel", buf.dtype).reshape(C, -1).T
+            G = self._im2col(buf, S, Cin, F) @ self._box_rows(Z, "channel", buf.dtype).reshape(C, -1).T
             return self._outer_kappa(G.reshape(len(self.rest), depth, C), groups, scale)
         # per pixel (S, C): Z's rows in box order, each pixel's (C, S) block transposed
         ZT = np.ascontiguousarray(self._box_rows(Z, "pixel", buf.dtype).reshape(self.n_box, C, S).transpose(0, 2, 1))

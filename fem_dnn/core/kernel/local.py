@@ -292,11 +292,11 @@ class LocalKernel(Kernel):
             return fortran(self.matrix(kappa).astype(np.float32) @ self._extended(F))
         return fortran(self.matrix(kappa) @ self._extended(F))
 
-    def apply_grouped(self, kappa, F, groups):
+    def apply_grouped(self, kappa, F, groups, keep=False):
         """On the grid path, the GEMMs of the groups' summed kernel (:meth:`PixelGrid.apply`)."""
         if self.grid is None or groups == 1 or np.ndim(F) == 1:
             return self.apply(kappa, F)
-        return self.grid.apply(kappa, F, groups)
+        return self.grid.apply(kappa, F, groups, keep)
 
     def outer_grouped(self, Z, F, b, groups, scale=1.0):
         if self.grid is None or groups == 1:
