@@ -6,7 +6,7 @@ import pytest
 from fem_dnn.core.batch import BLOCK, fortran
 
 
-@pytest.mark.parametrize("shape", [(12544, 32), (6272, 64), (1000, 7), (3, 5000), (BLOCK // 64, 64), (0, 4)])
+@pytest.mark.parametrize("shape", [(12544, 32), (6272, 64), (1000, 7), (3, 5000), (BLOCK // 64, 64), (0, 4), (700, 600)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_fortran_copy_equals_numpys(shape, dtype):
     A = np.random.default_rng(0).standard_normal(shape).astype(dtype)

@@ -11,7 +11,8 @@ a plain copy's speed when S is a power of two (measured on a 2-core Xeon, float3
 copy; ``12544 x 32`` in 0.37 ms against 0.19 ms; float64 ``12544 x 32`` in 2.3 ms
 against 0.30 ms), most likely because a destination column reads source elements S
 apart, which fall into a few cache sets. :func:`fortran` copies in blocks of rows that
-fit in the level-1 cache. The other direction (Fortran to C) numpy does at full speed.
+fit in the level-1 cache, and batches of more than ``TILE`` samples in square tiles.
+The other direction (Fortran to C) numpy does at full speed.
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ import weakref
 
 import numpy as np
 
-__all__ = ["ArrayMemo", "BLOCK", "fortran"]
+__all__ = ["ArrayMemo", "BLOCK", "TILE", "fortran"]
 
 #: elements per block of a blocked copy to Fortran order (16 KiB of float32: measured
 #: best or within 10% of best for S from 16 to 200, float32 and float64)
 BLOCK = 4096
+#: batches wider than this many samples are copied in TILE x TILE tiles instead (12544 x
+#: 4000 float32: 76 ms against 159 ms in blocks of rows and 316 ms in one assignment)
+TILE = 256
 
 
 def fortran(A: np.ndarray, dtype=None, out: np.ndarray | None = None) -> np.ndarray:
@@ -41,9 +45,14 @@ def fortran(A: np.ndarray, dtype=None, out: np.ndarray | None = None) -> np.ndar
     if A.flags.f_contiguous or n * S <= BLOCK:
         out[...] = A
         return out
-    step = max(8, BLOCK // max(S, 1))
-    for i in range(0, n, step):
-        out[i : i + step] = A[i : i + step]
+    if S <= TILE:  # blocks of whole rows
+        step = max(8, BLOCK // max(S, 1))
+        for i in range(0, n, step):
+            out[i : i + step] = A[i : i + step]
+        return out
+    for j in range(0, S, TILE):  # a wide batch (a full-batch solve): square tiles
+        for i in range(0, n, TILE):
+            out[i : i + TILE, j : j + TILE] = A[i : i + TILE, j : j + TILE]
     return out
 
 

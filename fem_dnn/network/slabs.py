@@ -78,9 +78,13 @@ class SlabProjection:
             raise InputError("the slabs' node meshes must cover the same domain (the image x channels box)")
         # the owned target cells and every source cell that overlaps them
         own = slice(target.offset, target.offset + target.n_local)
-        reach = 0.5 * (ws.max() + wt.max())
-        tree = cKDTree(np.ascontiguousarray(xs.T))
-        cand = tree.query_ball_point(np.ascontiguousarray(xt[:, own].T), r=reach * (1 + 1e-9), p=np.inf)
+        # a source cell overlaps a target cell only if their centres are closer than the
+        # half-widths' sum on every axis: in coordinates scaled by that bound per axis, a
+        # box search of radius 1 (one scalar radius over all axes took every cell of a
+        # one-channel image for each of the 16 channels' cells: 1.6 s a transfer)
+        reach = np.maximum(0.5 * (ws.max(axis=1) + wt.max(axis=1)), 1e-300)[:, None]
+        tree = cKDTree(np.ascontiguousarray((xs / reach).T))
+        cand = tree.query_ball_point(np.ascontiguousarray((xt[:, own] / reach).T), r=1 + 1e-9, p=np.inf)
         counts = np.array([len(c) for c in cand], dtype=np.int64)
         rows = np.repeat(np.arange(target.n_local), counts)
         cols = np.concatenate([np.asarray(c, dtype=np.int64) for c in cand]) if len(cand) else np.zeros(0, np.int64)
