@@ -319,6 +319,23 @@ def _image_space(comm, C, shape=(7, 6)):
 
 
 @pytest.mark.mpi
+@pytest.mark.parametrize("quadrature", ["nodal", "exact"])
+@pytest.mark.parametrize("C", [2, 3])
+def test_local_pattern_from_the_pixels_is_the_pairs(comm, C, quadrature):
+    """With channels the local kernel finds its pattern's size, ghosts and widest row
+    from the pixels (each dof's pairs: its pixel's neighbour pixels times the C channels);
+    they are the ones the dof pairs give, for both rules and two supports, serially and
+    on 2 and 3 ranks (ghost pixels across the ranks' blocks)."""
+    sp = _image_space(comm, C)
+    for radius in (1.2 / 7, 2.2 / 7):
+        kern = LocalKernel(sp, radius=radius, cells=3, channels=C, quadrature=quadrature)
+        nnz, ghosts, fan_in = kern._pattern(kern._pairs())
+        assert kern.nnz == nnz and kern._fan_in == fan_in and np.array_equal(kern.halo.ghosts, ghosts)
+        assert np.array_equal(np.sort(kern._pattern()[1]), ghosts)
+    sp.destroy()
+
+
+@pytest.mark.mpi
 @pytest.mark.parametrize("C", [1, 2, 3])
 def test_local_grid_path_matches_csr(comm, C):
     """On a 7 x 6 pixel image x C channels (DG0) the local kernel takes the grid path

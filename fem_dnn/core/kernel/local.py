@@ -159,14 +159,15 @@ class LocalKernel(Kernel):
         #: or "trapezoid" (node quadrature, half weights on the support's faces)
         self.quadrature = "exact" if widths is not None else ("trapezoid" if quadrature == "trapezoid" else "nodal")
         self._where = (d, lo[:d], h, widths, chan)  # what the pairs are found from (_pairs)
-        rows, cols, offs, wi, wj = self._pairs()
-        owned = (cols >= sp.offset) & (cols < sp.offset + sp.n_local)
-        self.halo = Halo(comm, sp.offsets, np.unique(cols[~owned]))
-        self.n_ext = sp.n_local + self.halo.ghosts.size
-        self.nnz = rows.size
-        self._fan_in = int(np.bincount(rows, minlength=1).max()) if rows.size else 0  # the pairs of a row, at most
         if method not in ("auto", "grid", "csr"):
             raise InputError(f"unknown local kernel method {method!r}; choose 'auto', 'grid' or 'csr'")
+        # the pattern's size and ghosts: from the pixels when there are channels and the
+        # grid path may take it (C times fewer points; the pairs themselves only if the CSR
+        # path needs them), else from the pairs
+        pairs = None if (C > 1 and method != "csr") else self._pairs()
+        self.nnz, ghosts, self._fan_in = self._pattern(pairs)  # _fan_in: the pairs of a row, at most
+        self.halo = Halo(comm, sp.offsets, ghosts)
+        self.n_ext = sp.n_local + self.halo.ghosts.size
         #: the pixel-grid layout of the fast path (None: the CSR path)
         self.grid = None if method == "csr" else PixelGrid.detect(self, chan, strict=method == "grid")
         self.method = "csr" if self.grid is None else "grid"
@@ -176,7 +177,50 @@ class LocalKernel(Kernel):
         # and about 240 MB)
         self._csr = None
         if self.grid is None:
-            self._build_csr(rows, cols, offs, wi, wj)
+            self._build_csr(*(pairs if pairs is not None else self._pairs()))
+
+    def _pattern(self, pairs=None):
+        """``(nnz, ghosts, fan_in)``: the pairs' number, the columns other ranks own (sorted)
+        and the most pairs of a row. From ``pairs`` (:meth:`_pairs`) if given; else from
+        the pixels: every channel of a pixel has the pixel's spatial point and width, so
+        the pairs of a dof are its pixel's neighbour pixels times the C channels (the same
+        numbers and ghosts, from C times fewer points)."""
+        sp = self.space
+        if pairs is not None:
+            rows, cols = pairs[0], pairs[1]
+            owned = (cols >= sp.offset) & (cols < sp.offset + sp.n_local)
+            return rows.size, np.unique(cols[~owned]), int(np.bincount(rows, minlength=1).max()) if rows.size else 0
+        from scipy.spatial import cKDTree
+
+        d, lo, h, widths, chan = self._where
+        C, radius = self.channels, self.radius
+        X = np.ascontiguousarray(sp.x_all[:d].T)
+        first = np.flatnonzero(chan == 0)  # one dof a pixel: the pixels
+        tree = cKDTree(X[first])
+        dist, pix = tree.query(X, p=np.inf)  # every dof's pixel
+        if dist.size and dist.max() > 1e-9 * h:
+            raise InputError("the node mesh is not an image x channels mesh: a channel's cells are not the image's")
+        mine = pix[sp.offset : sp.offset + sp.n_local]
+        own_pix = np.unique(mine)
+        reach = radius + (h if widths is not None else 0.0)
+        nbrs = tree.query_ball_point(X[first[own_pix]], r=reach * (1 + 1e-9), p=np.inf)
+        counts = np.array([len(c) for c in nbrs], dtype=np.int64)
+        prow = np.repeat(own_pix, counts)
+        pcol = np.concatenate([np.asarray(c, dtype=np.int64) for c in nbrs]) if len(nbrs) else np.zeros(0, np.int64)
+        if widths is not None:  # the exact entry is nonzero for |o_a| < rho + (h_i,a + h_j,a)/2
+            wi, wj = widths[:d, first[prow]].T, widths[:d, first[pcol]].T
+            offs = X[first[prow]] - X[first[pcol]]
+            keep = np.all(np.abs(offs) < radius + 0.5 * (wi + wj) - 1e-9 * h, axis=1)
+            prow, pcol = prow[keep], pcol[keep]
+        per_pixel = np.bincount(prow, minlength=first.size)  # neighbour pixels of each (owned) pixel
+        nnz = int(C * per_pixel[mine].sum())
+        fan_in = int(C * per_pixel[mine].max()) if mine.size else 0
+        # the dofs of the neighbour pixels (every channel) that other ranks own
+        near = np.zeros(first.size, dtype=bool)
+        near[pcol] = True
+        dofs = np.flatnonzero(near[pix])
+        ghosts = dofs[(dofs < sp.offset) | (dofs >= sp.offset + sp.n_local)]
+        return nnz, ghosts, fan_in
 
     def _pairs(self):
         """The pairs: owned rows i and columns j within the support (every dof's
