@@ -393,18 +393,26 @@ class SlabNetwork:
         return self.make_controls()
 
     def inputs(self, f_I, split: bool = True) -> np.ndarray:
-        """The initial data on the first slab's node space (:meth:`Network.inputs`; with an
-        input space, projected from it)."""
+        """The initial data as :meth:`forward` takes them (:meth:`Network.inputs`): on the
+        input space if there is one, else on the first slab's node space. The lift to the
+        first slab is the forward's, a batch at a time: lifted, every sample's data would
+        be C times as large (12,544 x 4,000 float32 rows for the recipe's images)."""
         if self.lift is None:
             return self.slabs[0].inputs(f_I, split)
-        return self.lift.apply(batch_inputs(self.lift.source, self.layout, self.dtype, f_I, split))
+        return batch_inputs(self.lift.source, self.layout, self.dtype, f_I, split)
 
     # ---- solves
     def forward(self, f_I, controls: SlabControls, tape: bool = False, store_every: int | None = None) -> SlabTrajectory:
-        """The slabs' forward solves in turn, the state projected at each slab boundary."""
+        """The slabs' forward solves in turn, the state projected at each slab boundary;
+        ``f_I`` as :meth:`inputs` gives them (on the input space, lifted here)."""
         if store_every is not None:
             raise InputError("depth checkpointing (store_every) is not supported across depth slabs")
-        trajs, F = [], f_I
+        F = f_I
+        if self.lift is not None:  # a batch on the input space (as the functional keeps them), or data
+            src = self.lift.source
+            ready = isinstance(f_I, np.ndarray) and f_I.ndim == 2 and f_I.flags.f_contiguous and f_I.shape[0] == src.n_local
+            F = self.lift.apply(np.asarray(f_I, dtype=self.dtype) if ready else self.inputs(f_I))
+        trajs = []
         for i, (net, c) in enumerate(zip(self.slabs, controls)):
             traj = net.forward(F, c, tape=tape, groups=self.groups[i])
             trajs.append(traj)
