@@ -249,8 +249,7 @@ class Network(StageFunction, PointEvaluation, ReadoutMethods):
                 checkpointed). An implicit scheme tests every layer (its solver needs
                 finite data).
         """
-        ready = isinstance(f_I, np.ndarray) and f_I.ndim == 2 and f_I.flags.f_contiguous and f_I.shape[0] == self.space.n_local
-        F = f_I if ready else self.inputs(f_I)
+        F = f_I if is_batch(f_I, self.space) else self.inputs(f_I)
         F = np.asfortranarray(F, dtype=self.dtype)
         controls = self.cast(controls)
         N = self.depth.N
@@ -480,6 +479,12 @@ class Costate:
         if k is not None:
             return sp.solve_mass(np.asfortranarray(self.dual[k].T)).T
         return np.stack([self.r(j) for j in range(self.dual.shape[0])])
+
+
+def is_batch(f_I, space: NodeSpace) -> bool:
+    """Whether ``f_I`` is already a batch on ``space`` (a Fortran ``(n_local, S)`` array,
+    what :func:`batch_inputs` makes) rather than data to bring there."""
+    return isinstance(f_I, np.ndarray) and f_I.ndim == 2 and f_I.flags.f_contiguous and f_I.shape[0] == space.n_local
 
 
 def batch_inputs(space: NodeSpace, layout: Layout, dtype, f_I, split: bool = True) -> np.ndarray:

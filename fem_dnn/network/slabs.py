@@ -26,7 +26,7 @@ from fem_dnn.core.depth import Depth
 from fem_dnn.core.nodes import NodeSpace
 from fem_dnn.core.kernel import Halo, box_widths
 from fem_dnn.errors import InputError
-from fem_dnn.network.continuum import Network, batch_inputs
+from fem_dnn.network.continuum import Network, batch_inputs, is_batch
 from fem_dnn.network.readout import (Readout, classes_adjoint, classes_output, classes_readout, classes_second,
                                      classes_tangent, softmax)
 
@@ -409,9 +409,7 @@ class SlabNetwork:
             raise InputError("depth checkpointing (store_every) is not supported across depth slabs")
         F = f_I
         if self.lift is not None:  # a batch on the input space (as the functional keeps them), or data
-            src = self.lift.source
-            ready = isinstance(f_I, np.ndarray) and f_I.ndim == 2 and f_I.flags.f_contiguous and f_I.shape[0] == src.n_local
-            F = self.lift.apply(np.asarray(f_I, dtype=self.dtype) if ready else self.inputs(f_I))
+            F = self.lift.apply(np.asarray(f_I, dtype=self.dtype) if is_batch(f_I, self.lift.source) else self.inputs(f_I))
         trajs = []
         for i, (net, c) in enumerate(zip(self.slabs, controls)):
             traj = net.forward(F, c, tape=tape, groups=self.groups[i])

@@ -263,14 +263,23 @@ class PixelGrid:
             self._index_cache["box"] = (self.own_box // self.C, self.own_box % self.C)
         return self._index_cache["box"]
 
+    def _box_index(self, major):
+        """The owned rows' rows in a box array: (pixel, channel) order (``major="pixel"``:
+        ``own_box``) or (channel, pixel) order (``"channel"``, made once)."""
+        if major == "pixel":
+            return self.own_box
+        if "channel rows" not in self._index_cache:
+            pix, ch = self._box_order()
+            self._index_cache["channel rows"] = ch * self.n_box + pix
+        return self._index_cache["channel rows"]
+
     def _box_rows(self, Z, major, dtype):
         """Z's owned rows (``(n_local, S)``, any order) in ``dtype`` as a C-ordered box array: ``(n_box x
         C, S)`` in (pixel, channel) order (``major="pixel"``) or ``(C x n_box, S)`` in
         (channel, pixel) order (``"channel"``); the box's pixels this rank does not own are
         zero. On a full box one gather of C-ordered rows (numpy's Fortran-to-C copy runs
         at full speed, :mod:`fem_dnn.core.batch`)."""
-        pix, ch = self._box_order()
-        rows = pix * self.C + ch if major == "pixel" else ch * self.n_box + pix
+        rows = self._box_index(major)
         if self.full_box:
             key = ("inverse", major)
             if key not in self._index_cache:
@@ -300,8 +309,7 @@ class PixelGrid:
         then the owned rows gathered into the network's layout."""
         Kall = np.ascontiguousarray(Kmat.transpose(1, 0, 2)).reshape(self.C, -1)  # [c, (r, j, c')]
         out = (Kall @ self._im2col(buf, S, C_in, F, keep)).reshape(self.C * self.n_box, S)  # [(c, p), s]
-        pix, ch = self._box_order()
-        return fortran(np.take(out, ch * self.n_box + pix, axis=0))
+        return fortran(np.take(out, self._box_index("channel"), axis=0))
 
     def _group_rows(self, m):
         """The owned rows and the ghost rows :meth:`_padded` writes, and their rows in the

@@ -193,26 +193,16 @@ class LocalKernel(Kernel):
         from scipy.spatial import cKDTree
 
         d, lo, h, widths, chan = self._where
-        C, radius = self.channels, self.radius
-        X = np.ascontiguousarray(sp.x_all[:d].T)
+        X = sp.x_all[:d].T
         first = np.flatnonzero(chan == 0)  # one dof a pixel: the pixels
-        tree = cKDTree(X[first])
-        dist, pix = tree.query(X, p=np.inf)  # every dof's pixel
+        dist, pix = cKDTree(X[first]).query(X, p=np.inf)  # every dof's pixel
         if dist.size and dist.max() > 1e-9 * h:
             raise InputError("the node mesh is not an image x channels mesh: a channel's cells are not the image's")
         mine = pix[sp.offset : sp.offset + sp.n_local]
         own_pix = np.unique(mine)
-        reach = radius + (h if widths is not None else 0.0)
-        nbrs = tree.query_ball_point(X[first[own_pix]], r=reach * (1 + 1e-9), p=np.inf)
-        counts = np.array([len(c) for c in nbrs], dtype=np.int64)
-        prow = np.repeat(own_pix, counts)
-        pcol = np.concatenate([np.asarray(c, dtype=np.int64) for c in nbrs]) if len(nbrs) else np.zeros(0, np.int64)
-        if widths is not None:  # the exact entry is nonzero for |o_a| < rho + (h_i,a + h_j,a)/2
-            wi, wj = widths[:d, first[prow]].T, widths[:d, first[pcol]].T
-            offs = X[first[prow]] - X[first[pcol]]
-            keep = np.all(np.abs(offs) < radius + 0.5 * (wi + wj) - 1e-9 * h, axis=1)
-            prow, pcol = prow[keep], pcol[keep]
-        per_pixel = np.bincount(prow, minlength=first.size)  # neighbour pixels of each (owned) pixel
+        prow, pcol = self._neighbours(X[first], own_pix, None if widths is None else widths[:, first])[:2]
+        per_pixel = np.bincount(own_pix[prow], minlength=first.size)  # neighbour pixels of each (owned) pixel
+        C = self.channels
         nnz = int(C * per_pixel[mine].sum())
         fan_in = int(C * per_pixel[mine].max()) if mine.size else 0
         # the dofs of the neighbour pixels (every channel) that other ranks own
@@ -226,22 +216,30 @@ class LocalKernel(Kernel):
         """The pairs: owned rows i and columns j within the support (every dof's
         coordinates are known on every rank, ``sp.x_all``), their offsets ``y_i - y_j``
         and, for the exact rule, the two cells' widths."""
-        from scipy.spatial import cKDTree
-
         sp = self.space
         d, lo, h, widths, chan = self._where
+        return self._neighbours(sp.x_all[:d].T, sp.offset + np.arange(sp.n_local), widths)
+
+    def _neighbours(self, X, owned, widths):
+        """The points of ``X`` (``(n, d)``) within the support of each point ``X[owned]``:
+        ``(rows, cols, offs, wi, wj)``, rows the positions in ``owned``, cols the points
+        (ascending a row), offs ``X[owned[row]] - X[col]`` and, with ``widths`` (``(>= d,
+        n)``, the exact rule: the entry is nonzero for ``|o_a| < rho + (h_i,a + h_j,a)/2``),
+        the two cells' widths; else None."""
+        from scipy.spatial import cKDTree
+
+        d, lo, h = self._where[:3]
         radius = self.radius
-        X = np.ascontiguousarray(sp.x_all[:d].T)  # spatial coordinates (every channel at a pixel: one point)
-        tree = cKDTree(X)
+        X = np.ascontiguousarray(X)
         reach = radius + (h if widths is not None else 0.0)
-        nbrs = tree.query_ball_point(np.ascontiguousarray(sp.x_owned[:d].T), r=reach * (1 + 1e-9), p=np.inf)
+        nbrs = cKDTree(X).query_ball_point(X[owned], r=reach * (1 + 1e-9), p=np.inf)
         counts = np.array([len(c) for c in nbrs], dtype=np.int64)
-        rows = np.repeat(np.arange(sp.n_local), counts)
+        rows = np.repeat(np.arange(len(owned)), counts)
         cols = np.concatenate([np.sort(np.asarray(c, dtype=np.int64)) for c in nbrs]) if len(nbrs) else np.zeros(0, np.int64)
-        offs = X[sp.offset + rows] - X[cols]  # (nnz, d) offsets y_i - y_j
+        offs = X[owned[rows]] - X[cols]  # (nnz, d) offsets y_i - y_j
         wi = wj = None
-        if widths is not None:  # the exact entry is nonzero for |o_a| < rho + (h_i,a + h_j,a)/2
-            wi, wj = widths[:d, sp.offset + rows].T, widths[:d, cols].T
+        if widths is not None:
+            wi, wj = widths[:d, owned[rows]].T, widths[:d, cols].T
             keep = np.all(np.abs(offs) < radius + 0.5 * (wi + wj) - 1e-9 * h, axis=1)
             rows, cols, offs, wi, wj = rows[keep], cols[keep], offs[keep], wi[keep], wj[keep]
         return rows, cols, offs, wi, wj
